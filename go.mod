@@ -1,0 +1,3 @@
+module github.com/ovs-storage/ovs
+
+go 1.26

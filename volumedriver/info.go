@@ -1,0 +1,31 @@
+package volumedriver
+
+import "time"
+
+// VolumeInfo describes a vdisk as the control plane shows it.
+type VolumeInfo struct {
+	Name        string    `json:"name"`
+	ID          string    `json:"id"`
+	Size        int64     `json:"size"`
+	ClusterSize int       `json:"cluster_size"`
+	SCOSize     int64     `json:"sco_size"`
+	CreatedAt   time.Time `json:"created_at"`
+	// Clients is the number of frontend clients (NBD connections) that
+	// have the vdisk open.
+	Clients int `json:"clients"`
+	// WrittenBytes counts bytes written since creation (including
+	// overwrites): what the SCOs hold.
+	WrittenBytes int64 `json:"written_bytes"`
+	// PendingUploadBytes is SCO and TLog data in the write buffer that is
+	// not on the backend yet.
+	PendingUploadBytes int64 `json:"pending_upload_bytes"`
+	// WriteBufferBytes is what the vdisk's SCOs take in the local write buffer.
+	WriteBufferBytes int64 `json:"write_buffer_bytes"`
+}
+
+// CreateOptions are the per-vdisk layout choices, fixed at creation.
+// Zero values take the defaults (4 KiB clusters, 4 MiB SCOs).
+type CreateOptions struct {
+	ClusterSize   int `json:"cluster_size,omitempty"`
+	SCOMultiplier int `json:"sco_multiplier,omitempty"`
+}
