@@ -1,0 +1,48 @@
+package scos
+
+import (
+	"context"
+	"errors"
+)
+
+// Typed errors of every Backend. Implementations wrap them with context;
+// callers test with errors.Is.
+var (
+	ErrObjectNotFound    = errors.New("object not found")
+	ErrObjectExists      = errors.New("object already exists")
+	ErrNamespaceNotFound = errors.New("namespace not found")
+	ErrNamespaceExists   = errors.New("namespace already exists")
+	ErrInvalidName       = errors.New("invalid namespace or object name")
+	ErrCorrupt           = errors.New("object is corrupt")
+)
+
+// ObjectInfo describes a stored object.
+type ObjectInfo struct {
+	Name string
+	Size int64
+}
+
+// Backend stores the objects of vdisks (SCOs, TLogs, volume metadata) in
+// namespaces, one per vdisk. Objects are written whole and read in ranges.
+// Every call honours its context.
+type Backend interface {
+	CreateNamespace(ctx context.Context, ns string) error
+	// DeleteNamespace removes the namespace and every object in it.
+	DeleteNamespace(ctx context.Context, ns string) error
+	ListNamespaces(ctx context.Context) ([]string, error)
+	NamespaceExists(ctx context.Context, ns string) (bool, error)
+
+	// Put stores data as object name. Without overwrite an existing
+	// object makes it fail with ErrObjectExists. A Put that returns nil is
+	// durable; a Put that fails leaves either the old object or none.
+	Put(ctx context.Context, ns, name string, data []byte, overwrite bool) error
+	// Get returns the whole object.
+	Get(ctx context.Context, ns, name string) ([]byte, error)
+	// ReadAt fills p from offset off of the object. Reading past the end
+	// is an error (the caller knows what it stored).
+	ReadAt(ctx context.Context, ns, name string, p []byte, off int64) error
+	Delete(ctx context.Context, ns, name string) error
+	// List returns the objects whose names start with prefix, sorted by name.
+	List(ctx context.Context, ns, prefix string) ([]ObjectInfo, error)
+	Stat(ctx context.Context, ns, name string) (ObjectInfo, error)
+}
