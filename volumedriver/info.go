@@ -21,6 +21,9 @@ type VolumeInfo struct {
 	PendingUploadBytes int64 `json:"pending_upload_bytes"`
 	// WriteBufferBytes is what the vdisk's SCOs take in the local write buffer.
 	WriteBufferBytes int64 `json:"write_buffer_bytes"`
+	// State is "ok", or "failed: <reason>" for a vdisk this host could
+	// not bring up (it can still be deleted).
+	State string `json:"state"`
 }
 
 // CreateOptions are the per-vdisk layout choices, fixed at creation.

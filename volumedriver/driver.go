@@ -1,0 +1,569 @@
+// Package volumedriver is the per-host engine of OVS: it turns a vdisk's
+// writes into appends to SCOs in a local write buffer, records them in
+// TLogs and a metadata store, serves reads through a read cache, and ships
+// sealed SCOs and TLogs to a backend in the background.
+package volumedriver
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/binary"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io/fs"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/dgraph-io/ristretto/v2"
+
+	"github.com/ovs-storage/ovs/scos"
+)
+
+// Options tune a Driver. Zero values take the defaults.
+type Options struct {
+	// ReadCacheBytes bounds the read cache shared by all volumes
+	// (default 64 MiB; negative disables it).
+	ReadCacheBytes int64
+	// MetadataCacheBytes bounds each volume's metadata page cache
+	// (default 32 MiB).
+	MetadataCacheBytes int64
+	// WriteBufferBytes: past this, a volume's uploaded SCOs are evicted
+	// from the local write buffer (default 1 GiB).
+	WriteBufferBytes int64
+	// MaxPendingUploadBytes: past this much data not yet on the backend, a
+	// volume's writes wait (default 512 MiB).
+	MaxPendingUploadBytes int64
+	// AutoSyncInterval: an open TLog holding data is sealed and uploaded
+	// after this long (default 30s).
+	AutoSyncInterval time.Duration
+	Logger           *slog.Logger
+}
+
+func (o *Options) setDefaults() {
+	if o.ReadCacheBytes == 0 {
+		o.ReadCacheBytes = 64 << 20
+	}
+	if o.MetadataCacheBytes <= 0 {
+		o.MetadataCacheBytes = 32 << 20
+	}
+	if o.WriteBufferBytes <= 0 {
+		o.WriteBufferBytes = 1 << 30
+	}
+	if o.MaxPendingUploadBytes <= 0 {
+		o.MaxPendingUploadBytes = 512 << 20
+	}
+	if o.AutoSyncInterval <= 0 {
+		o.AutoSyncInterval = 30 * time.Second
+	}
+	if o.Logger == nil {
+		o.Logger = slog.Default()
+	}
+}
+
+// namespacePrefix marks the backend namespaces that hold vdisks.
+const namespacePrefix = "vd-"
+
+// Driver owns the volumes of one host: host-local state under dir, objects
+// on the backend.
+type Driver struct {
+	dir     string
+	backend scos.Backend
+	opts    Options
+	log     *slog.Logger
+	cache   *ristretto.Cache[uint64, *cachedCluster]
+
+	mu     sync.Mutex
+	vols   map[string]*Volume // by name
+	broken map[string]brokenVolume
+	closed bool
+}
+
+// brokenVolume is a vdisk whose namespace exists but that this host could
+// not bring up; it is listed (so its name stays taken) and can be deleted.
+type brokenVolume struct {
+	cfg volumeConfig
+	ns  string
+	err error
+}
+
+type cachedCluster struct {
+	salt uint64
+	loc  uint64
+	data []byte
+}
+
+// Open brings up every vdisk found on the backend: from its local state if
+// this host has it, otherwise by replaying its TLogs from the backend.
+func Open(ctx context.Context, dir string, backend scos.Backend, opts Options) (*Driver, error) {
+	opts.setDefaults()
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return nil, fmt.Errorf("volume driver dir: %w", err)
+	}
+	d := &Driver{
+		dir:     dir,
+		backend: backend,
+		opts:    opts,
+		log:     opts.Logger,
+		vols:    map[string]*Volume{},
+		broken:  map[string]brokenVolume{},
+	}
+	if opts.ReadCacheBytes > 0 {
+		c, err := ristretto.NewCache(&ristretto.Config[uint64, *cachedCluster]{
+			NumCounters: max(opts.ReadCacheBytes/4096*10, 1000),
+			MaxCost:     opts.ReadCacheBytes,
+			BufferItems: 64,
+		})
+		if err != nil {
+			return nil, fmt.Errorf("read cache: %w", err)
+		}
+		d.cache = c
+	}
+	nss, err := backend.ListNamespaces(ctx)
+	if err != nil {
+		d.Close()
+		return nil, fmt.Errorf("list vdisks on the backend: %w", err)
+	}
+	live := map[string]bool{}
+	for _, ns := range nss {
+		if !strings.HasPrefix(ns, namespacePrefix) {
+			continue
+		}
+		b, err := backend.Get(ctx, ns, volumeObject)
+		if errors.Is(err, scos.ErrObjectNotFound) {
+			// A create or delete that did not finish.
+			d.log.Warn("removing a vdisk namespace without volume.json", "namespace", ns)
+			if err := backend.DeleteNamespace(ctx, ns); err != nil {
+				d.log.Error("remove namespace", "namespace", ns, "err", err)
+			}
+			continue
+		}
+		if err != nil {
+			d.Close()
+			return nil, fmt.Errorf("read %s/%s: %w", ns, volumeObject, err)
+		}
+		cfg, err := decodeVolumeConfig(b)
+		if err != nil {
+			d.log.Error("vdisk has an unreadable volume.json", "namespace", ns, "err", err)
+			continue
+		}
+		live[cfg.ID] = true
+		start := time.Now()
+		v, err := d.openVolume(ctx, cfg)
+		if err != nil {
+			d.log.Error("could not bring up vdisk", "vdisk", cfg.Name, "err", err)
+			d.broken[cfg.Name] = brokenVolume{cfg: cfg, ns: ns, err: err}
+			continue
+		}
+		d.vols[cfg.Name] = v
+		d.log.Info("vdisk up", "vdisk", cfg.Name, "size", cfg.Size, "took", time.Since(start).Round(time.Millisecond))
+	}
+	// Local directories of vdisks that are gone from the backend.
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		d.Close()
+		return nil, fmt.Errorf("read %s: %w", dir, err)
+	}
+	for _, e := range ents {
+		if e.IsDir() && !live[e.Name()] {
+			d.log.Warn("removing local state of a vdisk that no longer exists", "id", e.Name())
+			os.RemoveAll(filepath.Join(dir, e.Name()))
+		}
+	}
+	return d, nil
+}
+
+func (d *Driver) newVolume(cfg volumeConfig) *Volume {
+	var salt [8]byte
+	_, _ = rand.Read(salt[:])
+	v := &Volume{
+		drv:         d,
+		dir:         filepath.Join(d.dir, cfg.ID),
+		ns:          namespacePrefix + cfg.ID,
+		backend:     d.backend,
+		log:         d.log,
+		cacheSalt:   binary.LittleEndian.Uint64(salt[:]),
+		clusterSize: cfg.ClusterSize,
+		scoClusters: cfg.SCOMultiplier,
+		tlogMult:    cfg.TLogMultiplier,
+		state:       localState{Format: formatVersion, Config: cfg},
+		scos:        map[uint32]*scoFile{},
+		nextSCO:     1,
+		progress:    make(chan struct{}),
+		kick:        make(chan struct{}, 1),
+		stop:        make(chan struct{}),
+	}
+	v.size.Store(cfg.Size)
+	return v
+}
+
+func (d *Driver) openVolume(ctx context.Context, cfg volumeConfig) (*Volume, error) {
+	v := d.newVolume(cfg)
+	st, err := readLocalState(v.dir)
+	switch {
+	case errors.Is(err, fs.ErrNotExist):
+		err = v.restoreFromBackend(ctx)
+	case err != nil:
+		return nil, fmt.Errorf("local state of %s: %w (remove %s to rebuild it from the backend)", cfg.Name, err, v.dir)
+	default:
+		err = v.restoreLocal(ctx, st)
+	}
+	if err != nil {
+		v.closeFiles()
+		return nil, err
+	}
+	uctx, cancel := context.WithCancel(context.Background())
+	v.wg.Add(2)
+	go v.uploader(uctx)
+	go func() {
+		defer v.wg.Done()
+		<-v.stop
+		cancel()
+	}()
+	return v, nil
+}
+
+// Create makes a new, empty vdisk.
+func (d *Driver) Create(ctx context.Context, name string, size int64, opts CreateOptions) (VolumeInfo, error) {
+	if !validName(name) {
+		return VolumeInfo{}, fmt.Errorf("%w: vdisk name %q (use 1-64 of A-Z a-z 0-9 . _ -, starting with a letter or digit)", ErrInvalidArgument, name)
+	}
+	if opts.ClusterSize == 0 {
+		opts.ClusterSize = DefaultClusterSize
+	}
+	if opts.SCOMultiplier == 0 {
+		opts.SCOMultiplier = int(DefaultClusterSize * DefaultSCOMultiplier / int64(opts.ClusterSize))
+	}
+	if err := checkLayout(opts.ClusterSize, opts.SCOMultiplier); err != nil {
+		return VolumeInfo{}, err
+	}
+	if err := checkSize(size, opts.ClusterSize); err != nil {
+		return VolumeInfo{}, err
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.closed {
+		return VolumeInfo{}, ErrClosed
+	}
+	if _, ok := d.vols[name]; ok {
+		return VolumeInfo{}, fmt.Errorf("%w: %s", ErrExists, name)
+	}
+	if _, ok := d.broken[name]; ok {
+		return VolumeInfo{}, fmt.Errorf("%w: %s", ErrExists, name)
+	}
+	cfg := volumeConfig{
+		Format:         formatVersion,
+		ID:             newUUID(),
+		Name:           name,
+		Size:           size,
+		ClusterSize:    opts.ClusterSize,
+		SCOMultiplier:  opts.SCOMultiplier,
+		TLogMultiplier: tlogMultiplierFor(int64(opts.ClusterSize) * int64(opts.SCOMultiplier)),
+		CreatedAt:      time.Now().UTC().Truncate(time.Second),
+	}
+	ns := namespacePrefix + cfg.ID
+	if err := d.backend.CreateNamespace(ctx, ns); err != nil {
+		return VolumeInfo{}, fmt.Errorf("create %s: %w", name, err)
+	}
+	fail := func(err error) (VolumeInfo, error) {
+		if derr := d.backend.DeleteNamespace(context.WithoutCancel(ctx), ns); derr != nil {
+			d.log.Error("clean up after failed create", "vdisk", name, "err", derr)
+		}
+		os.RemoveAll(filepath.Join(d.dir, cfg.ID))
+		return VolumeInfo{}, fmt.Errorf("create %s: %w", name, err)
+	}
+	snaps, _ := json.Marshal(snapshotsFile{Format: formatVersion, TLogs: []string{}, Snapshots: []json.RawMessage{}})
+	if err := d.backend.Put(ctx, ns, snapshotsObject, snaps, false); err != nil {
+		return fail(err)
+	}
+	// volume.json last: its presence is what makes the vdisk exist.
+	vj, _ := json.Marshal(cfg)
+	if err := d.backend.Put(ctx, ns, volumeObject, vj, false); err != nil {
+		return fail(err)
+	}
+	v, err := d.openVolume(ctx, cfg)
+	if err != nil {
+		return fail(err)
+	}
+	d.vols[name] = v
+	d.log.Info("vdisk created", "vdisk", name, "size", size, "id", cfg.ID)
+	return v.info(), nil
+}
+
+// List returns every vdisk, sorted by name.
+func (d *Driver) List(ctx context.Context) ([]VolumeInfo, error) {
+	d.mu.Lock()
+	vols := make([]*Volume, 0, len(d.vols))
+	for _, v := range d.vols {
+		vols = append(vols, v)
+	}
+	out := make([]VolumeInfo, 0, len(vols)+len(d.broken))
+	for _, b := range d.broken {
+		out = append(out, b.info())
+	}
+	d.mu.Unlock()
+	for _, v := range vols {
+		out = append(out, v.info())
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
+	return out, nil
+}
+
+func (b brokenVolume) info() VolumeInfo {
+	return VolumeInfo{
+		Name: b.cfg.Name, ID: b.cfg.ID, Size: b.cfg.Size, ClusterSize: b.cfg.ClusterSize,
+		SCOSize: int64(b.cfg.ClusterSize) * int64(b.cfg.SCOMultiplier), CreatedAt: b.cfg.CreatedAt,
+		State: "failed: " + b.err.Error(),
+	}
+}
+
+// Info describes one vdisk.
+func (d *Driver) Info(ctx context.Context, name string) (VolumeInfo, error) {
+	d.mu.Lock()
+	v, ok := d.vols[name]
+	b, isBroken := d.broken[name]
+	d.mu.Unlock()
+	if isBroken {
+		return b.info(), nil
+	}
+	if !ok {
+		return VolumeInfo{}, fmt.Errorf("%w: %s", ErrNotFound, name)
+	}
+	return v.info(), nil
+}
+
+// Volume returns a vdisk for I/O without taking a client reference.
+func (d *Driver) Volume(name string) (*Volume, error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	v, ok := d.vols[name]
+	if !ok {
+		return nil, fmt.Errorf("%w: %s", ErrNotFound, name)
+	}
+	return v, nil
+}
+
+// Acquire returns a vdisk for a frontend client and counts the client
+// until release is called (once). A vdisk with clients is not deleted
+// without force.
+func (d *Driver) Acquire(name string) (v *Volume, release func(), err error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	v, ok := d.vols[name]
+	if !ok {
+		return nil, nil, fmt.Errorf("%w: %s", ErrNotFound, name)
+	}
+	v.clients.Add(1)
+	var once sync.Once
+	return v, func() { once.Do(func() { v.clients.Add(-1) }) }, nil
+}
+
+// Names returns the names of the vdisks that can serve I/O.
+func (d *Driver) Names() []string {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	out := make([]string, 0, len(d.vols))
+	for n := range d.vols {
+		out = append(out, n)
+	}
+	sort.Strings(out)
+	return out
+}
+
+// Delete removes a vdisk and everything it stored. A vdisk with frontend
+// clients is refused unless force; forced, their I/O fails from then on.
+func (d *Driver) Delete(ctx context.Context, name string, force bool) error {
+	d.mu.Lock()
+	v, ok := d.vols[name]
+	b, isBroken := d.broken[name]
+	if !ok && !isBroken {
+		d.mu.Unlock()
+		return fmt.Errorf("%w: %s", ErrNotFound, name)
+	}
+	var ns, dir string
+	if ok {
+		if n := v.clients.Load(); n > 0 && !force {
+			d.mu.Unlock()
+			return fmt.Errorf("%w: %s has %d client(s) connected; use force to delete anyway", ErrBusy, name, n)
+		}
+		delete(d.vols, name)
+		ns, dir = v.ns, v.dir
+	} else {
+		delete(d.broken, name)
+		ns, dir = b.ns, filepath.Join(d.dir, b.cfg.ID)
+	}
+	d.mu.Unlock()
+	if v != nil {
+		v.discard()
+	}
+	// volume.json first: without it the namespace is garbage that the
+	// next start removes, even if this delete is cut short.
+	if err := d.backend.Delete(ctx, ns, volumeObject); err != nil && !errors.Is(err, scos.ErrObjectNotFound) {
+		return fmt.Errorf("delete %s: %w", name, err)
+	}
+	if err := os.RemoveAll(dir); err != nil {
+		return fmt.Errorf("delete %s: %w", name, err)
+	}
+	if err := d.backend.DeleteNamespace(ctx, ns); err != nil && !errors.Is(err, scos.ErrNamespaceNotFound) {
+		return fmt.Errorf("delete %s: %w", name, err)
+	}
+	d.log.Info("vdisk deleted", "vdisk", name)
+	return nil
+}
+
+// Resize grows a vdisk. Shrinking is refused: it would destroy data.
+func (d *Driver) Resize(ctx context.Context, name string, size int64) (VolumeInfo, error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	v, ok := d.vols[name]
+	if !ok {
+		return VolumeInfo{}, fmt.Errorf("%w: %s", ErrNotFound, name)
+	}
+	if err := checkSize(size, v.clusterSize); err != nil {
+		return VolumeInfo{}, err
+	}
+	if cur := v.Size(); size < cur {
+		return VolumeInfo{}, fmt.Errorf("%w: %s is %d bytes; shrinking to %d would destroy data", ErrInvalidArgument, name, cur, size)
+	} else if size == cur {
+		return v.info(), nil
+	}
+	if err := v.resize(ctx, size); err != nil {
+		return VolumeInfo{}, err
+	}
+	d.log.Info("vdisk resized", "vdisk", name, "size", size)
+	return v.info(), nil
+}
+
+// Sync returns once every write to the vdisk completed before the call is
+// on the backend.
+func (d *Driver) Sync(ctx context.Context, name string) error {
+	v, err := d.Volume(name)
+	if err != nil {
+		return err
+	}
+	return v.Sync(ctx)
+}
+
+// Close stops every volume cleanly: flushed, checkpointed, files closed.
+func (d *Driver) Close() error {
+	d.mu.Lock()
+	d.closed = true
+	vols := d.vols
+	d.vols = map[string]*Volume{}
+	d.mu.Unlock()
+	var errs []error
+	for _, v := range vols {
+		if err := v.close(); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if d.cache != nil {
+		d.cache.Close()
+	}
+	return errors.Join(errs...)
+}
+
+func (d *Driver) cacheKey(v *Volume, loc uint64) uint64 {
+	return (loc * 0x9e3779b97f4a7c15) ^ v.cacheSalt
+}
+
+func (d *Driver) cacheGet(v *Volume, loc uint64) ([]byte, bool) {
+	c, ok := d.cache.Get(d.cacheKey(v, loc))
+	if !ok || c.salt != v.cacheSalt || c.loc != loc {
+		return nil, false
+	}
+	return c.data, true
+}
+
+func (d *Driver) cacheSet(v *Volume, loc uint64, data []byte) {
+	if d.cache == nil {
+		return
+	}
+	// Locations are immutable, so an entry never goes stale; a dropped
+	// Set only costs a later miss.
+	d.cache.Set(d.cacheKey(v, loc), &cachedCluster{salt: v.cacheSalt, loc: loc, data: append([]byte(nil), data...)}, int64(len(data))+64)
+}
+
+// resize grows the volume: volume.json on the backend first (it is the
+// authority on restart), then the local view.
+func (v *Volume) resize(ctx context.Context, size int64) error {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	if err := v.writableLocked(); err != nil {
+		return err
+	}
+	cfg := v.state.Config
+	cfg.Size = size
+	b, _ := json.Marshal(cfg)
+	if err := v.backend.Put(ctx, v.ns, volumeObject, b, true); err != nil {
+		return fmt.Errorf("resize %s: %w", cfg.Name, err)
+	}
+	v.state.Config = cfg
+	v.md.grow(numPages(size, v.clusterSize))
+	v.size.Store(size)
+	if err := writeLocalState(v.dir, &v.state); err != nil {
+		return v.failLocked(err)
+	}
+	return nil
+}
+
+// close stops the volume cleanly.
+func (v *Volume) close() error {
+	v.stopOnce.Do(func() { close(v.stop) })
+	v.wg.Wait()
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	if v.closed {
+		return nil
+	}
+	var err error
+	if v.failed == nil {
+		err = v.checkpointLocked()
+	}
+	v.closed = true
+	close(v.progress)
+	v.progress = make(chan struct{})
+	v.closeFilesLocked()
+	if err != nil {
+		return fmt.Errorf("close %s: %w", v.name(), err)
+	}
+	return nil
+}
+
+// discard stops the volume without saving anything: it is being deleted.
+func (v *Volume) discard() {
+	v.stopOnce.Do(func() { close(v.stop) })
+	v.wg.Wait()
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	if v.closed {
+		return
+	}
+	v.closed = true
+	close(v.progress)
+	v.progress = make(chan struct{})
+	v.closeFilesLocked()
+}
+
+func (v *Volume) closeFiles() {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	v.closeFilesLocked()
+}
+
+func (v *Volume) closeFilesLocked() {
+	for _, s := range v.scos {
+		s.f.Close()
+	}
+	if v.tlog != nil && v.tlog.f != nil {
+		v.tlog.f.Close()
+	}
+	if v.md != nil {
+		v.md.close()
+	}
+}

@@ -1,0 +1,362 @@
+package volumedriver
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"sort"
+
+	"github.com/ovs-storage/ovs/scos"
+)
+
+// applyRecords replays TLog records into the metadata store and returns
+// the bytes of cluster data they wrote.
+func (v *Volume) applyRecords(recs []tlogRecord) (int64, error) {
+	var written int64
+	for _, r := range recs {
+		switch r.Type {
+		case recWrite:
+			addr := r.Addr
+			if addr >= v.md.allocated.len()*pageEntries {
+				return written, fmt.Errorf("%w: write to cluster %d beyond the volume", ErrCorruptTLog, addr)
+			}
+			v.seq++
+			v.flushedSeq = v.seq // replayed changes are durable in their TLogs
+			if err := v.md.set(addr, mdEntry{loc: r.Loc, crc: r.DataCRC}, v.seq); err != nil {
+				return written, err
+			}
+			written += int64(v.clusterSize)
+		case recTrim:
+			v.seq++
+			v.flushedSeq = v.seq
+			if err := v.md.trim(r.Addr, r.Count, v.seq); err != nil {
+				return written, err
+			}
+		}
+	}
+	return written, nil
+}
+
+// numPages is how many metadata pages a volume of size bytes needs.
+func numPages(size int64, clusterSize int) uint64 {
+	clusters := (uint64(size) + uint64(clusterSize) - 1) / uint64(clusterSize)
+	return (clusters + pageEntries - 1) / pageEntries
+}
+
+func (v *Volume) makeDirs() error {
+	for _, d := range []string{v.dir, filepath.Join(v.dir, "sco"), filepath.Join(v.dir, "tlog")} {
+		if err := os.MkdirAll(d, 0o755); err != nil {
+			return fmt.Errorf("create %s: %w", d, err)
+		}
+	}
+	return nil
+}
+
+func (v *Volume) openMetadata() error {
+	md, err := openMetadataStore(filepath.Join(v.dir, "md"), v.drv.opts.MetadataCacheBytes, numPages(v.Size(), v.clusterSize))
+	if err != nil {
+		return err
+	}
+	md.beforeWriteBack = v.beforeWriteBack
+	v.md = md
+	return nil
+}
+
+// restoreFromBackend brings the volume up on a host that has no local state
+// for it: the metadata store is rebuilt by replaying every TLog that the
+// backend's snapshots.json lists. Whatever was not uploaded is not there.
+func (v *Volume) restoreFromBackend(ctx context.Context) error {
+	if err := os.RemoveAll(v.dir); err != nil {
+		return fmt.Errorf("clear %s: %w", v.dir, err)
+	}
+	if err := v.makeDirs(); err != nil {
+		return err
+	}
+	b, err := v.backend.Get(ctx, v.ns, snapshotsObject)
+	if err != nil {
+		return fmt.Errorf("read snapshots.json: %w", err)
+	}
+	snaps, err := decodeSnapshotsFile(b)
+	if err != nil {
+		return err
+	}
+	if err := v.openMetadata(); err != nil {
+		return err
+	}
+	maxSCO := uint32(0)
+	for _, name := range snaps.TLogs {
+		data, err := v.backend.Get(ctx, v.ns, name)
+		if err != nil {
+			return fmt.Errorf("read %s: %w", name, err)
+		}
+		recs, _, err := decodeTLog(data)
+		if err != nil {
+			return fmt.Errorf("%s: %w", name, err)
+		}
+		n, err := v.applyRecords(recs)
+		if err != nil {
+			return fmt.Errorf("replay %s: %w", name, err)
+		}
+		v.written += n
+		v.state.Sealed = append(v.state.Sealed, sealedTLog{Name: name, Uploaded: true})
+	}
+	// SCO numbers must never be reused, including those of SCOs that were
+	// uploaded after the last TLog made it: their names exist.
+	objs, err := v.backend.List(ctx, v.ns, "")
+	if err != nil {
+		return fmt.Errorf("list backend objects: %w", err)
+	}
+	for _, o := range objs {
+		if n, err := scos.ParseSCOName(o.Name); err == nil && n.Number > maxSCO {
+			maxSCO = n.Number
+		}
+	}
+	v.nextSCO = maxSCO + 1
+	v.uploadedCount = len(v.state.Sealed)
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	if err := v.startTLogLocked(); err != nil {
+		return err
+	}
+	v.state.Checkpoint = len(v.state.Sealed)
+	return v.checkpointLocked()
+}
+
+// restoreLocal restarts the volume from its local state after a clean stop
+// or a crash: replay the TLogs after the metadata checkpoint, recover the
+// TLog that was open (keeping its valid records whose data is intact), and
+// pick the write buffer up again.
+func (v *Volume) restoreLocal(ctx context.Context, st localState) error {
+	cfg := v.state.Config
+	v.state = st
+	v.state.Config = cfg // the backend's volume.json is authoritative
+	if err := v.makeDirs(); err != nil {
+		return err
+	}
+	if err := v.openMetadata(); err != nil {
+		return err
+	}
+	for v.uploadedCount < len(st.Sealed) && st.Sealed[v.uploadedCount].Uploaded {
+		v.uploadedCount++
+	}
+	pendingSCOs := map[uint32]bool{}
+	maxSCO := uint32(0)
+	for i, t := range st.Sealed {
+		for _, n := range t.SCOs {
+			pendingSCOs[n] = !t.Uploaded
+			maxSCO = max(maxSCO, n)
+		}
+		if i < st.Checkpoint {
+			continue
+		}
+		data, err := os.ReadFile(v.tlogPath(t.Name))
+		if errors.Is(err, fs.ErrNotExist) && t.Uploaded {
+			data, err = v.backend.Get(ctx, v.ns, t.Name)
+		}
+		if err != nil {
+			return fmt.Errorf("read sealed %s: %w", t.Name, err)
+		}
+		recs, _, err := decodeTLog(data)
+		if err != nil {
+			return fmt.Errorf("sealed %s: %w", t.Name, err)
+		}
+		if _, err := v.applyRecords(recs); err != nil {
+			return fmt.Errorf("replay %s: %w", t.Name, err)
+		}
+		v.pendingUpload += t.PendingBytes
+	}
+	v.written = st.WrittenBytes
+
+	openSCOs, err := v.recoverOpenTLog(st)
+	if err != nil {
+		return err
+	}
+	for _, n := range openSCOs {
+		pendingSCOs[n] = true
+		maxSCO = max(maxSCO, n)
+	}
+
+	// Pick up the SCOs in the write buffer.
+	ents, err := os.ReadDir(filepath.Join(v.dir, "sco"))
+	if err != nil {
+		return fmt.Errorf("read write buffer: %w", err)
+	}
+	for _, e := range ents {
+		name, err := scos.ParseSCOName(e.Name())
+		if err != nil {
+			continue
+		}
+		pending, known := pendingSCOs[name.Number]
+		if !known && name.Number >= st.OpenFirstSCO {
+			continue // removed as a crash leftover by recoverOpenTLog
+		}
+		f, err := os.OpenFile(v.scoPath(name.Number), os.O_RDWR, 0)
+		if err != nil {
+			return fmt.Errorf("open SCO %s: %w", name, err)
+		}
+		fi, err := f.Stat()
+		if err != nil {
+			f.Close()
+			return fmt.Errorf("stat SCO %s: %w", name, err)
+		}
+		s := &scoFile{num: name.Number, f: f, clusters: int(fi.Size() / int64(v.clusterSize)), sealed: true, uploaded: !pending}
+		v.scos[s.num] = s
+		v.writeBuffer += fi.Size()
+		maxSCO = max(maxSCO, name.Number)
+	}
+	v.nextSCO = max(st.OpenFirstSCO, maxSCO+1, 1)
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	return v.startTLogLocked()
+}
+
+// recoverOpenTLog handles the TLog that was open when the volume stopped.
+// Records up to its last sync record were made durable by a flush. Records
+// after it were handed to the kernel but never synced: each is kept only
+// if the SCO data it points to is there and matches its CRC, and the first
+// that fails ends the TLog. The SCOs it used are cut to what its records
+// describe, and SCO files it never described are removed. If it holds
+// anything, it is sealed and queued for upload.
+func (v *Volume) recoverOpenTLog(st localState) ([]uint32, error) {
+	if st.OpenTLog == "" {
+		return nil, nil
+	}
+	path := v.tlogPath(st.OpenTLog)
+	data, err := os.ReadFile(path)
+	if errors.Is(err, fs.ErrNotExist) {
+		data = nil
+	} else if err != nil {
+		return nil, fmt.Errorf("read open TLog: %w", err)
+	}
+	var recs []tlogRecord
+	if len(data) >= tlogHeaderSize {
+		var derr error
+		recs, _, derr = decodeTLog(data)
+		if derr != nil && len(recs) == 0 && !errors.Is(derr, ErrCorruptTLog) {
+			return nil, fmt.Errorf("open TLog %s: %w", st.OpenTLog, derr)
+		}
+		if derr != nil {
+			v.log.Warn("open TLog has a torn tail; keeping its valid records", "vdisk", v.name(), "tlog", st.OpenTLog, "records", len(recs), "err", derr)
+		}
+	}
+	lastSync := -1
+	for i, r := range recs {
+		if r.Type == recSync {
+			lastSync = i
+		}
+	}
+	files := map[uint32]*os.File{}
+	defer func() {
+		for _, f := range files {
+			f.Close()
+		}
+	}()
+	cs := v.clusterSize
+	buf := make([]byte, cs)
+	keep := len(recs)
+	for i := lastSync + 1; i < len(recs); i++ {
+		r := recs[i]
+		if r.Type != recWrite {
+			continue
+		}
+		loc := scos.UnpackLocation(r.Loc)
+		f, ok := files[loc.SCO.Number]
+		if !ok {
+			f, err = os.Open(v.scoPath(loc.SCO.Number))
+			if err != nil {
+				keep = i
+				break
+			}
+			files[loc.SCO.Number] = f
+		}
+		if _, err := f.ReadAt(buf, int64(loc.Offset)*int64(cs)); err != nil || crc32c(buf) != r.DataCRC {
+			keep = i
+			break
+		}
+	}
+	if keep < len(recs) {
+		v.log.Warn("dropping unflushed TLog records whose data did not reach the disk",
+			"vdisk", v.name(), "tlog", st.OpenTLog, "dropped", len(recs)-keep)
+		recs = recs[:keep]
+	}
+	n, err := v.applyRecords(recs)
+	if err != nil {
+		return nil, fmt.Errorf("replay open %s: %w", st.OpenTLog, err)
+	}
+	v.written += n
+
+	// The SCOs this TLog used, in order, and how far its records reach.
+	reach := map[uint32]int64{}
+	var used []uint32
+	for _, r := range recs {
+		if r.Type != recWrite {
+			continue
+		}
+		loc := scos.UnpackLocation(r.Loc)
+		if _, ok := reach[loc.SCO.Number]; !ok {
+			used = append(used, loc.SCO.Number)
+		}
+		reach[loc.SCO.Number] = max(reach[loc.SCO.Number], int64(loc.Offset+1)*int64(cs))
+	}
+	sort.Slice(used, func(i, j int) bool { return used[i] < used[j] })
+	ents, err := os.ReadDir(filepath.Join(v.dir, "sco"))
+	if err != nil {
+		return nil, fmt.Errorf("read write buffer: %w", err)
+	}
+	var scoBytes int64
+	for _, e := range ents {
+		name, err := scos.ParseSCOName(e.Name())
+		if err != nil || name.Number < st.OpenFirstSCO {
+			continue
+		}
+		p := v.scoPath(name.Number)
+		end, ok := reach[name.Number]
+		if !ok {
+			if err := os.Remove(p); err != nil {
+				return nil, fmt.Errorf("remove leftover SCO: %w", err)
+			}
+			continue
+		}
+		if fi, err := os.Stat(p); err == nil && fi.Size() > end {
+			if err := os.Truncate(p, end); err != nil {
+				return nil, fmt.Errorf("truncate SCO %s: %w", name, err)
+			}
+		}
+		scoBytes += end
+	}
+
+	if len(recs) == 0 {
+		if err := os.Remove(path); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return nil, fmt.Errorf("remove empty TLog: %w", err)
+		}
+		return nil, nil
+	}
+	// Seal it: rewrite the valid prefix with a final sync record, durably.
+	out := tlogHeader()
+	for _, r := range recs {
+		out = appendRecord(out, r)
+	}
+	out = appendRecord(out, tlogRecord{Type: recSync})
+	if err := writeFileAtomic(path, out); err != nil {
+		return nil, err
+	}
+	for _, n := range used {
+		f, err := os.OpenFile(v.scoPath(n), os.O_RDWR, 0)
+		if err != nil {
+			return nil, fmt.Errorf("sync SCO: %w", err)
+		}
+		err = f.Sync()
+		f.Close()
+		if err != nil {
+			return nil, fmt.Errorf("sync SCO: %w", err)
+		}
+	}
+	pending := scoBytes + int64(len(out))
+	v.state.Sealed = append(v.state.Sealed, sealedTLog{Name: st.OpenTLog, SCOs: used, PendingBytes: pending})
+	v.pendingUpload += pending
+	v.state.OpenTLog = ""
+	return used, nil
+}

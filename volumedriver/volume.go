@@ -1,0 +1,726 @@
+package volumedriver
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io/fs"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/ovs-storage/ovs/scos"
+)
+
+// Volume is one vdisk served by this host. Writes are appended to the open
+// SCO in the local write buffer and recorded in the open TLog and the
+// metadata store; sealed SCOs and TLogs go to the backend in the background.
+//
+// All methods are safe for concurrent use. mu guards the write path and the
+// metadata; data reads from SCOs happen outside it.
+type Volume struct {
+	drv     *Driver
+	dir     string
+	ns      string
+	backend scos.Backend
+	log     *slog.Logger
+	// cacheSalt separates this volume's keys in the shared read cache.
+	cacheSalt uint64
+
+	clusterSize int
+	scoClusters int
+	tlogMult    int
+
+	clients atomic.Int32
+	size    atomic.Int64
+
+	// rmwMu serialises read-modify-write of partial clusters, so two
+	// unaligned writes to different bytes of one cluster both land.
+	rmwMu sync.Mutex
+
+	mu         sync.Mutex
+	closed     bool
+	failed     error // a write-path I/O error; the volume refuses writes after it
+	md         *metadataStore
+	seq        uint64 // number of the newest change
+	flushedSeq uint64 // every change up to it is in a durable TLog
+	state      localState
+	scos       map[uint32]*scoFile // SCOs in the local write buffer, by number
+	cur        *scoFile            // open SCO; nil until the next write
+	unsynced   []*scoFile          // SCOs with data not yet fsynced
+	tlog       *openTLog
+	nextSCO    uint32
+
+	pendingUpload int64 // bytes of sealed+open data not on the backend
+	writeBuffer   int64 // bytes of SCO files in the write buffer
+	written       int64
+	uploadedCount int // Sealed[:uploadedCount] are on the backend
+	progress      chan struct{}
+	uploadErr     error
+
+	kick     chan struct{}
+	stop     chan struct{}
+	stopOnce sync.Once
+	wg       sync.WaitGroup
+}
+
+// scoFile is an SCO in the local write buffer.
+type scoFile struct {
+	num      uint32
+	f        *os.File
+	clusters int // clusters written
+	sealed   bool
+	uploaded bool
+	// readers holds the file open; eviction skips SCOs being read.
+	readers atomic.Int32
+}
+
+// openTLog is the TLog being written. Records are buffered and written to
+// the file at flush (or when the buffer grows), after the SCO data they
+// describe.
+type openTLog struct {
+	name     string
+	f        *os.File
+	size     int64 // bytes in the file
+	buf      []byte
+	records  int
+	scos     []uint32
+	scoBytes int64
+	opened   time.Time
+}
+
+func (v *Volume) name() string { return v.state.Config.Name }
+
+func (v *Volume) scoName(num uint32) scos.SCOName { return scos.SCOName{Number: num} }
+
+func (v *Volume) scoPath(num uint32) string {
+	return filepath.Join(v.dir, "sco", v.scoName(num).String())
+}
+
+func (v *Volume) tlogPath(name string) string { return filepath.Join(v.dir, "tlog", name) }
+
+// Size returns the vdisk size in bytes.
+func (v *Volume) Size() int64 { return v.size.Load() }
+
+// ClusterSize returns the vdisk's cluster size in bytes.
+func (v *Volume) ClusterSize() int { return v.clusterSize }
+
+func (v *Volume) checkRange(off int64, n int64) error {
+	if off < 0 || n < 0 || off+n > v.Size() || off+n < off {
+		return fmt.Errorf("%s: [%d, +%d) of %d bytes: %w", v.name(), off, n, v.Size(), ErrOutOfRange)
+	}
+	return nil
+}
+
+// ---------------------------------------------------------------------------
+// Writes
+
+// WriteAt writes p at byte offset off. With fua the data is durable when it
+// returns.
+func (v *Volume) WriteAt(ctx context.Context, p []byte, off int64, fua bool) error {
+	if err := v.checkRange(off, int64(len(p))); err != nil {
+		return err
+	}
+	cs := int64(v.clusterSize)
+	for len(p) > 0 {
+		inCluster := off % cs
+		if inCluster != 0 || int64(len(p)) < cs {
+			n := min(int64(len(p)), cs-inCluster)
+			if err := v.writePartial(ctx, p[:n], off); err != nil {
+				return err
+			}
+			p, off = p[n:], off+n
+			continue
+		}
+		n := int64(len(p)) / cs * cs
+		if err := v.writeClusters(ctx, uint64(off/cs), p[:n]); err != nil {
+			return err
+		}
+		p, off = p[n:], off+n
+	}
+	if fua {
+		return v.Flush(ctx)
+	}
+	return nil
+}
+
+// writePartial does a read-modify-write of one cluster.
+func (v *Volume) writePartial(ctx context.Context, p []byte, off int64) error {
+	cs := int64(v.clusterSize)
+	addr := uint64(off / cs)
+	buf := make([]byte, cs)
+	v.rmwMu.Lock()
+	defer v.rmwMu.Unlock()
+	if err := v.readClusters(ctx, addr, buf); err != nil {
+		return err
+	}
+	copy(buf[off%cs:], p)
+	return v.writeClusters(ctx, addr, buf)
+}
+
+// writeClusters appends whole clusters starting at cluster address addr.
+func (v *Volume) writeClusters(ctx context.Context, addr uint64, data []byte) error {
+	cs := v.clusterSize
+	n := len(data) / cs
+	var one [1]uint32
+	crcs := one[:]
+	if n > 1 {
+		crcs = make([]uint32, n)
+	}
+	for i := 0; i < n; i++ {
+		crcs[i] = crc32c(data[i*cs : (i+1)*cs])
+	}
+	if err := v.throttle(ctx); err != nil {
+		return err
+	}
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	if err := v.writableLocked(); err != nil {
+		return err
+	}
+	for i := 0; i < n; {
+		sco, err := v.openSCOLocked()
+		if err != nil {
+			return v.failLocked(err)
+		}
+		k := min(v.scoClusters-sco.clusters, n-i)
+		if _, err := sco.f.WriteAt(data[i*cs:(i+k)*cs], int64(sco.clusters)*int64(cs)); err != nil {
+			return v.failLocked(fmt.Errorf("write SCO %s: %w", v.scoName(sco.num), err))
+		}
+		for j := 0; j < k; j++ {
+			v.seq++
+			loc := scos.ClusterLocation{SCO: v.scoName(sco.num), Offset: uint16(sco.clusters + j)}.Pack()
+			a := addr + uint64(i+j)
+			v.tlog.buf = appendRecord(v.tlog.buf, tlogRecord{Type: recWrite, DataCRC: crcs[i+j], Addr: a, Loc: loc})
+			v.tlog.records++
+			if err := v.md.set(a, mdEntry{loc: loc, crc: crcs[i+j]}, v.seq); err != nil {
+				return v.failLocked(err)
+			}
+		}
+		sco.clusters += k
+		bytes := int64(k) * int64(cs)
+		v.tlog.scoBytes += bytes
+		v.pendingUpload += bytes
+		v.writeBuffer += bytes
+		v.written += bytes
+		i += k
+		if sco.clusters == v.scoClusters {
+			if err := v.sealSCOLocked(); err != nil {
+				return v.failLocked(err)
+			}
+		}
+	}
+	if len(v.tlog.buf) >= 64<<10 {
+		if err := v.writeTLogBufLocked(); err != nil {
+			return v.failLocked(err)
+		}
+	}
+	return nil
+}
+
+func (v *Volume) writableLocked() error {
+	if v.closed {
+		return fmt.Errorf("%s: %w", v.name(), ErrClosed)
+	}
+	if v.failed != nil {
+		return fmt.Errorf("%s: volume failed earlier, restart it: %w", v.name(), v.failed)
+	}
+	return nil
+}
+
+// failLocked records a write-path error: after a failed SCO or TLog write
+// the volume cannot promise what it holds, so it stops taking writes
+// rather than acknowledge ones it may lose. Reads go on.
+func (v *Volume) failLocked(err error) error {
+	if v.failed == nil {
+		v.failed = err
+		v.log.Error("volume failed, refusing writes until restarted", "vdisk", v.name(), "err", err)
+	}
+	return fmt.Errorf("%s: %w", v.name(), err)
+}
+
+// throttle blocks while too much written data waits for the backend: the
+// write buffer is bounded, and writes are slowed down, never failed.
+func (v *Volume) throttle(ctx context.Context) error {
+	limit := v.drv.opts.MaxPendingUploadBytes
+	for {
+		v.mu.Lock()
+		if v.pendingUpload < limit || v.closed {
+			v.mu.Unlock()
+			return nil
+		}
+		ch := v.progress
+		v.mu.Unlock()
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+}
+
+func (v *Volume) openSCOLocked() (*scoFile, error) {
+	if v.cur != nil {
+		return v.cur, nil
+	}
+	num := v.nextSCO
+	if num == 0 || num == ^uint32(0) {
+		return nil, fmt.Errorf("SCO numbers exhausted")
+	}
+	f, err := os.OpenFile(v.scoPath(num), os.O_RDWR|os.O_CREATE|os.O_TRUNC, 0o644)
+	if err != nil {
+		return nil, fmt.Errorf("create SCO: %w", err)
+	}
+	v.nextSCO++
+	s := &scoFile{num: num, f: f}
+	v.scos[num] = s
+	v.cur = s
+	v.unsynced = append(v.unsynced, s)
+	v.tlog.scos = append(v.tlog.scos, num)
+	return s, nil
+}
+
+// sealSCOLocked closes the open SCO for writing; when the TLog holds its
+// share of SCOs, the TLog is sealed too.
+func (v *Volume) sealSCOLocked() error {
+	if v.cur == nil {
+		return nil
+	}
+	v.cur.sealed = true
+	v.cur = nil
+	if len(v.tlog.scos) >= v.tlogMult {
+		return v.sealTLogLocked()
+	}
+	return nil
+}
+
+// writeTLogBufLocked hands the buffered records to the kernel (no fsync):
+// after that a crash of the process does not lose them.
+func (v *Volume) writeTLogBufLocked() error {
+	if len(v.tlog.buf) == 0 {
+		return nil
+	}
+	// The records describe SCO data written before them; write(2) order
+	// is all a process crash needs, fsync order is handled by flush.
+	if _, err := v.tlog.f.WriteAt(v.tlog.buf, v.tlog.size); err != nil {
+		return fmt.Errorf("write TLog %s: %w", v.tlog.name, err)
+	}
+	v.tlog.size += int64(len(v.tlog.buf))
+	v.pendingUpload += int64(len(v.tlog.buf))
+	v.tlog.buf = v.tlog.buf[:0]
+	return nil
+}
+
+// Flush makes every write completed before the call durable.
+func (v *Volume) Flush(ctx context.Context) error {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	if err := v.writableLocked(); err != nil {
+		return err
+	}
+	if err := v.flushLocked(); err != nil {
+		return v.failLocked(err)
+	}
+	return nil
+}
+
+// flushLocked: fdatasync the SCOs, then append a sync record and make the
+// TLog durable. A TLog record therefore never reaches the disk before the
+// data it points to.
+func (v *Volume) flushLocked() error {
+	if v.flushedSeq == v.seq && len(v.tlog.buf) == 0 {
+		return nil
+	}
+	for _, s := range v.unsynced {
+		if err := syscall.Fdatasync(int(s.f.Fd())); err != nil {
+			return fmt.Errorf("sync SCO %s: %w", v.scoName(s.num), err)
+		}
+	}
+	v.unsynced = v.unsynced[:0]
+	if v.cur != nil {
+		v.unsynced = append(v.unsynced, v.cur)
+	}
+	v.tlog.buf = appendRecord(v.tlog.buf, tlogRecord{Type: recSync})
+	v.tlog.records++
+	if err := v.writeTLogBufLocked(); err != nil {
+		return err
+	}
+	if err := syscall.Fdatasync(int(v.tlog.f.Fd())); err != nil {
+		return fmt.Errorf("sync TLog %s: %w", v.tlog.name, err)
+	}
+	v.flushedSeq = v.seq
+	return nil
+}
+
+// beforeWriteBack is the metadata store's hook: a page may only go to disk
+// once the TLog records of its changes are durable.
+func (v *Volume) beforeWriteBack(seq uint64) error {
+	if seq <= v.flushedSeq {
+		return nil
+	}
+	return v.flushLocked()
+}
+
+// sealTLogLocked flushes and closes the open TLog (and the open SCO),
+// queues it for upload and opens a new one.
+func (v *Volume) sealTLogLocked() error {
+	if v.cur != nil {
+		v.cur.sealed = true
+		v.cur = nil
+	}
+	if v.tlog.records == 0 && len(v.tlog.scos) == 0 {
+		return nil
+	}
+	if err := v.flushLocked(); err != nil {
+		return err
+	}
+	if err := v.tlog.f.Close(); err != nil {
+		return fmt.Errorf("close TLog %s: %w", v.tlog.name, err)
+	}
+	v.state.Sealed = append(v.state.Sealed, sealedTLog{
+		Name:         v.tlog.name,
+		SCOs:         v.tlog.scos,
+		PendingBytes: v.tlog.scoBytes + v.tlog.size,
+	})
+	if err := v.startTLogLocked(); err != nil {
+		return err
+	}
+	if len(v.state.Sealed)-v.state.Checkpoint >= 8 {
+		if err := v.checkpointLocked(); err != nil {
+			return err
+		}
+	}
+	select {
+	case v.kick <- struct{}{}:
+	default:
+	}
+	return nil
+}
+
+// startTLogLocked opens a new TLog and records it in state.json, so a
+// restart knows which file was being written.
+func (v *Volume) startTLogLocked() error {
+	name := newTLogName()
+	v.state.OpenTLog = name
+	v.state.OpenFirstSCO = v.nextSCO
+	v.state.WrittenBytes = v.written
+	if err := writeLocalState(v.dir, &v.state); err != nil {
+		return err
+	}
+	f, err := os.OpenFile(v.tlogPath(name), os.O_RDWR|os.O_CREATE|os.O_TRUNC, 0o644)
+	if err != nil {
+		return fmt.Errorf("create TLog: %w", err)
+	}
+	if _, err := f.Write(tlogHeader()); err != nil {
+		f.Close()
+		return fmt.Errorf("create TLog: %w", err)
+	}
+	v.tlog = &openTLog{name: name, f: f, size: tlogHeaderSize, opened: time.Now()}
+	v.pendingUpload += tlogHeaderSize
+	return nil
+}
+
+// checkpointLocked makes the metadata store file durable and moves the
+// replay starting point past every sealed TLog; local TLog files that are
+// uploaded and behind the checkpoint are then removed.
+func (v *Volume) checkpointLocked() error {
+	if err := v.flushLocked(); err != nil {
+		return err
+	}
+	if err := v.md.checkpoint(); err != nil {
+		return err
+	}
+	v.state.Checkpoint = len(v.state.Sealed)
+	v.state.WrittenBytes = v.written
+	if err := writeLocalState(v.dir, &v.state); err != nil {
+		return err
+	}
+	v.removeOldTLogsLocked()
+	return nil
+}
+
+func (v *Volume) removeOldTLogsLocked() {
+	for i := 0; i < v.state.Checkpoint && i < v.uploadedCount; i++ {
+		err := os.Remove(v.tlogPath(v.state.Sealed[i].Name))
+		if err != nil && !errors.Is(err, fs.ErrNotExist) {
+			v.log.Warn("remove local TLog", "vdisk", v.name(), "tlog", v.state.Sealed[i].Name, "err", err)
+		}
+	}
+}
+
+// Trim discards [off, off+length): it reads as zeros afterwards.
+func (v *Volume) Trim(ctx context.Context, off, length int64) error {
+	return v.zero(ctx, off, length, false)
+}
+
+// WriteZeroes makes [off, off+length) read as zeros; with noHole the range
+// stays allocated (zero clusters are written).
+func (v *Volume) WriteZeroes(ctx context.Context, off, length int64, noHole, fua bool) error {
+	if err := v.zero(ctx, off, length, noHole); err != nil {
+		return err
+	}
+	if fua {
+		return v.Flush(ctx)
+	}
+	return nil
+}
+
+func (v *Volume) zero(ctx context.Context, off, length int64, noHole bool) error {
+	if err := v.checkRange(off, length); err != nil {
+		return err
+	}
+	cs := int64(v.clusterSize)
+	end := off + length
+	// Partial clusters at either end are zeroed by read-modify-write.
+	if head := off % cs; head != 0 {
+		n := min(cs-head, length)
+		if err := v.writePartial(ctx, make([]byte, n), off); err != nil {
+			return err
+		}
+		off += n
+	}
+	if off >= end {
+		return nil
+	}
+	if tail := end % cs; tail != 0 && end-tail >= off {
+		if err := v.writePartial(ctx, make([]byte, tail), end-tail); err != nil {
+			return err
+		}
+		end -= tail
+	}
+	if off >= end {
+		return nil
+	}
+	if noHole {
+		zeros := make([]byte, min(end-off, 1<<20))
+		for off < end {
+			n := min(int64(len(zeros)), end-off)
+			if err := v.writeClusters(ctx, uint64(off/cs), zeros[:n]); err != nil {
+				return err
+			}
+			off += n
+		}
+		return nil
+	}
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	if err := v.writableLocked(); err != nil {
+		return err
+	}
+	v.seq++
+	addr, count := uint64(off/cs), uint64((end-off)/cs)
+	v.tlog.buf = appendRecord(v.tlog.buf, tlogRecord{Type: recTrim, Addr: addr, Count: count})
+	v.tlog.records++
+	if err := v.md.trim(addr, count, v.seq); err != nil {
+		return v.failLocked(err)
+	}
+	return nil
+}
+
+// ---------------------------------------------------------------------------
+// Reads
+
+// ReadAt fills p from byte offset off.
+func (v *Volume) ReadAt(ctx context.Context, p []byte, off int64) error {
+	if err := v.checkRange(off, int64(len(p))); err != nil {
+		return err
+	}
+	cs := int64(v.clusterSize)
+	if off%cs == 0 && int64(len(p))%cs == 0 {
+		return v.readClusters(ctx, uint64(off/cs), p)
+	}
+	first := off / cs
+	last := (off + int64(len(p)) - 1) / cs
+	buf := make([]byte, (last-first+1)*cs)
+	if err := v.readClusters(ctx, uint64(first), buf); err != nil {
+		return err
+	}
+	copy(p, buf[off-first*cs:])
+	return nil
+}
+
+// lookup is a cluster's location resolved under the lock.
+type lookup struct {
+	e   mdEntry
+	sco *scoFile // local SCO holding it, with a reader reference; nil if not local
+}
+
+// readClusters fills buf (whole clusters) from cluster address addr.
+func (v *Volume) readClusters(ctx context.Context, addr uint64, buf []byte) error {
+	cs := v.clusterSize
+	n := len(buf) / cs
+	var small [4]lookup
+	ls := small[:0]
+	if n > len(small) {
+		ls = make([]lookup, 0, n)
+	}
+	v.mu.Lock()
+	if v.closed {
+		v.mu.Unlock()
+		return fmt.Errorf("%s: %w", v.name(), ErrClosed)
+	}
+	for i := 0; i < n; i++ {
+		e, err := v.md.get(addr + uint64(i))
+		if err != nil {
+			v.mu.Unlock()
+			v.releaseLookups(ls)
+			return fmt.Errorf("%s: %w", v.name(), err)
+		}
+		l := lookup{e: e}
+		if e.loc != 0 {
+			if s, ok := v.scos[scos.UnpackLocation(e.loc).SCO.Number]; ok {
+				s.readers.Add(1)
+				l.sco = s
+			}
+		}
+		ls = append(ls, l)
+	}
+	v.mu.Unlock()
+	defer v.releaseLookups(ls)
+
+	for i := 0; i < n; {
+		l := ls[i]
+		out := buf[i*cs : (i+1)*cs]
+		if l.e.loc == 0 {
+			clear(out)
+			i++
+			continue
+		}
+		// Coalesce a run of clusters that sit next to each other in
+		// the same local SCO into one read.
+		j := i + 1
+		if l.sco != nil {
+			for j < n && ls[j].sco == l.sco && ls[j].e.loc == ls[j-1].e.loc+1 {
+				j++
+			}
+		}
+		if err := v.readRun(ctx, ls[i:j], buf[i*cs:j*cs]); err != nil {
+			return err
+		}
+		i = j
+	}
+	return nil
+}
+
+func (v *Volume) releaseLookups(ls []lookup) {
+	for _, l := range ls {
+		if l.sco != nil {
+			l.sco.readers.Add(-1)
+		}
+	}
+}
+
+// readRun reads clusters that are contiguous in one SCO and verifies each
+// against its CRC. The order is: read cache, local SCO, backend.
+func (v *Volume) readRun(ctx context.Context, ls []lookup, out []byte) error {
+	cs := v.clusterSize
+	if len(ls) == 1 && v.drv.cache != nil {
+		if data, ok := v.drv.cacheGet(v, ls[0].e.loc); ok && crc32c(data) == ls[0].e.crc {
+			copy(out, data)
+			return nil
+		}
+	}
+	first := scos.UnpackLocation(ls[0].e.loc)
+	if ls[0].sco != nil {
+		_, err := ls[0].sco.f.ReadAt(out, int64(first.Offset)*int64(cs))
+		if err == nil {
+			bad := -1
+			for i, l := range ls {
+				if crc32c(out[i*cs:(i+1)*cs]) != l.e.crc {
+					bad = i
+					break
+				}
+			}
+			if bad < 0 {
+				return nil
+			}
+			v.log.Error("checksum mismatch in the write buffer (bit rot); reading the backend copy",
+				"vdisk", v.name(), "sco", first.SCO.String(), "offset", int(first.Offset)+bad)
+		} else {
+			v.log.Warn("read from the write buffer failed; reading the backend copy",
+				"vdisk", v.name(), "sco", first.SCO.String(), "err", err)
+		}
+	}
+	for i, l := range ls {
+		loc := scos.UnpackLocation(l.e.loc)
+		p := out[i*cs : (i+1)*cs]
+		if err := v.backend.ReadAt(ctx, v.ns, loc.SCO.String(), p, int64(loc.Offset)*int64(cs)); err != nil {
+			return fmt.Errorf("%s: read cluster %s from the backend: %w", v.name(), loc, err)
+		}
+		if crc32c(p) != l.e.crc {
+			v.log.Error("checksum mismatch on the backend copy (bit rot)", "vdisk", v.name(), "cluster", loc.String())
+			return fmt.Errorf("%s: cluster %s: %w: checksum mismatch", v.name(), loc, scos.ErrCorrupt)
+		}
+		v.drv.cacheSet(v, l.e.loc, p)
+	}
+	return nil
+}
+
+// ---------------------------------------------------------------------------
+// Allocation
+
+// Extent is a run of bytes that is all mapped (holds written data) or all
+// unmapped (never written or trimmed: reads as zeros).
+type Extent struct {
+	Length int64
+	Mapped bool
+}
+
+// Extents describes allocation from byte offset off for up to length bytes
+// (at most maxExtents extents; the last may end before off+length).
+func (v *Volume) Extents(ctx context.Context, off, length int64) ([]Extent, error) {
+	if err := v.checkRange(off, length); err != nil {
+		return nil, err
+	}
+	if length == 0 {
+		return nil, nil
+	}
+	cs := int64(v.clusterSize)
+	first := off / cs
+	last := (off + length - 1) / cs
+	v.mu.Lock()
+	runs, err := v.md.runs(uint64(first), uint64(last-first+1), 1024)
+	v.mu.Unlock()
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", v.name(), err)
+	}
+	out := make([]Extent, 0, len(runs))
+	pos := off
+	clusterPos := first * cs
+	for _, r := range runs {
+		runEnd := min(clusterPos+int64(r.count)*cs, off+length)
+		clusterPos += int64(r.count) * cs
+		if runEnd <= pos {
+			continue
+		}
+		out = append(out, Extent{Length: runEnd - pos, Mapped: r.mapped})
+		pos = runEnd
+	}
+	return out, nil
+}
+
+// ---------------------------------------------------------------------------
+// Info
+
+func (v *Volume) info() VolumeInfo {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	c := v.state.Config
+	return VolumeInfo{
+		Name:               c.Name,
+		ID:                 c.ID,
+		Size:               v.Size(),
+		ClusterSize:        c.ClusterSize,
+		SCOSize:            int64(c.ClusterSize) * int64(c.SCOMultiplier),
+		CreatedAt:          c.CreatedAt,
+		Clients:            int(v.clients.Load()),
+		WrittenBytes:       v.written,
+		PendingUploadBytes: v.pendingUpload + int64(len(v.tlog.buf)),
+		WriteBufferBytes:   v.writeBuffer,
+		State:              "ok",
+	}
+}
