@@ -99,8 +99,13 @@ func decodePage(b []byte, no uint64, p *mdPage) error {
 		e := mdEntry{loc: binary.LittleEndian.Uint64(b[o:]), crc: binary.LittleEndian.Uint32(b[o+8:])}
 		if e.loc != 0 {
 			p.mapped++
+		} else if e.crc != 0 {
+			return fmt.Errorf("%w: page %d: unmapped entry %d has a checksum", ErrCorruptMetadata, no, i)
 		}
 		p.entries[i] = e
+	}
+	if p.mapped == 0 {
+		return fmt.Errorf("%w: page %d: stored page without entries", ErrCorruptMetadata, no)
 	}
 	return nil
 }
