@@ -354,7 +354,7 @@ func (v *Volume) recoverOpenTLog(st localState) ([]uint32, error) {
 			return nil, fmt.Errorf("sync SCO: %w", err)
 		}
 	}
-	pending := scoBytes + int64(len(out))
+	pending := scoBytes + int64(len(out)) - tlogHeaderSize
 	v.state.Sealed = append(v.state.Sealed, sealedTLog{Name: st.OpenTLog, SCOs: used, PendingBytes: pending})
 	v.pendingUpload += pending
 	v.state.OpenTLog = ""

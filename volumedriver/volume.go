@@ -384,7 +384,7 @@ func (v *Volume) sealTLogLocked() error {
 	v.state.Sealed = append(v.state.Sealed, sealedTLog{
 		Name:         v.tlog.name,
 		SCOs:         v.tlog.scos,
-		PendingBytes: v.tlog.scoBytes + v.tlog.size,
+		PendingBytes: v.tlog.scoBytes + v.tlog.size - tlogHeaderSize,
 	})
 	if err := v.startTLogLocked(); err != nil {
 		return err
@@ -420,7 +420,6 @@ func (v *Volume) startTLogLocked() error {
 		return fmt.Errorf("create TLog: %w", err)
 	}
 	v.tlog = &openTLog{name: name, f: f, size: tlogHeaderSize, opened: time.Now()}
-	v.pendingUpload += tlogHeaderSize
 	return nil
 }
 

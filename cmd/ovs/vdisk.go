@@ -1,0 +1,252 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"strconv"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/ovs-storage/ovs/framework/api"
+	"github.com/ovs-storage/ovs/volumedriver"
+)
+
+// sizeFlagHelp documents the size syntax (api.ParseSize) in help texts.
+const sizeFlagHelp = `
+
+Sizes are a number of bytes or a number with a unit: B, K/KiB, M/MiB,
+G/GiB, T/TiB, P/PiB (case-insensitive, optional space). All units are
+binary (1024-based); KB, MB, GB, TB and PB are read as KiB, MiB, GiB, TiB
+and PiB. Fractions are fine if they come to whole bytes: 1.5GiB.`
+
+func newVDiskCommand(g *globalOptions) *cobra.Command {
+	cmd := &cobra.Command{
+		Use:     "vdisk",
+		Aliases: []string{"vdisks"},
+		Short:   "Create, list, resize, sync and delete vdisks",
+		Long: "Manage vdisks (virtual block devices) through the OVS REST API given by\n" +
+			"--api or $OVS_API." + sizeFlagHelp,
+		// Runnable only so that an unknown subcommand is an error.
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error { return cmd.Help() },
+	}
+	cmd.AddCommand(
+		newVDiskCreateCommand(g),
+		newVDiskListCommand(g),
+		newVDiskInfoCommand(g),
+		newVDiskDeleteCommand(g),
+		newVDiskResizeCommand(g),
+		newVDiskSyncCommand(g),
+	)
+	return cmd
+}
+
+// oneName accepts exactly one argument, the vdisk name.
+func oneName(cmd *cobra.Command, args []string) error {
+	switch {
+	case len(args) == 0:
+		return fmt.Errorf("%s needs the vdisk NAME", commandName(cmd))
+	case len(args) > 1:
+		return fmt.Errorf("%s takes one vdisk NAME, got %d arguments", commandName(cmd), len(args))
+	case args[0] == "":
+		return fmt.Errorf("the vdisk NAME must not be empty")
+	}
+	return nil
+}
+
+// commandName is the command's path without the leading "ovs ", for
+// messages that "ovs: " already prefixes.
+func commandName(cmd *cobra.Command) string {
+	return strings.TrimPrefix(cmd.CommandPath(), cmd.Root().Name()+" ")
+}
+
+func newVDiskCreateCommand(g *globalOptions) *cobra.Command {
+	var (
+		size, clusterSize sizeValue
+		scoMultiplier     int
+	)
+	cmd := &cobra.Command{
+		Use:   "create NAME --size SIZE",
+		Short: "Create a vdisk",
+		Long: "Create a vdisk of the given size. The cluster size (4 KiB to 64 KiB) and\n" +
+			"the SCO multiplier (clusters per SCO) are fixed at creation; 0 takes the\n" +
+			"defaults (4 KiB clusters, 1024 per SCO = 4 MiB SCOs)." + sizeFlagHelp,
+		Example: "  ovs vdisk create vm1-root --size 10GiB\n" +
+			"  ovs vdisk create db --size 1.5TiB --cluster-size 8KiB --sco-multiplier 2048",
+		Args: oneName,
+	}
+	cmd.Flags().Var(&size, "size", "size of the vdisk, e.g. 10GiB (required)")
+	cmd.Flags().Var(&clusterSize, "cluster-size", "cluster size, e.g. 4KiB (default 4KiB)")
+	cmd.Flags().IntVar(&scoMultiplier, "sco-multiplier", 0, "clusters per SCO (default 1024)")
+	_ = cmd.MarkFlagRequired("size")
+	output := addOutputFlag(cmd)
+	cmd.RunE = func(cmd *cobra.Command, args []string) error {
+		if scoMultiplier < 0 {
+			return errors.New("--sco-multiplier must not be negative")
+		}
+		opts := volumedriver.CreateOptions{ClusterSize: int(clusterSize), SCOMultiplier: scoMultiplier}
+		info, err := g.client().Create(cmd.Context(), args[0], int64(size), opts)
+		if err != nil {
+			return err
+		}
+		w := cmd.OutOrStdout()
+		if *output == outputJSON {
+			return writeJSON(w, info)
+		}
+		_, err = fmt.Fprintf(w, "created vdisk %q: %s, %s clusters, %s SCOs\n",
+			info.Name, api.FormatSize(info.Size), api.FormatSize(int64(info.ClusterSize)), api.FormatSize(info.SCOSize))
+		return err
+	}
+	return cmd
+}
+
+func newVDiskListCommand(g *globalOptions) *cobra.Command {
+	cmd := &cobra.Command{
+		Use:     "list",
+		Aliases: []string{"ls"},
+		Short:   "List vdisks",
+		Args:    cobra.NoArgs,
+	}
+	output := addOutputFlag(cmd)
+	cmd.RunE = func(cmd *cobra.Command, _ []string) error {
+		infos, err := g.client().List(cmd.Context())
+		if err != nil {
+			return err
+		}
+		w := cmd.OutOrStdout()
+		if *output == outputJSON {
+			return writeJSON(w, infos)
+		}
+		tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+		fmt.Fprintln(tw, "NAME\tSIZE\tCLIENTS\tWRITTEN\tPENDING UPLOAD")
+		for _, v := range infos {
+			fmt.Fprintf(tw, "%s\t%s\t%d\t%s\t%s\n", v.Name, api.FormatSize(v.Size), v.Clients,
+				api.FormatSize(v.WrittenBytes), api.FormatSize(v.PendingUploadBytes))
+		}
+		return tw.Flush()
+	}
+	return cmd
+}
+
+func newVDiskInfoCommand(g *globalOptions) *cobra.Command {
+	cmd := &cobra.Command{
+		Use:     "info NAME",
+		Aliases: []string{"show"},
+		Short:   "Show a vdisk",
+		Args:    oneName,
+	}
+	output := addOutputFlag(cmd)
+	cmd.RunE = func(cmd *cobra.Command, args []string) error {
+		info, err := g.client().Info(cmd.Context(), args[0])
+		if err != nil {
+			return err
+		}
+		if *output == outputJSON {
+			return writeJSON(cmd.OutOrStdout(), info)
+		}
+		return writeInfo(cmd.OutOrStdout(), info)
+	}
+	return cmd
+}
+
+// writeInfo prints a vdisk as aligned "key: value" lines.
+func writeInfo(w io.Writer, v volumedriver.VolumeInfo) error {
+	created := "-"
+	if !v.CreatedAt.IsZero() {
+		created = v.CreatedAt.Format(time.RFC3339)
+	}
+	bytesAndSize := func(n int64) string {
+		if n < api.KiB {
+			return api.FormatSize(n)
+		}
+		return api.FormatSize(n) + " (" + strconv.FormatInt(n, 10) + " bytes)"
+	}
+	tw := tabwriter.NewWriter(w, 0, 0, 1, ' ', 0)
+	for _, kv := range [][2]string{
+		{"name", v.Name},
+		{"id", v.ID},
+		{"size", bytesAndSize(v.Size)},
+		{"cluster size", api.FormatSize(int64(v.ClusterSize))},
+		{"SCO size", api.FormatSize(v.SCOSize)},
+		{"created", created},
+		{"clients", strconv.Itoa(v.Clients)},
+		{"written", bytesAndSize(v.WrittenBytes)},
+		{"pending upload", bytesAndSize(v.PendingUploadBytes)},
+		{"write buffer", bytesAndSize(v.WriteBufferBytes)},
+	} {
+		fmt.Fprintf(tw, "%s:\t%s\n", kv[0], kv[1])
+	}
+	return tw.Flush()
+}
+
+func newVDiskDeleteCommand(g *globalOptions) *cobra.Command {
+	var force bool
+	cmd := &cobra.Command{
+		Use:     "delete NAME",
+		Aliases: []string{"rm"},
+		Short:   "Delete a vdisk",
+		Long: "Delete a vdisk and its data. A vdisk that a client (an NBD connection)\n" +
+			"has open is refused unless --force is given.",
+		Args: oneName,
+	}
+	cmd.Flags().BoolVar(&force, "force", false, "delete the vdisk even if a client has it open")
+	cmd.RunE = func(cmd *cobra.Command, args []string) error {
+		err := g.client().Delete(cmd.Context(), args[0], force)
+		if errors.Is(err, volumedriver.ErrBusy) && !force && !strings.Contains(err.Error(), "force") {
+			return fmt.Errorf("%w (use --force to delete it anyway)", err)
+		}
+		if err != nil {
+			return err
+		}
+		_, err = fmt.Fprintf(cmd.OutOrStdout(), "deleted vdisk %q\n", args[0])
+		return err
+	}
+	return cmd
+}
+
+func newVDiskResizeCommand(g *globalOptions) *cobra.Command {
+	var size sizeValue
+	cmd := &cobra.Command{
+		Use:     "resize NAME --size SIZE",
+		Short:   "Grow a vdisk",
+		Long:    "Grow a vdisk to a new size. Vdisks cannot shrink." + sizeFlagHelp,
+		Example: "  ovs vdisk resize vm1-root --size 20GiB",
+		Args:    oneName,
+	}
+	cmd.Flags().Var(&size, "size", "new size of the vdisk, e.g. 20GiB (required)")
+	_ = cmd.MarkFlagRequired("size")
+	output := addOutputFlag(cmd)
+	cmd.RunE = func(cmd *cobra.Command, args []string) error {
+		info, err := g.client().Resize(cmd.Context(), args[0], int64(size))
+		if err != nil {
+			return err
+		}
+		if *output == outputJSON {
+			return writeJSON(cmd.OutOrStdout(), info)
+		}
+		_, err = fmt.Fprintf(cmd.OutOrStdout(), "resized vdisk %q to %s\n", info.Name, api.FormatSize(info.Size))
+		return err
+	}
+	return cmd
+}
+
+func newVDiskSyncCommand(g *globalOptions) *cobra.Command {
+	return &cobra.Command{
+		Use:   "sync NAME",
+		Short: "Wait until a vdisk's flushed writes are on the backend",
+		Long: "Upload everything written to the vdisk and flushed before this command\n" +
+			"started to the backend, and return when it is there.",
+		Args: oneName,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if err := g.client().Sync(cmd.Context(), args[0]); err != nil {
+				return err
+			}
+			_, err := fmt.Fprintf(cmd.OutOrStdout(), "synced vdisk %q to the backend\n", args[0])
+			return err
+		},
+	}
+}

@@ -1,0 +1,129 @@
+package api
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/http"
+
+	"github.com/ovs-storage/ovs/volumedriver"
+)
+
+// Error codes in the "code" field of an error response.
+const (
+	CodeNotFound         = "not_found"          // 404: no vdisk by that name
+	CodeAlreadyExists    = "already_exists"     // 409: the name is taken
+	CodeInvalidArgument  = "invalid_argument"   // 400: bad request body, size, name, or a shrink
+	CodeBusy             = "busy"               // 409: the vdisk is in use
+	CodeClosed           = "closed"             // 503: the volume was stopped or deleted meanwhile
+	CodeOutOfRange       = "out_of_range"       // 400: beyond the end of the vdisk
+	CodeUnknownRoute     = "unknown_route"      // 404: no such API endpoint
+	CodeMethodNotAllowed = "method_not_allowed" // 405: endpoint exists, method does not
+	CodeTooLarge         = "request_too_large"  // 413: request body over the limit
+	CodeUnavailable      = "unavailable"        // 503: the server is not ready
+	CodeCanceled         = "canceled"           // 503: the request was canceled
+	CodeTimeout          = "timeout"            // 504: the operation timed out
+	CodeInternal         = "internal"           // 500: anything else
+)
+
+// ErrorResponse is the JSON body of every non-2xx response.
+type ErrorResponse struct {
+	Error string `json:"error"`
+	Code  string `json:"code"`
+}
+
+// APIError is the error the Client returns for a non-2xx response.
+//
+// errors.Is(err, volumedriver.ErrNotFound) (and ErrExists,
+// ErrInvalidArgument, ErrBusy, ErrClosed, ErrOutOfRange) holds when the
+// server answered with the matching code.
+type APIError struct {
+	Status  int    // HTTP status code
+	Code    string // one of the Code* constants, "" if the server sent none
+	Message string // the server's message
+}
+
+func (e *APIError) Error() string {
+	if e.Message != "" {
+		return e.Message
+	}
+	return fmt.Sprintf("HTTP %d %s", e.Status, http.StatusText(e.Status))
+}
+
+// Is reports whether the error's code corresponds to target, one of the
+// volumedriver sentinel errors.
+func (e *APIError) Is(target error) bool {
+	s, ok := codeSentinels[e.Code]
+	return ok && s == target
+}
+
+var codeSentinels = map[string]error{
+	CodeNotFound:        volumedriver.ErrNotFound,
+	CodeAlreadyExists:   volumedriver.ErrExists,
+	CodeInvalidArgument: volumedriver.ErrInvalidArgument,
+	CodeBusy:            volumedriver.ErrBusy,
+	CodeClosed:          volumedriver.ErrClosed,
+	CodeOutOfRange:      volumedriver.ErrOutOfRange,
+}
+
+// httpError is an error the server itself raises (bad body, bad query),
+// with the status and code to answer with.
+type httpError struct {
+	status int
+	code   string
+	msg    string
+}
+
+func (e *httpError) Error() string { return e.msg }
+
+func badRequest(format string, args ...any) *httpError {
+	return &httpError{http.StatusBadRequest, CodeInvalidArgument, fmt.Sprintf(format, args...)}
+}
+
+// classify maps an error to the HTTP status and code to answer with.
+func classify(err error) (status int, code string) {
+	var he *httpError
+	switch {
+	case errors.As(err, &he):
+		return he.status, he.code
+	case errors.Is(err, volumedriver.ErrNotFound):
+		return http.StatusNotFound, CodeNotFound
+	case errors.Is(err, volumedriver.ErrExists):
+		return http.StatusConflict, CodeAlreadyExists
+	case errors.Is(err, volumedriver.ErrInvalidArgument):
+		return http.StatusBadRequest, CodeInvalidArgument
+	case errors.Is(err, volumedriver.ErrBusy):
+		return http.StatusConflict, CodeBusy
+	case errors.Is(err, volumedriver.ErrClosed):
+		return http.StatusServiceUnavailable, CodeClosed
+	case errors.Is(err, volumedriver.ErrOutOfRange):
+		return http.StatusBadRequest, CodeOutOfRange
+	case errors.Is(err, context.Canceled):
+		return http.StatusServiceUnavailable, CodeCanceled
+	case errors.Is(err, context.DeadlineExceeded):
+		return http.StatusGatewayTimeout, CodeTimeout
+	}
+	return http.StatusInternalServerError, CodeInternal
+}
+
+// errorMessage is the message for err about vdisk name. The driver's
+// errors normally say which vdisk they are about; a bare sentinel gets the
+// name added.
+func errorMessage(err error, name string) string {
+	if name == "" {
+		return err.Error()
+	}
+	switch err {
+	case volumedriver.ErrNotFound:
+		return fmt.Sprintf("vdisk %q not found", name)
+	case volumedriver.ErrExists:
+		return fmt.Sprintf("vdisk %q already exists", name)
+	case volumedriver.ErrBusy:
+		return fmt.Sprintf("vdisk %q is in use", name)
+	case volumedriver.ErrClosed:
+		return fmt.Sprintf("vdisk %q is closed", name)
+	case volumedriver.ErrInvalidArgument:
+		return fmt.Sprintf("invalid argument for vdisk %q", name)
+	}
+	return err.Error()
+}

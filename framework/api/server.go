@@ -1,0 +1,534 @@
+// Package api is the OVS REST API (/api/v1): the HTTP server over the volume
+// driver's vdisk operations, a Go client for it, and the size syntax
+// (ParseSize, FormatSize) that the API and the CLI share.
+//
+// Endpoints:
+//
+//	GET    /api/v1/health                200 {"status":"ok"} once ready, 503 before
+//	POST   /api/v1/vdisks                201 VolumeInfo; body CreateRequest
+//	GET    /api/v1/vdisks                200 [VolumeInfo...] sorted by name
+//	GET    /api/v1/vdisks/{name}         200 VolumeInfo
+//	DELETE /api/v1/vdisks/{name}?force=  204; force deletes a vdisk in use
+//	POST   /api/v1/vdisks/{name}/resize  200 VolumeInfo; body {"size": ...}
+//	PATCH  /api/v1/vdisks/{name}         200 VolumeInfo; body {"size": ...}
+//	POST   /api/v1/vdisks/{name}/sync    200 VolumeInfo (or {} if it could not be read after the sync)
+//
+// Sizes in request bodies are a JSON integer (bytes) or a string in the
+// ParseSize syntax ("10GiB"). Every error is a JSON ErrorResponse.
+package api
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"net/url"
+	"runtime/debug"
+	"slices"
+	"strconv"
+	"strings"
+	"sync/atomic"
+	"time"
+
+	"github.com/ovs-storage/ovs/volumedriver"
+)
+
+// VDisks is the vdisk lifecycle the API serves: what it needs from the
+// volume driver. *volumedriver.Driver implements it, and so does *Client.
+type VDisks interface {
+	Create(ctx context.Context, name string, size int64, opts volumedriver.CreateOptions) (volumedriver.VolumeInfo, error)
+	List(ctx context.Context) ([]volumedriver.VolumeInfo, error)
+	Info(ctx context.Context, name string) (volumedriver.VolumeInfo, error)
+	// Delete fails with ErrBusy if a client has the vdisk open, unless force.
+	Delete(ctx context.Context, name string, force bool) error
+	// Resize grows a vdisk; a shrink fails with ErrInvalidArgument.
+	Resize(ctx context.Context, name string, size int64) (volumedriver.VolumeInfo, error)
+	// Sync returns once every write flushed before the call is on the backend.
+	Sync(ctx context.Context, name string) error
+}
+
+// DefaultMaxBodyBytes is the default limit on a request body.
+const DefaultMaxBodyBytes = 1 << 20
+
+// Options tune a Server. The zero value is fine.
+type Options struct {
+	// Logger receives request logs (debug level) and internal errors.
+	// Nil means slog.Default().
+	Logger *slog.Logger
+	// MaxBodyBytes limits request bodies; 0 means DefaultMaxBodyBytes.
+	MaxBodyBytes int64
+}
+
+// CreateRequest is the body of POST /api/v1/vdisks. The server also
+// accepts sizes as strings such as "10GiB" (see ParseSize).
+type CreateRequest struct {
+	Name          string `json:"name"`
+	Size          int64  `json:"size"`
+	ClusterSize   int    `json:"cluster_size,omitempty"`
+	SCOMultiplier int    `json:"sco_multiplier,omitempty"`
+}
+
+// ResizeRequest is the body of a resize. The server also accepts the size
+// as a string such as "20GiB".
+type ResizeRequest struct {
+	Size int64 `json:"size"`
+}
+
+// HealthResponse is the body of GET /api/v1/health.
+type HealthResponse struct {
+	Status string `json:"status"` // "ok" or "starting"
+}
+
+// Server serves the REST API. Create it with NewServer and mount Handler()
+// in an http.Server (set ReadHeaderTimeout there).
+type Server struct {
+	vdisks  VDisks
+	log     *slog.Logger
+	maxBody int64
+	ready   atomic.Bool
+	mux     *http.ServeMux
+	handler http.Handler
+}
+
+// NewServer returns a server over vdisks. It answers the health check with
+// 503 until SetReady(true).
+func NewServer(vdisks VDisks, opts Options) *Server {
+	s := &Server{
+		vdisks:  vdisks,
+		log:     opts.Logger,
+		maxBody: opts.MaxBodyBytes,
+		mux:     http.NewServeMux(),
+	}
+	if s.log == nil {
+		s.log = slog.Default()
+	}
+	if s.maxBody <= 0 {
+		s.maxBody = DefaultMaxBodyBytes
+	}
+	s.mux.HandleFunc("GET /api/v1/health", s.health)
+	s.mux.HandleFunc("GET /api/v1/vdisks", s.listVDisks)
+	s.mux.HandleFunc("POST /api/v1/vdisks", s.createVDisk)
+	s.mux.HandleFunc("GET /api/v1/vdisks/{name}", s.getVDisk)
+	s.mux.HandleFunc("DELETE /api/v1/vdisks/{name}", s.deleteVDisk)
+	s.mux.HandleFunc("PATCH /api/v1/vdisks/{name}", s.resizeVDisk)
+	s.mux.HandleFunc("POST /api/v1/vdisks/{name}/resize", s.resizeVDisk)
+	s.mux.HandleFunc("POST /api/v1/vdisks/{name}/sync", s.syncVDisk)
+	s.handler = s.logRequests(s.recoverPanics(http.HandlerFunc(s.route)))
+	return s
+}
+
+// Handler returns the API's http.Handler.
+func (s *Server) Handler() http.Handler { return s.handler }
+
+// SetReady sets what the health check reports.
+func (s *Server) SetReady(ready bool) { s.ready.Store(ready) }
+
+// Ready reports what SetReady last set.
+func (s *Server) Ready() bool { return s.ready.Load() }
+
+// route dispatches to the mux, answering unknown routes and wrong methods
+// with JSON instead of the mux's plain text.
+func (s *Server) route(w http.ResponseWriter, r *http.Request) {
+	h, pattern := s.mux.Handler(r)
+	if pattern != "" {
+		s.mux.ServeHTTP(w, r) // sets the path values, follows redirects
+		return
+	}
+	// The mux's own 404 or 405: find out which, then answer in JSON.
+	rec := &headerRecorder{header: http.Header{}}
+	h.ServeHTTP(rec, r)
+	if rec.status == http.StatusMethodNotAllowed {
+		allow := rec.header.Get("Allow")
+		w.Header().Set("Allow", allow)
+		s.writeJSON(w, http.StatusMethodNotAllowed, ErrorResponse{
+			Error: fmt.Sprintf("method %s is not allowed on %s (allowed: %s)", r.Method, r.URL.Path, allow),
+			Code:  CodeMethodNotAllowed,
+		})
+		return
+	}
+	s.writeJSON(w, http.StatusNotFound, ErrorResponse{
+		Error: fmt.Sprintf("no such API endpoint: %s %s", r.Method, r.URL.Path),
+		Code:  CodeUnknownRoute,
+	})
+}
+
+// headerRecorder captures a status and headers and drops the body.
+type headerRecorder struct {
+	header http.Header
+	status int
+}
+
+func (h *headerRecorder) Header() http.Header { return h.header }
+func (h *headerRecorder) WriteHeader(code int) {
+	if h.status == 0 {
+		h.status = code
+	}
+}
+func (h *headerRecorder) Write(p []byte) (int, error) {
+	h.WriteHeader(http.StatusOK)
+	return len(p), nil
+}
+
+func (s *Server) health(w http.ResponseWriter, r *http.Request) {
+	if !s.ready.Load() {
+		s.writeJSON(w, http.StatusServiceUnavailable, struct {
+			HealthResponse
+			ErrorResponse
+		}{HealthResponse{"starting"}, ErrorResponse{"the server is starting", CodeUnavailable}})
+		return
+	}
+	s.writeJSON(w, http.StatusOK, HealthResponse{Status: "ok"})
+}
+
+func (s *Server) listVDisks(w http.ResponseWriter, r *http.Request) {
+	infos, err := s.vdisks.List(r.Context())
+	if err != nil {
+		s.writeError(w, r, err, "")
+		return
+	}
+	infos = slices.Clone(infos)
+	if infos == nil {
+		infos = []volumedriver.VolumeInfo{}
+	}
+	slices.SortFunc(infos, func(a, b volumedriver.VolumeInfo) int { return strings.Compare(a.Name, b.Name) })
+	s.writeJSON(w, http.StatusOK, infos)
+}
+
+func (s *Server) createVDisk(w http.ResponseWriter, r *http.Request) {
+	var body struct {
+		Name          string          `json:"name"`
+		Size          json.RawMessage `json:"size"`
+		ClusterSize   json.RawMessage `json:"cluster_size"`
+		SCOMultiplier *int            `json:"sco_multiplier"`
+	}
+	if err := s.decodeBody(w, r, &body); err != nil {
+		s.writeError(w, r, err, "")
+		return
+	}
+	if body.Name == "" {
+		s.writeError(w, r, badRequest(`"name" is required`), "")
+		return
+	}
+	size, err := sizeField("size", body.Size, true)
+	if err != nil {
+		s.writeError(w, r, err, body.Name)
+		return
+	}
+	clusterSize, err := sizeField("cluster_size", body.ClusterSize, false)
+	if err != nil {
+		s.writeError(w, r, err, body.Name)
+		return
+	}
+	if clusterSize > 1<<30 {
+		s.writeError(w, r, badRequest(`"cluster_size" %d is too large`, clusterSize), body.Name)
+		return
+	}
+	opts := volumedriver.CreateOptions{ClusterSize: int(clusterSize)}
+	if body.SCOMultiplier != nil {
+		if *body.SCOMultiplier < 0 {
+			s.writeError(w, r, badRequest(`"sco_multiplier" must not be negative`), body.Name)
+			return
+		}
+		opts.SCOMultiplier = *body.SCOMultiplier
+	}
+	info, err := s.vdisks.Create(r.Context(), body.Name, size, opts)
+	if err != nil {
+		s.writeError(w, r, err, body.Name)
+		return
+	}
+	w.Header().Set("Location", "/api/v1/vdisks/"+url.PathEscape(info.Name))
+	s.writeJSON(w, http.StatusCreated, info)
+}
+
+func (s *Server) getVDisk(w http.ResponseWriter, r *http.Request) {
+	name := r.PathValue("name")
+	info, err := s.vdisks.Info(r.Context(), name)
+	if err != nil {
+		s.writeError(w, r, err, name)
+		return
+	}
+	s.writeJSON(w, http.StatusOK, info)
+}
+
+func (s *Server) deleteVDisk(w http.ResponseWriter, r *http.Request) {
+	name := r.PathValue("name")
+	force := false
+	if v := r.URL.Query().Get("force"); v != "" {
+		var err error
+		if force, err = strconv.ParseBool(v); err != nil {
+			s.writeError(w, r, badRequest(`invalid value %q for query parameter "force" (use true or false)`, v), name)
+			return
+		}
+	}
+	if err := s.vdisks.Delete(r.Context(), name, force); err != nil {
+		s.writeError(w, r, err, name)
+		return
+	}
+	w.WriteHeader(http.StatusNoContent)
+}
+
+func (s *Server) resizeVDisk(w http.ResponseWriter, r *http.Request) {
+	name := r.PathValue("name")
+	var body struct {
+		Size json.RawMessage `json:"size"`
+	}
+	if err := s.decodeBody(w, r, &body); err != nil {
+		s.writeError(w, r, err, name)
+		return
+	}
+	size, err := sizeField("size", body.Size, true)
+	if err != nil {
+		s.writeError(w, r, err, name)
+		return
+	}
+	info, err := s.vdisks.Resize(r.Context(), name, size)
+	if err != nil {
+		s.writeError(w, r, err, name)
+		return
+	}
+	s.writeJSON(w, http.StatusOK, info)
+}
+
+func (s *Server) syncVDisk(w http.ResponseWriter, r *http.Request) {
+	name := r.PathValue("name")
+	if err := s.vdisks.Sync(r.Context(), name); err != nil {
+		s.writeError(w, r, err, name)
+		return
+	}
+	info, err := s.vdisks.Info(r.Context(), name)
+	if err != nil {
+		// The sync itself succeeded; say so.
+		s.log.DebugContext(r.Context(), "api: info after sync failed", "vdisk", name, "err", err)
+		s.writeJSON(w, http.StatusOK, struct{}{})
+		return
+	}
+	s.writeJSON(w, http.StatusOK, info)
+}
+
+// decodeBody decodes a single JSON object from the request body into dst,
+// rejecting unknown fields, trailing data and bodies over the limit.
+func (s *Server) decodeBody(w http.ResponseWriter, r *http.Request, dst any) error {
+	r.Body = http.MaxBytesReader(w, r.Body, s.maxBody)
+	dec := json.NewDecoder(r.Body)
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(dst); err != nil {
+		return s.bodyError(err)
+	}
+	var extra json.RawMessage
+	if err := dec.Decode(&extra); err != io.EOF {
+		var mbe *http.MaxBytesError
+		if errors.As(err, &mbe) {
+			return s.bodyError(err)
+		}
+		return badRequest("request body must hold a single JSON object, found more data after it")
+	}
+	return nil
+}
+
+func (s *Server) bodyError(err error) error {
+	var (
+		mbe *http.MaxBytesError
+		se  *json.SyntaxError
+		te  *json.UnmarshalTypeError
+	)
+	switch {
+	case errors.As(err, &mbe):
+		return &httpError{http.StatusRequestEntityTooLarge, CodeTooLarge,
+			fmt.Sprintf("request body is larger than %s", FormatSize(mbe.Limit))}
+	case errors.Is(err, io.EOF):
+		return badRequest("request body is empty; expected a JSON object")
+	case errors.Is(err, io.ErrUnexpectedEOF):
+		return badRequest("request body is not valid JSON: it ends too early")
+	case errors.As(err, &se):
+		return badRequest("request body is not valid JSON: %s (at byte %d)", strings.TrimPrefix(se.Error(), "json: "), se.Offset)
+	case errors.As(err, &te):
+		if te.Field == "" {
+			return badRequest("request body must be a JSON object, not %s", jsonKind(te.Value))
+		}
+		return badRequest("field %q must be %s, not %s", te.Field, goKind(te), jsonKind(te.Value))
+	}
+	msg := strings.TrimPrefix(err.Error(), "json: ")
+	if strings.HasPrefix(msg, "unknown field ") {
+		return badRequest("request body has an %s", msg)
+	}
+	return badRequest("request body is not valid: %s", msg)
+}
+
+func jsonKind(v string) string {
+	switch v {
+	case "object", "array", "string", "number":
+		return "a JSON " + v
+	case "bool":
+		return "a boolean"
+	}
+	if strings.HasPrefix(v, "number") {
+		return "the number " + strings.TrimSpace(strings.TrimPrefix(v, "number"))
+	}
+	return v
+}
+
+func goKind(te *json.UnmarshalTypeError) string {
+	if te.Type == nil {
+		return "something else"
+	}
+	switch te.Type.Kind().String() {
+	case "string":
+		return "a string"
+	case "int", "int8", "int16", "int32", "int64", "uint", "uint8", "uint16", "uint32", "uint64":
+		return "an integer"
+	case "bool":
+		return "true or false"
+	case "struct", "map":
+		return "a JSON object"
+	case "slice", "array":
+		return "a JSON array"
+	}
+	return "a " + te.Type.String()
+}
+
+// sizeField parses a size field given as a JSON integer of bytes or a
+// string in ParseSize syntax. An absent or null field is 0, or an error if
+// required.
+func sizeField(field string, raw json.RawMessage, required bool) (int64, error) {
+	raw = bytes.TrimSpace(raw)
+	if len(raw) == 0 || string(raw) == "null" {
+		if required {
+			return 0, badRequest("%q is required: a number of bytes or a string such as \"10GiB\"", field)
+		}
+		return 0, nil
+	}
+	if raw[0] == '"' {
+		var text string
+		if err := json.Unmarshal(raw, &text); err != nil {
+			return 0, badRequest("%q is not a valid JSON string", field)
+		}
+		n, err := ParseSize(text)
+		if err != nil {
+			var se *SizeError
+			if errors.As(err, &se) {
+				return 0, badRequest("invalid %s %q: %s", field, se.Input, se.Reason)
+			}
+			return 0, badRequest("invalid %s: %v", field, err)
+		}
+		return n, nil
+	}
+	if raw[0] == '-' || (raw[0] >= '0' && raw[0] <= '9') {
+		n, err := strconv.ParseInt(string(raw), 10, 64)
+		var ne *strconv.NumError
+		switch {
+		case errors.As(err, &ne) && errors.Is(ne.Err, strconv.ErrRange):
+			return 0, badRequest("%q %s is too large", field, raw)
+		case err != nil:
+			return 0, badRequest("%q must be a whole number of bytes, not %s", field, raw)
+		case n < 0:
+			return 0, badRequest("%q must not be negative", field)
+		case n == 0 && required:
+			return 0, badRequest("%q must be greater than zero", field)
+		}
+		return n, nil
+	}
+	return 0, badRequest("%q must be a number of bytes or a string such as \"10GiB\"", field)
+}
+
+func (s *Server) writeJSON(w http.ResponseWriter, status int, v any) {
+	body, err := json.Marshal(v)
+	if err != nil {
+		s.log.Error("api: encoding response", "err", err)
+		status = http.StatusInternalServerError
+		body, _ = json.Marshal(ErrorResponse{Error: "cannot encode the response", Code: CodeInternal})
+	}
+	body = append(body, '\n')
+	h := w.Header()
+	h.Set("Content-Type", "application/json")
+	h.Set("Content-Length", strconv.Itoa(len(body)))
+	h.Set("X-Content-Type-Options", "nosniff")
+	w.WriteHeader(status)
+	_, _ = w.Write(body)
+}
+
+// writeError answers with err as an ErrorResponse. name is the vdisk the
+// request is about, if any.
+func (s *Server) writeError(w http.ResponseWriter, r *http.Request, err error, name string) {
+	status, code := classify(err)
+	msg := errorMessage(err, name)
+	switch {
+	case status == http.StatusInternalServerError:
+		s.log.ErrorContext(r.Context(), "api: request failed", "method", r.Method, "path", r.URL.Path, "err", err)
+	case code == CodeCanceled || code == CodeTimeout:
+		s.log.DebugContext(r.Context(), "api: request aborted", "method", r.Method, "path", r.URL.Path, "err", err)
+	}
+	s.writeJSON(w, status, ErrorResponse{Error: msg, Code: code})
+}
+
+func (s *Server) recoverPanics(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		sw := w.(*statusWriter)
+		defer func() {
+			v := recover()
+			if v == nil {
+				return
+			}
+			if v == http.ErrAbortHandler {
+				panic(v)
+			}
+			s.log.ErrorContext(r.Context(), "api: panic serving request",
+				"method", r.Method, "path", r.URL.Path, "panic", v, "stack", string(debug.Stack()))
+			if sw.status == 0 {
+				s.writeJSON(sw, http.StatusInternalServerError, ErrorResponse{Error: "internal server error", Code: CodeInternal})
+			}
+		}()
+		next.ServeHTTP(sw, r)
+	})
+}
+
+func (s *Server) logRequests(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		sw := &statusWriter{ResponseWriter: w}
+		start := time.Now()
+		next.ServeHTTP(sw, r)
+		if !s.log.Enabled(r.Context(), slog.LevelDebug) {
+			return
+		}
+		status := sw.status
+		if status == 0 {
+			status = http.StatusOK
+		}
+		s.log.LogAttrs(r.Context(), slog.LevelDebug, "api: request",
+			slog.String("method", r.Method),
+			slog.String("path", r.URL.RequestURI()),
+			slog.Int("status", status),
+			slog.Int64("bytes", sw.bytes),
+			slog.Duration("duration", time.Since(start)),
+			slog.String("remote", r.RemoteAddr))
+	})
+}
+
+// statusWriter records the status and body size of a response.
+type statusWriter struct {
+	http.ResponseWriter
+	status int
+	bytes  int64
+}
+
+func (w *statusWriter) WriteHeader(code int) {
+	if w.status == 0 {
+		w.status = code
+	}
+	w.ResponseWriter.WriteHeader(code)
+}
+
+func (w *statusWriter) Write(p []byte) (int, error) {
+	if w.status == 0 {
+		w.status = http.StatusOK
+	}
+	n, err := w.ResponseWriter.Write(p)
+	w.bytes += int64(n)
+	return n, err
+}
+
+// Unwrap lets http.ResponseController reach the underlying writer.
+func (w *statusWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
