@@ -400,4 +400,3 @@ func TestDriverErrors(t *testing.T) {
 		t.Fatalf("namespaces left: %v", nss)
 	}
 }
-
