@@ -1,0 +1,273 @@
+package nbd
+
+import (
+	"bufio"
+	"context"
+	"encoding/binary"
+	"errors"
+	"io"
+	"log/slog"
+	"net"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+const (
+	readBufSize  = 128 << 10
+	writeBufSize = 128 << 10
+)
+
+// conn is one client connection.
+type conn struct {
+	srv    *Server
+	nc     net.Conn
+	log    *slog.Logger
+	ctx    context.Context // cancelled when the connection is torn down
+	cancel context.CancelFunc
+	br     *bufio.Reader
+
+	// stopping is set by Shutdown; the reader then stops at the next request.
+	stopping atomic.Bool
+
+	// Negotiation state.
+	fixed       bool
+	noZeroes    bool
+	structured  bool
+	metaAlloc   bool   // base:allocation selected by the last SET_META_CONTEXT
+	metaExport  string // the export name that SET_META_CONTEXT referred to
+	metaWasSet  bool
+	exportName  string
+	dev         Device
+	release     func()
+	fastZero    bool
+	st          exportState
+	inflight    sync.WaitGroup
+	limit       *inflightLimit
+	releaseOnce sync.Once
+
+	// Reply side: every reply is written whole under wmu. waiting counts
+	// the goroutines queued for wmu so that only the last one flushes.
+	wmu     sync.Mutex
+	bw      *bufio.Writer
+	waiting atomic.Int32
+	werr    error
+}
+
+func newConn(s *Server, ctx context.Context, nc net.Conn) *conn {
+	cctx, cancel := context.WithCancel(ctx)
+	c := &conn{
+		srv:    s,
+		nc:     nc,
+		ctx:    cctx,
+		cancel: cancel,
+		br:     bufio.NewReaderSize(nc, readBufSize),
+		bw:     bufio.NewWriterSize(nc, writeBufSize),
+		limit:  newInflightLimit(s.opts.MaxInFlight, s.opts.MaxInFlightBytes),
+	}
+	remote := "unknown"
+	if a := nc.RemoteAddr(); a != nil && a.String() != "" {
+		remote = a.String()
+	}
+	c.log = s.log.With("remote", remote)
+	return c
+}
+
+// serve runs the connection to its end.
+func (c *conn) serve() {
+	stop := context.AfterFunc(c.ctx, func() { c.nc.Close() })
+	defer func() {
+		stop()
+		c.cancel()
+		c.nc.Close()
+		c.releaseDevice()
+	}()
+	if to := c.srv.opts.HandshakeTimeout; to > 0 {
+		c.nc.SetDeadline(time.Now().Add(to))
+	}
+	if c.stopping.Load() {
+		// Shutdown came before the deadline above was set.
+		return
+	}
+	if err := c.handshake(); err != nil {
+		level := slog.LevelInfo
+		if errors.Is(err, io.EOF) || errors.Is(err, net.ErrClosed) || c.ctx.Err() != nil {
+			level = slog.LevelDebug
+		}
+		c.log.Log(c.ctx, level, "nbd: handshake ended", "err", err)
+		return
+	}
+	if c.dev == nil {
+		c.log.Debug("nbd: client aborted negotiation")
+		return
+	}
+	c.nc.SetDeadline(time.Time{})
+	if c.stopping.Load() {
+		// Shutdown raced with the end of the handshake.
+		c.nc.SetReadDeadline(time.Now())
+	}
+	c.log.Debug("nbd: transmission started", "size", c.st.size,
+		"structured", c.structured, "base_allocation", c.st.metaAlloc, "read_only", c.st.readOnly)
+	c.transmit()
+}
+
+func (c *conn) releaseDevice() {
+	c.releaseOnce.Do(func() {
+		if c.release != nil {
+			c.release()
+		}
+	})
+}
+
+// beginShutdown asks the connection to end gracefully: a connection still
+// negotiating is closed; one in transmission stops reading requests,
+// answers those in flight and closes.
+func (c *conn) beginShutdown() {
+	c.stopping.Store(true)
+	c.nc.SetReadDeadline(time.Now())
+}
+
+// lockW takes the reply lock. It reports false when the connection can no
+// longer be written to.
+func (c *conn) lockW() bool {
+	c.waiting.Add(1)
+	c.wmu.Lock()
+	c.waiting.Add(-1)
+	return c.werr == nil
+}
+
+// unlockW releases the reply lock, flushing the buffered replies unless
+// another reply is queued behind this one (it will flush them).
+func (c *conn) unlockW() {
+	if c.werr == nil && c.waiting.Load() == 0 && c.bw.Buffered() > 0 {
+		if err := c.bw.Flush(); err != nil {
+			c.failWrite(err)
+		}
+	}
+	c.wmu.Unlock()
+}
+
+// failWrite records a write error (wmu held) and tears the connection down.
+func (c *conn) failWrite(err error) {
+	if c.werr != nil {
+		return
+	}
+	c.werr = err
+	if c.ctx.Err() == nil {
+		c.log.Debug("nbd: write failed; closing connection", "err", err)
+	}
+	c.cancel()
+}
+
+// hdr returns an empty slice with room for n bytes in the write buffer
+// (wmu held), flushing it first if needed.
+func (c *conn) hdr(n int) []byte {
+	if c.bw.Available() < n {
+		if err := c.bw.Flush(); err != nil {
+			c.failWrite(err)
+		}
+	}
+	b := c.bw.AvailableBuffer()
+	if cap(b) < n { // only after a failed flush
+		return make([]byte, 0, n)
+	}
+	return b[:0]
+}
+
+func (c *conn) write(b []byte) {
+	if c.werr != nil {
+		return
+	}
+	if _, err := c.bw.Write(b); err != nil {
+		c.failWrite(err)
+	}
+}
+
+// sendSimple writes a simple reply, with data for a successful READ.
+func (c *conn) sendSimple(cookie uint64, errno uint32, data []byte) {
+	if !c.lockW() {
+		c.wmu.Unlock()
+		return
+	}
+	b := c.hdr(16)
+	b = binary.BigEndian.AppendUint32(b, simpleReplyMagic)
+	b = binary.BigEndian.AppendUint32(b, errno)
+	b = binary.BigEndian.AppendUint64(b, cookie)
+	c.write(b)
+	if errno == 0 && len(data) > 0 {
+		c.write(data)
+	}
+	c.unlockW()
+}
+
+func appendChunkHeader(b []byte, flags, typ uint16, cookie uint64, length uint32) []byte {
+	b = binary.BigEndian.AppendUint32(b, structuredReplyMagic)
+	b = binary.BigEndian.AppendUint16(b, flags)
+	b = binary.BigEndian.AppendUint16(b, typ)
+	b = binary.BigEndian.AppendUint64(b, cookie)
+	return binary.BigEndian.AppendUint32(b, length)
+}
+
+// sendError answers a request with an error, as a structured error chunk
+// when structured replies were negotiated.
+func (c *conn) sendError(cookie uint64, errno uint32, msg string) {
+	if !c.structured {
+		c.sendSimple(cookie, errno, nil)
+		return
+	}
+	if msg == "" {
+		msg = errnoText(errno)
+	}
+	if len(msg) > 1024 {
+		msg = msg[:1024]
+	}
+	if !c.lockW() {
+		c.wmu.Unlock()
+		return
+	}
+	b := c.hdr(26 + len(msg))
+	b = appendChunkHeader(b, replyFlagDone, replyTypeError, cookie, uint32(6+len(msg)))
+	b = binary.BigEndian.AppendUint32(b, errno)
+	b = binary.BigEndian.AppendUint16(b, uint16(len(msg)))
+	b = append(b, msg...)
+	c.write(b)
+	c.unlockW()
+}
+
+// sendReadData answers a successful READ.
+func (c *conn) sendReadData(cookie, offset uint64, data []byte) {
+	if !c.structured {
+		c.sendSimple(cookie, 0, data)
+		return
+	}
+	if !c.lockW() {
+		c.wmu.Unlock()
+		return
+	}
+	if len(data) == 0 {
+		b := c.hdr(20)
+		b = appendChunkHeader(b, replyFlagDone, replyTypeNone, cookie, 0)
+		c.write(b)
+	} else {
+		b := c.hdr(28)
+		b = appendChunkHeader(b, replyFlagDone, replyTypeOffsetData, cookie, uint32(8+len(data)))
+		b = binary.BigEndian.AppendUint64(b, offset)
+		c.write(b)
+		c.write(data)
+	}
+	c.unlockW()
+}
+
+// sendBlockStatus answers a successful BLOCK_STATUS; payload holds the
+// context ID and the descriptors.
+func (c *conn) sendBlockStatus(cookie uint64, payload []byte) {
+	if !c.lockW() {
+		c.wmu.Unlock()
+		return
+	}
+	b := c.hdr(20)
+	b = appendChunkHeader(b, replyFlagDone, replyTypeBlockStatus, cookie, uint32(len(payload)))
+	c.write(b)
+	c.write(payload)
+	c.unlockW()
+}
