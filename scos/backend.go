@@ -3,6 +3,7 @@ package scos
 import (
 	"context"
 	"errors"
+	"os"
 )
 
 // Typed errors of every Backend. Implementations wrap them with context;
@@ -45,4 +46,11 @@ type Backend interface {
 	// List returns the objects whose names start with prefix, sorted by name.
 	List(ctx context.Context, ns, prefix string) ([]ObjectInfo, error)
 	Stat(ctx context.Context, ns, name string) (ObjectInfo, error)
+}
+
+// FilePutter is implemented by backends that can store an object straight
+// from a local file (a sealed SCO in the write buffer) without the caller
+// reading it into memory first. f is read from offset 0 to its end.
+type FilePutter interface {
+	PutFile(ctx context.Context, ns, name string, f *os.File, overwrite bool) error
 }

@@ -156,6 +156,22 @@ func (b *LocalDir) NamespaceExists(ctx context.Context, ns string) (bool, error)
 }
 
 func (b *LocalDir) Put(ctx context.Context, ns, name string, data []byte, overwrite bool) error {
+	return b.put(ctx, ns, name, overwrite, func(f *os.File) error {
+		_, err := f.Write(data)
+		return err
+	})
+}
+
+// PutFile stores the contents of src. The copy happens in the kernel
+// (copy_file_range), so the data never passes through this process.
+func (b *LocalDir) PutFile(ctx context.Context, ns, name string, src *os.File, overwrite bool) error {
+	return b.put(ctx, ns, name, overwrite, func(f *os.File) error {
+		_, err := io.Copy(f, io.NewSectionReader(src, 0, 1<<62))
+		return err
+	})
+}
+
+func (b *LocalDir) put(ctx context.Context, ns, name string, overwrite bool, fill func(*os.File) error) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
@@ -164,7 +180,7 @@ func (b *LocalDir) Put(ctx context.Context, ns, name string, data []byte, overwr
 		return err
 	}
 	tmp := filepath.Join(dir, tmpPrefix+name+"-"+randomSuffix())
-	if err := writeFileSync(tmp, data); err != nil {
+	if err := writeFileWith(tmp, fill); err != nil {
 		os.Remove(tmp)
 		return fmt.Errorf("put %s/%s: %w", ns, name, err)
 	}
@@ -293,11 +309,19 @@ func (b *LocalDir) readErr(ns, name string, err error) error {
 }
 
 func writeFileSync(path string, data []byte) error {
+	return writeFileWith(path, func(f *os.File) error {
+		_, err := f.Write(data)
+		return err
+	})
+}
+
+// writeFileWith creates path, lets fill write it, and fsyncs it.
+func writeFileWith(path string, fill func(*os.File) error) error {
 	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o644)
 	if err != nil {
 		return err
 	}
-	if _, err := f.Write(data); err != nil {
+	if err := fill(f); err != nil {
 		f.Close()
 		return err
 	}

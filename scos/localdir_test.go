@@ -59,6 +59,17 @@ func TestLocalDir(t *testing.T) {
 	if list, _ := b.List(ctx, "ns1", "a_"); len(list) != 1 {
 		t.Fatalf("prefix list %v", list)
 	}
+	src := filepath.Join(t.TempDir(), "src")
+	os.WriteFile(src, data, 0o644)
+	sf, _ := os.Open(src)
+	if err := b.PutFile(ctx, "ns1", "fromfile", sf, false); err != nil {
+		t.Fatal(err)
+	}
+	sf.Close()
+	if got, err := b.Get(ctx, "ns1", "fromfile"); err != nil || !bytes.Equal(got, data) {
+		t.Fatalf("PutFile round trip: %v", err)
+	}
+	b.Delete(ctx, "ns1", "fromfile")
 	if err := b.Delete(ctx, "ns1", "obj"); err != nil {
 		t.Fatal(err)
 	}

@@ -202,7 +202,8 @@ func (v *Volume) restoreLocal(ctx context.Context, st localState) error {
 			f.Close()
 			return fmt.Errorf("stat SCO %s: %w", name, err)
 		}
-		s := &scoFile{num: name.Number, f: f, clusters: int(fi.Size() / int64(v.clusterSize)), sealed: true, uploaded: !pending}
+		clusters := int(fi.Size() / int64(v.clusterSize))
+		s := &scoFile{num: name.Number, f: f, clusters: clusters, fileClusters: clusters, sealed: true, uploaded: !pending}
 		v.scos[s.num] = s
 		v.writeBuffer += fi.Size()
 		maxSCO = max(maxSCO, name.Number)

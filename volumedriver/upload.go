@@ -9,6 +9,8 @@ import (
 	"os"
 	"sort"
 	"time"
+
+	"github.com/ovs-storage/ovs/scos"
 )
 
 // uploader runs for the life of the volume: it uploads sealed TLogs (their
@@ -78,20 +80,12 @@ func (v *Volume) uploadPending(ctx context.Context) error {
 		v.mu.Unlock()
 
 		for _, num := range t.SCOs {
-			data, err := os.ReadFile(v.scoPath(num))
-			if err != nil {
-				return fmt.Errorf("read SCO %s for upload: %w", v.scoName(num), err)
-			}
-			if err := v.backend.Put(ctx, v.ns, v.scoName(num).String(), data, true); err != nil {
-				return fmt.Errorf("upload SCO %s: %w", v.scoName(num), err)
+			if err := v.uploadFile(ctx, v.scoPath(num), v.scoName(num).String()); err != nil {
+				return err
 			}
 		}
-		data, err := os.ReadFile(v.tlogPath(t.Name))
-		if err != nil {
-			return fmt.Errorf("read %s for upload: %w", t.Name, err)
-		}
-		if err := v.backend.Put(ctx, v.ns, t.Name, data, true); err != nil {
-			return fmt.Errorf("upload %s: %w", t.Name, err)
+		if err := v.uploadFile(ctx, v.tlogPath(t.Name), t.Name); err != nil {
+			return err
 		}
 		// Only now does the TLog count: a restart from the backend
 		// replays what snapshots.json names.
@@ -130,6 +124,30 @@ func (v *Volume) uploadPending(ctx context.Context) error {
 			return err
 		}
 	}
+}
+
+// uploadFile stores a sealed local file (SCO or TLog) as object name,
+// straight from the file when the backend can take it that way.
+func (v *Volume) uploadFile(ctx context.Context, path, name string) error {
+	if fp, ok := v.backend.(scos.FilePutter); ok {
+		f, err := os.Open(path)
+		if err != nil {
+			return fmt.Errorf("upload %s: %w", name, err)
+		}
+		defer f.Close()
+		if err := fp.PutFile(ctx, v.ns, name, f, true); err != nil {
+			return fmt.Errorf("upload %s: %w", name, err)
+		}
+		return nil
+	}
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return fmt.Errorf("upload %s: %w", name, err)
+	}
+	if err := v.backend.Put(ctx, v.ns, name, data, true); err != nil {
+		return fmt.Errorf("upload %s: %w", name, err)
+	}
+	return nil
 }
 
 // evictLocked drops uploaded SCOs, oldest first, while the write buffer is

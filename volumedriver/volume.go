@@ -72,9 +72,14 @@ type Volume struct {
 type scoFile struct {
 	num      uint32
 	f        *os.File
-	clusters int // clusters written
-	sealed   bool
-	uploaded bool
+	clusters int // clusters written, in the file or in buf
+	// The open SCO gathers clusters in buf and writes them out in large
+	// pieces: one system call per scoBufSize instead of one per cluster.
+	// buf always holds the clusters from fileClusters on.
+	buf          []byte
+	fileClusters int
+	sealed       bool
+	uploaded     bool
 	// readers holds the file open; eviction skips SCOs being read.
 	readers atomic.Int32
 }
@@ -188,8 +193,8 @@ func (v *Volume) writeClusters(ctx context.Context, addr uint64, data []byte) er
 			return v.failLocked(err)
 		}
 		k := min(v.scoClusters-sco.clusters, n-i)
-		if _, err := sco.f.WriteAt(data[i*cs:(i+k)*cs], int64(sco.clusters)*int64(cs)); err != nil {
-			return v.failLocked(fmt.Errorf("write SCO %s: %w", v.scoName(sco.num), err))
+		if err := v.appendSCOLocked(sco, data[i*cs:(i+k)*cs]); err != nil {
+			return v.failLocked(err)
 		}
 		for j := 0; j < k; j++ {
 			v.seq++
@@ -219,6 +224,50 @@ func (v *Volume) writeClusters(ctx context.Context, addr uint64, data []byte) er
 			return v.failLocked(err)
 		}
 	}
+	return nil
+}
+
+// scoBufSize is how much of the open SCO is gathered in memory before it
+// is written to the file.
+const scoBufSize = 256 << 10
+
+// appendSCOLocked appends whole clusters to the open SCO.
+func (v *Volume) appendSCOLocked(sco *scoFile, data []byte) error {
+	cs := v.clusterSize
+	if len(sco.buf) == 0 && len(data) >= scoBufSize {
+		if _, err := sco.f.WriteAt(data, int64(sco.fileClusters)*int64(cs)); err != nil {
+			return fmt.Errorf("write SCO %s: %w", v.scoName(sco.num), err)
+		}
+		sco.fileClusters += len(data) / cs
+		return nil
+	}
+	for len(data) > 0 {
+		if sco.buf == nil {
+			sco.buf = make([]byte, 0, scoBufSize)
+		}
+		n := min(cap(sco.buf)-len(sco.buf), len(data))
+		sco.buf = append(sco.buf, data[:n]...)
+		data = data[n:]
+		if len(sco.buf) == cap(sco.buf) {
+			if err := v.drainSCOLocked(sco); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// drainSCOLocked writes the buffered tail of an SCO to its file.
+func (v *Volume) drainSCOLocked(sco *scoFile) error {
+	if sco == nil || len(sco.buf) == 0 {
+		return nil
+	}
+	cs := v.clusterSize
+	if _, err := sco.f.WriteAt(sco.buf, int64(sco.fileClusters)*int64(cs)); err != nil {
+		return fmt.Errorf("write SCO %s: %w", v.scoName(sco.num), err)
+	}
+	sco.fileClusters += len(sco.buf) / cs
+	sco.buf = sco.buf[:0]
 	return nil
 }
 
@@ -290,6 +339,10 @@ func (v *Volume) sealSCOLocked() error {
 	if v.cur == nil {
 		return nil
 	}
+	if err := v.drainSCOLocked(v.cur); err != nil {
+		return err
+	}
+	v.cur.buf = nil
 	v.cur.sealed = true
 	v.cur = nil
 	if len(v.tlog.scos) >= v.tlogMult {
@@ -304,8 +357,12 @@ func (v *Volume) writeTLogBufLocked() error {
 	if len(v.tlog.buf) == 0 {
 		return nil
 	}
-	// The records describe SCO data written before them; write(2) order
-	// is all a process crash needs, fsync order is handled by flush.
+	// The records describe SCO data, which goes to the kernel first:
+	// write(2) order is all a process crash needs; fsync order is
+	// handled by flush.
+	if err := v.drainSCOLocked(v.cur); err != nil {
+		return err
+	}
 	if _, err := v.tlog.f.WriteAt(v.tlog.buf, v.tlog.size); err != nil {
 		return fmt.Errorf("write TLog %s: %w", v.tlog.name, err)
 	}
@@ -334,6 +391,9 @@ func (v *Volume) Flush(ctx context.Context) error {
 func (v *Volume) flushLocked() error {
 	if v.flushedSeq == v.seq && len(v.tlog.buf) == 0 {
 		return nil
+	}
+	if err := v.drainSCOLocked(v.cur); err != nil {
+		return err
 	}
 	for _, s := range v.unsynced {
 		if err := syscall.Fdatasync(int(s.f.Fd())); err != nil {
@@ -369,6 +429,10 @@ func (v *Volume) beforeWriteBack(seq uint64) error {
 // queues it for upload and opens a new one.
 func (v *Volume) sealTLogLocked() error {
 	if v.cur != nil {
+		if err := v.drainSCOLocked(v.cur); err != nil {
+			return err
+		}
+		v.cur.buf = nil
 		v.cur.sealed = true
 		v.cur = nil
 	}
@@ -546,6 +610,8 @@ func (v *Volume) ReadAt(ctx context.Context, p []byte, off int64) error {
 type lookup struct {
 	e   mdEntry
 	sco *scoFile // local SCO holding it, with a reader reference; nil if not local
+	// done: the cluster was copied out of the open SCO's buffer under the lock.
+	done bool
 }
 
 // readClusters fills buf (whole clusters) from cluster address addr.
@@ -571,9 +637,16 @@ func (v *Volume) readClusters(ctx context.Context, addr uint64, buf []byte) erro
 		}
 		l := lookup{e: e}
 		if e.loc != 0 {
-			if s, ok := v.scos[scos.UnpackLocation(e.loc).SCO.Number]; ok {
-				s.readers.Add(1)
-				l.sco = s
+			loc := scos.UnpackLocation(e.loc)
+			if s, ok := v.scos[loc.SCO.Number]; ok {
+				if o := int(loc.Offset); o >= s.fileClusters && o < s.fileClusters+len(s.buf)/cs {
+					o -= s.fileClusters
+					copy(buf[i*cs:(i+1)*cs], s.buf[o*cs:(o+1)*cs])
+					l.done = true
+				} else {
+					s.readers.Add(1)
+					l.sco = s
+				}
 			}
 		}
 		ls = append(ls, l)
@@ -584,6 +657,10 @@ func (v *Volume) readClusters(ctx context.Context, addr uint64, buf []byte) erro
 	for i := 0; i < n; {
 		l := ls[i]
 		out := buf[i*cs : (i+1)*cs]
+		if l.done {
+			i++
+			continue
+		}
 		if l.e.loc == 0 {
 			clear(out)
 			i++
