@@ -166,7 +166,10 @@ func (b *LocalDir) Put(ctx context.Context, ns, name string, data []byte, overwr
 // (copy_file_range), so the data never passes through this process.
 func (b *LocalDir) PutFile(ctx context.Context, ns, name string, src *os.File, overwrite bool) error {
 	return b.put(ctx, ns, name, overwrite, func(f *os.File) error {
-		_, err := io.Copy(f, io.NewSectionReader(src, 0, 1<<62))
+		if _, err := src.Seek(0, io.SeekStart); err != nil {
+			return err
+		}
+		_, err := f.ReadFrom(src) // copy_file_range(2) between two files
 		return err
 	})
 }
