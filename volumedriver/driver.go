@@ -277,7 +277,7 @@ func (d *Driver) Create(ctx context.Context, name string, size int64, opts Creat
 		os.RemoveAll(filepath.Join(d.dir, cfg.ID))
 		return VolumeInfo{}, fmt.Errorf("create %s: %w", name, err)
 	}
-	snaps, _ := json.Marshal(snapshotsFile{Format: formatVersion, TLogs: []string{}, Snapshots: []json.RawMessage{}})
+	snaps, _ := json.Marshal(snapshotsFile{Format: formatVersion, TLogs: []string{}, Snapshots: []snapshotRecord{}})
 	if err := d.backend.Put(ctx, ns, snapshotsObject, snaps, false); err != nil {
 		return fail(err)
 	}

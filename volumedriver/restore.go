@@ -116,6 +116,8 @@ func (v *Volume) restoreFromBackend(ctx context.Context) error {
 	}
 	v.nextSCO = maxSCO + 1
 	v.uploadedCount = len(v.state.Sealed)
+	v.publishedCount = v.uploadedCount
+	v.state.Snapshots = snaps.Snapshots
 	v.mu.Lock()
 	defer v.mu.Unlock()
 	if err := v.startTLogLocked(); err != nil {
@@ -142,6 +144,9 @@ func (v *Volume) restoreLocal(ctx context.Context, st localState) error {
 	for v.uploadedCount < len(st.Sealed) && st.Sealed[v.uploadedCount].Uploaded {
 		v.uploadedCount++
 	}
+	// The backend's snapshots.json may be behind the local state (a crash
+	// between the two); rewrite it once the uploader runs.
+	v.snapshotsDirty = true
 	pendingSCOs := map[uint32]bool{}
 	maxSCO := uint32(0)
 	for i, t := range st.Sealed {

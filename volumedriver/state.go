@@ -53,9 +53,24 @@ func (c volumeConfig) validate() error {
 // volume's current state. (Snapshots themselves come with their own issue;
 // the field is reserved so that the format does not change.)
 type snapshotsFile struct {
-	Format    int               `json:"format"`
-	TLogs     []string          `json:"tlogs"`
-	Snapshots []json.RawMessage `json:"snapshots"`
+	Format    int              `json:"format"`
+	TLogs     []string         `json:"tlogs"`
+	Snapshots []snapshotRecord `json:"snapshots"`
+}
+
+// snapshotRecord is a named cut in the TLog sequence: the volume as it was
+// after replaying the first TLogCount TLogs.
+type snapshotRecord struct {
+	Name      string    `json:"name"`
+	UUID      string    `json:"uuid"`
+	CreatedAt time.Time `json:"created_at"`
+	Metadata  string    `json:"metadata,omitempty"`
+	TLogCount int       `json:"tlog_count"`
+	// NextSCO was the next SCO number when the snapshot was taken: every
+	// SCO from it on was written after the snapshot.
+	NextSCO uint32 `json:"next_sco"`
+	// WrittenBytes written between the previous snapshot and this one.
+	WrittenBytes int64 `json:"written_bytes"`
 }
 
 func decodeSnapshotsFile(b []byte) (snapshotsFile, error) {
@@ -70,6 +85,9 @@ func decodeSnapshotsFile(b []byte) (snapshotsFile, error) {
 		if !validTLogName(t) {
 			return s, fmt.Errorf("snapshots.json: bad tlog name %q", t)
 		}
+	}
+	if err := checkSnapshots(s.Snapshots, len(s.TLogs)); err != nil {
+		return s, fmt.Errorf("snapshots.json: %w", err)
 	}
 	return s, nil
 }
@@ -98,6 +116,35 @@ type localState struct {
 	OpenTLog     string `json:"open_tlog"`
 	OpenFirstSCO uint32 `json:"open_first_sco"`
 	WrittenBytes int64  `json:"written_bytes"`
+	// Snapshots in order; each covers a prefix of Sealed.
+	Snapshots []snapshotRecord `json:"snapshots"`
+	// Garbage: backend objects that a rollback discarded, to be deleted.
+	Garbage []garbage `json:"garbage,omitempty"`
+}
+
+// garbage is what one rollback discarded: TLogs by name and the SCO
+// numbers [SCOFrom, SCOTo).
+type garbage struct {
+	TLogs   []string `json:"tlogs"`
+	SCOFrom uint32   `json:"sco_from"`
+	SCOTo   uint32   `json:"sco_to"`
+}
+
+// checkSnapshots: names unique and valid, cuts in order and in range.
+func checkSnapshots(snaps []snapshotRecord, tlogs int) error {
+	seen := map[string]bool{}
+	prev := 0
+	for _, sn := range snaps {
+		if !validName(sn.Name) || seen[sn.Name] {
+			return fmt.Errorf("bad or duplicate snapshot name %q", sn.Name)
+		}
+		seen[sn.Name] = true
+		if sn.TLogCount < prev || sn.TLogCount > tlogs {
+			return fmt.Errorf("snapshot %q: tlog count %d out of order or range", sn.Name, sn.TLogCount)
+		}
+		prev = sn.TLogCount
+	}
+	return nil
 }
 
 type sealedTLog struct {
@@ -123,6 +170,9 @@ func readLocalState(dir string) (localState, error) {
 	}
 	if s.Checkpoint < 0 || s.Checkpoint > len(s.Sealed) {
 		return s, fmt.Errorf("state.json: checkpoint %d out of range", s.Checkpoint)
+	}
+	if err := checkSnapshots(s.Snapshots, len(s.Sealed)); err != nil {
+		return s, fmt.Errorf("state.json: %w", err)
 	}
 	return s, s.Config.validate()
 }

@@ -66,63 +66,162 @@ func (v *Volume) sealIdle(interval time.Duration) {
 
 func (v *Volume) uploadPending(ctx context.Context) error {
 	for {
+		done, err := v.uploadNext(ctx)
+		if err != nil || done {
+			if err == nil {
+				err = v.putSnapshotsIfDirty(ctx)
+			}
+			if err == nil {
+				err = v.collectGarbage(ctx)
+			}
+			return err
+		}
+	}
+}
+
+// uploadNext uploads the oldest sealed TLog that is not on the backend yet:
+// its SCOs, then the TLog, then snapshots.json naming it (only then does
+// the TLog count for a restart from the backend). uploadMu keeps a rollback
+// from changing the TLog list under it.
+func (v *Volume) uploadNext(ctx context.Context) (done bool, err error) {
+	v.uploadMu.Lock()
+	defer v.uploadMu.Unlock()
+	v.mu.Lock()
+	if v.closed || v.uploadedCount >= len(v.state.Sealed) {
+		v.mu.Unlock()
+		return true, nil
+	}
+	idx := v.uploadedCount
+	t := v.state.Sealed[idx]
+	v.mu.Unlock()
+
+	for _, num := range t.SCOs {
+		if err := v.uploadFile(ctx, v.scoPath(num), v.scoName(num).String()); err != nil {
+			return false, err
+		}
+	}
+	if err := v.uploadFile(ctx, v.tlogPath(t.Name), t.Name); err != nil {
+		return false, err
+	}
+
+	v.mu.Lock()
+	if v.closed {
+		v.mu.Unlock()
+		return true, nil
+	}
+	st := &v.state.Sealed[idx]
+	st.Uploaded = true
+	v.pendingUpload -= st.PendingBytes
+	st.PendingBytes = 0
+	for _, num := range st.SCOs {
+		if s, ok := v.scos[num]; ok {
+			s.uploaded = true
+		}
+	}
+	st.SCOs = nil
+	v.uploadedCount++
+	v.uploadErr = nil
+	snaps, covered := v.snapshotsJSONLocked(), v.uploadedCount
+	err = writeLocalState(v.dir, &v.state)
+	v.mu.Unlock()
+	if err != nil {
+		return false, err
+	}
+	if err := v.backend.Put(ctx, v.ns, snapshotsObject, snaps, true); err != nil {
 		v.mu.Lock()
-		if v.closed || v.uploadedCount >= len(v.state.Sealed) {
+		v.snapshotsDirty = true
+		v.mu.Unlock()
+		return false, fmt.Errorf("upload snapshots.json: %w", err)
+	}
+	v.mu.Lock()
+	v.publishedCount = max(v.publishedCount, covered)
+	v.evictLocked()
+	v.removeOldTLogsLocked()
+	close(v.progress)
+	v.progress = make(chan struct{})
+	v.mu.Unlock()
+	return false, nil
+}
+
+// snapshotsJSONLocked is snapshots.json for what is on the backend: the
+// uploaded TLogs and the snapshots they fully cover.
+func (v *Volume) snapshotsJSONLocked() []byte {
+	f := snapshotsFile{Format: formatVersion, TLogs: []string{}, Snapshots: []snapshotRecord{}}
+	for _, t := range v.state.Sealed[:v.uploadedCount] {
+		f.TLogs = append(f.TLogs, t.Name)
+	}
+	for _, sn := range v.state.Snapshots {
+		if sn.TLogCount <= v.uploadedCount {
+			f.Snapshots = append(f.Snapshots, sn)
+		}
+	}
+	b, _ := json.Marshal(f)
+	return b
+}
+
+// putSnapshotsIfDirty rewrites snapshots.json after a change that no
+// upload carried (a snapshot deleted, a rollback, a restart).
+func (v *Volume) putSnapshotsIfDirty(ctx context.Context) error {
+	v.uploadMu.Lock()
+	defer v.uploadMu.Unlock()
+	v.mu.Lock()
+	if !v.snapshotsDirty || v.closed {
+		v.mu.Unlock()
+		return nil
+	}
+	v.snapshotsDirty = false
+	snaps, covered := v.snapshotsJSONLocked(), v.uploadedCount
+	v.mu.Unlock()
+	if err := v.backend.Put(ctx, v.ns, snapshotsObject, snaps, true); err != nil {
+		v.mu.Lock()
+		v.snapshotsDirty = true
+		v.mu.Unlock()
+		return fmt.Errorf("upload snapshots.json: %w", err)
+	}
+	v.mu.Lock()
+	v.publishedCount = covered
+	close(v.progress)
+	v.progress = make(chan struct{})
+	v.mu.Unlock()
+	return nil
+}
+
+// collectGarbage deletes from the backend what rollbacks discarded. It
+// runs after snapshots.json stopped naming those objects.
+func (v *Volume) collectGarbage(ctx context.Context) error {
+	for {
+		v.mu.Lock()
+		if len(v.state.Garbage) == 0 || v.snapshotsDirty || v.closed {
 			v.mu.Unlock()
 			return nil
 		}
-		idx := v.uploadedCount
-		t := v.state.Sealed[idx]
-		names := make([]string, idx+1)
-		for i := range names {
-			names[i] = v.state.Sealed[i].Name
-		}
+		g := v.state.Garbage[0]
 		v.mu.Unlock()
-
-		for _, num := range t.SCOs {
-			if err := v.uploadFile(ctx, v.scoPath(num), v.scoName(num).String()); err != nil {
+		del := func(name string) error {
+			err := v.backend.Delete(ctx, v.ns, name)
+			if err != nil && !errors.Is(err, scos.ErrObjectNotFound) {
+				return fmt.Errorf("delete discarded %s: %w", name, err)
+			}
+			return nil
+		}
+		for _, t := range g.TLogs {
+			if err := del(t); err != nil {
 				return err
 			}
 		}
-		if err := v.uploadFile(ctx, v.tlogPath(t.Name), t.Name); err != nil {
-			return err
-		}
-		// Only now does the TLog count: a restart from the backend
-		// replays what snapshots.json names.
-		snaps, err := json.Marshal(snapshotsFile{Format: formatVersion, TLogs: names, Snapshots: []json.RawMessage{}})
-		if err != nil {
-			return err
-		}
-		if err := v.backend.Put(ctx, v.ns, snapshotsObject, snaps, true); err != nil {
-			return fmt.Errorf("upload snapshots.json: %w", err)
-		}
-
-		v.mu.Lock()
-		if v.closed {
-			v.mu.Unlock()
-			return nil
-		}
-		st := &v.state.Sealed[idx]
-		st.Uploaded = true
-		v.pendingUpload -= st.PendingBytes
-		st.PendingBytes = 0
-		for _, num := range st.SCOs {
-			if s, ok := v.scos[num]; ok {
-				s.uploaded = true
+		for n := g.SCOFrom; n < g.SCOTo; n++ {
+			if err := del(v.scoName(n).String()); err != nil {
+				return err
 			}
 		}
-		st.SCOs = nil
-		v.uploadedCount++
-		v.uploadErr = nil
-		err = writeLocalState(v.dir, &v.state)
-		v.evictLocked()
-		v.removeOldTLogsLocked()
-		close(v.progress)
-		v.progress = make(chan struct{})
+		v.mu.Lock()
+		v.state.Garbage = v.state.Garbage[1:]
+		err := writeLocalState(v.dir, &v.state)
 		v.mu.Unlock()
 		if err != nil {
 			return err
 		}
+		v.log.Info("deleted data discarded by a rollback", "vdisk", v.name(), "tlogs", len(g.TLogs), "scos", g.SCOTo-g.SCOFrom)
 	}
 }
 
@@ -204,7 +303,7 @@ func (v *Volume) Sync(ctx context.Context) error {
 	}
 	for {
 		v.mu.Lock()
-		done, ch, closed, lastErr := v.uploadedCount >= target, v.progress, v.closed, v.uploadErr
+		done, ch, closed, lastErr := v.publishedCount >= target && !v.snapshotsDirty, v.progress, v.closed, v.uploadErr
 		v.mu.Unlock()
 		if done {
 			return nil

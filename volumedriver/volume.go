@@ -59,8 +59,19 @@ type Volume struct {
 	writeBuffer   int64 // bytes of SCO files in the write buffer
 	written       int64
 	uploadedCount int // Sealed[:uploadedCount] are on the backend
-	progress      chan struct{}
-	uploadErr     error
+	// publishedCount: snapshots.json on the backend names Sealed[:publishedCount].
+	publishedCount int
+	// snapshotsDirty: snapshots.json on the backend is out of date.
+	snapshotsDirty bool
+	// uploadMu is held while one TLog is uploaded; rollback takes it so
+	// the TLog list does not change under an upload. Order: uploadMu, mu.
+	uploadMu  sync.Mutex
+	progress  chan struct{}
+	uploadErr error
+
+	// snapshotInUse, set by the driver, refuses to drop a snapshot that
+	// clones are built on. Called with mu held.
+	snapshotInUse func(snapshot string) error
 
 	kick     chan struct{}
 	stop     chan struct{}
