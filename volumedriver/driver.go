@@ -199,6 +199,7 @@ func (d *Driver) newVolume(cfg volumeConfig) *Volume {
 		stop:        make(chan struct{}),
 	}
 	v.size.Store(cfg.Size)
+	v.setAncestors(cfg.Ancestors)
 	return v
 }
 
@@ -386,6 +387,14 @@ func (d *Driver) Delete(ctx context.Context, name string, force bool) error {
 		return fmt.Errorf("%w: %s", ErrNotFound, name)
 	}
 	var ns, dir string
+	id := b.cfg.ID
+	if ok {
+		id = v.state.Config.ID
+	}
+	if clones := d.clonesLocked(id, ""); len(clones) > 0 {
+		d.mu.Unlock()
+		return fmt.Errorf("%w: %s has clones (%s); flatten or delete them first", ErrBusy, name, strings.Join(clones, ", "))
+	}
 	if ok {
 		if n := v.clients.Load(); n > 0 && !force {
 			d.mu.Unlock()

@@ -21,6 +21,8 @@ var (
 	// ErrOutOfRange: an I/O past the end of the vdisk. It matches
 	// syscall.ENOSPC so that block frontends can map it directly.
 	ErrOutOfRange = errorWithErrno{"I/O beyond the end of the vdisk", syscall.ENOSPC}
+	// ErrReadOnly: a change to a template. It matches syscall.EPERM.
+	ErrReadOnly = errorWithErrno{"vdisk is a read-only template", syscall.EPERM}
 )
 
 // errorWithErrno is a sentinel that also matches an errno under errors.Is.

@@ -24,6 +24,12 @@ type VolumeInfo struct {
 	// State is "ok", or "failed: <reason>" for a vdisk this host could
 	// not bring up (it can still be deleted).
 	State string `json:"state"`
+	// Template: a read-only vdisk that clones are made from.
+	Template bool `json:"template"`
+	// Parent is "vdisk@snapshot" for a clone that is not flattened.
+	Parent string `json:"parent,omitempty"`
+	// Snapshots is the number of snapshots.
+	Snapshots int `json:"snapshots"`
 }
 
 // CreateOptions are the per-vdisk layout choices, fixed at creation.

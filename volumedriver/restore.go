@@ -13,23 +13,40 @@ import (
 )
 
 // applyRecords replays TLog records into the metadata store and returns
-// the bytes of cluster data they wrote.
-func (v *Volume) applyRecords(recs []tlogRecord) (int64, error) {
+// the bytes of cluster data they wrote. tag is the clone id the records'
+// locations get: 0 for the volume's own TLogs, k for those of its k-th
+// ancestor (whose records all name its own SCOs, clone id 0).
+func (v *Volume) applyRecords(recs []tlogRecord, tag uint8) (int64, error) {
 	var written int64
 	for _, r := range recs {
 		switch r.Type {
 		case recWrite:
 			addr := r.Addr
 			if addr >= v.md.allocated.len()*pageEntries {
+				// An ancestor may have grown after the snapshot; what
+				// lies past this volume's end is not visible.
+				if tag > 0 {
+					continue
+				}
 				return written, fmt.Errorf("%w: write to cluster %d beyond the volume", ErrCorruptTLog, addr)
+			}
+			loc := r.Loc
+			if tag > 0 {
+				if scos.UnpackLocation(loc).SCO.CloneID != 0 {
+					return written, fmt.Errorf("%w: ancestor TLog names a foreign SCO", ErrCorruptTLog)
+				}
+				loc |= uint64(tag) << 56
 			}
 			v.seq++
 			v.flushedSeq = v.seq // replayed changes are durable in their TLogs
-			if err := v.md.set(addr, mdEntry{loc: r.Loc, crc: r.DataCRC}, v.seq); err != nil {
+			if err := v.md.set(addr, mdEntry{loc: loc, crc: r.DataCRC}, v.seq); err != nil {
 				return written, err
 			}
 			written += int64(v.clusterSize)
 		case recTrim:
+			if tag > 0 && r.Addr >= v.md.allocated.len()*pageEntries {
+				continue
+			}
 			v.seq++
 			v.flushedSeq = v.seq
 			if err := v.md.trim(r.Addr, r.Count, v.seq); err != nil {
@@ -86,6 +103,9 @@ func (v *Volume) restoreFromBackend(ctx context.Context) error {
 	if err := v.openMetadata(); err != nil {
 		return err
 	}
+	if err := v.replayAncestors(ctx); err != nil {
+		return err
+	}
 	maxSCO := uint32(0)
 	for _, name := range snaps.TLogs {
 		data, err := v.backend.Get(ctx, v.ns, name)
@@ -96,7 +116,7 @@ func (v *Volume) restoreFromBackend(ctx context.Context) error {
 		if err != nil {
 			return fmt.Errorf("%s: %w", name, err)
 		}
-		n, err := v.applyRecords(recs)
+		n, err := v.applyRecords(recs, 0)
 		if err != nil {
 			return fmt.Errorf("replay %s: %w", name, err)
 		}
@@ -141,6 +161,16 @@ func (v *Volume) restoreLocal(ctx context.Context, st localState) error {
 	if err := v.openMetadata(); err != nil {
 		return err
 	}
+	if st.Checkpoint == 0 {
+		// Nothing checkpointed (a new volume, or a rollback that was
+		// cut short): rebuild from scratch.
+		if err := v.md.reset(); err != nil {
+			return err
+		}
+		if err := v.replayAncestors(ctx); err != nil {
+			return err
+		}
+	}
 	for v.uploadedCount < len(st.Sealed) && st.Sealed[v.uploadedCount].Uploaded {
 		v.uploadedCount++
 	}
@@ -168,7 +198,7 @@ func (v *Volume) restoreLocal(ctx context.Context, st localState) error {
 		if err != nil {
 			return fmt.Errorf("sealed %s: %w", t.Name, err)
 		}
-		if _, err := v.applyRecords(recs); err != nil {
+		if _, err := v.applyRecords(recs, 0); err != nil {
 			return fmt.Errorf("replay %s: %w", t.Name, err)
 		}
 		v.pendingUpload += t.PendingBytes
@@ -288,7 +318,7 @@ func (v *Volume) recoverOpenTLog(st localState) ([]uint32, error) {
 			"vdisk", v.name(), "tlog", st.OpenTLog, "dropped", len(recs)-keep)
 		recs = recs[:keep]
 	}
-	n, err := v.applyRecords(recs)
+	n, err := v.applyRecords(recs, 0)
 	if err != nil {
 		return nil, fmt.Errorf("replay open %s: %w", st.OpenTLog, err)
 	}
@@ -365,4 +395,27 @@ func (v *Volume) recoverOpenTLog(st localState) ([]uint32, error) {
 	v.pendingUpload += pending
 	v.state.OpenTLog = ""
 	return used, nil
+}
+
+// replayAncestors loads what a clone inherits: each ancestor's TLogs up to
+// the snapshot the chain was cloned from, the farthest ancestor first.
+func (v *Volume) replayAncestors(ctx context.Context) error {
+	anc := v.state.Config.Ancestors
+	for k := len(anc); k >= 1; k-- {
+		a := anc[k-1]
+		for _, name := range a.TLogs {
+			data, err := v.backend.Get(ctx, a.Namespace, name)
+			if err != nil {
+				return fmt.Errorf("read %s of ancestor %s: %w", name, a.Name, err)
+			}
+			recs, _, err := decodeTLog(data)
+			if err != nil {
+				return fmt.Errorf("%s of ancestor %s: %w", name, a.Name, err)
+			}
+			if _, err := v.applyRecords(recs, uint8(k)); err != nil {
+				return fmt.Errorf("replay %s of ancestor %s: %w", name, a.Name, err)
+			}
+		}
+	}
+	return nil
 }

@@ -123,11 +123,6 @@ func (v *Volume) DeleteSnapshot(ctx context.Context, name string) error {
 	if i < 0 {
 		return fmt.Errorf("%w: %s@%s", ErrSnapshotNotFound, v.name(), name)
 	}
-	if v.snapshotInUse != nil {
-		if err := v.snapshotInUse(name); err != nil {
-			return err
-		}
-	}
 	old := v.state.Snapshots
 	snaps := append(append([]snapshotRecord{}, old[:i]...), old[i+1:]...)
 	if i < len(snaps) {
@@ -162,13 +157,6 @@ func (v *Volume) Rollback(ctx context.Context, name string) error {
 	i := v.findSnapshotLocked(name)
 	if i < 0 {
 		return fmt.Errorf("%w: %s@%s", ErrSnapshotNotFound, v.name(), name)
-	}
-	if v.snapshotInUse != nil {
-		for _, later := range v.state.Snapshots[i+1:] {
-			if err := v.snapshotInUse(later.Name); err != nil {
-				return fmt.Errorf("rollback would discard snapshot %s: %w", later.Name, err)
-			}
-		}
 	}
 	sn := v.state.Snapshots[i]
 	start := time.Now()
@@ -220,6 +208,9 @@ func (v *Volume) Rollback(ctx context.Context, name string) error {
 	if err := v.md.reset(); err != nil {
 		return v.failLocked(err)
 	}
+	if err := v.replayAncestors(ctx); err != nil {
+		return v.failLocked(err)
+	}
 	v.written = 0
 	for _, t := range v.state.Sealed {
 		data, err := os.ReadFile(v.tlogPath(t.Name))
@@ -233,7 +224,7 @@ func (v *Volume) Rollback(ctx context.Context, name string) error {
 		if err != nil {
 			return v.failLocked(fmt.Errorf("rollback: %s: %w", t.Name, err))
 		}
-		n, err := v.applyRecords(recs)
+		n, err := v.applyRecords(recs, 0)
 		if err != nil {
 			return v.failLocked(fmt.Errorf("rollback: replay %s: %w", t.Name, err))
 		}

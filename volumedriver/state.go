@@ -28,7 +28,25 @@ type volumeConfig struct {
 	SCOMultiplier  int       `json:"sco_multiplier"`
 	TLogMultiplier int       `json:"tlog_multiplier"`
 	CreatedAt      time.Time `json:"created_at"`
+	// Template: read-only, clones are made from its latest snapshot.
+	Template bool `json:"template,omitempty"`
+	// Ancestors of a clone, parent first: unwritten clusters resolve to
+	// the parent's snapshot, and so on up the chain.
+	Ancestors []ancestor `json:"ancestors,omitempty"`
 }
+
+// ancestor is one link of a clone's chain: a vdisk's namespace and the
+// TLogs that make up the snapshot the chain was cloned from.
+type ancestor struct {
+	ID        string   `json:"id"`
+	Name      string   `json:"name"`
+	Namespace string   `json:"namespace"`
+	Snapshot  string   `json:"snapshot"`
+	TLogs     []string `json:"tlogs"`
+}
+
+// MaxCloneDepth: a location's clone id is 8 bits, 0 being the vdisk itself.
+const MaxCloneDepth = 255
 
 func (c volumeConfig) validate() error {
 	if c.Format != formatVersion {
@@ -45,6 +63,19 @@ func (c volumeConfig) validate() error {
 	}
 	if err := checkSize(c.Size, c.ClusterSize); err != nil {
 		return fmt.Errorf("volume.json: %w", err)
+	}
+	if len(c.Ancestors) > MaxCloneDepth {
+		return fmt.Errorf("volume.json: clone chain of %d is deeper than %d", len(c.Ancestors), MaxCloneDepth)
+	}
+	for _, a := range c.Ancestors {
+		if a.Namespace == "" || a.ID == "" {
+			return fmt.Errorf("volume.json: ancestor without id or namespace")
+		}
+		for _, t := range a.TLogs {
+			if !validTLogName(t) {
+				return fmt.Errorf("volume.json: ancestor %s: bad tlog name %q", a.Name, t)
+			}
+		}
 	}
 	return nil
 }

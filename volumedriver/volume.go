@@ -69,9 +69,9 @@ type Volume struct {
 	progress  chan struct{}
 	uploadErr error
 
-	// snapshotInUse, set by the driver, refuses to drop a snapshot that
-	// clones are built on. Called with mu held.
-	snapshotInUse func(snapshot string) error
+	// ancestors are the backend namespaces of the clone's parent chain:
+	// a location with clone id c lives in ancestors[c-1].
+	ancestors atomic.Pointer[[]string]
 
 	kick     chan struct{}
 	stop     chan struct{}
@@ -198,6 +198,14 @@ func (v *Volume) writeClusters(ctx context.Context, addr uint64, data []byte) er
 	if err := v.writableLocked(); err != nil {
 		return err
 	}
+	return v.appendClustersLocked(addr, data, crcs)
+}
+
+// appendClustersLocked appends whole clusters (with their CRCs) to the
+// open SCO and records them in the TLog and the metadata store.
+func (v *Volume) appendClustersLocked(addr uint64, data []byte, crcs []uint32) error {
+	cs := v.clusterSize
+	n := len(data) / cs
 	for i := 0; i < n; {
 		sco, err := v.openSCOLocked()
 		if err != nil {
@@ -285,6 +293,9 @@ func (v *Volume) drainSCOLocked(sco *scoFile) error {
 func (v *Volume) writableLocked() error {
 	if v.closed {
 		return fmt.Errorf("%s: %w", v.name(), ErrClosed)
+	}
+	if v.state.Config.Template {
+		return fmt.Errorf("%s: %w", v.name(), ErrReadOnly)
 	}
 	if v.failed != nil {
 		return fmt.Errorf("%s: volume failed earlier, restart it: %w", v.name(), v.failed)
@@ -649,7 +660,7 @@ func (v *Volume) readClusters(ctx context.Context, addr uint64, buf []byte) erro
 		l := lookup{e: e}
 		if e.loc != 0 {
 			loc := scos.UnpackLocation(e.loc)
-			if s, ok := v.scos[loc.SCO.Number]; ok {
+			if s, ok := v.scos[loc.SCO.Number]; ok && loc.SCO.CloneID == 0 {
 				if o := int(loc.Offset); o >= s.fileClusters && o < s.fileClusters+len(s.buf)/cs {
 					o -= s.fileClusters
 					copy(buf[i*cs:(i+1)*cs], s.buf[o*cs:(o+1)*cs])
@@ -735,7 +746,17 @@ func (v *Volume) readRun(ctx context.Context, ls []lookup, out []byte) error {
 	for i, l := range ls {
 		loc := scos.UnpackLocation(l.e.loc)
 		p := out[i*cs : (i+1)*cs]
-		if err := v.backend.ReadAt(ctx, v.ns, loc.SCO.String(), p, int64(loc.Offset)*int64(cs)); err != nil {
+		ns, obj := v.ns, loc.SCO
+		if c := int(loc.SCO.CloneID); c > 0 {
+			// A cluster the clone inherited: it lives in an ancestor's
+			// namespace, under that ancestor's own (clone id 0) name.
+			anc := *v.ancestors.Load()
+			if c > len(anc) {
+				return fmt.Errorf("%s: cluster %s refers to ancestor %d of %d: %w", v.name(), loc, c, len(anc), scos.ErrCorrupt)
+			}
+			ns, obj.CloneID = anc[c-1], 0
+		}
+		if err := v.backend.ReadAt(ctx, ns, obj.String(), p, int64(loc.Offset)*int64(cs)); err != nil {
 			return fmt.Errorf("%s: read cluster %s from the backend: %w", v.name(), loc, err)
 		}
 		if crc32c(p) != l.e.crc {
@@ -797,7 +818,7 @@ func (v *Volume) info() VolumeInfo {
 	v.mu.Lock()
 	defer v.mu.Unlock()
 	c := v.state.Config
-	return VolumeInfo{
+	info := VolumeInfo{
 		Name:               c.Name,
 		ID:                 c.ID,
 		Size:               v.Size(),
@@ -809,5 +830,14 @@ func (v *Volume) info() VolumeInfo {
 		PendingUploadBytes: v.pendingUpload + int64(len(v.tlog.buf)),
 		WriteBufferBytes:   v.writeBuffer,
 		State:              "ok",
+		Template:           c.Template,
+		Snapshots:          len(v.state.Snapshots),
 	}
+	if len(c.Ancestors) > 0 {
+		info.Parent = c.Ancestors[0].Name + "@" + c.Ancestors[0].Snapshot
+	}
+	if v.failed != nil {
+		info.State = "failed: " + v.failed.Error()
+	}
+	return info
 }

@@ -1,0 +1,378 @@
+package volumedriver
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sort"
+	"time"
+
+	"github.com/ovs-storage/ovs/scos"
+)
+
+func (v *Volume) setAncestors(anc []ancestor) {
+	ns := make([]string, len(anc))
+	for i, a := range anc {
+		ns[i] = a.Namespace
+	}
+	v.ancestors.Store(&ns)
+}
+
+// clonesLocked names the vdisks whose clone chain includes the vdisk with
+// id (and, if snapshot is not empty, that were cloned from that snapshot
+// of it, directly or through their own parents).
+func (d *Driver) clonesLocked(id, snapshot string) []string {
+	var out []string
+	consider := func(name string, cfg volumeConfig) {
+		for _, a := range cfg.Ancestors {
+			if a.ID == id && (snapshot == "" || a.Snapshot == snapshot) {
+				out = append(out, name)
+				return
+			}
+		}
+	}
+	for name, v := range d.vols {
+		v.mu.Lock()
+		cfg := v.state.Config
+		v.mu.Unlock()
+		consider(name, cfg)
+	}
+	for name, b := range d.broken {
+		consider(name, b.cfg)
+	}
+	sort.Strings(out)
+	return out
+}
+
+func (d *Driver) volumeLocked(name string) (*Volume, error) {
+	v, ok := d.vols[name]
+	if !ok {
+		return nil, fmt.Errorf("%w: %s", ErrNotFound, name)
+	}
+	return v, nil
+}
+
+// CreateSnapshot snapshots a vdisk (see Volume.CreateSnapshot).
+func (d *Driver) CreateSnapshot(ctx context.Context, vdisk, snapshot, metadata string) (SnapshotInfo, error) {
+	v, err := d.Volume(vdisk)
+	if err != nil {
+		return SnapshotInfo{}, err
+	}
+	return v.CreateSnapshot(ctx, snapshot, metadata)
+}
+
+// ListSnapshots lists a vdisk's snapshots, oldest first.
+func (d *Driver) ListSnapshots(ctx context.Context, vdisk string) ([]SnapshotInfo, error) {
+	v, err := d.Volume(vdisk)
+	if err != nil {
+		return nil, err
+	}
+	return v.Snapshots(), nil
+}
+
+// DeleteSnapshot deletes a snapshot that no clone is built on.
+func (d *Driver) DeleteSnapshot(ctx context.Context, vdisk, snapshot string) error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	v, err := d.volumeLocked(vdisk)
+	if err != nil {
+		return err
+	}
+	if clones := d.clonesLocked(v.state.Config.ID, snapshot); len(clones) > 0 {
+		return fmt.Errorf("%w: clones %v are built on %s@%s; flatten or delete them first", ErrBusy, clones, vdisk, snapshot)
+	}
+	return v.DeleteSnapshot(ctx, snapshot)
+}
+
+// Rollback returns a vdisk to a snapshot. With clients connected it is
+// refused unless force: they would see their disk change under them.
+func (d *Driver) Rollback(ctx context.Context, vdisk, snapshot string, force bool) error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	v, err := d.volumeLocked(vdisk)
+	if err != nil {
+		return err
+	}
+	if n := v.clients.Load(); n > 0 && !force {
+		return fmt.Errorf("%w: %s has %d client(s) connected; use force to roll back anyway", ErrBusy, vdisk, n)
+	}
+	v.mu.Lock()
+	id := v.state.Config.ID
+	var later []string
+	found := false
+	for _, sn := range v.state.Snapshots {
+		if found {
+			later = append(later, sn.Name)
+		}
+		found = found || sn.Name == snapshot
+	}
+	v.mu.Unlock()
+	for _, l := range later {
+		if clones := d.clonesLocked(id, l); len(clones) > 0 {
+			return fmt.Errorf("%w: rolling back would discard snapshot %s, which clones %v are built on", ErrBusy, l, clones)
+		}
+	}
+	return v.Rollback(ctx, snapshot)
+}
+
+// Clone makes a new vdisk from a snapshot of parent: instant, no data is
+// copied; the clone's unwritten clusters resolve to the parent's snapshot.
+// With snapshot empty, parent must be a template (its latest snapshot).
+func (d *Driver) Clone(ctx context.Context, name, parent, snapshot string) (VolumeInfo, error) {
+	if !validName(name) {
+		return VolumeInfo{}, fmt.Errorf("%w: vdisk name %q", ErrInvalidArgument, name)
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if _, ok := d.vols[name]; ok {
+		return VolumeInfo{}, fmt.Errorf("%w: %s", ErrExists, name)
+	}
+	if _, ok := d.broken[name]; ok {
+		return VolumeInfo{}, fmt.Errorf("%w: %s", ErrExists, name)
+	}
+	p, err := d.volumeLocked(parent)
+	if err != nil {
+		return VolumeInfo{}, err
+	}
+	p.mu.Lock()
+	pcfg := p.state.Config
+	if snapshot == "" {
+		if !pcfg.Template || len(p.state.Snapshots) == 0 {
+			p.mu.Unlock()
+			return VolumeInfo{}, fmt.Errorf("%w: name a snapshot of %s to clone (only templates clone from their latest snapshot)", ErrInvalidArgument, parent)
+		}
+		snapshot = p.state.Snapshots[len(p.state.Snapshots)-1].Name
+	}
+	i := p.findSnapshotLocked(snapshot)
+	if i < 0 {
+		p.mu.Unlock()
+		return VolumeInfo{}, fmt.Errorf("%w: %s@%s", ErrSnapshotNotFound, parent, snapshot)
+	}
+	sn := p.state.Snapshots[i]
+	synced := sn.TLogCount <= p.publishedCount
+	p.mu.Unlock()
+	if len(pcfg.Ancestors)+1 > MaxCloneDepth {
+		return VolumeInfo{}, fmt.Errorf("%w: %s is already %d clones deep (the limit is %d)", ErrInvalidArgument, parent, len(pcfg.Ancestors), MaxCloneDepth)
+	}
+	// The clone reads the snapshot from the parent's namespace on the
+	// backend, so it must be there first.
+	if !synced {
+		if err := p.Sync(ctx); err != nil {
+			return VolumeInfo{}, fmt.Errorf("clone %s: sync %s@%s first: %w", name, parent, snapshot, err)
+		}
+	}
+	p.mu.Lock()
+	if i = p.findSnapshotLocked(snapshot); i < 0 || p.state.Snapshots[i].TLogCount > p.publishedCount {
+		p.mu.Unlock()
+		return VolumeInfo{}, fmt.Errorf("clone %s: %s@%s is not on the backend", name, parent, snapshot)
+	}
+	tlogs := make([]string, 0, sn.TLogCount)
+	for _, t := range p.state.Sealed[:sn.TLogCount] {
+		tlogs = append(tlogs, t.Name)
+	}
+	p.mu.Unlock()
+
+	cfg := volumeConfig{
+		Format:         formatVersion,
+		ID:             newUUID(),
+		Name:           name,
+		Size:           p.Size(),
+		ClusterSize:    pcfg.ClusterSize,
+		SCOMultiplier:  pcfg.SCOMultiplier,
+		TLogMultiplier: pcfg.TLogMultiplier,
+		CreatedAt:      time.Now().UTC().Truncate(time.Second),
+		Ancestors: append([]ancestor{{
+			ID: pcfg.ID, Name: pcfg.Name, Namespace: p.ns, Snapshot: snapshot, TLogs: tlogs,
+		}}, pcfg.Ancestors...),
+	}
+	v, err := d.createLocked(ctx, cfg)
+	if err != nil {
+		return VolumeInfo{}, err
+	}
+	d.log.Info("vdisk cloned", "vdisk", name, "from", parent+"@"+snapshot, "depth", len(cfg.Ancestors))
+	return v.info(), nil
+}
+
+// createLocked writes a new vdisk's namespace and brings it up.
+func (d *Driver) createLocked(ctx context.Context, cfg volumeConfig) (*Volume, error) {
+	ns := namespacePrefix + cfg.ID
+	if err := d.backend.CreateNamespace(ctx, ns); err != nil {
+		return nil, fmt.Errorf("create %s: %w", cfg.Name, err)
+	}
+	fail := func(err error) (*Volume, error) {
+		if derr := d.backend.DeleteNamespace(context.WithoutCancel(ctx), ns); derr != nil {
+			d.log.Error("clean up after failed create", "vdisk", cfg.Name, "err", derr)
+		}
+		os.RemoveAll(filepath.Join(d.dir, cfg.ID))
+		return nil, fmt.Errorf("create %s: %w", cfg.Name, err)
+	}
+	snaps, _ := json.Marshal(snapshotsFile{Format: formatVersion, TLogs: []string{}, Snapshots: []snapshotRecord{}})
+	if err := d.backend.Put(ctx, ns, snapshotsObject, snaps, false); err != nil {
+		return fail(err)
+	}
+	// volume.json last: its presence is what makes the vdisk exist.
+	vj, _ := json.Marshal(cfg)
+	if err := d.backend.Put(ctx, ns, volumeObject, vj, false); err != nil {
+		return fail(err)
+	}
+	v, err := d.openVolume(ctx, cfg)
+	if err != nil {
+		return fail(err)
+	}
+	d.vols[cfg.Name] = v
+	return v, nil
+}
+
+// SetTemplate makes a vdisk a read-only template. Its latest state is kept
+// as a snapshot (one is taken if anything was written since the last) and
+// synced, so clones can be made from it.
+func (d *Driver) SetTemplate(ctx context.Context, name string) (VolumeInfo, error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	v, err := d.volumeLocked(name)
+	if err != nil {
+		return VolumeInfo{}, err
+	}
+	v.mu.Lock()
+	isTemplate := v.state.Config.Template
+	n := len(v.state.Snapshots)
+	needSnap := n == 0 || v.state.Snapshots[n-1].TLogCount < len(v.state.Sealed) || v.tlog.records > 0
+	v.mu.Unlock()
+	if isTemplate {
+		return v.info(), nil
+	}
+	if needSnap {
+		if _, err := v.CreateSnapshot(ctx, "template-"+time.Now().UTC().Format("20060102-150405"), ""); err != nil {
+			return VolumeInfo{}, err
+		}
+	}
+	if err := v.Sync(ctx); err != nil {
+		return VolumeInfo{}, err
+	}
+	if err := v.updateConfig(ctx, func(c *volumeConfig) { c.Template = true }); err != nil {
+		return VolumeInfo{}, err
+	}
+	d.log.Info("vdisk is now a template", "vdisk", name)
+	return v.info(), nil
+}
+
+// updateConfig changes volume.json: on the backend first (the authority
+// on restart), then in the local state.
+func (v *Volume) updateConfig(ctx context.Context, change func(*volumeConfig)) error {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	cfg := v.state.Config
+	change(&cfg)
+	b, _ := json.Marshal(cfg)
+	if err := v.backend.Put(ctx, v.ns, volumeObject, b, true); err != nil {
+		return fmt.Errorf("%s: update volume.json: %w", cfg.Name, err)
+	}
+	v.state.Config = cfg
+	v.setAncestors(cfg.Ancestors)
+	if err := writeLocalState(v.dir, &v.state); err != nil {
+		return v.failLocked(err)
+	}
+	return nil
+}
+
+// Flatten copies every cluster a clone still inherits into its own SCOs,
+// then cuts it loose from its parent. The vdisk keeps serving I/O: a
+// cluster the client writes meanwhile is not overwritten by the copy.
+func (d *Driver) Flatten(ctx context.Context, name string) (VolumeInfo, error) {
+	v, err := d.Volume(name)
+	if err != nil {
+		return VolumeInfo{}, err
+	}
+	v.mu.Lock()
+	anc := v.state.Config.Ancestors
+	v.mu.Unlock()
+	if len(anc) == 0 {
+		return v.info(), nil
+	}
+	start := time.Now()
+	copied, err := v.copyInherited(ctx)
+	if err != nil {
+		return VolumeInfo{}, fmt.Errorf("flatten %s: %w", name, err)
+	}
+	// Everything it needs must be in its own namespace before the chain
+	// is cut.
+	if err := v.Sync(ctx); err != nil {
+		return VolumeInfo{}, fmt.Errorf("flatten %s: %w", name, err)
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if err := v.updateConfig(ctx, func(c *volumeConfig) { c.Ancestors = nil }); err != nil {
+		return VolumeInfo{}, err
+	}
+	d.log.Info("vdisk flattened", "vdisk", name, "copied_bytes", copied, "took", time.Since(start).Round(time.Millisecond))
+	return v.info(), nil
+}
+
+// copyInherited rewrites, page by page, the clusters whose location is in
+// an ancestor as the volume's own writes.
+func (v *Volume) copyInherited(ctx context.Context) (int64, error) {
+	cs := v.clusterSize
+	var copied int64
+	buf := make([]byte, cs)
+	for page := uint64(0); ; page++ {
+		if err := ctx.Err(); err != nil {
+			return copied, err
+		}
+		v.mu.Lock()
+		next, ok := v.md.allocated.nextSet(page)
+		if !ok {
+			v.mu.Unlock()
+			return copied, nil
+		}
+		page = next
+		type inherited struct {
+			addr uint64
+			e    mdEntry
+		}
+		var todo []inherited
+		for a := page * pageEntries; a < (page+1)*pageEntries; a++ {
+			e, err := v.md.get(a)
+			if err != nil {
+				v.mu.Unlock()
+				return copied, err
+			}
+			if e.loc != 0 && scos.UnpackLocation(e.loc).SCO.CloneID != 0 {
+				todo = append(todo, inherited{a, e})
+			}
+		}
+		v.mu.Unlock()
+		for _, t := range todo {
+			// rmwMu keeps partial writes of this cluster out while it
+			// is read and copied.
+			v.rmwMu.Lock()
+			err := v.readRun(ctx, []lookup{{e: t.e}}, buf)
+			if err == nil {
+				err = v.writeClusterIf(ctx, t.addr, buf, t.e)
+			}
+			v.rmwMu.Unlock()
+			if err != nil {
+				return copied, err
+			}
+			copied += int64(cs)
+		}
+	}
+}
+
+// writeClusterIf writes one cluster only if its metadata entry is still
+// expect: a write that came in since wins over the copy.
+func (v *Volume) writeClusterIf(ctx context.Context, addr uint64, data []byte, expect mdEntry) error {
+	if err := v.throttle(ctx); err != nil {
+		return err
+	}
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	if v.closed {
+		return fmt.Errorf("%s: %w", v.name(), ErrClosed)
+	}
+	if e, err := v.md.get(addr); err != nil || e != expect {
+		return err
+	}
+	return v.appendClustersLocked(addr, data, []uint32{expect.crc})
+}
