@@ -42,7 +42,13 @@ type Options struct {
 	// AutoSyncInterval: an open TLog holding data is sealed and uploaded
 	// after this long (default 30s).
 	AutoSyncInterval time.Duration
-	Logger           *slog.Logger
+	// ScrubInterval: every vdisk is scrubbed this often in the background
+	// (default 1h; negative disables the background scrubber).
+	ScrubInterval time.Duration
+	// GarbageGrace: objects a scrub replaced are deleted this long after
+	// the switch, so that reads that resolved them before finish (default 10s).
+	GarbageGrace time.Duration
+	Logger       *slog.Logger
 }
 
 func (o *Options) setDefaults() {
@@ -61,6 +67,12 @@ func (o *Options) setDefaults() {
 	if o.AutoSyncInterval <= 0 {
 		o.AutoSyncInterval = 30 * time.Second
 	}
+	if o.GarbageGrace <= 0 {
+		o.GarbageGrace = 10 * time.Second
+	}
+	if o.ScrubInterval == 0 {
+		o.ScrubInterval = time.Hour
+	}
 	if o.Logger == nil {
 		o.Logger = slog.Default()
 	}
@@ -77,6 +89,9 @@ type Driver struct {
 	opts    Options
 	log     *slog.Logger
 	cache   *ristretto.Cache[uint64, *cachedCluster]
+
+	stop chan struct{}
+	wg   sync.WaitGroup
 
 	mu     sync.Mutex
 	vols   map[string]*Volume // by name
@@ -112,6 +127,7 @@ func Open(ctx context.Context, dir string, backend scos.Backend, opts Options) (
 		log:     opts.Logger,
 		vols:    map[string]*Volume{},
 		broken:  map[string]brokenVolume{},
+		stop:    make(chan struct{}),
 	}
 	if opts.ReadCacheBytes > 0 {
 		c, err := ristretto.NewCache(&ristretto.Config[uint64, *cachedCluster]{
@@ -174,6 +190,10 @@ func Open(ctx context.Context, dir string, backend scos.Backend, opts Options) (
 			d.log.Warn("removing local state of a vdisk that no longer exists", "id", e.Name())
 			os.RemoveAll(filepath.Join(dir, e.Name()))
 		}
+	}
+	if opts.ScrubInterval > 0 {
+		d.wg.Add(1)
+		go d.scrubber(opts.ScrubInterval)
 	}
 	return d, nil
 }
@@ -461,7 +481,13 @@ func (d *Driver) Sync(ctx context.Context, name string) error {
 // Close stops every volume cleanly: flushed, checkpointed, files closed.
 func (d *Driver) Close() error {
 	d.mu.Lock()
+	if !d.closed {
+		close(d.stop)
+	}
 	d.closed = true
+	d.mu.Unlock()
+	d.wg.Wait()
+	d.mu.Lock()
 	vols := d.vols
 	d.vols = map[string]*Volume{}
 	d.mu.Unlock()

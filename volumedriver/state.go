@@ -159,6 +159,11 @@ type garbage struct {
 	TLogs   []string `json:"tlogs"`
 	SCOFrom uint32   `json:"sco_from"`
 	SCOTo   uint32   `json:"sco_to"`
+	// Objects named one by one (SCO versions a scrub replaced).
+	Objects []string `json:"objects,omitempty"`
+	// NotBefore gives reads that resolved a location before the change
+	// time to finish before the objects go.
+	NotBefore time.Time `json:"not_before,omitempty"`
 }
 
 // checkSnapshots: names unique and valid, cuts in order and in range.

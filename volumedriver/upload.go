@@ -197,6 +197,9 @@ func (v *Volume) collectGarbage(ctx context.Context) error {
 		}
 		g := v.state.Garbage[0]
 		v.mu.Unlock()
+		if time.Now().Before(g.NotBefore) {
+			return nil // the uploader's ticker comes back for it
+		}
 		del := func(name string) error {
 			err := v.backend.Delete(ctx, v.ns, name)
 			if err != nil && !errors.Is(err, scos.ErrObjectNotFound) {
@@ -214,6 +217,11 @@ func (v *Volume) collectGarbage(ctx context.Context) error {
 				return err
 			}
 		}
+		for _, o := range g.Objects {
+			if err := del(o); err != nil {
+				return err
+			}
+		}
 		v.mu.Lock()
 		v.state.Garbage = v.state.Garbage[1:]
 		err := writeLocalState(v.dir, &v.state)
@@ -221,7 +229,7 @@ func (v *Volume) collectGarbage(ctx context.Context) error {
 		if err != nil {
 			return err
 		}
-		v.log.Info("deleted data discarded by a rollback", "vdisk", v.name(), "tlogs", len(g.TLogs), "scos", g.SCOTo-g.SCOFrom)
+		v.log.Info("deleted discarded objects from the backend", "vdisk", v.name(), "tlogs", len(g.TLogs), "scos", int(g.SCOTo-g.SCOFrom)+len(g.Objects))
 	}
 }
 

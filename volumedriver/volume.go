@@ -72,6 +72,11 @@ type Volume struct {
 	// ancestors are the backend namespaces of the clone's parent chain:
 	// a location with clone id c lives in ancestors[c-1].
 	ancestors atomic.Pointer[[]string]
+	// protectedTLogs: clones are built on Sealed[:protectedTLogs]; the
+	// scrubber leaves the SCOs of those TLogs alone. Set by the driver.
+	protectedTLogs int
+	// scrubMu: one scrub at a time, and no clone is taken during one.
+	scrubMu sync.Mutex
 
 	kick     chan struct{}
 	stop     chan struct{}
@@ -82,6 +87,7 @@ type Volume struct {
 // scoFile is an SCO in the local write buffer.
 type scoFile struct {
 	num      uint32
+	version  uint8
 	f        *os.File
 	clusters int // clusters written, in the file or in buf
 	// The open SCO gathers clusters in buf and writes them out in large
@@ -660,7 +666,7 @@ func (v *Volume) readClusters(ctx context.Context, addr uint64, buf []byte) erro
 		l := lookup{e: e}
 		if e.loc != 0 {
 			loc := scos.UnpackLocation(e.loc)
-			if s, ok := v.scos[loc.SCO.Number]; ok && loc.SCO.CloneID == 0 {
+			if s, ok := v.scos[loc.SCO.Number]; ok && loc.SCO.CloneID == 0 && loc.SCO.Version == s.version {
 				if o := int(loc.Offset); o >= s.fileClusters && o < s.fileClusters+len(s.buf)/cs {
 					o -= s.fileClusters
 					copy(buf[i*cs:(i+1)*cs], s.buf[o*cs:(o+1)*cs])

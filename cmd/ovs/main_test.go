@@ -44,25 +44,29 @@ func runOVS(args ...string) (stdout, stderr string, code int) {
 	return out.String(), errOut.String(), code
 }
 
+// cliTest is one run of the ovs command against the API over the
+// FakeVDisks of startAPI.
+type cliTest struct {
+	name       string
+	args       []string // --api is appended
+	wantCode   int
+	wantStdout string   // exact, unless stdoutHas is set
+	stdoutHas  []string // substrings of stdout
+	wantStderr string   // exact first line of stderr; "" means none
+	usage      bool     // stderr continues with the usage
+	setup      func(*apitest.FakeVDisks)
+	check      func(t *testing.T, fake *apitest.FakeVDisks)
+}
+
 func TestCLI(t *testing.T) {
-	tests := []struct {
-		name       string
-		args       []string // --api is appended
-		wantCode   int
-		wantStdout string   // exact, unless stdoutHas is set
-		stdoutHas  []string // substrings of stdout
-		wantStderr string   // exact first line of stderr; "" means none
-		usage      bool     // stderr continues with the usage
-		setup      func(*apitest.FakeVDisks)
-		check      func(t *testing.T, fake *apitest.FakeVDisks)
-	}{
+	runCLITests(t, []cliTest{
 		{
 			name: "list",
 			args: []string{"vdisk", "list"},
 			wantStdout: "" +
-				"NAME  SIZE   CLIENTS  WRITTEN  PENDING UPLOAD\n" +
-				"a     1 GiB  0        3 MiB    1 MiB\n" +
-				"busy  2 GiB  1        0 B      0 B\n",
+				"NAME  SIZE   CLIENTS  WRITTEN  PENDING UPLOAD  SNAPSHOTS\n" +
+				"a     1 GiB  0        3 MiB    1 MiB           0\n" +
+				"busy  2 GiB  1        0 B      0 B             0\n",
 		},
 		{
 			name:      "list alias",
@@ -170,7 +174,10 @@ func TestCLI(t *testing.T) {
 				"clients:        0\n" +
 				"written:        3 MiB (3145728 bytes)\n" +
 				"pending upload: 1 MiB (1048576 bytes)\n" +
-				"write buffer:   1 MiB (1048576 bytes)\n",
+				"write buffer:   1 MiB (1048576 bytes)\n" +
+				"snapshots:      0\n" +
+				"template:       no\n" +
+				"parent:         -\n",
 		},
 		{
 			name:      "info json",
@@ -296,7 +303,11 @@ func TestCLI(t *testing.T) {
 			args:      []string{"version"},
 			stdoutHas: []string{"ovs version "},
 		},
-	}
+	})
+}
+
+func runCLITests(t *testing.T, tests []cliTest) {
+	t.Helper()
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			url, fake := startAPI(t)
@@ -356,7 +367,7 @@ func TestCLIListJSONEmpty(t *testing.T) {
 		t.Fatalf("not a JSON array: %v", err)
 	}
 	stdout, _, _ = runOVS("vdisk", "list", "--api", ts.URL)
-	if stdout != "NAME  SIZE  CLIENTS  WRITTEN  PENDING UPLOAD\n" {
+	if stdout != "NAME  SIZE  CLIENTS  WRITTEN  PENDING UPLOAD  SNAPSHOTS\n" {
 		t.Errorf("empty table = %q", stdout)
 	}
 }

@@ -27,7 +27,7 @@ func newVDiskCommand(g *globalOptions) *cobra.Command {
 	cmd := &cobra.Command{
 		Use:     "vdisk",
 		Aliases: []string{"vdisks"},
-		Short:   "Create, list, resize, sync and delete vdisks",
+		Short:   "Create, list, resize, sync, snapshot, clone and delete vdisks",
 		Long: "Manage vdisks (virtual block devices) through the OVS REST API given by\n" +
 			"--api or $OVS_API." + sizeFlagHelp,
 		// Runnable only so that an unknown subcommand is an error.
@@ -41,6 +41,12 @@ func newVDiskCommand(g *globalOptions) *cobra.Command {
 		newVDiskDeleteCommand(g),
 		newVDiskResizeCommand(g),
 		newVDiskSyncCommand(g),
+		newVDiskSnapshotCommand(g),
+		newVDiskRollbackCommand(g),
+		newVDiskCloneCommand(g),
+		newVDiskFlattenCommand(g),
+		newVDiskSetTemplateCommand(g),
+		newVDiskScrubCommand(g),
 	)
 	return cmd
 }
@@ -122,10 +128,10 @@ func newVDiskListCommand(g *globalOptions) *cobra.Command {
 			return writeJSON(w, infos)
 		}
 		tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
-		fmt.Fprintln(tw, "NAME\tSIZE\tCLIENTS\tWRITTEN\tPENDING UPLOAD")
+		fmt.Fprintln(tw, "NAME\tSIZE\tCLIENTS\tWRITTEN\tPENDING UPLOAD\tSNAPSHOTS")
 		for _, v := range infos {
-			fmt.Fprintf(tw, "%s\t%s\t%d\t%s\t%s\n", v.Name, api.FormatSize(v.Size), v.Clients,
-				api.FormatSize(v.WrittenBytes), api.FormatSize(v.PendingUploadBytes))
+			fmt.Fprintf(tw, "%s\t%s\t%d\t%s\t%s\t%d\n", v.Name, api.FormatSize(v.Size), v.Clients,
+				api.FormatSize(v.WrittenBytes), api.FormatSize(v.PendingUploadBytes), v.Snapshots)
 		}
 		return tw.Flush()
 	}
@@ -155,9 +161,9 @@ func newVDiskInfoCommand(g *globalOptions) *cobra.Command {
 
 // writeInfo prints a vdisk as aligned "key: value" lines.
 func writeInfo(w io.Writer, v volumedriver.VolumeInfo) error {
-	created := "-"
-	if !v.CreatedAt.IsZero() {
-		created = v.CreatedAt.Format(time.RFC3339)
+	parent := v.Parent
+	if parent == "" {
+		parent = "-"
 	}
 	bytesAndSize := func(n int64) string {
 		if n < api.KiB {
@@ -172,11 +178,14 @@ func writeInfo(w io.Writer, v volumedriver.VolumeInfo) error {
 		{"size", bytesAndSize(v.Size)},
 		{"cluster size", api.FormatSize(int64(v.ClusterSize))},
 		{"SCO size", api.FormatSize(v.SCOSize)},
-		{"created", created},
+		{"created", formatTime(v.CreatedAt)},
 		{"clients", strconv.Itoa(v.Clients)},
 		{"written", bytesAndSize(v.WrittenBytes)},
 		{"pending upload", bytesAndSize(v.PendingUploadBytes)},
 		{"write buffer", bytesAndSize(v.WriteBufferBytes)},
+		{"snapshots", strconv.Itoa(v.Snapshots)},
+		{"template", yesNo(v.Template)},
+		{"parent", parent},
 	} {
 		fmt.Fprintf(tw, "%s:\t%s\n", kv[0], kv[1])
 	}
@@ -196,7 +205,9 @@ func newVDiskDeleteCommand(g *globalOptions) *cobra.Command {
 	cmd.Flags().BoolVar(&force, "force", false, "delete the vdisk even if a client has it open")
 	cmd.RunE = func(cmd *cobra.Command, args []string) error {
 		err := g.client().Delete(cmd.Context(), args[0], force)
-		if errors.Is(err, volumedriver.ErrBusy) && !force && !strings.Contains(err.Error(), "force") {
+		// --force overrides clients, not clones: no hint when it would not help.
+		if errors.Is(err, volumedriver.ErrBusy) && !force && !strings.Contains(err.Error(), "force") &&
+			!strings.Contains(err.Error(), "clones") {
 			return fmt.Errorf("%w (use --force to delete it anyway)", err)
 		}
 		if err != nil {
@@ -249,4 +260,51 @@ func newVDiskSyncCommand(g *globalOptions) *cobra.Command {
 			return err
 		},
 	}
+}
+
+func newVDiskScrubCommand(g *globalOptions) *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "scrub NAME",
+		Short: "Give back the backend space of overwritten data",
+		Long: "Rewrite the vdisk's SCOs on the backend without the data that neither\n" +
+			"the vdisk nor any of its snapshots can see any more (overwritten, or\n" +
+			"only kept by deleted snapshots), and delete SCOs that hold nothing\n" +
+			"else. The vdisk stays in use meanwhile.",
+		Args: oneName,
+	}
+	output := addOutputFlag(cmd)
+	cmd.RunE = func(cmd *cobra.Command, args []string) error {
+		res, err := g.client().Scrub(cmd.Context(), args[0])
+		if err != nil {
+			return err
+		}
+		if *output == outputJSON {
+			return writeJSON(cmd.OutOrStdout(), res)
+		}
+		return writeScrubResult(cmd.OutOrStdout(), args[0], res)
+	}
+	return cmd
+}
+
+// writeScrubResult prints what a scrub did as "key: value" lines.
+func writeScrubResult(w io.Writer, name string, r volumedriver.ScrubResult) error {
+	took := r.Duration
+	if took > time.Millisecond {
+		took = took.Round(time.Millisecond)
+	}
+	freed := r.BackendBytesBefore - r.BackendBytesAfter
+	if _, err := fmt.Fprintf(w, "scrubbed vdisk %q in %s\n", name, took); err != nil {
+		return err
+	}
+	tw := tabwriter.NewWriter(w, 0, 0, 1, ' ', 0)
+	for _, kv := range [][2]string{
+		{"SCOs rewritten", strconv.Itoa(r.SCOsRewritten)},
+		{"SCOs deleted", strconv.Itoa(r.SCOsDeleted)},
+		{"backend bytes", api.FormatSize(r.BackendBytesBefore) + " → " + api.FormatSize(r.BackendBytesAfter)},
+		{"freed", api.FormatSize(max(freed, 0))},
+		{"live bytes", api.FormatSize(r.LiveBytes)},
+	} {
+		fmt.Fprintf(tw, "%s:\t%s\n", kv[0], kv[1])
+	}
+	return tw.Flush()
 }

@@ -153,6 +153,107 @@ func (c *Client) Sync(ctx context.Context, name string) error {
 	return c.do(ctx, http.MethodPost, vdiskPath(name)+"/sync", nil, nil, nil)
 }
 
+// CreateSnapshot snapshots vdisk. An empty snapshot name lets the server
+// generate one; metadata is free text of at most
+// volumedriver.MaxSnapshotMetadata bytes.
+func (c *Client) CreateSnapshot(ctx context.Context, vdisk, snapshot, metadata string) (volumedriver.SnapshotInfo, error) {
+	var snap volumedriver.SnapshotInfo
+	if err := checkName(vdisk); err != nil {
+		return snap, err
+	}
+	req := SnapshotRequest{Name: snapshot, Metadata: metadata}
+	err := c.do(ctx, http.MethodPost, vdiskPath(vdisk)+"/snapshots", nil, req, &snap)
+	return snap, err
+}
+
+// ListSnapshots returns the snapshots of vdisk, oldest first; never nil on
+// success.
+func (c *Client) ListSnapshots(ctx context.Context, vdisk string) ([]volumedriver.SnapshotInfo, error) {
+	if err := checkName(vdisk); err != nil {
+		return nil, err
+	}
+	var snaps []volumedriver.SnapshotInfo
+	if err := c.do(ctx, http.MethodGet, vdiskPath(vdisk)+"/snapshots", nil, nil, &snaps); err != nil {
+		return nil, err
+	}
+	if snaps == nil {
+		snaps = []volumedriver.SnapshotInfo{}
+	}
+	return snaps, nil
+}
+
+// DeleteSnapshot deletes a snapshot of vdisk. A snapshot that clones
+// depend on fails with an error matching volumedriver.ErrBusy.
+func (c *Client) DeleteSnapshot(ctx context.Context, vdisk, snapshot string) error {
+	if err := checkName(vdisk); err != nil {
+		return err
+	}
+	if err := checkSnapshot(snapshot); err != nil {
+		return err
+	}
+	return c.do(ctx, http.MethodDelete, snapshotPath(vdisk, snapshot), nil, nil, nil)
+}
+
+// Rollback returns vdisk to snapshot, discarding later snapshots and
+// writes. Without force, a vdisk in use fails with an error matching
+// volumedriver.ErrBusy.
+func (c *Client) Rollback(ctx context.Context, vdisk, snapshot string, force bool) error {
+	if err := checkName(vdisk); err != nil {
+		return err
+	}
+	if err := checkSnapshot(snapshot); err != nil {
+		return err
+	}
+	req := RollbackRequest{Snapshot: snapshot, Force: force}
+	return c.do(ctx, http.MethodPost, vdiskPath(vdisk)+"/rollback", nil, req, nil)
+}
+
+// Clone creates vdisk name from snapshot of parent and returns the clone.
+// An empty snapshot means the latest snapshot of parent, which must then be
+// a template.
+func (c *Client) Clone(ctx context.Context, name, parent, snapshot string) (volumedriver.VolumeInfo, error) {
+	var info volumedriver.VolumeInfo
+	if err := checkName(name); err != nil {
+		return info, err
+	}
+	if parent == "" {
+		return info, fmt.Errorf("the vdisk to clone must be named: %w", volumedriver.ErrInvalidArgument)
+	}
+	req := CloneRequest{Name: name, Snapshot: snapshot}
+	err := c.do(ctx, http.MethodPost, vdiskPath(parent)+"/clones", nil, req, &info)
+	return info, err
+}
+
+// Flatten makes the clone name independent of its parent.
+func (c *Client) Flatten(ctx context.Context, name string) (volumedriver.VolumeInfo, error) {
+	return c.postInfo(ctx, name, "/flatten")
+}
+
+// SetTemplate turns vdisk name into a read-only template.
+func (c *Client) SetTemplate(ctx context.Context, name string) (volumedriver.VolumeInfo, error) {
+	return c.postInfo(ctx, name, "/template")
+}
+
+// Scrub gives back the backend space of vdisk name's unreachable data.
+func (c *Client) Scrub(ctx context.Context, name string) (volumedriver.ScrubResult, error) {
+	var res volumedriver.ScrubResult
+	if err := checkName(name); err != nil {
+		return res, err
+	}
+	err := c.do(ctx, http.MethodPost, vdiskPath(name)+"/scrub", nil, nil, &res)
+	return res, err
+}
+
+// postInfo POSTs to the vdisk's sub-resource suffix and decodes a VolumeInfo.
+func (c *Client) postInfo(ctx context.Context, name, suffix string) (volumedriver.VolumeInfo, error) {
+	var info volumedriver.VolumeInfo
+	if err := checkName(name); err != nil {
+		return info, err
+	}
+	err := c.do(ctx, http.MethodPost, vdiskPath(name)+suffix, nil, nil, &info)
+	return info, err
+}
+
 func checkName(name string) error {
 	if name == "" {
 		return fmt.Errorf("vdisk name must not be empty: %w", volumedriver.ErrInvalidArgument)
@@ -160,7 +261,18 @@ func checkName(name string) error {
 	return nil
 }
 
+func checkSnapshot(name string) error {
+	if name == "" {
+		return fmt.Errorf("snapshot name must not be empty: %w", volumedriver.ErrInvalidArgument)
+	}
+	return nil
+}
+
 func vdiskPath(name string) string { return "/api/v1/vdisks/" + url.PathEscape(name) }
+
+func snapshotPath(vdisk, snapshot string) string {
+	return vdiskPath(vdisk) + "/snapshots/" + url.PathEscape(snapshot)
+}
 
 // do sends a request with in (if not nil) as JSON and decodes a 2xx answer
 // into out (if not nil).

@@ -24,17 +24,20 @@ func newClientServer(t *testing.T, fake *apitest.FakeVDisks) (*Client, *Server) 
 	return NewClient(ts.URL, ts.Client()), s
 }
 
+// clientTest is one call of a Client to a Server over a FakeVDisks.
+type clientTest struct {
+	name    string
+	setup   func(*apitest.FakeVDisks) // nil means seedFake
+	call    func(*Client) (any, error)
+	want    func(t *testing.T, got any, fake *apitest.FakeVDisks)
+	wantErr error  // matched with errors.Is
+	wantMsg string // substring of the error
+	status  int    // APIError.Status, if an error
+}
+
 func TestClient(t *testing.T) {
 	ctx := context.Background()
-	tests := []struct {
-		name    string
-		setup   func(*apitest.FakeVDisks)
-		call    func(*Client) (any, error)
-		want    func(t *testing.T, got any, fake *apitest.FakeVDisks)
-		wantErr error  // matched with errors.Is
-		wantMsg string // substring of the error
-		status  int    // APIError.Status, if an error
-	}{
+	runClientTests(t, []clientTest{
 		{
 			name: "create",
 			call: func(c *Client) (any, error) {
@@ -169,7 +172,11 @@ func TestClient(t *testing.T) {
 			name: "health",
 			call: func(c *Client) (any, error) { return nil, c.Health(ctx) },
 		},
-	}
+	})
+}
+
+func runClientTests(t *testing.T, tests []clientTest) {
+	t.Helper()
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			fake := apitest.NewFakeVDisks()
@@ -232,11 +239,12 @@ func TestAPIErrorIs(t *testing.T) {
 		{CodeAlreadyExists, volumedriver.ErrExists},
 		{CodeInvalidArgument, volumedriver.ErrInvalidArgument},
 		{CodeBusy, volumedriver.ErrBusy},
+		{CodeReadOnly, volumedriver.ErrReadOnly},
 		{CodeClosed, volumedriver.ErrClosed},
 		{CodeOutOfRange, volumedriver.ErrOutOfRange},
 	}
 	all := []error{volumedriver.ErrNotFound, volumedriver.ErrExists, volumedriver.ErrInvalidArgument,
-		volumedriver.ErrBusy, volumedriver.ErrClosed, volumedriver.ErrOutOfRange}
+		volumedriver.ErrBusy, volumedriver.ErrReadOnly, volumedriver.ErrClosed, volumedriver.ErrOutOfRange}
 	for _, tt := range tests {
 		err := error(&APIError{Status: 400, Code: tt.code, Message: "m"})
 		for _, s := range all {

@@ -5,16 +5,18 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"slices"
 
 	"github.com/ovs-storage/ovs/volumedriver"
 )
 
 // Error codes in the "code" field of an error response.
 const (
-	CodeNotFound         = "not_found"          // 404: no vdisk by that name
-	CodeAlreadyExists    = "already_exists"     // 409: the name is taken
+	CodeNotFound         = "not_found"          // 404: no vdisk (or snapshot) by that name
+	CodeAlreadyExists    = "already_exists"     // 409: the vdisk or snapshot name is taken
 	CodeInvalidArgument  = "invalid_argument"   // 400: bad request body, size, name, or a shrink
-	CodeBusy             = "busy"               // 409: the vdisk is in use
+	CodeBusy             = "busy"               // 409: the vdisk is in use, or a snapshot has clones
+	CodeReadOnly         = "read_only"          // 409: a write, snapshot or rollback on a template
 	CodeClosed           = "closed"             // 503: the volume was stopped or deleted meanwhile
 	CodeOutOfRange       = "out_of_range"       // 400: beyond the end of the vdisk
 	CodeUnknownRoute     = "unknown_route"      // 404: no such API endpoint
@@ -35,8 +37,8 @@ type ErrorResponse struct {
 // APIError is the error the Client returns for a non-2xx response.
 //
 // errors.Is(err, volumedriver.ErrNotFound) (and ErrExists,
-// ErrInvalidArgument, ErrBusy, ErrClosed, ErrOutOfRange) holds when the
-// server answered with the matching code.
+// ErrInvalidArgument, ErrBusy, ErrReadOnly, ErrClosed, ErrOutOfRange) holds
+// when the server answered with the matching code.
 type APIError struct {
 	Status  int    // HTTP status code
 	Code    string // one of the Code* constants, "" if the server sent none
@@ -62,6 +64,7 @@ var codeSentinels = map[string]error{
 	CodeAlreadyExists:   volumedriver.ErrExists,
 	CodeInvalidArgument: volumedriver.ErrInvalidArgument,
 	CodeBusy:            volumedriver.ErrBusy,
+	CodeReadOnly:        volumedriver.ErrReadOnly,
 	CodeClosed:          volumedriver.ErrClosed,
 	CodeOutOfRange:      volumedriver.ErrOutOfRange,
 }
@@ -86,6 +89,8 @@ func classify(err error) (status int, code string) {
 	switch {
 	case errors.As(err, &he):
 		return he.status, he.code
+	case errors.Is(err, volumedriver.ErrReadOnly): // before the others, in case it wraps one
+		return http.StatusConflict, CodeReadOnly
 	case errors.Is(err, volumedriver.ErrNotFound):
 		return http.StatusNotFound, CodeNotFound
 	case errors.Is(err, volumedriver.ErrExists):
@@ -124,6 +129,43 @@ func errorMessage(err error, name string) string {
 		return fmt.Sprintf("vdisk %q is closed", name)
 	case volumedriver.ErrInvalidArgument:
 		return fmt.Sprintf("invalid argument for vdisk %q", name)
+	case volumedriver.ErrReadOnly:
+		return fmt.Sprintf("vdisk %q is a read-only template", name)
+	case volumedriver.ErrSnapshotNotFound:
+		return fmt.Sprintf("snapshot of vdisk %q not found", name)
 	}
 	return err.Error()
 }
+
+// snapshotError gives a bare sentinel from an operation on snapshot snap of
+// vdisk name a message that names the snapshot. That is done for
+// ErrSnapshotNotFound, and for the sentinels in also, which are about the
+// snapshot only for some operations (ErrExists when creating a snapshot,
+// ErrBusy when deleting one). Other errors pass as they are: the driver's
+// errors say what they are about.
+func snapshotError(err error, name, snap string, also ...error) error {
+	if snap == "" || (err != volumedriver.ErrSnapshotNotFound && !slices.Contains(also, err)) {
+		return err
+	}
+	var what string
+	switch err {
+	case volumedriver.ErrSnapshotNotFound, volumedriver.ErrNotFound:
+		what = "not found"
+	case volumedriver.ErrExists:
+		what = "already exists"
+	case volumedriver.ErrBusy:
+		what = "is in use: clones depend on it"
+	default:
+		return err
+	}
+	return &sentinelError{fmt.Sprintf("snapshot %q of vdisk %q %s", snap, name, what), err}
+}
+
+// sentinelError is a sentinel error with a better message.
+type sentinelError struct {
+	msg string
+	err error
+}
+
+func (e *sentinelError) Error() string { return e.msg }
+func (e *sentinelError) Unwrap() error { return e.err }

@@ -13,6 +13,15 @@
 //	PATCH  /api/v1/vdisks/{name}         200 VolumeInfo; body {"size": ...}
 //	POST   /api/v1/vdisks/{name}/sync    200 VolumeInfo (or {} if it could not be read after the sync)
 //
+//	POST   /api/v1/vdisks/{name}/snapshots             201 SnapshotInfo; body SnapshotRequest (optional)
+//	GET    /api/v1/vdisks/{name}/snapshots             200 [SnapshotInfo...] oldest first
+//	DELETE /api/v1/vdisks/{name}/snapshots/{snapshot}  204
+//	POST   /api/v1/vdisks/{name}/rollback              200 VolumeInfo (or {}, as for sync); body RollbackRequest
+//	POST   /api/v1/vdisks/{name}/clones                201 VolumeInfo of the clone; body CloneRequest
+//	POST   /api/v1/vdisks/{name}/flatten               200 VolumeInfo
+//	POST   /api/v1/vdisks/{name}/template              200 VolumeInfo
+//	POST   /api/v1/vdisks/{name}/scrub                 200 ScrubResult
+//
 // Sizes in request bodies are a JSON integer (bytes) or a string in the
 // ParseSize syntax ("10GiB"). Every error is a JSON ErrorResponse.
 package api
@@ -39,6 +48,9 @@ import (
 
 // VDisks is the vdisk lifecycle the API serves: what it needs from the
 // volume driver. *volumedriver.Driver implements it, and so does *Client.
+//
+// Operations on a template (a read-only vdisk) that would change it fail
+// with ErrReadOnly.
 type VDisks interface {
 	Create(ctx context.Context, name string, size int64, opts volumedriver.CreateOptions) (volumedriver.VolumeInfo, error)
 	List(ctx context.Context) ([]volumedriver.VolumeInfo, error)
@@ -49,6 +61,30 @@ type VDisks interface {
 	Resize(ctx context.Context, name string, size int64) (volumedriver.VolumeInfo, error)
 	// Sync returns once every write flushed before the call is on the backend.
 	Sync(ctx context.Context, name string) error
+
+	// CreateSnapshot snapshots vdisk; an empty snapshot name is generated.
+	// Metadata over volumedriver.MaxSnapshotMetadata fails with
+	// ErrInvalidArgument, a taken name with ErrExists.
+	CreateSnapshot(ctx context.Context, vdisk, snapshot, metadata string) (volumedriver.SnapshotInfo, error)
+	// ListSnapshots lists a vdisk's snapshots, oldest first.
+	ListSnapshots(ctx context.Context, vdisk string) ([]volumedriver.SnapshotInfo, error)
+	// DeleteSnapshot fails with an error matching ErrNotFound for an
+	// unknown snapshot, ErrBusy for one with clones.
+	DeleteSnapshot(ctx context.Context, vdisk, snapshot string) error
+	// Rollback returns vdisk to snapshot, discarding later snapshots and
+	// writes. It fails with ErrBusy if a client has the vdisk open, unless
+	// force.
+	Rollback(ctx context.Context, vdisk, snapshot string, force bool) error
+	// Clone creates vdisk name from snapshot of parent. An empty snapshot
+	// means the latest snapshot of parent, which must then be a template.
+	Clone(ctx context.Context, name, parent, snapshot string) (volumedriver.VolumeInfo, error)
+	// Flatten makes a clone independent of its parent.
+	Flatten(ctx context.Context, name string) (volumedriver.VolumeInfo, error)
+	// SetTemplate turns a vdisk into a read-only template.
+	SetTemplate(ctx context.Context, name string) (volumedriver.VolumeInfo, error)
+	// Scrub gives back the backend space of data no snapshot and not the
+	// current state can see any more.
+	Scrub(ctx context.Context, name string) (volumedriver.ScrubResult, error)
 }
 
 // DefaultMaxBodyBytes is the default limit on a request body.
@@ -76,6 +112,30 @@ type CreateRequest struct {
 // as a string such as "20GiB".
 type ResizeRequest struct {
 	Size int64 `json:"size"`
+}
+
+// SnapshotRequest is the body of POST /api/v1/vdisks/{name}/snapshots. Both
+// fields are optional, and so is the body: without a name, the driver
+// generates one.
+type SnapshotRequest struct {
+	Name     string `json:"name,omitempty"`
+	Metadata string `json:"metadata,omitempty"` // at most volumedriver.MaxSnapshotMetadata bytes
+}
+
+// RollbackRequest is the body of POST /api/v1/vdisks/{name}/rollback.
+type RollbackRequest struct {
+	Snapshot string `json:"snapshot"`
+	// Force rolls back a vdisk that a client has open; the client sees
+	// its data change under it.
+	Force bool `json:"force,omitempty"`
+}
+
+// CloneRequest is the body of POST /api/v1/vdisks/{parent}/clones.
+type CloneRequest struct {
+	Name string `json:"name"` // the new vdisk
+	// Snapshot of the parent to clone; empty means the latest snapshot of
+	// a template.
+	Snapshot string `json:"snapshot,omitempty"`
 }
 
 // HealthResponse is the body of GET /api/v1/health.
@@ -117,6 +177,14 @@ func NewServer(vdisks VDisks, opts Options) *Server {
 	s.mux.HandleFunc("PATCH /api/v1/vdisks/{name}", s.resizeVDisk)
 	s.mux.HandleFunc("POST /api/v1/vdisks/{name}/resize", s.resizeVDisk)
 	s.mux.HandleFunc("POST /api/v1/vdisks/{name}/sync", s.syncVDisk)
+	s.mux.HandleFunc("GET /api/v1/vdisks/{name}/snapshots", s.listSnapshots)
+	s.mux.HandleFunc("POST /api/v1/vdisks/{name}/snapshots", s.createSnapshot)
+	s.mux.HandleFunc("DELETE /api/v1/vdisks/{name}/snapshots/{snapshot}", s.deleteSnapshot)
+	s.mux.HandleFunc("POST /api/v1/vdisks/{name}/rollback", s.rollbackVDisk)
+	s.mux.HandleFunc("POST /api/v1/vdisks/{name}/clones", s.cloneVDisk)
+	s.mux.HandleFunc("POST /api/v1/vdisks/{name}/flatten", s.flattenVDisk)
+	s.mux.HandleFunc("POST /api/v1/vdisks/{name}/template", s.setTemplate)
+	s.mux.HandleFunc("POST /api/v1/vdisks/{name}/scrub", s.scrubVDisk)
 	s.handler = s.logRequests(s.recoverPanics(http.HandlerFunc(s.route)))
 	return s
 }
@@ -299,23 +367,152 @@ func (s *Server) syncVDisk(w http.ResponseWriter, r *http.Request) {
 		s.writeError(w, r, err, name)
 		return
 	}
+	s.writeInfoAfter(w, r, "sync", name)
+}
+
+// writeInfoAfter answers a successful operation op on vdisk name with the
+// vdisk's VolumeInfo, or with {} if it cannot be read: the operation itself
+// succeeded, so the answer says so.
+func (s *Server) writeInfoAfter(w http.ResponseWriter, r *http.Request, op, name string) {
 	info, err := s.vdisks.Info(r.Context(), name)
 	if err != nil {
-		// The sync itself succeeded; say so.
-		s.log.DebugContext(r.Context(), "api: info after sync failed", "vdisk", name, "err", err)
+		s.log.DebugContext(r.Context(), "api: info after "+op+" failed", "vdisk", name, "err", err)
 		s.writeJSON(w, http.StatusOK, struct{}{})
 		return
 	}
 	s.writeJSON(w, http.StatusOK, info)
 }
 
+func (s *Server) listSnapshots(w http.ResponseWriter, r *http.Request) {
+	name := r.PathValue("name")
+	snaps, err := s.vdisks.ListSnapshots(r.Context(), name)
+	if err != nil {
+		s.writeError(w, r, err, name)
+		return
+	}
+	if snaps == nil {
+		snaps = []volumedriver.SnapshotInfo{}
+	}
+	s.writeJSON(w, http.StatusOK, snaps) // in the driver's order: oldest first
+}
+
+func (s *Server) createSnapshot(w http.ResponseWriter, r *http.Request) {
+	name := r.PathValue("name")
+	var body SnapshotRequest
+	if err := s.decodeOptionalBody(w, r, &body); err != nil {
+		s.writeError(w, r, err, name)
+		return
+	}
+	snap, err := s.vdisks.CreateSnapshot(r.Context(), name, body.Name, body.Metadata)
+	if err != nil {
+		s.writeError(w, r, snapshotError(err, name, body.Name, volumedriver.ErrExists), name)
+		return
+	}
+	w.Header().Set("Location", snapshotPath(name, snap.Name))
+	s.writeJSON(w, http.StatusCreated, snap)
+}
+
+func (s *Server) deleteSnapshot(w http.ResponseWriter, r *http.Request) {
+	name, snap := r.PathValue("name"), r.PathValue("snapshot")
+	if err := s.vdisks.DeleteSnapshot(r.Context(), name, snap); err != nil {
+		s.writeError(w, r, snapshotError(err, name, snap, volumedriver.ErrBusy), name)
+		return
+	}
+	w.WriteHeader(http.StatusNoContent)
+}
+
+func (s *Server) rollbackVDisk(w http.ResponseWriter, r *http.Request) {
+	name := r.PathValue("name")
+	var body RollbackRequest
+	if err := s.decodeBody(w, r, &body); err != nil {
+		s.writeError(w, r, err, name)
+		return
+	}
+	if body.Snapshot == "" {
+		s.writeError(w, r, badRequest(`"snapshot" is required: the snapshot to roll back to`), name)
+		return
+	}
+	if err := s.vdisks.Rollback(r.Context(), name, body.Snapshot, body.Force); err != nil {
+		s.writeError(w, r, snapshotError(err, name, body.Snapshot), name)
+		return
+	}
+	s.writeInfoAfter(w, r, "rollback", name)
+}
+
+func (s *Server) cloneVDisk(w http.ResponseWriter, r *http.Request) {
+	parent := r.PathValue("name")
+	var body CloneRequest
+	if err := s.decodeBody(w, r, &body); err != nil {
+		s.writeError(w, r, err, parent)
+		return
+	}
+	if body.Name == "" {
+		s.writeError(w, r, badRequest(`"name" is required: the name of the new vdisk`), parent)
+		return
+	}
+	info, err := s.vdisks.Clone(r.Context(), body.Name, parent, body.Snapshot)
+	if err != nil {
+		about := parent
+		if err == volumedriver.ErrExists {
+			about = body.Name // a bare ErrExists is about the new name
+		}
+		s.writeError(w, r, snapshotError(err, parent, body.Snapshot), about)
+		return
+	}
+	w.Header().Set("Location", vdiskPath(info.Name))
+	s.writeJSON(w, http.StatusCreated, info)
+}
+
+func (s *Server) flattenVDisk(w http.ResponseWriter, r *http.Request) {
+	name := r.PathValue("name")
+	info, err := s.vdisks.Flatten(r.Context(), name)
+	if err != nil {
+		s.writeError(w, r, err, name)
+		return
+	}
+	s.writeJSON(w, http.StatusOK, info)
+}
+
+func (s *Server) setTemplate(w http.ResponseWriter, r *http.Request) {
+	name := r.PathValue("name")
+	info, err := s.vdisks.SetTemplate(r.Context(), name)
+	if err != nil {
+		s.writeError(w, r, err, name)
+		return
+	}
+	s.writeJSON(w, http.StatusOK, info)
+}
+
+func (s *Server) scrubVDisk(w http.ResponseWriter, r *http.Request) {
+	name := r.PathValue("name")
+	res, err := s.vdisks.Scrub(r.Context(), name)
+	if err != nil {
+		s.writeError(w, r, err, name)
+		return
+	}
+	s.writeJSON(w, http.StatusOK, res)
+}
+
 // decodeBody decodes a single JSON object from the request body into dst,
 // rejecting unknown fields, trailing data and bodies over the limit.
 func (s *Server) decodeBody(w http.ResponseWriter, r *http.Request, dst any) error {
+	return s.decode(w, r, dst, false)
+}
+
+// decodeOptionalBody is decodeBody for a body whose fields are all
+// optional: an empty body leaves dst as it is.
+func (s *Server) decodeOptionalBody(w http.ResponseWriter, r *http.Request, dst any) error {
+	return s.decode(w, r, dst, true)
+}
+
+func (s *Server) decode(w http.ResponseWriter, r *http.Request, dst any, optional bool) error {
 	r.Body = http.MaxBytesReader(w, r.Body, s.maxBody)
 	dec := json.NewDecoder(r.Body)
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(dst); err != nil {
+		if optional && err == io.EOF {
+			return nil
+		}
 		return s.bodyError(err)
 	}
 	var extra json.RawMessage

@@ -47,18 +47,21 @@ func seed(t *testing.T, fake *apitest.FakeVDisks) {
 	fake.SetClients("b", 1)
 }
 
+// serverTest is one request to a Server over a FakeVDisks.
+type serverTest struct {
+	name       string
+	setup      func(*testing.T, *apitest.FakeVDisks) // nil means seed
+	method     string
+	path       string
+	body       string
+	wantStatus int
+	wantCode   string // error code for non-2xx
+	wantMsg    string // substring of the error message
+	check      func(t *testing.T, resp *http.Response, body []byte, fake *apitest.FakeVDisks)
+}
+
 func TestServer(t *testing.T) {
-	tests := []struct {
-		name       string
-		setup      func(*testing.T, *apitest.FakeVDisks)
-		method     string
-		path       string
-		body       string
-		wantStatus int
-		wantCode   string // error code for non-2xx
-		wantMsg    string // substring of the error message
-		check      func(t *testing.T, resp *http.Response, body []byte, fake *apitest.FakeVDisks)
-	}{
+	runServerTests(t, []serverTest{
 		{
 			name: "list", method: "GET", path: "/api/v1/vdisks", wantStatus: 200,
 			check: func(t *testing.T, _ *http.Response, body []byte, _ *apitest.FakeVDisks) {
@@ -346,7 +349,11 @@ func TestServer(t *testing.T) {
 				}
 			},
 		},
-	}
+	})
+}
+
+func runServerTests(t *testing.T, tests []serverTest) {
+	t.Helper()
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			fake := apitest.NewFakeVDisks()
