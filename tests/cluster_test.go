@@ -35,6 +35,9 @@ type cluster struct {
 	NBDAddr string // host:port of the NBD TCP server
 	logPath string
 	starts  int
+	// Env is added to the environment of the next start (e.g.
+	// OVS_FAILPOINTS for crash tests).
+	Env []string
 
 	proc    *exec.Cmd
 	exited  chan struct{} // closed when proc has been waited for
@@ -131,6 +134,7 @@ func (c *cluster) start() {
 	fmt.Fprintf(logf, "=== start %d at %s: %s %s\n", c.starts,
 		time.Now().Format(time.RFC3339Nano), ovsBin, strings.Join(args, " "))
 	cmd := exec.Command(ovsBin, args...)
+	cmd.Env = append(os.Environ(), c.Env...)
 	cmd.Stdout = logf
 	cmd.Stderr = logf
 	// Own process group, so that the whole tree can be killed; and if this

@@ -48,7 +48,12 @@ type Options struct {
 	// GarbageGrace: objects a scrub replaced are deleted this long after
 	// the switch, so that reads that resolved them before finish (default 10s).
 	GarbageGrace time.Duration
-	Logger       *slog.Logger
+	// Failpoint, if set, is called at named points of multi-step
+	// operations ("rollback-after-switch", "scrub-before-switch",
+	// "scrub-after-switch") so that crash tests can kill the process
+	// exactly there.
+	Failpoint func(point string)
+	Logger    *slog.Logger
 }
 
 func (o *Options) setDefaults() {
@@ -600,5 +605,11 @@ func (v *Volume) closeFilesLocked() {
 	}
 	if v.md != nil {
 		v.md.close()
+	}
+}
+
+func (d *Driver) failpoint(point string) {
+	if d.opts.Failpoint != nil {
+		d.opts.Failpoint(point)
 	}
 }

@@ -250,6 +250,7 @@ func (v *Volume) Scrub(ctx context.Context) (ScrubResult, error) {
 	}
 
 	// 4. The switch.
+	v.drv.failpoint("scrub-before-switch")
 	v.uploadMu.Lock()
 	v.mu.Lock()
 	if v.closed || len(v.state.Sealed) < u || !sameNames(v.state.Sealed[:u], names) {
@@ -278,6 +279,7 @@ func (v *Volume) Scrub(ctx context.Context) (ScrubResult, error) {
 		return res, err
 	}
 	v.snapshotsDirty = true
+	v.drv.failpoint("scrub-after-switch")
 	// Relocate the metadata entries that still point at a moved cluster.
 	for a, m := range current {
 		nl, ok := reloc[m.loc]

@@ -184,6 +184,7 @@ func (v *Volume) Rollback(ctx context.Context, name string) error {
 	if err := v.startTLogLocked(); err != nil { // writes state.json: the switch
 		return v.failLocked(err)
 	}
+	v.drv.failpoint("rollback-after-switch")
 	os.Remove(v.tlogPath(openName))
 	v.uploadedCount = min(v.uploadedCount, sn.TLogCount)
 	v.publishedCount = min(v.publishedCount, sn.TLogCount)

@@ -10,6 +10,7 @@ import (
 	"net/http/pprof"
 	"os"
 	"path/filepath"
+	"strings"
 	"syscall"
 	"time"
 
@@ -96,6 +97,7 @@ func runUp(ctx context.Context, o *upOptions) error {
 		WriteBufferBytes:      int64(o.writeBuffer),
 		MaxPendingUploadBytes: int64(o.maxPending),
 		AutoSyncInterval:      o.autoSync,
+		Failpoint:             failpointsFromEnv(log),
 		Logger:                log,
 	})
 	if err != nil {
@@ -261,5 +263,27 @@ func servePprof(addr string, log *slog.Logger) {
 	srv := &http.Server{Addr: addr, Handler: mux, ReadHeaderTimeout: 10 * time.Second}
 	if err := srv.ListenAndServe(); err != nil {
 		log.Warn("pprof server", "err", err)
+	}
+}
+
+// failpointsFromEnv: OVS_FAILPOINTS=point[,point...] makes the process kill
+// itself with SIGKILL when the volume driver reaches one of those points.
+// It exists for crash tests; unset, it costs nothing.
+func failpointsFromEnv(log *slog.Logger) func(string) {
+	env := os.Getenv("OVS_FAILPOINTS")
+	if env == "" {
+		return nil
+	}
+	armed := map[string]bool{}
+	for _, p := range strings.Split(env, ",") {
+		armed[strings.TrimSpace(p)] = true
+	}
+	log.Warn("failpoints armed: this process will kill itself when it reaches them", "points", env)
+	return func(point string) {
+		if armed[point] {
+			log.Warn("failpoint reached; SIGKILL", "point", point)
+			syscall.Kill(os.Getpid(), syscall.SIGKILL)
+			select {} // the signal is on its way
+		}
 	}
 }
