@@ -147,10 +147,30 @@ func (v *Volume) DeleteSnapshot(ctx context.Context, name string) error {
 // so that a restart rebuilds the metadata from the kept TLogs); everything
 // after that can be redone.
 func (v *Volume) Rollback(ctx context.Context, name string) error {
-	v.uploadMu.Lock()
-	defer v.uploadMu.Unlock()
 	v.mu.Lock()
-	defer v.mu.Unlock()
+	var doomed []string
+	defer func() {
+		v.mu.Unlock()
+		// Unlinking the discarded files takes time in proportion to the
+		// data; it happens in the background.
+		if len(doomed) == 0 {
+			return
+		}
+		v.wg.Add(1)
+		go func() {
+			defer v.wg.Done()
+			for _, p := range doomed {
+				if err := os.Remove(p); err != nil && !errors.Is(err, fs.ErrNotExist) {
+					v.log.Warn("remove discarded file", "vdisk", v.name(), "path", p, "err", err)
+				}
+			}
+		}()
+	}()
+	// An upload in flight may be of a TLog about to be discarded: cut it
+	// short rather than wait (the uploader notices and cleans up).
+	if v.uploadCancel != nil {
+		v.uploadCancel()
+	}
 	if err := v.writableLocked(); err != nil {
 		return err
 	}
@@ -185,7 +205,7 @@ func (v *Volume) Rollback(ctx context.Context, name string) error {
 		return v.failLocked(err)
 	}
 	v.drv.failpoint("rollback-after-switch")
-	os.Remove(v.tlogPath(openName))
+	doomed = append(doomed, v.tlogPath(openName))
 	v.uploadedCount = min(v.uploadedCount, sn.TLogCount)
 	v.publishedCount = min(v.publishedCount, sn.TLogCount)
 	v.snapshotsDirty = true
@@ -194,15 +214,13 @@ func (v *Volume) Rollback(ctx context.Context, name string) error {
 	for num, s := range v.scos {
 		if num >= sn.NextSCO {
 			s.f.Close()
-			os.Remove(v.scoPath(num))
+			doomed = append(doomed, v.scoPath(num))
 			v.writeBuffer -= int64(s.clusters) * int64(v.clusterSize)
 			delete(v.scos, num)
 		}
 	}
 	for _, t := range discarded.TLogs {
-		if err := os.Remove(v.tlogPath(t)); err != nil && !errors.Is(err, fs.ErrNotExist) {
-			v.log.Warn("remove discarded TLog", "vdisk", v.name(), "tlog", t, "err", err)
-		}
+		doomed = append(doomed, v.tlogPath(t))
 	}
 
 	// Rebuild the metadata from the kept TLogs.

@@ -29,6 +29,9 @@ func (v *Volume) uploader(ctx context.Context) {
 			if ctx.Err() != nil {
 				return
 			}
+			if errors.Is(err, context.Canceled) {
+				continue // a rollback cut the upload short; start over
+			}
 			v.mu.Lock()
 			v.uploadErr = err
 			v.mu.Unlock()
@@ -91,6 +94,16 @@ func (v *Volume) uploadNext(ctx context.Context) (done bool, err error) {
 		v.mu.Unlock()
 		return true, nil
 	}
+	// A rollback may make this upload moot: it cancels it rather than
+	// wait for it.
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	v.uploadCancel = cancel
+	defer func() {
+		v.mu.Lock()
+		v.uploadCancel = nil
+		v.mu.Unlock()
+	}()
 	idx := v.uploadedCount
 	t := v.state.Sealed[idx]
 	v.mu.Unlock()
@@ -108,6 +121,14 @@ func (v *Volume) uploadNext(ctx context.Context) (done bool, err error) {
 	if v.closed {
 		v.mu.Unlock()
 		return true, nil
+	}
+	if idx >= len(v.state.Sealed) || v.state.Sealed[idx].Name != t.Name || v.uploadedCount != idx {
+		// A rollback discarded this TLog while it was uploading; what
+		// was just stored is garbage (the rollback's own collection may
+		// have run before it landed).
+		v.mu.Unlock()
+		v.deleteObjects(ctx, append(v.scoObjectNames(t.SCOs), t.Name))
+		return false, nil
 	}
 	st := &v.state.Sealed[idx]
 	st.Uploaded = true
@@ -141,6 +162,24 @@ func (v *Volume) uploadNext(ctx context.Context) (done bool, err error) {
 	v.progress = make(chan struct{})
 	v.mu.Unlock()
 	return false, nil
+}
+
+func (v *Volume) scoObjectNames(nums []uint32) []string {
+	out := make([]string, len(nums))
+	for i, n := range nums {
+		out[i] = v.scoName(n).String()
+	}
+	return out
+}
+
+// deleteObjects deletes backend objects, best effort: what is left is
+// found by the next scrub's orphan sweep.
+func (v *Volume) deleteObjects(ctx context.Context, names []string) {
+	for _, n := range names {
+		if err := v.backend.Delete(ctx, v.ns, n); err != nil && !errors.Is(err, scos.ErrObjectNotFound) {
+			v.log.Warn("delete discarded object", "vdisk", v.name(), "object", n, "err", err)
+		}
+	}
 }
 
 // snapshotsJSONLocked is snapshots.json for what is on the backend: the

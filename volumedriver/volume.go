@@ -65,9 +65,11 @@ type Volume struct {
 	snapshotsDirty bool
 	// uploadMu is held while one TLog is uploaded; rollback takes it so
 	// the TLog list does not change under an upload. Order: uploadMu, mu.
-	uploadMu  sync.Mutex
-	progress  chan struct{}
-	uploadErr error
+	uploadMu sync.Mutex
+	// uploadCancel cancels the upload in flight, if any.
+	uploadCancel context.CancelFunc
+	progress     chan struct{}
+	uploadErr    error
 
 	// ancestors are the backend namespaces of the clone's parent chain:
 	// a location with clone id c lives in ancestors[c-1].
