@@ -96,6 +96,7 @@ func newRootCommand(stdout, stderr io.Writer) *cobra.Command {
 		newVDiskCommand(g),
 		newVersionCommand(),
 		newUpCommand(),
+		newArakoonCommand(),
 	)
 	markRuntimeErrors(root)
 	return root
