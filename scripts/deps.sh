@@ -1,0 +1,72 @@
+#!/usr/bin/env bash
+# Install the Debian packages that OVS's tests and benchmarks need.
+#
+# Idempotent and fast when everything is there: each package is checked with
+# dpkg first, and apt-get (update + install) only runs for what is missing.
+# Runs as root, or through sudo when that is available.
+#
+#   libnbd-bin      nbdinfo, nbdcopy (end-to-end tests)
+#   python3-libnbd  nbdsh and libnbd's Python binding (tests/testdata/nbdio.py)
+#   python3         bench/fiojson.py, and the binding's interpreter
+#   nbdkit          the file and null plugins (bench baselines)
+#   qemu-utils      qemu-img, qemu-io, qemu-nbd (tests, bench baseline)
+#   fio             with its nbd ioengine (tests, bench)
+#   gcc, libc6-dev  cgo, which `go test -race` needs
+#   make, git, ca-certificates   building, module downloads
+#
+# Extra packages can be added with DEPS_EXTRA="pkg1 pkg2".
+set -euo pipefail
+
+packages=(
+	libnbd-bin python3-libnbd python3 nbdkit qemu-utils fio
+	gcc libc6-dev make git ca-certificates
+)
+# shellcheck disable=SC2206
+packages+=(${DEPS_EXTRA:-})
+
+installed() {
+	[ "$(dpkg-query -W -f='${db:Status-Status}' "$1" 2>/dev/null)" = installed ]
+}
+
+missing=()
+for p in "${packages[@]}"; do
+	installed "$p" || missing+=("$p")
+done
+
+if [ "${#missing[@]}" -gt 0 ]; then
+	echo "deps: installing ${missing[*]}"
+	sudo=()
+	if [ "$(id -u)" -ne 0 ]; then
+		command -v sudo >/dev/null || {
+			echo "deps: need root (or sudo) to install: ${missing[*]}" >&2
+			exit 1
+		}
+		sudo=(sudo)
+	fi
+	export DEBIAN_FRONTEND=noninteractive
+	"${sudo[@]}" apt-get update -q
+	"${sudo[@]}" apt-get install -y -q --no-install-recommends "${missing[@]}"
+fi
+
+# What the tests run, checked by name: a package can be installed while
+# its tool is not what PATH finds.
+fail=0
+for tool in nbdinfo nbdcopy nbdsh nbdkit qemu-img qemu-io qemu-nbd fio python3 gcc; do
+	if ! command -v "$tool" >/dev/null; then
+		echo "deps: $tool not found in PATH" >&2
+		fail=1
+	fi
+done
+if ! fio --enghelp=nbd >/dev/null 2>&1; then
+	echo "deps: fio has no nbd ioengine" >&2
+	fail=1
+fi
+# nbdsh runs `python3 -m nbd` with the first python3 in PATH; the binding
+# lives in Debian's python3 (a pyenv or venv python3 lacks it, which only
+# matters to nbdsh: the tests call /usr/bin/python3 directly).
+if ! /usr/bin/python3 -c 'import nbd' 2>/dev/null; then
+	echo "deps: /usr/bin/python3 cannot import nbd (python3-libnbd)" >&2
+	fail=1
+fi
+[ "$fail" -eq 0 ] || exit 1
+[ "${#missing[@]}" -gt 0 ] || echo "deps: all present"
