@@ -21,6 +21,7 @@ import (
 // overwriting) into place, and the directory is fsynced.
 type LocalDir struct {
 	root string
+	fds  fdCache
 }
 
 // tmpPrefix marks in-flight puts; names starting with '.' are not valid
@@ -32,7 +33,7 @@ func NewLocalDir(root string) (*LocalDir, error) {
 	if err := os.MkdirAll(root, 0o755); err != nil {
 		return nil, fmt.Errorf("local backend %s: %w", root, err)
 	}
-	return &LocalDir{root: root}, nil
+	return &LocalDir{root: root, fds: newFDCache(512)}, nil
 }
 
 // Root returns the directory the backend lives in.
@@ -111,6 +112,7 @@ func (b *LocalDir) DeleteNamespace(ctx context.Context, ns string) error {
 	if err := os.Rename(dir, trash); err != nil {
 		return fmt.Errorf("delete namespace %s: %w", ns, err)
 	}
+	b.fds.invalidatePrefix(dir + string(filepath.Separator))
 	if err := syncDir(b.root); err != nil {
 		return err
 	}
@@ -189,6 +191,7 @@ func (b *LocalDir) put(ctx context.Context, ns, name string, overwrite bool, fil
 	}
 	if overwrite {
 		err = os.Rename(tmp, path)
+		b.fds.invalidate(path) // an open handle would read the old object
 	} else {
 		// link(2) refuses to replace an existing name: an atomic create.
 		err = os.Link(tmp, path)
@@ -226,16 +229,23 @@ func (b *LocalDir) ReadAt(ctx context.Context, ns, name string, p []byte, off in
 	if err := ctx.Err(); err != nil {
 		return err
 	}
-	_, path, err := b.objPath(ns, name)
-	if err != nil {
-		return err
+	if !ValidName(ns) || !ValidName(name) {
+		return fmt.Errorf("%w: %s/%s", ErrInvalidName, ns, name)
 	}
-	f, err := os.Open(path)
+	// Ranged reads are the hot path of a vdisk whose SCOs left the write
+	// buffer: keep the objects open rather than open(2) each time.
+	path := filepath.Join(b.root, ns, name)
+	o, err := b.fds.acquire(path)
 	if err != nil {
+		if errors.Is(err, fs.ErrNotExist) {
+			if ok, _ := b.NamespaceExists(ctx, ns); !ok {
+				return fmt.Errorf("%w: %s", ErrNamespaceNotFound, ns)
+			}
+		}
 		return b.readErr(ns, name, err)
 	}
-	defer f.Close()
-	if _, err := f.ReadAt(p, off); err != nil {
+	defer b.fds.release(o)
+	if _, err := o.f.ReadAt(p, off); err != nil {
 		if errors.Is(err, io.EOF) {
 			return fmt.Errorf("read %s/%s [%d,+%d): past the end of the object", ns, name, off, len(p))
 		}
@@ -255,6 +265,7 @@ func (b *LocalDir) Delete(ctx context.Context, ns, name string) error {
 	if err := os.Remove(path); err != nil {
 		return b.readErr(ns, name, err)
 	}
+	b.fds.invalidate(path)
 	return syncDir(dir)
 }
 

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"testing"
@@ -101,5 +102,44 @@ func TestLocalDir(t *testing.T) {
 	cancel()
 	if err := b.CreateNamespace(ctx2, "ns2"); !errors.Is(err, context.Canceled) {
 		t.Fatalf("cancelled ctx: %v", err)
+	}
+}
+
+// TestLocalDirReadAtSeesReplacements: cached read handles never serve an
+// object that was overwritten or deleted, and eviction keeps them bounded.
+func TestLocalDirReadAtSeesReplacements(t *testing.T) {
+	ctx := context.Background()
+	b, err := NewLocalDir(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	b.fds = newFDCache(4)
+	b.CreateNamespace(ctx, "ns")
+	p := make([]byte, 3)
+	for i, content := range []string{"one", "two", "six"} {
+		if err := b.Put(ctx, "ns", "obj", []byte(content), i > 0); err != nil {
+			t.Fatal(err)
+		}
+		if err := b.ReadAt(ctx, "ns", "obj", p, 0); err != nil || string(p) != content {
+			t.Fatalf("read %q %v, want %q", p, err, content)
+		}
+	}
+	for i := 0; i < 10; i++ {
+		name := fmt.Sprintf("o%d", i)
+		b.Put(ctx, "ns", name, []byte(name+"x"), false)
+		if err := b.ReadAt(ctx, "ns", name, p, 0); err != nil || string(p) != name+"x" {
+			t.Fatalf("read %s: %q %v", name, p, err)
+		}
+	}
+	if n := len(b.fds.files); n > 4 {
+		t.Fatalf("%d handles cached, limit 4", n)
+	}
+	b.Delete(ctx, "ns", "o9")
+	if err := b.ReadAt(ctx, "ns", "o9", p, 0); !errors.Is(err, ErrObjectNotFound) {
+		t.Fatalf("read after delete: %v", err)
+	}
+	b.DeleteNamespace(ctx, "ns")
+	if err := b.ReadAt(ctx, "ns", "o8", p, 0); !errors.Is(err, ErrNamespaceNotFound) {
+		t.Fatalf("read after namespace delete: %v", err)
 	}
 }
