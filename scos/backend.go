@@ -54,3 +54,11 @@ type Backend interface {
 type FilePutter interface {
 	PutFile(ctx context.Context, ns, name string, f *os.File, overwrite bool) error
 }
+
+// CheapReader is implemented by backends whose ranged reads cost about what
+// reading a local file costs (the local-directory backend). The volume
+// driver does not copy what it reads from them into its read cache, which
+// would only duplicate the kernel's page cache.
+type CheapReader interface {
+	CheapReads() bool
+}

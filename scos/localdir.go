@@ -33,8 +33,11 @@ func NewLocalDir(root string) (*LocalDir, error) {
 	if err := os.MkdirAll(root, 0o755); err != nil {
 		return nil, fmt.Errorf("local backend %s: %w", root, err)
 	}
-	return &LocalDir{root: root, fds: newFDCache(512)}, nil
+	return &LocalDir{root: root, fds: newFDCache(4096)}, nil
 }
+
+// CheapReads: objects are local files.
+func (b *LocalDir) CheapReads() bool { return true }
 
 // Root returns the directory the backend lives in.
 func (b *LocalDir) Root() string { return b.root }

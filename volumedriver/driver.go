@@ -225,6 +225,8 @@ func (d *Driver) newVolume(cfg volumeConfig) *Volume {
 	}
 	v.size.Store(cfg.Size)
 	v.setAncestors(cfg.Ancestors)
+	cheap, ok := d.backend.(scos.CheapReader)
+	v.cacheReads = d.cache != nil && !(ok && cheap.CheapReads())
 	return v
 }
 

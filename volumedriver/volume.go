@@ -30,6 +30,9 @@ type Volume struct {
 	log     *slog.Logger
 	// cacheSalt separates this volume's keys in the shared read cache.
 	cacheSalt uint64
+	// cacheReads: keep what is read from the backend in the read cache
+	// (not for backends whose reads are as cheap as a local file's).
+	cacheReads bool
 
 	clusterSize int
 	scoClusters int
@@ -724,7 +727,7 @@ func (v *Volume) releaseLookups(ls []lookup) {
 // against its CRC. The order is: read cache, local SCO, backend.
 func (v *Volume) readRun(ctx context.Context, ls []lookup, out []byte) error {
 	cs := v.clusterSize
-	if len(ls) == 1 && v.drv.cache != nil {
+	if len(ls) == 1 && v.cacheReads {
 		if data, ok := v.drv.cacheGet(v, ls[0].e.loc); ok && crc32c(data) == ls[0].e.crc {
 			copy(out, data)
 			return nil
@@ -771,7 +774,9 @@ func (v *Volume) readRun(ctx context.Context, ls []lookup, out []byte) error {
 			v.log.Error("checksum mismatch on the backend copy (bit rot)", "vdisk", v.name(), "cluster", loc.String())
 			return fmt.Errorf("%s: cluster %s: %w: checksum mismatch", v.name(), loc, scos.ErrCorrupt)
 		}
-		v.drv.cacheSet(v, l.e.loc, p)
+		if v.cacheReads {
+			v.drv.cacheSet(v, l.e.loc, p)
+		}
 	}
 	return nil
 }

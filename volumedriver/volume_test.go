@@ -9,6 +9,7 @@ import (
 	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -401,4 +402,45 @@ func TestDriverErrors(t *testing.T) {
 	if nss, _ := e.backend.ListNamespaces(ctx); len(nss) != 0 {
 		t.Fatalf("namespaces left: %v", nss)
 	}
+}
+
+// countingBackend is a test double over a real LocalDir that hides its
+// CheapReads (as a remote backend would) and counts ranged reads.
+type countingBackend struct {
+	scos.Backend
+	reads atomic.Int64
+}
+
+func (b *countingBackend) ReadAt(ctx context.Context, ns, name string, p []byte, off int64) error {
+	b.reads.Add(1)
+	return b.Backend.ReadAt(ctx, ns, name, p, off)
+}
+
+func TestReadCacheServesRepeatedBackendReads(t *testing.T) {
+	ctx := context.Background()
+	e := newTestEnv(t)
+	cb := &countingBackend{Backend: e.backend}
+	e.opts.WriteBufferBytes = 1 // evict everything uploaded
+	d, err := Open(ctx, e.dir, cb, e.opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	d.Create(ctx, "a", 16<<20, CreateOptions{})
+	v, _ := d.Volume("a")
+	data := bytes.Repeat([]byte("cache me"), 512)
+	v.WriteAt(ctx, data, 8192, false)
+	if err := v.Sync(ctx); err != nil {
+		t.Fatal(err)
+	}
+	got := make([]byte, 4096)
+	// ristretto's Set is asynchronous and may be dropped: read until the
+	// cache has it, then reads stop reaching the backend.
+	waitFor(t, func() bool {
+		before := cb.reads.Load()
+		if err := v.ReadAt(ctx, got, 8192); err != nil || !bytes.Equal(got, data) {
+			t.Fatalf("read: %v", err)
+		}
+		return cb.reads.Load() == before
+	})
 }

@@ -15,6 +15,7 @@ import (
 func (c *conn) transmit() {
 	var hb [requestSize]byte
 	graceful := false
+	jobs := make(chan job)
 	for {
 		if _, err := io.ReadFull(c.br, hb[:]); err != nil {
 			switch {
@@ -68,8 +69,17 @@ func (c *conn) transmit() {
 			}
 		}
 		c.inflight.Add(1)
-		go c.handle(r, buf, cost, errno, msg)
+		j := job{r: r, buf: buf, cost: cost, errno: errno, msg: msg}
+		// Hand the request to an idle worker, or start one. Workers live
+		// as long as the connection: a goroutine per request would grow
+		// a fresh stack every time.
+		select {
+		case jobs <- j:
+		default:
+			go c.worker(j, jobs)
+		}
 	}
+	close(jobs)
 	if !graceful {
 		// Hard disconnect: cancel what is in flight.
 		c.cancel()
@@ -85,6 +95,24 @@ func (c *conn) transmit() {
 }
 
 // handle serves one request and sends its reply.
+// job is one request, parsed and checked, for a worker.
+type job struct {
+	r     request
+	buf   *[]byte
+	cost  int64
+	errno uint32
+	msg   string
+}
+
+// worker serves first, then whatever the connection hands it, until the
+// connection stops reading requests.
+func (c *conn) worker(first job, jobs <-chan job) {
+	c.handle(first.r, first.buf, first.cost, first.errno, first.msg)
+	for j := range jobs {
+		c.handle(j.r, j.buf, j.cost, j.errno, j.msg)
+	}
+}
+
 func (c *conn) handle(r request, buf *[]byte, cost int64, errno uint32, msg string) {
 	defer c.inflight.Done()
 	if errno != 0 {
