@@ -51,6 +51,10 @@ test-e2e: build
 
 bench: build
 	OVS_BIN=$(CURDIR)/$(BIN) bench/run.sh
+	@{ echo; echo '## Snapshots and rollback (bench/snapshots.sh)'; echo; \
+	   OVS_BIN=$(CURDIR)/$(BIN) bench/snapshots.sh; } | tee -a bench/results.md
+	@{ echo; echo '## Arakoon (ovs arakoon bench)'; echo; echo '```'; \
+	   ./$(BIN) arakoon bench --duration 3s; echo '```'; } | tee -a bench/results.md
 
 demo: build
 	./$(BIN) up --data "$(OVS_DATA)"
