@@ -97,6 +97,8 @@ func newRootCommand(stdout, stderr io.Writer) *cobra.Command {
 		newVersionCommand(),
 		newUpCommand(),
 		newArakoonCommand(),
+		newASDCommand(),
+		newBackendCommand(g),
 	)
 	markRuntimeErrors(root)
 	return root

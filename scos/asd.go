@@ -1,0 +1,807 @@
+package scos
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"hash/fnv"
+	"io"
+	"io/fs"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+)
+
+// An ASD (ALBA storage daemon) keeps erasure-coded fragments on one local
+// disk and serves them over HTTP. It knows nothing of objects or policies:
+// the backend decides what goes where. Every fragment file carries a
+// checksummed header (see FragmentHeader); a put is acknowledged only once
+// the file and its directory entry are fsynced; every read is verified and a
+// fragment that fails its checksum is reported as corrupt, never served.
+//
+// HTTP API, version 1 (errors are JSON {"error": msg, "code": code} with
+// 400 bad_request, 404 not_found, 416 bad_range, 422 corrupt, 507 full):
+//
+//	GET    /v1/health                        ASDHealth
+//	GET    /v1/capacity                      ASDCapacity
+//	PUT    /v1/fragments/{key}               body = data; X-Ovs-Crc32c (hex, required), X-Ovs-Tag
+//	GET    /v1/fragments/{key}[?offset=&length=]  data; X-Ovs-Size, X-Ovs-Crc32c of the whole fragment
+//	GET    /v1/fragments/{key}/stat          FragmentInfo (header checked, data not read)
+//	POST   /v1/fragments/{key}/verify        FragmentInfo after reading and checking all the data
+//	DELETE /v1/fragments/{key}
+//	GET    /v1/fragments?prefix=&after=&limit=&details=1   FragmentList
+
+// ASDConfig configures an ASD.
+type ASDConfig struct {
+	Dir  string // where the fragments live; created if missing
+	Node string // failure domain: the host
+	Site string // failure domain: the site (data centre)
+	// FillLimit is the fraction of the disk (or of Capacity) past which
+	// writes are refused; 0 means DefaultFillLimit.
+	FillLimit float64
+	// Capacity, if set, caps the bytes of fragments this ASD stores (for
+	// several ASDs sharing a filesystem, and for tests); 0 is the size of
+	// the filesystem.
+	Capacity  int64
+	BlockSize int // checksum block; 0 means DefaultFragmentBlockSize
+	Logger    *slog.Logger
+}
+
+// DefaultFillLimit: an ASD refuses writes past 99% of its disk.
+const DefaultFillLimit = 0.99
+
+const (
+	asdIdentityFile = "asd.json"
+	asdFragmentsDir = "fragments"
+	asdFanout       = 256
+	asdAPIVersion   = 1
+)
+
+// ASDHealth is what GET /v1/health answers.
+type ASDHealth struct {
+	ID         string      `json:"id"`
+	Node       string      `json:"node"`
+	Site       string      `json:"site"`
+	APIVersion int         `json:"api_version"`
+	Fragments  int64       `json:"fragments"`
+	Capacity   ASDCapacity `json:"capacity"`
+	Pid        int         `json:"pid"`
+}
+
+// ASDCapacity is the space of an ASD. Used counts the bytes of its fragment
+// files; Free is what it still accepts before the fill limit.
+type ASDCapacity struct {
+	Capacity  int64   `json:"capacity"`
+	Used      int64   `json:"used"`
+	Free      int64   `json:"free"`
+	FSTotal   int64   `json:"fs_total"`
+	FSFree    int64   `json:"fs_free"`
+	FSID      string  `json:"fs_id"` // ASDs on one node with the same id share a filesystem
+	FillLimit float64 `json:"fill_limit"`
+}
+
+// FragmentInfo describes a stored fragment.
+type FragmentInfo struct {
+	Key     string `json:"key"`
+	Size    int64  `json:"size"`
+	CRC32C  uint32 `json:"crc32c"`
+	Tag     string `json:"tag,omitempty"`
+	Created int64  `json:"created,omitempty"` // Unix nanoseconds
+	// FileSize is the size of the fragment file (header included).
+	FileSize int64 `json:"file_size,omitempty"`
+	// Corrupt is set in detailed listings for a file whose header does
+	// not decode.
+	Corrupt bool `json:"corrupt,omitempty"`
+}
+
+// FragmentList is the answer of GET /v1/fragments.
+type FragmentList struct {
+	Fragments []FragmentInfo `json:"fragments"`
+	Truncated bool           `json:"truncated"`
+}
+
+type asdIdentity struct {
+	Format int    `json:"format"`
+	ID     string `json:"id"`
+	Node   string `json:"node"`
+	Site   string `json:"site"`
+}
+
+// ASDServer is one storage daemon.
+type ASDServer struct {
+	cfg   ASDConfig
+	id    string
+	log   *slog.Logger
+	frags string
+	used  atomic.Int64 // bytes of fragment files
+	count atomic.Int64 // number of fragments
+	locks [64]sync.Mutex
+}
+
+// OpenASD opens (creating on first use) the ASD in cfg.Dir. Its identity
+// (a random id, its node and site) is kept in DIR/asd.json; node and site
+// follow the configuration if it changes. Leftovers of interrupted puts are
+// removed.
+func OpenASD(cfg ASDConfig) (*ASDServer, error) {
+	if cfg.Dir == "" {
+		return nil, errors.New("asd: no directory")
+	}
+	if cfg.FillLimit == 0 {
+		cfg.FillLimit = DefaultFillLimit
+	}
+	if cfg.FillLimit <= 0 || cfg.FillLimit > 1 {
+		return nil, fmt.Errorf("asd: fill limit %v: want a fraction in (0, 1]", cfg.FillLimit)
+	}
+	if cfg.Capacity < 0 {
+		return nil, fmt.Errorf("asd: negative capacity %d", cfg.Capacity)
+	}
+	if cfg.BlockSize == 0 {
+		cfg.BlockSize = DefaultFragmentBlockSize
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	s := &ASDServer{cfg: cfg, frags: filepath.Join(cfg.Dir, asdFragmentsDir)}
+	if err := os.MkdirAll(s.frags, 0o755); err != nil {
+		return nil, fmt.Errorf("asd %s: %w", cfg.Dir, err)
+	}
+	for i := range asdFanout {
+		if err := os.MkdirAll(filepath.Join(s.frags, fmt.Sprintf("%02x", i)), 0o755); err != nil {
+			return nil, fmt.Errorf("asd %s: %w", cfg.Dir, err)
+		}
+	}
+	if err := syncDir(s.frags); err != nil {
+		return nil, err
+	}
+	id, err := s.loadIdentity()
+	if err != nil {
+		return nil, err
+	}
+	s.id = id
+	s.log = cfg.Logger.With("asd", id)
+	if err := s.scan(); err != nil {
+		return nil, err
+	}
+	return s, nil
+}
+
+func (s *ASDServer) loadIdentity() (string, error) {
+	path := filepath.Join(s.cfg.Dir, asdIdentityFile)
+	var ident asdIdentity
+	data, err := os.ReadFile(path)
+	switch {
+	case err == nil:
+		if err := json.Unmarshal(data, &ident); err != nil {
+			return "", fmt.Errorf("asd identity %s: %w", path, err)
+		}
+		if ident.Format != 1 {
+			return "", fmt.Errorf("asd identity %s: %w: format %d", path, ErrUnsupportedFormat, ident.Format)
+		}
+		if !ValidName(ident.ID) {
+			return "", fmt.Errorf("asd identity %s: invalid id %q", path, ident.ID)
+		}
+		if ident.Node == s.cfg.Node && ident.Site == s.cfg.Site {
+			return ident.ID, nil
+		}
+	case errors.Is(err, fs.ErrNotExist):
+		ident = asdIdentity{Format: 1, ID: newASDID()}
+	default:
+		return "", fmt.Errorf("asd identity: %w", err)
+	}
+	ident.Node, ident.Site = s.cfg.Node, s.cfg.Site
+	out, _ := json.MarshalIndent(ident, "", "  ")
+	tmp := path + tmpPrefix + randomSuffix()
+	if err := writeFileSync(tmp, append(out, '\n')); err != nil {
+		os.Remove(tmp)
+		return "", fmt.Errorf("asd identity: %w", err)
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		os.Remove(tmp)
+		return "", fmt.Errorf("asd identity: %w", err)
+	}
+	return ident.ID, syncDir(s.cfg.Dir)
+}
+
+func newASDID() string {
+	var b [6]byte
+	_, _ = rand.Read(b[:])
+	return "asd-" + hex.EncodeToString(b[:])
+}
+
+// ReadASDIdentity returns the id, node and site kept in an ASD directory.
+func ReadASDIdentity(dir string) (id, node, site string, err error) {
+	data, err := os.ReadFile(filepath.Join(dir, asdIdentityFile))
+	if err != nil {
+		return "", "", "", err
+	}
+	var ident asdIdentity
+	if err := json.Unmarshal(data, &ident); err != nil {
+		return "", "", "", fmt.Errorf("asd identity in %s: %w", dir, err)
+	}
+	return ident.ID, ident.Node, ident.Site, nil
+}
+
+// scan removes leftover temporary files and counts the fragments.
+func (s *ASDServer) scan() error {
+	var used, count int64
+	for i := range asdFanout {
+		dir := filepath.Join(s.frags, fmt.Sprintf("%02x", i))
+		ents, err := os.ReadDir(dir)
+		if err != nil {
+			return fmt.Errorf("asd scan: %w", err)
+		}
+		for _, e := range ents {
+			if strings.HasPrefix(e.Name(), tmpPrefix) {
+				os.Remove(filepath.Join(dir, e.Name()))
+				continue
+			}
+			if fi, err := e.Info(); err == nil && fi.Mode().IsRegular() {
+				used += fi.Size()
+				count++
+			}
+		}
+	}
+	s.used.Store(used)
+	s.count.Store(count)
+	return nil
+}
+
+// ID returns the ASD's identity.
+func (s *ASDServer) ID() string { return s.id }
+
+// FragmentPath is where the ASD in dir keeps the fragment key.
+func FragmentPath(dir, key string) string {
+	h := fnv.New32a()
+	h.Write([]byte(key))
+	return filepath.Join(dir, asdFragmentsDir, fmt.Sprintf("%02x", h.Sum32()%asdFanout), key)
+}
+
+func (s *ASDServer) lock(key string) *sync.Mutex {
+	h := fnv.New32a()
+	h.Write([]byte(key))
+	return &s.locks[h.Sum32()%uint32(len(s.locks))]
+}
+
+// Capacity reports the ASD's space.
+func (s *ASDServer) Capacity() (ASDCapacity, error) {
+	var st syscall.Statfs_t
+	if err := syscall.Statfs(s.cfg.Dir, &st); err != nil {
+		return ASDCapacity{}, fmt.Errorf("asd %s: statfs: %w", s.id, err)
+	}
+	c := ASDCapacity{
+		FSTotal:   int64(st.Blocks) * int64(st.Bsize),
+		FSFree:    int64(st.Bavail) * int64(st.Bsize),
+		Used:      s.used.Load(),
+		FSID:      fmt.Sprintf("%08x%08x", uint32(st.Fsid.X__val[0]), uint32(st.Fsid.X__val[1])),
+		FillLimit: s.cfg.FillLimit,
+	}
+	// Room left on the filesystem before it passes the fill limit (with a
+	// capacity of its own, the limit applies to that, and the filesystem
+	// is only kept from filling past the default limit).
+	fsLimit := s.cfg.FillLimit
+	if s.cfg.Capacity > 0 {
+		fsLimit = max(fsLimit, DefaultFillLimit)
+	}
+	fsRoom := c.FSFree - int64(float64(c.FSTotal)*(1-fsLimit))
+	if s.cfg.Capacity > 0 {
+		c.Capacity = s.cfg.Capacity
+		c.Free = min(int64(float64(c.Capacity)*s.cfg.FillLimit)-c.Used, fsRoom)
+	} else {
+		c.Capacity = c.FSTotal
+		c.Free = fsRoom
+	}
+	c.Free = max(c.Free, 0)
+	return c, nil
+}
+
+// Handler returns the ASD's HTTP API.
+func (s *ASDServer) Handler() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /v1/health", s.handleHealth)
+	mux.HandleFunc("GET /v1/capacity", s.handleCapacity)
+	mux.HandleFunc("PUT /v1/fragments/{key}", s.handlePut)
+	mux.HandleFunc("GET /v1/fragments/{key}", s.handleGet)
+	mux.HandleFunc("GET /v1/fragments/{key}/stat", s.handleStat)
+	mux.HandleFunc("POST /v1/fragments/{key}/verify", s.handleVerify)
+	mux.HandleFunc("DELETE /v1/fragments/{key}", s.handleDelete)
+	mux.HandleFunc("GET /v1/fragments", s.handleList)
+	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+		writeASDError(w, http.StatusNotFound, "not_found", fmt.Sprintf("no such endpoint: %s %s", r.Method, r.URL.Path))
+	})
+	return mux
+}
+
+// Serve serves the API on l until ctx is done, then shuts down gracefully.
+func (s *ASDServer) Serve(ctx context.Context, l net.Listener) error {
+	srv := &http.Server{
+		Handler:           s.Handler(),
+		ReadHeaderTimeout: 10 * time.Second,
+		ReadTimeout:       5 * time.Minute, // a 256 MiB fragment at under 1 MB/s is a dead client
+		IdleTimeout:       2 * time.Minute,
+		ErrorLog:          slog.NewLogLogger(s.log.Handler(), slog.LevelWarn),
+	}
+	errc := make(chan error, 1)
+	go func() { errc <- srv.Serve(l) }()
+	s.log.Info("asd serving", "addr", l.Addr().String(), "dir", s.cfg.Dir, "node", s.cfg.Node, "site", s.cfg.Site,
+		"fragments", s.count.Load(), "used", s.used.Load())
+	select {
+	case err := <-errc:
+		return fmt.Errorf("asd %s: %w", s.id, err)
+	case <-ctx.Done():
+	}
+	shut, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := srv.Shutdown(shut); err != nil {
+		srv.Close()
+	}
+	return nil
+}
+
+type asdError struct {
+	Error string `json:"error"`
+	Code  string `json:"code"`
+}
+
+func writeASDError(w http.ResponseWriter, status int, code, msg string) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	_ = json.NewEncoder(w).Encode(asdError{Error: msg, Code: code})
+}
+
+func writeJSONResponse(w http.ResponseWriter, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	_ = json.NewEncoder(w).Encode(v)
+}
+
+// fail answers err with the status its kind calls for.
+func (s *ASDServer) fail(w http.ResponseWriter, r *http.Request, err error) {
+	switch {
+	case errors.Is(err, ErrFragmentNotFound):
+		writeASDError(w, http.StatusNotFound, "not_found", err.Error())
+	case errors.Is(err, ErrFragmentCorrupt), errors.Is(err, ErrUnsupportedFormat):
+		s.log.Warn("corrupt fragment", "method", r.Method, "path", r.URL.Path, "err", err)
+		writeASDError(w, http.StatusUnprocessableEntity, "corrupt", err.Error())
+	case errors.Is(err, ErrASDFull):
+		s.log.Warn("write refused", "err", err)
+		writeASDError(w, http.StatusInsufficientStorage, "full", err.Error())
+	case errors.Is(err, ErrInvalidName), errors.Is(err, errBadRequest):
+		writeASDError(w, http.StatusBadRequest, "bad_request", err.Error())
+	case errors.Is(err, errBadRange):
+		writeASDError(w, http.StatusRequestedRangeNotSatisfiable, "bad_range", err.Error())
+	default:
+		s.log.Error("request failed", "method", r.Method, "path", r.URL.Path, "err", err)
+		writeASDError(w, http.StatusInternalServerError, "internal", err.Error())
+	}
+}
+
+var (
+	errBadRequest = errors.New("bad request")
+	errBadRange   = errors.New("range outside the fragment")
+)
+
+func (s *ASDServer) health() (ASDHealth, error) {
+	c, err := s.Capacity()
+	if err != nil {
+		return ASDHealth{}, err
+	}
+	return ASDHealth{ID: s.id, Node: s.cfg.Node, Site: s.cfg.Site, APIVersion: asdAPIVersion,
+		Fragments: s.count.Load(), Capacity: c, Pid: os.Getpid()}, nil
+}
+
+func (s *ASDServer) handleHealth(w http.ResponseWriter, r *http.Request) {
+	h, err := s.health()
+	if err != nil {
+		s.fail(w, r, err)
+		return
+	}
+	writeJSONResponse(w, h)
+}
+
+func (s *ASDServer) handleCapacity(w http.ResponseWriter, r *http.Request) {
+	c, err := s.Capacity()
+	if err != nil {
+		s.fail(w, r, err)
+		return
+	}
+	writeJSONResponse(w, c)
+}
+
+func (s *ASDServer) key(r *http.Request) (string, error) {
+	key := r.PathValue("key")
+	if err := checkFragmentKey(key); err != nil {
+		return "", err
+	}
+	return key, nil
+}
+
+func (s *ASDServer) handlePut(w http.ResponseWriter, r *http.Request) {
+	key, err := s.key(r)
+	if err != nil {
+		s.fail(w, r, err)
+		return
+	}
+	if r.ContentLength < 0 {
+		writeASDError(w, http.StatusLengthRequired, "bad_request", "a fragment put needs a Content-Length")
+		return
+	}
+	if r.ContentLength > MaxFragmentSize {
+		writeASDError(w, http.StatusRequestEntityTooLarge, "bad_request",
+			fmt.Sprintf("fragment of %d bytes: at most %d allowed", r.ContentLength, MaxFragmentSize))
+		return
+	}
+	wantCRC, err := strconv.ParseUint(r.Header.Get("X-Ovs-Crc32c"), 16, 32)
+	if err != nil {
+		s.fail(w, r, fmt.Errorf("%w: X-Ovs-Crc32c header: want the hex CRC-32C of the body", errBadRequest))
+		return
+	}
+	data := make([]byte, r.ContentLength)
+	if _, err := io.ReadFull(r.Body, data); err != nil {
+		s.fail(w, r, fmt.Errorf("%w: reading the fragment: %v", errBadRequest, err))
+		return
+	}
+	h, err := NewFragmentHeader(key, r.Header.Get("X-Ovs-Tag"), data, s.cfg.BlockSize, time.Now().UnixNano())
+	if err != nil {
+		s.fail(w, r, fmt.Errorf("%w: %v", errBadRequest, err))
+		return
+	}
+	if h.DataCRC != uint32(wantCRC) {
+		s.fail(w, r, fmt.Errorf("%w: fragment %s: body checksum %08x, X-Ovs-Crc32c %08x (damaged in transit)",
+			errBadRequest, key, h.DataCRC, wantCRC))
+		return
+	}
+	if err := s.put(r.Context(), h, data); err != nil {
+		s.fail(w, r, err)
+		return
+	}
+	w.WriteHeader(http.StatusCreated)
+}
+
+// put writes the fragment durably: temporary file, fsync, rename, fsync of
+// the directory. An existing fragment of the same key is replaced.
+func (s *ASDServer) put(ctx context.Context, h FragmentHeader, data []byte) error {
+	hdr := h.Encode()
+	size := int64(len(hdr)) + int64(len(data))
+	c, err := s.Capacity()
+	if err != nil {
+		return err
+	}
+	if size > c.Free {
+		return fmt.Errorf("%w: asd %s refuses %d bytes: %d of %d bytes used, %d free before the fill limit of %.4g%%",
+			ErrASDFull, s.id, size, c.Used, c.Capacity, c.Free, s.cfg.FillLimit*100)
+	}
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	path := FragmentPath(s.cfg.Dir, h.Key)
+	dir := filepath.Dir(path)
+	tmp := filepath.Join(dir, tmpPrefix+h.Key+"-"+randomSuffix())
+	if err := writeFileParts(tmp, hdr, data); err != nil {
+		os.Remove(tmp)
+		return fmt.Errorf("asd %s: put %s: %w", s.id, h.Key, err)
+	}
+	mu := s.lock(h.Key)
+	mu.Lock()
+	defer mu.Unlock()
+	var old int64 = -1
+	if fi, err := os.Stat(path); err == nil {
+		old = fi.Size()
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		os.Remove(tmp)
+		return fmt.Errorf("asd %s: put %s: %w", s.id, h.Key, err)
+	}
+	if err := syncDir(dir); err != nil {
+		return fmt.Errorf("asd %s: put %s: %w", s.id, h.Key, err)
+	}
+	if old >= 0 {
+		s.used.Add(size - old)
+	} else {
+		s.used.Add(size)
+		s.count.Add(1)
+	}
+	return nil
+}
+
+// open opens a fragment and decodes its header, checking that the file is
+// as long as the header says.
+func (s *ASDServer) open(key string) (*os.File, FragmentHeader, error) {
+	f, err := os.Open(FragmentPath(s.cfg.Dir, key))
+	if err != nil {
+		if errors.Is(err, fs.ErrNotExist) {
+			return nil, FragmentHeader{}, fmt.Errorf("%w: %s on asd %s", ErrFragmentNotFound, key, s.id)
+		}
+		return nil, FragmentHeader{}, fmt.Errorf("asd %s: %s: %w", s.id, key, err)
+	}
+	h, err := readFragmentHeader(f)
+	if err != nil {
+		f.Close()
+		return nil, FragmentHeader{}, fmt.Errorf("asd %s: %s: %w", s.id, key, err)
+	}
+	if h.Key != key {
+		f.Close()
+		return nil, FragmentHeader{}, fmt.Errorf("%w: asd %s: file %s holds fragment %q", ErrFragmentCorrupt, s.id, key, h.Key)
+	}
+	return f, h, nil
+}
+
+func readFragmentHeader(f *os.File) (FragmentHeader, error) {
+	st, err := f.Stat()
+	if err != nil {
+		return FragmentHeader{}, err
+	}
+	var fixed [fragmentFixedLen]byte
+	n, err := f.ReadAt(fixed[:], 0)
+	if err != nil && !errors.Is(err, io.EOF) {
+		return FragmentHeader{}, err
+	}
+	hl, err := FragmentHeaderLen(fixed[:n])
+	if err != nil {
+		return FragmentHeader{}, err
+	}
+	if int64(hl) > st.Size() {
+		return FragmentHeader{}, fmt.Errorf("%w: file of %d bytes shorter than its header (%d)", ErrFragmentCorrupt, st.Size(), hl)
+	}
+	buf := make([]byte, hl)
+	if _, err := f.ReadAt(buf, 0); err != nil {
+		return FragmentHeader{}, err
+	}
+	h, err := DecodeFragmentHeader(buf)
+	if err != nil {
+		return FragmentHeader{}, err
+	}
+	if want := int64(h.HeaderLen) + h.DataLen; st.Size() != want {
+		return FragmentHeader{}, fmt.Errorf("%w: file is %d bytes, header says %d", ErrFragmentCorrupt, st.Size(), want)
+	}
+	return h, nil
+}
+
+func parseInt64Param(r *http.Request, name string) (int64, bool, error) {
+	v := r.URL.Query().Get(name)
+	if v == "" {
+		return 0, false, nil
+	}
+	n, err := strconv.ParseInt(v, 10, 64)
+	if err != nil || n < 0 {
+		return 0, false, fmt.Errorf("%w: %s=%q: want a non-negative integer", errBadRequest, name, v)
+	}
+	return n, true, nil
+}
+
+func (s *ASDServer) handleGet(w http.ResponseWriter, r *http.Request) {
+	key, err := s.key(r)
+	if err != nil {
+		s.fail(w, r, err)
+		return
+	}
+	off, hasOff, err := parseInt64Param(r, "offset")
+	if err != nil {
+		s.fail(w, r, err)
+		return
+	}
+	length, hasLen, err := parseInt64Param(r, "length")
+	if err != nil {
+		s.fail(w, r, err)
+		return
+	}
+	f, h, err := s.open(key)
+	if err != nil {
+		s.fail(w, r, err)
+		return
+	}
+	defer f.Close()
+	if !hasLen {
+		length = h.DataLen - off
+	}
+	if (hasOff || hasLen) && (off > h.DataLen || length < 0 || length > h.DataLen-off) {
+		s.fail(w, r, fmt.Errorf("%w: [%d,+%d) of fragment %s of %d bytes", errBadRange, off, length, key, h.DataLen))
+		return
+	}
+	data, err := readVerified(f, h, off, length)
+	if err != nil {
+		s.fail(w, r, fmt.Errorf("asd %s: %w", s.id, err))
+		return
+	}
+	w.Header().Set("Content-Type", "application/octet-stream")
+	w.Header().Set("Content-Length", strconv.Itoa(len(data)))
+	w.Header().Set("X-Ovs-Size", strconv.FormatInt(h.DataLen, 10))
+	w.Header().Set("X-Ovs-Crc32c", fmt.Sprintf("%08x", h.DataCRC))
+	_, _ = w.Write(data)
+}
+
+// readVerified reads [off, off+length) of the fragment's data, verifying the
+// blocks it touches (or the whole-data checksum for a whole read).
+func readVerified(f *os.File, h FragmentHeader, off, length int64) ([]byte, error) {
+	if off == 0 && length == h.DataLen {
+		data := make([]byte, h.DataLen)
+		if _, err := f.ReadAt(data, int64(h.HeaderLen)); err != nil && !(errors.Is(err, io.EOF) && h.DataLen == 0) {
+			return nil, fmt.Errorf("%s: %w", h.Key, err)
+		}
+		if got := crc32c(data); got != h.DataCRC {
+			return nil, fmt.Errorf("%w: %s: data checksum %08x, header says %08x", ErrFragmentCorrupt, h.Key, got, h.DataCRC)
+		}
+		return data, nil
+	}
+	if length == 0 {
+		return []byte{}, nil
+	}
+	bs := int64(h.BlockSize)
+	first := off / bs
+	last := (off + length - 1) / bs
+	lo, hi := first*bs, min((last+1)*bs, h.DataLen)
+	buf := make([]byte, hi-lo)
+	if _, err := f.ReadAt(buf, int64(h.HeaderLen)+lo); err != nil {
+		return nil, fmt.Errorf("%s: %w", h.Key, err)
+	}
+	if err := h.verifyBlocks(int(first), buf); err != nil {
+		return nil, err
+	}
+	return buf[off-lo : off-lo+length], nil
+}
+
+func (s *ASDServer) info(h FragmentHeader) FragmentInfo {
+	return FragmentInfo{Key: h.Key, Size: h.DataLen, CRC32C: h.DataCRC, Tag: h.Tag, Created: h.Created,
+		FileSize: int64(h.HeaderLen) + h.DataLen}
+}
+
+func (s *ASDServer) handleStat(w http.ResponseWriter, r *http.Request) {
+	key, err := s.key(r)
+	if err != nil {
+		s.fail(w, r, err)
+		return
+	}
+	f, h, err := s.open(key)
+	if err != nil {
+		s.fail(w, r, err)
+		return
+	}
+	f.Close()
+	writeJSONResponse(w, s.info(h))
+}
+
+func (s *ASDServer) handleVerify(w http.ResponseWriter, r *http.Request) {
+	key, err := s.key(r)
+	if err != nil {
+		s.fail(w, r, err)
+		return
+	}
+	f, h, err := s.open(key)
+	if err != nil {
+		s.fail(w, r, err)
+		return
+	}
+	defer f.Close()
+	data, err := readVerified(f, h, 0, h.DataLen)
+	if err == nil {
+		err = h.verifyBlocks(0, data)
+	}
+	if err != nil {
+		s.fail(w, r, fmt.Errorf("asd %s: %w", s.id, err))
+		return
+	}
+	writeJSONResponse(w, s.info(h))
+}
+
+func (s *ASDServer) handleDelete(w http.ResponseWriter, r *http.Request) {
+	key, err := s.key(r)
+	if err != nil {
+		s.fail(w, r, err)
+		return
+	}
+	path := FragmentPath(s.cfg.Dir, key)
+	mu := s.lock(key)
+	mu.Lock()
+	fi, err := os.Stat(path)
+	if err == nil {
+		err = os.Remove(path)
+	}
+	if err == nil {
+		s.used.Add(-fi.Size())
+		s.count.Add(-1)
+	}
+	mu.Unlock()
+	if err != nil {
+		if errors.Is(err, fs.ErrNotExist) {
+			s.fail(w, r, fmt.Errorf("%w: %s on asd %s", ErrFragmentNotFound, key, s.id))
+			return
+		}
+		s.fail(w, r, fmt.Errorf("asd %s: delete %s: %w", s.id, key, err))
+		return
+	}
+	if err := syncDir(filepath.Dir(path)); err != nil {
+		s.fail(w, r, err)
+		return
+	}
+	w.WriteHeader(http.StatusNoContent)
+}
+
+const (
+	defaultListLimit = 10000
+	maxListLimit     = 100000
+)
+
+func (s *ASDServer) handleList(w http.ResponseWriter, r *http.Request) {
+	q := r.URL.Query()
+	prefix, after := q.Get("prefix"), q.Get("after")
+	limit := int64(defaultListLimit)
+	if n, ok, err := parseInt64Param(r, "limit"); err != nil {
+		s.fail(w, r, err)
+		return
+	} else if ok && n > 0 {
+		limit = min(n, maxListLimit)
+	}
+	details := q.Get("details") == "1"
+	var names []string
+	for i := range asdFanout {
+		if err := r.Context().Err(); err != nil {
+			return
+		}
+		ents, err := os.ReadDir(filepath.Join(s.frags, fmt.Sprintf("%02x", i)))
+		if err != nil {
+			s.fail(w, r, fmt.Errorf("asd %s: list: %w", s.id, err))
+			return
+		}
+		for _, e := range ents {
+			n := e.Name()
+			if ValidName(n) && strings.HasPrefix(n, prefix) && n > after && e.Type().IsRegular() {
+				names = append(names, n)
+			}
+		}
+	}
+	sort.Strings(names)
+	out := FragmentList{Fragments: []FragmentInfo{}}
+	if int64(len(names)) > limit {
+		names, out.Truncated = names[:limit], true
+	}
+	for _, n := range names {
+		if !details {
+			fi := FragmentInfo{Key: n}
+			if st, err := os.Stat(FragmentPath(s.cfg.Dir, n)); err == nil {
+				fi.FileSize = st.Size()
+			} else {
+				continue // deleted while listing
+			}
+			out.Fragments = append(out.Fragments, fi)
+			continue
+		}
+		f, h, err := s.open(n)
+		switch {
+		case err == nil:
+			f.Close()
+			out.Fragments = append(out.Fragments, s.info(h))
+		case errors.Is(err, ErrFragmentCorrupt), errors.Is(err, ErrUnsupportedFormat):
+			out.Fragments = append(out.Fragments, FragmentInfo{Key: n, Corrupt: true})
+		}
+	}
+	writeJSONResponse(w, out)
+}
+
+// writeFileParts creates path with the concatenation of parts and fsyncs it.
+func writeFileParts(path string, parts ...[]byte) error {
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o644)
+	if err != nil {
+		return err
+	}
+	for _, p := range parts {
+		if _, err := f.Write(p); err != nil {
+			f.Close()
+			return err
+		}
+	}
+	if err := f.Sync(); err != nil {
+		f.Close()
+		return err
+	}
+	return f.Close()
+}

@@ -1,0 +1,285 @@
+package scos
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/url"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// ASDClient talks to one ASD. Errors wrap ErrFragmentNotFound,
+// ErrFragmentCorrupt, ErrASDFull or, when the daemon does not answer,
+// ErrASDUnavailable (together with the context's error on a timeout).
+type ASDClient struct {
+	addr string
+	base string
+	hc   *http.Client
+}
+
+// NewASDTransport returns an HTTP transport suited to talking to ASDs:
+// short dial timeout, many idle connections per daemon, no compression.
+func NewASDTransport() *http.Transport {
+	return &http.Transport{
+		DialContext:         (&net.Dialer{Timeout: 2 * time.Second, KeepAlive: 30 * time.Second}).DialContext,
+		MaxIdleConns:        512,
+		MaxIdleConnsPerHost: 64,
+		IdleConnTimeout:     90 * time.Second,
+		DisableCompression:  true,
+	}
+}
+
+// NewASDClient returns a client for the ASD at addr (host:port or an
+// http:// URL). hc nil uses a client of its own.
+func NewASDClient(addr string, hc *http.Client) *ASDClient {
+	if hc == nil {
+		hc = &http.Client{Transport: NewASDTransport()}
+	}
+	base := addr
+	if !strings.Contains(base, "://") {
+		base = "http://" + base
+	}
+	return &ASDClient{addr: addr, base: strings.TrimRight(base, "/"), hc: hc}
+}
+
+// Addr returns the address the client talks to.
+func (c *ASDClient) Addr() string { return c.addr }
+
+func (c *ASDClient) do(ctx context.Context, method, path string, q url.Values, body []byte, hdr http.Header) (*http.Response, error) {
+	u := c.base + path
+	if len(q) > 0 {
+		u += "?" + q.Encode()
+	}
+	var rd io.Reader
+	if body != nil {
+		rd = bytes.NewReader(body)
+	}
+	req, err := http.NewRequestWithContext(ctx, method, u, rd)
+	if err != nil {
+		return nil, fmt.Errorf("asd %s: %w", c.addr, err)
+	}
+	for k, v := range hdr {
+		req.Header[k] = v
+	}
+	resp, err := c.hc.Do(req)
+	if err != nil {
+		return nil, c.transportErr(ctx, err)
+	}
+	if resp.StatusCode >= 300 {
+		defer resp.Body.Close()
+		return nil, c.statusErr(resp)
+	}
+	return resp, nil
+}
+
+// transportErr: a daemon that does not answer is unavailable, unless the
+// caller itself gave up.
+func (c *ASDClient) transportErr(ctx context.Context, err error) error {
+	if errors.Is(ctx.Err(), context.Canceled) {
+		return fmt.Errorf("asd %s: %w", c.addr, ctx.Err())
+	}
+	if ue := (*url.Error)(nil); errors.As(err, &ue) {
+		err = ue.Err
+	}
+	return fmt.Errorf("asd %s: %w: %w", c.addr, ErrASDUnavailable, err)
+}
+
+func (c *ASDClient) statusErr(resp *http.Response) error {
+	body, _ := io.ReadAll(io.LimitReader(resp.Body, 64<<10))
+	var ae asdError
+	msg := strings.TrimSpace(string(body))
+	if json.Unmarshal(body, &ae) == nil && ae.Error != "" {
+		msg = ae.Error
+	}
+	var kind error
+	switch resp.StatusCode {
+	case http.StatusNotFound:
+		kind = ErrFragmentNotFound
+	case http.StatusUnprocessableEntity:
+		kind = ErrFragmentCorrupt
+	case http.StatusInsufficientStorage:
+		kind = ErrASDFull
+	case http.StatusBadGateway, http.StatusServiceUnavailable, http.StatusGatewayTimeout:
+		kind = ErrASDUnavailable
+	}
+	if kind != nil {
+		// The daemon's message already names the condition; keep the
+		// sentinel for errors.Is without repeating it.
+		return &asdStatusError{addr: c.addr, status: resp.StatusCode, msg: msg, kind: kind}
+	}
+	return &asdStatusError{addr: c.addr, status: resp.StatusCode, msg: msg}
+}
+
+type asdStatusError struct {
+	addr   string
+	status int
+	msg    string
+	kind   error
+}
+
+func (e *asdStatusError) Error() string {
+	if e.kind != nil && !strings.Contains(strings.ToLower(e.msg), strings.ToLower(e.kind.Error())) {
+		return fmt.Sprintf("asd %s: %v: %s", e.addr, e.kind, e.msg)
+	}
+	return fmt.Sprintf("asd %s: %s", e.addr, e.msg)
+}
+
+func (e *asdStatusError) Unwrap() error { return e.kind }
+
+// Put stores data as fragment key (replacing one of the same key). It
+// returns once the daemon has fsynced it.
+func (c *ASDClient) Put(ctx context.Context, key, tag string, data []byte) error {
+	hdr := http.Header{}
+	hdr.Set("X-Ovs-Crc32c", fmt.Sprintf("%08x", crc32c(data)))
+	hdr.Set("Content-Type", "application/octet-stream")
+	if tag != "" {
+		hdr.Set("X-Ovs-Tag", tag)
+	}
+	if data == nil {
+		data = []byte{}
+	}
+	resp, err := c.do(ctx, http.MethodPut, "/v1/fragments/"+url.PathEscape(key), nil, data, hdr)
+	if err != nil {
+		return fmt.Errorf("put fragment %s: %w", key, err)
+	}
+	io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+	return nil
+}
+
+// Get reads length bytes at off of fragment key; length < 0 reads it
+// whole. The daemon verifies what it sends. It also returns the checksum
+// of the whole fragment, which the caller can check against its records.
+func (c *ASDClient) Get(ctx context.Context, key string, off, length int64) ([]byte, uint32, error) {
+	var q url.Values
+	if off != 0 || length >= 0 {
+		q = url.Values{"offset": {strconv.FormatInt(off, 10)}}
+		if length >= 0 {
+			q.Set("length", strconv.FormatInt(length, 10))
+		}
+	}
+	resp, err := c.do(ctx, http.MethodGet, "/v1/fragments/"+url.PathEscape(key), q, nil, nil)
+	if err != nil {
+		return nil, 0, fmt.Errorf("get fragment %s: %w", key, err)
+	}
+	defer resp.Body.Close()
+	crc, err := strconv.ParseUint(resp.Header.Get("X-Ovs-Crc32c"), 16, 32)
+	if err != nil {
+		return nil, 0, fmt.Errorf("get fragment %s: asd %s: no X-Ovs-Crc32c in the answer", key, c.addr)
+	}
+	if resp.ContentLength < 0 || resp.ContentLength > MaxFragmentSize || length >= 0 && resp.ContentLength != length {
+		return nil, 0, fmt.Errorf("get fragment %s: asd %s: answer of %d bytes, asked for %d", key, c.addr, resp.ContentLength, length)
+	}
+	data := make([]byte, resp.ContentLength)
+	if _, err := io.ReadFull(resp.Body, data); err != nil {
+		return nil, 0, fmt.Errorf("get fragment %s: %w", key, c.transportErr(ctx, err))
+	}
+	return data, uint32(crc), nil
+}
+
+func (c *ASDClient) getJSON(ctx context.Context, method, path string, q url.Values, out any) error {
+	resp, err := c.do(ctx, method, path, q, nil, nil)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	if err := json.NewDecoder(io.LimitReader(resp.Body, 256<<20)).Decode(out); err != nil {
+		return fmt.Errorf("asd %s: %s %s: bad answer: %w", c.addr, method, path, c.transportErrIfCtx(ctx, err))
+	}
+	return nil
+}
+
+func (c *ASDClient) transportErrIfCtx(ctx context.Context, err error) error {
+	if ctx.Err() != nil {
+		return c.transportErr(ctx, err)
+	}
+	return err
+}
+
+// Stat returns a fragment's header information without reading its data.
+func (c *ASDClient) Stat(ctx context.Context, key string) (FragmentInfo, error) {
+	var fi FragmentInfo
+	if err := c.getJSON(ctx, http.MethodGet, "/v1/fragments/"+url.PathEscape(key)+"/stat", nil, &fi); err != nil {
+		return FragmentInfo{}, fmt.Errorf("stat fragment %s: %w", key, err)
+	}
+	return fi, nil
+}
+
+// Verify has the daemon read the whole fragment and check its checksums.
+func (c *ASDClient) Verify(ctx context.Context, key string) (FragmentInfo, error) {
+	var fi FragmentInfo
+	if err := c.getJSON(ctx, http.MethodPost, "/v1/fragments/"+url.PathEscape(key)+"/verify", nil, &fi); err != nil {
+		return FragmentInfo{}, fmt.Errorf("verify fragment %s: %w", key, err)
+	}
+	return fi, nil
+}
+
+// Delete removes a fragment.
+func (c *ASDClient) Delete(ctx context.Context, key string) error {
+	resp, err := c.do(ctx, http.MethodDelete, "/v1/fragments/"+url.PathEscape(key), nil, nil, nil)
+	if err != nil {
+		return fmt.Errorf("delete fragment %s: %w", key, err)
+	}
+	resp.Body.Close()
+	return nil
+}
+
+// List returns up to limit fragments whose keys start with prefix and sort
+// after after; details reads each header (tag, checksum, creation time).
+func (c *ASDClient) List(ctx context.Context, prefix, after string, limit int, details bool) (FragmentList, error) {
+	q := url.Values{}
+	if prefix != "" {
+		q.Set("prefix", prefix)
+	}
+	if after != "" {
+		q.Set("after", after)
+	}
+	if limit > 0 {
+		q.Set("limit", strconv.Itoa(limit))
+	}
+	if details {
+		q.Set("details", "1")
+	}
+	var fl FragmentList
+	if err := c.getJSON(ctx, http.MethodGet, "/v1/fragments", q, &fl); err != nil {
+		return FragmentList{}, fmt.Errorf("list fragments: %w", err)
+	}
+	return fl, nil
+}
+
+// ListAll pages through every fragment of the daemon.
+func (c *ASDClient) ListAll(ctx context.Context, details bool) ([]FragmentInfo, error) {
+	var out []FragmentInfo
+	after := ""
+	for {
+		fl, err := c.List(ctx, "", after, defaultListLimit, details)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, fl.Fragments...)
+		if !fl.Truncated || len(fl.Fragments) == 0 {
+			return out, nil
+		}
+		after = fl.Fragments[len(fl.Fragments)-1].Key
+	}
+}
+
+// Health returns the daemon's identity, fragment count and capacity.
+func (c *ASDClient) Health(ctx context.Context) (ASDHealth, error) {
+	var h ASDHealth
+	if err := c.getJSON(ctx, http.MethodGet, "/v1/health", nil, &h); err != nil {
+		return ASDHealth{}, fmt.Errorf("health: %w", err)
+	}
+	if h.APIVersion != asdAPIVersion {
+		return ASDHealth{}, fmt.Errorf("asd %s: %w: API version %d (this build speaks %d)",
+			c.addr, ErrUnsupportedFormat, h.APIVersion, asdAPIVersion)
+	}
+	return h, nil
+}

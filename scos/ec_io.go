@@ -1,0 +1,898 @@
+package scos
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+)
+
+// ErrObjectUnavailable: fewer than k fragments of the object can be read
+// right now (their ASDs are down or their copies damaged). Nothing is
+// changed; the object reads again once enough ASDs are back.
+var ErrObjectUnavailable = errors.New("object unavailable")
+
+// errFragmentPending marks a fragment write that had not finished when the
+// put was acknowledged (policies with c < k+m).
+var errFragmentPending = errors.New("fragment write still running")
+
+// --- manifests -----------------------------------------------------------------
+
+// manifest returns the decoded manifest of ns/name and its raw bytes.
+func (b *ECBackend) manifest(ctx context.Context, ns, name string) (*Manifest, []byte, error) {
+	if !ValidName(name) {
+		return nil, nil, fmt.Errorf("%w: object %q", ErrInvalidName, name)
+	}
+	if _, err := b.liveNamespace(ctx, ns); err != nil {
+		return nil, nil, err
+	}
+	return b.loadManifest(ctx, ns, name)
+}
+
+func (b *ECBackend) loadManifest(ctx context.Context, ns, name string) (*Manifest, []byte, error) {
+	raw, err := b.kv.Get(ctx, objKey(ns, name))
+	if errors.Is(err, ErrKeyNotFound) {
+		return nil, nil, fmt.Errorf("%w: %s/%s", ErrObjectNotFound, ns, name)
+	}
+	if err != nil {
+		return nil, nil, fmt.Errorf("%s/%s: %w", ns, name, err)
+	}
+	m, err := DecodeManifest(raw)
+	if err != nil {
+		return nil, nil, fmt.Errorf("%s/%s: %w", ns, name, err)
+	}
+	return m, raw, nil
+}
+
+// ObjectManifest returns the manifest of an object: its policy and where
+// each fragment lives (for tools and tests).
+func (b *ECBackend) ObjectManifest(ctx context.Context, ns, name string) (*Manifest, error) {
+	m, _, err := b.manifest(ctx, ns, name)
+	return m, err
+}
+
+// --- put -------------------------------------------------------------------------
+
+func (b *ECBackend) Put(ctx context.Context, ns, name string, data []byte, overwrite bool) error {
+	if !ValidName(name) {
+		return fmt.Errorf("%w: object %q", ErrInvalidName, name)
+	}
+	nsr, err := b.liveNamespace(ctx, ns)
+	if err != nil {
+		return err
+	}
+	key := objKey(ns, name)
+	old, err := b.kv.Get(ctx, key)
+	if errors.Is(err, ErrKeyNotFound) {
+		old = nil
+	} else if err != nil {
+		return fmt.Errorf("put %s/%s: %w", ns, name, err)
+	}
+	if old != nil && !overwrite {
+		return fmt.Errorf("%w: %s/%s", ErrObjectExists, ns, name)
+	}
+	preset, err := b.preset(ctx, nsr.Preset)
+	if err != nil {
+		return fmt.Errorf("put %s/%s: %w", ns, name, err)
+	}
+	m, pidx, degraded, err := b.writeObject(ctx, ns+"/"+name, data, preset)
+	if err != nil {
+		return fmt.Errorf("put %s/%s: %w", ns, name, err)
+	}
+	raw := m.Encode()
+	for {
+		err = b.kv.TestAndSet(ctx, key, old, raw)
+		if err == nil {
+			break
+		}
+		if errors.Is(err, ErrKVConflict) && overwrite {
+			if old, err = b.kv.Get(ctx, key); errors.Is(err, ErrKeyNotFound) {
+				old, err = nil, nil
+			}
+		}
+		if err != nil {
+			b.discard(context.WithoutCancel(ctx), ns, name, m, nil)
+			if errors.Is(err, ErrKVConflict) {
+				return fmt.Errorf("%w: %s/%s (stored concurrently)", ErrObjectExists, ns, name)
+			}
+			return fmt.Errorf("put %s/%s: %w", ns, name, err)
+		}
+	}
+	b.stats.puts.Add(1)
+	if old != nil {
+		if om, err := DecodeManifest(old); err == nil {
+			b.discard(context.WithoutCancel(ctx), ns, name, om, nil)
+		}
+	}
+	switch {
+	case pidx > 0:
+		b.stats.putFallbacks.Add(1)
+		b.markDegraded(ctx, ns, name, fmt.Sprintf("stored with fallback policy %s", m.Policy))
+	case degraded:
+		b.markDegraded(ctx, ns, name, "acknowledged before every fragment was stored")
+	}
+	return nil
+}
+
+// writeObject encodes data and stores its fragments with the first policy
+// of the preset that can be placed, falling back to the next ones when ASDs
+// are down, full or fail. It returns the manifest (not yet stored), the
+// index of the policy used, and whether some fragment is not (yet) stored.
+func (b *ECBackend) writeObject(ctx context.Context, tag string, data []byte, preset Preset) (*Manifest, int, bool, error) {
+	if len(data) > maxObjectSize {
+		return nil, 0, false, fmt.Errorf("object of %d bytes: at most %d allowed", len(data), maxObjectSize)
+	}
+	m := &Manifest{
+		Size: int64(len(data)), CRC32C: crc32c(data), Preset: preset.Name,
+		Created: time.Now().UnixNano(), Policy: preset.Policies[0],
+	}
+	if len(data) == 0 {
+		m.CRC32C = 0
+		rand.Read(m.ObjectID[:])
+		return m, 0, false, nil
+	}
+	excluded := map[string]error{}
+	var shards [][]byte
+	var shardPol Policy
+	for attempt := 0; ; attempt++ {
+		if err := ctx.Err(); err != nil {
+			return nil, 0, false, err
+		}
+		rand.Read(m.ObjectID[:])
+		pidx, pol, targets, err := b.place(preset, m.ObjectID[:], m.Size, excluded)
+		if err != nil {
+			return nil, 0, false, b.explainPlacement(err, excluded)
+		}
+		if shards == nil || shardPol.K != pol.K || shardPol.M != pol.M {
+			if shards, err = b.encode(pol, data); err != nil {
+				return nil, 0, false, err
+			}
+			shardPol = pol
+		}
+		m.Policy, m.FragmentSize = pol, int64(len(shards[0]))
+		m.Fragments = make([]FragmentLocation, len(shards))
+		for i, t := range targets {
+			m.Fragments[i] = FragmentLocation{ASD: t.ID, CRC32C: crc32c(shards[i])}
+		}
+		results := b.writeFragments(ctx, m, tag, shards, nil, false)
+		acked, written := 0, []int{}
+		for i, err := range results {
+			switch {
+			case err == nil:
+				acked++
+				written = append(written, i)
+			case errors.Is(err, errFragmentPending):
+			default:
+				excluded[m.Fragments[i].ASD] = err
+			}
+		}
+		if acked >= pol.C {
+			if acked < len(results) {
+				b.log.Warn("put acknowledged with fragments missing", "object", tag, "policy", pol.String(),
+					"stored", acked, "of", len(results))
+			}
+			return m, pidx, acked < len(results), nil
+		}
+		// Not enough: drop what was written, avoid the ASDs that failed.
+		ns, name, _ := strings.Cut(tag, "/")
+		b.discard(context.WithoutCancel(ctx), ns, name, m, written)
+		b.log.Warn("put failed on some ASDs; retrying elsewhere", "object", tag, "policy", pol.String(),
+			"stored", acked, "needed", pol.C, "attempt", attempt+1)
+		if ctx.Err() != nil || attempt >= 2*len(preset.Policies)+2 {
+			return nil, 0, false, fmt.Errorf("%w: %d of %d fragments stored, %d needed: %s",
+				ErrInsufficientASDs, acked, len(results), pol.C, summarizeErrors(excluded))
+		}
+	}
+}
+
+// place picks the first policy of the preset that can be placed on the
+// ASDs that are up, have room and are not excluded.
+func (b *ECBackend) place(preset Preset, objectID []byte, size int64, excluded map[string]error) (int, Policy, []asdCandidate, error) {
+	var lastErr error
+	for i, pol := range preset.Policies {
+		cands := b.writeCandidates(fragmentSizeFor(size, pol.K), excluded)
+		targets, err := placeFragments(objectID, pol.K+pol.M, cands, pol.X, preset.MaxPerSite, nil)
+		if err == nil {
+			return i, pol, targets, nil
+		}
+		lastErr = fmt.Errorf("preset %s, policy %s: %w", preset.Name, pol, err)
+	}
+	return 0, Policy{}, nil, lastErr
+}
+
+// explainPlacement adds what went wrong with the ASDs that were tried.
+func (b *ECBackend) explainPlacement(err error, excluded map[string]error) error {
+	b.mu.Lock()
+	var down []string
+	for id, st := range b.asds {
+		if !st.up && st.rec.State == ASDActive {
+			down = append(down, id)
+		}
+	}
+	b.mu.Unlock()
+	sort.Strings(down)
+	msg := err.Error()
+	if len(down) > 0 {
+		msg += fmt.Sprintf("; down: %s", strings.Join(down, ", "))
+	}
+	if len(excluded) > 0 {
+		msg += "; failed: " + summarizeErrors(excluded)
+	}
+	if errors.Is(err, ErrInsufficientASDs) {
+		return fmt.Errorf("%w%s", ErrInsufficientASDs, strings.TrimPrefix(msg, ErrInsufficientASDs.Error()))
+	}
+	return errors.New(msg)
+}
+
+func summarizeErrors(errs map[string]error) string {
+	keys := make([]string, 0, len(errs))
+	for k := range errs {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	parts := make([]string, 0, len(keys))
+	for _, k := range keys {
+		parts = append(parts, fmt.Sprintf("%s: %v", k, errs[k]))
+	}
+	return strings.Join(parts, "; ")
+}
+
+func (b *ECBackend) encode(pol Policy, data []byte) ([][]byte, error) {
+	enc, err := b.encoder(pol.K, pol.M)
+	if err != nil {
+		return nil, err
+	}
+	// A full slice expression: Split zeroes the spare capacity it uses,
+	// and that memory belongs to the caller.
+	shards, err := enc.Split(data[:len(data):len(data)])
+	if err != nil {
+		return nil, fmt.Errorf("split: %w", err)
+	}
+	if err := enc.Encode(shards); err != nil {
+		return nil, fmt.Errorf("encode: %w", err)
+	}
+	return shards, nil
+}
+
+// writeFragments stores shards[i] (for i in only, or all) on the ASD the
+// manifest names, in parallel. It returns once every write has finished or,
+// unless waitAll, when at least Policy.C are stored, after a short grace
+// for the others (which keep running, unbound from ctx, and report
+// errFragmentPending).
+func (b *ECBackend) writeFragments(ctx context.Context, m *Manifest, tag string, shards [][]byte, only []int, waitAll bool) []error {
+	if only == nil {
+		for i := range shards {
+			only = append(only, i)
+		}
+	}
+	results := make([]error, len(shards))
+	for _, i := range only {
+		results[i] = errFragmentPending
+	}
+	wctx, cancelAll := context.WithCancel(context.WithoutCancel(ctx))
+	unlink := context.AfterFunc(ctx, cancelAll)
+	type res struct {
+		i   int
+		err error
+	}
+	ch := make(chan res, len(only))
+	for _, i := range only {
+		id := m.Fragments[i].ASD
+		go func() {
+			c, _ := b.asd(id)
+			if c == nil {
+				ch <- res{i, fmt.Errorf("asd %s: %w: not registered", id, ErrASDUnavailable)}
+				return
+			}
+			octx, cancel := context.WithTimeout(wctx, b.opTimeout(int64(len(shards[i]))))
+			err := c.Put(octx, m.FragmentKey(i), tag, shards[i])
+			cancel()
+			if err != nil {
+				b.suspect(id, err)
+				if errors.Is(err, ErrASDFull) {
+					b.markFull(id)
+				}
+			}
+			ch <- res{i, err}
+		}()
+	}
+	need := m.Policy.C - (len(shards) - len(only))
+	start := time.Now()
+	var grace <-chan time.Time
+	acked, finished := 0, 0
+wait:
+	for finished < len(only) {
+		select {
+		case r := <-ch:
+			finished++
+			results[r.i] = r.err
+			if r.err == nil {
+				acked++
+				if !waitAll && acked >= need && grace == nil && finished < len(only) {
+					grace = time.After(max(20*time.Millisecond, time.Since(start)/4))
+				}
+			}
+		case <-grace:
+			break wait
+		}
+	}
+	unlink()
+	if finished == len(only) {
+		cancelAll()
+	} else {
+		go func() {
+			for ; finished < len(only); finished++ {
+				<-ch
+			}
+			cancelAll()
+		}()
+	}
+	return results
+}
+
+// markFull keeps an ASD that refused a write for lack of room out of
+// placements until its next probe.
+func (b *ECBackend) markFull(id string) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if st := b.asds[id]; st != nil {
+		st.health.Capacity.Free = 0
+	}
+}
+
+// --- reads -----------------------------------------------------------------------
+
+func (b *ECBackend) Get(ctx context.Context, ns, name string) ([]byte, error) {
+	return b.read(ctx, ns, name, 0, -1)
+}
+
+func (b *ECBackend) ReadAt(ctx context.Context, ns, name string, p []byte, off int64) error {
+	data, err := b.read(ctx, ns, name, off, int64(len(p)))
+	if err != nil {
+		return err
+	}
+	copy(p, data)
+	return nil
+}
+
+// read returns n bytes at off of the object (n < 0: all of it).
+func (b *ECBackend) read(ctx context.Context, ns, name string, off, n int64) ([]byte, error) {
+	for attempt := 0; ; attempt++ {
+		m, _, err := b.manifest(ctx, ns, name)
+		if err != nil {
+			return nil, err
+		}
+		whole := n < 0
+		if whole {
+			off, n = 0, m.Size
+		}
+		if off < 0 || off > m.Size || n > m.Size-off {
+			return nil, fmt.Errorf("read %s/%s [%d,+%d): past the end of the object (%d bytes)", ns, name, off, n, m.Size)
+		}
+		data, err := b.readRange(ctx, ns, name, m, off, n)
+		if err != nil {
+			if attempt == 0 && errors.Is(err, ErrObjectUnavailable) {
+				// Overwritten (and its old fragments deleted) under us?
+				if m2, _, err2 := b.manifest(ctx, ns, name); err2 == nil && m2.ObjectID != m.ObjectID {
+					continue
+				}
+			}
+			return nil, fmt.Errorf("read %s/%s: %w", ns, name, err)
+		}
+		if whole && crc32c(data) != m.CRC32C {
+			b.markDegraded(ctx, ns, name, "object checksum mismatch on read")
+			return nil, fmt.Errorf("%w: %s/%s: checksum %08x, the manifest says %08x", ErrCorrupt, ns, name, crc32c(data), m.CRC32C)
+		}
+		b.stats.reads.Add(1)
+		return data, nil
+	}
+}
+
+type fetchResult struct {
+	i    int
+	data []byte
+	err  error
+}
+
+// fetch reads [lo, hi) of fragment i from its ASD. A whole fragment is
+// checked against the manifest's checksum here; a part is checked by the
+// ASD (per block), and the ASD's checksum of the whole fragment must
+// match the manifest's, so a stale or foreign fragment is never used.
+func (b *ECBackend) fetch(ctx context.Context, m *Manifest, i int, lo, hi int64) ([]byte, error) {
+	f := m.Fragments[i]
+	c, up := b.asd(f.ASD)
+	if c == nil {
+		return nil, fmt.Errorf("fragment %d: %w: asd %s is not registered", i, ErrASDUnavailable, f.ASD)
+	}
+	if !up {
+		return nil, fmt.Errorf("fragment %d: %w: asd %s is down", i, ErrASDUnavailable, f.ASD)
+	}
+	octx, cancel := context.WithTimeout(ctx, b.opTimeout(hi-lo))
+	defer cancel()
+	whole := lo == 0 && hi == m.FragmentSize
+	length := hi - lo
+	if whole {
+		length = -1
+	}
+	data, crc, err := c.Get(octx, m.FragmentKey(i), lo, length)
+	if err != nil {
+		if ctx.Err() == nil {
+			b.suspect(f.ASD, err)
+		}
+		return nil, fmt.Errorf("fragment %d on %s: %w", i, f.ASD, err)
+	}
+	if crc != f.CRC32C {
+		return nil, fmt.Errorf("%w: fragment %d on %s has checksum %08x, the manifest says %08x",
+			ErrFragmentCorrupt, i, f.ASD, crc, f.CRC32C)
+	}
+	if whole && (int64(len(data)) != m.FragmentSize || crc32c(data) != f.CRC32C) {
+		return nil, fmt.Errorf("%w: fragment %d on %s: %d bytes with checksum %08x, the manifest says %d with %08x",
+			ErrFragmentCorrupt, i, f.ASD, len(data), crc32c(data), m.FragmentSize, f.CRC32C)
+	}
+	return data, nil
+}
+
+// readRange reads [off, off+n) of the object: only the data fragments
+// covering the range, decoding from the others (same range of any k
+// fragments) for those that fail or are late.
+func (b *ECBackend) readRange(ctx context.Context, ns, name string, m *Manifest, off, n int64) ([]byte, error) {
+	out := make([]byte, n)
+	if n == 0 {
+		return out, nil
+	}
+	type piece struct {
+		i      int   // data fragment
+		lo, hi int64 // range in the fragment
+		at     int64 // offset in out
+	}
+	var pieces []piece
+	for pos := off; pos < off+n; {
+		i := pos / m.FragmentSize
+		lo := pos % m.FragmentSize
+		hi := min(m.FragmentSize, lo+off+n-pos)
+		pieces = append(pieces, piece{int(i), lo, hi, pos - off})
+		pos += hi - lo
+	}
+	rctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	ch := make(chan fetchResult, len(pieces))
+	for j, p := range pieces {
+		go func() {
+			d, err := b.fetch(rctx, m, p.i, p.lo, p.hi)
+			ch <- fetchResult{j, d, err}
+		}()
+	}
+	done := make([]bool, len(pieces))
+	failed := map[int]error{} // by fragment
+	pending := len(pieces)
+	hedge := time.NewTimer(b.cfg.HedgeAfter)
+	defer hedge.Stop()
+	take := func(r fetchResult) {
+		pending--
+		if r.err == nil {
+			copy(out[pieces[r.i].at:], r.data)
+			done[r.i] = true
+		} else {
+			failed[pieces[r.i].i] = r.err
+		}
+	}
+fast:
+	for pending > 0 {
+		select {
+		case r := <-ch:
+			take(r)
+		case <-hedge.C:
+			break fast
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+	}
+	if pending == 0 && len(failed) == 0 {
+		return out, nil
+	}
+	// Decode what is missing from the same window of other fragments.
+	b.reportFragmentErrors(ctx, ns, name, m, failed)
+	wlo, whi := m.FragmentSize, int64(0)
+	exclude := map[int]error{}
+	var want []int
+	for j, p := range pieces {
+		if !done[j] {
+			wlo, whi = min(wlo, p.lo), max(whi, p.hi)
+			want = append(want, p.i)
+			exclude[p.i] = errFragmentPending
+			if err := failed[p.i]; err != nil {
+				exclude[p.i] = err
+			}
+		}
+	}
+	rec, errs, err := b.reconstructWindow(ctx, m, wlo, whi, exclude, want)
+	b.reportFragmentErrors(ctx, ns, name, m, errs)
+	if err == nil {
+		b.stats.degradedReads.Add(1)
+		for j, p := range pieces {
+			if !done[j] {
+				copy(out[p.at:], rec[p.i][p.lo-wlo:p.hi-wlo])
+			}
+		}
+		return out, nil
+	}
+	// Not decodable: maybe the late fetches still make it.
+	for pending > 0 {
+		select {
+		case r := <-ch:
+			take(r)
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+	}
+	for j := range pieces {
+		if !done[j] {
+			return nil, err
+		}
+	}
+	return out, nil
+}
+
+// reconstructWindow returns [lo, hi) of each fragment in want, decoded
+// from the same window of k other fragments (not in exclude). It also
+// returns the errors of the fragments it tried and could not read.
+func (b *ECBackend) reconstructWindow(ctx context.Context, m *Manifest, lo, hi int64, exclude map[int]error, want []int) (map[int][]byte, map[int]error, error) {
+	k, total := m.Policy.K, m.Policy.K+m.Policy.M
+	enc, err := b.encoder(k, m.Policy.M)
+	if err != nil {
+		return nil, nil, err
+	}
+	wanted := make([]bool, total)
+	for _, i := range want {
+		wanted[i] = true
+	}
+	// Candidates: fragments on ASDs that are up first, data before parity.
+	var cands []int
+	for pass := 0; pass < 2; pass++ {
+		for i := range total {
+			if wanted[i] || exclude[i] != nil {
+				continue
+			}
+			_, up := b.asd(m.Fragments[i].ASD)
+			if up == (pass == 0) {
+				cands = append(cands, i)
+			}
+		}
+	}
+	fctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	ch := make(chan fetchResult, len(cands))
+	shards := make([][]byte, total)
+	errs := map[int]error{}
+	next, inflight, got := 0, 0, 0
+	for got < k {
+		for inflight+got < k && next < len(cands) {
+			i := cands[next]
+			next++
+			inflight++
+			go func() {
+				d, err := b.fetch(fctx, m, i, lo, hi)
+				ch <- fetchResult{i, d, err}
+			}()
+		}
+		if inflight == 0 {
+			break
+		}
+		select {
+		case r := <-ch:
+			inflight--
+			if r.err != nil {
+				errs[r.i] = r.err
+				continue
+			}
+			shards[r.i] = r.data
+			got++
+		case <-ctx.Done():
+			return nil, errs, ctx.Err()
+		}
+	}
+	if got < k {
+		var why []string
+		for i := range total {
+			e := errs[i]
+			if e == nil && exclude[i] != errFragmentPending {
+				e = exclude[i]
+			}
+			if e != nil {
+				why = append(why, e.Error())
+			}
+		}
+		return nil, errs, fmt.Errorf("%w: only %d of %d fragments readable, %d needed (%s)",
+			ErrObjectUnavailable, got, total, k, strings.Join(why, "; "))
+	}
+	if err := enc.ReconstructSome(shards, wanted); err != nil {
+		return nil, errs, fmt.Errorf("decode: %w", err)
+	}
+	out := make(map[int][]byte, len(want))
+	for _, i := range want {
+		out[i] = shards[i]
+	}
+	return out, errs, nil
+}
+
+// reportFragmentErrors flags the object for repair when a fragment is
+// corrupt or missing on an ASD that answers (an ASD that is down is the
+// health monitor's business).
+func (b *ECBackend) reportFragmentErrors(ctx context.Context, ns, name string, m *Manifest, errs map[int]error) {
+	for i, err := range errs {
+		var reason string
+		switch {
+		case errors.Is(err, ErrFragmentCorrupt):
+			reason = "corrupt"
+		case errors.Is(err, ErrFragmentNotFound):
+			reason = "missing"
+		default:
+			continue
+		}
+		if _, dup := b.reported.LoadOrStore(fmt.Sprintf("%s/%s/%s/%d", ns, name, m.ID(), i), true); dup {
+			continue
+		}
+		if reason == "corrupt" {
+			b.stats.corruptFound.Add(1)
+		} else {
+			b.stats.missingFound.Add(1)
+		}
+		b.log.Warn("fragment "+reason+"; object flagged for repair", "object", ns+"/"+name,
+			"fragment", i, "asd", m.Fragments[i].ASD, "err", err)
+		b.markDegraded(ctx, ns, name, fmt.Sprintf("fragment %d on %s %s", i, m.Fragments[i].ASD, reason))
+	}
+}
+
+type degradedRecord struct {
+	Reason string    `json:"reason"`
+	Since  time.Time `json:"since"`
+}
+
+// markDegraded records that maintenance must look at the object and wakes
+// it up. Failing to record is logged, not returned: scrubs find it again.
+func (b *ECBackend) markDegraded(ctx context.Context, ns, name, reason string) {
+	raw, _ := json.Marshal(degradedRecord{Reason: reason, Since: time.Now().UTC()})
+	if err := b.kv.Set(context.WithoutCancel(ctx), degradedKey(ns, name), raw); err != nil {
+		b.log.Warn("recording a degraded object", "object", ns+"/"+name, "err", err)
+	}
+	b.wake()
+}
+
+// wake nudges the maintenance loop.
+func (b *ECBackend) wake() {
+	select {
+	case b.kick <- struct{}{}:
+	default:
+	}
+}
+
+// --- delete, list, stat ------------------------------------------------------------
+
+func (b *ECBackend) Delete(ctx context.Context, ns, name string) error {
+	if !ValidName(name) {
+		return fmt.Errorf("%w: object %q", ErrInvalidName, name)
+	}
+	if _, _, err := b.namespace(ctx, ns); err != nil {
+		return err
+	}
+	key := objKey(ns, name)
+	for {
+		raw, err := b.kv.Get(ctx, key)
+		if errors.Is(err, ErrKeyNotFound) {
+			return fmt.Errorf("%w: %s/%s", ErrObjectNotFound, ns, name)
+		}
+		if err != nil {
+			return fmt.Errorf("delete %s/%s: %w", ns, name, err)
+		}
+		if err := b.kv.TestAndSet(ctx, key, raw, nil); err != nil {
+			if errors.Is(err, ErrKVConflict) {
+				continue
+			}
+			return fmt.Errorf("delete %s/%s: %w", ns, name, err)
+		}
+		if m, err := DecodeManifest(raw); err == nil {
+			b.discard(context.WithoutCancel(ctx), ns, name, m, nil)
+		}
+		if _, err := b.kv.Get(ctx, degradedKey(ns, name)); err == nil {
+			_ = b.kv.Delete(context.WithoutCancel(ctx), degradedKey(ns, name))
+		}
+		b.stats.deletes.Add(1)
+		return nil
+	}
+}
+
+func (b *ECBackend) List(ctx context.Context, ns, prefix string) ([]ObjectInfo, error) {
+	if _, err := b.liveNamespace(ctx, ns); err != nil {
+		return nil, err
+	}
+	base := kvObject + ns + "/"
+	var out []ObjectInfo
+	err := kvRangeAll(ctx, b.kv, base+prefix, func(e KV) (bool, error) {
+		m, err := DecodeManifest(e.Value)
+		if err != nil {
+			return false, fmt.Errorf("%s: %w", e.Key, err)
+		}
+		out = append(out, ObjectInfo{Name: e.Key[len(base):], Size: m.Size})
+		return true, nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("list %s: %w", ns, err)
+	}
+	return out, nil
+}
+
+func (b *ECBackend) Stat(ctx context.Context, ns, name string) (ObjectInfo, error) {
+	m, _, err := b.manifest(ctx, ns, name)
+	if err != nil {
+		return ObjectInfo{}, err
+	}
+	return ObjectInfo{Name: name, Size: m.Size}, nil
+}
+
+// --- discarded fragments --------------------------------------------------------
+
+// gcRecord lists fragments of an object version to delete. Before deleting
+// one, the collector checks that the object's current manifest does not
+// place that very fragment there (a failed repair or put may share keys
+// with the live version).
+type gcRecord struct {
+	NS        string       `json:"ns"`
+	Name      string       `json:"name"`
+	Object    string       `json:"object"`
+	Fragments []gcFragment `json:"fragments"`
+}
+
+type gcFragment struct {
+	Index int    `json:"index"`
+	ASD   string `json:"asd"`
+}
+
+// discard queues fragments of m for deletion (all of them, or those in
+// only) and wakes the collector.
+func (b *ECBackend) discard(ctx context.Context, ns, name string, m *Manifest, only []int) {
+	r := gcRecord{NS: ns, Name: name, Object: m.ID()}
+	if only == nil {
+		for i := range m.Fragments {
+			only = append(only, i)
+		}
+	}
+	for _, i := range only {
+		r.Fragments = append(r.Fragments, gcFragment{Index: i, ASD: m.Fragments[i].ASD})
+	}
+	b.discardRecord(ctx, r)
+}
+
+func (b *ECBackend) discardRecord(ctx context.Context, r gcRecord) {
+	if len(r.Fragments) == 0 {
+		return
+	}
+	raw, _ := json.Marshal(r)
+	if err := b.kv.Set(ctx, kvGarbage+r.Object+"-"+randomSuffix(), raw); err != nil {
+		b.log.Warn("queueing fragments for deletion; a scrub will find them", "object", r.NS+"/"+r.Name, "err", err)
+		return
+	}
+	select {
+	case b.gcKick <- struct{}{}:
+	default:
+	}
+}
+
+func (b *ECBackend) gcLoop(ctx context.Context) {
+	defer b.wg.Done()
+	t := time.NewTicker(5 * time.Second)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		case <-b.gcKick:
+		}
+		if _, err := b.CollectGarbage(ctx); err != nil && ctx.Err() == nil {
+			b.log.Warn("deleting discarded fragments", "err", err)
+		}
+	}
+}
+
+// CollectGarbage deletes queued fragments whose ASDs are up, keeping the
+// rest queued, and returns how many it deleted.
+func (b *ECBackend) CollectGarbage(ctx context.Context) (int, error) {
+	deleted := 0
+	err := kvRangeAll(ctx, b.kv, kvGarbage, func(e KV) (bool, error) {
+		var r gcRecord
+		if err := json.Unmarshal(e.Value, &r); err != nil {
+			b.log.Warn("dropping an unreadable deletion record", "key", e.Key, "err", err)
+			return true, b.kv.Delete(ctx, e.Key)
+		}
+		var cur *Manifest
+		if m, _, err := b.loadManifest(ctx, r.NS, r.Name); err == nil {
+			cur = m
+		} else if !errors.Is(err, ErrObjectNotFound) {
+			return true, nil // try again later
+		}
+		var (
+			mu   sync.Mutex
+			left []gcFragment
+			wg   sync.WaitGroup
+		)
+		for _, f := range r.Fragments {
+			if cur != nil && cur.ID() == r.Object && f.Index < len(cur.Fragments) && cur.Fragments[f.Index].ASD == f.ASD {
+				continue // the live version uses it
+			}
+			c, up := b.asd(f.ASD)
+			if c == nil {
+				continue // ASD removed: nothing to delete
+			}
+			if !up {
+				mu.Lock()
+				left = append(left, f)
+				mu.Unlock()
+				continue
+			}
+			m := Manifest{}
+			if err := parseObjectID(r.Object, &m); err != nil {
+				continue
+			}
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				octx, cancel := context.WithTimeout(ctx, b.cfg.FragmentTimeout)
+				err := c.Delete(octx, m.FragmentKey(f.Index))
+				cancel()
+				mu.Lock()
+				defer mu.Unlock()
+				if err == nil || errors.Is(err, ErrFragmentNotFound) {
+					deleted++
+					return
+				}
+				b.suspect(f.ASD, err)
+				left = append(left, f)
+			}()
+		}
+		wg.Wait()
+		if len(left) == 0 {
+			return true, ignoreConflict(b.kv.TestAndSet(ctx, e.Key, e.Value, nil))
+		}
+		if len(left) < len(r.Fragments) {
+			r.Fragments = left
+			raw, _ := json.Marshal(r)
+			return true, ignoreConflict(b.kv.TestAndSet(ctx, e.Key, e.Value, raw))
+		}
+		return true, nil
+	})
+	b.stats.gcDeleted.Add(int64(deleted))
+	return deleted, err
+}
+
+func ignoreConflict(err error) error {
+	if errors.Is(err, ErrKVConflict) {
+		return nil
+	}
+	return err
+}
+
+func parseObjectID(s string, m *Manifest) error {
+	if len(s) != 32 {
+		return fmt.Errorf("object id %q", s)
+	}
+	for i := 0; i < 16; i++ {
+		var v byte
+		for _, c := range []byte(s[2*i : 2*i+2]) {
+			switch {
+			case c >= '0' && c <= '9':
+				v = v<<4 | (c - '0')
+			case c >= 'a' && c <= 'f':
+				v = v<<4 | (c - 'a' + 10)
+			default:
+				return fmt.Errorf("object id %q", s)
+			}
+		}
+		m.ObjectID[i] = v
+	}
+	return nil
+}
