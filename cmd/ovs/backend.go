@@ -56,7 +56,7 @@ type localECOptions struct {
 type localEC struct {
 	Backend *scos.ECBackend
 	ASDs    *scos.LocalASDs
-	KV      *scos.BoltKV
+	KV      scos.KVStore
 	admin   *http.Server
 	addr    string
 	dir     string
@@ -78,10 +78,15 @@ func startLocalEC(ctx context.Context, data string, o localECOptions, log *slog.
 	if err != nil {
 		return nil, err
 	}
-	l.KV, err = scos.OpenBoltKV(filepath.Join(dir, ecMetaFile))
-	if err != nil {
-		l.Close()
-		return nil, err
+	if o.Config.KV != nil {
+		l.KV = o.Config.KV // arakoon, from ovs up
+	} else {
+		bkv, err := scos.OpenBoltKV(filepath.Join(dir, ecMetaFile))
+		if err != nil {
+			l.Close()
+			return nil, err
+		}
+		l.KV = bkv
 	}
 	cfg := o.Config
 	cfg.KV = l.KV
@@ -169,7 +174,7 @@ func (o *backendOptions) openAdmin(ctx context.Context) (scos.ECAdmin, func(), e
 	}
 	meta := filepath.Join(dir, ecMetaFile)
 	if _, err := os.Stat(meta); err != nil {
-		return nil, nil, fmt.Errorf("no erasure-coded backend in %s (ovs up --data %s creates one)", o.data, o.data)
+		return nil, nil, fmt.Errorf("no running ovs up with an erasure-coded backend on %s (start it with ovs up --data %s)", o.data, o.data)
 	}
 	kv, err := scos.OpenBoltKV(meta)
 	if err != nil {

@@ -35,6 +35,10 @@ type upOptions struct {
 	autoSync      time.Duration
 	logLevel      string
 	pprofAddr     string
+	backend       string
+	asds          int
+	arakoonClient string
+	arakoonRaft   string
 }
 
 // newUpCommand: the embedded default, a whole single-host cluster in one
@@ -66,6 +70,10 @@ func newUpCommand() *cobra.Command {
 	f.Var(&o.writeBuffer, "write-buffer", "local write buffer per vdisk; uploaded SCOs beyond it are evicted")
 	f.Var(&o.maxPending, "max-pending-upload", "data per vdisk not yet on the backend beyond which writes wait")
 	f.DurationVar(&o.autoSync, "auto-sync", 30*time.Second, "upload an open TLog holding data after this long")
+	f.StringVar(&o.backend, "backend", "", "ec (erasure-coded over local ASD processes, the default for a new DATA) or local (a plain directory); DATA remembers its choice")
+	f.IntVar(&o.asds, "asds", 6, "ASD processes of the erasure-coded backend (4+2 needs 6)")
+	f.StringVar(&o.arakoonClient, "arakoon-client", "127.0.0.1:8900", "client address of the embedded 1-node arakoon")
+	f.StringVar(&o.arakoonRaft, "arakoon-raft", "127.0.0.1:8901", "raft address of the embedded 1-node arakoon")
 	f.StringVar(&o.logLevel, "log-level", "info", "debug, info, warn or error")
 	f.StringVar(&o.pprofAddr, "pprof", "", "serve Go profiles (net/http/pprof) on this address")
 	return cmd
@@ -86,11 +94,40 @@ func runUp(ctx context.Context, o *upOptions) error {
 	}
 	defer unlock()
 
-	backend, err := scos.NewLocalDir(filepath.Join(o.data, "backend"))
+	kind, err := backendKind(o.data, o.backend)
 	if err != nil {
 		return err
 	}
-	log.Info("starting ovs up", "data", o.data)
+	log.Info("starting ovs up", "data", o.data, "backend", kind)
+	var backend scos.Backend
+	switch kind {
+	case "local":
+		if backend, err = scos.NewLocalDir(filepath.Join(o.data, "backend")); err != nil {
+			return err
+		}
+	case "ec":
+		// The backend's metadata (manifests, namespaces, ASD registry)
+		// lives in arakoon; the fragments on ASDs run as child processes.
+		ara, err := startEmbeddedArakoon(filepath.Join(o.data, "arakoon"), o.arakoonClient, o.arakoonRaft, log)
+		if err != nil {
+			return fmt.Errorf("arakoon: %w", err)
+		}
+		defer func() {
+			if err := ara.Close(); err != nil {
+				log.Error("stopping arakoon", "err", err)
+			}
+		}()
+		ec, err := startLocalEC(ctx, o.data, localECOptions{ASDs: o.asds, Config: scos.ECConfig{KV: arakoonKV{ara.client}}}, log)
+		if err != nil {
+			return fmt.Errorf("erasure-coded backend: %w", err)
+		}
+		defer func() {
+			if err := ec.Close(); err != nil {
+				log.Error("stopping the erasure-coded backend", "err", err)
+			}
+		}()
+		backend = ec.Backend
+	}
 	drv, err := volumedriver.Open(ctx, filepath.Join(o.data, "volumes"), backend, volumedriver.Options{
 		ReadCacheBytes:        int64(o.readCache),
 		MetadataCacheBytes:    int64(o.metadataCache),
@@ -286,4 +323,39 @@ func failpointsFromEnv(log *slog.Logger) func(string) {
 			select {} // the signal is on its way
 		}
 	}
+}
+
+// backendKind decides which backend DATA uses: the one it was created with
+// (recorded in DATA/backend.kind), else the flag, else ec. Asking for the
+// other one on an existing DATA is an error: its vdisks would vanish.
+func backendKind(data, flag string) (string, error) {
+	switch flag {
+	case "", "ec", "local":
+	default:
+		return "", fmt.Errorf("--backend %q: want ec or local", flag)
+	}
+	path := filepath.Join(data, "backend.kind")
+	raw, err := os.ReadFile(path)
+	switch {
+	case err == nil:
+		have := strings.TrimSpace(string(raw))
+		if flag != "" && flag != have {
+			return "", fmt.Errorf("%s holds a cluster on the %s backend; --backend %s would not see its vdisks", data, have, flag)
+		}
+		return have, nil
+	case !errors.Is(err, os.ErrNotExist):
+		return "", fmt.Errorf("read %s: %w", path, err)
+	}
+	kind := flag
+	if kind == "" {
+		kind = "ec"
+		// A DATA from before backend.kind existed has a local backend.
+		if ents, err := os.ReadDir(filepath.Join(data, "backend")); err == nil && len(ents) > 0 {
+			kind = "local"
+		}
+	}
+	if err := os.WriteFile(path, []byte(kind+"\n"), 0o644); err != nil {
+		return "", fmt.Errorf("write %s: %w", path, err)
+	}
+	return kind, nil
 }

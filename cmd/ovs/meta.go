@@ -1,0 +1,157 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/ovs-storage/ovs/arakoon"
+	"github.com/ovs-storage/ovs/scos"
+)
+
+// arakoonKV is the erasure-coded backend's metadata store (manifests,
+// namespaces, the ASD registry, presets) on arakoon.
+type arakoonKV struct{ c *arakoon.Client }
+
+var _ scos.KVStore = arakoonKV{}
+
+func (a arakoonKV) Get(ctx context.Context, key string) ([]byte, error) {
+	v, err := a.c.Get(ctx, []byte(key))
+	if errors.Is(err, arakoon.ErrNotFound) {
+		return nil, fmt.Errorf("%w: %s", scos.ErrKeyNotFound, key)
+	}
+	return v, err
+}
+
+func (a arakoonKV) Set(ctx context.Context, key string, value []byte) error {
+	if value == nil {
+		value = []byte{}
+	}
+	return a.c.Set(ctx, []byte(key), value)
+}
+
+func (a arakoonKV) Delete(ctx context.Context, key string) error {
+	err := a.c.Delete(ctx, []byte(key))
+	if errors.Is(err, arakoon.ErrNotFound) {
+		return nil
+	}
+	return err
+}
+
+func (a arakoonKV) TestAndSet(ctx context.Context, key string, expected, wanted []byte) error {
+	_, swapped, err := a.c.TestAndSet(ctx, []byte(key), expected, wanted)
+	if err != nil {
+		return err
+	}
+	if !swapped {
+		return fmt.Errorf("%w: %s", scos.ErrKVConflict, key)
+	}
+	return nil
+}
+
+// Range pages through arakoon until a page comes back empty: a page may
+// hold fewer entries than asked for when the values are large.
+func (a arakoonKV) Range(ctx context.Context, prefix, after string, limit int) ([]scos.KV, error) {
+	const page = 1000
+	var out []scos.KV
+	first, inclusive := []byte(prefix), true
+	if after != "" && after >= prefix {
+		first, inclusive = []byte(after), false
+	}
+	for limit <= 0 || len(out) < limit {
+		n := page
+		if limit > 0 {
+			n = min(page, limit-len(out))
+		}
+		kvs, err := a.c.RangeEntries(ctx, arakoon.Range{
+			First: first, FirstInclusive: inclusive, Last: prefixEnd(prefix), Max: n,
+		})
+		if err != nil {
+			return nil, err
+		}
+		if len(kvs) == 0 {
+			break
+		}
+		for _, kv := range kvs {
+			out = append(out, scos.KV{Key: string(kv.Key), Value: kv.Value})
+		}
+		first, inclusive = kvs[len(kvs)-1].Key, false
+	}
+	return out, nil
+}
+
+// Close does nothing: the client belongs to the embedded cluster, which
+// closes it after everything that uses it has stopped.
+func (a arakoonKV) Close() error { return nil }
+
+// prefixEnd is the smallest key after every key starting with prefix, or
+// nil when there is none (the prefix is empty or all 0xff).
+func prefixEnd(prefix string) []byte {
+	b := []byte(prefix)
+	for i := len(b) - 1; i >= 0; i-- {
+		if b[i] < 0xff {
+			b[i]++
+			return b[:i+1]
+		}
+	}
+	return nil
+}
+
+// embeddedArakoon is the 1-node arakoon cluster of `ovs up`.
+type embeddedArakoon struct {
+	srv    *arakoon.Server
+	client *arakoon.Client
+	done   chan error
+	cancel context.CancelFunc
+}
+
+func startEmbeddedArakoon(dir, clientAddr, raftAddr string, log *slog.Logger) (*embeddedArakoon, error) {
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return nil, fmt.Errorf("arakoon: %w", err)
+	}
+	cfg := &arakoon.Config{
+		Cluster: "ovs",
+		Nodes:   []arakoon.NodeConfig{{ID: "local", Client: clientAddr, Raft: raftAddr, Data: filepath.Join(dir, "local")}},
+		// One node: nobody to wait for, so elect at once.
+		Tuning: arakoon.Tuning{
+			HeartbeatTimeout:   arakoon.Duration(200 * time.Millisecond),
+			ElectionTimeout:    arakoon.Duration(200 * time.Millisecond),
+			LeaderLeaseTimeout: arakoon.Duration(100 * time.Millisecond),
+			CommitTimeout:      arakoon.Duration(5 * time.Millisecond),
+		},
+	}
+	srv, err := arakoon.Start(cfg, "local", arakoon.ServerOptions{Logger: log.With("component", "arakoon")})
+	if err != nil {
+		return nil, err
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	e := &embeddedArakoon{srv: srv, done: make(chan error, 1), cancel: cancel}
+	go func() { e.done <- srv.Run(ctx) }()
+	cc := cfg.ClientConfig()
+	cc.Logger = log.With("component", "arakoon-client")
+	e.client, err = arakoon.NewClient(cc)
+	if err != nil {
+		e.Close()
+		return nil, err
+	}
+	wait, cancelWait := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancelWait()
+	if err := e.client.Nop(wait); err != nil {
+		e.Close()
+		return nil, fmt.Errorf("arakoon: no master after 30s: %w", err)
+	}
+	return e, nil
+}
+
+// Close stops the client and the node.
+func (e *embeddedArakoon) Close() error {
+	if e.client != nil {
+		e.client.Close()
+	}
+	e.cancel()
+	return <-e.done
+}
