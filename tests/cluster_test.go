@@ -35,8 +35,8 @@ type cluster struct {
 	NBDAddr string // host:port of the NBD TCP server
 	// The embedded arakoon's client and raft addresses.
 	AraClient, AraRaft string
-	logPath string
-	starts  int
+	logPath            string
+	starts             int
 	// Env is added to the environment of the next start (e.g.
 	// OVS_FAILPOINTS for crash tests).
 	Env []string
