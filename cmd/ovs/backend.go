@@ -174,7 +174,7 @@ func (o *backendOptions) openAdmin(ctx context.Context) (scos.ECAdmin, func(), e
 	}
 	meta := filepath.Join(dir, ecMetaFile)
 	if _, err := os.Stat(meta); err != nil {
-		return nil, nil, fmt.Errorf("no running ovs up with an erasure-coded backend on %s (start it with ovs up --data %s)", o.data, o.data)
+		return nil, nil, fmt.Errorf("no erasure-coded backend in %s: no ovs up runs there (start one with ovs up --data %s)", o.data, o.data)
 	}
 	kv, err := scos.OpenBoltKV(meta)
 	if err != nil {
