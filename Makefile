@@ -55,6 +55,8 @@ bench: build
 	   OVS_BIN=$(CURDIR)/$(BIN) bench/snapshots.sh; } | tee -a bench/results.md
 	@{ echo; echo '## Arakoon (ovs arakoon bench)'; echo; echo '```'; \
 	   ./$(BIN) arakoon bench --duration 3s; echo '```'; } | tee -a bench/results.md
+	@{ echo; echo '## Erasure-coded backend (ovs backend bench)'; echo; echo '```'; \
+	   ./$(BIN) backend bench; echo '```'; } | tee -a bench/results.md
 
 demo: build
 	./$(BIN) up --data "$(OVS_DATA)"

@@ -30,7 +30,7 @@
 #   BENCH_SIZE_GIB   device size (default 16, or 4 if less than 64 GiB free)
 #   BENCH_READ_GIB   random read region (default 1)
 #   BENCH_RSS_IO_GIB data written for the memory figure (default 4)
-#   BENCH_TARGETS    subset of "null file qcow2 ovs rss" (default all)
+#   BENCH_TARGETS    subset of "null file qcow2 ovs ovsec rss" (default all)
 #   BENCH_TMPDIR     where the scratch files go (default /var/tmp)
 #   BENCH_RESULTS    the report (default bench/results.md)
 #
@@ -48,7 +48,7 @@ RUNTIME=${BENCH_RUNTIME:-20}
 RAMP=${BENCH_RAMP:-3}
 READ_GIB=${BENCH_READ_GIB:-1}
 RSS_IO_GIB=${BENCH_RSS_IO_GIB:-4}
-TARGETS=${BENCH_TARGETS:-null file qcow2 ovs rss}
+TARGETS=${BENCH_TARGETS:-null file qcow2 ovs ovsec rss}
 TMPBASE=${BENCH_TMPDIR:-/var/tmp}
 RESULTS=${BENCH_RESULTS:-$ROOT/bench/results.md}
 RSS_LIMIT_MIB=256
@@ -122,7 +122,7 @@ wait_nbd() {
 free_ports() {
 	"$PY" -c '
 import socket
-ss = [socket.socket() for _ in range(2)]
+ss = [socket.socket() for _ in range(4)]
 for s in ss: s.bind(("127.0.0.1", 0))
 print(" ".join(str(s.getsockname()[1]) for s in ss))'
 }
@@ -153,15 +153,17 @@ if want ovs || want rss; then
 fi
 OVS_API=
 
-# start_ovs DIR: `ovs up` on free ports with the NBD socket DIR.sock;
-# sets OVS_API and OVS_SOCK.
+# start_ovs DIR [ARGS...]: `ovs up` on free ports with the NBD socket
+# DIR.sock and extra ARGS; sets OVS_API and OVS_SOCK.
 start_ovs() {
 	local dir=$1 ports i
+	shift
 	read -r -a ports <<<"$(free_ports)"
 	OVS_API=http://127.0.0.1:${ports[0]}
 	OVS_SOCK=$dir.sock
 	start_server "$dir.log" "$OVS" up --data "$dir" --api "127.0.0.1:${ports[0]}" \
-		--nbd "127.0.0.1:${ports[1]}" --nbd-socket "$OVS_SOCK"
+		--nbd "127.0.0.1:${ports[1]}" --nbd-socket "$OVS_SOCK" \
+		--arakoon-client "127.0.0.1:${ports[2]}" --arakoon-raft "127.0.0.1:${ports[3]}" "$@"
 	for ((i = 0; i < 900; i++)); do
 		if "$PY" -c 'import sys, urllib.request; urllib.request.urlopen(sys.argv[1], timeout=2)' \
 			"$OVS_API/api/v1/health" 2>/dev/null; then
@@ -274,9 +276,12 @@ if want qcow2; then
 	rm -f "$WORK/q.qcow2"
 fi
 
+# ovs is measured on the local-directory backend (the engine against the
+# other servers) and, as ovsec, on its default erasure-coded backend
+# (4+2 over 6 ASD processes on this same machine and disk).
 if want ovs; then
-	CMDLINE[ovs]="ovs up --data DIR --nbd-socket SOCK; ovs vdisk create bench --size ${SIZE_GIB}GiB"
-	if start_ovs "$WORK/ovs" && ovs_cli vdisk create bench --size "${SIZE_GIB}GiB" >/dev/null &&
+	CMDLINE[ovs]="ovs up --backend local --data DIR --nbd-socket SOCK; ovs vdisk create bench --size ${SIZE_GIB}GiB"
+	if start_ovs "$WORK/ovs" --backend local && ovs_cli vdisk create bench --size "${SIZE_GIB}GiB" >/dev/null &&
 		wait_nbd "nbd+unix:///bench?socket=$OVS_SOCK"; then
 		bench_target ovs "nbd+unix:///bench?socket=$OVS_SOCK"
 	else
@@ -287,6 +292,20 @@ if want ovs; then
 	stop_server "$SERVER_PID"
 	SERVER_PID=
 	rm -rf "$WORK/ovs"
+fi
+
+if want ovsec; then
+	CMDLINE[ovsec]="ovs up --data DIR --nbd-socket SOCK (erasure-coded 4+2 backend, 6 ASDs); ovs vdisk create bench --size ${SIZE_GIB}GiB"
+	if start_ovs "$WORK/ovsec" && ovs_cli vdisk create bench --size "${SIZE_GIB}GiB" >/dev/null &&
+		wait_nbd "nbd+unix:///bench?socket=$OVS_SOCK"; then
+		bench_target ovsec "nbd+unix:///bench?socket=$OVS_SOCK"
+	else
+		log "ovs (erasure-coded) did not start"
+		mark_failed ovsec
+	fi
+	stop_server "$SERVER_PID"
+	SERVER_PID=
+	rm -rf "$WORK/ovsec"
 fi
 
 # --- memory ------------------------------------------------------------------------
@@ -340,10 +359,11 @@ check() {
 
 row() { # label tag field
 	local ovs file qcow2 null
-	null=$(v "null.$2.$3") file=$(v "file.$2.$3") qcow2=$(v "qcow2.$2.$3") ovs=$(v "ovs.$2.$3")
+	local ovsec
+	null=$(v "null.$2.$3") file=$(v "file.$2.$3") qcow2=$(v "qcow2.$2.$3") ovs=$(v "ovs.$2.$3") ovsec=$(v "ovsec.$2.$3")
 	[ "$2.$3" = randwrite.iops ] || [ "$2.$3" = randread.iops ] || null=-
-	printf '| %s | %s | %s | %s | %s | %s | %s |\n' "$1" "$null" "$file" "$qcow2" "$ovs" \
-		"$(ratio "$ovs" "$file")" "$(ratio "$ovs" "$qcow2")"
+	printf '| %s | %s | %s | %s | %s | %s | %s | %s | %s |\n' "$1" "$null" "$file" "$qcow2" "$ovs" \
+		"$(ratio "$ovs" "$file")" "$(ratio "$ovs" "$qcow2")" "$ovsec" "$(ratio "$ovsec" "$file")"
 }
 
 rss_check=n/a
@@ -366,12 +386,12 @@ if [ -n "$(git -C "$ROOT" status --porcelain 2>/dev/null)" ]; then commit="$comm
 	echo "- tools: $(fio --version), nbdkit $(nbdkit --version | awk '{print $2}'), $(qemu-nbd --version | head -n1)"
 	echo "- fio: ioengine=nbd over unix sockets, direct=1, ${RUNTIME} s per workload after ${RAMP} s ramp, randrepeat=0, norandommap; device ${SIZE_GIB} GiB; random reads over the first ${READ_GIB} GiB, written before"
 	echo "- servers:"
-	for t in null file qcow2 ovs; do
+	for t in null file qcow2 ovs ovsec; do
 		[ -n "${CMDLINE[$t]:-}" ] && echo "  - $t: \`${CMDLINE[$t]}\`"
 	done
 	echo
-	echo "| workload | nbdkit null | nbdkit file | qemu-nbd qcow2 | ovs | ovs/nbdkit-file | ovs/qemu-nbd-qcow2 |"
-	echo "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"
+	echo "| workload | nbdkit null | nbdkit file | qemu-nbd qcow2 | ovs (local backend) | ovs/nbdkit-file | ovs/qemu-nbd-qcow2 | ovs (EC 4+2 backend) | ovs-ec/nbdkit-file |"
+	echo "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
 	row "4 KiB randwrite QD32, IOPS" randwrite iops
 	row "4 KiB randread QD32, IOPS" randread iops
 	row "4 KiB randwrite QD1, IOPS" qd1 iops
