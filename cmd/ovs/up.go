@@ -37,6 +37,7 @@ type upOptions struct {
 	pprofAddr     string
 	backend       string
 	asds          int
+	scrubEvery    time.Duration
 	arakoonClient string
 	arakoonRaft   string
 }
@@ -62,7 +63,7 @@ func newUpCommand() *cobra.Command {
 	f.StringVar(&o.nbdAddr, "nbd", "127.0.0.1:10809", "NBD listen address (TCP); empty disables it")
 	f.StringVar(&o.nbdSocket, "nbd-socket", "", "NBD unix socket (default DATA/nbd.sock); \"none\" disables it")
 	o.readCache = 64 << 20
-	o.metadataCache = 32 << 20
+	o.metadataCache = 64 << 20
 	o.writeBuffer = 1 << 30
 	o.maxPending = 512 << 20
 	f.Var(&o.readCache, "read-cache", "read cache size, shared by all vdisks")
@@ -72,6 +73,7 @@ func newUpCommand() *cobra.Command {
 	f.DurationVar(&o.autoSync, "auto-sync", 30*time.Second, "upload an open TLog holding data after this long")
 	f.StringVar(&o.backend, "backend", "", "ec (erasure-coded over local ASD processes, the default for a new DATA) or local (a plain directory); DATA remembers its choice")
 	f.IntVar(&o.asds, "asds", 6, "ASD processes of the erasure-coded backend (4+2 needs 6)")
+	f.DurationVar(&o.scrubEvery, "scrub-interval", time.Hour, "scrub every vdisk this often in the background (0 disables)")
 	f.StringVar(&o.arakoonClient, "arakoon-client", "127.0.0.1:8900", "client address of the embedded 1-node arakoon")
 	f.StringVar(&o.arakoonRaft, "arakoon-raft", "127.0.0.1:8901", "raft address of the embedded 1-node arakoon")
 	f.StringVar(&o.logLevel, "log-level", "info", "debug, info, warn or error")
@@ -100,6 +102,7 @@ func runUp(ctx context.Context, o *upOptions) error {
 	}
 	log.Info("starting ovs up", "data", o.data, "backend", kind)
 	var backend scos.Backend
+	var backendAdmin http.Handler // the erasure-coded backend's admin API, if any
 	switch kind {
 	case "local":
 		if backend, err = scos.NewLocalDir(filepath.Join(o.data, "backend")); err != nil {
@@ -127,6 +130,7 @@ func runUp(ctx context.Context, o *upOptions) error {
 			}
 		}()
 		backend = ec.Backend
+		backendAdmin = scos.NewECAdminHandler(ec.Backend)
 	}
 	drv, err := volumedriver.Open(ctx, filepath.Join(o.data, "volumes"), backend, volumedriver.Options{
 		ReadCacheBytes:        int64(o.readCache),
@@ -134,6 +138,7 @@ func runUp(ctx context.Context, o *upOptions) error {
 		WriteBufferBytes:      int64(o.writeBuffer),
 		MaxPendingUploadBytes: int64(o.maxPending),
 		AutoSyncInterval:      o.autoSync,
+		ScrubInterval:         scrubInterval(o.scrubEvery),
 		Failpoint:             failpointsFromEnv(log),
 		Logger:                log,
 	})
@@ -191,7 +196,21 @@ func runUp(ctx context.Context, o *upOptions) error {
 
 	nbdSrv := nbd.NewServer(nbdExports{drv}, nbd.Options{Logger: log.With("frontend", "nbd")})
 	apiSrv := api.NewServer(drv, api.Options{Logger: log.With("component", "api")})
-	httpSrv := &http.Server{Handler: apiSrv.Handler(), ReadHeaderTimeout: 10 * time.Second}
+	handler := apiSrv.Handler()
+	if backendAdmin != nil {
+		// /api/v1/backend/... is the backend's admin API (status, ASDs,
+		// presets, repair, scrub), as `ovs backend` uses it.
+		mux := http.NewServeMux()
+		mux.Handle("/api/v1/backend/", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			r2 := r.Clone(r.Context())
+			r2.URL.Path = "/v1/" + strings.TrimPrefix(r.URL.Path, "/api/v1/backend/")
+			r2.URL.RawPath = ""
+			backendAdmin.ServeHTTP(w, r2)
+		}))
+		mux.Handle("/", handler)
+		handler = mux
+	}
+	httpSrv := &http.Server{Handler: handler, ReadHeaderTimeout: 10 * time.Second}
 
 	errc := make(chan error, len(listeners))
 	for _, l := range nbdLs {
@@ -358,4 +377,12 @@ func backendKind(data, flag string) (string, error) {
 		return "", fmt.Errorf("write %s: %w", path, err)
 	}
 	return kind, nil
+}
+
+// scrubInterval maps the flag (0: off) onto the driver's option (negative: off).
+func scrubInterval(d time.Duration) time.Duration {
+	if d <= 0 {
+		return -1
+	}
+	return d
 }
