@@ -64,6 +64,10 @@ type ECConfig struct {
 	// KV holds manifests, namespaces, the ASD registry and presets. The
 	// backend does not close it.
 	KV KVStore
+	// SoleWriter: this process is the only one that changes the backend
+	// (a single-host cluster). Manifests and namespace records are then
+	// cached in memory, which takes a KV round trip off every read.
+	SoleWriter bool
 	// Preset is the preset new namespaces use (default "default").
 	Preset string
 	// Presets are added to the store when missing (an existing preset of
@@ -181,7 +185,7 @@ func NewECBackend(ctx context.Context, cfg ECConfig) (*ECBackend, error) {
 	cfg.setDefaults()
 	b := &ECBackend{
 		cfg:      cfg,
-		kv:       cfg.KV,
+		kv:       soleWriterKV(cfg),
 		log:      cfg.Logger,
 		hc:       cfg.HTTPClient,
 		asds:     map[string]*asdState{},
@@ -618,4 +622,11 @@ func (b *ECBackend) NamespaceExists(ctx context.Context, ns string) (bool, error
 		return false, nil
 	}
 	return err == nil, err
+}
+
+func soleWriterKV(cfg ECConfig) KVStore {
+	if !cfg.SoleWriter {
+		return cfg.KV
+	}
+	return newCachingKV(cfg.KV, 32<<20, kvObject, kvNamespace) // 32 MiB of manifests
 }

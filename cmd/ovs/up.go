@@ -120,7 +120,7 @@ func runUp(ctx context.Context, o *upOptions) error {
 				log.Error("stopping arakoon", "err", err)
 			}
 		}()
-		ec, err := startLocalEC(ctx, o.data, localECOptions{ASDs: o.asds, Config: scos.ECConfig{KV: arakoonKV{ara.client}}}, log)
+		ec, err := startLocalEC(ctx, o.data, localECOptions{ASDs: o.asds, Config: scos.ECConfig{KV: arakoonKV{ara.client}, SoleWriter: true}}, log)
 		if err != nil {
 			return fmt.Errorf("erasure-coded backend: %w", err)
 		}
