@@ -39,6 +39,8 @@ type Options struct {
 	// MaxPendingUploadBytes: past this much data not yet on the backend, a
 	// volume's writes wait (default 512 MiB).
 	MaxPendingUploadBytes int64
+	// UploadConcurrency: SCOs of a TLog uploaded at once (default 2).
+	UploadConcurrency int
 	// AutoSyncInterval: an open TLog holding data is sealed and uploaded
 	// after this long (default 30s).
 	AutoSyncInterval time.Duration
@@ -68,6 +70,9 @@ func (o *Options) setDefaults() {
 	}
 	if o.MaxPendingUploadBytes <= 0 {
 		o.MaxPendingUploadBytes = 512 << 20
+	}
+	if o.UploadConcurrency <= 0 {
+		o.UploadConcurrency = 2
 	}
 	if o.AutoSyncInterval <= 0 {
 		o.AutoSyncInterval = 30 * time.Second

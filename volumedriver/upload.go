@@ -8,6 +8,7 @@ import (
 	"io/fs"
 	"os"
 	"sort"
+	"sync"
 	"time"
 
 	"github.com/ovs-storage/ovs/scos"
@@ -108,10 +109,10 @@ func (v *Volume) uploadNext(ctx context.Context) (done bool, err error) {
 	t := v.state.Sealed[idx]
 	v.mu.Unlock()
 
-	for _, num := range t.SCOs {
-		if err := v.uploadFile(ctx, v.scoPath(num), v.scoName(num).String()); err != nil {
-			return false, err
-		}
+	// The SCOs go in parallel (each put waits for its fsync or its
+	// fragments); the TLog only once they are all there.
+	if err := v.uploadSCOs(ctx, t.SCOs); err != nil {
+		return false, err
 	}
 	if err := v.uploadFile(ctx, v.tlogPath(t.Name), t.Name); err != nil {
 		return false, err
@@ -162,6 +163,23 @@ func (v *Volume) uploadNext(ctx context.Context) (done bool, err error) {
 	v.progress = make(chan struct{})
 	v.mu.Unlock()
 	return false, nil
+}
+
+func (v *Volume) uploadSCOs(ctx context.Context, nums []uint32) error {
+	sem := make(chan struct{}, v.drv.opts.UploadConcurrency)
+	errs := make([]error, len(nums))
+	var wg sync.WaitGroup
+	for i, num := range nums {
+		sem <- struct{}{}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			defer func() { <-sem }()
+			errs[i] = v.uploadFile(ctx, v.scoPath(num), v.scoName(num).String())
+		}()
+	}
+	wg.Wait()
+	return errors.Join(errs...)
 }
 
 func (v *Volume) scoObjectNames(nums []uint32) []string {
