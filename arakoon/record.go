@@ -86,13 +86,6 @@ type applyResult struct {
 	Count  uint64 // delete_prefix: keys deleted; register_session: the session id
 }
 
-func (r *applyResult) err() *Error {
-	if r.Status == StatusOK {
-		return nil
-	}
-	return &Error{Status: r.Status, Msg: r.Msg}
-}
-
 func encodeResult(e *encoder, r *applyResult) {
 	e.u8(byte(r.Status))
 	e.optBytes(r.Value)

@@ -3,7 +3,6 @@ package volumedriver
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -381,59 +380,4 @@ func (v *Volume) writeClusterIf(ctx context.Context, addr uint64, data []byte, e
 		return err
 	}
 	return v.appendClustersLocked(addr, data, []uint32{expect.crc})
-}
-
-// Scrub scrubs one vdisk (see Volume.Scrub), leaving alone the SCOs that
-// clones of it are built on.
-func (d *Driver) Scrub(ctx context.Context, name string) (ScrubResult, error) {
-	v, err := d.Volume(name)
-	if err != nil {
-		return ScrubResult{}, err
-	}
-	v.scrubMu.Lock()
-	defer v.scrubMu.Unlock()
-	d.mu.Lock()
-	v.mu.Lock()
-	id := v.state.Config.ID
-	snaps := append([]snapshotRecord(nil), v.state.Snapshots...)
-	v.mu.Unlock()
-	protected := 0
-	for _, sn := range snaps {
-		if len(d.clonesLocked(id, sn.Name)) > 0 {
-			protected = max(protected, sn.TLogCount)
-		}
-	}
-	d.mu.Unlock()
-	v.mu.Lock()
-	v.protectedTLogs = protected
-	v.mu.Unlock()
-	return v.Scrub(ctx)
-}
-
-// scrubber scrubs every vdisk every interval, for the life of the driver.
-func (d *Driver) scrubber(interval time.Duration) {
-	defer d.wg.Done()
-	t := time.NewTicker(interval)
-	defer t.Stop()
-	for {
-		select {
-		case <-d.stop:
-			return
-		case <-t.C:
-		}
-		for _, name := range d.Names() {
-			ctx, cancel := context.WithCancel(context.Background())
-			go func() {
-				select {
-				case <-d.stop:
-					cancel()
-				case <-ctx.Done():
-				}
-			}()
-			if _, err := d.Scrub(ctx, name); err != nil && !errors.Is(err, context.Canceled) && !errors.Is(err, ErrReadOnly) {
-				d.log.Warn("background scrub", "vdisk", name, "err", err)
-			}
-			cancel()
-		}
-	}
 }

@@ -187,16 +187,9 @@ func (v *Volume) restoreLocal(ctx context.Context, st localState) error {
 		if i < st.Checkpoint {
 			continue
 		}
-		data, err := os.ReadFile(v.tlogPath(t.Name))
-		if errors.Is(err, fs.ErrNotExist) && t.Uploaded {
-			data, err = v.backend.Get(ctx, v.ns, t.Name)
-		}
+		recs, err := v.readTLog(ctx, t.Name)
 		if err != nil {
-			return fmt.Errorf("read sealed %s: %w", t.Name, err)
-		}
-		recs, _, err := decodeTLog(data)
-		if err != nil {
-			return fmt.Errorf("sealed %s: %w", t.Name, err)
+			return fmt.Errorf("sealed TLog: %w", err)
 		}
 		if _, err := v.applyRecords(recs, 0); err != nil {
 			return fmt.Errorf("replay %s: %w", t.Name, err)
@@ -418,4 +411,21 @@ func (v *Volume) replayAncestors(ctx context.Context) error {
 		}
 	}
 	return nil
+}
+
+// readTLog decodes a sealed TLog: the local copy if the write buffer still
+// has it, else the one on the backend.
+func (v *Volume) readTLog(ctx context.Context, name string) ([]tlogRecord, error) {
+	data, err := os.ReadFile(v.tlogPath(name))
+	if errors.Is(err, fs.ErrNotExist) {
+		data, err = v.backend.Get(ctx, v.ns, name)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("read %s: %w", name, err)
+	}
+	recs, _, err := decodeTLog(data)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", name, err)
+	}
+	return recs, nil
 }

@@ -372,21 +372,6 @@ func (v *Volume) retireLocalSCOLocked(n scos.SCOName) {
 	// Otherwise the file is closed with the process; it is unlinked.
 }
 
-func (v *Volume) readTLog(ctx context.Context, name string) ([]tlogRecord, error) {
-	data, err := os.ReadFile(v.tlogPath(name))
-	if errors.Is(err, fs.ErrNotExist) {
-		data, err = v.backend.Get(ctx, v.ns, name)
-	}
-	if err != nil {
-		return nil, fmt.Errorf("read %s: %w", name, err)
-	}
-	recs, _, err := decodeTLog(data)
-	if err != nil {
-		return nil, fmt.Errorf("%s: %w", name, err)
-	}
-	return recs, nil
-}
-
 // backendSCOBytes is what the vdisk's SCOs take on the backend.
 func (v *Volume) backendSCOBytes(ctx context.Context) (int64, error) {
 	objs, err := v.backend.List(ctx, v.ns, "")
@@ -436,4 +421,59 @@ func (v *Volume) removeOrphans(ctx context.Context, names []string, uses map[uin
 		}
 	}
 	return nil
+}
+
+// Scrub scrubs one vdisk (see Volume.Scrub), leaving alone the SCOs that
+// clones of it are built on.
+func (d *Driver) Scrub(ctx context.Context, name string) (ScrubResult, error) {
+	v, err := d.Volume(name)
+	if err != nil {
+		return ScrubResult{}, err
+	}
+	v.scrubMu.Lock()
+	defer v.scrubMu.Unlock()
+	d.mu.Lock()
+	v.mu.Lock()
+	id := v.state.Config.ID
+	snaps := append([]snapshotRecord(nil), v.state.Snapshots...)
+	v.mu.Unlock()
+	protected := 0
+	for _, sn := range snaps {
+		if len(d.clonesLocked(id, sn.Name)) > 0 {
+			protected = max(protected, sn.TLogCount)
+		}
+	}
+	d.mu.Unlock()
+	v.mu.Lock()
+	v.protectedTLogs = protected
+	v.mu.Unlock()
+	return v.Scrub(ctx)
+}
+
+// scrubber scrubs every vdisk every interval, for the life of the driver.
+func (d *Driver) scrubber(interval time.Duration) {
+	defer d.wg.Done()
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	for {
+		select {
+		case <-d.stop:
+			return
+		case <-t.C:
+		}
+		for _, name := range d.Names() {
+			ctx, cancel := context.WithCancel(context.Background())
+			go func() {
+				select {
+				case <-d.stop:
+					cancel()
+				case <-ctx.Done():
+				}
+			}()
+			if _, err := d.Scrub(ctx, name); err != nil && !errors.Is(err, context.Canceled) && !errors.Is(err, ErrReadOnly) {
+				d.log.Warn("background scrub", "vdisk", name, "err", err)
+			}
+			cancel()
+		}
+	}
 }

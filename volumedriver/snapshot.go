@@ -23,8 +23,14 @@ type SnapshotInfo struct {
 // MaxSnapshotMetadata bounds the user metadata of a snapshot.
 const MaxSnapshotMetadata = 4096
 
-// ErrSnapshotNotFound: no snapshot by that name.
-var ErrSnapshotNotFound = fmt.Errorf("snapshot %w", ErrNotFound)
+// ErrSnapshotNotFound: no snapshot by that name. It also matches
+// ErrNotFound.
+var ErrSnapshotNotFound = snapshotNotFound{}
+
+type snapshotNotFound struct{}
+
+func (snapshotNotFound) Error() string        { return "snapshot not found" }
+func (snapshotNotFound) Is(target error) bool { return target == ErrNotFound }
 
 // CreateSnapshot takes a snapshot named name (generated from the time if
 // empty). It seals the open TLog and records a cut: the cost is a flush
@@ -232,16 +238,9 @@ func (v *Volume) Rollback(ctx context.Context, name string) error {
 	}
 	v.written = 0
 	for _, t := range v.state.Sealed {
-		data, err := os.ReadFile(v.tlogPath(t.Name))
-		if errors.Is(err, fs.ErrNotExist) {
-			data, err = v.backend.Get(ctx, v.ns, t.Name)
-		}
+		recs, err := v.readTLog(ctx, t.Name)
 		if err != nil {
-			return v.failLocked(fmt.Errorf("rollback: read %s: %w", t.Name, err))
-		}
-		recs, _, err := decodeTLog(data)
-		if err != nil {
-			return v.failLocked(fmt.Errorf("rollback: %s: %w", t.Name, err))
+			return v.failLocked(fmt.Errorf("rollback: %w", err))
 		}
 		n, err := v.applyRecords(recs, 0)
 		if err != nil {

@@ -3,7 +3,6 @@ package volumedriver
 import (
 	"crypto/rand"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -346,5 +345,3 @@ func checkSize(size int64, clusterSize int) error {
 func tlogMultiplierFor(scoSize int64) int {
 	return int(max(1, (64<<20)/scoSize))
 }
-
-var errNoLocalState = errors.New("no local state")
