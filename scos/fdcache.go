@@ -7,17 +7,21 @@ import (
 	"sync"
 )
 
-// fdCache keeps up to max files open for reading, least recently used
+// FileCache keeps up to max files open for reading, least recently used
 // evicted first. A handle is reference counted: eviction or invalidation
 // closes it only once no reader holds it, so a read never races a close.
-type fdCache struct {
+// Bounding it bounds the file descriptors that reads of many objects
+// (backend objects, SCOs in a volume's write buffer) keep open.
+type FileCache struct {
 	mu    sync.Mutex
 	max   int
-	files map[string]*cachedFile
-	lru   list.List // of *cachedFile, front = most recent
+	files map[string]*CachedFile
+	lru   list.List // of *CachedFile, front = most recent
 }
 
-type cachedFile struct {
+// CachedFile is an open file handed out by a FileCache; give it back
+// with Release.
+type CachedFile struct {
 	path    string
 	f       *os.File
 	refs    int
@@ -25,11 +29,16 @@ type cachedFile struct {
 	elem    *list.Element
 }
 
-func newFDCache(max int) fdCache {
-	return fdCache{max: max, files: map[string]*cachedFile{}}
+// NewFileCache returns a cache that keeps at most max files open.
+func NewFileCache(max int) *FileCache {
+	return &FileCache{max: max, files: map[string]*CachedFile{}}
 }
 
-func (c *fdCache) acquire(path string) (*cachedFile, error) {
+// ReadAt reads from the cached file.
+func (cf *CachedFile) ReadAt(p []byte, off int64) (int, error) { return cf.f.ReadAt(p, off) }
+
+// Acquire opens path for reading, or takes the handle already open.
+func (c *FileCache) Acquire(path string) (*CachedFile, error) {
 	c.mu.Lock()
 	if cf, ok := c.files[path]; ok {
 		cf.refs++
@@ -50,16 +59,17 @@ func (c *fdCache) acquire(path string) (*cachedFile, error) {
 		c.lru.MoveToFront(cf.elem)
 		return cf, nil
 	}
-	cf := &cachedFile{path: path, f: f, refs: 1}
+	cf := &CachedFile{path: path, f: f, refs: 1}
 	cf.elem = c.lru.PushFront(cf)
 	c.files[path] = cf
 	for c.lru.Len() > c.max {
-		c.dropLocked(c.lru.Back().Value.(*cachedFile))
+		c.dropLocked(c.lru.Back().Value.(*CachedFile))
 	}
 	return cf, nil
 }
 
-func (c *fdCache) release(cf *cachedFile) {
+// Release gives back a handle from Acquire.
+func (c *FileCache) Release(cf *CachedFile) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	cf.refs--
@@ -68,8 +78,8 @@ func (c *fdCache) release(cf *cachedFile) {
 	}
 }
 
-// invalidate forgets path: the object was replaced or deleted.
-func (c *fdCache) invalidate(path string) {
+// Invalidate forgets path: the file was replaced or deleted.
+func (c *FileCache) Invalidate(path string) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if cf, ok := c.files[path]; ok {
@@ -77,7 +87,8 @@ func (c *fdCache) invalidate(path string) {
 	}
 }
 
-func (c *fdCache) invalidatePrefix(prefix string) {
+// InvalidatePrefix forgets every path that starts with prefix.
+func (c *FileCache) InvalidatePrefix(prefix string) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	for p, cf := range c.files {
@@ -87,7 +98,7 @@ func (c *fdCache) invalidatePrefix(prefix string) {
 	}
 }
 
-func (c *fdCache) dropLocked(cf *cachedFile) {
+func (c *FileCache) dropLocked(cf *CachedFile) {
 	delete(c.files, cf.path)
 	c.lru.Remove(cf.elem)
 	cf.dropped = true

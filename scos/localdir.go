@@ -21,8 +21,12 @@ import (
 // overwriting) into place, and the directory is fsynced.
 type LocalDir struct {
 	root string
-	fds  fdCache
+	fds  *FileCache
 }
+
+// localDirOpenFiles bounds the objects kept open for ranged reads: enough
+// for the SCOs a few busy vdisks read from, far below RLIMIT_NOFILE.
+const localDirOpenFiles = 512
 
 // tmpPrefix marks in-flight puts; names starting with '.' are not valid
 // object names, so they never collide and List skips them.
@@ -33,7 +37,7 @@ func NewLocalDir(root string) (*LocalDir, error) {
 	if err := os.MkdirAll(root, 0o755); err != nil {
 		return nil, fmt.Errorf("local backend %s: %w", root, err)
 	}
-	return &LocalDir{root: root, fds: newFDCache(4096)}, nil
+	return &LocalDir{root: root, fds: NewFileCache(localDirOpenFiles)}, nil
 }
 
 // CheapReads: objects are local files.
@@ -115,7 +119,7 @@ func (b *LocalDir) DeleteNamespace(ctx context.Context, ns string) error {
 	if err := os.Rename(dir, trash); err != nil {
 		return fmt.Errorf("delete namespace %s: %w", ns, err)
 	}
-	b.fds.invalidatePrefix(dir + string(filepath.Separator))
+	b.fds.InvalidatePrefix(dir + string(filepath.Separator))
 	if err := syncDir(b.root); err != nil {
 		return err
 	}
@@ -194,7 +198,7 @@ func (b *LocalDir) put(ctx context.Context, ns, name string, overwrite bool, fil
 	}
 	if overwrite {
 		err = os.Rename(tmp, path)
-		b.fds.invalidate(path) // an open handle would read the old object
+		b.fds.Invalidate(path) // an open handle would read the old object
 	} else {
 		// link(2) refuses to replace an existing name: an atomic create.
 		err = os.Link(tmp, path)
@@ -238,7 +242,7 @@ func (b *LocalDir) ReadAt(ctx context.Context, ns, name string, p []byte, off in
 	// Ranged reads are the hot path of a vdisk whose SCOs left the write
 	// buffer: keep the objects open rather than open(2) each time.
 	path := filepath.Join(b.root, ns, name)
-	o, err := b.fds.acquire(path)
+	o, err := b.fds.Acquire(path)
 	if err != nil {
 		if errors.Is(err, fs.ErrNotExist) {
 			if ok, _ := b.NamespaceExists(ctx, ns); !ok {
@@ -247,7 +251,7 @@ func (b *LocalDir) ReadAt(ctx context.Context, ns, name string, p []byte, off in
 		}
 		return b.readErr(ns, name, err)
 	}
-	defer b.fds.release(o)
+	defer b.fds.Release(o)
 	if _, err := o.f.ReadAt(p, off); err != nil {
 		if errors.Is(err, io.EOF) {
 			return fmt.Errorf("read %s/%s [%d,+%d): past the end of the object", ns, name, off, len(p))
@@ -268,7 +272,7 @@ func (b *LocalDir) Delete(ctx context.Context, ns, name string) error {
 	if err := os.Remove(path); err != nil {
 		return b.readErr(ns, name, err)
 	}
-	b.fds.invalidate(path)
+	b.fds.Invalidate(path)
 	return syncDir(dir)
 }
 

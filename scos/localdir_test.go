@@ -113,7 +113,7 @@ func TestLocalDirReadAtSeesReplacements(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	b.fds = newFDCache(4)
+	b.fds = NewFileCache(4)
 	b.CreateNamespace(ctx, "ns")
 	p := make([]byte, 3)
 	for i, content := range []string{"one", "two", "six"} {

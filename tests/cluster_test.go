@@ -40,6 +40,8 @@ type cluster struct {
 	// Env is added to the environment of the next start (e.g.
 	// OVS_FAILPOINTS for crash tests).
 	Env []string
+	// Args are added to the `ovs up` command line of the next start.
+	Args []string
 
 	proc    *exec.Cmd
 	exited  chan struct{} // closed when proc has been waited for
@@ -51,10 +53,19 @@ type cluster struct {
 // and waits for it and its children.
 func startCluster(t *testing.T) *cluster {
 	t.Helper()
+	c := newCluster(t, t.TempDir())
+	c.start()
+	return c
+}
+
+// newCluster prepares an `ovs up` on data directory dir without starting
+// it, so that the test can set Args or Env first.
+func newCluster(t *testing.T, dir string) *cluster {
+	t.Helper()
 	if testing.Short() {
 		t.Skip("end-to-end test; skipped in -short mode")
 	}
-	c := &cluster{t: t, Dir: t.TempDir()}
+	c := &cluster{t: t, Dir: dir}
 	c.Socket = filepath.Join(c.Dir, "nbd.sock")
 	if len(c.Socket) > 100 { // sun_path holds 108 bytes
 		sd, err := os.MkdirTemp("", "ovs-sock-")
@@ -76,7 +87,6 @@ func startCluster(t *testing.T) *cluster {
 			c.dumpLog()
 		}
 	})
-	c.start()
 	return c
 }
 
@@ -136,6 +146,7 @@ func (c *cluster) start() {
 	if c.Socket != filepath.Join(c.Dir, "nbd.sock") {
 		args = append(args, "--nbd-socket", c.Socket)
 	}
+	args = append(args, c.Args...)
 	fmt.Fprintf(logf, "=== start %d at %s: %s %s\n", c.starts,
 		time.Now().Format(time.RFC3339Nano), ovsBin, strings.Join(args, " "))
 	cmd := exec.Command(ovsBin, args...)
@@ -405,6 +416,7 @@ type vdiskInfo struct {
 	Size               int64  `json:"size"`
 	Clients            int    `json:"clients"`
 	PendingUploadBytes int64  `json:"pending_upload_bytes"`
+	State              string `json:"state"`
 }
 
 func (c *cluster) info(name string) vdiskInfo {

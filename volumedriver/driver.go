@@ -39,6 +39,9 @@ type Options struct {
 	// MaxPendingUploadBytes: past this much data not yet on the backend, a
 	// volume's writes wait (default 512 MiB).
 	MaxPendingUploadBytes int64
+	// OpenSCOFiles bounds the SCO files of all write buffers kept open
+	// for reads (default 256).
+	OpenSCOFiles int
 	// UploadConcurrency: SCOs of a TLog uploaded at once (default 2).
 	UploadConcurrency int
 	// AutoSyncInterval: an open TLog holding data is sealed and uploaded
@@ -71,6 +74,9 @@ func (o *Options) setDefaults() {
 	if o.MaxPendingUploadBytes <= 0 {
 		o.MaxPendingUploadBytes = 512 << 20
 	}
+	if o.OpenSCOFiles <= 0 {
+		o.OpenSCOFiles = 256
+	}
 	if o.UploadConcurrency <= 0 {
 		o.UploadConcurrency = 2
 	}
@@ -99,6 +105,9 @@ type Driver struct {
 	opts    Options
 	log     *slog.Logger
 	cache   *ristretto.Cache[uint64, *cachedCluster]
+	// files holds read handles of SCOs in the write buffers, bounded so
+	// that many vdisks do not take a file descriptor per SCO.
+	files *scos.FileCache
 
 	stop chan struct{}
 	wg   sync.WaitGroup
@@ -138,6 +147,7 @@ func Open(ctx context.Context, dir string, backend scos.Backend, opts Options) (
 		vols:    map[string]*Volume{},
 		broken:  map[string]brokenVolume{},
 		stop:    make(chan struct{}),
+		files:   scos.NewFileCache(opts.OpenSCOFiles),
 	}
 	if opts.ReadCacheBytes > 0 {
 		c, err := ristretto.NewCache(&ristretto.Config[uint64, *cachedCluster]{
@@ -228,6 +238,7 @@ func (d *Driver) newVolume(cfg volumeConfig) *Volume {
 		kick:        make(chan struct{}, 1),
 		stop:        make(chan struct{}),
 	}
+	v.committed = sync.NewCond(&v.mu)
 	v.size.Store(cfg.Size)
 	v.setAncestors(cfg.Ancestors)
 	cheap, ok := d.backend.(scos.CheapReader)
@@ -533,7 +544,9 @@ func (v *Volume) resize(ctx context.Context, size int64) error {
 	v.md.grow(numPages(size, v.clusterSize))
 	v.size.Store(size)
 	if err := writeLocalState(v.dir, &v.state); err != nil {
-		return v.failLocked(err)
+		// The backend has the new size; state.json catches up at the
+		// next write of it.
+		return v.ioErrLocked(err)
 	}
 	return nil
 }
@@ -584,7 +597,7 @@ func (v *Volume) closeFiles() {
 
 func (v *Volume) closeFilesLocked() {
 	for _, s := range v.scos {
-		s.f.Close()
+		v.dropSCOFileLocked(s)
 	}
 	if v.tlog != nil && v.tlog.f != nil {
 		v.tlog.f.Close()

@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"sort"
+	"syscall"
 
 	"github.com/ovs-storage/ovs/scos"
 )
@@ -140,7 +141,8 @@ func (v *Volume) restoreFromBackend(ctx context.Context) error {
 	v.state.Snapshots = snaps.Snapshots
 	v.mu.Lock()
 	defer v.mu.Unlock()
-	if err := v.startTLogLocked(); err != nil {
+	next := v.state
+	if err := v.startTLogLocked(&next); err != nil {
 		return err
 	}
 	v.state.Checkpoint = len(v.state.Sealed)
@@ -230,8 +232,17 @@ func (v *Volume) restoreLocal(ctx context.Context, st localState) error {
 			f.Close()
 			return fmt.Errorf("stat SCO %s: %w", name, err)
 		}
+		// What is not on the backend yet may be in the page cache only
+		// (the process died): make it durable before serving it.
+		if pending {
+			if err := syscall.Fdatasync(int(f.Fd())); err != nil {
+				f.Close()
+				return fmt.Errorf("sync SCO %s: %w", name, err)
+			}
+		}
+		f.Close() // sealed: reads go through the driver's file cache
 		clusters := int(fi.Size() / int64(v.clusterSize))
-		s := &scoFile{num: name.Number, f: f, clusters: clusters, fileClusters: clusters, sealed: true, uploaded: !pending}
+		s := &scoFile{num: name.Number, clusters: clusters, fileClusters: clusters, sealed: true, uploaded: !pending}
 		v.scos[s.num] = s
 		v.writeBuffer += fi.Size()
 		maxSCO = max(maxSCO, name.Number)
@@ -239,7 +250,8 @@ func (v *Volume) restoreLocal(ctx context.Context, st localState) error {
 	v.nextSCO = max(st.OpenFirstSCO, maxSCO+1, 1)
 	v.mu.Lock()
 	defer v.mu.Unlock()
-	return v.startTLogLocked()
+	next := v.state
+	return v.startTLogLocked(&next)
 }
 
 // recoverOpenTLog handles the TLog that was open when the volume stopped.

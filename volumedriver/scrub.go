@@ -366,10 +366,7 @@ func (v *Volume) retireLocalSCOLocked(n scos.SCOName) {
 	delete(v.scos, n.Number)
 	os.Remove(v.scoPath(n.Number))
 	v.writeBuffer -= int64(s.clusters) * int64(v.clusterSize)
-	if s.readers.Load() == 0 {
-		s.f.Close()
-	}
-	// Otherwise the file is closed with the process; it is unlinked.
+	v.dropSCOFileLocked(s) // a reader holding it finishes on the open file
 }
 
 // backendSCOBytes is what the vdisk's SCOs take on the backend.

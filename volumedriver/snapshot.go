@@ -54,7 +54,7 @@ func (v *Volume) CreateSnapshot(ctx context.Context, name, metadata string) (Sna
 		return SnapshotInfo{}, fmt.Errorf("%w: snapshot %s of %s", ErrExists, name, v.name())
 	}
 	if err := v.sealTLogLocked(); err != nil {
-		return SnapshotInfo{}, v.failLocked(err)
+		return SnapshotInfo{}, v.ioErrLocked(err)
 	}
 	var before int64
 	for _, sn := range v.state.Snapshots {
@@ -73,7 +73,7 @@ func (v *Volume) CreateSnapshot(ctx context.Context, name, metadata string) (Sna
 	v.state.WrittenBytes = v.written
 	if err := writeLocalState(v.dir, &v.state); err != nil {
 		v.state.Snapshots = v.state.Snapshots[:len(v.state.Snapshots)-1]
-		return SnapshotInfo{}, v.failLocked(err)
+		return SnapshotInfo{}, v.ioErrLocked(err)
 	}
 	v.kickUploader()
 	return v.snapshotInfoLocked(sn), nil
@@ -137,7 +137,7 @@ func (v *Volume) DeleteSnapshot(ctx context.Context, name string) error {
 	v.state.Snapshots = snaps
 	if err := writeLocalState(v.dir, &v.state); err != nil {
 		v.state.Snapshots = old
-		return v.failLocked(err)
+		return v.ioErrLocked(err)
 	}
 	v.snapshotsDirty = true
 	v.kickUploader()
@@ -184,11 +184,17 @@ func (v *Volume) Rollback(ctx context.Context, name string) error {
 	if i < 0 {
 		return fmt.Errorf("%w: %s@%s", ErrSnapshotNotFound, v.name(), name)
 	}
+	// A batch being written goes to files about to be discarded; let it
+	// land before they are closed.
+	for v.pending != nil && v.pending.writing {
+		v.committed.Wait()
+	}
 	sn := v.state.Snapshots[i]
 	start := time.Now()
 
 	// Everything after the cut goes: sealed TLogs, the open TLog, and
 	// the SCOs written since the snapshot.
+	v.abandonPendingLocked()
 	if v.cur != nil {
 		v.cur.buf = nil
 		v.cur.sealed = true
@@ -207,7 +213,8 @@ func (v *Volume) Rollback(ctx context.Context, name string) error {
 	v.state.Snapshots = v.state.Snapshots[:i+1]
 	v.state.Checkpoint = 0
 	v.state.Garbage = append(v.state.Garbage, *discarded)
-	if err := v.startTLogLocked(); err != nil { // writes state.json: the switch
+	next := v.state
+	if err := v.startTLogLocked(&next); err != nil { // writes state.json: the switch
 		return v.failLocked(err)
 	}
 	v.drv.failpoint("rollback-after-switch")
@@ -219,7 +226,7 @@ func (v *Volume) Rollback(ctx context.Context, name string) error {
 	v.unsynced = v.unsynced[:0]
 	for num, s := range v.scos {
 		if num >= sn.NextSCO {
-			s.f.Close()
+			v.dropSCOFileLocked(s)
 			doomed = append(doomed, v.scoPath(num))
 			v.writeBuffer -= int64(s.clusters) * int64(v.clusterSize)
 			delete(v.scos, num)

@@ -64,7 +64,7 @@ func (v *Volume) sealIdle(interval time.Duration) {
 		return
 	}
 	if err := v.sealTLogLocked(); err != nil {
-		v.failLocked(err)
+		v.ioErrLocked(err)
 	}
 }
 
@@ -336,7 +336,7 @@ func (v *Volume) evictLocked() {
 			continue
 		}
 		size := int64(s.clusters) * int64(v.clusterSize)
-		s.f.Close()
+		v.dropSCOFileLocked(s)
 		if err := os.Remove(v.scoPath(s.num)); err != nil && !errors.Is(err, fs.ErrNotExist) {
 			v.log.Warn("evict SCO", "vdisk", v.name(), "sco", v.scoName(s.num).String(), "err", err)
 		}
@@ -355,7 +355,7 @@ func (v *Volume) Sync(ctx context.Context) error {
 	}
 	if v.tlog.records > 0 || len(v.tlog.scos) > 0 {
 		if err := v.sealTLogLocked(); err != nil {
-			err = v.failLocked(err)
+			err = v.ioErrLocked(err)
 			v.mu.Unlock()
 			return err
 		}

@@ -83,6 +83,14 @@ type Volume struct {
 	// scrubMu: one scrub at a time, and no clone is taken during one.
 	scrubMu sync.Mutex
 
+	// Group commit (see Writes): writes are acknowledged once in the
+	// kernel; kernelSeq is the newest change that is.
+	kernelSeq uint64
+	pending   *commitBatch // captured by a leader, maybe not yet written
+	committed *sync.Cond   // on mu: a leader finished a batch
+	spareData []byte       // a free SCO gather buffer
+	spareRecs []byte       // a free TLog record buffer
+
 	kick     chan struct{}
 	stop     chan struct{}
 	stopOnce sync.Once
@@ -91,8 +99,10 @@ type Volume struct {
 
 // scoFile is an SCO in the local write buffer.
 type scoFile struct {
-	num      uint32
-	version  uint8
+	num     uint32
+	version uint8
+	// f is open for writing until the SCO is sealed and synced; reads
+	// go through the driver's file cache.
 	f        *os.File
 	clusters int // clusters written, in the file or in buf
 	// The open SCO gathers clusters in buf and writes them out in large
@@ -145,6 +155,61 @@ func (v *Volume) checkRange(off int64, n int64) error {
 
 // ---------------------------------------------------------------------------
 // Writes
+//
+// A write is acknowledged once its data and its TLog record are in the
+// kernel (write(2), no fsync): the death of the process then loses nothing
+// acknowledged, as with nbdkit's file plugin or tgt. A flush adds fsync, for
+// power loss. Concurrent writers share the system calls (group commit):
+// each appends to the open SCO's gather buffer and the TLog's record buffer
+// under mu, then one of them, the leader, hands everything appended so far
+// to the kernel outside mu, one write(2) per file, while the others append
+// the next batch.
+//
+// Errors of the write path leave the volume consistent and are retried by
+// the next operation: a write that hit ENOSPC fails, and the volume serves
+// again once there is space. Only a failed fsync, after which the kernel
+// may have dropped data we can no longer write again, fails the volume.
+
+// commitBatch is what one leader hands to the kernel: the open SCO's
+// gathered clusters and the TLog records appended since the last batch.
+// Its byte ranges are reserved in both files when it is captured, so later
+// writes go to their own ranges; whoever needs the files complete (a drain,
+// a flush, a seal) writes a pending batch itself first (settleLocked), and
+// the leader's own write of the same bytes is then harmless.
+type commitBatch struct {
+	seq     uint64   // every change up to seq is in the batch or before it
+	sco     *scoFile // nil if the batch has no data
+	scoF    *os.File // sco.f when captured (the field changes under mu)
+	from    int      // first cluster of data in the SCO
+	data    []byte
+	tlog    *os.File // nil if the batch has no records
+	recOff  int64
+	recs    []byte
+	writing bool // a leader is writing it outside mu
+	done    bool // it is in the kernel
+}
+
+func (b *commitBatch) write(clusterSize int) error {
+	if len(b.data) > 0 {
+		if _, err := b.scoF.WriteAt(b.data, int64(b.from)*int64(clusterSize)); err != nil {
+			return fmt.Errorf("write SCO %s: %w", scos.SCOName{Number: b.sco.num, Version: b.sco.version}, err)
+		}
+	}
+	if len(b.recs) > 0 {
+		if _, err := b.tlog.WriteAt(b.recs, b.recOff); err != nil {
+			return fmt.Errorf("write TLog: %w", err)
+		}
+	}
+	return nil
+}
+
+// durabilityError is a failed fsync: what the kernel held may be gone
+// (Linux drops the pages of a failed writeback), so the volume cannot go on
+// as if it were not.
+type durabilityError struct{ err error }
+
+func (e *durabilityError) Error() string { return e.err.Error() }
+func (e *durabilityError) Unwrap() error { return e.err }
 
 // WriteAt writes p at byte offset off. With fua the data is durable when it
 // returns.
@@ -189,7 +254,8 @@ func (v *Volume) writePartial(ctx context.Context, p []byte, off int64) error {
 	return v.writeClusters(ctx, addr, buf)
 }
 
-// writeClusters appends whole clusters starting at cluster address addr.
+// writeClusters appends whole clusters starting at cluster address addr
+// and returns once they are in the kernel.
 func (v *Volume) writeClusters(ctx context.Context, addr uint64, data []byte) error {
 	cs := v.clusterSize
 	n := len(data) / cs
@@ -209,30 +275,162 @@ func (v *Volume) writeClusters(ctx context.Context, addr uint64, data []byte) er
 	if err := v.writableLocked(); err != nil {
 		return err
 	}
-	return v.appendClustersLocked(addr, data, crcs)
+	if err := v.appendClustersLocked(addr, data, crcs); err != nil {
+		return v.ioErrLocked(err)
+	}
+	return v.commitLocked(v.seq)
+}
+
+// commitLocked returns once every change up to seq is in the kernel,
+// leading a batch or waiting for the leader of one. It releases mu while
+// a batch is written.
+func (v *Volume) commitLocked(seq uint64) error {
+	for v.kernelSeq < seq {
+		if v.failed != nil || v.closed {
+			return v.writableLocked()
+		}
+		b := v.pending
+		if b != nil && b.writing {
+			v.committed.Wait()
+			continue
+		}
+		if b == nil {
+			b = v.captureLocked()
+			if b == nil {
+				v.kernelSeq = v.seq
+				return nil
+			}
+		}
+		// Lead: write b (new, or left by a leader that failed) outside mu.
+		b.writing = true
+		v.mu.Unlock()
+		err := b.write(v.clusterSize)
+		v.mu.Lock()
+		b.writing = false
+		if err == nil {
+			b.done = true
+		}
+		if b.done {
+			v.retireLocked(b)
+		}
+		v.committed.Broadcast()
+		if !b.done {
+			return v.ioErrLocked(err)
+		}
+	}
+	return nil
+}
+
+// captureLocked takes what was appended since the last batch into a new
+// pending batch, reserving its ranges in the files. It returns nil if
+// nothing is waiting.
+func (v *Volume) captureLocked() *commitBatch {
+	cs := v.clusterSize
+	b := &commitBatch{seq: v.seq}
+	if s := v.cur; s != nil && len(s.buf) > 0 {
+		b.sco, b.scoF, b.from, b.data = s, s.f, s.fileClusters, s.buf
+		s.fileClusters += len(s.buf) / cs
+		s.buf = v.spareData[:0]
+		v.spareData = nil
+		if s.buf == nil {
+			s.buf = make([]byte, 0, scoBufSize)
+		}
+	}
+	if t := v.tlog; len(t.buf) > 0 {
+		b.tlog, b.recOff, b.recs = t.f, t.size, t.buf
+		t.size += int64(len(t.buf))
+		v.pendingUpload += int64(len(t.buf))
+		t.buf = v.spareRecs[:0]
+		v.spareRecs = nil
+	}
+	if b.sco == nil && b.tlog == nil {
+		return nil
+	}
+	v.pending = b
+	return b
+}
+
+// retireLocked forgets a batch that is in the kernel and recycles its
+// buffers.
+func (v *Volume) retireLocked(b *commitBatch) {
+	v.kernelSeq = max(v.kernelSeq, b.seq)
+	if b.writing {
+		return // its leader retires it when its write returns
+	}
+	if v.pending == b {
+		v.pending = nil
+	}
+	if cap(b.data) == scoBufSize {
+		v.spareData = b.data[:0]
+	}
+	if b.recs != nil {
+		v.spareRecs = b.recs[:0]
+	}
+	b.data, b.recs = nil, nil
+}
+
+// settleLocked writes the pending batch, if any, itself: the files are
+// then complete up to the ranges handed out so far.
+func (v *Volume) settleLocked() error {
+	b := v.pending
+	if b == nil || b.done {
+		return nil
+	}
+	if err := b.write(v.clusterSize); err != nil {
+		return err
+	}
+	b.done = true
+	v.retireLocked(b)
+	return nil
+}
+
+// abandonPendingLocked drops the pending batch: a rollback discards what
+// it held.
+func (v *Volume) abandonPendingLocked() {
+	if b := v.pending; b != nil {
+		b.done = true
+		v.retireLocked(b)
+	}
+	v.kernelSeq = v.seq
 }
 
 // appendClustersLocked appends whole clusters (with their CRCs) to the
-// open SCO and records them in the TLog and the metadata store.
+// open SCO and records them in the TLog and the metadata store. Every step
+// that can fail comes before the volume's state changes for a piece, so a
+// failure leaves the volume as it was before that piece.
 func (v *Volume) appendClustersLocked(addr uint64, data []byte, crcs []uint32) error {
 	cs := v.clusterSize
 	n := len(data) / cs
 	for i := 0; i < n; {
 		sco, err := v.openSCOLocked()
 		if err != nil {
-			return v.failLocked(err)
+			return err
 		}
 		k := min(v.scoClusters-sco.clusters, n-i)
+		a := addr + uint64(i)
+		// Load the metadata pages first: loading may evict (and write
+		// back) another page, which can fail.
+		for no := a / pageEntries; no <= (a+uint64(k)-1)/pageEntries; no++ {
+			if _, err := v.md.page(no); err != nil {
+				return err
+			}
+		}
 		if err := v.appendSCOLocked(sco, data[i*cs:(i+k)*cs]); err != nil {
-			return v.failLocked(err)
+			// Forget what of this piece reached the buffer or the file:
+			// the SCO holds exactly its first sco.clusters clusters.
+			if sco.fileClusters > sco.clusters {
+				sco.fileClusters = sco.clusters
+			}
+			sco.buf = sco.buf[:(sco.clusters-sco.fileClusters)*cs]
+			return err
 		}
 		for j := 0; j < k; j++ {
 			v.seq++
 			loc := scos.ClusterLocation{SCO: v.scoName(sco.num), Offset: uint16(sco.clusters + j)}.Pack()
-			a := addr + uint64(i+j)
-			v.tlog.buf = appendRecord(v.tlog.buf, tlogRecord{Type: recWrite, DataCRC: crcs[i+j], Addr: a, Loc: loc})
+			v.tlog.buf = appendRecord(v.tlog.buf, tlogRecord{Type: recWrite, DataCRC: crcs[i+j], Addr: a + uint64(j), Loc: loc})
 			v.tlog.records++
-			if err := v.md.set(a, mdEntry{loc: loc, crc: crcs[i+j]}, v.seq); err != nil {
+			if err := v.md.set(a+uint64(j), mdEntry{loc: loc, crc: crcs[i+j]}, v.seq); err != nil {
+				// The page was loaded above; this cannot happen.
 				return v.failLocked(err)
 			}
 		}
@@ -244,15 +442,15 @@ func (v *Volume) appendClustersLocked(addr uint64, data []byte, crcs []uint32) e
 		v.written += bytes
 		i += k
 		if sco.clusters == v.scoClusters {
+			// The clusters are recorded; if sealing fails, the next
+			// write retries it (openSCOLocked).
 			if err := v.sealSCOLocked(); err != nil {
-				return v.failLocked(err)
+				return err
 			}
 		}
 	}
 	if len(v.tlog.buf) >= 64<<10 {
-		if err := v.writeTLogBufLocked(); err != nil {
-			return v.failLocked(err)
-		}
+		return v.writeTLogBufLocked()
 	}
 	return nil
 }
@@ -261,10 +459,14 @@ func (v *Volume) appendClustersLocked(addr uint64, data []byte, crcs []uint32) e
 // is written to the file.
 const scoBufSize = 256 << 10
 
-// appendSCOLocked appends whole clusters to the open SCO.
+// appendSCOLocked appends whole clusters to the open SCO, past its
+// sco.clusters recorded ones. On error the caller trims what was added.
 func (v *Volume) appendSCOLocked(sco *scoFile, data []byte) error {
 	cs := v.clusterSize
 	if len(sco.buf) == 0 && len(data) >= scoBufSize {
+		if err := v.settleLocked(); err != nil {
+			return err
+		}
 		if _, err := sco.f.WriteAt(data, int64(sco.fileClusters)*int64(cs)); err != nil {
 			return fmt.Errorf("write SCO %s: %w", v.scoName(sco.num), err)
 		}
@@ -273,7 +475,11 @@ func (v *Volume) appendSCOLocked(sco *scoFile, data []byte) error {
 	}
 	for len(data) > 0 {
 		if sco.buf == nil {
-			sco.buf = make([]byte, 0, scoBufSize)
+			sco.buf = v.spareData[:0]
+			v.spareData = nil
+			if sco.buf == nil {
+				sco.buf = make([]byte, 0, scoBufSize)
+			}
 		}
 		n := min(cap(sco.buf)-len(sco.buf), len(data))
 		sco.buf = append(sco.buf, data[:n]...)
@@ -289,6 +495,9 @@ func (v *Volume) appendSCOLocked(sco *scoFile, data []byte) error {
 
 // drainSCOLocked writes the buffered tail of an SCO to its file.
 func (v *Volume) drainSCOLocked(sco *scoFile) error {
+	if err := v.settleLocked(); err != nil {
+		return err
+	}
 	if sco == nil || len(sco.buf) == 0 {
 		return nil
 	}
@@ -314,13 +523,29 @@ func (v *Volume) writableLocked() error {
 	return nil
 }
 
-// failLocked records a write-path error: after a failed SCO or TLog write
-// the volume cannot promise what it holds, so it stops taking writes
-// rather than acknowledge ones it may lose. Reads go on.
+// failLocked records an error after which the volume cannot promise what
+// it holds (a failed fsync, a multi-step change cut short): it stops
+// taking writes rather than acknowledge ones it may lose. Reads go on; a
+// restart recovers from what is on disk and on the backend.
 func (v *Volume) failLocked(err error) error {
 	if v.failed == nil {
 		v.failed = err
 		v.log.Error("volume failed, refusing writes until restarted", "vdisk", v.name(), "err", err)
+	}
+	return fmt.Errorf("%s: %w", v.name(), err)
+}
+
+// ioErrLocked handles an error of the write path: a failed fsync fails
+// the volume; anything else (ENOSPC, EMFILE, ...) fails only this
+// operation, and the volume serves again once the cause is gone.
+func (v *Volume) ioErrLocked(err error) error {
+	var de *durabilityError
+	if errors.As(err, &de) {
+		return v.failLocked(err)
+	}
+	if v.failed == nil {
+		v.log.Warn("write path error; the operation fails, the vdisk stays consistent and retries",
+			"vdisk", v.name(), "err", err)
 	}
 	return fmt.Errorf("%s: %w", v.name(), err)
 }
@@ -345,15 +570,27 @@ func (v *Volume) throttle(ctx context.Context) error {
 	}
 }
 
+// openSCOLocked returns the open SCO, creating the next one if needed. It
+// first finishes a seal that failed earlier.
 func (v *Volume) openSCOLocked() (*scoFile, error) {
+	if v.cur != nil && v.cur.clusters == v.scoClusters {
+		if err := v.sealSCOLocked(); err != nil {
+			return nil, err
+		}
+	}
 	if v.cur != nil {
 		return v.cur, nil
 	}
+	if len(v.tlog.scos) >= v.tlogMult {
+		if err := v.sealTLogLocked(); err != nil {
+			return nil, err
+		}
+	}
 	num := v.nextSCO
 	if num == 0 || num == ^uint32(0) {
-		return nil, fmt.Errorf("SCO numbers exhausted")
+		return nil, v.failLocked(fmt.Errorf("SCO numbers exhausted"))
 	}
-	f, err := os.OpenFile(v.scoPath(num), os.O_RDWR|os.O_CREATE|os.O_TRUNC, 0o644)
+	f, err := os.OpenFile(v.scoPath(num), os.O_RDWR|os.O_CREATE|os.O_TRUNC, 0o600)
 	if err != nil {
 		return nil, fmt.Errorf("create SCO: %w", err)
 	}
@@ -375,8 +612,8 @@ func (v *Volume) sealSCOLocked() error {
 	if err := v.drainSCOLocked(v.cur); err != nil {
 		return err
 	}
-	v.cur.buf = nil
 	v.cur.sealed = true
+	v.spareData, v.cur.buf = v.cur.buf[:0], nil
 	v.cur = nil
 	if len(v.tlog.scos) >= v.tlogMult {
 		return v.sealTLogLocked()
@@ -384,24 +621,24 @@ func (v *Volume) sealSCOLocked() error {
 	return nil
 }
 
-// writeTLogBufLocked hands the buffered records to the kernel (no fsync):
-// after that a crash of the process does not lose them.
+// writeTLogBufLocked hands every buffered SCO cluster and TLog record to
+// the kernel (no fsync): after that a crash of the process loses nothing.
 func (v *Volume) writeTLogBufLocked() error {
-	if len(v.tlog.buf) == 0 {
-		return nil
-	}
 	// The records describe SCO data, which goes to the kernel first:
 	// write(2) order is all a process crash needs; fsync order is
 	// handled by flush.
 	if err := v.drainSCOLocked(v.cur); err != nil {
 		return err
 	}
-	if _, err := v.tlog.f.WriteAt(v.tlog.buf, v.tlog.size); err != nil {
-		return fmt.Errorf("write TLog %s: %w", v.tlog.name, err)
+	if len(v.tlog.buf) > 0 {
+		if _, err := v.tlog.f.WriteAt(v.tlog.buf, v.tlog.size); err != nil {
+			return fmt.Errorf("write TLog %s: %w", v.tlog.name, err)
+		}
+		v.tlog.size += int64(len(v.tlog.buf))
+		v.pendingUpload += int64(len(v.tlog.buf))
+		v.tlog.buf = v.tlog.buf[:0]
 	}
-	v.tlog.size += int64(len(v.tlog.buf))
-	v.pendingUpload += int64(len(v.tlog.buf))
-	v.tlog.buf = v.tlog.buf[:0]
+	v.kernelSeq = v.seq
 	return nil
 }
 
@@ -413,37 +650,50 @@ func (v *Volume) Flush(ctx context.Context) error {
 		return err
 	}
 	if err := v.flushLocked(); err != nil {
-		return v.failLocked(err)
+		return v.ioErrLocked(err)
 	}
 	return nil
 }
 
 // flushLocked: fdatasync the SCOs, then append a sync record and make the
 // TLog durable. A TLog record therefore never reaches the disk before the
-// data it points to.
+// data it points to. Sealed SCOs are closed once synced: the write buffer
+// keeps no file descriptor per SCO (reads go through the driver's bounded
+// file cache).
 func (v *Volume) flushLocked() error {
-	if v.flushedSeq == v.seq && len(v.tlog.buf) == 0 {
+	if v.flushedSeq == v.seq && len(v.tlog.buf) == 0 && v.pending == nil {
 		return nil
 	}
 	if err := v.drainSCOLocked(v.cur); err != nil {
 		return err
 	}
-	for _, s := range v.unsynced {
+	for len(v.unsynced) > 0 {
+		s := v.unsynced[0]
 		if err := syscall.Fdatasync(int(s.f.Fd())); err != nil {
-			return fmt.Errorf("sync SCO %s: %w", v.scoName(s.num), err)
+			return &durabilityError{fmt.Errorf("sync SCO %s: %w", v.scoName(s.num), err)}
 		}
+		if s != v.cur {
+			s.f.Close()
+			s.f = nil
+		}
+		v.unsynced = v.unsynced[1:]
 	}
 	v.unsynced = v.unsynced[:0]
 	if v.cur != nil {
 		v.unsynced = append(v.unsynced, v.cur)
 	}
+	n0 := len(v.tlog.buf)
 	v.tlog.buf = appendRecord(v.tlog.buf, tlogRecord{Type: recSync})
 	v.tlog.records++
 	if err := v.writeTLogBufLocked(); err != nil {
+		// Not written: take the sync record back, it would vouch for
+		// records that a later write(2) alone puts in the file.
+		v.tlog.buf = v.tlog.buf[:n0]
+		v.tlog.records--
 		return err
 	}
 	if err := syscall.Fdatasync(int(v.tlog.f.Fd())); err != nil {
-		return fmt.Errorf("sync TLog %s: %w", v.tlog.name, err)
+		return &durabilityError{fmt.Errorf("sync TLog %s: %w", v.tlog.name, err)}
 	}
 	v.flushedSeq = v.seq
 	return nil
@@ -459,14 +709,15 @@ func (v *Volume) beforeWriteBack(seq uint64) error {
 }
 
 // sealTLogLocked flushes and closes the open TLog (and the open SCO),
-// queues it for upload and opens a new one.
+// queues it for upload and opens a new one. It fails without a change: the
+// new TLog is made and named in state.json before the old one is let go.
 func (v *Volume) sealTLogLocked() error {
 	if v.cur != nil {
 		if err := v.drainSCOLocked(v.cur); err != nil {
 			return err
 		}
-		v.cur.buf = nil
 		v.cur.sealed = true
+		v.spareData, v.cur.buf = v.cur.buf[:0], nil
 		v.cur = nil
 	}
 	if v.tlog.records == 0 && len(v.tlog.scos) == 0 {
@@ -475,47 +726,60 @@ func (v *Volume) sealTLogLocked() error {
 	if err := v.flushLocked(); err != nil {
 		return err
 	}
-	if err := v.tlog.f.Close(); err != nil {
-		return fmt.Errorf("close TLog %s: %w", v.tlog.name, err)
-	}
-	v.state.Sealed = append(v.state.Sealed, sealedTLog{
+	sealed := sealedTLog{
 		Name:         v.tlog.name,
 		SCOs:         v.tlog.scos,
 		PendingBytes: v.tlog.scoBytes + v.tlog.size - tlogHeaderSize,
-	})
-	if err := v.startTLogLocked(); err != nil {
+	}
+	next := v.state
+	next.Sealed = append(v.state.Sealed[:len(v.state.Sealed):len(v.state.Sealed)], sealed)
+	old := v.tlog
+	if err := v.startTLogLocked(&next); err != nil {
 		return err
+	}
+	if err := old.f.Close(); err != nil {
+		// Synced above: nothing is lost.
+		v.log.Warn("close TLog", "vdisk", v.name(), "tlog", old.name, "err", err)
 	}
 	if len(v.state.Sealed)-v.state.Checkpoint >= 8 {
 		if err := v.checkpointLocked(); err != nil {
-			return err
+			var de *durabilityError
+			if errors.As(err, &de) {
+				return err
+			}
+			// The next seal tries again; until then a restart replays
+			// a few more TLogs.
+			v.log.Warn("checkpoint failed; retrying at the next TLog", "vdisk", v.name(), "err", err)
 		}
 	}
-	select {
-	case v.kick <- struct{}{}:
-	default:
-	}
+	v.kickUploader()
 	return nil
 }
 
-// startTLogLocked opens a new TLog and records it in state.json, so a
-// restart knows which file was being written.
-func (v *Volume) startTLogLocked() error {
+// startTLogLocked makes next the volume's state with a new, empty open
+// TLog: the file is created first and then named in state.json, so that a
+// restart knows which file was being written. On error nothing changed.
+func (v *Volume) startTLogLocked(next *localState) error {
 	name := newTLogName()
-	v.state.OpenTLog = name
-	v.state.OpenFirstSCO = v.nextSCO
-	v.state.WrittenBytes = v.written
-	if err := writeLocalState(v.dir, &v.state); err != nil {
-		return err
-	}
-	f, err := os.OpenFile(v.tlogPath(name), os.O_RDWR|os.O_CREATE|os.O_TRUNC, 0o644)
+	path := v.tlogPath(name)
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE|os.O_TRUNC, 0o600)
 	if err != nil {
 		return fmt.Errorf("create TLog: %w", err)
 	}
 	if _, err := f.Write(tlogHeader()); err != nil {
 		f.Close()
+		os.Remove(path)
 		return fmt.Errorf("create TLog: %w", err)
 	}
+	next.OpenTLog = name
+	next.OpenFirstSCO = v.nextSCO
+	next.WrittenBytes = v.written
+	if err := writeLocalState(v.dir, next); err != nil {
+		f.Close()
+		os.Remove(path)
+		return err
+	}
+	v.state = *next
 	v.tlog = &openTLog{name: name, f: f, size: tlogHeaderSize, opened: time.Now()}
 	return nil
 }
@@ -530,11 +794,13 @@ func (v *Volume) checkpointLocked() error {
 	if err := v.md.checkpoint(); err != nil {
 		return err
 	}
-	v.state.Checkpoint = len(v.state.Sealed)
-	v.state.WrittenBytes = v.written
-	if err := writeLocalState(v.dir, &v.state); err != nil {
+	next := v.state
+	next.Checkpoint = len(v.state.Sealed)
+	next.WrittenBytes = v.written
+	if err := writeLocalState(v.dir, &next); err != nil {
 		return err
 	}
+	v.state = next
 	v.removeOldTLogsLocked()
 	return nil
 }
@@ -607,14 +873,26 @@ func (v *Volume) zero(ctx context.Context, off, length int64, noHole bool) error
 	if err := v.writableLocked(); err != nil {
 		return err
 	}
-	v.seq++
 	addr, count := uint64(off/cs), uint64((end-off)/cs)
+	// Load the pages that hold mappings first, so that the trim cannot
+	// fail halfway once its record is in the TLog buffer.
+	for no := addr / pageEntries; no*pageEntries < addr+count; no++ {
+		next, ok := v.md.allocated.nextSet(no)
+		if !ok || next*pageEntries >= addr+count {
+			break
+		}
+		no = next
+		if _, err := v.md.page(no); err != nil {
+			return v.ioErrLocked(err)
+		}
+	}
+	v.seq++
 	v.tlog.buf = appendRecord(v.tlog.buf, tlogRecord{Type: recTrim, Addr: addr, Count: count})
 	v.tlog.records++
 	if err := v.md.trim(addr, count, v.seq); err != nil {
 		return v.failLocked(err)
 	}
-	return nil
+	return v.commitLocked(v.seq)
 }
 
 // ---------------------------------------------------------------------------
@@ -672,7 +950,13 @@ func (v *Volume) readClusters(ctx context.Context, addr uint64, buf []byte) erro
 		if e.loc != 0 {
 			loc := scos.UnpackLocation(e.loc)
 			if s, ok := v.scos[loc.SCO.Number]; ok && loc.SCO.CloneID == 0 && loc.SCO.Version == s.version {
-				if o := int(loc.Offset); o >= s.fileClusters && o < s.fileClusters+len(s.buf)/cs {
+				o := int(loc.Offset)
+				if b := v.pending; b != nil && b.sco == s && o >= b.from && o < b.from+len(b.data)/cs {
+					// Being handed to the kernel by a leader.
+					o -= b.from
+					copy(buf[i*cs:(i+1)*cs], b.data[o*cs:(o+1)*cs])
+					l.done = true
+				} else if o >= s.fileClusters && o < s.fileClusters+len(s.buf)/cs {
 					o -= s.fileClusters
 					copy(buf[i*cs:(i+1)*cs], s.buf[o*cs:(o+1)*cs])
 					l.done = true
@@ -715,6 +999,28 @@ func (v *Volume) readClusters(ctx context.Context, addr uint64, buf []byte) erro
 	return nil
 }
 
+// readLocalSCO reads from an SCO file in the write buffer, through the
+// driver's bounded cache of open files.
+func (v *Volume) readLocalSCO(s *scoFile, p []byte, off int64) error {
+	f, err := v.drv.files.Acquire(v.scoPath(s.num))
+	if err != nil {
+		return err
+	}
+	defer v.drv.files.Release(f)
+	_, err = f.ReadAt(p, off)
+	return err
+}
+
+// dropSCOFileLocked closes an SCO that leaves the write buffer and forgets
+// its cached read handle; the caller removes the file.
+func (v *Volume) dropSCOFileLocked(s *scoFile) {
+	if s.f != nil {
+		s.f.Close()
+		s.f = nil
+	}
+	v.drv.files.Invalidate(v.scoPath(s.num))
+}
+
 func (v *Volume) releaseLookups(ls []lookup) {
 	for _, l := range ls {
 		if l.sco != nil {
@@ -735,7 +1041,7 @@ func (v *Volume) readRun(ctx context.Context, ls []lookup, out []byte) error {
 	}
 	first := scos.UnpackLocation(ls[0].e.loc)
 	if ls[0].sco != nil {
-		_, err := ls[0].sco.f.ReadAt(out, int64(first.Offset)*int64(cs))
+		err := v.readLocalSCO(ls[0].sco, out, int64(first.Offset)*int64(cs))
 		if err == nil {
 			bad := -1
 			for i, l := range ls {
