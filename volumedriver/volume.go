@@ -612,13 +612,25 @@ func (v *Volume) sealSCOLocked() error {
 	if err := v.drainSCOLocked(v.cur); err != nil {
 		return err
 	}
-	v.cur.sealed = true
-	v.spareData, v.cur.buf = v.cur.buf[:0], nil
-	v.cur = nil
+	v.sealCurLocked()
 	if len(v.tlog.scos) >= v.tlogMult {
 		return v.sealTLogLocked()
 	}
 	return nil
+}
+
+// sealCurLocked ends writing to the open SCO, whose data is all in the
+// file (drained, no batch pending): its descriptor is closed, the next
+// flush syncs it through a new one.
+func (v *Volume) sealCurLocked() {
+	s := v.cur
+	s.sealed = true
+	v.spareData, s.buf = s.buf[:0], nil
+	if err := s.f.Close(); err != nil {
+		v.log.Warn("close SCO", "vdisk", v.name(), "sco", v.scoName(s.num).String(), "err", err)
+	}
+	s.f = nil
+	v.cur = nil
 }
 
 // writeTLogBufLocked hands every buffered SCO cluster and TLog record to
@@ -668,13 +680,8 @@ func (v *Volume) flushLocked() error {
 		return err
 	}
 	for len(v.unsynced) > 0 {
-		s := v.unsynced[0]
-		if err := syscall.Fdatasync(int(s.f.Fd())); err != nil {
-			return &durabilityError{fmt.Errorf("sync SCO %s: %w", v.scoName(s.num), err)}
-		}
-		if s != v.cur {
-			s.f.Close()
-			s.f = nil
+		if err := v.syncSCOLocked(v.unsynced[0]); err != nil {
+			return err
 		}
 		v.unsynced = v.unsynced[1:]
 	}
@@ -699,6 +706,25 @@ func (v *Volume) flushLocked() error {
 	return nil
 }
 
+// syncSCOLocked makes an SCO's data durable. A sealed SCO has no open
+// file any more (a busy write buffer would hold hundreds): it is opened
+// for the fdatasync, which covers every write to the file whatever
+// descriptor made it, and reports a writeback error not reported before.
+func (v *Volume) syncSCOLocked(s *scoFile) error {
+	f := s.f
+	if f == nil {
+		var err error
+		if f, err = os.OpenFile(v.scoPath(s.num), os.O_WRONLY, 0); err != nil {
+			return fmt.Errorf("sync SCO %s: %w", v.scoName(s.num), err)
+		}
+		defer f.Close()
+	}
+	if err := syscall.Fdatasync(int(f.Fd())); err != nil {
+		return &durabilityError{fmt.Errorf("sync SCO %s: %w", v.scoName(s.num), err)}
+	}
+	return nil
+}
+
 // beforeWriteBack is the metadata store's hook: a page may only go to disk
 // once the TLog records of its changes are durable.
 func (v *Volume) beforeWriteBack(seq uint64) error {
@@ -716,9 +742,7 @@ func (v *Volume) sealTLogLocked() error {
 		if err := v.drainSCOLocked(v.cur); err != nil {
 			return err
 		}
-		v.cur.sealed = true
-		v.spareData, v.cur.buf = v.cur.buf[:0], nil
-		v.cur = nil
+		v.sealCurLocked()
 	}
 	if v.tlog.records == 0 && len(v.tlog.scos) == 0 {
 		return nil

@@ -9,6 +9,7 @@ import (
 	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -495,5 +496,41 @@ func TestConcurrentWritesSurviveCrash(t *testing.T) {
 				t.Fatalf("block %d (writer %d, write %d) lost in the crash", blk, w, i)
 			}
 		}
+	}
+}
+
+// TestWriteBufferKeepsFewFiles: sealed SCOs in the write buffer hold no
+// file descriptor (1000 busy vdisks used to need thousands).
+func TestWriteBufferKeepsFewFiles(t *testing.T) {
+	ctx := context.Background()
+	e := newTestEnv(t)
+	e.opts.MaxPendingUploadBytes = 1 << 30
+	e.opts.UploadConcurrency = 2
+	d := e.open()
+	defer d.Close()
+	if _, err := d.Create(ctx, "a", 256<<20, CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	v, _ := d.Volume("a")
+	chunk := bytes.Repeat([]byte{0x42}, 1<<20)
+	for off := int64(0); off < 80<<20; off += int64(len(chunk)) {
+		if err := v.WriteAt(ctx, chunk, off, false); err != nil {
+			t.Fatal(err)
+		}
+	}
+	ents, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		t.Skip("no /proc/self/fd")
+	}
+	scoDir := filepath.Join(v.dir, "sco") + "/"
+	open := 0
+	for _, e := range ents {
+		if target, err := os.Readlink("/proc/self/fd/" + e.Name()); err == nil && strings.HasPrefix(target, scoDir) {
+			open++
+		}
+	}
+	// The open SCO, and those the uploader is reading at the moment.
+	if max := 1 + e.opts.UploadConcurrency; open > max {
+		t.Errorf("%d SCO files of one vdisk open after 20 SCOs were written, want at most %d", open, max)
 	}
 }
