@@ -40,6 +40,8 @@ type cluster struct {
 	// Env is added to the environment of the next start (e.g.
 	// OVS_FAILPOINTS for crash tests).
 	Env []string
+	// Flags are added to every start's command line (e.g. --backend local).
+	Flags []string
 
 	proc    *exec.Cmd
 	exited  chan struct{} // closed when proc has been waited for
@@ -51,10 +53,17 @@ type cluster struct {
 // and waits for it and its children.
 func startCluster(t *testing.T) *cluster {
 	t.Helper()
+	return startClusterWith(t)
+}
+
+// startClusterWith is startCluster with extra flags for `ovs up`, kept for
+// every restart.
+func startClusterWith(t *testing.T, flags ...string) *cluster {
+	t.Helper()
 	if testing.Short() {
 		t.Skip("end-to-end test; skipped in -short mode")
 	}
-	c := &cluster{t: t, Dir: t.TempDir()}
+	c := &cluster{t: t, Dir: t.TempDir(), Flags: flags}
 	c.Socket = filepath.Join(c.Dir, "nbd.sock")
 	if len(c.Socket) > 100 { // sun_path holds 108 bytes
 		sd, err := os.MkdirTemp("", "ovs-sock-")
@@ -136,6 +145,7 @@ func (c *cluster) start() {
 	if c.Socket != filepath.Join(c.Dir, "nbd.sock") {
 		args = append(args, "--nbd-socket", c.Socket)
 	}
+	args = append(args, c.Flags...)
 	fmt.Fprintf(logf, "=== start %d at %s: %s %s\n", c.starts,
 		time.Now().Format(time.RFC3339Nano), ovsBin, strings.Join(args, " "))
 	cmd := exec.Command(ovsBin, args...)

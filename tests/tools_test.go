@@ -24,6 +24,11 @@ var toolPackage = map[string]string{
 	"qemu-img": "qemu-utils",
 	"qemu-io":  "qemu-utils",
 	"fio":      "fio",
+
+	"qemu-system-x86_64": "qemu-system-x86",
+	"mkfs.ext4":          "e2fsprogs",
+	"e2fsck":             "e2fsprogs",
+	"debugfs":            "e2fsprogs",
 }
 
 // missingTool skips the test, or fails it when OVS_REQUIRE_TOOLS=1.
