@@ -9,6 +9,7 @@ import (
 	"encoding/hex"
 	"fmt"
 	"io"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -17,6 +18,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -31,8 +33,13 @@ import (
 // TestAckedWritesSurviveKill9 keeps 64 unflushed 4 KiB writes in flight
 // with libnbd, logs each write the server acknowledged, kills ovs up with
 // SIGKILL mid-stream and, after a restart, reads every logged write back.
-// The "no crash" case checks the writer and checker themselves.
+// The "no crash" case (ovs up, a clean restart) and the "nbdkit kill -9"
+// case (nbdkit's file plugin, which writes to the kernel before it
+// replies) check the writer and the checker themselves.
 func TestAckedWritesSurviveKill9(t *testing.T) {
+	if testing.Short() {
+		t.Skip("end-to-end test; skipped in -short mode")
+	}
 	py := needPython(t)
 	const (
 		nblocks   = 131072 // 512 MiB region, each block written at most once
@@ -40,16 +47,22 @@ func TestAckedWritesSurviveKill9(t *testing.T) {
 		killAfter = 20000 // acknowledged writes before the kill
 	)
 	for _, tc := range []struct {
-		name string
-		kill bool
+		name   string
+		nbdkit bool
+		kill   bool
 	}{
-		{"no crash", false},
-		{"kill -9", true},
+		{"no crash", false, false},
+		{"nbdkit kill -9", true, true},
+		{"kill -9", false, true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			c := startClusterWith(t, "--backend", "local")
-			c.create("acked", "1GiB")
-			uri := c.UnixURI("acked")
+			var srv crashServer
+			if tc.nbdkit {
+				srv = startNbdkitFile(t, GiB)
+			} else {
+				srv = ovsCrashServer(t, GiB)
+			}
+			uri := srv.uri()
 			logPath := filepath.Join(t.TempDir(), "acked.log")
 			n := int64(nblocks)
 			if !tc.kill {
@@ -116,7 +129,7 @@ func TestAckedWritesSurviveKill9(t *testing.T) {
 					t.Fatalf("writer stopped after %d acknowledged writes, before the kill: %s",
 						acked, wErr.String())
 				}
-				c.kill9()
+				srv.kill9()
 			}
 			for !ended && next("waiting for the end") {
 			}
@@ -139,13 +152,13 @@ func TestAckedWritesSurviveKill9(t *testing.T) {
 				t.Logf("%s: %s", when, strings.TrimSpace(out))
 			}
 			if tc.kill {
-				c.start()
+				srv.start()
 				check("after kill -9 and restart")
 				return
 			}
 			check("before restart")
-			c.stop()
-			c.start()
+			srv.stop()
+			srv.start()
 			check("after a clean restart")
 		})
 	}
@@ -165,34 +178,128 @@ func TestAckedWritesSurviveKill9(t *testing.T) {
 // program that writes now and fsyncs later would. A kill at a random moment
 // would mostly fall between files, where nothing unflushed is in flight.
 //
-// The "no crash" case runs the same guest, pauses included, without
-// killing anything: it checks the guest and the checker themselves.
+// Two more cases check the test itself: "no crash" runs the same guest,
+// pauses included, on ovs without killing anything; "nbdkit kill -9" kills
+// and restarts nbdkit's file plugin instead of ovs up, a server that hands
+// each write to the kernel before replying and so must pass.
 func TestGuestFsyncSurvivesKill9(t *testing.T) {
+	if testing.Short() {
+		t.Skip("end-to-end test; skipped in -short mode")
+	}
 	g := needGuest(t)
 	for _, tc := range []struct {
-		name string
-		kill bool
+		name   string
+		nbdkit bool
+		kill   bool
 	}{
-		{"no crash", false},
-		{"kill -9", true},
+		{"no crash", false, false},
+		{"nbdkit kill -9", true, true},
+		{"kill -9", false, true},
 	} {
-		t.Run(tc.name, func(t *testing.T) { guestFsyncRun(t, g, tc.kill) })
+		t.Run(tc.name, func(t *testing.T) {
+			var srv crashServer
+			if tc.nbdkit {
+				srv = startNbdkitFile(t, guestDisk)
+			} else {
+				srv = ovsCrashServer(t, guestDisk)
+			}
+			guestFsyncRun(t, g, srv, tc.kill)
+		})
 	}
 }
 
-func guestFsyncRun(t *testing.T, g guestKit, kill bool) {
-	const (
-		files     = 120
-		vdiskSize = 512 * MiB
-	)
-	pauses := []int{40, 81} // files during which ovs up is killed
+// crashServer is the NBD server the test kills: ovs up, or nbdkit as a
+// reference that keeps the promise.
+type crashServer struct {
+	name   string // for messages
+	socket string
+	export string
+	// kill9 kills the server with SIGKILL; stop stops it cleanly; start
+	// starts it again on the same data and socket.
+	kill9, stop, start func()
+}
+
+func (s crashServer) uri() string {
+	return "nbd+unix:///" + s.export + "?socket=" + s.socket
+}
+
+// ovsCrashServer is a vdisk of size bytes on `ovs up` with the local
+// backend (the fastest; the write path under test is the same).
+func ovsCrashServer(t *testing.T, size int64) crashServer {
+	t.Helper()
+	c := startClusterWith(t, "--backend", "local")
+	c.create("crash", fmt.Sprintf("%dMiB", size/MiB))
+	return crashServer{name: "ovs up", socket: c.Socket, export: "crash",
+		kill9: c.kill9, stop: c.stop, start: c.start}
+}
+
+// startNbdkitFile serves a file of size bytes with nbdkit's file plugin.
+func startNbdkitFile(t *testing.T, size int64) crashServer {
+	t.Helper()
+	needTools(t, "nbdkit")
+	dir := t.TempDir()
+	img := filepath.Join(dir, "disk.img")
+	if err := os.WriteFile(img, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Truncate(img, size); err != nil {
+		t.Fatal(err)
+	}
+	socket := filepath.Join(dir, "nbd.sock")
+	if len(socket) > 100 { // sun_path holds 108 bytes
+		sd, err := os.MkdirTemp("", "ovs-sock-")
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { os.RemoveAll(sd) })
+		socket = filepath.Join(sd, "nbd.sock")
+	}
+	var cmd *exec.Cmd
+	start := func() {
+		os.Remove(socket) // left by a killed nbdkit
+		cmd = exec.Command("nbdkit", "--foreground", "--unix", socket, "file", "file="+img)
+		cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+		if err := cmd.Start(); err != nil {
+			t.Fatalf("starting nbdkit: %v", err)
+		}
+		waitFor(t, 30*time.Second, "nbdkit to listen on "+socket, func() bool {
+			conn, err := net.Dial("unix", socket)
+			if err != nil {
+				return false
+			}
+			conn.Close()
+			return true
+		})
+	}
+	start()
+	t.Cleanup(func() {
+		cmd.Process.Kill()
+		cmd.Wait()
+	})
+	kill9 := func() {
+		cmd.Process.Kill()
+		cmd.Wait()
+		t.Logf("nbdkit (pid %d) killed with SIGKILL", cmd.Process.Pid)
+	}
+	stop := func() {
+		cmd.Process.Signal(syscall.SIGTERM)
+		cmd.Wait()
+	}
+	return crashServer{name: "nbdkit", socket: socket, export: "crash",
+		kill9: kill9, stop: stop, start: start}
+}
+
+// guestDisk is the size of the guest's disk; its files take about 70 MiB.
+const guestDisk = 512 * MiB
+
+func guestFsyncRun(t *testing.T, g guestKit, srv crashServer, kill bool) {
+	const files = 120
+	pauses := []int{40, 81} // files during which the server is killed
 	var pauseArg []string
 	for _, p := range pauses {
 		pauseArg = append(pauseArg, strconv.Itoa(p))
 	}
-	c := startClusterWith(t, "--backend", "local")
-	c.create("guest", "512MiB")
-	uri := c.UnixURI("guest")
+	uri := srv.uri()
 
 	// An empty ext4 made on the host: busybox's mke2fs makes only ext2.
 	dir := t.TempDir()
@@ -200,7 +307,7 @@ func guestFsyncRun(t *testing.T, g guestKit, kill bool) {
 	if err := os.WriteFile(fsImg, nil, 0o644); err != nil {
 		t.Fatal(err)
 	}
-	if err := os.Truncate(fsImg, vdiskSize); err != nil {
+	if err := os.Truncate(fsImg, guestDisk); err != nil {
 		t.Fatal(err)
 	}
 	mustRun(t, time.Minute, "mkfs.ext4", "-q", "-F", "-b", "4096",
@@ -208,7 +315,7 @@ func guestFsyncRun(t *testing.T, g guestKit, kill bool) {
 	mustRun(t, 2*time.Minute, "nbdcopy", "--flush", fsImg, uri)
 	os.Remove(fsImg)
 
-	gs := bootGuest(t, g, c.Socket, "guest", fmt.Sprintf("ovs_files=%d", files),
+	gs := bootGuest(t, g, srv.socket, srv.export, fmt.Sprintf("ovs_files=%d", files),
 		"ovs_pause="+strings.Join(pauseArg, ","))
 	for _, p := range pauses {
 		name := fmt.Sprintf("f%04d", p)
@@ -216,14 +323,15 @@ func guestFsyncRun(t *testing.T, g guestKit, kill bool) {
 		if !kill {
 			continue
 		}
-		t.Logf("guest has fsync'd %d files and half written %s; killing ovs up", gs.doneCount(), name)
-		c.kill9()
+		t.Logf("guest has fsync'd %d files and half written %s; killing %s",
+			gs.doneCount(), name, srv.name)
+		srv.kill9()
 		if _, ok := gs.done()[name]; ok {
 			// The guest pauses for seconds; this only happens on a
 			// machine too slow for the test to mean anything.
-			t.Fatalf("%s was fsync'd before ovs up was killed", name)
+			t.Fatalf("%s was fsync'd before %s was killed", name, srv.name)
 		}
-		c.start()
+		srv.start()
 	}
 	gs.waitExit(t, 5*time.Minute)
 	done := gs.done()
@@ -236,7 +344,7 @@ func guestFsyncRun(t *testing.T, g guestKit, kill bool) {
 	back := filepath.Join(dir, "back.img")
 	mustRun(t, 2*time.Minute, "nbdcopy", uri, back)
 	if out, err := run(t, 2*time.Minute, "", "e2fsck", "-fn", back); err != nil {
-		t.Errorf("the guest's filesystem is damaged (ovs up killed: %v; e2fsck -fn: %v):\n%s", kill, err, lastLines(out, 40))
+		t.Errorf("the guest's filesystem is damaged (%s killed: %v; e2fsck -fn: %v):\n%s", srv.name, kill, err, lastLines(out, 40))
 	}
 	files2 := filepath.Join(dir, "files")
 	if err := os.Mkdir(files2, 0o755); err != nil {
@@ -263,8 +371,8 @@ func guestFsyncRun(t *testing.T, g guestKit, kill bool) {
 		}
 	}
 	if len(bad) > 0 {
-		t.Errorf("%d of %d files the guest fsync'd came back wrong (ovs up killed: %v):\n%s",
-			len(bad), len(done), kill, strings.Join(bad, "\n"))
+		t.Errorf("%d of %d files the guest fsync'd came back wrong (%s killed: %v):\n%s",
+			len(bad), len(done), srv.name, kill, strings.Join(bad, "\n"))
 		return
 	}
 	t.Logf("all %d fsync'd files came back intact", len(done))

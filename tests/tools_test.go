@@ -24,6 +24,7 @@ var toolPackage = map[string]string{
 	"qemu-img": "qemu-utils",
 	"qemu-io":  "qemu-utils",
 	"fio":      "fio",
+	"nbdkit":   "nbdkit",
 
 	"qemu-system-x86_64": "qemu-system-x86",
 	"mkfs.ext4":          "e2fsprogs",
