@@ -11,7 +11,7 @@
 #   nbdkit          the file and null plugins (bench baselines)
 #   qemu-utils      qemu-img, qemu-io, qemu-nbd (tests, bench baseline)
 #   fio             with its nbd ioengine (tests, bench)
-#   qemu-system-x86, linux-image-cloud-amd64, busybox-static
+#   qemu-system-x86, linux-image-cloud-amd64, busybox-static, e2fsprogs
 #                   a tiny guest for tests/guest_test.go: qemu's NBD client
 #                   (reconnect-delay) under a real Linux kernel, whose
 #                   initramfs the test builds from busybox and the kernel's
@@ -24,7 +24,7 @@ set -euo pipefail
 
 packages=(
 	libnbd-bin python3-libnbd python3 nbdkit qemu-utils fio
-	qemu-system-x86 linux-image-cloud-amd64 busybox-static
+	qemu-system-x86 linux-image-cloud-amd64 busybox-static e2fsprogs
 	gcc libc6-dev make git ca-certificates
 )
 # shellcheck disable=SC2206
@@ -58,7 +58,7 @@ fi
 # its tool is not what PATH finds.
 fail=0
 for tool in nbdinfo nbdcopy nbdsh nbdkit qemu-img qemu-io qemu-nbd fio python3 gcc \
-	qemu-system-x86_64 busybox debugfs; do
+	qemu-system-x86_64 busybox; do
 	if ! command -v "$tool" >/dev/null; then
 		echo "deps: $tool not found in PATH" >&2
 		fail=1

@@ -310,7 +310,7 @@ func guestFsyncRun(t *testing.T, g guestKit, srv crashServer, kill bool) {
 	if err := os.Truncate(fsImg, guestDisk); err != nil {
 		t.Fatal(err)
 	}
-	mustRun(t, time.Minute, "mkfs.ext4", "-q", "-F", "-b", "4096",
+	mustRun(t, time.Minute, g.mkfs, "-q", "-F", "-b", "4096",
 		"-E", "lazy_itable_init=0,lazy_journal_init=0,nodiscard", fsImg)
 	mustRun(t, 2*time.Minute, "nbdcopy", "--flush", fsImg, uri)
 	os.Remove(fsImg)
@@ -343,14 +343,14 @@ func guestFsyncRun(t *testing.T, g guestKit, srv crashServer, kill bool) {
 	// Read the filesystem back from the vdisk, on the host.
 	back := filepath.Join(dir, "back.img")
 	mustRun(t, 2*time.Minute, "nbdcopy", uri, back)
-	if out, err := run(t, 2*time.Minute, "", "e2fsck", "-fn", back); err != nil {
+	if out, err := run(t, 2*time.Minute, "", g.e2fsck, "-fn", back); err != nil {
 		t.Errorf("the guest's filesystem is damaged (%s killed: %v; e2fsck -fn: %v):\n%s", srv.name, kill, err, lastLines(out, 40))
 	}
 	files2 := filepath.Join(dir, "files")
 	if err := os.Mkdir(files2, 0o755); err != nil {
 		t.Fatal(err)
 	}
-	mustRun(t, 2*time.Minute, "debugfs", "-R", "rdump /data "+files2, back)
+	mustRun(t, 2*time.Minute, g.debugfs, "-R", "rdump /data "+files2, back)
 
 	names := make([]string, 0, len(done))
 	for name := range done {
@@ -403,6 +403,8 @@ func lastLines(s string, n int) string {
 // initramfs built from busybox and that kernel's modules.
 type guestKit struct {
 	qemu, kernel, initrd string
+	// e2fsprogs, which make the guest's filesystem and read it back.
+	mkfs, e2fsck, debugfs string
 }
 
 // The guest's modules: the virtio PCI transport and block driver, and ext4
@@ -414,8 +416,14 @@ var guestModules = []string{"virtio_pci", "virtio_blk", "ext4"}
 // built per test rather than cached).
 func needGuest(t *testing.T) guestKit {
 	t.Helper()
-	needTools(t, "qemu-system-x86_64", "mkfs.ext4", "e2fsck", "debugfs", "nbdcopy")
+	needTools(t, "qemu-system-x86_64", "nbdcopy")
 	qemu, _ := exec.LookPath("qemu-system-x86_64")
+	var e2 [3]string
+	for i, name := range []string{"mkfs.ext4", "e2fsck", "debugfs"} {
+		if e2[i] = sbinTool(name); e2[i] == "" {
+			missingTool(t, "%s not found (Debian package e2fsprogs)", name)
+		}
+	}
 	busybox, err := staticBusybox()
 	if err != nil {
 		missingTool(t, "%v", err)
@@ -433,7 +441,23 @@ func needGuest(t *testing.T) guestKit {
 		t.Fatalf("building the guest's initramfs: %v", err)
 	}
 	t.Logf("guest: kernel %s, modules %v", kernel, mods)
-	return guestKit{qemu: qemu, kernel: kernel, initrd: initrd}
+	return guestKit{qemu: qemu, kernel: kernel, initrd: initrd,
+		mkfs: e2[0], e2fsck: e2[1], debugfs: e2[2]}
+}
+
+// sbinTool finds an administrator's tool in PATH or in the sbin
+// directories, which a non-login PATH may lack.
+func sbinTool(name string) string {
+	if p, err := exec.LookPath(name); err == nil {
+		return p
+	}
+	for _, d := range []string{"/usr/sbin", "/sbin"} {
+		p := filepath.Join(d, name)
+		if st, err := os.Stat(p); err == nil && st.Mode()&0o111 != 0 {
+			return p
+		}
+	}
+	return ""
 }
 
 // staticBusybox returns a busybox that needs no shared libraries (Debian

@@ -27,9 +27,6 @@ var toolPackage = map[string]string{
 	"nbdkit":   "nbdkit",
 
 	"qemu-system-x86_64": "qemu-system-x86",
-	"mkfs.ext4":          "e2fsprogs",
-	"e2fsck":             "e2fsprogs",
-	"debugfs":            "e2fsprogs",
 }
 
 // missingTool skips the test, or fails it when OVS_REQUIRE_TOOLS=1.
