@@ -11,6 +11,11 @@
 #   nbdkit          the file and null plugins (bench baselines)
 #   qemu-utils      qemu-img, qemu-io, qemu-nbd (tests, bench baseline)
 #   fio             with its nbd ioengine (tests, bench)
+#   qemu-system-x86, linux-image-cloud-amd64, busybox-static, e2fsprogs
+#                   a tiny guest for tests/guest_test.go: qemu's NBD client
+#                   (reconnect-delay) under a real Linux kernel, whose
+#                   initramfs the test builds from busybox and the kernel's
+#                   /lib/modules
 #   gcc, libc6-dev  cgo, which `go test -race` needs
 #   make, git, ca-certificates   building, module downloads
 #
@@ -19,6 +24,7 @@ set -euo pipefail
 
 packages=(
 	libnbd-bin python3-libnbd python3 nbdkit qemu-utils fio
+	qemu-system-x86 linux-image-cloud-amd64 busybox-static e2fsprogs
 	gcc libc6-dev make git ca-certificates
 )
 # shellcheck disable=SC2206
@@ -51,7 +57,8 @@ fi
 # What the tests run, checked by name: a package can be installed while
 # its tool is not what PATH finds.
 fail=0
-for tool in nbdinfo nbdcopy nbdsh nbdkit qemu-img qemu-io qemu-nbd fio python3 gcc; do
+for tool in nbdinfo nbdcopy nbdsh nbdkit qemu-img qemu-io qemu-nbd fio python3 gcc \
+	qemu-system-x86_64 busybox; do
 	if ! command -v "$tool" >/dev/null; then
 		echo "deps: $tool not found in PATH" >&2
 		fail=1

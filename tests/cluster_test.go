@@ -40,8 +40,8 @@ type cluster struct {
 	// Env is added to the environment of the next start (e.g.
 	// OVS_FAILPOINTS for crash tests).
 	Env []string
-	// Args are added to the `ovs up` command line of the next start.
-	Args []string
+	// Flags are added to every start's command line (e.g. --backend local).
+	Flags []string
 
 	proc    *exec.Cmd
 	exited  chan struct{} // closed when proc has been waited for
@@ -53,13 +53,21 @@ type cluster struct {
 // and waits for it and its children.
 func startCluster(t *testing.T) *cluster {
 	t.Helper()
+	return startClusterWith(t)
+}
+
+// startClusterWith is startCluster with extra flags for `ovs up`, kept for
+// every restart.
+func startClusterWith(t *testing.T, flags ...string) *cluster {
+	t.Helper()
 	c := newCluster(t, t.TempDir())
+	c.Flags = flags
 	c.start()
 	return c
 }
 
 // newCluster prepares an `ovs up` on data directory dir without starting
-// it, so that the test can set Args or Env first.
+// it, so that the test can set Flags or Env first.
 func newCluster(t *testing.T, dir string) *cluster {
 	t.Helper()
 	if testing.Short() {
@@ -146,7 +154,7 @@ func (c *cluster) start() {
 	if c.Socket != filepath.Join(c.Dir, "nbd.sock") {
 		args = append(args, "--nbd-socket", c.Socket)
 	}
-	args = append(args, c.Args...)
+	args = append(args, c.Flags...)
 	fmt.Fprintf(logf, "=== start %d at %s: %s %s\n", c.starts,
 		time.Now().Format(time.RFC3339Nano), ovsBin, strings.Join(args, " "))
 	cmd := exec.Command(ovsBin, args...)

@@ -2,7 +2,8 @@
 // the binary named by $OVS_BIN), run `ovs up` on a temporary data directory
 // and drive it with real clients nobody here wrote: the ovs CLI itself,
 // libnbd (nbdinfo, nbdcopy and its Python binding, the engine behind
-// nbdsh), qemu-img and fio.
+// nbdsh), qemu-img and fio, and a Linux guest under qemu-system-x86_64
+// whose disk is a vdisk behind qemu's NBD client (guest_test.go).
 //
 // Run them with `make test`, or on their own:
 //

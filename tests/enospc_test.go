@@ -52,7 +52,7 @@ func TestFullDisk(t *testing.T) {
 	needPython(t)
 	mnt := smallFS(t, "320M")
 	c := newCluster(t, filepath.Join(mnt, "data"))
-	c.Args = append(c.Args, "--backend", "local", "--scrub-interval", "0")
+	c.Flags = append(c.Flags, "--backend", "local", "--scrub-interval", "0")
 	c.start()
 	c.create("big", "1GiB")
 	c.create("small", "64MiB")

@@ -24,6 +24,9 @@ var toolPackage = map[string]string{
 	"qemu-img": "qemu-utils",
 	"qemu-io":  "qemu-utils",
 	"fio":      "fio",
+	"nbdkit":   "nbdkit",
+
+	"qemu-system-x86_64": "qemu-system-x86",
 }
 
 // missingTool skips the test, or fails it when OVS_REQUIRE_TOOLS=1.

@@ -33,6 +33,26 @@ Modes:
       or of a later write (numbered < ISSUED) to the same block; a block
       that no write numbered < FLUSHED touched may also read as zeros, and a
       block no write touched at all must. Exits 1 on any mismatch.
+
+  aio-write URI SEED BASE NBLOCKS INFLIGHT LOG
+      Keep INFLIGHT 4 KiB writes in flight (libnbd's aio_pwrite), never a
+      flush. Write number s goes to block perm[s] of the region
+      [BASE, BASE+NBLOCKS*4096), perm being a permutation drawn from
+      random.Random(SEED), so no block is written twice and the content
+      (derived from offset and s) says which write it is. From the
+      completion callback of each write the server acknowledged, append
+      "s" to LOG (one number a line): those writes must survive the death
+      of the server. Prints "ACKED <n>" every 1000 acknowledgements; runs
+      until the connection fails or the region is used up ("EXHAUSTED"),
+      then prints "ISSUED <m>" (writes 0..m-1 were sent) and
+      "ACKED <n>".
+
+  aio-check URI SEED BASE NBLOCKS ISSUED LOG
+      After the crash and restart: every write listed in LOG must read
+      back exactly; a write that was sent but not acknowledged may read
+      as its content or as zeros; a block no write was sent to must read
+      as zeros. Exits 1 on any mismatch, with a SUMMARY line that counts
+      the acknowledged writes lost.
 """
 
 import hashlib
@@ -214,10 +234,141 @@ def crash_check(uri, seed, base, nblocks, flushed, issued):
     sys.exit(1 if bad else 0)
 
 
+# --- acknowledged, unflushed writes ------------------------------------------
+
+def permutation(seed, nblocks):
+    perm = list(range(nblocks))
+    random.Random(seed).shuffle(perm)
+    return perm
+
+
+def aio_write(uri, seed, base, nblocks, inflight, logpath):
+    perm = permutation(seed, nblocks)
+    h = connect(uri)
+    out("CONNECTED", h.get_size())
+    if base + nblocks * BS > h.get_size():
+        out("ERR region beyond the end of the export")
+        sys.exit(2)
+    log = open(logpath, "w")
+    bufs = {}       # seq -> nbd.Buffer, alive until its write completes
+    acked = 0
+    failed = 0
+
+    def done(seq, err):
+        # Runs inside libnbd once the reply (or the connection's death)
+        # retires the command; only a reply without error counts.
+        nonlocal acked, failed
+        del bufs[seq]
+        if err.value == 0:
+            log.write("%d\n" % seq)
+            acked += 1
+            if acked % 1000 == 0:
+                log.flush()
+                out("ACKED", acked)
+        else:
+            failed += 1
+        return 1
+
+    issued = 0
+    try:
+        while True:
+            while len(bufs) < inflight and issued < nblocks:
+                seq = issued
+                off = base + perm[seq] * BS
+                buf = nbd.Buffer.from_bytearray(bytearray(content(off, seq)))
+                bufs[seq] = buf
+                issued += 1
+                h.aio_pwrite(buf, off,
+                             completion=lambda err, seq=seq: done(seq, err))
+            if not bufs:
+                out("EXHAUSTED")
+                break
+            h.poll(-1)
+    except nbd.Error as e:
+        out("STOPPED", one_line(e))
+    log.close()
+    out("ISSUED", issued)
+    out("ACKED", acked)
+
+
+def aio_check(uri, seed, base, nblocks, issued, logpath):
+    perm = permutation(seed, nblocks)
+    acked = set()
+    with open(logpath) as f:
+        for line in f:
+            if line.strip():
+                acked.add(int(line))
+    seq_of = {}     # block -> the one write sent to it
+    for seq in range(issued):
+        seq_of[perm[seq]] = seq
+
+    h = connect(uri)
+    zero = bytes(BS)
+    counts = {"acked_ok": 0, "acked_lost": 0, "acked_bad": 0,
+              "unacked_landed": 0, "unacked_zero": 0, "foreign": 0}
+    shown = 0
+
+    def show(msg):
+        nonlocal shown
+        shown += 1
+        if shown <= 20:
+            out("BAD", msg)
+
+    end = base + nblocks * BS
+    off = base
+    while off < end:
+        n = min(CHUNK, end - off)
+        data = h.pread(n, off)
+        for i in range(0, n, BS):
+            blk = data[i:i + BS]
+            boff = off + i
+            b = (boff - base) // BS
+            seq = seq_of.get(b)
+            if seq is None:
+                if blk != zero:
+                    counts["foreign"] += 1
+                    show("block %d (offset %d) was never written but is not zeros" % (b, boff))
+                continue
+            if blk == content(boff, seq):
+                counts["acked_ok" if seq in acked else "unacked_landed"] += 1
+            elif seq in acked:
+                if blk == zero:
+                    counts["acked_lost"] += 1
+                    show("block %d (offset %d) reads as zeros, but write %d to it "
+                         "was acknowledged" % (b, boff, seq))
+                else:
+                    counts["acked_bad"] += 1
+                    show("block %d (offset %d) does not hold acknowledged write %d "
+                         "(torn or foreign data)" % (b, boff, seq))
+            elif blk == zero:
+                counts["unacked_zero"] += 1
+            else:
+                counts["foreign"] += 1
+                show("block %d (offset %d) holds neither zeros nor unacknowledged "
+                     "write %d" % (b, boff, seq))
+        off += n
+    h.shutdown()
+    bad = counts["acked_lost"] + counts["acked_bad"] + counts["foreign"]
+    out("SUMMARY acked=%d issued=%d acked_ok=%d acked_lost=%d acked_bad=%d "
+        "unacked_landed=%d unacked_zero=%d foreign=%d" % (
+            len(acked), issued, counts["acked_ok"], counts["acked_lost"],
+            counts["acked_bad"], counts["unacked_landed"], counts["unacked_zero"],
+            counts["foreign"]))
+    sys.exit(1 if bad else 0)
+
+
 def main(argv):
     if len(argv) < 3:
         sys.exit(__doc__)
-    mode, uri, args = argv[1], argv[2], [int(a) for a in argv[3:]]
+    mode, uri = argv[1], argv[2]
+    if mode in ("aio-write", "aio-check"):
+        args = [int(a) for a in argv[3:-1]]
+        if mode == "aio-write":
+            aio_write(uri, *args, argv[-1])
+        else:
+            aio_check(uri, *args, argv[-1])
+        return
+    args = [int(a) for a in argv[3:]]
     if mode == "session":
         session(uri)
     elif mode == "crash-write":
