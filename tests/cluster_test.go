@@ -40,6 +40,9 @@ type cluster struct {
 	// Env is added to the environment of the next start (e.g.
 	// OVS_FAILPOINTS for crash tests).
 	Env []string
+	// Args are added to the command line of the next start (e.g.
+	// --backend local).
+	Args []string
 
 	proc    *exec.Cmd
 	exited  chan struct{} // closed when proc has been waited for
@@ -47,14 +50,15 @@ type cluster struct {
 }
 
 // startCluster starts `ovs up` in a t.TempDir() on free 127.0.0.1 ports and
-// waits until its API is healthy. Cleanup stops it (SIGTERM, then SIGKILL)
-// and waits for it and its children.
-func startCluster(t *testing.T) *cluster {
+// waits until its API is healthy, with args added to its command line.
+// Cleanup stops it (SIGTERM, then SIGKILL) and waits for it and its
+// children.
+func startCluster(t *testing.T, args ...string) *cluster {
 	t.Helper()
 	if testing.Short() {
 		t.Skip("end-to-end test; skipped in -short mode")
 	}
-	c := &cluster{t: t, Dir: t.TempDir()}
+	c := &cluster{t: t, Dir: t.TempDir(), Args: args}
 	c.Socket = filepath.Join(c.Dir, "nbd.sock")
 	if len(c.Socket) > 100 { // sun_path holds 108 bytes
 		sd, err := os.MkdirTemp("", "ovs-sock-")
@@ -136,6 +140,7 @@ func (c *cluster) start() {
 	if c.Socket != filepath.Join(c.Dir, "nbd.sock") {
 		args = append(args, "--nbd-socket", c.Socket)
 	}
+	args = append(args, c.Args...)
 	fmt.Fprintf(logf, "=== start %d at %s: %s %s\n", c.starts,
 		time.Now().Format(time.RFC3339Nano), ovsBin, strings.Join(args, " "))
 	cmd := exec.Command(ovsBin, args...)
