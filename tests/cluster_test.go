@@ -49,11 +49,12 @@ type cluster struct {
 }
 
 // startCluster starts `ovs up` in a t.TempDir() on free 127.0.0.1 ports and
-// waits until its API is healthy. Cleanup stops it (SIGTERM, then SIGKILL)
-// and waits for it and its children.
-func startCluster(t *testing.T) *cluster {
+// waits until its API is healthy, with args added to its command line.
+// Cleanup stops it (SIGTERM, then SIGKILL) and waits for it and its
+// children.
+func startCluster(t *testing.T, args ...string) *cluster {
 	t.Helper()
-	return startClusterWith(t)
+	return startClusterWith(t, args...)
 }
 
 // startClusterWith is startCluster with extra flags for `ovs up`, kept for

@@ -166,6 +166,9 @@ func Open(ctx context.Context, dir string, backend scos.Backend, opts Options) (
 		return nil, fmt.Errorf("list vdisks on the backend: %w", err)
 	}
 	live := map[string]bool{}
+	// dying: namespaces of a create or delete that did not finish; their
+	// local state goes with them.
+	dying := map[string]bool{}
 	for _, ns := range nss {
 		if !strings.HasPrefix(ns, namespacePrefix) {
 			continue
@@ -174,6 +177,7 @@ func Open(ctx context.Context, dir string, backend scos.Backend, opts Options) (
 		if errors.Is(err, scos.ErrObjectNotFound) {
 			// A create or delete that did not finish.
 			d.log.Warn("removing a vdisk namespace without volume.json", "namespace", ns)
+			dying[strings.TrimPrefix(ns, namespacePrefix)] = true
 			if err := backend.DeleteNamespace(ctx, ns); err != nil {
 				d.log.Error("remove namespace", "namespace", ns, "err", err)
 			}
@@ -186,6 +190,7 @@ func Open(ctx context.Context, dir string, backend scos.Backend, opts Options) (
 		cfg, err := decodeVolumeConfig(b)
 		if err != nil {
 			d.log.Error("vdisk has an unreadable volume.json", "namespace", ns, "err", err)
+			live[strings.TrimPrefix(ns, namespacePrefix)] = true // keep its local state
 			continue
 		}
 		live[cfg.ID] = true
@@ -206,9 +211,16 @@ func Open(ctx context.Context, dir string, backend scos.Backend, opts Options) (
 		return nil, fmt.Errorf("read %s: %w", dir, err)
 	}
 	for _, e := range ents {
-		if e.IsDir() && !live[e.Name()] {
-			d.log.Warn("removing local state of a vdisk that no longer exists", "id", e.Name())
+		if !e.IsDir() || live[e.Name()] || e.Name() == quarantineDir {
+			continue
+		}
+		if dying[e.Name()] {
+			d.log.Warn("removing local state of a vdisk whose create or delete did not finish", "id", e.Name())
 			os.RemoveAll(filepath.Join(dir, e.Name()))
+		} else {
+			// It may hold writes that never reached the backend: set it
+			// aside for the operator rather than delete it.
+			quarantine(d.log, dir, filepath.Join(dir, e.Name()), "local state of a vdisk that is not on the backend")
 		}
 	}
 	if opts.ScrubInterval > 0 {
@@ -250,16 +262,31 @@ func (d *Driver) openVolume(ctx context.Context, cfg volumeConfig) (*Volume, err
 	v := d.newVolume(cfg)
 	st, err := readLocalState(v.dir)
 	switch {
-	case errors.Is(err, fs.ErrNotExist):
-		err = v.restoreFromBackend(ctx)
-	case err != nil:
-		return nil, fmt.Errorf("local state of %s: %w (remove %s to rebuild it from the backend)", cfg.Name, err, v.dir)
-	default:
+	case err == nil:
 		err = v.restoreLocal(ctx, st)
+	case errors.Is(err, errNewerFormat):
+		return nil, fmt.Errorf("local state of %s: %w", cfg.Name, err)
+	default:
+		if !errors.Is(err, fs.ErrNotExist) {
+			// What the local TLogs and SCOs hold is recovered as if
+			// state.json were missing; the bad file is kept aside.
+			d.log.Error("state.json is damaged; recovering the vdisk from its local TLogs and the backend", "vdisk", cfg.Name, "err", err)
+			quarantine(d.log, v.dir, filepath.Join(v.dir, "state.json"), "unreadable state.json")
+		}
+		err = v.restoreWithoutState(ctx)
 	}
 	if err != nil {
 		v.closeFiles()
 		return nil, err
+	}
+	// From here on, a metadata page that fails verification makes the
+	// volume rebuild its metadata instead of failing reads.
+	v.md.onCorrupt = func(cause error) error {
+		err := v.rebuildMetadataLocked(cause)
+		if err != nil {
+			v.log.Error("could not rebuild the vdisk's metadata; it fails every I/O", "vdisk", v.name(), "err", err)
+		}
+		return err
 	}
 	uctx, cancel := context.WithCancel(context.Background())
 	v.wg.Add(2)

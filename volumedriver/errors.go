@@ -23,6 +23,9 @@ var (
 	ErrOutOfRange = errorWithErrno{"I/O beyond the end of the vdisk", syscall.ENOSPC}
 	// ErrReadOnly: a change to a template. It matches syscall.EPERM.
 	ErrReadOnly = errorWithErrno{"vdisk is a read-only template", syscall.EPERM}
+	// ErrDataLost: the cluster's data is gone from this host and never
+	// reached the backend. It matches syscall.EIO.
+	ErrDataLost = errorWithErrno{"cluster data lost", syscall.EIO}
 )
 
 // errorWithErrno is a sentinel that also matches an errno under errors.Is.

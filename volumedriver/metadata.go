@@ -19,19 +19,47 @@ import (
 // 1 TiB volume costs nothing until written. A slot of all zeros is an empty
 // page; a written slot is:
 //
-//	[0:4]   "MDP" + format version (1)
+//	[0:4]   "MDP" + format version (2)
 //	[4:8]   CRC-32C of bytes [8:pageSlotSize]
 //	[8:16]  page number
-//	[16:]   256 entries of 12 bytes: packed location (8), data CRC-32C (4)
+//	[16:24] generation: the checkpoint the page was written for
+//	[24:]   256 entries of 12 bytes: packed location (8), data CRC-32C (4)
+//
+// A hole or a slot of zeros cannot prove anything, so the file as a whole
+// is checked against a summary that state.json keeps for every checkpoint
+// (mdSummary: generation, number of non-empty pages, and a digest of their
+// numbers and checksums). state.json only carries a summary while the file
+// is exactly what it describes: the first write to the file after a
+// checkpoint drops it (durably) first. A file that does not match, or that
+// has no summary to match, is rebuilt from the TLogs.
 
 const (
 	pageEntries    = 256
 	mdEntrySize    = 12
-	pageHeaderSize = 16
+	pageHeaderSize = 24
 	pageSlotSize   = pageHeaderSize + pageEntries*mdEntrySize
 	mdPageMagic    = "MDP"
-	mdPageVersion  = 1
+	mdPageVersion  = 2
 )
+
+// mdSummary describes the metadata store file as a checkpoint left it.
+type mdSummary struct {
+	Generation uint64 `json:"generation"`
+	Pages      uint64 `json:"pages"`
+	Digest     uint64 `json:"digest"`
+}
+
+// pageDigest is one non-empty slot's share of mdSummary.Digest. The digest
+// is a sum so that rewriting a slot updates it without reading the file.
+func pageDigest(no uint64, crc uint32) uint64 {
+	x := no*0x9e3779b97f4a7c15 ^ uint64(crc)<<17 ^ uint64(crc)
+	x ^= x >> 30
+	x *= 0xbf58476d1ce4e5b9
+	x ^= x >> 27
+	x *= 0x94d049bb133111eb
+	x ^= x >> 31
+	return x
+}
 
 // ErrCorruptMetadata is wrapped by metadata page decoding errors.
 var ErrCorruptMetadata = errors.New("corrupt metadata page")
@@ -46,68 +74,92 @@ type mdPage struct {
 	entries [pageEntries]mdEntry
 	mapped  int // entries with loc != 0
 	dirty   bool
+	// onDisk: the file's slot holds this page (non-empty) with checksum
+	// diskCRC; what the slot contributes to the file's digest.
+	onDisk  bool
+	diskCRC uint32
 	// maxSeq is the newest change in the page; it may only be written back
 	// once the TLog holding that change is durable.
 	maxSeq     uint64
 	prev, next *mdPage // LRU list, head is most recently used
 }
 
-// encodePage writes p's slot image into b (len pageSlotSize). An empty page
-// encodes as all zeros, which is also what a hole in the file reads as.
-func encodePage(b []byte, p *mdPage) {
+// encodePage writes p's slot image into b (len pageSlotSize), stamped
+// with generation gen, and returns its checksum. An empty page encodes as
+// all zeros, which is also what a hole in the file reads as.
+func encodePage(b []byte, p *mdPage, gen uint64) uint32 {
 	clear(b)
 	if p.mapped == 0 {
-		return
+		return 0
 	}
 	copy(b, mdPageMagic)
 	b[3] = mdPageVersion
 	binary.LittleEndian.PutUint64(b[8:16], p.no)
+	binary.LittleEndian.PutUint64(b[16:24], gen)
 	for i, e := range p.entries {
 		o := pageHeaderSize + i*mdEntrySize
 		binary.LittleEndian.PutUint64(b[o:], e.loc)
 		binary.LittleEndian.PutUint32(b[o+8:], e.crc)
 	}
-	binary.LittleEndian.PutUint32(b[4:8], crc32c(b[8:pageSlotSize]))
+	crc := crc32c(b[8:pageSlotSize])
+	binary.LittleEndian.PutUint32(b[4:8], crc)
+	return crc
 }
 
 // decodePage parses a slot image into p, checking magic, version, checksum
-// and that the slot holds the page it is expected to hold.
-func decodePage(b []byte, no uint64, p *mdPage) error {
+// and that the slot holds the page it is expected to hold. An all-zero slot
+// decodes as an empty page (p.onDisk false); whether that is right is for
+// the caller to say. It returns the page's generation.
+func decodePage(b []byte, no uint64, p *mdPage) (uint64, error) {
+	gen, err := decodePageImage(b, no, p)
+	if err != nil {
+		p.mapped = 0
+		p.entries = [pageEntries]mdEntry{}
+		p.onDisk = false
+	}
+	return gen, err
+}
+
+func decodePageImage(b []byte, no uint64, p *mdPage) (uint64, error) {
 	if len(b) != pageSlotSize {
-		return fmt.Errorf("%w: slot of %d bytes", ErrCorruptMetadata, len(b))
+		return 0, fmt.Errorf("%w: slot of %d bytes", ErrCorruptMetadata, len(b))
 	}
 	p.no = no
 	p.mapped = 0
 	p.entries = [pageEntries]mdEntry{}
+	p.onDisk = false
 	if allZero(b) {
-		return nil
+		return 0, nil
 	}
 	if string(b[:3]) != mdPageMagic {
-		return fmt.Errorf("%w: page %d: bad magic", ErrCorruptMetadata, no)
+		return 0, fmt.Errorf("%w: page %d: bad magic", ErrCorruptMetadata, no)
 	}
 	if b[3] != mdPageVersion {
-		return fmt.Errorf("%w: page %d: format version %d not supported", ErrCorruptMetadata, no, b[3])
+		return 0, fmt.Errorf("%w: page %d: format version %d is not supported (this build reads %d)", ErrCorruptMetadata, no, b[3], mdPageVersion)
 	}
-	if got, want := crc32c(b[8:]), binary.LittleEndian.Uint32(b[4:8]); got != want {
-		return fmt.Errorf("%w: page %d: checksum %08x, stored %08x", ErrCorruptMetadata, no, got, want)
+	crc := crc32c(b[8:])
+	if want := binary.LittleEndian.Uint32(b[4:8]); crc != want {
+		return 0, fmt.Errorf("%w: page %d: checksum %08x, stored %08x", ErrCorruptMetadata, no, crc, want)
 	}
 	if got := binary.LittleEndian.Uint64(b[8:16]); got != no {
-		return fmt.Errorf("%w: slot %d holds page %d", ErrCorruptMetadata, no, got)
+		return 0, fmt.Errorf("%w: slot %d holds page %d", ErrCorruptMetadata, no, got)
 	}
+	gen := binary.LittleEndian.Uint64(b[16:24])
 	for i := range p.entries {
 		o := pageHeaderSize + i*mdEntrySize
 		e := mdEntry{loc: binary.LittleEndian.Uint64(b[o:]), crc: binary.LittleEndian.Uint32(b[o+8:])}
 		if e.loc != 0 {
 			p.mapped++
 		} else if e.crc != 0 {
-			return fmt.Errorf("%w: page %d: unmapped entry %d has a checksum", ErrCorruptMetadata, no, i)
+			return 0, fmt.Errorf("%w: page %d: unmapped entry %d has a checksum", ErrCorruptMetadata, no, i)
 		}
 		p.entries[i] = e
 	}
 	if p.mapped == 0 {
-		return fmt.Errorf("%w: page %d: stored page without entries", ErrCorruptMetadata, no)
+		return 0, fmt.Errorf("%w: page %d: stored page without entries", ErrCorruptMetadata, no)
 	}
-	return nil
+	p.onDisk, p.diskCRC = true, crc
+	return gen, nil
 }
 
 func allZero(b []byte) bool {
@@ -132,18 +184,43 @@ type metadataStore struct {
 	head     *mdPage // most recently used
 	tail     *mdPage
 	maxPages int
-	// allocated has a bit per page that has (or may have) mapped entries,
-	// in the cache or in the file. Pages without it are known empty and
-	// are never read from disk.
+	// allocated has a bit per page that has mapped entries, in the cache
+	// or in the file; pages without it are known empty and never read.
+	// Once the file is verified (or rebuilt), a page with the bit that is
+	// not cached must have a valid slot: a hole or zeros there is loss.
 	allocated bitset
 	// beforeWriteBack makes the TLog durable up to seq; a dirty page is
 	// only written after it, so the file never refers to a change that a
 	// crash could take back.
 	beforeWriteBack func(seq uint64) error
-	slot            []byte
-	dirtyCount      int
+	// beforeModify is called before the file is first changed while it
+	// matches the summary in state.json (clean): the volume drops the
+	// summary from state.json, durably, so that a crash in what follows
+	// does not leave a summary that the file no longer matches.
+	beforeModify func() error
+	clean        bool
+	// onCorrupt is called when a page fails verification while the volume
+	// runs; it rebuilds the store from the TLogs. If it cannot, the store
+	// is broken: every lookup fails from then on rather than read as
+	// "never written".
+	onCorrupt  func(cause error) error
+	rebuilding bool
+	broken     error
+	// gen is stamped into every page written now: the generation of the
+	// next checkpoint. filePages and fileDigest describe the file's
+	// non-empty slots (see mdSummary).
+	gen        uint64
+	filePages  uint64
+	fileDigest uint64
+	// unsure: a write to the file failed, so its summary is unknown.
+	unsure     bool
+	slot       []byte
+	dirtyCount int
 }
 
+// openMetadataStore opens (or creates) the store file. Its content is not
+// trusted until verify accepts it; a caller that does not verify must
+// reset it.
 func openMetadataStore(path string, cacheBytes int64, numPages uint64) (*metadataStore, error) {
 	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o644)
 	if err != nil {
@@ -158,25 +235,38 @@ func openMetadataStore(path string, cacheBytes int64, numPages uint64) (*metadat
 		pages:    make(map[uint64]*mdPage),
 		maxPages: maxPages,
 		slot:     make([]byte, pageSlotSize),
+		gen:      1,
 	}
 	m.allocated.grow(numPages)
-	if err := m.scanAllocated(); err != nil {
-		f.Close()
-		return nil, err
-	}
 	return m, nil
 }
 
-// scanAllocated marks the pages the file has data for, using SEEK_DATA and
-// SEEK_HOLE so that a sparse file is scanned in time proportional to what
-// it holds.
-func (m *metadataStore) scanAllocated() error {
+// ErrMetadataMismatch: the store file is not what its checkpoint wrote
+// (deleted, truncated, zeroed, rotten or stale). Wraps ErrCorruptMetadata.
+var ErrMetadataMismatch = fmt.Errorf("%w: file does not match its checkpoint", ErrCorruptMetadata)
+
+// verify reads every non-empty slot of the file, checks each page (format,
+// checksum, slot, generation) and the whole against want. On success the
+// store is clean and its allocation map is exact.
+func (m *metadataStore) verify(want mdSummary) error {
 	fi, err := m.f.Stat()
 	if err != nil {
 		return fmt.Errorf("metadata store: %w", err)
 	}
 	size := fi.Size()
+	n := m.allocated.len()
+	ok := false
+	defer func() {
+		if !ok { // nothing of it is trusted
+			m.allocated = bitset{}
+			m.allocated.grow(n)
+		}
+	}()
 	const seekData, seekHole = 3, 4
+	const batch = 256
+	buf := make([]byte, batch*pageSlotSize)
+	var pages, digest uint64
+	var p mdPage
 	var off int64
 	for off < size {
 		data, err := m.f.Seek(off, seekData)
@@ -184,20 +274,53 @@ func (m *metadataStore) scanAllocated() error {
 			if errors.Is(err, syscall.ENXIO) {
 				break // no data after off
 			}
-			// A filesystem without SEEK_DATA: treat the file as all data.
-			data, err = off, nil
+			// A filesystem without SEEK_DATA: read everything.
+			data = off
 		}
 		hole, err := m.f.Seek(data, seekHole)
 		if err != nil {
 			hole = size
 		}
-		for p := data / pageSlotSize; p*pageSlotSize < hole; p++ {
-			if uint64(p) < m.allocated.len() {
-				m.allocated.set(uint64(p))
+		for no := data / pageSlotSize; no*pageSlotSize < hole; {
+			n := min(int64(batch), (hole-no*pageSlotSize+pageSlotSize-1)/pageSlotSize)
+			b := buf[:n*pageSlotSize]
+			got, err := m.f.ReadAt(b, no*pageSlotSize)
+			if err != nil && !errors.Is(err, io.EOF) {
+				return fmt.Errorf("read metadata store: %w", err)
 			}
+			clear(b[got:])
+			for i := int64(0); i < n; i++ {
+				slot := b[i*pageSlotSize : (i+1)*pageSlotSize]
+				pno := uint64(no + i)
+				gen, err := decodePage(slot, pno, &p)
+				if err != nil {
+					return fmt.Errorf("%w: %w", ErrMetadataMismatch, err)
+				}
+				if !p.onDisk {
+					continue
+				}
+				if pno >= m.allocated.len() {
+					return fmt.Errorf("%w: page %d is beyond the volume", ErrMetadataMismatch, pno)
+				}
+				if gen > want.Generation {
+					return fmt.Errorf("%w: page %d is of generation %d, the checkpoint of %d", ErrMetadataMismatch, pno, gen, want.Generation)
+				}
+				m.allocated.set(pno)
+				pages++
+				digest += pageDigest(pno, p.diskCRC)
+			}
+			no += n
 		}
 		off = hole
 	}
+	if pages != want.Pages || digest != want.Digest {
+		return fmt.Errorf("%w: %d pages with digest %016x, the checkpoint wrote %d with %016x",
+			ErrMetadataMismatch, pages, digest, want.Pages, want.Digest)
+	}
+	m.filePages, m.fileDigest = pages, digest
+	m.gen = want.Generation + 1
+	m.clean = true
+	ok = true
 	return nil
 }
 
@@ -205,6 +328,9 @@ func (m *metadataStore) grow(numPages uint64) { m.allocated.grow(numPages) }
 
 // get returns the entry of cluster addr.
 func (m *metadataStore) get(addr uint64) (mdEntry, error) {
+	if m.broken != nil {
+		return mdEntry{}, m.broken
+	}
 	no := addr / pageEntries
 	if !m.allocated.get(no) {
 		return mdEntry{}, nil
@@ -218,6 +344,9 @@ func (m *metadataStore) get(addr uint64) (mdEntry, error) {
 
 // set maps cluster addr to e as change number seq.
 func (m *metadataStore) set(addr uint64, e mdEntry, seq uint64) error {
+	if m.broken != nil {
+		return m.broken
+	}
 	no := addr / pageEntries
 	p, err := m.page(no)
 	if err != nil {
@@ -238,6 +367,9 @@ func (m *metadataStore) set(addr uint64, e mdEntry, seq uint64) error {
 // trim unmaps count clusters from addr. It touches only allocated pages,
 // so trimming a huge, mostly empty range is cheap.
 func (m *metadataStore) trim(addr, count, seq uint64) error {
+	if m.broken != nil {
+		return m.broken
+	}
 	end := addr + count
 	for no := addr / pageEntries; no*pageEntries < end; no++ {
 		next, ok := m.allocated.nextSet(no)
@@ -276,6 +408,9 @@ type run struct {
 // runs describes [addr, addr+count) as alternating runs, stopping after
 // maxRuns runs.
 func (m *metadataStore) runs(addr, count uint64, maxRuns int) ([]run, error) {
+	if m.broken != nil {
+		return nil, m.broken
+	}
 	var out []run
 	add := func(n uint64, mapped bool) {
 		if len(out) > 0 && out[len(out)-1].mapped == mapped {
@@ -324,8 +459,33 @@ func (m *metadataStore) markDirty(p *mdPage, seq uint64) {
 }
 
 // page returns page no from the cache, loading it (and evicting another)
-// as needed.
+// as needed. A page that fails verification is not served: the store is
+// rebuilt (onCorrupt) and the page looked up again, or the store is broken.
 func (m *metadataStore) page(no uint64) (*mdPage, error) {
+	if m.broken != nil {
+		return nil, m.broken
+	}
+	p, err := m.loadPage(no)
+	if err == nil || !errors.Is(err, ErrCorruptMetadata) {
+		return p, err
+	}
+	if m.onCorrupt == nil || m.rebuilding {
+		return nil, err
+	}
+	m.rebuilding = true
+	rerr := m.onCorrupt(err)
+	m.rebuilding = false
+	if rerr == nil {
+		p, rerr = m.loadPage(no)
+	}
+	if rerr != nil {
+		m.broken = fmt.Errorf("metadata store lost (%v) and could not be rebuilt: %w", err, rerr)
+		return nil, m.broken
+	}
+	return p, nil
+}
+
+func (m *metadataStore) loadPage(no uint64) (*mdPage, error) {
 	if p, ok := m.pages[no]; ok {
 		m.touch(p)
 		return p, nil
@@ -352,8 +512,13 @@ func (m *metadataStore) page(no uint64) (*mdPage, error) {
 		} else if errors.Is(err, io.EOF) {
 			clear(m.slot)
 		}
-		if err := decodePage(m.slot, no, p); err != nil {
-			return nil, err
+		if _, err := decodePage(m.slot, no, p); err != nil {
+			return nil, fmt.Errorf("metadata page %d: %w", no, err)
+		}
+		if !p.onDisk {
+			// The page had entries; a hole or zeros is a lost page,
+			// not an empty one.
+			return nil, fmt.Errorf("%w: page %d is missing from the file", ErrCorruptMetadata, no)
 		}
 	} else {
 		p.no = no
@@ -372,41 +537,92 @@ func (m *metadataStore) writeBack(p *mdPage) error {
 			return fmt.Errorf("write back metadata page %d: %w", p.no, err)
 		}
 	}
-	encodePage(m.slot, p)
+	if err := m.modify(); err != nil {
+		return err
+	}
+	crc := encodePage(m.slot, p, m.gen)
+	if p.onDisk {
+		m.filePages--
+		m.fileDigest -= pageDigest(p.no, p.diskCRC)
+		p.onDisk = false
+	}
 	if _, err := m.f.WriteAt(m.slot, int64(p.no)*pageSlotSize); err != nil {
+		// The slot's content is unknown now: the file can only be
+		// trusted again after a rebuild.
+		m.unsure = true
 		return fmt.Errorf("write metadata page %d: %w", p.no, err)
+	}
+	if p.mapped > 0 {
+		p.onDisk, p.diskCRC = true, crc
+		m.filePages++
+		m.fileDigest += pageDigest(p.no, crc)
 	}
 	p.dirty = false
 	m.dirtyCount--
 	return nil
 }
 
-// checkpoint writes every dirty page and makes the file durable. The
-// caller has made the TLogs durable first.
-func (m *metadataStore) checkpoint() error {
+// modify is called before every change to the file.
+func (m *metadataStore) modify() error {
+	if !m.clean {
+		return nil
+	}
+	if m.beforeModify != nil {
+		if err := m.beforeModify(); err != nil {
+			return fmt.Errorf("metadata store: %w", err)
+		}
+	}
+	m.clean = false
+	return nil
+}
+
+// checkpoint writes every dirty page, makes the file durable and returns
+// its summary, for the caller to record in state.json (and then call
+// committed). The caller has made the TLogs durable first.
+func (m *metadataStore) checkpoint() (mdSummary, error) {
+	if m.broken != nil {
+		return mdSummary{}, m.broken
+	}
 	for p := m.head; p != nil; p = p.next {
 		if err := m.writeBack(p); err != nil {
-			return err
+			return mdSummary{}, err
 		}
 	}
 	if err := m.f.Sync(); err != nil {
-		return fmt.Errorf("sync metadata store: %w", err)
+		return mdSummary{}, fmt.Errorf("sync metadata store: %w", err)
 	}
-	return nil
+	if m.unsure {
+		return mdSummary{}, fmt.Errorf("metadata store: a page write failed since the last rebuild")
+	}
+	return mdSummary{Generation: m.gen, Pages: m.filePages, Digest: m.fileDigest}, nil
+}
+
+// committed: state.json now holds the summary checkpoint returned; the
+// file is clean until the next change, which is of the next generation.
+func (m *metadataStore) committed() {
+	m.clean = true
+	m.gen++
 }
 
 // reset drops every page, in the cache and in the file: the store is
 // about to be rebuilt from the TLogs.
 func (m *metadataStore) reset() error {
+	if err := m.modify(); err != nil {
+		return err
+	}
 	m.pages = make(map[uint64]*mdPage)
 	m.head, m.tail = nil, nil
 	m.dirtyCount = 0
 	n := m.allocated.len()
 	m.allocated = bitset{}
 	m.allocated.grow(n)
+	m.filePages, m.fileDigest = 0, 0
+	m.broken = nil
 	if err := m.f.Truncate(0); err != nil {
+		m.unsure = true
 		return fmt.Errorf("reset metadata store: %w", err)
 	}
+	m.unsure = false
 	return nil
 }
 

@@ -12,30 +12,33 @@ func TestPageEncodeDecode(t *testing.T) {
 	p.entries[255] = mdEntry{loc: 5<<24 | 3, crc: 0xffffffff}
 	p.mapped = 2
 	b := make([]byte, pageSlotSize)
-	encodePage(b, p)
+	crc := encodePage(b, p, 7)
 	var q mdPage
-	if err := decodePage(b, 42, &q); err != nil {
+	gen, err := decodePage(b, 42, &q)
+	if err != nil {
 		t.Fatal(err)
 	}
-	if q.entries != p.entries || q.mapped != 2 {
+	if q.entries != p.entries || q.mapped != 2 || gen != 7 || !q.onDisk || q.diskCRC != crc {
 		t.Fatal("round trip changed the page")
 	}
 	for name, mutate := range map[string]func([]byte){
 		"checksum": func(b []byte) { b[100] ^= 1 },
 		"magic":    func(b []byte) { b[0] = 'X' },
 		"version":  func(b []byte) { b[3] = 9 },
+		"version1": func(b []byte) { b[3] = 1 },
+		"gen":      func(b []byte) { b[16]++ },
 	} {
 		c := append([]byte(nil), b...)
 		mutate(c)
-		if err := decodePage(c, 42, &q); !errors.Is(err, ErrCorruptMetadata) {
+		if _, err := decodePage(c, 42, &q); !errors.Is(err, ErrCorruptMetadata) {
 			t.Errorf("%s: %v", name, err)
 		}
 	}
-	if err := decodePage(b, 43, &q); !errors.Is(err, ErrCorruptMetadata) {
+	if _, err := decodePage(b, 43, &q); !errors.Is(err, ErrCorruptMetadata) {
 		t.Errorf("page in the wrong slot: %v", err)
 	}
 	// An empty page is all zeros, like a hole.
-	encodePage(b, &mdPage{no: 1})
+	encodePage(b, &mdPage{no: 1}, 1)
 	if !allZero(b) {
 		t.Error("empty page is not all zeros")
 	}
@@ -60,7 +63,8 @@ func TestMetadataStoreEviction(t *testing.T) {
 	if len(m.pages) > 16 || wroteBackUpTo == 0 {
 		t.Fatalf("cache holds %d pages, wrote back up to %d", len(m.pages), wroteBackUpTo)
 	}
-	if err := m.checkpoint(); err != nil {
+	sum, err := m.checkpoint()
+	if err != nil {
 		t.Fatal(err)
 	}
 	m.close()
@@ -69,6 +73,9 @@ func TestMetadataStoreEviction(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer m.close()
+	if err := m.verify(sum); err != nil {
+		t.Fatal(err)
+	}
 	for a := uint64(0); a < 1000*pageEntries; a++ {
 		e, err := m.get(a)
 		if err != nil {
@@ -111,18 +118,19 @@ func FuzzDecodePage(f *testing.F) {
 	b := make([]byte, pageSlotSize)
 	p := &mdPage{no: 3, mapped: 1}
 	p.entries[7] = mdEntry{loc: 1 << 24, crc: 9}
-	encodePage(b, p)
+	encodePage(b, p, 1)
 	f.Add(b, uint64(3))
 	f.Add(make([]byte, pageSlotSize), uint64(0))
 	f.Add([]byte("MDP"), uint64(1))
 	f.Fuzz(func(t *testing.T, data []byte, no uint64) {
 		var q mdPage
-		if err := decodePage(data, no, &q); err != nil {
+		gen, err := decodePage(data, no, &q)
+		if err != nil {
 			return
 		}
 		// Whatever decodes re-encodes to the same image.
 		out := make([]byte, pageSlotSize)
-		encodePage(out, &q)
+		encodePage(out, &q, gen)
 		if string(out) != string(data) {
 			t.Fatal("decoded page does not re-encode to its image")
 		}

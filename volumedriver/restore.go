@@ -5,10 +5,12 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"sort"
 	"syscall"
+	"time"
 
 	"github.com/ovs-storage/ovs/scos"
 )
@@ -73,22 +75,129 @@ func (v *Volume) makeDirs() error {
 	return nil
 }
 
+// openMetadata opens the metadata store file; restoring verifies it or
+// resets it.
 func (v *Volume) openMetadata() error {
 	md, err := openMetadataStore(filepath.Join(v.dir, "md"), v.drv.opts.MetadataCacheBytes, numPages(v.Size(), v.clusterSize))
 	if err != nil {
 		return err
 	}
 	md.beforeWriteBack = v.beforeWriteBack
+	md.beforeModify = v.metadataBeforeModify
 	v.md = md
 	return nil
 }
 
+// metadataBeforeModify: the metadata store file is about to change, so
+// state.json stops vouching for it (durably, before the change).
+func (v *Volume) metadataBeforeModify() error {
+	if v.state.MD == nil {
+		return nil
+	}
+	v.state.MD = nil
+	return writeLocalState(v.dir, &v.state)
+}
+
+// rebuildMetadataLocked is the metadata store's answer to a page that
+// fails verification while the volume runs: the whole store is rebuilt by
+// replaying the vdisk's history (ancestors, sealed TLogs from the local
+// copy or the backend, and the open TLog, written and buffered), as a
+// restart would.
+func (v *Volume) rebuildMetadataLocked(cause error) error {
+	start := time.Now()
+	v.log.Error("metadata page failed verification; rebuilding the vdisk's metadata from its TLogs",
+		"vdisk", v.name(), "err", cause)
+	if v.tlog == nil {
+		return fmt.Errorf("no open TLog to rebuild from")
+	}
+	// The open TLog file is read up to v.tlog.size: a batch of records
+	// reserved there but still being written must be in it first.
+	if err := v.settleLocked(); err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	seq, flushed := v.seq, v.flushedSeq
+	if err := v.md.reset(); err != nil {
+		return err
+	}
+	if err := v.replayAncestors(ctx); err != nil {
+		return err
+	}
+	for _, t := range v.state.Sealed {
+		recs, err := v.readTLog(ctx, t.Name)
+		if err != nil {
+			return err
+		}
+		if _, err := v.applyRecords(recs, 0); err != nil {
+			return fmt.Errorf("replay %s: %w", t.Name, err)
+		}
+	}
+	f, err := os.Open(v.tlogPath(v.tlog.name))
+	if err != nil {
+		return fmt.Errorf("read open TLog: %w", err)
+	}
+	data := make([]byte, v.tlog.size)
+	_, err = f.ReadAt(data, 0)
+	f.Close()
+	if err != nil {
+		return fmt.Errorf("read open TLog: %w", err)
+	}
+	data = append(data, v.tlog.buf...)
+	recs, _, err := decodeTLog(data)
+	if err != nil {
+		return fmt.Errorf("open TLog %s: %w", v.tlog.name, err)
+	}
+	if _, err := v.applyRecords(recs, 0); err != nil {
+		return fmt.Errorf("replay open %s: %w", v.tlog.name, err)
+	}
+	// applyRecords counts replayed changes as durable; those of the open
+	// TLog that were not flushed are not, so no page goes to disk before
+	// the next flush.
+	if flushed < seq {
+		v.flushedSeq = flushed
+	}
+	v.log.Warn("vdisk metadata rebuilt from its TLogs", "vdisk", v.name(), "took", time.Since(start).Round(time.Millisecond))
+	return nil
+}
+
+// quarantine moves a local file or directory that may hold data the
+// backend does not have out of the way instead of deleting it: only an
+// operator decides that it can go.
+func quarantine(log *slog.Logger, root, path, why string) {
+	dir := filepath.Join(root, quarantineDir)
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		log.Error("cannot make the quarantine directory; leaving the file in place", "path", path, "err", err)
+		return
+	}
+	dst := filepath.Join(dir, time.Now().UTC().Format("20060102T150405.000000000")+"-"+filepath.Base(path))
+	if err := os.Rename(path, dst); err != nil {
+		log.Error("cannot move to quarantine; leaving the file in place", "path", path, "err", err)
+		return
+	}
+	log.Warn("moved local data aside (not deleted; remove it once you know it is not needed)", "path", path, "to", dst, "why", why)
+}
+
+// quarantineDir holds what a restart set aside, under a volume's directory
+// and under the volume driver's.
+const quarantineDir = "quarantine"
+
 // restoreFromBackend brings the volume up on a host that has no local state
 // for it: the metadata store is rebuilt by replaying every TLog that the
-// backend's snapshots.json lists. Whatever was not uploaded is not there.
+// backend's snapshots.json lists. Whatever was not uploaded is not there
+// (restoreWithoutState calls it only when the directory holds no TLog).
 func (v *Volume) restoreFromBackend(ctx context.Context) error {
-	if err := os.RemoveAll(v.dir); err != nil {
+	ents, err := os.ReadDir(v.dir)
+	if err != nil && !errors.Is(err, fs.ErrNotExist) {
 		return fmt.Errorf("clear %s: %w", v.dir, err)
+	}
+	for _, e := range ents {
+		if e.Name() == quarantineDir {
+			continue
+		}
+		if err := os.RemoveAll(filepath.Join(v.dir, e.Name())); err != nil {
+			return fmt.Errorf("clear %s: %w", v.dir, err)
+		}
 	}
 	if err := v.makeDirs(); err != nil {
 		return err
@@ -163,9 +272,27 @@ func (v *Volume) restoreLocal(ctx context.Context, st localState) error {
 	if err := v.openMetadata(); err != nil {
 		return err
 	}
-	if st.Checkpoint == 0 {
-		// Nothing checkpointed (a new volume, or a rollback that was
-		// cut short): rebuild from scratch.
+	// The metadata store file is used only if it is exactly what the
+	// last checkpoint wrote; otherwise it is rebuilt from every TLog.
+	rebuild := true
+	switch {
+	case st.Checkpoint == 0:
+		// Nothing checkpointed (a new volume, a rollback or scrub cut
+		// short, or no state.json).
+	case st.MD == nil:
+		v.log.Warn("metadata store changed after its last checkpoint (the vdisk did not stop cleanly); rebuilding it from the TLogs",
+			"vdisk", v.name())
+	default:
+		if err := v.md.verify(*st.MD); err != nil {
+			v.log.Error("metadata store is damaged; rebuilding it from the TLogs", "vdisk", v.name(), "err", err)
+		} else {
+			rebuild = false
+		}
+	}
+	from := st.Checkpoint
+	if rebuild {
+		from = 0
+		v.state.MD = nil
 		if err := v.md.reset(); err != nil {
 			return err
 		}
@@ -181,26 +308,35 @@ func (v *Volume) restoreLocal(ctx context.Context, st localState) error {
 	v.snapshotsDirty = true
 	pendingSCOs := map[uint32]bool{}
 	maxSCO := uint32(0)
+	var replayed int64
 	for i, t := range st.Sealed {
 		for _, n := range t.SCOs {
 			pendingSCOs[n] = !t.Uploaded
 			maxSCO = max(maxSCO, n)
 		}
-		if i < st.Checkpoint {
+		v.pendingUpload += t.PendingBytes // zero once uploaded
+		if i < from {
 			continue
 		}
 		recs, err := v.readTLog(ctx, t.Name)
 		if err != nil {
 			return fmt.Errorf("sealed TLog: %w", err)
 		}
-		if _, err := v.applyRecords(recs, 0); err != nil {
+		n, err := v.applyRecords(recs, 0)
+		if err != nil {
 			return fmt.Errorf("replay %s: %w", t.Name, err)
 		}
-		v.pendingUpload += t.PendingBytes
+		replayed += n
 	}
 	v.written = st.WrittenBytes
+	if rebuild {
+		v.written = replayed
+	}
+	if err := v.findLostSCOs(ctx); err != nil {
+		return err
+	}
 
-	openSCOs, err := v.recoverOpenTLog(st)
+	openSCOs, err := v.recoverOpenTLog(st, !rebuild)
 	if err != nil {
 		return err
 	}
@@ -247,11 +383,70 @@ func (v *Volume) restoreLocal(ctx context.Context, st localState) error {
 		v.writeBuffer += fi.Size()
 		maxSCO = max(maxSCO, name.Number)
 	}
-	v.nextSCO = max(st.OpenFirstSCO, maxSCO+1, 1)
+	v.nextSCO = max(v.nextSCO, st.OpenFirstSCO, maxSCO+1, 1)
 	v.mu.Lock()
 	defer v.mu.Unlock()
 	next := v.state
 	return v.startTLogLocked(&next)
+}
+
+// findLostSCOs checks that every SCO of a sealed TLog not yet uploaded is
+// still in the write buffer (or already on the backend). One that is gone
+// is lost: its clusters read as I/O errors (never as older data or zeros),
+// the vdisk says which SCO it lost, and the TLog is uploaded without it so
+// that everything else still reaches the backend.
+func (v *Volume) findLostSCOs(ctx context.Context) error {
+	v.lost = map[uint32]bool{}
+	for _, n := range v.state.Lost {
+		v.lost[n] = true
+	}
+	for i := range v.state.Sealed {
+		t := &v.state.Sealed[i]
+		if t.Uploaded {
+			continue
+		}
+		kept := t.SCOs[:0]
+		for _, n := range t.SCOs {
+			missing, err := v.scoMissing(ctx, n)
+			if err != nil {
+				return err
+			}
+			if missing {
+				v.markLost(n, t.Name)
+				continue
+			}
+			kept = append(kept, n)
+		}
+		t.SCOs = kept
+	}
+	return nil
+}
+
+// scoMissing: SCO n is neither in the write buffer nor on the backend.
+func (v *Volume) scoMissing(ctx context.Context, n uint32) (bool, error) {
+	if _, err := os.Stat(v.scoPath(n)); err == nil {
+		return false, nil
+	} else if !errors.Is(err, fs.ErrNotExist) {
+		return false, fmt.Errorf("SCO %s: %w", v.scoName(n), err)
+	}
+	_, err := v.backend.Stat(ctx, v.ns, v.scoName(n).String())
+	if errors.Is(err, scos.ErrObjectNotFound) {
+		return true, nil
+	}
+	if err != nil {
+		return false, fmt.Errorf("SCO %s is not in the write buffer and the backend cannot say if it has it: %w", v.scoName(n), err)
+	}
+	return false, nil
+}
+
+func (v *Volume) markLost(n uint32, tlog string) {
+	if v.lost[n] {
+		return
+	}
+	v.lost[n] = true
+	v.state.Lost = append(v.state.Lost, n)
+	v.log.Error("SCO lost from the write buffer before it reached the backend; its clusters will read as I/O errors",
+		"vdisk", v.name(), "sco", v.scoName(n).String(), "tlog", tlog)
 }
 
 // recoverOpenTLog handles the TLog that was open when the volume stopped.
@@ -259,9 +454,15 @@ func (v *Volume) restoreLocal(ctx context.Context, st localState) error {
 // after it were handed to the kernel but never synced: each is kept only
 // if the SCO data it points to is there and matches its CRC, and the first
 // that fails ends the TLog. The SCOs it used are cut to what its records
-// describe, and SCO files it never described are removed. If it holds
+// describe, and SCO files it never described are set aside. If it holds
 // anything, it is sealed and queued for upload.
-func (v *Volume) recoverOpenTLog(st localState) ([]uint32, error) {
+//
+// The last checkpoint may have covered part of the TLog (OpenTLogBytes).
+// If fewer bytes than that are valid, flushed records were lost (the file
+// was truncated, corrupted or deleted). When the metadata store was
+// verified it holds their effect, and the records are made anew from it;
+// otherwise what they did cannot be known and the vdisk fails to come up.
+func (v *Volume) recoverOpenTLog(st localState, mdVerified bool) ([]uint32, error) {
 	if st.OpenTLog == "" {
 		return nil, nil
 	}
@@ -273,15 +474,41 @@ func (v *Volume) recoverOpenTLog(st localState) ([]uint32, error) {
 		return nil, fmt.Errorf("read open TLog: %w", err)
 	}
 	var recs []tlogRecord
-	if len(data) >= tlogHeaderSize {
+	valid := 0
+	if len(data) >= tlogHeaderSize || st.OpenTLogBytes > 0 {
 		var derr error
-		recs, _, derr = decodeTLog(data)
+		recs, valid, derr = decodeTLog(data)
 		if derr != nil && len(recs) == 0 && !errors.Is(derr, ErrCorruptTLog) {
 			return nil, fmt.Errorf("open TLog %s: %w", st.OpenTLog, derr)
 		}
-		if derr != nil {
+		if derr != nil && int64(valid) >= st.OpenTLogBytes {
 			v.log.Warn("open TLog has a torn tail; keeping its valid records", "vdisk", v.name(), "tlog", st.OpenTLog, "records", len(recs), "err", derr)
 		}
+	}
+	if int64(valid) < st.OpenTLogBytes {
+		if !mdVerified {
+			return nil, fmt.Errorf("open TLog %s is damaged: %d of the %d bytes the last checkpoint covered are valid, and the metadata store cannot vouch for the rest: flushed writes are lost; restore the file, or roll the vdisk back to a snapshot",
+				st.OpenTLog, valid, st.OpenTLogBytes)
+		}
+		synth, err := v.recordsFromMetadata(st.OpenFirstSCO)
+		if err != nil {
+			return nil, fmt.Errorf("open TLog %s is damaged and cannot be rebuilt: %w", st.OpenTLog, err)
+		}
+		// What came after the checkpoint is intact in place.
+		var tail []tlogRecord
+		for off := st.OpenTLogBytes; off+tlogRecordSize <= int64(len(data)); off += tlogRecordSize {
+			r, err := decodeRecord(data[off : off+tlogRecordSize])
+			if err != nil {
+				break
+			}
+			tail = append(tail, r)
+		}
+		v.log.Error("open TLog lost flushed records; made them anew from the metadata store",
+			"vdisk", v.name(), "tlog", st.OpenTLog, "valid_bytes", valid, "checkpointed_bytes", st.OpenTLogBytes,
+			"records_made", len(synth), "records_after_checkpoint", len(tail))
+		recs = append(recs[:len(recs):len(recs)], synth...)
+		recs = append(recs, tlogRecord{Type: recSync})
+		recs = append(recs, tail...)
 	}
 	lastSync := -1
 	for i, r := range recs {
@@ -356,8 +583,12 @@ func (v *Volume) recoverOpenTLog(st localState) ([]uint32, error) {
 		p := v.scoPath(name.Number)
 		end, ok := reach[name.Number]
 		if !ok {
-			if err := os.Remove(p); err != nil {
-				return nil, fmt.Errorf("remove leftover SCO: %w", err)
+			// No valid record names it: data that was never
+			// acknowledged, or whose records are lost.
+			if fi, err := os.Stat(p); err == nil && fi.Size() == 0 {
+				os.Remove(p)
+			} else {
+				quarantine(v.log, v.dir, p, "SCO that no valid record of the open TLog names")
 			}
 			continue
 		}
@@ -384,22 +615,74 @@ func (v *Volume) recoverOpenTLog(st localState) ([]uint32, error) {
 	if err := writeFileAtomic(path, out); err != nil {
 		return nil, err
 	}
+	present := used[:0:0]
 	for _, n := range used {
 		f, err := os.OpenFile(v.scoPath(n), os.O_RDWR, 0)
+		if errors.Is(err, fs.ErrNotExist) {
+			// Flushed records name it, so it was written and is gone.
+			v.markLost(n, st.OpenTLog)
+			continue
+		}
 		if err != nil {
 			return nil, fmt.Errorf("sync SCO: %w", err)
 		}
-		err = f.Sync()
+		fi, err := f.Stat()
+		if err == nil && fi.Size() < reach[n] {
+			// Cut short: the clusters past its end are gone.
+			v.markLost(n, st.OpenTLog)
+		}
+		if err == nil {
+			err = f.Sync()
+		}
 		f.Close()
 		if err != nil {
 			return nil, fmt.Errorf("sync SCO: %w", err)
 		}
+		present = append(present, n)
 	}
 	pending := scoBytes + int64(len(out)) - tlogHeaderSize
-	v.state.Sealed = append(v.state.Sealed, sealedTLog{Name: st.OpenTLog, SCOs: used, PendingBytes: pending})
+	v.state.Sealed = append(v.state.Sealed, sealedTLog{Name: st.OpenTLog, SCOs: present, PendingBytes: pending})
 	v.pendingUpload += pending
 	v.state.OpenTLog = ""
 	return used, nil
+}
+
+// recordsFromMetadata makes TLog records that take the state of the sealed
+// TLogs to what the metadata store holds, as far as an open TLog whose
+// SCOs start at firstSCO can have changed it: a write for every cluster
+// mapped into those SCOs, then a trim for every unmapped run (trims are
+// the only other change a TLog makes).
+func (v *Volume) recordsFromMetadata(firstSCO uint32) ([]tlogRecord, error) {
+	var out []tlogRecord
+	for no, ok := v.md.allocated.nextSet(0); ok; no, ok = v.md.allocated.nextSet(no + 1) {
+		p, err := v.md.page(no)
+		if err != nil {
+			return nil, err
+		}
+		for i, e := range p.entries {
+			if e.loc == 0 {
+				continue
+			}
+			loc := scos.UnpackLocation(e.loc)
+			if loc.SCO.CloneID != 0 || loc.SCO.Number < firstSCO {
+				continue
+			}
+			out = append(out, tlogRecord{Type: recWrite, DataCRC: e.crc, Addr: no*pageEntries + uint64(i), Loc: e.loc})
+		}
+	}
+	clusters := (uint64(v.Size()) + uint64(v.clusterSize) - 1) / uint64(v.clusterSize)
+	runs, err := v.md.runs(0, clusters, int(^uint(0)>>1))
+	if err != nil {
+		return nil, err
+	}
+	var addr uint64
+	for _, r := range runs {
+		if !r.mapped {
+			out = append(out, tlogRecord{Type: recTrim, Addr: addr, Count: r.count})
+		}
+		addr += r.count
+	}
+	return out, nil
 }
 
 // replayAncestors loads what a clone inherits: each ancestor's TLogs up to
@@ -440,4 +723,180 @@ func (v *Volume) readTLog(ctx context.Context, name string) ([]tlogRecord, error
 		return nil, fmt.Errorf("%s: %w", name, err)
 	}
 	return recs, nil
+}
+
+// localTLog is a TLog file found in the write buffer without state.json.
+type localTLog struct {
+	name     string
+	recs     []tlogRecord
+	scos     []uint32 // SCOs its write records name, ascending
+	size     int64
+	mtime    time.Time
+	complete bool // decodes to its end
+}
+
+// restoreWithoutState brings the volume up when state.json is missing or
+// unreadable. The backend's snapshots.json names what was uploaded; TLogs
+// in the write buffer that it does not name hold writes that never reached
+// the backend, so they are replayed after it, in the order they were
+// written, the last one as the TLog that was open (its unflushed tail is
+// checked against the SCO data like after a crash). Nothing local that the
+// backend lacks is deleted: what cannot be used is set aside in the
+// volume's quarantine directory.
+func (v *Volume) restoreWithoutState(ctx context.Context) error {
+	tlogDir := filepath.Join(v.dir, "tlog")
+	ents, err := os.ReadDir(tlogDir)
+	if err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("read %s: %w", tlogDir, err)
+	}
+	var names []string
+	for _, e := range ents {
+		if validTLogName(e.Name()) {
+			names = append(names, e.Name())
+		}
+	}
+	if len(names) == 0 {
+		// No TLog, so no acknowledged write that is only here. SCO files
+		// without a record are set aside all the same.
+		if sents, _ := os.ReadDir(filepath.Join(v.dir, "sco")); len(sents) > 0 {
+			for _, e := range sents {
+				if fi, err := e.Info(); err == nil && fi.Size() > 0 {
+					quarantine(v.log, v.dir, filepath.Join(v.dir, "sco", e.Name()), "SCO without state.json or TLog")
+				}
+			}
+		}
+		return v.restoreFromBackend(ctx)
+	}
+
+	b, err := v.backend.Get(ctx, v.ns, snapshotsObject)
+	if err != nil {
+		return fmt.Errorf("read snapshots.json: %w", err)
+	}
+	snaps, err := decodeSnapshotsFile(b)
+	if err != nil {
+		return err
+	}
+	objs, err := v.backend.List(ctx, v.ns, "")
+	if err != nil {
+		return fmt.Errorf("list backend objects: %w", err)
+	}
+	onBackend := map[string]bool{}
+	var maxSCO uint32
+	for _, o := range objs {
+		onBackend[o.Name] = true
+		if n, err := scos.ParseSCOName(o.Name); err == nil {
+			maxSCO = max(maxSCO, n.Number)
+		}
+	}
+	published := map[string]bool{}
+	for _, t := range snaps.TLogs {
+		published[t] = true
+	}
+
+	var local []localTLog
+	for _, name := range names {
+		if published[name] {
+			continue // on the backend and named: replayed from there
+		}
+		p := filepath.Join(tlogDir, name)
+		data, err := os.ReadFile(p)
+		if err != nil {
+			return fmt.Errorf("read TLog %s: %w", name, err)
+		}
+		fi, err := os.Stat(p)
+		if err != nil {
+			return fmt.Errorf("stat TLog %s: %w", name, err)
+		}
+		recs, _, derr := decodeTLog(data)
+		if derr != nil && len(recs) == 0 {
+			if len(data) > tlogHeaderSize {
+				quarantine(v.log, v.dir, p, "TLog without one valid record: "+derr.Error())
+			} else {
+				os.Remove(p)
+			}
+			continue
+		}
+		t := localTLog{name: name, recs: recs, size: fi.Size(), mtime: fi.ModTime(), complete: derr == nil}
+		seen := map[uint32]bool{}
+		for _, r := range recs {
+			if r.Type == recWrite {
+				if n := scos.UnpackLocation(r.Loc).SCO.Number; !seen[n] {
+					seen[n] = true
+					t.scos = append(t.scos, n)
+				}
+			}
+		}
+		sort.Slice(t.scos, func(i, j int) bool { return t.scos[i] < t.scos[j] })
+		local = append(local, t)
+	}
+	// TLogs are written one after the other: a sealed one is never
+	// written again, so modification times give their order.
+	sort.SliceStable(local, func(i, j int) bool { return local[i].mtime.Before(local[j].mtime) })
+	var prevMax uint32
+	for _, t := range local {
+		if len(t.scos) > 0 {
+			if t.scos[0] < prevMax {
+				return fmt.Errorf("state.json is missing and the local TLogs cannot be put in order (%s names SCO %s, before SCO %s of an earlier one); they are kept in %s",
+					t.name, v.scoName(t.scos[0]), v.scoName(prevMax), tlogDir)
+			}
+			prevMax = t.scos[len(t.scos)-1]
+		}
+	}
+
+	st := localState{
+		Format:    formatVersion,
+		Config:    v.state.Config,
+		Snapshots: snaps.Snapshots,
+	}
+	for _, name := range snaps.TLogs {
+		st.Sealed = append(st.Sealed, sealedTLog{Name: name, Uploaded: true})
+	}
+	referenced := map[uint32]bool{}
+	for i, t := range local {
+		for _, n := range t.scos {
+			referenced[n] = true
+		}
+		if i == len(local)-1 {
+			st.OpenTLog = t.name
+			st.OpenFirstSCO = max(prevMax, maxSCO) + 1
+			if len(t.scos) > 0 {
+				st.OpenFirstSCO = t.scos[0]
+			}
+			break
+		}
+		if !t.complete {
+			return fmt.Errorf("state.json is missing and TLog %s, which is not the last, is damaged: the writes it held cannot all be recovered; it is kept in %s",
+				t.name, tlogDir)
+		}
+		pending := t.size - tlogHeaderSize
+		for _, n := range t.scos {
+			if fi, err := os.Stat(v.scoPath(n)); err == nil {
+				pending += fi.Size()
+			}
+		}
+		st.Sealed = append(st.Sealed, sealedTLog{Name: t.name, SCOs: t.scos, PendingBytes: pending})
+	}
+	// SCO files that no local TLog names: copies of uploaded SCOs are
+	// kept as cache; the others are set aside.
+	if sents, err := os.ReadDir(filepath.Join(v.dir, "sco")); err == nil {
+		for _, e := range sents {
+			n, err := scos.ParseSCOName(e.Name())
+			if err != nil || referenced[n.Number] || onBackend[e.Name()] || n.Number >= st.OpenFirstSCO {
+				continue
+			}
+			quarantine(v.log, v.dir, filepath.Join(v.dir, "sco", e.Name()), "SCO that neither the backend nor a local TLog has")
+		}
+	}
+	v.nextSCO = max(maxSCO, prevMax) + 1
+	v.log.Warn("state.json missing: recovering the vdisk from the backend and the TLogs in its write buffer",
+		"vdisk", v.name(), "tlogs_on_backend", len(snaps.TLogs), "local_tlogs_not_on_backend", len(local),
+		"open_tlog", st.OpenTLog)
+	if err := v.restoreLocal(ctx, st); err != nil {
+		return err
+	}
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	// Record the recovered state at once (restoreLocal started a new
+	// TLog, which wrote state.json) and checkpoint the rebuilt metadata.
+	return v.checkpointLocked()
 }

@@ -3,6 +3,7 @@ package volumedriver
 import (
 	"crypto/rand"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -140,6 +141,17 @@ type localState struct {
 	// Checkpoint: the metadata store file holds every change of
 	// Sealed[:Checkpoint]; a restart replays from there.
 	Checkpoint int `json:"checkpoint"`
+	// MD describes the metadata store file as the last checkpoint left
+	// it; nil once the file changed since (it is then rebuilt from the
+	// TLogs on restart).
+	MD *mdSummary `json:"md,omitempty"`
+	// OpenTLogBytes: the checkpoint also covers the open TLog's first
+	// OpenTLogBytes bytes (all flushed). A restart that finds fewer valid
+	// bytes knows that flushed records were lost, not a torn tail.
+	OpenTLogBytes int64 `json:"open_tlog_bytes,omitempty"`
+	// Lost: SCOs that were missing from the write buffer before they
+	// reached the backend; their clusters read as I/O errors.
+	Lost []uint32 `json:"lost,omitempty"`
 	// OpenTLog is the TLog being written; OpenFirstSCO the first SCO
 	// number it may use (SCO files from there on not named by its valid
 	// records are leftovers of a crash).
@@ -191,6 +203,9 @@ type sealedTLog struct {
 	PendingBytes int64 `json:"pending_bytes,omitempty"`
 }
 
+// errNewerFormat: a file written by a newer build; it is left alone.
+var errNewerFormat = errors.New("written by a newer version of ovs")
+
 func readLocalState(dir string) (localState, error) {
 	var s localState
 	b, err := os.ReadFile(filepath.Join(dir, "state.json"))
@@ -199,6 +214,9 @@ func readLocalState(dir string) (localState, error) {
 	}
 	if err := json.Unmarshal(b, &s); err != nil {
 		return s, fmt.Errorf("state.json: %w", err)
+	}
+	if s.Format > formatVersion {
+		return s, fmt.Errorf("%w: state.json format %d (this build reads %d)", errNewerFormat, s.Format, formatVersion)
 	}
 	if s.Format != formatVersion {
 		return s, fmt.Errorf("state.json format %d is not supported", s.Format)

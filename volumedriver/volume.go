@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -82,6 +83,9 @@ type Volume struct {
 	protectedTLogs int
 	// scrubMu: one scrub at a time, and no clone is taken during one.
 	scrubMu sync.Mutex
+	// lost: SCOs (of this vdisk) gone from the write buffer before they
+	// were uploaded; set while the volume is brought up, read-only after.
+	lost map[uint32]bool
 
 	// Group commit (see Writes): writes are acknowledged once in the
 	// kernel; kernelSeq is the newest change that is.
@@ -797,6 +801,7 @@ func (v *Volume) startTLogLocked(next *localState) error {
 	}
 	next.OpenTLog = name
 	next.OpenFirstSCO = v.nextSCO
+	next.OpenTLogBytes = 0
 	next.WrittenBytes = v.written
 	if err := writeLocalState(v.dir, next); err != nil {
 		f.Close()
@@ -815,16 +820,20 @@ func (v *Volume) checkpointLocked() error {
 	if err := v.flushLocked(); err != nil {
 		return err
 	}
-	if err := v.md.checkpoint(); err != nil {
+	sum, err := v.md.checkpoint()
+	if err != nil {
 		return err
 	}
 	next := v.state
 	next.Checkpoint = len(v.state.Sealed)
 	next.WrittenBytes = v.written
+	next.MD = &sum
+	next.OpenTLogBytes = v.tlog.size
 	if err := writeLocalState(v.dir, &next); err != nil {
 		return err
 	}
 	v.state = next
+	v.md.committed()
 	v.removeOldTLogsLocked()
 	return nil
 }
@@ -1098,6 +1107,10 @@ func (v *Volume) readRun(ctx context.Context, ls []lookup, out []byte) error {
 			ns, obj.CloneID = anc[c-1], 0
 		}
 		if err := v.backend.ReadAt(ctx, ns, obj.String(), p, int64(loc.Offset)*int64(cs)); err != nil {
+			if loc.SCO.CloneID == 0 && v.lost[loc.SCO.Number] {
+				return fmt.Errorf("%s: cluster %s: %w (SCO %s was damaged or lost in the write buffer before it reached the backend: %v)",
+					v.name(), loc, ErrDataLost, loc.SCO, err)
+			}
 			return fmt.Errorf("%s: read cluster %s from the backend: %w", v.name(), loc, err)
 		}
 		if crc32c(p) != l.e.crc {
@@ -1179,8 +1192,18 @@ func (v *Volume) info() VolumeInfo {
 	if len(c.Ancestors) > 0 {
 		info.Parent = c.Ancestors[0].Name + "@" + c.Ancestors[0].Snapshot
 	}
-	if v.failed != nil {
+	switch {
+	case v.failed != nil:
 		info.State = "failed: " + v.failed.Error()
+	case v.md.broken != nil:
+		info.State = "failed: " + v.md.broken.Error()
+	case len(v.state.Lost) > 0:
+		names := make([]string, len(v.state.Lost))
+		for i, n := range v.state.Lost {
+			names[i] = v.scoName(n).String()
+		}
+		info.State = fmt.Sprintf("degraded: lost clusters in SCO %s (gone from the write buffer before reaching the backend; they read as I/O errors)",
+			strings.Join(names, ", "))
 	}
 	return info
 }
