@@ -534,3 +534,61 @@ func TestWriteBufferKeepsFewFiles(t *testing.T) {
 		t.Errorf("%d SCO files of one vdisk open after 20 SCOs were written, want at most %d", open, max)
 	}
 }
+
+// TestTransientStateWriteFailure: a state.json that cannot be written
+// (here: its temporary file's name is taken by a directory) fails the
+// snapshot and the sync that need it, and nothing else; once the cause is
+// gone both work, with no restart, and everything survives one.
+func TestTransientStateWriteFailure(t *testing.T) {
+	ctx := context.Background()
+	e := newTestEnv(t)
+	d := e.open()
+	const size = 16 << 20
+	if _, err := d.Create(ctx, "a", size, CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	v, _ := d.Volume("a")
+	m := &model{data: make([]byte, size)}
+	rng := rand.New(rand.NewPCG(21, 22))
+	randomWrites(t, v, m, rng, 50, 20_000)
+
+	blocker := filepath.Join(v.dir, "state.json.tmp")
+	if err := os.Mkdir(blocker, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := v.CreateSnapshot(ctx, "s1", ""); err == nil {
+		t.Fatal("snapshot with state.json unwritable: no error")
+	}
+	if err := v.Sync(ctx); err == nil {
+		t.Fatal("sync with state.json unwritable: no error")
+	}
+	if st := v.info().State; st != "ok" {
+		t.Fatalf("state %q after a failed state.json write, want ok", st)
+	}
+	randomWrites(t, v, m, rng, 50, 20_000)
+	if err := v.Flush(ctx); err != nil {
+		t.Fatal(err)
+	}
+	check(t, v, m)
+
+	if err := os.Remove(blocker); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := v.CreateSnapshot(ctx, "s1", ""); err != nil {
+		t.Fatalf("snapshot once state.json is writable again: %v", err)
+	}
+	randomWrites(t, v, m, rng, 50, 20_000)
+	if err := v.Sync(ctx); err != nil {
+		t.Fatalf("sync once state.json is writable again: %v", err)
+	}
+	if err := d.Close(); err != nil {
+		t.Fatal(err)
+	}
+	d = e.open()
+	defer d.Close()
+	v, _ = d.Volume("a")
+	check(t, v, m)
+	if snaps := v.Snapshots(); len(snaps) != 1 || snaps[0].Name != "s1" {
+		t.Errorf("snapshots after restart: %+v, want s1", snaps)
+	}
+}
