@@ -40,6 +40,8 @@ type cluster struct {
 	// Env is added to the environment of the next start (e.g.
 	// OVS_FAILPOINTS for crash tests).
 	Env []string
+	// Args are extra flags of ovs up (limits, say).
+	Args []string
 
 	proc    *exec.Cmd
 	exited  chan struct{} // closed when proc has been waited for
@@ -49,12 +51,12 @@ type cluster struct {
 // startCluster starts `ovs up` in a t.TempDir() on free 127.0.0.1 ports and
 // waits until its API is healthy. Cleanup stops it (SIGTERM, then SIGKILL)
 // and waits for it and its children.
-func startCluster(t *testing.T) *cluster {
+func startCluster(t *testing.T, args ...string) *cluster {
 	t.Helper()
 	if testing.Short() {
 		t.Skip("end-to-end test; skipped in -short mode")
 	}
-	c := &cluster{t: t, Dir: t.TempDir()}
+	c := &cluster{t: t, Dir: t.TempDir(), Args: args}
 	c.Socket = filepath.Join(c.Dir, "nbd.sock")
 	if len(c.Socket) > 100 { // sun_path holds 108 bytes
 		sd, err := os.MkdirTemp("", "ovs-sock-")
@@ -133,6 +135,7 @@ func (c *cluster) start() {
 	}
 	args := []string{"up", "--data", c.Dir, "--api", c.APIAddr, "--nbd", c.NBDAddr,
 		"--arakoon-client", c.AraClient, "--arakoon-raft", c.AraRaft}
+	args = append(args, c.Args...)
 	if c.Socket != filepath.Join(c.Dir, "nbd.sock") {
 		args = append(args, "--nbd-socket", c.Socket)
 	}
