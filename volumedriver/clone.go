@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"sort"
 	"time"
 
 	"github.com/ovs-storage/ovs/scos"
@@ -18,40 +17,8 @@ func (v *Volume) setAncestors(anc []ancestor) {
 		ns[i] = a.Namespace
 	}
 	v.ancestors.Store(&ns)
-}
-
-// clonesLocked names the vdisks whose clone chain includes the vdisk with
-// id (and, if snapshot is not empty, that were cloned from that snapshot
-// of it, directly or through their own parents).
-func (d *Driver) clonesLocked(id, snapshot string) []string {
-	var out []string
-	consider := func(name string, cfg volumeConfig) {
-		for _, a := range cfg.Ancestors {
-			if a.ID == id && (snapshot == "" || a.Snapshot == snapshot) {
-				out = append(out, name)
-				return
-			}
-		}
-	}
-	for name, v := range d.vols {
-		v.mu.Lock()
-		cfg := v.state.Config
-		v.mu.Unlock()
-		consider(name, cfg)
-	}
-	for name, b := range d.broken {
-		consider(name, b.cfg)
-	}
-	sort.Strings(out)
-	return out
-}
-
-func (d *Driver) volumeLocked(name string) (*Volume, error) {
-	v, ok := d.vols[name]
-	if !ok {
-		return nil, fmt.Errorf("%w: %s", ErrNotFound, name)
-	}
-	return v, nil
+	chain := append([]ancestor(nil), anc...)
+	v.chain.Store(&chain)
 }
 
 // CreateSnapshot snapshots a vdisk (see Volume.CreateSnapshot).
@@ -74,13 +41,12 @@ func (d *Driver) ListSnapshots(ctx context.Context, vdisk string) ([]SnapshotInf
 
 // DeleteSnapshot deletes a snapshot that no clone is built on.
 func (d *Driver) DeleteSnapshot(ctx context.Context, vdisk, snapshot string) error {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	v, err := d.volumeLocked(vdisk)
+	v, unlock, err := d.lockVolume(ctx, vdisk)
 	if err != nil {
 		return err
 	}
-	if clones := d.clonesLocked(v.state.Config.ID, snapshot); len(clones) > 0 {
+	defer unlock()
+	if clones := d.clonesOf(v.state.Config.ID, snapshot); len(clones) > 0 {
 		return fmt.Errorf("%w: clones %v are built on %s@%s; flatten or delete them first", ErrBusy, clones, vdisk, snapshot)
 	}
 	return v.DeleteSnapshot(ctx, snapshot)
@@ -89,12 +55,11 @@ func (d *Driver) DeleteSnapshot(ctx context.Context, vdisk, snapshot string) err
 // Rollback returns a vdisk to a snapshot. With clients connected it is
 // refused unless force: they would see their disk change under them.
 func (d *Driver) Rollback(ctx context.Context, vdisk, snapshot string, force bool) error {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	v, err := d.volumeLocked(vdisk)
+	v, unlock, err := d.lockVolume(ctx, vdisk)
 	if err != nil {
 		return err
 	}
+	defer unlock()
 	if n := v.clients.Load(); n > 0 && !force {
 		return fmt.Errorf("%w: %s has %d client(s) connected; use force to roll back anyway", ErrBusy, vdisk, n)
 	}
@@ -110,7 +75,7 @@ func (d *Driver) Rollback(ctx context.Context, vdisk, snapshot string, force boo
 	}
 	v.mu.Unlock()
 	for _, l := range later {
-		if clones := d.clonesLocked(id, l); len(clones) > 0 {
+		if clones := d.clonesOf(id, l); len(clones) > 0 {
 			return fmt.Errorf("%w: rolling back would discard snapshot %s, which clones %v are built on", ErrBusy, l, clones)
 		}
 	}
@@ -124,23 +89,25 @@ func (d *Driver) Clone(ctx context.Context, name, parent, snapshot string) (Volu
 	if !validName(name) {
 		return VolumeInfo{}, fmt.Errorf("%w: vdisk name %q", ErrInvalidArgument, name)
 	}
-	// A scrub of the parent would rename the TLogs the clone records.
-	if pv, err := d.Volume(parent); err == nil {
-		pv.scrubMu.Lock()
-		defer pv.scrubMu.Unlock()
-	}
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	if _, ok := d.vols[name]; ok {
-		return VolumeInfo{}, fmt.Errorf("%w: %s", ErrExists, name)
-	}
-	if _, ok := d.broken[name]; ok {
-		return VolumeInfo{}, fmt.Errorf("%w: %s", ErrExists, name)
-	}
-	p, err := d.volumeLocked(parent)
+	// The parent's control lock keeps it, and the snapshot, from going
+	// away (delete, rollback, snapshot delete) until the clone is
+	// registered; a scrub of the parent would rename the TLogs the clone
+	// records. Neither lock is shared with other vdisks: a parent stuck
+	// syncing to a stalled backend holds up only operations on itself.
+	// The name is taken first, so that a create of it fails at once
+	// rather than after the wait.
+	release, err := d.reserveName(name)
 	if err != nil {
 		return VolumeInfo{}, err
 	}
+	defer release()
+	p, unlock, err := d.lockVolume(ctx, parent)
+	if err != nil {
+		return VolumeInfo{}, err
+	}
+	defer unlock()
+	p.scrubMu.Lock()
+	defer p.scrubMu.Unlock()
 	p.mu.Lock()
 	pcfg := p.state.Config
 	if snapshot == "" {
@@ -192,7 +159,7 @@ func (d *Driver) Clone(ctx context.Context, name, parent, snapshot string) (Volu
 			ID: pcfg.ID, Name: pcfg.Name, Namespace: p.ns, Snapshot: snapshot, TLogs: tlogs,
 		}}, pcfg.Ancestors...),
 	}
-	v, err := d.createLocked(ctx, cfg)
+	v, err := d.createVolume(ctx, cfg)
 	if err != nil {
 		return VolumeInfo{}, err
 	}
@@ -200,8 +167,9 @@ func (d *Driver) Clone(ctx context.Context, name, parent, snapshot string) (Volu
 	return v.info(), nil
 }
 
-// createLocked writes a new vdisk's namespace and brings it up.
-func (d *Driver) createLocked(ctx context.Context, cfg volumeConfig) (*Volume, error) {
+// createVolume writes a new vdisk's namespace, brings it up and registers
+// it. The caller holds a reservation of the name (reserveName), not d.mu.
+func (d *Driver) createVolume(ctx context.Context, cfg volumeConfig) (*Volume, error) {
 	ns := namespacePrefix + cfg.ID
 	if err := d.backend.CreateNamespace(ctx, ns); err != nil {
 		return nil, fmt.Errorf("create %s: %w", cfg.Name, err)
@@ -226,7 +194,9 @@ func (d *Driver) createLocked(ctx context.Context, cfg volumeConfig) (*Volume, e
 	if err != nil {
 		return fail(err)
 	}
-	d.vols[cfg.Name] = v
+	if err := d.registerVolume(v); err != nil {
+		return nil, err
+	}
 	return v, nil
 }
 
@@ -234,12 +204,11 @@ func (d *Driver) createLocked(ctx context.Context, cfg volumeConfig) (*Volume, e
 // as a snapshot (one is taken if anything was written since the last) and
 // synced, so clones can be made from it.
 func (d *Driver) SetTemplate(ctx context.Context, name string) (VolumeInfo, error) {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	v, err := d.volumeLocked(name)
+	v, unlock, err := d.lockVolume(ctx, name)
 	if err != nil {
 		return VolumeInfo{}, err
 	}
+	defer unlock()
 	v.mu.Lock()
 	isTemplate := v.state.Config.Template
 	n := len(v.state.Snapshots)
@@ -264,15 +233,22 @@ func (d *Driver) SetTemplate(ctx context.Context, name string) (VolumeInfo, erro
 }
 
 // updateConfig changes volume.json: on the backend first (the authority
-// on restart), then in the local state.
+// on restart), then in the local state. The caller holds the control lock,
+// which keeps the configuration from changing while mu is released for
+// the backend write: reads and writes of the vdisk go on meanwhile.
 func (v *Volume) updateConfig(ctx context.Context, change func(*volumeConfig)) error {
 	v.mu.Lock()
-	defer v.mu.Unlock()
 	cfg := v.state.Config
+	v.mu.Unlock()
 	change(&cfg)
 	b, _ := json.Marshal(cfg)
 	if err := v.backend.Put(ctx, v.ns, volumeObject, b, true); err != nil {
 		return fmt.Errorf("%s: update volume.json: %w", cfg.Name, err)
+	}
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	if v.closed {
+		return fmt.Errorf("%s: %w", cfg.Name, ErrClosed)
 	}
 	v.state.Config = cfg
 	v.setAncestors(cfg.Ancestors)
@@ -306,8 +282,11 @@ func (d *Driver) Flatten(ctx context.Context, name string) (VolumeInfo, error) {
 	if err := v.Sync(ctx); err != nil {
 		return VolumeInfo{}, fmt.Errorf("flatten %s: %w", name, err)
 	}
-	d.mu.Lock()
-	defer d.mu.Unlock()
+	v, unlock, err := d.lockVolume(ctx, name)
+	if err != nil {
+		return VolumeInfo{}, err
+	}
+	defer unlock()
 	if err := v.updateConfig(ctx, func(c *volumeConfig) { c.Ancestors = nil }); err != nil {
 		return VolumeInfo{}, err
 	}

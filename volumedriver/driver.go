@@ -112,10 +112,14 @@ type Driver struct {
 	stop chan struct{}
 	wg   sync.WaitGroup
 
+	// mu guards the maps below and is never held across backend I/O
+	// (see ctl.go).
 	mu     sync.Mutex
 	vols   map[string]*Volume // by name
 	broken map[string]brokenVolume
-	closed bool
+	// pending: names of vdisks being created or cloned.
+	pending map[string]struct{}
+	closed  bool
 }
 
 // brokenVolume is a vdisk whose namespace exists but that this host could
@@ -146,6 +150,7 @@ func Open(ctx context.Context, dir string, backend scos.Backend, opts Options) (
 		log:     opts.Logger,
 		vols:    map[string]*Volume{},
 		broken:  map[string]brokenVolume{},
+		pending: map[string]struct{}{},
 		stop:    make(chan struct{}),
 		files:   scos.NewFileCache(opts.OpenSCOFiles),
 	}
@@ -249,6 +254,7 @@ func (d *Driver) newVolume(cfg volumeConfig) *Volume {
 		progress:    make(chan struct{}),
 		kick:        make(chan struct{}, 1),
 		stop:        make(chan struct{}),
+		ctl:         make(chan struct{}, 1),
 	}
 	v.committed = sync.NewCond(&v.mu)
 	v.size.Store(cfg.Size)
@@ -316,17 +322,11 @@ func (d *Driver) Create(ctx context.Context, name string, size int64, opts Creat
 	if err := checkSize(size, opts.ClusterSize); err != nil {
 		return VolumeInfo{}, err
 	}
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	if d.closed {
-		return VolumeInfo{}, ErrClosed
+	release, err := d.reserveName(name)
+	if err != nil {
+		return VolumeInfo{}, err
 	}
-	if _, ok := d.vols[name]; ok {
-		return VolumeInfo{}, fmt.Errorf("%w: %s", ErrExists, name)
-	}
-	if _, ok := d.broken[name]; ok {
-		return VolumeInfo{}, fmt.Errorf("%w: %s", ErrExists, name)
-	}
+	defer release()
 	cfg := volumeConfig{
 		Format:         formatVersion,
 		ID:             newUUID(),
@@ -337,7 +337,7 @@ func (d *Driver) Create(ctx context.Context, name string, size int64, opts Creat
 		TLogMultiplier: tlogMultiplierFor(int64(opts.ClusterSize) * int64(opts.SCOMultiplier)),
 		CreatedAt:      time.Now().UTC().Truncate(time.Second),
 	}
-	v, err := d.createLocked(ctx, cfg)
+	v, err := d.createVolume(ctx, cfg)
 	if err != nil {
 		return VolumeInfo{}, err
 	}
@@ -431,18 +431,28 @@ func (d *Driver) Delete(ctx context.Context, name string, force bool) error {
 	d.mu.Lock()
 	v, ok := d.vols[name]
 	b, isBroken := d.broken[name]
+	d.mu.Unlock()
 	if !ok && !isBroken {
-		d.mu.Unlock()
 		return fmt.Errorf("%w: %s", ErrNotFound, name)
 	}
-	var ns, dir string
 	id := b.cfg.ID
 	if ok {
-		id = v.state.Config.ID
+		// No clone of it may be taken while it goes.
+		unlock, err := v.lockCtl(ctx)
+		if err != nil {
+			return err
+		}
+		defer unlock()
+		id = v.state.Config.ID // fixed at creation
 	}
-	if clones := d.clonesLocked(id, ""); len(clones) > 0 {
+	if clones := d.clonesOf(id, ""); len(clones) > 0 {
+		return fmt.Errorf("%w: %s has clones (%s); flatten or delete them first", ErrBusy, name, describeClones(clones))
+	}
+	var ns, dir string
+	d.mu.Lock()
+	if ok && d.vols[name] != v || !ok && d.broken[name].ns != b.ns {
 		d.mu.Unlock()
-		return fmt.Errorf("%w: %s has clones (%s); flatten or delete them first", ErrBusy, name, strings.Join(clones, ", "))
+		return fmt.Errorf("%w: %s", ErrNotFound, name) // deleted meanwhile
 	}
 	if ok {
 		if n := v.clients.Load(); n > 0 && !force {
@@ -476,12 +486,11 @@ func (d *Driver) Delete(ctx context.Context, name string, force bool) error {
 
 // Resize grows a vdisk. Shrinking is refused: it would destroy data.
 func (d *Driver) Resize(ctx context.Context, name string, size int64) (VolumeInfo, error) {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	v, ok := d.vols[name]
-	if !ok {
-		return VolumeInfo{}, fmt.Errorf("%w: %s", ErrNotFound, name)
+	v, unlock, err := d.lockVolume(ctx, name)
+	if err != nil {
+		return VolumeInfo{}, err
 	}
+	defer unlock()
 	if err := checkSize(size, v.clusterSize); err != nil {
 		return VolumeInfo{}, err
 	}
@@ -554,18 +563,26 @@ func (d *Driver) cacheSet(v *Volume, loc uint64, data []byte) {
 }
 
 // resize grows the volume: volume.json on the backend first (it is the
-// authority on restart), then the local view.
+// authority on restart), then the local view. The caller holds the control
+// lock, so the configuration cannot change while mu is released for the
+// backend write.
 func (v *Volume) resize(ctx context.Context, size int64) error {
 	v.mu.Lock()
-	defer v.mu.Unlock()
 	if err := v.writableLocked(); err != nil {
+		v.mu.Unlock()
 		return err
 	}
 	cfg := v.state.Config
+	v.mu.Unlock()
 	cfg.Size = size
 	b, _ := json.Marshal(cfg)
 	if err := v.backend.Put(ctx, v.ns, volumeObject, b, true); err != nil {
 		return fmt.Errorf("resize %s: %w", cfg.Name, err)
+	}
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	if v.closed {
+		return fmt.Errorf("resize %s: %w", cfg.Name, ErrClosed)
 	}
 	v.state.Config = cfg
 	v.md.grow(numPages(size, v.clusterSize))

@@ -429,18 +429,16 @@ func (d *Driver) Scrub(ctx context.Context, name string) (ScrubResult, error) {
 	}
 	v.scrubMu.Lock()
 	defer v.scrubMu.Unlock()
-	d.mu.Lock()
 	v.mu.Lock()
 	id := v.state.Config.ID
 	snaps := append([]snapshotRecord(nil), v.state.Snapshots...)
 	v.mu.Unlock()
 	protected := 0
 	for _, sn := range snaps {
-		if len(d.clonesLocked(id, sn.Name)) > 0 {
+		if len(d.clonesOf(id, sn.Name)) > 0 {
 			protected = max(protected, sn.TLogCount)
 		}
 	}
-	d.mu.Unlock()
 	v.mu.Lock()
 	v.protectedTLogs = protected
 	v.mu.Unlock()

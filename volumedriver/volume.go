@@ -78,6 +78,12 @@ type Volume struct {
 	// ancestors are the backend namespaces of the clone's parent chain:
 	// a location with clone id c lives in ancestors[c-1].
 	ancestors atomic.Pointer[[]string]
+	// chain is the clone's parent chain (the config's Ancestors), readable
+	// without mu so that the driver can find clones while a volume is busy.
+	chain atomic.Pointer[[]ancestor]
+	// ctl is the control lock (see ctl.go): a channel so that waiting for
+	// it honours a context.
+	ctl chan struct{}
 	// protectedTLogs: clones are built on Sealed[:protectedTLogs]; the
 	// scrubber leaves the SCOs of those TLogs alone. Set by the driver.
 	protectedTLogs int

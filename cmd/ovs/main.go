@@ -8,9 +8,12 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/http"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"syscall"
+	"time"
 
 	"github.com/spf13/cobra"
 
@@ -62,10 +65,45 @@ func (e runtimeError) Unwrap() error { return e.err }
 // globalOptions holds the persistent flags every API command uses.
 type globalOptions struct {
 	api string
+	// timeout bounds one API call; 0 means none (the server's own
+	// deadlines still apply).
+	timeout time.Duration
+	// tokenFile holds API tokens (DATA/api-tokens); $OVS_TOKEN wins.
+	tokenFile string
 }
 
-// client returns an API client for the --api address.
-func (g *globalOptions) client() *api.Client { return api.NewClient(g.api, nil) }
+// client returns an API client for the --api address, with the call
+// timeout and the API token ($OVS_TOKEN, else the newest in the token
+// file, if readable).
+func (g *globalOptions) client() *api.Client {
+	c := api.NewClient(g.api, &http.Client{Timeout: g.timeout})
+	token := os.Getenv("OVS_TOKEN")
+	if token == "" && g.tokenFile != "" {
+		token, _ = api.ReadToken(g.tokenFile) // unreadable: calls that need it say so
+	}
+	if token != "" {
+		c = c.WithToken(token)
+	}
+	return c
+}
+
+// addClientFlags adds the flags of the API client (timeout, token file)
+// to cmd and its subcommands.
+func (g *globalOptions) addClientFlags(cmd *cobra.Command) {
+	data := os.Getenv("OVS_DATA")
+	if data == "" {
+		home, _ := os.UserHomeDir()
+		data = filepath.Join(home, ".ovs")
+	}
+	cmd.PersistentFlags().DurationVar(&g.timeout, "timeout", defaultCallTimeout,
+		"give up on an API call after this long (0: wait as long as the server allows)")
+	cmd.PersistentFlags().StringVar(&g.tokenFile, "token-file", filepath.Join(data, api.TokenFileName),
+		"API token file (DATA/api-tokens of the cluster; $OVS_TOKEN wins)")
+}
+
+// defaultCallTimeout is a bit over the server's longest deadline, so that
+// the server's own timeout answer is what the user sees.
+const defaultCallTimeout = 11 * time.Minute
 
 // newRootCommand builds the ovs command tree. Output goes to stdout and
 // stderr; nothing is kept in package state.
@@ -99,6 +137,7 @@ func newRootCommand(stdout, stderr io.Writer) *cobra.Command {
 		newArakoonCommand(),
 		newASDCommand(),
 		newBackendCommand(g),
+		newTokenCommand(),
 	)
 	markRuntimeErrors(root)
 	return root

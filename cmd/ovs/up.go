@@ -41,6 +41,14 @@ type upOptions struct {
 	scrubEvery    time.Duration
 	arakoonClient string
 	arakoonRaft   string
+
+	apiHosts         []string
+	apiRequireToken  bool
+	apiMaxConns      int
+	apiTimeout       time.Duration
+	nbdMaxConns      int
+	nbdHandshake     time.Duration
+	readyWaitTimeout time.Duration
 }
 
 // newUpCommand: the embedded default, a whole single-host cluster in one
@@ -77,6 +85,13 @@ func newUpCommand() *cobra.Command {
 	f.DurationVar(&o.scrubEvery, "scrub-interval", time.Hour, "scrub every vdisk this often in the background (0 disables)")
 	f.StringVar(&o.arakoonClient, "arakoon-client", "127.0.0.1:8900", "client address of the embedded 1-node arakoon")
 	f.StringVar(&o.arakoonRaft, "arakoon-raft", "127.0.0.1:8901", "raft address of the embedded 1-node arakoon")
+	f.StringSliceVar(&o.apiHosts, "api-host", nil, "host names the REST API is reached by (besides IP addresses and localhost); other Host headers are refused")
+	f.BoolVar(&o.apiRequireToken, "api-require-token", false, "require an API token (ovs token create) on mutating calls even on loopback; always on when --api listens beyond loopback")
+	f.IntVar(&o.apiMaxConns, "api-max-conns", api.DefaultMaxConns, "open REST API connections beyond which new ones are refused with 503")
+	f.DurationVar(&o.apiTimeout, "api-timeout", api.DefaultRequestTimeout, "deadline of a REST API call (sync, rollback, clone, flatten, template and scrub get 10x)")
+	f.IntVar(&o.nbdMaxConns, "nbd-max-conns", nbd.DefaultMaxConns, "open NBD connections beyond which new ones are closed at once")
+	f.DurationVar(&o.nbdHandshake, "nbd-handshake-timeout", nbd.DefaultHandshakeTimeout, "an NBD client must finish its handshake (option haggling) within this")
+	f.DurationVar(&o.readyWaitTimeout, "ready-timeout", time.Minute, "how long to wait at start for the backend to take data before serving (the health check stays 503 until it does)")
 	f.StringVar(&o.logLevel, "log-level", "info", "debug, info, warn or error")
 	f.StringVar(&o.pprofAddr, "pprof", "", "serve Go profiles (net/http/pprof) on this address")
 	return cmd
@@ -95,6 +110,11 @@ func runUp(ctx context.Context, o *upOptions) error {
 		return fmt.Errorf("--log-level: %w", err)
 	}
 	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
+	if n, err := raiseNoFileLimit(); err != nil {
+		log.Warn("could not raise the open file limit", "err", err)
+	} else {
+		log.Debug("open file limit", "nofile", n)
+	}
 	if err := os.MkdirAll(o.data, 0o755); err != nil {
 		return fmt.Errorf("data dir: %w", err)
 	}
@@ -111,6 +131,7 @@ func runUp(ctx context.Context, o *upOptions) error {
 	log.Info("starting ovs up", "data", o.data, "backend", kind)
 	var backend scos.Backend
 	var backendAdmin http.Handler // the erasure-coded backend's admin API, if any
+	var writable func(context.Context) error
 	switch kind {
 	case "local":
 		if backend, err = scos.NewLocalDir(filepath.Join(o.data, "backend")); err != nil {
@@ -139,6 +160,7 @@ func runUp(ctx context.Context, o *upOptions) error {
 		}()
 		backend = ec.Backend
 		backendAdmin = scos.NewECAdminHandler(ec.Backend)
+		writable = ec.Backend.Writable
 	}
 	drv, err := volumedriver.Open(ctx, filepath.Join(o.data, "volumes"), backend, volumedriver.Options{
 		ReadCacheBytes:        int64(o.readCache),
@@ -202,23 +224,27 @@ func runUp(ctx context.Context, o *upOptions) error {
 		nbdLs = append(nbdLs, l)
 	}
 
-	nbdSrv := nbd.NewServer(nbdExports{drv}, nbd.Options{Logger: log.With("frontend", "nbd")})
-	apiSrv := api.NewServer(drv, api.Options{Logger: log.With("component", "api")})
-	handler := apiSrv.Handler()
+	nbdSrv := nbd.NewServer(nbdExports{drv}, nbd.Options{Logger: log.With("frontend", "nbd"),
+		MaxConns: o.nbdMaxConns, HandshakeTimeout: o.nbdHandshake})
+	apiOpts, err := o.apiOptions(apiL.Addr(), log)
+	if err != nil {
+		closeListeners()
+		return err
+	}
+	apiOpts.Ready = writable
 	if backendAdmin != nil {
 		// /api/v1/backend/... is the backend's admin API (status, ASDs,
-		// presets, repair, scrub), as `ovs backend` uses it.
-		mux := http.NewServeMux()
-		mux.Handle("/api/v1/backend/", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		// presets, repair, scrub), behind the same checks as the rest:
+		// adding an ASD is as sensitive as any vdisk call.
+		apiOpts.Mounts = map[string]http.Handler{"/api/v1/backend/": http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 			r2 := r.Clone(r.Context())
 			r2.URL.Path = "/v1/" + strings.TrimPrefix(r.URL.Path, "/api/v1/backend/")
 			r2.URL.RawPath = ""
 			backendAdmin.ServeHTTP(w, r2)
-		}))
-		mux.Handle("/", handler)
-		handler = mux
+		})}
 	}
-	httpSrv := &http.Server{Handler: handler, ReadHeaderTimeout: 10 * time.Second}
+	apiSrv := api.NewServer(drv, apiOpts)
+	httpSrv := apiSrv.HTTPServer()
 
 	errc := make(chan error, len(listeners))
 	for _, l := range nbdLs {
@@ -233,7 +259,7 @@ func runUp(ctx context.Context, o *upOptions) error {
 		}(l)
 	}
 	go func() {
-		err := httpSrv.Serve(apiL)
+		err := httpSrv.Serve(apiSrv.Listener(apiL))
 		if errors.Is(err, http.ErrServerClosed) {
 			err = nil
 		}
@@ -241,6 +267,9 @@ func runUp(ctx context.Context, o *upOptions) error {
 	}()
 	if o.pprofAddr != "" {
 		go servePprof(o.pprofAddr, log)
+	}
+	if writable != nil {
+		waitWritable(ctx, writable, o.readyWaitTimeout, log)
 	}
 	apiSrv.SetReady(true)
 	log.Info("ovs up is ready", "api", "http://"+apiL.Addr().String(), "nbd", o.nbdAddr, "nbd_socket", sock,

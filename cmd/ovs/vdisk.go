@@ -48,6 +48,7 @@ func newVDiskCommand(g *globalOptions) *cobra.Command {
 		newVDiskSetTemplateCommand(g),
 		newVDiskScrubCommand(g),
 	)
+	g.addClientFlags(cmd)
 	return cmd
 }
 

@@ -26,6 +26,7 @@ type Client struct {
 	base    *url.URL
 	baseErr error
 	hc      *http.Client
+	token   string
 }
 
 var _ VDisks = (*Client)(nil)
@@ -42,6 +43,14 @@ func NewClient(baseURL string, httpClient *http.Client) *Client {
 	c := &Client{hc: httpClient}
 	c.base, c.baseErr = parseBaseURL(baseURL)
 	return c
+}
+
+// WithToken returns a copy of c that sends token as its bearer token
+// (needed for mutating calls when the API listens beyond loopback).
+func (c *Client) WithToken(token string) *Client {
+	c2 := *c
+	c2.token = token
+	return &c2
 }
 
 func parseBaseURL(s string) (*url.URL, error) {
@@ -297,8 +306,12 @@ func (c *Client) do(ctx context.Context, method, path string, query url.Values, 
 		return fmt.Errorf("building the request: %w", err)
 	}
 	req.Header.Set("Accept", "application/json")
-	if in != nil {
+	// The server wants JSON on every mutating call, with a body or not.
+	if in != nil || isMutating(method) && method != http.MethodDelete {
 		req.Header.Set("Content-Type", "application/json")
+	}
+	if c.token != "" {
+		req.Header.Set("Authorization", "Bearer "+c.token)
 	}
 	resp, err := c.hc.Do(req)
 	if err != nil {

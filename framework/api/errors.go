@@ -6,7 +6,9 @@ import (
 	"fmt"
 	"net/http"
 	"slices"
+	"syscall"
 
+	"github.com/ovs-storage/ovs/scos"
 	"github.com/ovs-storage/ovs/volumedriver"
 )
 
@@ -26,6 +28,23 @@ const (
 	CodeCanceled         = "canceled"           // 503: the request was canceled
 	CodeTimeout          = "timeout"            // 504: the operation timed out
 	CodeInternal         = "internal"           // 500: anything else
+
+	// CodeInsufficientStorage: a local disk of the node is full (ENOSPC,
+	// EDQUOT); the operation can be retried once space is freed.
+	CodeInsufficientStorage = "insufficient_storage" // 507
+	// CodeBackendUnavailable: the backend cannot store or serve the
+	// data now (too few ASDs up to place a preset's fragments).
+	CodeBackendUnavailable = "backend_unavailable" // 503
+	// CodeUnsupportedMediaType: a request with a body (or any mutating
+	// request) that is not Content-Type application/json.
+	CodeUnsupportedMediaType = "unsupported_media_type" // 415
+	// CodeForbidden: a Host or Origin the API does not serve (browsers,
+	// DNS rebinding).
+	CodeForbidden = "forbidden" // 403
+	// CodeUnauthorized: a mutating call without a valid API token.
+	CodeUnauthorized = "unauthorized" // 401
+	// CodeTooManyConnections: the API is at its connection limit.
+	CodeTooManyConnections = "too_many_connections" // 503
 )
 
 // ErrorResponse is the JSON body of every non-2xx response.
@@ -101,8 +120,13 @@ func classify(err error) (status int, code string) {
 		return http.StatusConflict, CodeBusy
 	case errors.Is(err, volumedriver.ErrClosed):
 		return http.StatusServiceUnavailable, CodeClosed
-	case errors.Is(err, volumedriver.ErrOutOfRange):
+	case errors.Is(err, volumedriver.ErrOutOfRange): // matches ENOSPC too: before it
 		return http.StatusBadRequest, CodeOutOfRange
+	case errors.Is(err, syscall.ENOSPC), errors.Is(err, syscall.EDQUOT):
+		return http.StatusInsufficientStorage, CodeInsufficientStorage
+	case errors.Is(err, scos.ErrInsufficientASDs), errors.Is(err, scos.ErrObjectUnavailable),
+		errors.Is(err, scos.ErrASDUnavailable):
+		return http.StatusServiceUnavailable, CodeBackendUnavailable
 	case errors.Is(err, context.Canceled):
 		return http.StatusServiceUnavailable, CodeCanceled
 	case errors.Is(err, context.DeadlineExceeded):

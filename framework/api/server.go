@@ -4,7 +4,8 @@
 //
 // Endpoints:
 //
-//	GET    /api/v1/health                200 {"status":"ok"} once ready, 503 before
+//	GET    /api/v1/health                200 {"status":"ok"} once ready (the backend can take a
+//	                                     new vdisk's data), 503 before and while it cannot
 //	POST   /api/v1/vdisks                201 VolumeInfo; body CreateRequest
 //	GET    /api/v1/vdisks                200 [VolumeInfo...] sorted by name
 //	GET    /api/v1/vdisks/{name}         200 VolumeInfo
@@ -24,6 +25,13 @@
 //
 // Sizes in request bodies are a JSON integer (bytes) or a string in the
 // ParseSize syntax ("10GiB"). Every error is a JSON ErrorResponse.
+//
+// Every request passes the checks of guard.go: Host must be an IP
+// address, localhost or a configured name; a browser's cross-origin
+// requests are refused; mutating calls and bodies must be
+// application/json; with RequireToken, mutating calls need a bearer
+// token. Bodies are bounded in size and time, every call has a deadline,
+// and Listener caps the connections.
 package api
 
 import (
@@ -90,6 +98,9 @@ type VDisks interface {
 // DefaultMaxBodyBytes is the default limit on a request body.
 const DefaultMaxBodyBytes = 1 << 20
 
+// healthCheckTimeout bounds the Ready check of one health request.
+const healthCheckTimeout = 3 * time.Second
+
 // Options tune a Server. The zero value is fine.
 type Options struct {
 	// Logger receives request logs (debug level) and internal errors.
@@ -97,6 +108,40 @@ type Options struct {
 	Logger *slog.Logger
 	// MaxBodyBytes limits request bodies; 0 means DefaultMaxBodyBytes.
 	MaxBodyBytes int64
+	// BodyTimeout: a request body must arrive within this (default
+	// DefaultBodyTimeout).
+	BodyTimeout time.Duration
+	// RequestTimeout is the deadline of a call (default
+	// DefaultRequestTimeout); LongRequestTimeout that of the calls that
+	// wait for uploads or copy data: sync, rollback, clone, flatten,
+	// template, scrub and the mounted handlers (default
+	// DefaultLongRequestTimeout).
+	RequestTimeout     time.Duration
+	LongRequestTimeout time.Duration
+	// ReadHeaderTimeout and IdleTimeout are HTTPServer's (defaults
+	// DefaultReadHeaderTimeout, DefaultIdleTimeout).
+	ReadHeaderTimeout time.Duration
+	IdleTimeout       time.Duration
+	// MaxConns caps the open connections of Listener (default
+	// DefaultMaxConns).
+	MaxConns int
+
+	// AllowedHosts are names (besides IP addresses and localhost) that
+	// requests may carry in Host.
+	AllowedHosts []string
+	// RequireToken makes every mutating call need a bearer token that
+	// Tokens verifies (set it when the API listens beyond loopback). A
+	// token that is sent is always checked.
+	RequireToken bool
+	Tokens       TokenVerifier
+
+	// Ready, if set, is asked by the health check once SetReady(true):
+	// the server is healthy only if it returns nil (the backend can take
+	// a new vdisk's data, say).
+	Ready func(ctx context.Context) error
+	// Mounts serves other handlers (the backend admin API) under path
+	// prefixes, behind the same checks, limits and deadlines.
+	Mounts map[string]http.Handler
 }
 
 // CreateRequest is the body of POST /api/v1/vdisks. The server also
@@ -140,7 +185,7 @@ type CloneRequest struct {
 
 // HealthResponse is the body of GET /api/v1/health.
 type HealthResponse struct {
-	Status string `json:"status"` // "ok" or "starting"
+	Status string `json:"status"` // "ok", "starting" or "unavailable"
 }
 
 // Server serves the REST API. Create it with NewServer and mount Handler()
@@ -152,6 +197,23 @@ type Server struct {
 	ready   atomic.Bool
 	mux     *http.ServeMux
 	handler http.Handler
+
+	bodyTimeout, timeout, longTimeout time.Duration
+	readHeaderTimeout, idleTimeout    time.Duration
+	maxConns                          int
+	allowedHosts                      []string
+	requireToken                      bool
+	tokens                            TokenVerifier
+	readyCheck                        func(context.Context) error
+	mounts                            map[string]http.Handler
+}
+
+func orDefault[T comparable](v, def T) T {
+	var zero T
+	if v == zero {
+		return def
+	}
+	return v
 }
 
 // NewServer returns a server over vdisks. It answers the health check with
@@ -162,6 +224,18 @@ func NewServer(vdisks VDisks, opts Options) *Server {
 		log:     opts.Logger,
 		maxBody: opts.MaxBodyBytes,
 		mux:     http.NewServeMux(),
+
+		bodyTimeout:       orDefault(opts.BodyTimeout, DefaultBodyTimeout),
+		timeout:           orDefault(opts.RequestTimeout, DefaultRequestTimeout),
+		longTimeout:       orDefault(opts.LongRequestTimeout, DefaultLongRequestTimeout),
+		readHeaderTimeout: orDefault(opts.ReadHeaderTimeout, DefaultReadHeaderTimeout),
+		idleTimeout:       orDefault(opts.IdleTimeout, DefaultIdleTimeout),
+		maxConns:          orDefault(opts.MaxConns, DefaultMaxConns),
+		allowedHosts:      opts.AllowedHosts,
+		requireToken:      opts.RequireToken,
+		tokens:            opts.Tokens,
+		readyCheck:        opts.Ready,
+		mounts:            opts.Mounts,
 	}
 	if s.log == nil {
 		s.log = slog.Default()
@@ -185,7 +259,7 @@ func NewServer(vdisks VDisks, opts Options) *Server {
 	s.mux.HandleFunc("POST /api/v1/vdisks/{name}/flatten", s.flattenVDisk)
 	s.mux.HandleFunc("POST /api/v1/vdisks/{name}/template", s.setTemplate)
 	s.mux.HandleFunc("POST /api/v1/vdisks/{name}/scrub", s.scrubVDisk)
-	s.handler = s.logRequests(s.recoverPanics(http.HandlerFunc(s.route)))
+	s.handler = s.logRequests(s.recoverPanics(s.guard(http.HandlerFunc(s.route))))
 	return s
 }
 
@@ -201,6 +275,10 @@ func (s *Server) Ready() bool { return s.ready.Load() }
 // route dispatches to the mux, answering unknown routes and wrong methods
 // with JSON instead of the mux's plain text.
 func (s *Server) route(w http.ResponseWriter, r *http.Request) {
+	if m := s.mountFor(r.URL.Path); m != nil {
+		m.ServeHTTP(w, r)
+		return
+	}
 	h, pattern := s.mux.Handler(r)
 	if pattern != "" {
 		s.mux.ServeHTTP(w, r) // sets the path values, follows redirects
@@ -248,6 +326,18 @@ func (s *Server) health(w http.ResponseWriter, r *http.Request) {
 			ErrorResponse
 		}{HealthResponse{"starting"}, ErrorResponse{"the server is starting", CodeUnavailable}})
 		return
+	}
+	if s.readyCheck != nil {
+		ctx, cancel := context.WithTimeout(r.Context(), healthCheckTimeout)
+		err := s.readyCheck(ctx)
+		cancel()
+		if err != nil {
+			s.writeJSON(w, http.StatusServiceUnavailable, struct {
+				HealthResponse
+				ErrorResponse
+			}{HealthResponse{"unavailable"}, ErrorResponse{"not ready: " + err.Error(), CodeUnavailable}})
+			return
+		}
 	}
 	s.writeJSON(w, http.StatusOK, HealthResponse{Status: "ok"})
 }

@@ -367,7 +367,7 @@ func runServerTests(t *testing.T, tests []serverTest) {
 			if tt.body != "" {
 				body = strings.NewReader(tt.body)
 			}
-			req := httptest.NewRequest(tt.method, tt.path, body)
+			req := newAPIRequest(tt.method, tt.path, body)
 			rec := httptest.NewRecorder()
 			s.Handler().ServeHTTP(rec, req)
 			resp := rec.Result()
@@ -401,7 +401,7 @@ func TestServerHealthBeforeReady(t *testing.T) {
 	s := NewServer(apitest.NewFakeVDisks(), Options{Logger: slog.New(slog.DiscardHandler)})
 	get := func() (int, string) {
 		rec := httptest.NewRecorder()
-		s.Handler().ServeHTTP(rec, httptest.NewRequest("GET", "/api/v1/health", nil))
+		s.Handler().ServeHTTP(rec, newAPIRequest("GET", "/api/v1/health", nil))
 		var h HealthResponse
 		mustJSON(t, rec.Body.Bytes(), &h)
 		return rec.Code, h.Status
@@ -424,7 +424,7 @@ func TestServerLogs(t *testing.T) {
 	fake.FailWith("List", errors.New("disk on fire"))
 	s, logs := newTestServer(t, fake)
 	for _, path := range []string{"/api/v1/health", "/api/v1/vdisks"} {
-		s.Handler().ServeHTTP(httptest.NewRecorder(), httptest.NewRequest("GET", path, nil))
+		s.Handler().ServeHTTP(httptest.NewRecorder(), newAPIRequest("GET", path, nil))
 	}
 	out := logs.String()
 	for _, want := range []string{
@@ -441,7 +441,7 @@ func TestServerLogs(t *testing.T) {
 func TestServerRecoversPanics(t *testing.T) {
 	s, logs := newTestServer(t, panickyVDisks{apitest.NewFakeVDisks()})
 	rec := httptest.NewRecorder()
-	s.Handler().ServeHTTP(rec, httptest.NewRequest("GET", "/api/v1/vdisks", nil))
+	s.Handler().ServeHTTP(rec, newAPIRequest("GET", "/api/v1/vdisks", nil))
 	if rec.Code != 500 {
 		t.Fatalf("status = %d", rec.Code)
 	}
@@ -463,7 +463,7 @@ func TestServerPassesRequestContext(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel()
 	rec := httptest.NewRecorder()
-	s.Handler().ServeHTTP(rec, httptest.NewRequest("POST", "/api/v1/vdisks", strings.NewReader(`{"name":"a","size":4096}`)).WithContext(ctx))
+	s.Handler().ServeHTTP(rec, newAPIRequest("POST", "/api/v1/vdisks", strings.NewReader(`{"name":"a","size":4096}`)).WithContext(ctx))
 	var er ErrorResponse
 	mustJSON(t, rec.Body.Bytes(), &er)
 	if rec.Code != 503 || er.Code != CodeCanceled {
@@ -477,7 +477,7 @@ func TestServerPassesRequestContext(t *testing.T) {
 func TestServerMaxBodyOption(t *testing.T) {
 	s := NewServer(apitest.NewFakeVDisks(), Options{MaxBodyBytes: 16, Logger: slog.New(slog.DiscardHandler)})
 	rec := httptest.NewRecorder()
-	s.Handler().ServeHTTP(rec, httptest.NewRequest("POST", "/api/v1/vdisks", strings.NewReader(`{"name":"abcdefghijkl","size":4096}`)))
+	s.Handler().ServeHTTP(rec, newAPIRequest("POST", "/api/v1/vdisks", strings.NewReader(`{"name":"abcdefghijkl","size":4096}`)))
 	if rec.Code != http.StatusRequestEntityTooLarge {
 		t.Errorf("status = %d; want 413", rec.Code)
 	}
@@ -488,4 +488,15 @@ func mustJSON(t *testing.T, data []byte, v any) {
 	if err := json.Unmarshal(data, v); err != nil {
 		t.Fatalf("decoding %s: %v", data, err)
 	}
+}
+
+// newAPIRequest is httptest.NewRequest as the CLI sends it: to a loopback
+// Host, and with Content-Type application/json on mutating calls.
+func newAPIRequest(method, target string, body io.Reader) *http.Request {
+	req := httptest.NewRequest(method, target, body)
+	req.Host = "127.0.0.1:8800"
+	if isMutating(method) && method != http.MethodDelete || body != nil {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	return req
 }

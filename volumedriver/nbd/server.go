@@ -16,7 +16,8 @@ const (
 	DefaultMaxRequestSize   = 32 << 20
 	DefaultMaxInFlight      = 128
 	DefaultMaxInFlightBytes = 128 << 20
-	DefaultHandshakeTimeout = 30 * time.Second
+	DefaultHandshakeTimeout = 10 * time.Second
+	DefaultMaxConns         = 1024
 )
 
 // Options configure a Server. The zero value is usable.
@@ -39,9 +40,16 @@ type Options struct {
 	// name. When unset, the empty name selects the only export if
 	// ListExports returns exactly one.
 	DefaultExport string
-	// HandshakeTimeout bounds the option negotiation of a connection.
-	// Default 30 s; negative disables it.
+	// HandshakeTimeout bounds the option negotiation of a connection,
+	// from accept to the end of option haggling: a client that connects
+	// and sends nothing is closed after it. Default 10 s; negative
+	// disables it.
 	HandshakeTimeout time.Duration
+	// MaxConns caps the open connections; one over the cap is closed at
+	// once (and logged), so that idle connections cannot use up the file
+	// descriptors the vdisks need. Default DefaultMaxConns; negative
+	// means no cap.
+	MaxConns int
 }
 
 func (o Options) withDefaults() Options {
@@ -60,6 +68,9 @@ func (o Options) withDefaults() Options {
 	}
 	if o.HandshakeTimeout == 0 {
 		o.HandshakeTimeout = DefaultHandshakeTimeout
+	}
+	if o.MaxConns == 0 {
+		o.MaxConns = DefaultMaxConns
 	}
 	return o
 }
@@ -83,6 +94,9 @@ type Server struct {
 	listeners map[net.Listener]struct{}
 	conns     map[*conn]struct{}
 	wg        sync.WaitGroup // Serve calls and connections
+
+	refused     int // connections refused since lastRefusal was logged
+	lastRefusal time.Time
 }
 
 // NewServer returns a server for exports.
@@ -147,6 +161,10 @@ func (s *Server) Serve(ctx context.Context, l net.Listener) error {
 			break
 		}
 		delay = 0
+		if s.full(nc) {
+			nc.Close()
+			continue
+		}
 		c := newConn(s, sctx, nc)
 		if !s.track(c) {
 			nc.Close()
@@ -190,6 +208,23 @@ func (s *Server) isStopping() bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.stopping
+}
+
+// full reports whether the server is at its connection cap, logging the
+// refusal of nc (at most every 10 s, with a count).
+func (s *Server) full(nc net.Conn) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.opts.MaxConns < 0 || len(s.conns) < s.opts.MaxConns {
+		return false
+	}
+	s.refused++
+	if time.Since(s.lastRefusal) >= 10*time.Second {
+		s.log.Warn("nbd: connection refused: at the connection limit", "limit", s.opts.MaxConns,
+			"refused", s.refused, "remote", nc.RemoteAddr().String())
+		s.lastRefusal, s.refused = time.Now(), 0
+	}
+	return true
 }
 
 func (s *Server) track(c *conn) bool {
