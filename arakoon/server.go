@@ -135,7 +135,7 @@ func Start(cfg *Config, nodeID string, opts ServerOptions) (_ *Server, err error
 		}
 	}()
 
-	if err := os.MkdirAll(node.Data, 0o750); err != nil {
+	if err := os.MkdirAll(node.Data, 0o700); err != nil {
 		return nil, fmt.Errorf("arakoon: data directory: %w", err)
 	}
 	hl := newHCLog(log, "raft")

@@ -154,11 +154,11 @@ func OpenASD(cfg ASDConfig) (*ASDServer, error) {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
 	s := &ASDServer{cfg: cfg, frags: filepath.Join(cfg.Dir, asdFragmentsDir)}
-	if err := os.MkdirAll(s.frags, 0o755); err != nil {
+	if err := os.MkdirAll(s.frags, 0o700); err != nil {
 		return nil, fmt.Errorf("asd %s: %w", cfg.Dir, err)
 	}
 	for i := range asdFanout {
-		if err := os.MkdirAll(filepath.Join(s.frags, fmt.Sprintf("%02x", i)), 0o755); err != nil {
+		if err := os.MkdirAll(filepath.Join(s.frags, fmt.Sprintf("%02x", i)), 0o700); err != nil {
 			return nil, fmt.Errorf("asd %s: %w", cfg.Dir, err)
 		}
 	}
@@ -789,7 +789,7 @@ func (s *ASDServer) handleList(w http.ResponseWriter, r *http.Request) {
 
 // writeFileParts creates path with the concatenation of parts and fsyncs it.
 func writeFileParts(path string, parts ...[]byte) error {
-	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o644)
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
 	if err != nil {
 		return err
 	}

@@ -119,7 +119,7 @@ func StartLocalASDs(ctx context.Context, cfg LocalASDsConfig) (*LocalASDs, error
 	l := &LocalASDs{cfg: cfg, log: cfg.Logger}
 	for i := range cfg.Count {
 		p := &localASD{index: i, dir: filepath.Join(cfg.Dir, fmt.Sprintf("asd-%d", i))}
-		if err := os.MkdirAll(p.dir, 0o755); err != nil {
+		if err := os.MkdirAll(p.dir, 0o700); err != nil {
 			return nil, fmt.Errorf("local ASD %d: %w", i, err)
 		}
 		addr, err := l.address(p.dir, i)
@@ -229,7 +229,7 @@ func (l *LocalASDs) supervise(ctx context.Context, p *localASD, started chan str
 }
 
 func (l *LocalASDs) startOne(p *localASD) error {
-	logf, err := os.OpenFile(filepath.Join(p.dir, "asd.log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	logf, err := os.OpenFile(filepath.Join(p.dir, "asd.log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
 	if err != nil {
 		return err
 	}

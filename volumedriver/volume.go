@@ -353,7 +353,7 @@ func (v *Volume) openSCOLocked() (*scoFile, error) {
 	if num == 0 || num == ^uint32(0) {
 		return nil, fmt.Errorf("SCO numbers exhausted")
 	}
-	f, err := os.OpenFile(v.scoPath(num), os.O_RDWR|os.O_CREATE|os.O_TRUNC, 0o644)
+	f, err := os.OpenFile(v.scoPath(num), os.O_RDWR|os.O_CREATE|os.O_TRUNC, 0o600)
 	if err != nil {
 		return nil, fmt.Errorf("create SCO: %w", err)
 	}
@@ -508,7 +508,7 @@ func (v *Volume) startTLogLocked() error {
 	if err := writeLocalState(v.dir, &v.state); err != nil {
 		return err
 	}
-	f, err := os.OpenFile(v.tlogPath(name), os.O_RDWR|os.O_CREATE|os.O_TRUNC, 0o644)
+	f, err := os.OpenFile(v.tlogPath(name), os.O_RDWR|os.O_CREATE|os.O_TRUNC, 0o600)
 	if err != nil {
 		return fmt.Errorf("create TLog: %w", err)
 	}

@@ -127,7 +127,7 @@ func (l *localEC) serveAdmin(log *slog.Logger) error {
 	l.addr = ln.Addr().String()
 	path := filepath.Join(l.dir, ecAdminFile)
 	tmp := path + ".tmp"
-	if err := os.WriteFile(tmp, []byte(l.addr+"\n"), 0o644); err != nil {
+	if err := os.WriteFile(tmp, []byte(l.addr+"\n"), 0o600); err != nil {
 		return fmt.Errorf("backend admin API: %w", err)
 	}
 	return os.Rename(tmp, path)

@@ -110,7 +110,7 @@ type embeddedArakoon struct {
 }
 
 func startEmbeddedArakoon(dir, clientAddr, raftAddr string, log *slog.Logger) (*embeddedArakoon, error) {
-	if err := os.MkdirAll(dir, 0o755); err != nil {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, fmt.Errorf("arakoon: %w", err)
 	}
 	cfg := &arakoon.Config{

@@ -95,7 +95,7 @@ func runUp(ctx context.Context, o *upOptions) error {
 		return fmt.Errorf("--log-level: %w", err)
 	}
 	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
-	if err := os.MkdirAll(o.data, 0o755); err != nil {
+	if err := os.MkdirAll(o.data, 0o700); err != nil {
 		return fmt.Errorf("data dir: %w", err)
 	}
 	unlock, err := lockDataDir(o.data)
@@ -271,7 +271,7 @@ func runUp(ctx context.Context, o *upOptions) error {
 // lockDataDir takes an exclusive lock on DIR/lock: two clusters on one
 // directory would corrupt each other.
 func lockDataDir(dir string) (func(), error) {
-	f, err := os.OpenFile(filepath.Join(dir, "lock"), os.O_RDWR|os.O_CREATE, 0o644)
+	f, err := os.OpenFile(filepath.Join(dir, "lock"), os.O_RDWR|os.O_CREATE, 0o600)
 	if err != nil {
 		return nil, fmt.Errorf("lock data dir: %w", err)
 	}
@@ -381,7 +381,7 @@ func backendKind(data, flag string) (string, error) {
 			kind = "local"
 		}
 	}
-	if err := os.WriteFile(path, []byte(kind+"\n"), 0o644); err != nil {
+	if err := os.WriteFile(path, []byte(kind+"\n"), 0o600); err != nil {
 		return "", fmt.Errorf("write %s: %w", path, err)
 	}
 	return kind, nil
