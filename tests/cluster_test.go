@@ -40,6 +40,8 @@ type cluster struct {
 	// Env is added to the environment of the next start (e.g.
 	// OVS_FAILPOINTS for crash tests).
 	Env []string
+	// Args are added to the ovs up command line of the next start.
+	Args []string
 
 	proc    *exec.Cmd
 	exited  chan struct{} // closed when proc has been waited for
@@ -50,6 +52,14 @@ type cluster struct {
 // waits until its API is healthy. Cleanup stops it (SIGTERM, then SIGKILL)
 // and waits for it and its children.
 func startCluster(t *testing.T) *cluster {
+	t.Helper()
+	c := newCluster(t)
+	c.start()
+	return c
+}
+
+// newCluster sets a cluster up like startCluster but does not start it.
+func newCluster(t *testing.T) *cluster {
 	t.Helper()
 	if testing.Short() {
 		t.Skip("end-to-end test; skipped in -short mode")
@@ -76,7 +86,6 @@ func startCluster(t *testing.T) *cluster {
 			c.dumpLog()
 		}
 	})
-	c.start()
 	return c
 }
 
@@ -136,6 +145,7 @@ func (c *cluster) start() {
 	if c.Socket != filepath.Join(c.Dir, "nbd.sock") {
 		args = append(args, "--nbd-socket", c.Socket)
 	}
+	args = append(args, c.Args...)
 	fmt.Fprintf(logf, "=== start %d at %s: %s %s\n", c.starts,
 		time.Now().Format(time.RFC3339Nano), ovsBin, strings.Join(args, " "))
 	cmd := exec.Command(ovsBin, args...)
