@@ -756,7 +756,7 @@ func dial(ctx context.Context, addr string, cfg ClientConfig) (*conn, error) {
 		if err != nil {
 			nc.Close()
 			var ne net.Error
-			if !errors.As(err, &ne) && !errors.Is(err, io.EOF) && ctx.Err() == nil {
+			if isTLSRefusal(err) || !errors.As(err, &ne) && !errors.Is(err, io.EOF) && ctx.Err() == nil {
 				// Refused credentials, a node that is not of this
 				// cluster, or one that does not speak TLS: trying
 				// again will not help.
@@ -776,6 +776,11 @@ func dial(ctx context.Context, addr string, cfg ClientConfig) (*conn, error) {
 	}
 	if err != nil {
 		cn.close(err)
+		if isTLSRefusal(err) {
+			// In TLS 1.3 the client hears that the node refused its
+			// certificate only on its first read.
+			return nil, &Error{Status: StatusUnauthorized, Msg: fmt.Sprintf("TLS with %s: %v", addr, err)}
+		}
 		return nil, fmt.Errorf("hello to %s: %w", addr, err)
 	}
 	cn.peer = resp.Node
@@ -873,4 +878,13 @@ func (cn *conn) call(ctx context.Context, req *request) (*response, error) {
 		cn.mu.Unlock()
 		return nil, ctx.Err()
 	}
+}
+
+// isTLSRefusal reports whether err is the peer refusing the TLS session
+// (an alert such as bad_certificate or certificate_required).
+func isTLSRefusal(err error) bool {
+	var ae tls.AlertError
+	var oe *net.OpError
+	// crypto/tls reports a received alert as a net.OpError "remote error".
+	return errors.As(err, &ae) || errors.As(err, &oe) && oe.Op == "remote error"
 }

@@ -175,6 +175,11 @@ func OpenASD(cfg ASDConfig) (*ASDServer, error) {
 	if err := os.MkdirAll(s.frags, 0o700); err != nil {
 		return nil, fmt.Errorf("asd %s: %w", cfg.Dir, err)
 	}
+	// The fragments are the cluster's data: nobody else's to read, even
+	// in a directory made by hand with a looser mode.
+	if err := os.Chmod(cfg.Dir, 0o700); err != nil {
+		cfg.Logger.Warn("asd: cannot make its directory private", "dir", cfg.Dir, "err", err)
+	}
 	for i := range asdFanout {
 		if err := os.MkdirAll(filepath.Join(s.frags, fmt.Sprintf("%02x", i)), 0o700); err != nil {
 			return nil, fmt.Errorf("asd %s: %w", cfg.Dir, err)

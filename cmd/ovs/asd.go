@@ -29,11 +29,11 @@ func newASDCommand() *cobra.Command {
 }
 
 type asdServeOptions struct {
-	dir       string
-	addr      string
-	node      string
-	site      string
-	fillLimit float64
+	dir        string
+	addr       string
+	node       string
+	site       string
+	fillLimit  float64
 	capacity   sizeValue
 	logLevel   string
 	listenFD   int

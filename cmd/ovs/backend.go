@@ -203,7 +203,9 @@ type backendOptions struct {
 }
 
 // secret is the cluster secret the commands authenticate with.
-func (o *backendOptions) secret() (*secret.Secret, error) { return secret.Resolve(o.secretFile, o.data) }
+func (o *backendOptions) secret() (*secret.Secret, error) {
+	return secret.Resolve(o.secretFile, o.data)
+}
 
 // openAdmin reaches the backend of the cluster in --data: through the admin
 // API of a running ovs up, or, when none runs, by opening its store.

@@ -122,7 +122,7 @@ func startEmbeddedArakoon(dir, clientAddr, raftAddr string, sec *secret.Secret, 
 	cfg := &arakoon.Config{
 		Cluster:    "ovs",
 		SecretFile: secretFile,
-		Nodes:   []arakoon.NodeConfig{{ID: "local", Client: clientAddr, Raft: raftAddr, Data: filepath.Join(dir, "local")}},
+		Nodes:      []arakoon.NodeConfig{{ID: "local", Client: clientAddr, Raft: raftAddr, Data: filepath.Join(dir, "local")}},
 		// One node: nobody to wait for, so elect at once.
 		Tuning: arakoon.Tuning{
 			HeartbeatTimeout:   arakoon.Duration(200 * time.Millisecond),
