@@ -4,9 +4,11 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"math/rand/v2"
 	"net"
@@ -19,6 +21,10 @@ type ClientConfig struct {
 	Cluster string     // checked against each node's cluster name
 	Nodes   []NodeInfo // ID and Client address of each node (Raft unused)
 	Logger  *slog.Logger
+	// TLS, if set, is the client side of the TLS every connection starts
+	// with: the cluster's credentials (see ServerOptions.TLS). A node that
+	// requires them refuses a client without.
+	TLS *tls.Config
 
 	DialTimeout    time.Duration // one connection attempt; default 2s
 	AttemptTimeout time.Duration // one try of a request on one node; default 10s
@@ -560,7 +566,7 @@ func (c *Client) do(ctx context.Context, req *request) (*response, error) {
 		cn, err := c.connect(ctx, addr)
 		if err != nil {
 			var pe *protocolError
-			if errors.Is(err, ErrWrongCluster) || errors.As(err, &pe) {
+			if errors.Is(err, ErrWrongCluster) || errors.Is(err, ErrUnauthorized) || errors.As(err, &pe) {
 				return nil, err
 			}
 			lastErr = err
@@ -717,6 +723,8 @@ type conn struct {
 	wmu     sync.Mutex
 	timeout time.Duration
 
+	peer NodeInfo // the node, as its hello answered
+
 	mu     sync.Mutex
 	calls  map[uint64]*pendingCall
 	nextID uint64
@@ -740,6 +748,24 @@ func dial(ctx context.Context, addr string, cfg ClientConfig) (*conn, error) {
 		// Not wrapped: the caller reports the cluster, not one dial.
 		return nil, fmt.Errorf("connect to %s: %v", addr, err)
 	}
+	if cfg.TLS != nil {
+		hctx, cancel := context.WithTimeout(ctx, cfg.DialTimeout)
+		tc := tls.Client(nc, cfg.TLS)
+		err := tc.HandshakeContext(hctx)
+		cancel()
+		if err != nil {
+			nc.Close()
+			var ne net.Error
+			if isTLSRefusal(err) || !errors.As(err, &ne) && !errors.Is(err, io.EOF) && ctx.Err() == nil {
+				// Refused credentials, a node that is not of this
+				// cluster, or one that does not speak TLS: trying
+				// again will not help.
+				return nil, &Error{Status: StatusUnauthorized, Msg: fmt.Sprintf("TLS with %s: %v", addr, err)}
+			}
+			return nil, fmt.Errorf("TLS with %s: %v", addr, err)
+		}
+		nc = tc
+	}
 	cn := &conn{addr: addr, nc: nc, bw: bufio.NewWriterSize(nc, 64<<10), timeout: cfg.AttemptTimeout, calls: map[uint64]*pendingCall{}}
 	go cn.readLoop()
 	hctx, cancel := context.WithTimeout(ctx, cfg.DialTimeout)
@@ -750,8 +776,14 @@ func dial(ctx context.Context, addr string, cfg ClientConfig) (*conn, error) {
 	}
 	if err != nil {
 		cn.close(err)
+		if isTLSRefusal(err) {
+			// In TLS 1.3 the client hears that the node refused its
+			// certificate only on its first read.
+			return nil, &Error{Status: StatusUnauthorized, Msg: fmt.Sprintf("TLS with %s: %v", addr, err)}
+		}
 		return nil, fmt.Errorf("hello to %s: %w", addr, err)
 	}
+	cn.peer = resp.Node
 	return cn, nil
 }
 
@@ -846,4 +878,13 @@ func (cn *conn) call(ctx context.Context, req *request) (*response, error) {
 		cn.mu.Unlock()
 		return nil, ctx.Err()
 	}
+}
+
+// isTLSRefusal reports whether err is the peer refusing the TLS session
+// (an alert such as bad_certificate or certificate_required).
+func isTLSRefusal(err error) bool {
+	var ae tls.AlertError
+	var oe *net.OpError
+	// crypto/tls reports a received alert as a net.OpError "remote error".
+	return errors.As(err, &ae) || errors.As(err, &oe) && oe.Op == "remote error"
 }

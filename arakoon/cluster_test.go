@@ -3,6 +3,7 @@ package arakoon
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -64,6 +65,8 @@ func testConfig(t testing.TB, n int) *Config {
 type testCluster struct {
 	t   testing.TB
 	cfg *Config
+	tls *TLSConfig  // nodes serve over TLS when set
+	ctl *tls.Config // and clients use this
 	mu  sync.Mutex
 	srv map[string]*Server
 }
@@ -93,7 +96,7 @@ func (tc *testCluster) start(id string) *Server {
 	var err error
 	// The raft port of a node just stopped may linger briefly.
 	for i := 0; i < 50; i++ {
-		s, err = Start(tc.cfg, id, ServerOptions{Logger: testLogger(tc.t), Join: n.Join})
+		s, err = Start(tc.cfg, id, ServerOptions{Logger: testLogger(tc.t), Join: n.Join, TLS: tc.tls})
 		if err == nil {
 			break
 		}
@@ -156,6 +159,7 @@ func (tc *testCluster) client() *Client {
 	tc.t.Helper()
 	cc := tc.cfg.ClientConfig()
 	cc.AttemptTimeout = 3 * time.Second
+	cc.TLS = tc.ctl
 	c, err := NewClient(cc)
 	if err != nil {
 		tc.t.Fatal(err)

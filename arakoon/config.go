@@ -31,6 +31,11 @@ type Config struct {
 	Cluster string       `yaml:"cluster"`
 	Nodes   []NodeConfig `yaml:"nodes"`
 	Tuning  Tuning       `yaml:"tuning,omitempty"`
+	// SecretFile names the file of the cluster secret (relative to the
+	// cluster file) that nodes and clients authenticate each other with;
+	// the arakoon package only carries it, the caller turns it into
+	// TLS configurations (ServerOptions.TLS, ClientConfig.TLS).
+	SecretFile string `yaml:"secret_file,omitempty"`
 }
 
 // NodeConfig is one node of a cluster.
@@ -94,6 +99,9 @@ func LoadConfig(path string) (*Config, error) {
 		return nil, fmt.Errorf("%s: %w", path, err)
 	}
 	dir := filepath.Dir(path)
+	if c.SecretFile != "" && !filepath.IsAbs(c.SecretFile) {
+		c.SecretFile = filepath.Join(dir, c.SecretFile)
+	}
 	for i := range c.Nodes {
 		if !filepath.IsAbs(c.Nodes[i].Data) {
 			c.Nodes[i].Data = filepath.Join(dir, c.Nodes[i].Data)

@@ -118,6 +118,7 @@ const (
 	StatusInternal        Status = 9  // the node failed; see its log
 	StatusWrongCluster    Status = 10 // the node belongs to another cluster
 	StatusOutcomeUnknown  Status = 11 // client side only: a retried mutation may or may not have applied
+	StatusUnauthorized    Status = 12 // the client did not authenticate (the node requires TLS with the cluster's credentials)
 )
 
 var statusNames = map[Status]string{
@@ -126,6 +127,7 @@ var statusNames = map[Status]string{
 	StatusTooLarge: "too large", StatusSessionExpired: "session expired",
 	StatusUnavailable: "unavailable", StatusInternal: "internal error",
 	StatusWrongCluster: "wrong cluster", StatusOutcomeUnknown: "outcome unknown",
+	StatusUnauthorized: "unauthorized",
 }
 
 func (s Status) String() string {
@@ -167,6 +169,7 @@ var (
 	ErrUnavailable     = &Error{Status: StatusUnavailable}
 	ErrWrongCluster    = &Error{Status: StatusWrongCluster}
 	ErrOutcomeUnknown  = &Error{Status: StatusOutcomeUnknown}
+	ErrUnauthorized    = &Error{Status: StatusUnauthorized}
 )
 
 func errorf(s Status, format string, args ...any) *Error {

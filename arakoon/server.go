@@ -3,6 +3,8 @@ package arakoon
 import (
 	"bufio"
 	"context"
+	"crypto/tls"
+	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -75,6 +77,17 @@ type ServerOptions struct {
 	Join bool
 	// Logger receives the node's log; nil discards it.
 	Logger *slog.Logger
+	// TLS, if set, makes the node serve clients and peers only over TLS
+	// with the cluster's credentials: whoever cannot authenticate is
+	// refused before a request is read, and can change nothing.
+	TLS *TLSConfig
+}
+
+// TLSConfig holds the TLS configurations of a node.
+type TLSConfig struct {
+	Client *tls.Config // serving clients (server side)
+	Raft   *tls.Config // serving the raft traffic of peers (server side)
+	Peer   *tls.Config // reaching peers: raft, and checking a node before adding it (client side)
 }
 
 // Server is one running arakoon node: a raft member with its state
@@ -82,6 +95,7 @@ type ServerOptions struct {
 type Server struct {
 	cfg     *Config
 	node    NodeConfig
+	tls     *TLSConfig
 	log     *slog.Logger
 	started time.Time
 
@@ -123,7 +137,10 @@ func Start(cfg *Config, nodeID string, opts ServerOptions) (_ *Server, err error
 		log = discardLogger()
 	}
 	log = log.With("cluster", cfg.Cluster, "node", nodeID)
-	s := &Server{cfg: cfg, node: node, log: log, started: time.Now(), conns: map[net.Conn]struct{}{}}
+	if t := opts.TLS; t != nil && (t.Client == nil || t.Raft == nil || t.Peer == nil) {
+		return nil, errors.New("arakoon: TLS needs the client, raft and peer configurations")
+	}
+	s := &Server{cfg: cfg, node: node, tls: opts.TLS, log: log, started: time.Now(), conns: map[net.Conn]struct{}{}}
 	s.ctx, s.cancel = context.WithCancel(context.Background())
 	var closers []func()
 	defer func() {
@@ -135,7 +152,7 @@ func Start(cfg *Config, nodeID string, opts ServerOptions) (_ *Server, err error
 		}
 	}()
 
-	if err := os.MkdirAll(node.Data, 0o750); err != nil {
+	if err := os.MkdirAll(node.Data, 0o700); err != nil {
 		return nil, fmt.Errorf("arakoon: data directory: %w", err)
 	}
 	hl := newHCLog(log, "raft")
@@ -175,9 +192,18 @@ func Start(cfg *Config, nodeID string, opts ServerOptions) (_ *Server, err error
 	if err != nil {
 		return nil, fmt.Errorf("arakoon: raft address: %w", err)
 	}
-	s.trans, err = raft.NewTCPTransportWithLogger(node.Raft, addr, 3, 10*time.Second, hl.Named("transport"))
-	if err != nil {
-		return nil, fmt.Errorf("arakoon: raft transport on %s: %w", node.Raft, err)
+	if s.tls == nil {
+		s.trans, err = raft.NewTCPTransportWithLogger(node.Raft, addr, 3, 10*time.Second, hl.Named("transport"))
+		if err != nil {
+			return nil, fmt.Errorf("arakoon: raft transport on %s: %w", node.Raft, err)
+		}
+	} else {
+		rl, err := net.Listen("tcp", node.Raft)
+		if err != nil {
+			return nil, fmt.Errorf("arakoon: raft transport on %s: %w", node.Raft, err)
+		}
+		s.trans = raft.NewNetworkTransportWithLogger(&tlsStream{ln: rl, server: s.tls.Raft, client: s.tls.Peer},
+			3, 10*time.Second, hl.Named("transport"))
 	}
 	closers = append(closers, func() { s.trans.Close() })
 
@@ -367,14 +393,22 @@ func (s *Server) acceptLoop() {
 
 // serveConn reads requests from one client connection and answers each
 // as soon as it is done; requests on a connection run concurrently.
-func (s *Server) serveConn(nc net.Conn) {
+func (s *Server) serveConn(raw net.Conn) {
 	ctx, cancel := context.WithCancel(s.ctx)
 	var handlers sync.WaitGroup
 	defer func() {
 		cancel()
 		handlers.Wait()
-		nc.Close()
+		raw.Close()
 	}()
+	nc := raw
+	if s.tls != nil {
+		var err error
+		if nc, err = s.secure(ctx, raw); err != nil {
+			s.log.Warn("arakoon client refused: no valid cluster credentials", "remote", raw.RemoteAddr(), "err", err)
+			return
+		}
+	}
 	br := bufio.NewReaderSize(nc, 64<<10)
 	bw := bufio.NewWriterSize(nc, 64<<10)
 	var wmu sync.Mutex
@@ -691,6 +725,14 @@ func (s *Server) addNode(ctx context.Context, n NodeInfo, learner bool) *respons
 			return &response{Status: StatusBadRequest, Msg: fmt.Sprintf("node %s: %v", n.ID, err)}
 		}
 	}
+	if r := s.notLeader(); r != nil {
+		return r
+	}
+	if !learner {
+		if r := s.checkJoiner(ctx, n); r != nil {
+			return r
+		}
+	}
 	if r := s.propose(ctx, &command{Type: cmdSetMember, Node: n}); r.Status != StatusOK {
 		return r
 	}
@@ -782,4 +824,111 @@ func (s *Server) Statistics() (*Statistics, error) {
 		}
 	}
 	return st, nil
+}
+
+// checkJoiner refuses to add a voter that would cost the cluster its
+// quorum: one that does not answer at its client address as a node of this
+// cluster with that id and raft address. Raft counts a new voter in the
+// quorum at once; an unreachable one (a typo, a node not started, an
+// attacker's address) leaves a 1-node cluster needing 2 votes of which it
+// can only ever get 1.
+func (s *Server) checkJoiner(ctx context.Context, n NodeInfo) *response {
+	if ms, err := s.members(); err == nil {
+		for _, m := range ms {
+			if m.ID == n.ID && m.Raft == n.Raft && m.Voter {
+				return nil // already a voter there: nothing changes
+			}
+		}
+	}
+	cc := ClientConfig{Cluster: s.cfg.Cluster, DialTimeout: 2 * time.Second, AttemptTimeout: 5 * time.Second}
+	if s.tls != nil {
+		cc.TLS = s.tls.Peer
+	}
+	cn, err := dial(ctx, n.Client, cc)
+	if err != nil {
+		// Not "unavailable": the client would retry what only the
+		// operator can fix.
+		return &response{Status: StatusBadRequest, Msg: fmt.Sprintf(
+			"refusing to add node %s: it does not answer at %s (%v); adding a voter that cannot vote would cost the cluster its quorum: start it with `ovs arakoon serve --join` first",
+			n.ID, n.Client, err)}
+	}
+	cn.close(errors.New("checked"))
+	if cn.peer.ID != n.ID {
+		return &response{Status: StatusBadRequest, Msg: fmt.Sprintf(
+			"refusing to add node %s: the node at %s is %q", n.ID, n.Client, cn.peer.ID)}
+	}
+	if cn.peer.Raft != "" && cn.peer.Raft != n.Raft {
+		return &response{Status: StatusBadRequest, Msg: fmt.Sprintf(
+			"refusing to add node %s with raft address %s: the node says its raft address is %s", n.ID, n.Raft, cn.peer.Raft)}
+	}
+	return nil
+}
+
+// secure runs the server side of the TLS handshake on a client
+// connection. A client that speaks the plain protocol is told why it is
+// refused in a frame it understands.
+func (s *Server) secure(ctx context.Context, nc net.Conn) (net.Conn, error) {
+	nc.SetDeadline(time.Now().Add(10 * time.Second))
+	br := bufio.NewReader(nc)
+	first, err := br.Peek(1)
+	if err != nil {
+		return nil, err
+	}
+	if first[0] == ProtocolVersion {
+		var id uint64
+		if h, err := br.Peek(frameHeaderSize); err == nil {
+			id = binary.BigEndian.Uint64(h[2:10])
+		}
+		bw := bufio.NewWriter(nc)
+		r := &response{Status: StatusUnauthorized, Msg: fmt.Sprintf(
+			"node %s requires TLS with the cluster's credentials (the secret: --secret-file, $OVS_SECRET, or secret_file in the cluster file)", s.node.ID)}
+		if writeFrame(bw, byte(r.Status), id, r.encode(opHello)) == nil {
+			bw.Flush()
+		}
+		return nil, errors.New("plain (unauthenticated) protocol")
+	}
+	tc := tls.Server(&peekedConn{Conn: nc, r: br}, s.tls.Client)
+	hctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	if err := tc.HandshakeContext(hctx); err != nil {
+		return nil, err
+	}
+	nc.SetDeadline(time.Time{})
+	return tc, nil
+}
+
+// peekedConn reads through the buffer that peeked at the connection.
+type peekedConn struct {
+	net.Conn
+	r *bufio.Reader
+}
+
+func (c *peekedConn) Read(p []byte) (int, error) { return c.r.Read(p) }
+
+// tlsStream is the raft transport's stream layer over TLS: peers must hold
+// the cluster's credentials, so nobody else can vote, append entries or
+// install snapshots.
+type tlsStream struct {
+	ln             net.Listener
+	server, client *tls.Config
+}
+
+func (t *tlsStream) Accept() (net.Conn, error) {
+	c, err := t.ln.Accept()
+	if err != nil {
+		return nil, err
+	}
+	// The handshake runs on the first read, in raft's goroutine for the
+	// connection, so a slow peer holds up no other.
+	return tls.Server(c, t.server), nil
+}
+
+func (t *tlsStream) Close() error   { return t.ln.Close() }
+func (t *tlsStream) Addr() net.Addr { return t.ln.Addr() }
+
+func (t *tlsStream) Dial(address raft.ServerAddress, timeout time.Duration) (net.Conn, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	d := tls.Dialer{NetDialer: &net.Dialer{}, Config: t.client}
+	return d.DialContext(ctx, "tcp", string(address))
 }

@@ -3,6 +3,7 @@ package scos
 import (
 	"context"
 	"crypto/rand"
+	"crypto/tls"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
@@ -42,6 +43,13 @@ import (
 //	POST   /v1/fragments/{key}/verify        FragmentInfo after reading and checking all the data
 //	DELETE /v1/fragments/{key}
 //	GET    /v1/fragments?prefix=&after=&limit=&details=1   FragmentList
+//
+// With a TLS configuration (what `ovs asd serve` always runs with) the API
+// is served over TLS only to clients that present a certificate endorsed
+// by the cluster secret (see framework/secret): anyone else is refused
+// before a request is read. A request with an X-Ovs-Asd header naming
+// another ASD is refused (409 wrong_asd), so that a fragment meant for one
+// ASD is never stored on another that took over its address.
 
 // ASDConfig configures an ASD.
 type ASDConfig struct {
@@ -56,7 +64,14 @@ type ASDConfig struct {
 	// the filesystem.
 	Capacity  int64
 	BlockSize int // checksum block; 0 means DefaultFragmentBlockSize
-	Logger    *slog.Logger
+	// Cluster, if set, is the id of the cluster the ASD serves. It is kept
+	// in its identity file at the first start; an ASD of one cluster
+	// refuses to start for another (a disk moved between clusters).
+	Cluster string
+	// TLS, if set, gives the server configuration the API is served
+	// with, made for the ASD's id once it is known.
+	TLS    func(id string) (*tls.Config, error)
+	Logger *slog.Logger
 }
 
 // DefaultFillLimit: an ASD refuses writes past 99% of its disk.
@@ -72,6 +87,7 @@ const (
 // ASDHealth is what GET /v1/health answers.
 type ASDHealth struct {
 	ID         string      `json:"id"`
+	Cluster    string      `json:"cluster,omitempty"`
 	Node       string      `json:"node"`
 	Site       string      `json:"site"`
 	APIVersion int         `json:"api_version"`
@@ -113,10 +129,11 @@ type FragmentList struct {
 }
 
 type asdIdentity struct {
-	Format int    `json:"format"`
-	ID     string `json:"id"`
-	Node   string `json:"node"`
-	Site   string `json:"site"`
+	Format  int    `json:"format"`
+	ID      string `json:"id"`
+	Cluster string `json:"cluster,omitempty"`
+	Node    string `json:"node"`
+	Site    string `json:"site"`
 }
 
 // ASDServer is one storage daemon.
@@ -125,6 +142,7 @@ type ASDServer struct {
 	id    string
 	log   *slog.Logger
 	frags string
+	tls   *tls.Config
 	used  atomic.Int64 // bytes of fragment files
 	count atomic.Int64 // number of fragments
 	locks [64]sync.Mutex
@@ -154,11 +172,16 @@ func OpenASD(cfg ASDConfig) (*ASDServer, error) {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
 	s := &ASDServer{cfg: cfg, frags: filepath.Join(cfg.Dir, asdFragmentsDir)}
-	if err := os.MkdirAll(s.frags, 0o755); err != nil {
+	if err := os.MkdirAll(s.frags, 0o700); err != nil {
 		return nil, fmt.Errorf("asd %s: %w", cfg.Dir, err)
 	}
+	// The fragments are the cluster's data: nobody else's to read, even
+	// in a directory made by hand with a looser mode.
+	if err := os.Chmod(cfg.Dir, 0o700); err != nil {
+		cfg.Logger.Warn("asd: cannot make its directory private", "dir", cfg.Dir, "err", err)
+	}
 	for i := range asdFanout {
-		if err := os.MkdirAll(filepath.Join(s.frags, fmt.Sprintf("%02x", i)), 0o755); err != nil {
+		if err := os.MkdirAll(filepath.Join(s.frags, fmt.Sprintf("%02x", i)), 0o700); err != nil {
 			return nil, fmt.Errorf("asd %s: %w", cfg.Dir, err)
 		}
 	}
@@ -171,6 +194,11 @@ func OpenASD(cfg ASDConfig) (*ASDServer, error) {
 	}
 	s.id = id
 	s.log = cfg.Logger.With("asd", id)
+	if cfg.TLS != nil {
+		if s.tls, err = cfg.TLS(id); err != nil {
+			return nil, fmt.Errorf("asd %s: tls: %w", id, err)
+		}
+	}
 	if err := s.scan(); err != nil {
 		return nil, err
 	}
@@ -192,7 +220,11 @@ func (s *ASDServer) loadIdentity() (string, error) {
 		if !ValidName(ident.ID) {
 			return "", fmt.Errorf("asd identity %s: invalid id %q", path, ident.ID)
 		}
-		if ident.Node == s.cfg.Node && ident.Site == s.cfg.Site {
+		if ident.Cluster != "" && s.cfg.Cluster != "" && ident.Cluster != s.cfg.Cluster {
+			return "", fmt.Errorf("asd %s in %s belongs to cluster %s, not to cluster %s (whose secret was given)",
+				ident.ID, s.cfg.Dir, ident.Cluster, s.cfg.Cluster)
+		}
+		if ident.Node == s.cfg.Node && ident.Site == s.cfg.Site && (s.cfg.Cluster == "" || ident.Cluster == s.cfg.Cluster) {
 			return ident.ID, nil
 		}
 	case errors.Is(err, fs.ErrNotExist):
@@ -201,6 +233,9 @@ func (s *ASDServer) loadIdentity() (string, error) {
 		return "", fmt.Errorf("asd identity: %w", err)
 	}
 	ident.Node, ident.Site = s.cfg.Node, s.cfg.Site
+	if s.cfg.Cluster != "" {
+		ident.Cluster = s.cfg.Cluster
+	}
 	out, _ := json.MarshalIndent(ident, "", "  ")
 	tmp := path + tmpPrefix + randomSuffix()
 	if err := writeFileSync(tmp, append(out, '\n')); err != nil {
@@ -320,8 +355,18 @@ func (s *ASDServer) Handler() http.Handler {
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		writeASDError(w, http.StatusNotFound, "not_found", fmt.Sprintf("no such endpoint: %s %s", r.Method, r.URL.Path))
 	})
-	return mux
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if want := r.Header.Get(asdIDHeader); want != "" && want != s.id {
+			s.log.Warn("request for another ASD refused", "method", r.Method, "path", r.URL.Path, "for", want, "remote", r.RemoteAddr)
+			writeASDError(w, http.StatusConflict, "wrong_asd", fmt.Sprintf("this is ASD %s, not %s", s.id, want))
+			return
+		}
+		mux.ServeHTTP(w, r)
+	})
 }
+
+// asdIDHeader names the ASD a request is meant for.
+const asdIDHeader = "X-Ovs-Asd"
 
 // Serve serves the API on l until ctx is done, then shuts down gracefully.
 func (s *ASDServer) Serve(ctx context.Context, l net.Listener) error {
@@ -333,9 +378,17 @@ func (s *ASDServer) Serve(ctx context.Context, l net.Listener) error {
 		ErrorLog:          slog.NewLogLogger(s.log.Handler(), slog.LevelWarn),
 	}
 	errc := make(chan error, 1)
-	go func() { errc <- srv.Serve(l) }()
-	s.log.Info("asd serving", "addr", l.Addr().String(), "dir", s.cfg.Dir, "node", s.cfg.Node, "site", s.cfg.Site,
-		"fragments", s.count.Load(), "used", s.used.Load())
+	if s.tls != nil {
+		// ServeTLS (not a TLS listener) so that a client speaking plain
+		// HTTP gets a clear 400 instead of a closed connection.
+		srv.TLSConfig = s.tls
+		srv.TLSNextProto = map[string]func(*http.Server, *tls.Conn, http.Handler){} // HTTP/1.1 only
+		go func() { errc <- srv.ServeTLS(l, "", "") }()
+	} else {
+		go func() { errc <- srv.Serve(l) }()
+	}
+	s.log.Info("asd serving", "addr", l.Addr().String(), "tls", s.tls != nil, "cluster", s.cfg.Cluster,
+		"dir", s.cfg.Dir, "node", s.cfg.Node, "site", s.cfg.Site, "fragments", s.count.Load(), "used", s.used.Load())
 	select {
 	case err := <-errc:
 		return fmt.Errorf("asd %s: %w", s.id, err)
@@ -396,7 +449,7 @@ func (s *ASDServer) health() (ASDHealth, error) {
 	if err != nil {
 		return ASDHealth{}, err
 	}
-	return ASDHealth{ID: s.id, Node: s.cfg.Node, Site: s.cfg.Site, APIVersion: asdAPIVersion,
+	return ASDHealth{ID: s.id, Cluster: s.cfg.Cluster, Node: s.cfg.Node, Site: s.cfg.Site, APIVersion: asdAPIVersion,
 		Fragments: s.count.Load(), Capacity: c, Pid: os.Getpid()}, nil
 }
 
@@ -789,7 +842,7 @@ func (s *ASDServer) handleList(w http.ResponseWriter, r *http.Request) {
 
 // writeFileParts creates path with the concatenation of parts and fsyncs it.
 func writeFileParts(path string, parts ...[]byte) error {
-	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o644)
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
 	if err != nil {
 		return err
 	}

@@ -3,6 +3,7 @@ package scos
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -22,31 +23,55 @@ type ASDClient struct {
 	addr string
 	base string
 	hc   *http.Client
+	id   string // the ASD meant, if known: it refuses requests meant for another
 }
 
 // NewASDTransport returns an HTTP transport suited to talking to ASDs:
 // short dial timeout, many idle connections per daemon, no compression.
-func NewASDTransport() *http.Transport {
-	return &http.Transport{
+// With a TLS configuration (the cluster's credentials) it talks to ASDs
+// over TLS; see NewASDClient.
+func NewASDTransport(tc ...*tls.Config) *http.Transport {
+	t := &http.Transport{
 		DialContext:         (&net.Dialer{Timeout: 2 * time.Second, KeepAlive: 30 * time.Second}).DialContext,
+		TLSHandshakeTimeout: 5 * time.Second,
 		MaxIdleConns:        512,
 		MaxIdleConnsPerHost: 64,
 		IdleConnTimeout:     90 * time.Second,
 		DisableCompression:  true,
 	}
+	if len(tc) > 0 && tc[0] != nil {
+		t.TLSClientConfig = tc[0]
+	}
+	return t
 }
 
-// NewASDClient returns a client for the ASD at addr (host:port or an
-// http:// URL). hc nil uses a client of its own.
+// NewASDClient returns a client for the ASD at addr (host:port or a URL).
+// hc nil uses a client of its own. A host:port is reached over https when
+// hc's transport has a TLS configuration (the cluster's credentials:
+// then the ASD's certificate is checked before anything is sent), over
+// plain http otherwise.
 func NewASDClient(addr string, hc *http.Client) *ASDClient {
 	if hc == nil {
 		hc = &http.Client{Transport: NewASDTransport()}
 	}
 	base := addr
 	if !strings.Contains(base, "://") {
-		base = "http://" + base
+		scheme := "http://"
+		if t, ok := hc.Transport.(*http.Transport); ok && t.TLSClientConfig != nil {
+			scheme = "https://"
+		}
+		base = scheme + base
 	}
 	return &ASDClient{addr: addr, base: strings.TrimRight(base, "/"), hc: hc}
+}
+
+// For returns a client whose requests are meant for the ASD of the given
+// id: any other ASD answering at the address refuses them (409), so that
+// nothing meant for one ASD lands on another.
+func (c *ASDClient) For(id string) *ASDClient {
+	c2 := *c
+	c2.id = id
+	return &c2
 }
 
 // Addr returns the address the client talks to.
@@ -67,6 +92,9 @@ func (c *ASDClient) do(ctx context.Context, method, path string, q url.Values, b
 	}
 	for k, v := range hdr {
 		req.Header[k] = v
+	}
+	if c.id != "" {
+		req.Header.Set(asdIDHeader, c.id)
 	}
 	resp, err := c.hc.Do(req)
 	if err != nil {

@@ -8,6 +8,7 @@ import (
 	"io/fs"
 	"log/slog"
 	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -25,12 +26,22 @@ type LocalASDsConfig struct {
 	// Binary is the ovs binary whose `asd serve` runs each ASD (default:
 	// this executable).
 	Binary string
-	// Host to listen on (default 127.0.0.1). BasePort: ASD i listens on
-	// BasePort+i; 0 picks a free port for each ASD at its first start.
-	// Either way the address is kept in Dir/asd-<i>/local.json, so an ASD
-	// comes back on the same address.
-	Host     string
-	BasePort int
+	// Host to listen on (default 127.0.0.1). The ASDs take ports from
+	// FirstPort to LastPort (both 0: ports the kernel picks). An ASD's
+	// address is kept in Dir/asd-<i>/local.json and it comes back on it;
+	// when another process holds that port (or it is outside the range)
+	// the ASD moves to the next free port of the range, and Moved says so.
+	// This process binds each port and hands the socket to the ASD, so the
+	// port stays the ASD's across its restarts.
+	Host      string
+	FirstPort int
+	LastPort  int
+	// SecretFile is passed to each ASD (--secret-file): the cluster
+	// secret its clients must prove they hold.
+	SecretFile string
+	// HTTPClient reaches the ASDs (with the cluster's TLS credentials
+	// when they have a secret); nil is plain HTTP.
+	HTTPClient *http.Client
 	// Node and Site of every ASD (default: the host name, and "local").
 	Node string
 	Site string
@@ -43,6 +54,8 @@ type LocalASDsConfig struct {
 	// (default 200ms).
 	RestartDelay time.Duration
 	// StartTimeout bounds the wait for every ASD to answer (default 30s).
+	// Start fails only if none answers: a preset can often be placed on
+	// fewer ASDs (4+2 falls back to 4+1 on five).
 	StartTimeout time.Duration
 }
 
@@ -60,6 +73,9 @@ type localASD struct {
 	index int
 	dir   string
 	addr  string
+	ln    *os.File // the listening socket handed to each run of the ASD; nil: no port
+	moved string   // the address it had before this start, if it moved
+	ready bool     // answered at start
 
 	mu       sync.Mutex
 	id       string
@@ -76,6 +92,11 @@ type LocalASD struct {
 	Addr     string `json:"addr"`
 	Pid      int    `json:"pid"` // 0 while it is not running
 	Restarts int    `json:"restarts"`
+	// MovedFrom is its address before this start, when its port was
+	// taken by another process (register the new address).
+	MovedFrom string `json:"moved_from,omitempty"`
+	// Running: it got a port and answered at start.
+	Running bool `json:"running"`
 }
 
 type localASDFile struct {
@@ -116,22 +137,32 @@ func StartLocalASDs(ctx context.Context, cfg LocalASDsConfig) (*LocalASDs, error
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
+	if (cfg.FirstPort == 0) != (cfg.LastPort == 0) || cfg.FirstPort < 0 || cfg.LastPort > 65535 || cfg.LastPort < cfg.FirstPort {
+		return nil, fmt.Errorf("local ASDs: port range %d-%d", cfg.FirstPort, cfg.LastPort)
+	}
 	l := &LocalASDs{cfg: cfg, log: cfg.Logger}
 	for i := range cfg.Count {
 		p := &localASD{index: i, dir: filepath.Join(cfg.Dir, fmt.Sprintf("asd-%d", i))}
-		if err := os.MkdirAll(p.dir, 0o755); err != nil {
+		if err := os.MkdirAll(p.dir, 0o700); err != nil {
 			return nil, fmt.Errorf("local ASD %d: %w", i, err)
 		}
-		addr, err := l.address(p.dir, i)
+		addr, err := readLocalAddr(p.dir)
 		if err != nil {
 			return nil, err
 		}
 		p.addr = addr
 		l.procs = append(l.procs, p)
 	}
+	if err := l.bindAll(); err != nil {
+		l.closeListeners()
+		return nil, err
+	}
 	bg, cancel := context.WithCancel(context.Background())
 	l.cancel = cancel
 	for _, p := range l.procs {
+		if p.ln == nil {
+			continue
+		}
 		started := make(chan struct{})
 		l.wg.Add(1)
 		go l.supervise(bg, p, started)
@@ -144,43 +175,145 @@ func StartLocalASDs(ctx context.Context, cfg LocalASDsConfig) (*LocalASDs, error
 	return l, nil
 }
 
-// address returns the ASD's kept address, choosing one the first time.
-func (l *LocalASDs) address(dir string, i int) (string, error) {
-	path := filepath.Join(dir, "local.json")
-	if data, err := os.ReadFile(path); err == nil {
-		var f localASDFile
-		if err := json.Unmarshal(data, &f); err != nil || f.Addr == "" {
-			return "", fmt.Errorf("local ASD %s: bad %s", dir, path)
+func (l *LocalASDs) inRange(port int) bool {
+	return l.cfg.FirstPort == 0 || port >= l.cfg.FirstPort && port <= l.cfg.LastPort
+}
+
+// bindAll gives each ASD a listening socket: on its kept address if that
+// is free and in the range, else on the next free port of the range. A
+// port held by another process is skipped, never shared: whatever listens
+// there is not this cluster's ASD.
+func (l *LocalASDs) bindAll() error {
+	taken := map[int]bool{}
+	for _, p := range l.procs {
+		if p.addr == "" {
+			continue
 		}
-		return f.Addr, nil
-	} else if !errors.Is(err, fs.ErrNotExist) {
+		_, ps, _ := net.SplitHostPort(p.addr)
+		port, _ := strconv.Atoi(ps)
+		if !l.inRange(port) {
+			continue
+		}
+		f, err := listenFile(p.addr)
+		if err != nil {
+			l.log.Warn("ASD port is taken by another process; moving the ASD", "asd", p.index, "addr", p.addr, "err", err)
+			continue
+		}
+		p.ln = f
+		taken[port] = true
+	}
+	next := l.cfg.FirstPort
+	for _, p := range l.procs {
+		if p.ln != nil {
+			continue
+		}
+		old := p.addr
+		for p.ln == nil {
+			var addr string
+			switch {
+			case l.cfg.FirstPort == 0:
+				addr = net.JoinHostPort(l.cfg.Host, "0")
+			case next > l.cfg.LastPort:
+				l.log.Error("no free port left for an ASD in the range; it does not run", "asd", p.index,
+					"range", fmt.Sprintf("%d-%d", l.cfg.FirstPort, l.cfg.LastPort))
+			default:
+				if taken[next] {
+					next++
+					continue
+				}
+				addr = net.JoinHostPort(l.cfg.Host, strconv.Itoa(next))
+				next++
+			}
+			if addr == "" {
+				break
+			}
+			f, bound, err := listenFileAddr(addr)
+			if err != nil {
+				l.log.Debug("ASD port not free", "addr", addr, "err", err)
+				if l.cfg.FirstPort == 0 {
+					return fmt.Errorf("local ASD %d: %w", p.index, err)
+				}
+				continue
+			}
+			p.ln, p.addr = f, bound
+			if old != "" && old != bound {
+				p.moved = old
+				l.log.Warn("ASD moved to a new port", "asd", p.index, "from", old, "to", bound)
+			}
+			if err := writeLocalAddr(p.dir, bound); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+func listenFile(addr string) (*os.File, error) {
+	f, _, err := listenFileAddr(addr)
+	return f, err
+}
+
+// listenFileAddr listens on addr and returns the socket as a file (to hand
+// to a child) and the address bound.
+func listenFileAddr(addr string) (*os.File, string, error) {
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, "", err
+	}
+	defer ln.Close() // the file is a duplicate that keeps the socket open
+	f, err := ln.(*net.TCPListener).File()
+	if err != nil {
+		return nil, "", err
+	}
+	return f, ln.Addr().String(), nil
+}
+
+func (l *LocalASDs) closeListeners() {
+	for _, p := range l.procs {
+		if p.ln != nil {
+			p.ln.Close()
+			p.ln = nil
+		}
+	}
+}
+
+// readLocalAddr returns the address the ASD in dir had ("" if none yet).
+func readLocalAddr(dir string) (string, error) {
+	path := filepath.Join(dir, "local.json")
+	data, err := os.ReadFile(path)
+	if errors.Is(err, fs.ErrNotExist) {
+		return "", nil
+	}
+	if err != nil {
 		return "", fmt.Errorf("local ASD %s: %w", dir, err)
 	}
-	var addr string
-	if l.cfg.BasePort > 0 {
-		addr = net.JoinHostPort(l.cfg.Host, strconv.Itoa(l.cfg.BasePort+i))
-	} else {
-		ln, err := net.Listen("tcp", net.JoinHostPort(l.cfg.Host, "0"))
-		if err != nil {
-			return "", fmt.Errorf("local ASD %s: finding a free port: %w", dir, err)
-		}
-		addr = ln.Addr().String()
-		ln.Close()
+	var f localASDFile
+	if err := json.Unmarshal(data, &f); err != nil || f.Addr == "" {
+		return "", fmt.Errorf("local ASD %s: bad %s", dir, path)
 	}
+	return f.Addr, nil
+}
+
+func writeLocalAddr(dir, addr string) error {
+	path := filepath.Join(dir, "local.json")
 	data, _ := json.Marshal(localASDFile{Addr: addr})
 	tmp := path + tmpPrefix + randomSuffix()
 	if err := writeFileSync(tmp, data); err != nil {
 		os.Remove(tmp)
-		return "", fmt.Errorf("local ASD %s: %w", dir, err)
+		return fmt.Errorf("local ASD %s: %w", dir, err)
 	}
 	if err := os.Rename(tmp, path); err != nil {
-		return "", fmt.Errorf("local ASD %s: %w", dir, err)
+		return fmt.Errorf("local ASD %s: %w", dir, err)
 	}
-	return addr, syncDir(dir)
+	return syncDir(dir)
 }
 
 func (l *LocalASDs) args(p *localASD) []string {
-	args := []string{"asd", "serve", "--dir", p.dir, "--addr", p.addr, "--node", l.cfg.Node, "--site", l.cfg.Site}
+	// The socket is the child's fd 3 (its first ExtraFile).
+	args := []string{"asd", "serve", "--dir", p.dir, "--listen-fd", "3", "--node", l.cfg.Node, "--site", l.cfg.Site}
+	if l.cfg.SecretFile != "" {
+		args = append(args, "--secret-file", l.cfg.SecretFile)
+	}
 	if l.cfg.FillLimit > 0 {
 		args = append(args, "--fill-limit", strconv.FormatFloat(l.cfg.FillLimit, 'g', -1, 64))
 	}
@@ -229,13 +362,14 @@ func (l *LocalASDs) supervise(ctx context.Context, p *localASD, started chan str
 }
 
 func (l *LocalASDs) startOne(p *localASD) error {
-	logf, err := os.OpenFile(filepath.Join(p.dir, "asd.log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	logf, err := os.OpenFile(filepath.Join(p.dir, "asd.log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
 	if err != nil {
 		return err
 	}
 	defer logf.Close() // the child has its own descriptor
 	cmd := exec.Command(l.cfg.Binary, l.args(p)...)
 	cmd.Stdout, cmd.Stderr = logf, logf
+	cmd.ExtraFiles = []*os.File{p.ln}
 	// Its own process group (a terminal's ^C goes to ovs, which stops the
 	// ASDs in order), and it dies with its parent.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
@@ -254,31 +388,48 @@ func (l *LocalASDs) startOne(p *localASD) error {
 	return nil
 }
 
-// waitReady waits until every ASD answers its health check.
+// waitReady waits until every running ASD answers its health check, or
+// for StartTimeout; it fails only if none answers.
 func (l *LocalASDs) waitReady(ctx context.Context) error {
 	ctx, cancel := context.WithTimeout(ctx, l.cfg.StartTimeout)
 	defer cancel()
+	var wg sync.WaitGroup
 	for _, p := range l.procs {
-		c := NewASDClient(p.addr, nil)
-		for {
-			hctx, hcancel := context.WithTimeout(ctx, time.Second)
-			h, err := c.Health(hctx)
-			hcancel()
-			if err == nil {
-				p.mu.Lock()
-				p.id = h.ID
-				p.mu.Unlock()
-				break
+		if p.ln == nil {
+			continue
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			c := NewASDClient(p.addr, l.cfg.HTTPClient)
+			for {
+				hctx, hcancel := context.WithTimeout(ctx, time.Second)
+				h, err := c.Health(hctx)
+				hcancel()
+				if err == nil {
+					p.mu.Lock()
+					p.id, p.ready = h.ID, true
+					p.mu.Unlock()
+					return
+				}
+				select {
+				case <-ctx.Done():
+					l.log.Error("local ASD not ready; going on without it", "asd", p.index, "addr", p.addr,
+						"after", l.cfg.StartTimeout, "err", err, "log", filepath.Join(p.dir, "asd.log"))
+					return
+				case <-time.After(50 * time.Millisecond):
+				}
 			}
-			select {
-			case <-ctx.Done():
-				return fmt.Errorf("local ASD %d (%s) not ready after %v: %v (see %s)", p.index, p.addr,
-					l.cfg.StartTimeout, err, filepath.Join(p.dir, "asd.log"))
-			case <-time.After(50 * time.Millisecond):
-			}
+		}()
+	}
+	wg.Wait()
+	for _, p := range l.procs {
+		if p.ready {
+			return nil
 		}
 	}
-	return nil
+	return fmt.Errorf("local ASDs: none of %d answered within %v (see %s)", len(l.procs), l.cfg.StartTimeout,
+		filepath.Join(l.cfg.Dir, "asd-*", "asd.log"))
 }
 
 // List describes the supervised ASDs.
@@ -286,7 +437,7 @@ func (l *LocalASDs) List() []LocalASD {
 	out := make([]LocalASD, 0, len(l.procs))
 	for _, p := range l.procs {
 		p.mu.Lock()
-		a := LocalASD{Index: p.index, ID: p.id, Dir: p.dir, Addr: p.addr, Restarts: p.restarts}
+		a := LocalASD{Index: p.index, ID: p.id, Dir: p.dir, Addr: p.addr, Restarts: p.restarts, MovedFrom: p.moved, Running: p.ready}
 		if p.cmd != nil && p.cmd.Process != nil {
 			select {
 			case <-p.exited:
@@ -337,5 +488,6 @@ func (l *LocalASDs) Stop() error {
 		}()
 	}
 	wg.Wait()
+	l.closeListeners()
 	return nil
 }

@@ -321,7 +321,7 @@ func (b *ECBackend) reloadRegistry(ctx context.Context) error {
 			b.asds[id] = st
 		}
 		if st.client == nil || st.rec.Addr != r.Addr {
-			st.client = NewASDClient(r.Addr, b.hc)
+			st.client = NewASDClient(r.Addr, b.hc).For(id)
 		}
 		st.rec = r
 	}

@@ -66,7 +66,7 @@ var boltBucket = []byte("ovs")
 
 // OpenBoltKV opens (creating if needed) the store at path.
 func OpenBoltKV(path string) (*BoltKV, error) {
-	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
 		return nil, fmt.Errorf("kv store %s: %w", path, err)
 	}
 	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: time.Second})

@@ -34,7 +34,7 @@ const tmpPrefix = ".tmp-"
 
 // NewLocalDir opens (creating if needed) a local-directory backend at root.
 func NewLocalDir(root string) (*LocalDir, error) {
-	if err := os.MkdirAll(root, 0o755); err != nil {
+	if err := os.MkdirAll(root, 0o700); err != nil {
 		return nil, fmt.Errorf("local backend %s: %w", root, err)
 	}
 	return &LocalDir{root: root, fds: NewFileCache(localDirOpenFiles)}, nil
@@ -93,7 +93,7 @@ func (b *LocalDir) CreateNamespace(ctx context.Context, ns string) error {
 	if err != nil {
 		return err
 	}
-	if err := os.Mkdir(dir, 0o755); err != nil {
+	if err := os.Mkdir(dir, 0o700); err != nil {
 		if errors.Is(err, fs.ErrExist) {
 			return fmt.Errorf("%w: %s", ErrNamespaceExists, ns)
 		}
@@ -338,7 +338,7 @@ func writeFileSync(path string, data []byte) error {
 
 // writeFileWith creates path, lets fill write it, and fsyncs it.
 func writeFileWith(path string, fill func(*os.File) error) error {
-	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o644)
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
 	if err != nil {
 		return err
 	}

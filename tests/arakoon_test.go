@@ -23,6 +23,7 @@ import (
 	"gopkg.in/yaml.v3"
 
 	"github.com/ovs-storage/ovs/arakoon"
+	"github.com/ovs-storage/ovs/framework/secret"
 )
 
 // End-to-end tests of arakoon: real `ovs arakoon serve` processes on
@@ -47,6 +48,7 @@ type araCluster struct {
 	dir     string
 	cfgPath string
 	cfg     *arakoon.Config
+	secret  testSecret
 	mu      sync.Mutex
 	nodes   map[string]*araNode
 }
@@ -93,7 +95,8 @@ func startAraCluster(t *testing.T, n, join int) *araCluster {
 		t.Skip("end-to-end test; skipped in -short mode")
 	}
 	c := &araCluster{t: t, dir: t.TempDir(), nodes: map[string]*araNode{}}
-	c.cfg = &arakoon.Config{Cluster: "e2e", Tuning: araTuning}
+	c.secret = newTestSecret(t, c.dir)
+	c.cfg = &arakoon.Config{Cluster: "e2e", Tuning: araTuning, SecretFile: c.secret.path}
 	addrs := araFreeAddrs(t, 2*(n+join))
 	for i := range n + join {
 		id := "a" + strconv.Itoa(i+1)
@@ -248,6 +251,11 @@ func (c *araCluster) client() *arakoon.Client {
 	c.t.Helper()
 	cc := c.cfg.ClientConfig()
 	cc.AttemptTimeout = 3 * time.Second
+	tc, err := c.secret.ClientTLS(secret.RoleCLI, "test", secret.RoleArakoon)
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	cc.TLS = tc
 	cl, err := arakoon.NewClient(cc)
 	if err != nil {
 		c.t.Fatal(err)

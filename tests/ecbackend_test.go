@@ -29,6 +29,7 @@ import (
 // asdProc is one `ovs asd serve` child process.
 type asdProc struct {
 	t          *testing.T
+	secret     testSecret
 	dir        string
 	addr       string
 	node, site string
@@ -40,9 +41,9 @@ type asdProc struct {
 	paused bool
 }
 
-func startASDProc(t *testing.T, dir, addr, node, site string) *asdProc {
+func startASDProc(t *testing.T, sec testSecret, dir, addr, node, site string) *asdProc {
 	t.Helper()
-	p := &asdProc{t: t, dir: dir, addr: addr, node: node, site: site, logPath: filepath.Join(dir, "asd.log")}
+	p := &asdProc{t: t, secret: sec, dir: dir, addr: addr, node: node, site: site, logPath: filepath.Join(dir, "asd.log")}
 	p.start()
 	t.Cleanup(func() {
 		p.kill()
@@ -73,7 +74,8 @@ func (p *asdProc) start() {
 	if err != nil {
 		t.Fatal(err)
 	}
-	cmd := exec.Command(ovsBin, "asd", "serve", "--dir", p.dir, "--addr", p.addr, "--node", p.node, "--site", p.site)
+	cmd := exec.Command(ovsBin, "asd", "serve", "--dir", p.dir, "--addr", p.addr, "--node", p.node, "--site", p.site,
+		"--secret-file", p.secret.path)
 	cmd.Stdout, cmd.Stderr = logf, logf
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
 	err = cmd.Start()
@@ -83,7 +85,7 @@ func (p *asdProc) start() {
 	}
 	p.cmd, p.exited, p.paused = cmd, make(chan struct{}), false
 	go func(done chan struct{}) { cmd.Wait(); close(done) }(p.exited)
-	c := scos.NewASDClient(p.addr, nil)
+	c := scos.NewASDClient(p.addr, p.secret.asdClient(t))
 	deadline := time.Now().Add(20 * time.Second)
 	for {
 		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
@@ -168,6 +170,7 @@ type ecProcCluster struct {
 	asds []*asdProc
 	kv   *scos.BoltKV
 	b    *scos.ECBackend
+	hc   *http.Client // reaches the ASDs with the cluster's credentials
 }
 
 type asdPlace struct{ node, site string }
@@ -179,10 +182,13 @@ func startECProcCluster(t *testing.T, places []asdPlace, cfg scos.ECConfig) *ecP
 	}
 	c := &ecProcCluster{t: t}
 	root := t.TempDir()
+	sec := newTestSecret(t, root)
+	c.hc = sec.asdClient(t)
+	cfg.HTTPClient = c.hc
 	ports := freePorts(t, len(places))
 	for i, pl := range places {
 		addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(ports[i]))
-		c.asds = append(c.asds, startASDProc(t, filepath.Join(root, fmt.Sprintf("asd-%d", i)), addr, pl.node, pl.site))
+		c.asds = append(c.asds, startASDProc(t, sec, filepath.Join(root, fmt.Sprintf("asd-%d", i)), addr, pl.node, pl.site))
 	}
 	kv, err := scos.OpenBoltKV(filepath.Join(root, "meta.db"))
 	if err != nil {
@@ -438,7 +444,7 @@ func TestECBackendBitRot(t *testing.T) {
 	if err != nil || rep.Repaired != 1 || rep.FragmentsRebuilt != 1 {
 		t.Fatalf("repair: %+v %v", rep, err)
 	}
-	c2 := scos.NewASDClient(c.byID(m.Fragments[0].ASD).addr, nil)
+	c2 := scos.NewASDClient(c.byID(m.Fragments[0].ASD).addr, c.hc)
 	if _, err := c2.Verify(ctx, m.FragmentKey(0)); err != nil {
 		t.Fatalf("the repaired fragment %s: %v", path, err)
 	}
@@ -575,7 +581,10 @@ func TestLocalASDSupervisor(t *testing.T) {
 	}
 	ctx := context.Background()
 	dir := t.TempDir()
-	l, err := scos.StartLocalASDs(ctx, scos.LocalASDsConfig{Dir: dir, Count: 2, Binary: ovsBin, RestartDelay: 50 * time.Millisecond})
+	sec := newTestSecret(t, t.TempDir())
+	hc := sec.asdClient(t)
+	l, err := scos.StartLocalASDs(ctx, scos.LocalASDsConfig{Dir: dir, Count: 2, Binary: ovsBin, RestartDelay: 50 * time.Millisecond,
+		SecretFile: sec.path, HTTPClient: hc})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -590,7 +599,7 @@ func TestLocalASDSupervisor(t *testing.T) {
 		after = l.List()
 		return after[0].Pid != 0 && after[0].Pid != before[0].Pid
 	})
-	c := scos.NewASDClient(after[0].Addr, nil)
+	c := scos.NewASDClient(after[0].Addr, hc)
 	waitFor(t, 10*time.Second, "the restarted ASD to answer", func() bool {
 		h, err := c.Health(ctx)
 		return err == nil && h.ID == before[0].ID && h.Pid == after[0].Pid
@@ -607,7 +616,7 @@ func TestLocalASDSupervisor(t *testing.T) {
 		}
 	}
 	// A second start on the same directory brings the same ASDs back.
-	l2, err := scos.StartLocalASDs(ctx, scos.LocalASDsConfig{Dir: dir, Count: 2, Binary: ovsBin})
+	l2, err := scos.StartLocalASDs(ctx, scos.LocalASDsConfig{Dir: dir, Count: 2, Binary: ovsBin, SecretFile: sec.path, HTTPClient: hc})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -624,10 +633,11 @@ func TestBackendCLI(t *testing.T) {
 		t.Skip("end-to-end test; skipped in -short mode")
 	}
 	data := t.TempDir()
+	sec := newTestSecret(t, data) // DATA/secret, where the CLI finds it
 	ports := freePorts(t, 3)
 	var asds []*asdProc
 	for i, port := range ports {
-		asds = append(asds, startASDProc(t, filepath.Join(t.TempDir(), "asd"), net.JoinHostPort("127.0.0.1", strconv.Itoa(port)),
+		asds = append(asds, startASDProc(t, sec, filepath.Join(t.TempDir(), "asd"), net.JoinHostPort("127.0.0.1", strconv.Itoa(port)),
 			fmt.Sprintf("host%d", i), "dc1"))
 	}
 	ovs := func(args ...string) cliResult {
@@ -686,7 +696,7 @@ func TestBackendCLI(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer kv.Close()
-	b, err := scos.NewECBackend(context.Background(), scos.ECConfig{KV: kv, MaintenanceInterval: -1,
+	b, err := scos.NewECBackend(context.Background(), scos.ECConfig{KV: kv, MaintenanceInterval: -1, HTTPClient: sec.asdClient(t),
 		LocalPids: func() map[string]int { return map[string]int{asds[0].id: asds[0].cmd.Process.Pid} }})
 	if err != nil {
 		t.Fatal(err)

@@ -140,7 +140,7 @@ type cachedCluster struct {
 // this host has it, otherwise by replaying its TLogs from the backend.
 func Open(ctx context.Context, dir string, backend scos.Backend, opts Options) (*Driver, error) {
 	opts.setDefaults()
-	if err := os.MkdirAll(dir, 0o755); err != nil {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, fmt.Errorf("volume driver dir: %w", err)
 	}
 	d := &Driver{

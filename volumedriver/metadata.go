@@ -222,7 +222,7 @@ type metadataStore struct {
 // trusted until verify accepts it; a caller that does not verify must
 // reset it.
 func openMetadataStore(path string, cacheBytes int64, numPages uint64) (*metadataStore, error) {
-	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o644)
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o600)
 	if err != nil {
 		return nil, fmt.Errorf("open metadata store: %w", err)
 	}

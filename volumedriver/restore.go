@@ -68,7 +68,7 @@ func numPages(size int64, clusterSize int) uint64 {
 
 func (v *Volume) makeDirs() error {
 	for _, d := range []string{v.dir, filepath.Join(v.dir, "sco"), filepath.Join(v.dir, "tlog")} {
-		if err := os.MkdirAll(d, 0o755); err != nil {
+		if err := os.MkdirAll(d, 0o700); err != nil {
 			return fmt.Errorf("create %s: %w", d, err)
 		}
 	}

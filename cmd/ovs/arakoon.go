@@ -17,12 +17,14 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/ovs-storage/ovs/arakoon"
+	"github.com/ovs-storage/ovs/framework/secret"
 )
 
 // arakoonOptions are the flags shared by the arakoon commands.
 type arakoonOptions struct {
-	config  string
-	timeout time.Duration
+	config     string
+	timeout    time.Duration
+	secretFile string
 }
 
 func newArakoonCommand() *cobra.Command {
@@ -37,13 +39,20 @@ func newArakoonCommand() *cobra.Command {
 			"  cluster: ovsdb\n" +
 			"  nodes:\n" +
 			"    - {id: a1, client: 127.0.0.1:8900, raft: 127.0.0.1:8901, data: /var/lib/ovs/arakoon/a1}\n" +
-			"  tuning: {heartbeat_timeout: 1s, election_timeout: 1s}   # optional\n\n" +
+			"  tuning: {heartbeat_timeout: 1s, election_timeout: 1s}   # optional\n" +
+			"  secret_file: /etc/ovs/secret\n\n" +
+			"Nodes and clients talk TLS and authenticate each other with the cluster\n" +
+			"secret: --secret-file, else $OVS_SECRET, $OVS_SECRET_FILE, else the file's\n" +
+			"secret_file. A node refuses whoever does not hold it. ovs up writes the\n" +
+			"file of its embedded node to DATA/arakoon/cluster.yaml.\n\n" +
 			"Keys and values are bytes; values are at most 8 MiB.",
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error { return cmd.Help() },
 	}
 	cmd.PersistentFlags().StringVar(&o.config, "config", os.Getenv("OVS_ARAKOON_CONFIG"),
 		"cluster file (YAML); $OVS_ARAKOON_CONFIG sets the default")
+	cmd.PersistentFlags().StringVar(&o.secretFile, "secret-file", "",
+		"file holding the cluster secret (default: $OVS_SECRET, $OVS_SECRET_FILE, then secret_file of the cluster file)")
 	cmd.PersistentFlags().DurationVar(&o.timeout, "timeout", 30*time.Second,
 		"how long a client command keeps trying (master changes, unreachable nodes)")
 	cmd.AddCommand(
@@ -76,8 +85,15 @@ func (o *arakoonOptions) client(cmd *cobra.Command) (*arakoon.Client, *arakoon.C
 	if err != nil {
 		return nil, nil, nil, nil, err
 	}
+	sec, err := o.secret(cfg)
+	if err != nil {
+		return nil, nil, nil, nil, err
+	}
 	cc := cfg.ClientConfig()
 	cc.RetryTimeout = o.timeout
+	if cc.TLS, err = sec.ClientTLS(secret.RoleCLI, "cli", secret.RoleArakoon); err != nil {
+		return nil, nil, nil, nil, err
+	}
 	c, err := arakoon.NewClient(cc)
 	if err != nil {
 		return nil, nil, nil, nil, err
@@ -133,8 +149,17 @@ func newArakoonServeCommand(o *arakoonOptions) *cobra.Command {
 			if err != nil {
 				return err
 			}
+			sec, err := o.secret(cfg)
+			if err != nil {
+				return fmt.Errorf("%w: a node serves only clients and peers holding the cluster secret", err)
+			}
+			ntls, err := arakoonNodeTLS(sec, node)
+			if err != nil {
+				return err
+			}
+			restrictUmask()
 			log := slog.New(slog.NewTextHandler(cmd.ErrOrStderr(), &slog.HandlerOptions{Level: lv}))
-			s, err := arakoon.Start(cfg, node, arakoon.ServerOptions{Join: join, Logger: log})
+			s, err := arakoon.Start(cfg, node, arakoon.ServerOptions{Join: join, Logger: log, TLS: ntls})
 			if err != nil {
 				return err
 			}
@@ -492,4 +517,17 @@ func newArakoonBenchCommand() *cobra.Command {
 	cmd.Flags().StringVar(&sizes, "nodes", "1,3", "cluster sizes to measure")
 	cmd.Flags().StringVar(&o.Dir, "dir", "", "where to put the stores (default: a temporary directory)")
 	return cmd
+}
+
+// secret finds the cluster secret: --secret-file, $OVS_SECRET,
+// $OVS_SECRET_FILE, then the cluster file's secret_file.
+func (o *arakoonOptions) secret(cfg *arakoon.Config) (*secret.Secret, error) {
+	if o.secretFile == "" && os.Getenv(secret.EnvValue) == "" && os.Getenv(secret.EnvFile) == "" && cfg.SecretFile != "" {
+		return secret.LoadFile(cfg.SecretFile)
+	}
+	s, err := secret.Resolve(o.secretFile, "")
+	if errors.Is(err, secret.ErrNoSecret) {
+		return nil, fmt.Errorf("%w, or secret_file in %s", err, o.config)
+	}
+	return s, err
 }

@@ -16,6 +16,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"text/tabwriter"
 	"time"
 
@@ -23,6 +24,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/ovs-storage/ovs/framework/api"
+	"github.com/ovs-storage/ovs/framework/secret"
 	"github.com/ovs-storage/ovs/scos"
 )
 
@@ -30,7 +32,7 @@ import (
 //
 //	DATA/ec/meta.db      manifests, ASD registry, presets (scos.BoltKV)
 //	DATA/ec/asds/asd-N/  the ASDs, run as child processes
-//	DATA/ec/admin.addr   address of the running backend's admin API
+//	DATA/ec/admin.addr   address (https://) of the running backend's admin API
 const (
 	ecDirName     = "ec"
 	ecMetaFile    = "meta.db"
@@ -41,9 +43,15 @@ const (
 
 // localECOptions configure startLocalEC.
 type localECOptions struct {
-	ASDs        int    // default 6
-	ASDBasePort int    // 0: free ports chosen at the first start and kept
-	Binary      string // the ovs binary that runs the ASDs (default: this one)
+	ASDs int // default 6
+	// FirstPort-LastPort: the ports the ASDs take (both 0: ports the
+	// kernel picks at the first start and kept).
+	FirstPort, LastPort int
+	Binary              string // the ovs binary that runs the ASDs (default: this one)
+	// Secret is the cluster's, kept in SecretFile: the ASDs and the admin
+	// API serve only its holders.
+	Secret     *secret.Secret
+	SecretFile string
 	// ECConfig overrides (the KV store, presets, logger and pids are set
 	// by startLocalEC).
 	Config scos.ECConfig
@@ -60,6 +68,7 @@ type localEC struct {
 	admin   *http.Server
 	addr    string
 	dir     string
+	secret  *secret.Secret
 }
 
 // startLocalEC starts (creating on the first run) the erasure-coded backend
@@ -68,11 +77,19 @@ func startLocalEC(ctx context.Context, data string, o localECOptions, log *slog.
 	if o.ASDs == 0 {
 		o.ASDs = localASDCount
 	}
+	if o.Secret == nil {
+		return nil, errors.New("erasure-coded backend: no cluster secret")
+	}
 	dir := filepath.Join(data, ecDirName)
-	l := &localEC{dir: dir}
-	var err error
+	l := &localEC{dir: dir, secret: o.Secret}
+	tc, err := o.Secret.ClientTLS(secret.RoleBackend, "local", secret.RoleASD)
+	if err != nil {
+		return nil, err
+	}
+	hc := &http.Client{Transport: scos.NewASDTransport(tc)}
 	l.ASDs, err = scos.StartLocalASDs(ctx, scos.LocalASDsConfig{
-		Dir: filepath.Join(dir, ecASDsDir), Count: o.ASDs, BasePort: o.ASDBasePort, Binary: o.Binary,
+		Dir: filepath.Join(dir, ecASDsDir), Count: o.ASDs, FirstPort: o.FirstPort, LastPort: o.LastPort,
+		Binary: o.Binary, SecretFile: o.SecretFile, HTTPClient: hc,
 		Logger: log.With("component", "asd-supervisor"),
 	})
 	if err != nil {
@@ -90,6 +107,7 @@ func startLocalEC(ctx context.Context, data string, o localECOptions, log *slog.
 	}
 	cfg := o.Config
 	cfg.KV = l.KV
+	cfg.HTTPClient = hc
 	cfg.Logger = log.With("component", "backend")
 	cfg.LocalPids = l.ASDs.Pids
 	if len(cfg.Presets) == 0 {
@@ -100,11 +118,27 @@ func startLocalEC(ctx context.Context, data string, o localECOptions, log *slog.
 		l.Close()
 		return nil, err
 	}
+	// (Re-)register each running ASD at its address: one whose port was
+	// taken by another process has moved, and the registry must follow
+	// before anything is sent to the old address.
+	added := 0
 	for _, a := range l.ASDs.List() {
-		if _, err := l.Backend.AddASD(ctx, a.Addr); err != nil {
-			l.Close()
-			return nil, err
+		if !a.Running {
+			log.Warn("ASD is not running; the backend goes on without it", "asd", a.Index, "dir", a.Dir)
+			continue
 		}
+		if _, err := l.Backend.AddASD(ctx, a.Addr); err != nil {
+			log.Error("registering ASD", "asd", a.Index, "addr", a.Addr, "err", err)
+			continue
+		}
+		if a.MovedFrom != "" {
+			log.Warn("ASD registered at its new address", "asd", a.ID, "from", a.MovedFrom, "to", a.Addr)
+		}
+		added++
+	}
+	if added == 0 {
+		l.Close()
+		return nil, errors.New("erasure-coded backend: no ASD could be started and registered")
 	}
 	if err := l.serveAdmin(log); err != nil {
 		l.Close()
@@ -118,16 +152,24 @@ func (l *localEC) serveAdmin(log *slog.Logger) error {
 	if err != nil {
 		return fmt.Errorf("backend admin API: %w", err)
 	}
-	l.admin = &http.Server{Handler: scos.NewECAdminHandler(l.Backend), ReadHeaderTimeout: 10 * time.Second}
+	// TLS with the cluster's credentials: a local process that does not
+	// hold the secret is refused before its request is read.
+	tc, err := l.secret.ServerTLS(secret.RoleBackend, "admin")
+	if err != nil {
+		ln.Close()
+		return fmt.Errorf("backend admin API: %w", err)
+	}
+	l.admin = &http.Server{Handler: scos.NewECAdminHandler(l.Backend), ReadHeaderTimeout: 10 * time.Second,
+		TLSConfig: tc, ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelWarn)}
 	go func() {
-		if err := l.admin.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+		if err := l.admin.ServeTLS(ln, "", ""); err != nil && !errors.Is(err, http.ErrServerClosed) {
 			log.Warn("backend admin API", "err", err)
 		}
 	}()
-	l.addr = ln.Addr().String()
+	l.addr = "https://" + ln.Addr().String()
 	path := filepath.Join(l.dir, ecAdminFile)
 	tmp := path + ".tmp"
-	if err := os.WriteFile(tmp, []byte(l.addr+"\n"), 0o644); err != nil {
+	if err := os.WriteFile(tmp, []byte(l.addr+"\n"), 0o600); err != nil {
 		return fmt.Errorf("backend admin API: %w", err)
 	}
 	return os.Rename(tmp, path)
@@ -156,21 +198,48 @@ func (l *localEC) Close() error {
 // --- ovs backend ...
 
 type backendOptions struct {
-	data string
+	data       string
+	secretFile string
+}
+
+// secret is the cluster secret the commands authenticate with.
+func (o *backendOptions) secret() (*secret.Secret, error) {
+	return secret.Resolve(o.secretFile, o.data)
 }
 
 // openAdmin reaches the backend of the cluster in --data: through the admin
 // API of a running ovs up, or, when none runs, by opening its store.
 func (o *backendOptions) openAdmin(ctx context.Context) (scos.ECAdmin, func(), error) {
 	dir := filepath.Join(o.data, ecDirName)
+	sec, secErr := o.secret()
 	if raw, err := os.ReadFile(filepath.Join(dir, ecAdminFile)); err == nil {
-		c := scos.NewECAdminClient(strings.TrimSpace(string(raw)), &http.Client{})
+		addr := strings.TrimSpace(string(raw))
+		hc := &http.Client{}
+		if strings.HasPrefix(addr, "https://") {
+			if secErr != nil {
+				return nil, nil, fmt.Errorf("backend admin API at %s: %w", addr, secErr)
+			}
+			tc, err := sec.ClientTLS(secret.RoleCLI, "cli", secret.RoleBackend)
+			if err != nil {
+				return nil, nil, err
+			}
+			hc.Transport = &http.Transport{TLSClientConfig: tc}
+		}
+		c := scos.NewECAdminClient(addr, hc)
 		pctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 		_, err := c.ListPresets(pctx)
 		cancel()
 		if err == nil {
 			return c, func() {}, nil
 		}
+		// Nobody listening (a stale file): open the store below. Anything
+		// else, a refused credential above all, is the answer.
+		if !errors.Is(err, syscall.ECONNREFUSED) && !errors.Is(err, context.DeadlineExceeded) {
+			return nil, nil, err
+		}
+	}
+	if secErr != nil {
+		return nil, nil, secErr
 	}
 	meta := filepath.Join(dir, ecMetaFile)
 	if _, err := os.Stat(meta); err != nil {
@@ -180,7 +249,13 @@ func (o *backendOptions) openAdmin(ctx context.Context) (scos.ECAdmin, func(), e
 	if err != nil {
 		return nil, nil, fmt.Errorf("%w (is an ovs up on %s running without its backend admin API?)", err, o.data)
 	}
-	b, err := scos.NewECBackend(ctx, scos.ECConfig{KV: kv, MaintenanceInterval: -1, ProbeTimeout: 500 * time.Millisecond})
+	tc, err := sec.ClientTLS(secret.RoleCLI, "cli", secret.RoleASD)
+	if err != nil {
+		kv.Close()
+		return nil, nil, err
+	}
+	b, err := scos.NewECBackend(ctx, scos.ECConfig{KV: kv, MaintenanceInterval: -1, ProbeTimeout: 500 * time.Millisecond,
+		HTTPClient: &http.Client{Transport: scos.NewASDTransport(tc)}})
 	if err != nil {
 		kv.Close()
 		return nil, nil, err
@@ -214,6 +289,8 @@ func newBackendCommand(g *globalOptions) *cobra.Command {
 	}
 	home, _ := os.UserHomeDir()
 	cmd.PersistentFlags().StringVar(&o.data, "data", filepath.Join(home, ".ovs"), "data directory of the cluster (as given to ovs up)")
+	cmd.PersistentFlags().StringVar(&o.secretFile, "secret-file", "",
+		"file holding the cluster secret (default: $OVS_SECRET, $OVS_SECRET_FILE, then DATA/secret)")
 	cmd.AddCommand(
 		newBackendStatusCommand(o),
 		newBackendASDCommand(o),
@@ -231,6 +308,21 @@ func newBackendCommand(g *globalOptions) *cobra.Command {
 				"onto emptier ones, within each object's policy.",
 			func(ctx context.Context, a scos.ECAdmin) (scos.MaintenanceReport, error) { return a.Rebalance(ctx) }),
 		newBackendBenchCommand(),
+		&cobra.Command{
+			Use:   "token",
+			Short: "Print the bearer token of the backend admin API under /api/v1/backend",
+			Long: "Print the token that /api/v1/backend/... of the REST API requires\n" +
+				"(Authorization: Bearer TOKEN). It is derived from the cluster secret.",
+			Args: cobra.NoArgs,
+			RunE: func(cmd *cobra.Command, _ []string) error {
+				sec, err := o.secret()
+				if err != nil {
+					return err
+				}
+				_, err = fmt.Fprintln(cmd.OutOrStdout(), sec.Token(backendAdminPurpose))
+				return err
+			},
+		},
 	)
 	return cmd
 }
@@ -575,7 +667,19 @@ func runBench(ctx context.Context, o *benchOptions, output outputFormat, w io.Wr
 		}
 	}
 	progress("starting 11 ASDs in %s", dir)
-	asds, err := scos.StartLocalASDs(ctx, scos.LocalASDsConfig{Dir: filepath.Join(dir, "asds"), Count: 11, Logger: log})
+	// A throw-away cluster: its own secret, so the ASDs run as ovs up's do
+	// (over TLS), which is part of what is measured.
+	sec, err := secret.Ensure(dir)
+	if err != nil {
+		return err
+	}
+	tc, err := sec.ClientTLS(secret.RoleBackend, "bench", secret.RoleASD)
+	if err != nil {
+		return err
+	}
+	hc := &http.Client{Transport: scos.NewASDTransport(tc)}
+	asds, err := scos.StartLocalASDs(ctx, scos.LocalASDsConfig{Dir: filepath.Join(dir, "asds"), Count: 11, Logger: log,
+		SecretFile: filepath.Join(dir, secret.FileName), HTTPClient: hc})
 	if err != nil {
 		return err
 	}
@@ -589,7 +693,8 @@ func runBench(ctx context.Context, o *benchOptions, output outputFormat, w io.Wr
 		{Name: "p4-2", Policies: []scos.Policy{{K: 4, M: 2, C: 6, X: 6}}},
 		{Name: "p8-3", Policies: []scos.Policy{{K: 8, M: 3, C: 11, X: 11}}},
 	}
-	ec, err := scos.NewECBackend(ctx, scos.ECConfig{KV: kv, Presets: presets, Preset: "p4-2", MaintenanceInterval: -1, Logger: log})
+	ec, err := scos.NewECBackend(ctx, scos.ECConfig{KV: kv, Presets: presets, Preset: "p4-2", MaintenanceInterval: -1, Logger: log,
+		HTTPClient: hc})
 	if err != nil {
 		return err
 	}

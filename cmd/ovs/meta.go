@@ -9,7 +9,10 @@ import (
 	"path/filepath"
 	"time"
 
+	"gopkg.in/yaml.v3"
+
 	"github.com/ovs-storage/ovs/arakoon"
+	"github.com/ovs-storage/ovs/framework/secret"
 	"github.com/ovs-storage/ovs/scos"
 )
 
@@ -109,13 +112,17 @@ type embeddedArakoon struct {
 	cancel context.CancelFunc
 }
 
-func startEmbeddedArakoon(dir, clientAddr, raftAddr string, log *slog.Logger) (*embeddedArakoon, error) {
-	if err := os.MkdirAll(dir, 0o755); err != nil {
+// startEmbeddedArakoon starts the node, over TLS with the cluster's
+// credentials, and writes DIR/cluster.yaml (naming the secret file) for
+// `ovs arakoon --config DIR/cluster.yaml ...`.
+func startEmbeddedArakoon(dir, clientAddr, raftAddr string, sec *secret.Secret, secretFile string, log *slog.Logger) (*embeddedArakoon, error) {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, fmt.Errorf("arakoon: %w", err)
 	}
 	cfg := &arakoon.Config{
-		Cluster: "ovs",
-		Nodes:   []arakoon.NodeConfig{{ID: "local", Client: clientAddr, Raft: raftAddr, Data: filepath.Join(dir, "local")}},
+		Cluster:    "ovs",
+		SecretFile: secretFile,
+		Nodes:      []arakoon.NodeConfig{{ID: "local", Client: clientAddr, Raft: raftAddr, Data: filepath.Join(dir, "local")}},
 		// One node: nobody to wait for, so elect at once.
 		Tuning: arakoon.Tuning{
 			HeartbeatTimeout:   arakoon.Duration(200 * time.Millisecond),
@@ -124,7 +131,14 @@ func startEmbeddedArakoon(dir, clientAddr, raftAddr string, log *slog.Logger) (*
 			CommitTimeout:      arakoon.Duration(5 * time.Millisecond),
 		},
 	}
-	srv, err := arakoon.Start(cfg, "local", arakoon.ServerOptions{Logger: log.With("component", "arakoon")})
+	if err := writeArakoonConfig(filepath.Join(dir, "cluster.yaml"), cfg); err != nil {
+		return nil, err
+	}
+	ntls, err := arakoonNodeTLS(sec, "local")
+	if err != nil {
+		return nil, err
+	}
+	srv, err := arakoon.Start(cfg, "local", arakoon.ServerOptions{Logger: log.With("component", "arakoon"), TLS: ntls})
 	if err != nil {
 		return nil, err
 	}
@@ -133,6 +147,10 @@ func startEmbeddedArakoon(dir, clientAddr, raftAddr string, log *slog.Logger) (*
 	go func() { e.done <- srv.Run(ctx) }()
 	cc := cfg.ClientConfig()
 	cc.Logger = log.With("component", "arakoon-client")
+	if cc.TLS, err = sec.ClientTLS(secret.RoleBackend, "local", secret.RoleArakoon); err != nil {
+		e.Close()
+		return nil, err
+	}
 	e.client, err = arakoon.NewClient(cc)
 	if err != nil {
 		e.Close()
@@ -154,4 +172,38 @@ func (e *embeddedArakoon) Close() error {
 	}
 	e.cancel()
 	return <-e.done
+}
+
+// arakoonNodeTLS is the TLS of arakoon node id: clients of any role of the
+// cluster, raft only with other arakoon nodes.
+func arakoonNodeTLS(sec *secret.Secret, id string) (*arakoon.TLSConfig, error) {
+	var t arakoon.TLSConfig
+	var err error
+	if t.Client, err = sec.ServerTLS(secret.RoleArakoon, id); err != nil {
+		return nil, err
+	}
+	if t.Raft, err = sec.ServerTLS(secret.RoleArakoon, id, secret.RoleArakoon); err != nil {
+		return nil, err
+	}
+	if t.Peer, err = sec.ClientTLS(secret.RoleArakoon, id, secret.RoleArakoon); err != nil {
+		return nil, err
+	}
+	return &t, nil
+}
+
+// writeArakoonConfig writes a cluster file (0600) for the CLI.
+func writeArakoonConfig(path string, cfg *arakoon.Config) error {
+	b, err := yaml.Marshal(cfg)
+	if err != nil {
+		return fmt.Errorf("arakoon config: %w", err)
+	}
+	b = append([]byte("# The embedded arakoon of ovs up; written at each start.\n"), b...)
+	tmp := path + ".tmp"
+	if err := os.WriteFile(tmp, b, 0o600); err != nil {
+		return fmt.Errorf("arakoon config: %w", err)
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		return fmt.Errorf("arakoon config: %w", err)
+	}
+	return nil
 }

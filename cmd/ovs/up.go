@@ -11,6 +11,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime/debug"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -18,6 +19,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/ovs-storage/ovs/framework/api"
+	"github.com/ovs-storage/ovs/framework/secret"
 	"github.com/ovs-storage/ovs/scos"
 	"github.com/ovs-storage/ovs/volumedriver"
 	"github.com/ovs-storage/ovs/volumedriver/nbd"
@@ -38,6 +40,7 @@ type upOptions struct {
 	pprofAddr     string
 	backend       string
 	asds          int
+	asdPorts      string
 	scrubEvery    time.Duration
 	arakoonClient string
 	arakoonRaft   string
@@ -82,6 +85,7 @@ func newUpCommand() *cobra.Command {
 	f.DurationVar(&o.autoSync, "auto-sync", 30*time.Second, "upload an open TLog holding data after this long")
 	f.StringVar(&o.backend, "backend", "", "ec (erasure-coded over local ASD processes, the default for a new DATA) or local (a plain directory); DATA remembers its choice")
 	f.IntVar(&o.asds, "asds", 6, "ASD processes of the erasure-coded backend (4+2 needs 6)")
+	f.StringVar(&o.asdPorts, "asd-ports", "8600-8699", "port range of the ASDs (FIRST-LAST; 0: ports the kernel picks); an ASD whose port another process holds moves to the next free one")
 	f.DurationVar(&o.scrubEvery, "scrub-interval", time.Hour, "scrub every vdisk this often in the background (0 disables)")
 	f.StringVar(&o.arakoonClient, "arakoon-client", "127.0.0.1:8900", "client address of the embedded 1-node arakoon")
 	f.StringVar(&o.arakoonRaft, "arakoon-raft", "127.0.0.1:8901", "raft address of the embedded 1-node arakoon")
@@ -109,13 +113,23 @@ func runUp(ctx context.Context, o *upOptions) error {
 	if err := level.UnmarshalText([]byte(o.logLevel)); err != nil {
 		return fmt.Errorf("--log-level: %w", err)
 	}
+	firstPort, lastPort, err := parsePortRange(o.asdPorts)
+	if err != nil {
+		return fmt.Errorf("--asd-ports: %w", err)
+	}
 	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
 	if n, err := raiseNoFileLimit(); err != nil {
 		log.Warn("could not raise the open file limit", "err", err)
 	} else {
 		log.Debug("open file limit", "nofile", n)
 	}
-	if err := os.MkdirAll(o.data, 0o755); err != nil {
+	restrictUmask()
+	if err := os.MkdirAll(o.data, 0o700); err != nil {
+		return fmt.Errorf("data dir: %w", err)
+	}
+	// DATA of an older version may be 0755: what it holds is nobody
+	// else's to read, and 0700 here covers every file below.
+	if err := os.Chmod(o.data, 0o700); err != nil {
 		return fmt.Errorf("data dir: %w", err)
 	}
 	unlock, err := lockDataDir(o.data)
@@ -123,6 +137,12 @@ func runUp(ctx context.Context, o *upOptions) error {
 		return err
 	}
 	defer unlock()
+	// The cluster secret, made at the first start: every internal service
+	// (arakoon, the ASDs, the backend admin API) serves only its holders.
+	sec, err := secret.Ensure(o.data)
+	if err != nil {
+		return err
+	}
 
 	kind, err := backendKind(o.data, o.backend)
 	if err != nil {
@@ -140,7 +160,8 @@ func runUp(ctx context.Context, o *upOptions) error {
 	case "ec":
 		// The backend's metadata (manifests, namespaces, ASD registry)
 		// lives in arakoon; the fragments on ASDs run as child processes.
-		ara, err := startEmbeddedArakoon(filepath.Join(o.data, "arakoon"), o.arakoonClient, o.arakoonRaft, log)
+		ara, err := startEmbeddedArakoon(filepath.Join(o.data, "arakoon"), o.arakoonClient, o.arakoonRaft, sec,
+			filepath.Join(o.data, secret.FileName), log)
 		if err != nil {
 			return fmt.Errorf("arakoon: %w", err)
 		}
@@ -149,7 +170,9 @@ func runUp(ctx context.Context, o *upOptions) error {
 				log.Error("stopping arakoon", "err", err)
 			}
 		}()
-		ec, err := startLocalEC(ctx, o.data, localECOptions{ASDs: o.asds, Config: scos.ECConfig{KV: arakoonKV{ara.client}, SoleWriter: true}}, log)
+		ec, err := startLocalEC(ctx, o.data, localECOptions{ASDs: o.asds, FirstPort: firstPort, LastPort: lastPort,
+			Secret: sec, SecretFile: filepath.Join(o.data, secret.FileName),
+			Config: scos.ECConfig{KV: arakoonKV{ara.client}, SoleWriter: true}}, log)
 		if err != nil {
 			return fmt.Errorf("erasure-coded backend: %w", err)
 		}
@@ -234,9 +257,19 @@ func runUp(ctx context.Context, o *upOptions) error {
 	apiOpts.Ready = writable
 	if backendAdmin != nil {
 		// /api/v1/backend/... is the backend's admin API (status, ASDs,
-		// presets, repair, scrub), behind the same checks as the rest:
-		// adding an ASD is as sensitive as any vdisk call.
+		// presets, repair, scrub), as `ovs backend` uses it: behind the
+		// same checks as the rest (Host, Origin, JSON, deadlines), and it
+		// takes the cluster's admin token (BackendAdminToken) and nothing
+		// else: adding an ASD decides where fragments go.
+		apiOpts.Tokens = anyToken{apiOpts.Tokens, sec, backendAdminPurpose}
 		apiOpts.Mounts = map[string]http.Handler{"/api/v1/backend/": http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			if !checkBearer(r, sec, backendAdminPurpose) {
+				w.Header().Set("Content-Type", "application/json")
+				w.Header().Set("WWW-Authenticate", `Bearer realm="ovs backend admin"`)
+				w.WriteHeader(http.StatusUnauthorized)
+				fmt.Fprintln(w, `{"error":"the backend admin API needs the cluster's admin token (Authorization: Bearer ...; ovs backend token prints it)","code":"unauthorized"}`)
+				return
+			}
 			r2 := r.Clone(r.Context())
 			r2.URL.Path = "/v1/" + strings.TrimPrefix(r.URL.Path, "/api/v1/backend/")
 			r2.URL.RawPath = ""
@@ -300,7 +333,7 @@ func runUp(ctx context.Context, o *upOptions) error {
 // lockDataDir takes an exclusive lock on DIR/lock: two clusters on one
 // directory would corrupt each other.
 func lockDataDir(dir string) (func(), error) {
-	f, err := os.OpenFile(filepath.Join(dir, "lock"), os.O_RDWR|os.O_CREATE, 0o644)
+	f, err := os.OpenFile(filepath.Join(dir, "lock"), os.O_RDWR|os.O_CREATE, 0o600)
 	if err != nil {
 		return nil, fmt.Errorf("lock data dir: %w", err)
 	}
@@ -410,7 +443,7 @@ func backendKind(data, flag string) (string, error) {
 			kind = "local"
 		}
 	}
-	if err := os.WriteFile(path, []byte(kind+"\n"), 0o644); err != nil {
+	if err := os.WriteFile(path, []byte(kind+"\n"), 0o600); err != nil {
 		return "", fmt.Errorf("write %s: %w", path, err)
 	}
 	return kind, nil
@@ -422,4 +455,43 @@ func scrubInterval(d time.Duration) time.Duration {
 		return -1
 	}
 	return d
+}
+
+// parsePortRange reads FIRST-LAST (or 0: no range, ports the kernel picks).
+func parsePortRange(v string) (first, last int, err error) {
+	if strings.TrimSpace(v) == "0" {
+		return 0, 0, nil
+	}
+	a, b, ok := strings.Cut(v, "-")
+	if ok {
+		first, err = strconv.Atoi(strings.TrimSpace(a))
+		if err == nil {
+			last, err = strconv.Atoi(strings.TrimSpace(b))
+		}
+	}
+	if !ok || err != nil || first < 1 || last > 65535 || last < first {
+		return 0, 0, fmt.Errorf("%q: want FIRST-LAST, e.g. 8600-8699, or 0", v)
+	}
+	return first, last, nil
+}
+
+// backendAdminPurpose keys the token of the backend admin API.
+const backendAdminPurpose = "backend-admin"
+
+// checkBearer reports whether r carries the cluster's token of purpose.
+// anyToken accepts the API's own tokens and the cluster's token for one
+// purpose: the backend admin routes under the API carry the latter.
+type anyToken struct {
+	api     api.TokenVerifier
+	sec     *secret.Secret
+	purpose string
+}
+
+func (a anyToken) Verify(tok string) bool {
+	return a.sec.CheckToken(a.purpose, tok) || a.api != nil && a.api.Verify(tok)
+}
+
+func checkBearer(r *http.Request, sec *secret.Secret, purpose string) bool {
+	tok, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
+	return ok && sec.CheckToken(purpose, strings.TrimSpace(tok))
 }
