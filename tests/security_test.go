@@ -239,20 +239,21 @@ func TestInternalServicesRefuseWithoutCredentials(t *testing.T) {
 	c.writeAndSync("v1", 0x42)
 
 	// An ASD holding a fragment.
+	// (The ASDs' fragment counts are refreshed in the background.)
 	var asdDir, asdAddr, key string
-	for _, a := range c.asdStatuses() {
-		dir := filepath.Join(c.Dir, "ec", "asds")
-		ents, _ := os.ReadDir(dir)
-		for _, e := range ents {
-			id, _, _, err := scos.ReadASDIdentity(filepath.Join(dir, e.Name()))
-			if err == nil && id == a.ID && a.Fragments > 0 {
-				asdDir, asdAddr = filepath.Join(dir, e.Name()), a.Addr
+	waitFor(t, 30*time.Second, "an ASD to report a fragment", func() bool {
+		for _, a := range c.asdStatuses() {
+			dir := filepath.Join(c.Dir, "ec", "asds")
+			ents, _ := os.ReadDir(dir)
+			for _, e := range ents {
+				id, _, _, err := scos.ReadASDIdentity(filepath.Join(dir, e.Name()))
+				if err == nil && id == a.ID && a.Fragments > 0 {
+					asdDir, asdAddr = filepath.Join(dir, e.Name()), a.Addr
+				}
 			}
 		}
-	}
-	if asdDir == "" {
-		t.Fatal("no ASD holds a fragment")
-	}
+		return asdDir != ""
+	})
 	filepath.WalkDir(filepath.Join(asdDir, "fragments"), func(p string, d fs.DirEntry, err error) error {
 		if err == nil && d.Type().IsRegular() && key == "" {
 			key = d.Name()
