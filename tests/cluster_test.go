@@ -40,6 +40,8 @@ type cluster struct {
 	// Env is added to the environment of the next start (e.g.
 	// OVS_FAILPOINTS for crash tests).
 	Env []string
+	// Args are added to the `ovs up` command line of the next start.
+	Args []string
 
 	proc    *exec.Cmd
 	exited  chan struct{} // closed when proc has been waited for
@@ -136,6 +138,7 @@ func (c *cluster) start() {
 	if c.Socket != filepath.Join(c.Dir, "nbd.sock") {
 		args = append(args, "--nbd-socket", c.Socket)
 	}
+	args = append(args, c.Args...)
 	fmt.Fprintf(logf, "=== start %d at %s: %s %s\n", c.starts,
 		time.Now().Format(time.RFC3339Nano), ovsBin, strings.Join(args, " "))
 	cmd := exec.Command(ovsBin, args...)

@@ -172,11 +172,6 @@ func (v *Volume) Rollback(ctx context.Context, name string) error {
 			}
 		}()
 	}()
-	// An upload in flight may be of a TLog about to be discarded: cut it
-	// short rather than wait (the uploader notices and cleans up).
-	if v.uploadCancel != nil {
-		v.uploadCancel()
-	}
 	if err := v.writableLocked(); err != nil {
 		return err
 	}
@@ -185,6 +180,12 @@ func (v *Volume) Rollback(ctx context.Context, name string) error {
 		return fmt.Errorf("%w: %s@%s", ErrSnapshotNotFound, v.name(), name)
 	}
 	sn := v.state.Snapshots[i]
+	// An upload in flight of a TLog about to be discarded is cut short
+	// rather than waited for (the uploader notices and cleans up). One of
+	// a TLog the snapshot keeps goes on: canceling it would only redo it.
+	if v.uploadCancel != nil && v.uploadingIdx >= sn.TLogCount {
+		v.uploadCancel()
+	}
 	start := time.Now()
 
 	// Everything after the cut goes: sealed TLogs, the open TLog, and

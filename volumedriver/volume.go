@@ -69,8 +69,16 @@ type Volume struct {
 	// uploadMu is held while one TLog is uploaded; rollback takes it so
 	// the TLog list does not change under an upload. Order: uploadMu, mu.
 	uploadMu sync.Mutex
-	// uploadCancel cancels the upload in flight, if any.
+	// uploadCancel cancels the upload in flight, if any; uploadingIdx is
+	// the index in state.Sealed of the TLog it uploads.
 	uploadCancel context.CancelFunc
+	uploadingIdx int
+	// draining is closed when the volume is being stopped cleanly: the
+	// uploader finishes what is sealed (snapshots.json last) and exits,
+	// closing uploaderDone.
+	draining     chan struct{}
+	drainOnce    sync.Once
+	uploaderDone chan struct{}
 	progress     chan struct{}
 	uploadErr    error
 
