@@ -47,6 +47,11 @@ type Options struct {
 	// ScrubInterval: every vdisk is scrubbed this often in the background
 	// (default 1h; negative disables the background scrubber).
 	ScrubInterval time.Duration
+	// ScrubGarbageRatio: a vdisk is also scrubbed, between intervals, as
+	// soon as its garbage (overwritten data no snapshot sees) exceeds this
+	// fraction of its live data (default DefaultScrubGarbageRatio;
+	// negative disables).
+	ScrubGarbageRatio float64
 	// GarbageGrace: objects a scrub replaced are deleted this long after
 	// the switch, so that reads that resolved them before finish (default 10s).
 	GarbageGrace time.Duration
@@ -91,6 +96,9 @@ func (o *Options) setDefaults() {
 	if o.ScrubInterval == 0 {
 		o.ScrubInterval = time.Hour
 	}
+	if o.ScrubGarbageRatio == 0 {
+		o.ScrubGarbageRatio = DefaultScrubGarbageRatio
+	}
 	if o.Logger == nil {
 		o.Logger = slog.Default()
 	}
@@ -110,6 +118,11 @@ type Driver struct {
 
 	stop chan struct{}
 	wg   sync.WaitGroup
+
+	// Garbage-triggered scrub requests, by vdisk name (see requestScrub).
+	scrubReqMu sync.Mutex
+	scrubReqs  map[string]bool
+	scrubKick  chan struct{}
 
 	mu     sync.Mutex
 	vols   map[string]*Volume // by name
@@ -146,6 +159,8 @@ func Open(ctx context.Context, dir string, backend scos.Backend, opts Options) (
 		vols:    map[string]*Volume{},
 		broken:  map[string]brokenVolume{},
 		stop:    make(chan struct{}),
+
+		scrubKick: make(chan struct{}, 1),
 	}
 	if opts.ReadCacheBytes > 0 {
 		c, err := ristretto.NewCache(&ristretto.Config[uint64, *cachedCluster]{
@@ -209,7 +224,7 @@ func Open(ctx context.Context, dir string, backend scos.Backend, opts Options) (
 			os.RemoveAll(filepath.Join(dir, e.Name()))
 		}
 	}
-	if opts.ScrubInterval > 0 {
+	if opts.ScrubInterval > 0 || opts.ScrubGarbageRatio > 0 {
 		d.wg.Add(1)
 		go d.scrubber(opts.ScrubInterval)
 	}
@@ -233,6 +248,7 @@ func (d *Driver) newVolume(cfg volumeConfig) *Volume {
 		scos:         map[uint32]*scoFile{},
 		nextSCO:      1,
 		progress:     make(chan struct{}),
+		countChanges: true,
 		kick:         make(chan struct{}, 1),
 		stop:         make(chan struct{}),
 		draining:     make(chan struct{}),

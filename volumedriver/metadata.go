@@ -140,8 +140,12 @@ type metadataStore struct {
 	// only written after it, so the file never refers to a change that a
 	// crash could take back.
 	beforeWriteBack func(seq uint64) error
-	slot            []byte
-	dirtyCount      int
+	// changed, if set, hears of every entry that set or trim replaces
+	// (old is zero for a cluster that was unmapped, e for a trim): the
+	// volume counts its stored and garbage bytes from it.
+	changed    func(old, e mdEntry)
+	slot       []byte
+	dirtyCount int
 }
 
 func openMetadataStore(path string, cacheBytes int64, numPages uint64) (*metadataStore, error) {
@@ -218,6 +222,16 @@ func (m *metadataStore) get(addr uint64) (mdEntry, error) {
 
 // set maps cluster addr to e as change number seq.
 func (m *metadataStore) set(addr uint64, e mdEntry, seq uint64) error {
+	return m.put(addr, e, seq, true)
+}
+
+// relocate is set for a cluster whose data moved (a scrub rewrote its
+// SCO): the same data, so no change is reported.
+func (m *metadataStore) relocate(addr uint64, e mdEntry, seq uint64) error {
+	return m.put(addr, e, seq, false)
+}
+
+func (m *metadataStore) put(addr uint64, e mdEntry, seq uint64, report bool) error {
 	no := addr / pageEntries
 	p, err := m.page(no)
 	if err != nil {
@@ -228,6 +242,9 @@ func (m *metadataStore) set(addr uint64, e mdEntry, seq uint64) error {
 		p.mapped++
 	} else if old.loc != 0 && e.loc == 0 {
 		p.mapped--
+	}
+	if report && m.changed != nil {
+		m.changed(*old, e)
 	}
 	*old = e
 	m.markDirty(p, seq)
@@ -255,6 +272,9 @@ func (m *metadataStore) trim(addr, count, seq uint64) error {
 		for a := lo; a < hi; a++ {
 			e := &p.entries[a%pageEntries]
 			if e.loc != 0 {
+				if m.changed != nil {
+					m.changed(*e, mdEntry{})
+				}
 				*e = mdEntry{}
 				p.mapped--
 				changed = true

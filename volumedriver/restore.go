@@ -78,6 +78,7 @@ func (v *Volume) openMetadata() error {
 		return err
 	}
 	md.beforeWriteBack = v.beforeWriteBack
+	md.changed = v.mdChanged
 	v.md = md
 	return nil
 }
@@ -106,8 +107,11 @@ func (v *Volume) restoreFromBackend(ctx context.Context) error {
 	if err := v.replayAncestors(ctx); err != nil {
 		return err
 	}
+	// The snapshots first: the garbage count of each TLog's replay
+	// depends on the snapshots taken before it.
+	v.state.Snapshots = snaps.Snapshots
 	maxSCO := uint32(0)
-	for _, name := range snaps.TLogs {
+	for j, name := range snaps.TLogs {
 		data, err := v.backend.Get(ctx, v.ns, name)
 		if err != nil {
 			return fmt.Errorf("read %s: %w", name, err)
@@ -116,6 +120,7 @@ func (v *Volume) restoreFromBackend(ctx context.Context) error {
 		if err != nil {
 			return fmt.Errorf("%s: %w", name, err)
 		}
+		v.garbageCut = v.cutAt(j)
 		n, err := v.applyRecords(recs, 0)
 		if err != nil {
 			return fmt.Errorf("replay %s: %w", name, err)
@@ -137,8 +142,8 @@ func (v *Volume) restoreFromBackend(ctx context.Context) error {
 	v.nextSCO = maxSCO + 1
 	v.uploadedCount = len(v.state.Sealed)
 	v.publishedCount = v.uploadedCount
-	v.state.Snapshots = snaps.Snapshots
 	v.mu.Lock()
+	v.resetGarbageCutLocked()
 	defer v.mu.Unlock()
 	if err := v.startTLogLocked(); err != nil {
 		return err
@@ -161,7 +166,18 @@ func (v *Volume) restoreLocal(ctx context.Context, st localState) error {
 	if err := v.openMetadata(); err != nil {
 		return err
 	}
+	// The stored and garbage figures are those of the checkpoint, or of
+	// the last TLog sealed after it; the replay is not counted again
+	// (the metadata file may hold part of it already: replay is
+	// idempotent, counting is not). Rebuilt from scratch, everything is
+	// counted.
+	v.storedBytes, v.garbageBytes = st.StoredBytes, st.GarbageBytes
+	if n := len(st.Sealed); n > st.Checkpoint {
+		v.storedBytes, v.garbageBytes = st.Sealed[n-1].StoredBytes, st.Sealed[n-1].GarbageBytes
+	}
+	v.countChanges = st.Checkpoint == 0
 	if st.Checkpoint == 0 {
+		v.storedBytes, v.garbageBytes = 0, 0
 		// Nothing checkpointed (a new volume, or a rollback that was
 		// cut short): rebuild from scratch.
 		if err := v.md.reset(); err != nil {
@@ -191,6 +207,7 @@ func (v *Volume) restoreLocal(ctx context.Context, st localState) error {
 		if err != nil {
 			return fmt.Errorf("sealed TLog: %w", err)
 		}
+		v.garbageCut = v.cutAt(i)
 		if _, err := v.applyRecords(recs, 0); err != nil {
 			return fmt.Errorf("replay %s: %w", t.Name, err)
 		}
@@ -198,10 +215,12 @@ func (v *Volume) restoreLocal(ctx context.Context, st localState) error {
 	}
 	v.written = st.WrittenBytes
 
+	v.garbageCut = v.cutAt(len(v.state.Sealed))
 	openSCOs, err := v.recoverOpenTLog(st)
 	if err != nil {
 		return err
 	}
+	v.countChanges = true
 	for _, n := range openSCOs {
 		pendingSCOs[n] = true
 		maxSCO = max(maxSCO, n)
@@ -316,6 +335,12 @@ func (v *Volume) recoverOpenTLog(st localState) ([]uint32, error) {
 		return nil, fmt.Errorf("replay open %s: %w", st.OpenTLog, err)
 	}
 	v.written += n
+	if !v.countChanges && len(st.Sealed) > st.Checkpoint {
+		// Counted from the last sealed TLog: add the open one's data.
+		// What it overwrote is not known here (the metadata may hold
+		// part of it): that garbage goes uncounted until a scrub.
+		v.storedBytes += n
+	}
 
 	// The SCOs this TLog used, in order, and how far its records reach.
 	reach := map[uint32]int64{}
@@ -384,7 +409,8 @@ func (v *Volume) recoverOpenTLog(st localState) ([]uint32, error) {
 		}
 	}
 	pending := scoBytes + int64(len(out)) - tlogHeaderSize
-	v.state.Sealed = append(v.state.Sealed, sealedTLog{Name: st.OpenTLog, SCOs: used, PendingBytes: pending})
+	v.state.Sealed = append(v.state.Sealed, sealedTLog{Name: st.OpenTLog, SCOs: used, PendingBytes: pending,
+		StoredBytes: v.storedBytes, GarbageBytes: v.garbageBytes})
 	v.pendingUpload += pending
 	v.state.OpenTLog = ""
 	return used, nil

@@ -75,6 +75,7 @@ func (v *Volume) CreateSnapshot(ctx context.Context, name, metadata string) (Sna
 		v.state.Snapshots = v.state.Snapshots[:len(v.state.Snapshots)-1]
 		return SnapshotInfo{}, v.failLocked(err)
 	}
+	v.resetGarbageCutLocked()
 	v.kickUploader()
 	return v.snapshotInfoLocked(sn), nil
 }
@@ -139,6 +140,7 @@ func (v *Volume) DeleteSnapshot(ctx context.Context, name string) error {
 		v.state.Snapshots = old
 		return v.failLocked(err)
 	}
+	v.resetGarbageCutLocked()
 	v.snapshotsDirty = true
 	v.kickUploader()
 	return nil
@@ -238,17 +240,20 @@ func (v *Volume) Rollback(ctx context.Context, name string) error {
 		return v.failLocked(err)
 	}
 	v.written = 0
-	for _, t := range v.state.Sealed {
+	v.storedBytes, v.garbageBytes, v.scrubFloor = 0, 0, 0
+	for j, t := range v.state.Sealed {
 		recs, err := v.readTLog(ctx, t.Name)
 		if err != nil {
 			return v.failLocked(fmt.Errorf("rollback: %w", err))
 		}
+		v.garbageCut = v.cutAt(j)
 		n, err := v.applyRecords(recs, 0)
 		if err != nil {
 			return v.failLocked(fmt.Errorf("rollback: replay %s: %w", t.Name, err))
 		}
 		v.written += n
 	}
+	v.resetGarbageCutLocked()
 	if err := v.checkpointLocked(); err != nil {
 		return v.failLocked(err)
 	}

@@ -184,6 +184,7 @@ func (v *Volume) uploadNext(ctx context.Context) (done bool, err error) {
 	v.publishedCount = max(v.publishedCount, covered)
 	v.evictLocked()
 	v.removeOldTLogsLocked()
+	v.requestScrubIfDueLocked() // a scrub sees only what is published
 	close(v.progress)
 	v.progress = make(chan struct{})
 	v.mu.Unlock()

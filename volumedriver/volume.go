@@ -91,6 +91,13 @@ type Volume struct {
 	// scrubMu: one scrub at a time, and no clone is taken during one.
 	scrubMu sync.Mutex
 
+	// Garbage accounting (garbage.go), under mu.
+	storedBytes  int64  // cluster data in the volume's own SCOs
+	garbageBytes int64  // the part of it nothing can read any more
+	garbageCut   uint32 // NextSCO of the newest snapshot before the changes being counted
+	countChanges bool   // off while a replay redoes changes already counted
+	scrubFloor   int64  // garbage the last scrub left
+
 	kick     chan struct{}
 	stop     chan struct{}
 	stopOnce sync.Once
@@ -490,6 +497,8 @@ func (v *Volume) sealTLogLocked() error {
 		Name:         v.tlog.name,
 		SCOs:         v.tlog.scos,
 		PendingBytes: v.tlog.scoBytes + v.tlog.size - tlogHeaderSize,
+		StoredBytes:  v.storedBytes,
+		GarbageBytes: v.garbageBytes,
 	})
 	if err := v.startTLogLocked(); err != nil {
 		return err
@@ -540,6 +549,7 @@ func (v *Volume) checkpointLocked() error {
 	}
 	v.state.Checkpoint = len(v.state.Sealed)
 	v.state.WrittenBytes = v.written
+	v.state.StoredBytes, v.state.GarbageBytes = v.storedBytes, v.garbageBytes
 	if err := writeLocalState(v.dir, &v.state); err != nil {
 		return err
 	}
@@ -853,6 +863,8 @@ func (v *Volume) info() VolumeInfo {
 		State:              "ok",
 		Template:           c.Template,
 		Snapshots:          len(v.state.Snapshots),
+		StoredBytes:        v.storedBytes,
+		GarbageBytes:       v.garbageBytes,
 	}
 	if len(c.Ancestors) > 0 {
 		info.Parent = c.Ancestors[0].Name + "@" + c.Ancestors[0].Snapshot
