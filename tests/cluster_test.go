@@ -53,10 +53,16 @@ type cluster struct {
 // and waits for it and its children.
 func startCluster(t *testing.T) *cluster {
 	t.Helper()
+	return startClusterWith(t)
+}
+
+// startClusterWith is startCluster with extra `ovs up` flags.
+func startClusterWith(t *testing.T, args ...string) *cluster {
+	t.Helper()
 	if testing.Short() {
 		t.Skip("end-to-end test; skipped in -short mode")
 	}
-	c := &cluster{t: t, Dir: t.TempDir()}
+	c := &cluster{t: t, Dir: t.TempDir(), Args: args}
 	c.Socket = filepath.Join(c.Dir, "nbd.sock")
 	if len(c.Socket) > 100 { // sun_path holds 108 bytes
 		sd, err := os.MkdirTemp("", "ovs-sock-")
@@ -408,6 +414,8 @@ type vdiskInfo struct {
 	Size               int64  `json:"size"`
 	Clients            int    `json:"clients"`
 	PendingUploadBytes int64  `json:"pending_upload_bytes"`
+	StoredBytes        int64  `json:"stored_bytes"`
+	GarbageBytes       int64  `json:"garbage_bytes"`
 }
 
 func (c *cluster) info(name string) vdiskInfo {

@@ -4,10 +4,10 @@ import (
 	"bytes"
 	"context"
 	"io"
-	"sync"
 	"log/slog"
 	"math/rand/v2"
 	"os"
+	"sync"
 	"testing"
 	"time"
 )
