@@ -20,15 +20,19 @@ import (
 // A copy is protected exactly when a snapshot was taken between its write
 // and its overwrite; since a snapshot seals the open SCO, that is when its
 // SCO number is below the newest snapshot's NextSCO (garbageCut). Both
-// counters are persisted with the metadata checkpoint and rebuilt by any
-// full replay. Deleting a snapshot does not add what it alone protected:
-// the figure errs low there, and the hourly scrub takes that back.
+// counters are persisted with the metadata checkpoint and with each sealed
+// TLog, and rebuilt by any full replay (new host, rollback). Where the
+// figure errs, it errs low: deleting a snapshot does not add what it alone
+// protected, and after a crash the open TLog's overwrites are not counted;
+// the hourly scrub takes that space back all the same.
 //
 // When garbage passes ScrubGarbageRatio of the live data (stored minus
-// garbage), the volume asks the driver's scrubber for a scrub, so backend
-// bytes stay within (1+ratio)x of live data plus snapshots (plus what a
-// scrub leaves: it rewrites SCOs under 80% live) instead of growing until
-// the next scrub interval.
+// garbage), the volume asks the driver's scrubber for a scrub (after an
+// upload, and on a periodic check), so that backend bytes come back within
+// (1+ratio)x of live data plus snapshots (plus what a scrub leaves: it
+// rewrites SCOs under 80% live) instead of growing until the next scrub
+// interval. While writes go on, the backend also holds the TLogs not yet
+// scrubbed and the objects a scrub replaced until GarbageGrace passes.
 
 // DefaultScrubGarbageRatio: scrub when garbage exceeds a quarter of the
 // live data, so that with what a scrub leaves the backend stays under 1.5x.
