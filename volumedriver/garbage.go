@@ -159,7 +159,7 @@ func (d *Driver) scrubOne(name, why string) {
 		case <-ctx.Done():
 		}
 	}()
-	res, err := d.Scrub(ctx, name)
+	res, err := d.scrub(ctx, name, why == "garbage")
 	if err != nil {
 		if !errors.Is(err, context.Canceled) && !errors.Is(err, ErrReadOnly) && !errors.Is(err, ErrNotFound) && !errors.Is(err, ErrClosed) {
 			d.log.Warn("background scrub", "vdisk", name, "trigger", why, "err", err)

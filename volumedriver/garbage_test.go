@@ -216,3 +216,65 @@ func (l lockedWriter) Write(p []byte) (int, error) {
 	defer l.mu.Unlock()
 	return l.w.Write(p)
 }
+
+// TestBoundedScrubTakesWorstFirst: a garbage-triggered scrub rewrites the
+// least live SCOs first and stops once it reclaimed its goal; a full scrub
+// rewrites every SCO under 80% live.
+func TestBoundedScrubTakesWorstFirst(t *testing.T) {
+	ctx := context.Background()
+	const MiB = 1 << 20
+	for _, tc := range []struct {
+		name      string
+		bounded   bool
+		rewritten int
+	}{
+		{"bounded", true, 2},
+		{"full", false, 3},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			e := newTestEnv(t)
+			d := e.open()
+			defer d.Close()
+			if _, err := d.Create(ctx, "a", 16*MiB, CreateOptions{}); err != nil {
+				t.Fatal(err)
+			}
+			v, _ := d.Volume("a")
+			// SCOs 1-4 hold [0, 16 MiB); then 90%, 50% and 30% of SCOs
+			// 1, 2 and 3 are overwritten (into fresh SCOs).
+			if err := v.WriteAt(ctx, make([]byte, 16*MiB), 0, false); err != nil {
+				t.Fatal(err)
+			}
+			for i, frac := range []float64{0.9, 0.5, 0.3} {
+				n := int64(frac*4*MiB) &^ 4095
+				if err := v.WriteAt(ctx, make([]byte, n), int64(i)*4*MiB, false); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if err := v.Sync(ctx); err != nil {
+				t.Fatal(err)
+			}
+			res, err := d.scrub(ctx, "a", tc.bounded)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if res.SCOsRewritten != tc.rewritten {
+				t.Fatalf("rewrote %d SCOs, want %d (%+v)", res.SCOsRewritten, tc.rewritten, res)
+			}
+			objs, err := e.backend.List(ctx, v.ns, "")
+			if err != nil {
+				t.Fatal(err)
+			}
+			has := map[string]bool{}
+			for _, o := range objs {
+				has[o.Name] = true
+			}
+			// The two least live go first, whatever the bound.
+			if !has["00_00000001_01"] || !has["00_00000002_01"] {
+				t.Fatalf("the least live SCOs were not rewritten: %v", has)
+			}
+			if got := has["00_00000003_01"]; got != !tc.bounded {
+				t.Fatalf("SCO 3 (70%% live) rewritten: %v, want %v", got, !tc.bounded)
+			}
+		})
+	}
+}

@@ -49,7 +49,14 @@ type scoUse struct {
 // A crash before the switch leaves orphans that the next scrub removes;
 // after it, the metadata is rebuilt from the new TLogs on restart.
 // SCOs that clones are built on are left alone.
-func (v *Volume) Scrub(ctx context.Context) (ScrubResult, error) {
+func (v *Volume) Scrub(ctx context.Context) (ScrubResult, error) { return v.scrub(ctx, false) }
+
+// scrub is Scrub; bounded, it drops the dead SCOs and then rewrites, least
+// live first, only as much as it takes to bring the garbage it sees down
+// to half the trigger level (ScrubGarbageRatio/2 of the live data): under
+// sustained overwrite the other SCOs die by themselves, and rewriting them
+// would be wasted work.
+func (v *Volume) scrub(ctx context.Context, bounded bool) (ScrubResult, error) {
 	start := time.Now()
 	var res ScrubResult
 	v.mu.Lock()
@@ -155,22 +162,48 @@ func (v *Volume) Scrub(ctx context.Context) (ScrubResult, error) {
 	// left: the garbage this scrub leaves where it looked (SCOs mostly
 	// live, or that clones are built on). A garbage-triggered scrub waits
 	// for garbage to grow past it (see scrubDue).
-	var left int64
+	var left, freed, deadTotal int64
+	var cands []*scoUse
 	for _, use := range uses {
 		res.LiveBytes += int64(len(use.live)) * cs
 		dead := int64(use.written-len(use.live)) * cs
+		deadTotal += dead
 		if use.tlog < protected || use.written == 0 {
 			left += dead
 			continue
 		}
 		switch {
 		case len(use.live) == 0:
-			dropped[use.name] = true
+			dropped[use.name] = true // free: nothing to copy
+			freed += dead
 		case float64(len(use.live)) < scrubLiveThreshold*float64(use.written) && use.name.Version < 255:
-			rewrite = append(rewrite, use)
+			cands = append(cands, use)
 		default:
 			left += dead
 		}
+	}
+	// The least live first, as far as the goal asks (0: all there is).
+	var goal int64
+	if bounded {
+		ratio := v.drv.opts.ScrubGarbageRatio
+		if ratio <= 0 {
+			ratio = DefaultScrubGarbageRatio
+		}
+		goal = max(deadTotal-int64(ratio/2*float64(res.LiveBytes)), 1)
+	}
+	sort.Slice(cands, func(i, j int) bool {
+		a, b := cands[i], cands[j]
+		return len(a.live)*b.written < len(b.live)*a.written ||
+			len(a.live)*b.written == len(b.live)*a.written && a.name.Number < b.name.Number
+	})
+	for _, use := range cands {
+		dead := int64(use.written-len(use.live)) * cs
+		if goal > 0 && freed >= goal {
+			left += dead
+			continue
+		}
+		rewrite = append(rewrite, use)
+		freed += dead
 	}
 	sort.Slice(rewrite, func(i, j int) bool { return rewrite[i].name.Number < rewrite[j].name.Number })
 	if len(rewrite) == 0 && len(dropped) == 0 {
@@ -449,6 +482,10 @@ func (v *Volume) removeOrphans(ctx context.Context, names []string, uses map[uin
 // Scrub scrubs one vdisk (see Volume.Scrub), leaving alone the SCOs that
 // clones of it are built on.
 func (d *Driver) Scrub(ctx context.Context, name string) (ScrubResult, error) {
+	return d.scrub(ctx, name, false)
+}
+
+func (d *Driver) scrub(ctx context.Context, name string, bounded bool) (ScrubResult, error) {
 	v, err := d.Volume(name)
 	if err != nil {
 		return ScrubResult{}, err
@@ -470,7 +507,7 @@ func (d *Driver) Scrub(ctx context.Context, name string) (ScrubResult, error) {
 	v.mu.Lock()
 	v.protectedTLogs = protected
 	v.mu.Unlock()
-	return v.Scrub(ctx)
+	return v.scrub(ctx, bounded)
 }
 
 // scrubber scrubs every vdisk every interval (if positive), and a vdisk

@@ -92,17 +92,24 @@ func (v *Volume) sealIdle(interval time.Duration) {
 	}
 }
 
+// uploadPending uploads every sealed TLog. Between two, it also publishes
+// a changed snapshots.json and deletes what scrubs and rollbacks discarded:
+// under sustained writes the queue never empties, and the backend must not
+// keep the garbage until it does.
 func (v *Volume) uploadPending(ctx context.Context) error {
 	for {
 		done, err := v.uploadNext(ctx)
-		if err != nil || done {
-			if err == nil {
-				err = v.putSnapshotsIfDirty(ctx)
-			}
-			if err == nil {
-				err = v.collectGarbage(ctx)
-			}
+		if err != nil {
 			return err
+		}
+		if err := v.putSnapshotsIfDirty(ctx); err != nil {
+			return err
+		}
+		if err := v.collectGarbage(ctx); err != nil {
+			return err
+		}
+		if done {
+			return nil
 		}
 	}
 }
