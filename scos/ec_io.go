@@ -160,6 +160,20 @@ func (b *ECBackend) writeObject(ctx context.Context, tag string, data []byte, pr
 			m.Fragments[i] = FragmentLocation{ASD: t.ID, CRC32C: crc32c(shards[i])}
 		}
 		results := b.writeFragments(ctx, m, tag, shards, nil, false)
+		if err := ctx.Err(); err != nil {
+			// The caller gave up (a rollback made the object moot, or
+			// shutdown): no ASD failed, so nothing to warn about or
+			// retry. What landed is dropped.
+			var written []int
+			for i, err := range results {
+				if err == nil {
+					written = append(written, i)
+				}
+			}
+			ns, name, _ := strings.Cut(tag, "/")
+			b.discard(context.WithoutCancel(ctx), ns, name, m, written)
+			return nil, 0, false, err
+		}
 		acked, written := 0, []int{}
 		for i, err := range results {
 			switch {

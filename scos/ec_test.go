@@ -1017,3 +1017,68 @@ func TestECBackendAckAtC(t *testing.T) {
 		t.Fatalf("%d fragments, want 12", n)
 	}
 }
+
+// syncBuffer is a bytes.Buffer safe for a logger's concurrent writes.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+// TestECBackendPutCanceled: a put whose caller gives up mid-way (a
+// rollback that made the object moot, a shutdown) returns the context's
+// error, warns about no ASD, does not retry elsewhere and does not mark
+// the ASDs down: nothing failed on their side.
+func TestECBackendPutCanceled(t *testing.T) {
+	var logs syncBuffer
+	e := newECEnv(t, spreadNodes(6), ECConfig{
+		Presets: []Preset{{Name: "p42", Policies: []Policy{{4, 2, 6, 1}}}}, Preset: "p42",
+		FragmentTimeout: 30 * time.Second,
+		Logger:          slog.New(slog.NewTextHandler(&logs, nil)),
+	})
+	b := e.b
+	ctx := context.Background()
+	if err := b.CreateNamespace(ctx, "ns"); err != nil {
+		t.Fatal(err)
+	}
+	// Two ASDs hang: the put cannot reach c=6 before it is canceled.
+	e.asds[0].set(asdStalled)
+	e.asds[1].set(asdStalled)
+	pctx, cancel := context.WithCancel(ctx)
+	errc := make(chan error, 1)
+	go func() { errc <- b.Put(pctx, "ns", "obj", randBytes(7, 1<<20), true) }()
+	time.Sleep(200 * time.Millisecond)
+	cancel()
+	select {
+	case err := <-errc:
+		if !errors.Is(err, context.Canceled) {
+			t.Fatalf("canceled put: %v, want context.Canceled", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("canceled put did not return")
+	}
+	if strings.Contains(logs.String(), "put failed on some ASDs") {
+		t.Fatalf("a canceled put was logged as an ASD failure:\n%s", logs.String())
+	}
+	for _, a := range e.asds[2:] {
+		if _, up := b.asd(a.s.ID()); !up {
+			t.Fatalf("ASD %s marked down by a canceled put", a.s.ID())
+		}
+	}
+	e.asds[0].set(asdUp)
+	e.asds[1].set(asdUp)
+	if _, err := b.Stat(ctx, "ns", "obj"); !errors.Is(err, ErrObjectNotFound) {
+		t.Fatalf("canceled put left an object: %v", err)
+	}
+}

@@ -426,6 +426,8 @@ type vdiskInfo struct {
 	Clients            int    `json:"clients"`
 	PendingUploadBytes int64  `json:"pending_upload_bytes"`
 	State              string `json:"state"`
+	StoredBytes        int64  `json:"stored_bytes"`
+	GarbageBytes       int64  `json:"garbage_bytes"`
 }
 
 func (c *cluster) info(name string) vdiskInfo {

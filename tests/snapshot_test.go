@@ -113,7 +113,8 @@ type scrubResult struct {
 // vdisk; the job sees no verify error.
 func TestScrubUnderFio(t *testing.T) {
 	needFio(t)
-	c := startCluster(t)
+	// The garbage trigger off: the scrubs under test are these.
+	c := startClusterWith(t, "--scrub-garbage-ratio", "0")
 	c.create("sc", "32MiB")
 	uri := c.UnixURI("sc")
 	done := make(chan error, 1)
@@ -167,7 +168,9 @@ func (e errorString) Error() string { return string(e) }
 func TestCrashDuringScrubAndRollback(t *testing.T) {
 	needFio(t)
 	needTools(t, "qemu-img", "nbdcopy")
-	c := startCluster(t)
+	// No garbage-triggered scrub: the test's own scrubs must find work
+	// (and reach the failpoints).
+	c := startClusterWith(t, "--scrub-garbage-ratio", "0")
 	c.create("k", "32MiB")
 	uri := c.UnixURI("k")
 	dir := t.TempDir()

@@ -50,9 +50,19 @@ type Options struct {
 	// ScrubInterval: every vdisk is scrubbed this often in the background
 	// (default 1h; negative disables the background scrubber).
 	ScrubInterval time.Duration
+	// ScrubGarbageRatio: a vdisk is also scrubbed, between intervals, as
+	// soon as its garbage (overwritten data no snapshot sees) exceeds this
+	// fraction of its live data (default DefaultScrubGarbageRatio;
+	// negative disables).
+	ScrubGarbageRatio float64
 	// GarbageGrace: objects a scrub replaced are deleted this long after
 	// the switch, so that reads that resolved them before finish (default 10s).
 	GarbageGrace time.Duration
+	// CloseTimeout bounds how long Close waits for the volumes' sealed
+	// TLogs and their last snapshots.json to reach the backend (default
+	// 30s). Past it, Close logs an error and stops anyway: the data is
+	// safe locally and goes up on the next start on this host.
+	CloseTimeout time.Duration
 	// Failpoint, if set, is called at named points of multi-step
 	// operations ("rollback-after-switch", "scrub-before-switch",
 	// "scrub-after-switch") so that crash tests can kill the process
@@ -86,8 +96,14 @@ func (o *Options) setDefaults() {
 	if o.GarbageGrace <= 0 {
 		o.GarbageGrace = 10 * time.Second
 	}
+	if o.CloseTimeout <= 0 {
+		o.CloseTimeout = 30 * time.Second
+	}
 	if o.ScrubInterval == 0 {
 		o.ScrubInterval = time.Hour
+	}
+	if o.ScrubGarbageRatio == 0 {
+		o.ScrubGarbageRatio = DefaultScrubGarbageRatio
 	}
 	if o.Logger == nil {
 		o.Logger = slog.Default()
@@ -114,6 +130,11 @@ type Driver struct {
 
 	// mu guards the maps below and is never held across backend I/O
 	// (see ctl.go).
+	// Garbage-triggered scrub requests, by vdisk name (see requestScrub).
+	scrubReqMu sync.Mutex
+	scrubReqs  map[string]bool
+	scrubKick  chan struct{}
+
 	mu     sync.Mutex
 	vols   map[string]*Volume // by name
 	broken map[string]brokenVolume
@@ -153,6 +174,8 @@ func Open(ctx context.Context, dir string, backend scos.Backend, opts Options) (
 		pending: map[string]struct{}{},
 		stop:    make(chan struct{}),
 		files:   scos.NewFileCache(opts.OpenSCOFiles),
+
+		scrubKick: make(chan struct{}, 1),
 	}
 	if opts.ReadCacheBytes > 0 {
 		c, err := ristretto.NewCache(&ristretto.Config[uint64, *cachedCluster]{
@@ -228,7 +251,7 @@ func Open(ctx context.Context, dir string, backend scos.Backend, opts Options) (
 			quarantine(d.log, dir, filepath.Join(dir, e.Name()), "local state of a vdisk that is not on the backend")
 		}
 	}
-	if opts.ScrubInterval > 0 {
+	if opts.ScrubInterval > 0 || opts.ScrubGarbageRatio > 0 {
 		d.wg.Add(1)
 		go d.scrubber(opts.ScrubInterval)
 	}
@@ -239,22 +262,25 @@ func (d *Driver) newVolume(cfg volumeConfig) *Volume {
 	var salt [8]byte
 	_, _ = rand.Read(salt[:])
 	v := &Volume{
-		drv:         d,
-		dir:         filepath.Join(d.dir, cfg.ID),
-		ns:          namespacePrefix + cfg.ID,
-		backend:     d.backend,
-		log:         d.log,
-		cacheSalt:   binary.LittleEndian.Uint64(salt[:]),
-		clusterSize: cfg.ClusterSize,
-		scoClusters: cfg.SCOMultiplier,
-		tlogMult:    cfg.TLogMultiplier,
-		state:       localState{Format: formatVersion, Config: cfg},
-		scos:        map[uint32]*scoFile{},
-		nextSCO:     1,
-		progress:    make(chan struct{}),
-		kick:        make(chan struct{}, 1),
-		stop:        make(chan struct{}),
-		ctl:         make(chan struct{}, 1),
+		drv:          d,
+		dir:          filepath.Join(d.dir, cfg.ID),
+		ns:           namespacePrefix + cfg.ID,
+		backend:      d.backend,
+		log:          d.log,
+		cacheSalt:    binary.LittleEndian.Uint64(salt[:]),
+		clusterSize:  cfg.ClusterSize,
+		scoClusters:  cfg.SCOMultiplier,
+		tlogMult:     cfg.TLogMultiplier,
+		state:        localState{Format: formatVersion, Config: cfg},
+		scos:         map[uint32]*scoFile{},
+		nextSCO:      1,
+		progress:     make(chan struct{}),
+		countChanges: true,
+		kick:         make(chan struct{}, 1),
+		stop:         make(chan struct{}),
+		draining:     make(chan struct{}),
+		uploaderDone: make(chan struct{}),
+		ctl:          make(chan struct{}, 1),
 	}
 	v.committed = sync.NewCond(&v.mu)
 	v.size.Store(cfg.Size)
@@ -516,7 +542,11 @@ func (d *Driver) Sync(ctx context.Context, name string) error {
 	return v.Sync(ctx)
 }
 
-// Close stops every volume cleanly: flushed, checkpointed, files closed.
+// Close stops every volume cleanly: what is sealed is uploaded and named
+// in snapshots.json (all volumes at once, for at most CloseTimeout), then
+// each is flushed, checkpointed and its files closed. Without the upload
+// a rollback or snapshot made just before the stop would be missing from
+// the backend, and a new host would see the state before it.
 func (d *Driver) Close() error {
 	d.mu.Lock()
 	if !d.closed {
@@ -529,6 +559,13 @@ func (d *Driver) Close() error {
 	vols := d.vols
 	d.vols = map[string]*Volume{}
 	d.mu.Unlock()
+	for _, v := range vols {
+		v.startDrain()
+	}
+	deadline := time.Now().Add(d.opts.CloseTimeout)
+	for _, v := range vols {
+		v.waitDrained(deadline)
+	}
 	var errs []error
 	for _, v := range vols {
 		if err := v.close(); err != nil {
@@ -593,6 +630,29 @@ func (v *Volume) resize(ctx context.Context, size int64) error {
 		return v.ioErrLocked(err)
 	}
 	return nil
+}
+
+// startDrain asks the uploader to put everything sealed on the backend,
+// snapshots.json last, and stop.
+func (v *Volume) startDrain() { v.drainOnce.Do(func() { close(v.draining) }) }
+
+// waitDrained waits until the uploader drained or deadline passed; then it
+// says loudly what the backend does not have.
+func (v *Volume) waitDrained(deadline time.Time) {
+	t := time.NewTimer(time.Until(deadline))
+	defer t.Stop()
+	select {
+	case <-v.uploaderDone:
+		return
+	case <-t.C:
+	}
+	v.mu.Lock()
+	notUploaded := len(v.state.Sealed) - v.uploadedCount
+	stale, pending, lastErr := v.snapshotsDirty || v.publishedCount < v.uploadedCount, v.pendingUpload, v.uploadErr
+	v.mu.Unlock()
+	v.log.Error("stopping before the backend has this vdisk's last changes; they are safe on this host and go up at its next start, but until then the backend (and a new host) sees an older state",
+		"vdisk", v.name(), "tlogs_not_uploaded", notUploaded, "snapshots_json_stale", stale,
+		"pending_upload_bytes", pending, "last_upload_error", lastErr, "waited", v.drv.opts.CloseTimeout)
 }
 
 // close stops the volume cleanly.

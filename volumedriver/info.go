@@ -30,6 +30,14 @@ type VolumeInfo struct {
 	Parent string `json:"parent,omitempty"`
 	// Snapshots is the number of snapshots.
 	Snapshots int `json:"snapshots"`
+	// StoredBytes is the cluster data the vdisk's SCOs hold, on the
+	// backend or on the way there: live data, what snapshots keep, and
+	// garbage.
+	StoredBytes int64 `json:"stored_bytes"`
+	// GarbageBytes is the part of StoredBytes that nothing can read any
+	// more (overwritten or trimmed with no snapshot in between): what a
+	// scrub gives back. A scrub runs when it passes a share of the rest.
+	GarbageBytes int64 `json:"garbage_bytes"`
 }
 
 // CreateOptions are the per-vdisk layout choices, fixed at creation.

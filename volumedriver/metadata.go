@@ -213,7 +213,11 @@ type metadataStore struct {
 	filePages  uint64
 	fileDigest uint64
 	// unsure: a write to the file failed, so its summary is unknown.
-	unsure     bool
+	unsure bool
+	// changed, if set, hears of every entry that set or trim replaces
+	// (old is zero for a cluster that was unmapped, e for a trim): the
+	// volume counts its stored and garbage bytes from it.
+	changed    func(old, e mdEntry)
 	slot       []byte
 	dirtyCount int
 }
@@ -344,6 +348,16 @@ func (m *metadataStore) get(addr uint64) (mdEntry, error) {
 
 // set maps cluster addr to e as change number seq.
 func (m *metadataStore) set(addr uint64, e mdEntry, seq uint64) error {
+	return m.put(addr, e, seq, true)
+}
+
+// relocate is set for a cluster whose data moved (a scrub rewrote its
+// SCO): the same data, so no change is reported.
+func (m *metadataStore) relocate(addr uint64, e mdEntry, seq uint64) error {
+	return m.put(addr, e, seq, false)
+}
+
+func (m *metadataStore) put(addr uint64, e mdEntry, seq uint64, report bool) error {
 	if m.broken != nil {
 		return m.broken
 	}
@@ -357,6 +371,9 @@ func (m *metadataStore) set(addr uint64, e mdEntry, seq uint64) error {
 		p.mapped++
 	} else if old.loc != 0 && e.loc == 0 {
 		p.mapped--
+	}
+	if report && m.changed != nil {
+		m.changed(*old, e)
 	}
 	*old = e
 	m.markDirty(p, seq)
@@ -387,6 +404,9 @@ func (m *metadataStore) trim(addr, count, seq uint64) error {
 		for a := lo; a < hi; a++ {
 			e := &p.entries[a%pageEntries]
 			if e.loc != 0 {
+				if m.changed != nil {
+					m.changed(*e, mdEntry{})
+				}
 				*e = mdEntry{}
 				p.mapped--
 				changed = true

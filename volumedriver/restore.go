@@ -84,6 +84,7 @@ func (v *Volume) openMetadata() error {
 	}
 	md.beforeWriteBack = v.beforeWriteBack
 	md.beforeModify = v.metadataBeforeModify
+	md.changed = v.mdChanged
 	v.md = md
 	return nil
 }
@@ -216,8 +217,11 @@ func (v *Volume) restoreFromBackend(ctx context.Context) error {
 	if err := v.replayAncestors(ctx); err != nil {
 		return err
 	}
+	// The snapshots first: the garbage count of each TLog's replay
+	// depends on the snapshots taken before it.
+	v.state.Snapshots = snaps.Snapshots
 	maxSCO := uint32(0)
-	for _, name := range snaps.TLogs {
+	for j, name := range snaps.TLogs {
 		data, err := v.backend.Get(ctx, v.ns, name)
 		if err != nil {
 			return fmt.Errorf("read %s: %w", name, err)
@@ -226,6 +230,7 @@ func (v *Volume) restoreFromBackend(ctx context.Context) error {
 		if err != nil {
 			return fmt.Errorf("%s: %w", name, err)
 		}
+		v.garbageCut = v.cutAt(j)
 		n, err := v.applyRecords(recs, 0)
 		if err != nil {
 			return fmt.Errorf("replay %s: %w", name, err)
@@ -247,8 +252,8 @@ func (v *Volume) restoreFromBackend(ctx context.Context) error {
 	v.nextSCO = maxSCO + 1
 	v.uploadedCount = len(v.state.Sealed)
 	v.publishedCount = v.uploadedCount
-	v.state.Snapshots = snaps.Snapshots
 	v.mu.Lock()
+	v.resetGarbageCutLocked()
 	defer v.mu.Unlock()
 	next := v.state
 	if err := v.startTLogLocked(&next); err != nil {
@@ -289,10 +294,21 @@ func (v *Volume) restoreLocal(ctx context.Context, st localState) error {
 			rebuild = false
 		}
 	}
+	// The stored and garbage figures are those of the checkpoint, or of
+	// the last TLog sealed after it; the replay is not counted again
+	// (the metadata file may hold part of it already: replay is
+	// idempotent, counting is not). Rebuilt from scratch, everything is
+	// counted.
+	v.storedBytes, v.garbageBytes = st.StoredBytes, st.GarbageBytes
+	if n := len(st.Sealed); n > st.Checkpoint {
+		v.storedBytes, v.garbageBytes = st.Sealed[n-1].StoredBytes, st.Sealed[n-1].GarbageBytes
+	}
+	v.countChanges = rebuild
 	from := st.Checkpoint
 	if rebuild {
 		from = 0
 		v.state.MD = nil
+		v.storedBytes, v.garbageBytes = 0, 0
 		if err := v.md.reset(); err != nil {
 			return err
 		}
@@ -322,6 +338,7 @@ func (v *Volume) restoreLocal(ctx context.Context, st localState) error {
 		if err != nil {
 			return fmt.Errorf("sealed TLog: %w", err)
 		}
+		v.garbageCut = v.cutAt(i)
 		n, err := v.applyRecords(recs, 0)
 		if err != nil {
 			return fmt.Errorf("replay %s: %w", t.Name, err)
@@ -336,10 +353,12 @@ func (v *Volume) restoreLocal(ctx context.Context, st localState) error {
 		return err
 	}
 
+	v.garbageCut = v.cutAt(len(v.state.Sealed))
 	openSCOs, err := v.recoverOpenTLog(st, !rebuild)
 	if err != nil {
 		return err
 	}
+	v.countChanges = true
 	for _, n := range openSCOs {
 		pendingSCOs[n] = true
 		maxSCO = max(maxSCO, n)
@@ -555,6 +574,12 @@ func (v *Volume) recoverOpenTLog(st localState, mdVerified bool) ([]uint32, erro
 		return nil, fmt.Errorf("replay open %s: %w", st.OpenTLog, err)
 	}
 	v.written += n
+	if !v.countChanges && len(st.Sealed) > st.Checkpoint {
+		// Counted from the last sealed TLog: add the open one's data.
+		// What it overwrote is not known here (the metadata may hold
+		// part of it): that garbage goes uncounted until a scrub.
+		v.storedBytes += n
+	}
 
 	// The SCOs this TLog used, in order, and how far its records reach.
 	reach := map[uint32]int64{}
@@ -641,7 +666,8 @@ func (v *Volume) recoverOpenTLog(st localState, mdVerified bool) ([]uint32, erro
 		present = append(present, n)
 	}
 	pending := scoBytes + int64(len(out)) - tlogHeaderSize
-	v.state.Sealed = append(v.state.Sealed, sealedTLog{Name: st.OpenTLog, SCOs: present, PendingBytes: pending})
+	v.state.Sealed = append(v.state.Sealed, sealedTLog{Name: st.OpenTLog, SCOs: present, PendingBytes: pending,
+		StoredBytes: v.storedBytes, GarbageBytes: v.garbageBytes})
 	v.pendingUpload += pending
 	v.state.OpenTLog = ""
 	return used, nil

@@ -49,7 +49,14 @@ type scoUse struct {
 // A crash before the switch leaves orphans that the next scrub removes;
 // after it, the metadata is rebuilt from the new TLogs on restart.
 // SCOs that clones are built on are left alone.
-func (v *Volume) Scrub(ctx context.Context) (ScrubResult, error) {
+func (v *Volume) Scrub(ctx context.Context) (ScrubResult, error) { return v.scrub(ctx, false) }
+
+// scrub is Scrub; bounded, it drops the dead SCOs and then rewrites, least
+// live first, only as much as it takes to bring the garbage it sees down
+// to half the trigger level (ScrubGarbageRatio/2 of the live data): under
+// sustained overwrite the other SCOs die by themselves, and rewriting them
+// would be wasted work.
+func (v *Volume) scrub(ctx context.Context, bounded bool) (ScrubResult, error) {
 	start := time.Now()
 	var res ScrubResult
 	v.mu.Lock()
@@ -152,23 +159,60 @@ func (v *Volume) Scrub(ctx context.Context) (ScrubResult, error) {
 	reloc := map[uint64]uint64{} // old packed location -> new
 	dropped := map[scos.SCOName]bool{}
 	var rewrite []*scoUse
+	// left: the garbage this scrub leaves where it looked (SCOs mostly
+	// live, or that clones are built on). A garbage-triggered scrub waits
+	// for garbage to grow past it (see scrubDue).
+	var left, freed, deadTotal int64
+	var cands []*scoUse
 	for _, use := range uses {
 		res.LiveBytes += int64(len(use.live)) * cs
+		dead := int64(use.written-len(use.live)) * cs
+		deadTotal += dead
 		if use.tlog < protected || use.written == 0 {
+			left += dead
 			continue
 		}
 		switch {
 		case len(use.live) == 0:
-			dropped[use.name] = true
+			dropped[use.name] = true // free: nothing to copy
+			freed += dead
 		case float64(len(use.live)) < scrubLiveThreshold*float64(use.written) && use.name.Version < 255:
-			rewrite = append(rewrite, use)
+			cands = append(cands, use)
+		default:
+			left += dead
 		}
+	}
+	// The least live first, as far as the goal asks (0: all there is).
+	var goal int64
+	if bounded {
+		ratio := v.drv.opts.ScrubGarbageRatio
+		if ratio <= 0 {
+			ratio = DefaultScrubGarbageRatio
+		}
+		goal = max(deadTotal-int64(ratio/2*float64(res.LiveBytes)), 1)
+	}
+	sort.Slice(cands, func(i, j int) bool {
+		a, b := cands[i], cands[j]
+		return len(a.live)*b.written < len(b.live)*a.written ||
+			len(a.live)*b.written == len(b.live)*a.written && a.name.Number < b.name.Number
+	})
+	for _, use := range cands {
+		dead := int64(use.written-len(use.live)) * cs
+		if goal > 0 && freed >= goal {
+			left += dead
+			continue
+		}
+		rewrite = append(rewrite, use)
+		freed += dead
 	}
 	sort.Slice(rewrite, func(i, j int) bool { return rewrite[i].name.Number < rewrite[j].name.Number })
 	if len(rewrite) == 0 && len(dropped) == 0 {
 		if err := v.removeOrphans(ctx, names, uses); err != nil {
 			return res, err
 		}
+		v.mu.Lock()
+		v.scrubFloor = left
+		v.mu.Unlock()
 		res.BackendBytesAfter = before
 		res.Duration = time.Since(start)
 		return res, nil
@@ -271,6 +315,18 @@ func (v *Volume) Scrub(ctx context.Context) (ScrubResult, error) {
 	v.state.Garbage = append(v.state.Garbage, garbage{
 		TLogs: oldTLogs, Objects: oldSCOs, NotBefore: time.Now().Add(v.drv.opts.GarbageGrace),
 	})
+	// The dead clusters of the rewritten and dropped SCOs leave the
+	// stored and garbage figures.
+	var reclaimed int64
+	for _, use := range rewrite {
+		reclaimed += int64(use.written-len(use.live)) * cs
+	}
+	for n := range dropped {
+		reclaimed += int64(uses[n.Number].written) * cs
+	}
+	v.storedBytes = max(0, v.storedBytes-reclaimed)
+	v.garbageBytes = max(0, v.garbageBytes-reclaimed)
+	v.scrubFloor = left
 	v.state.Checkpoint = 0 // a crash from here on rebuilds from the new TLogs
 	if err := writeLocalState(v.dir, &v.state); err != nil {
 		err = v.failLocked(err)
@@ -294,7 +350,7 @@ func (v *Volume) Scrub(ctx context.Context) (ScrubResult, error) {
 		}
 		if e.loc == m.loc {
 			v.seq++
-			if err := v.md.set(a, mdEntry{loc: nl, crc: e.crc}, v.seq); err != nil {
+			if err := v.md.relocate(a, mdEntry{loc: nl, crc: e.crc}, v.seq); err != nil {
 				v.mu.Unlock()
 				v.uploadMu.Unlock()
 				return res, v.failLocked(err)
@@ -423,6 +479,10 @@ func (v *Volume) removeOrphans(ctx context.Context, names []string, uses map[uin
 // Scrub scrubs one vdisk (see Volume.Scrub), leaving alone the SCOs that
 // clones of it are built on.
 func (d *Driver) Scrub(ctx context.Context, name string) (ScrubResult, error) {
+	return d.scrub(ctx, name, false)
+}
+
+func (d *Driver) scrub(ctx context.Context, name string, bounded bool) (ScrubResult, error) {
 	v, err := d.Volume(name)
 	if err != nil {
 		return ScrubResult{}, err
@@ -442,33 +502,45 @@ func (d *Driver) Scrub(ctx context.Context, name string) (ScrubResult, error) {
 	v.mu.Lock()
 	v.protectedTLogs = protected
 	v.mu.Unlock()
-	return v.Scrub(ctx)
+	return v.scrub(ctx, bounded)
 }
 
-// scrubber scrubs every vdisk every interval, for the life of the driver.
+// scrubber scrubs every vdisk every interval (if positive), and a vdisk
+// whose garbage asks for it (requestScrub) in between, for the life of the
+// driver. One scrub runs at a time.
 func (d *Driver) scrubber(interval time.Duration) {
 	defer d.wg.Done()
-	t := time.NewTicker(interval)
-	defer t.Stop()
+	check := time.NewTicker(garbageCheckInterval)
+	defer check.Stop()
+	var tick <-chan time.Time
+	if interval > 0 {
+		t := time.NewTicker(interval)
+		defer t.Stop()
+		tick = t.C
+	}
 	for {
+		var names []string
+		why := "interval"
 		select {
 		case <-d.stop:
 			return
-		case <-t.C:
+		case <-tick:
+			names = d.Names()
+		case <-d.scrubKick:
+			names, why = d.takeScrubRequests(), "garbage"
+		case <-check.C:
+			// Uploads ask for scrubs as garbage grows; this catches
+			// what they cannot: a failed scrub, a start with garbage.
+			d.checkGarbage()
+			continue
 		}
-		for _, name := range d.Names() {
-			ctx, cancel := context.WithCancel(context.Background())
-			go func() {
-				select {
-				case <-d.stop:
-					cancel()
-				case <-ctx.Done():
-				}
-			}()
-			if _, err := d.Scrub(ctx, name); err != nil && !errors.Is(err, context.Canceled) && !errors.Is(err, ErrReadOnly) {
-				d.log.Warn("background scrub", "vdisk", name, "err", err)
+		for _, name := range names {
+			select {
+			case <-d.stop:
+				return
+			default:
 			}
-			cancel()
+			d.scrubOne(name, why)
 		}
 	}
 }

@@ -75,6 +75,7 @@ func (v *Volume) CreateSnapshot(ctx context.Context, name, metadata string) (Sna
 		v.state.Snapshots = v.state.Snapshots[:len(v.state.Snapshots)-1]
 		return SnapshotInfo{}, v.ioErrLocked(err)
 	}
+	v.resetGarbageCutLocked()
 	v.kickUploader()
 	return v.snapshotInfoLocked(sn), nil
 }
@@ -139,6 +140,7 @@ func (v *Volume) DeleteSnapshot(ctx context.Context, name string) error {
 		v.state.Snapshots = old
 		return v.ioErrLocked(err)
 	}
+	v.resetGarbageCutLocked()
 	v.snapshotsDirty = true
 	v.kickUploader()
 	return nil
@@ -172,11 +174,6 @@ func (v *Volume) Rollback(ctx context.Context, name string) error {
 			}
 		}()
 	}()
-	// An upload in flight may be of a TLog about to be discarded: cut it
-	// short rather than wait (the uploader notices and cleans up).
-	if v.uploadCancel != nil {
-		v.uploadCancel()
-	}
 	if err := v.writableLocked(); err != nil {
 		return err
 	}
@@ -190,6 +187,12 @@ func (v *Volume) Rollback(ctx context.Context, name string) error {
 		v.committed.Wait()
 	}
 	sn := v.state.Snapshots[i]
+	// An upload in flight of a TLog about to be discarded is cut short
+	// rather than waited for (the uploader notices and cleans up). One of
+	// a TLog the snapshot keeps goes on: canceling it would only redo it.
+	if v.uploadCancel != nil && v.uploadingIdx >= sn.TLogCount {
+		v.uploadCancel()
+	}
 	start := time.Now()
 
 	// Everything after the cut goes: sealed TLogs, the open TLog, and
@@ -244,17 +247,20 @@ func (v *Volume) Rollback(ctx context.Context, name string) error {
 		return v.failLocked(err)
 	}
 	v.written = 0
-	for _, t := range v.state.Sealed {
+	v.storedBytes, v.garbageBytes, v.scrubFloor = 0, 0, 0
+	for j, t := range v.state.Sealed {
 		recs, err := v.readTLog(ctx, t.Name)
 		if err != nil {
 			return v.failLocked(fmt.Errorf("rollback: %w", err))
 		}
+		v.garbageCut = v.cutAt(j)
 		n, err := v.applyRecords(recs, 0)
 		if err != nil {
 			return v.failLocked(fmt.Errorf("rollback: replay %s: %w", t.Name, err))
 		}
 		v.written += n
 	}
+	v.resetGarbageCutLocked()
 	if err := v.checkpointLocked(); err != nil {
 		return v.failLocked(err)
 	}

@@ -158,6 +158,9 @@ type localState struct {
 	OpenTLog     string `json:"open_tlog"`
 	OpenFirstSCO uint32 `json:"open_first_sco"`
 	WrittenBytes int64  `json:"written_bytes"`
+	// StoredBytes and GarbageBytes as of the checkpoint (see garbage.go).
+	StoredBytes  int64 `json:"stored_bytes,omitempty"`
+	GarbageBytes int64 `json:"garbage_bytes,omitempty"`
 	// Snapshots in order; each covers a prefix of Sealed.
 	Snapshots []snapshotRecord `json:"snapshots"`
 	// Garbage: backend objects that a rollback discarded, to be deleted.
@@ -201,6 +204,10 @@ type sealedTLog struct {
 	SCOs []uint32 `json:"scos,omitempty"`
 	// Bytes of SCO and TLog data still to upload.
 	PendingBytes int64 `json:"pending_bytes,omitempty"`
+	// The volume's stored and garbage bytes once this TLog was written
+	// (see garbage.go): a restart after a crash starts from them.
+	StoredBytes  int64 `json:"stored_bytes,omitempty"`
+	GarbageBytes int64 `json:"garbage_bytes,omitempty"`
 }
 
 // errNewerFormat: a file written by a newer build; it is left alone.

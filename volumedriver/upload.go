@@ -18,15 +18,23 @@ import (
 // SCOs first, then the TLog, then snapshots.json naming it) in order, evicts
 // uploaded SCOs from the write buffer when it is over its limit, and seals
 // an idle open TLog so that data does not sit in the write buffer forever.
+//
+// When the volume is stopped cleanly (draining), it uploads what is sealed,
+// snapshots.json last, and returns; close bounds how long that may take.
 func (v *Volume) uploader(ctx context.Context) {
 	defer v.wg.Done()
+	defer close(v.uploaderDone)
 	const maxBackoff = 30 * time.Second
 	backoff := time.Second
 	interval := v.drv.opts.AutoSyncInterval
 	ticker := time.NewTicker(max(interval/4, 100*time.Millisecond))
 	defer ticker.Stop()
 	for {
-		if err := v.uploadPending(ctx); err != nil {
+		err := v.uploadPending(ctx)
+		if err == nil && v.isDraining() {
+			return // everything sealed is on the backend
+		}
+		if err != nil {
 			if ctx.Err() != nil {
 				return
 			}
@@ -36,11 +44,17 @@ func (v *Volume) uploader(ctx context.Context) {
 			v.mu.Lock()
 			v.uploadErr = err
 			v.mu.Unlock()
-			v.log.Error("upload to the backend failed; retrying", "vdisk", v.name(), "err", err, "retry_in", backoff)
+			// A stop in progress retries sooner: close bounds it.
+			wait, drain := backoff, v.draining
+			if v.isDraining() {
+				wait, drain = min(wait, 500*time.Millisecond), nil
+			}
+			v.log.Error("upload to the backend failed; retrying", "vdisk", v.name(), "err", err, "retry_in", wait)
 			select {
 			case <-ctx.Done():
 				return
-			case <-time.After(backoff):
+			case <-time.After(wait):
+			case <-drain:
 			}
 			backoff = min(2*backoff, maxBackoff)
 			continue
@@ -49,10 +63,20 @@ func (v *Volume) uploader(ctx context.Context) {
 		select {
 		case <-ctx.Done():
 			return
+		case <-v.draining:
 		case <-v.kick:
 		case <-ticker.C:
 			v.sealIdle(interval)
 		}
+	}
+}
+
+func (v *Volume) isDraining() bool {
+	select {
+	case <-v.draining:
+		return true
+	default:
+		return false
 	}
 }
 
@@ -68,17 +92,24 @@ func (v *Volume) sealIdle(interval time.Duration) {
 	}
 }
 
+// uploadPending uploads every sealed TLog. Between two, it also publishes
+// a changed snapshots.json and deletes what scrubs and rollbacks discarded:
+// under sustained writes the queue never empties, and the backend must not
+// keep the garbage until it does.
 func (v *Volume) uploadPending(ctx context.Context) error {
 	for {
 		done, err := v.uploadNext(ctx)
-		if err != nil || done {
-			if err == nil {
-				err = v.putSnapshotsIfDirty(ctx)
-			}
-			if err == nil {
-				err = v.collectGarbage(ctx)
-			}
+		if err != nil {
 			return err
+		}
+		if err := v.putSnapshotsIfDirty(ctx); err != nil {
+			return err
+		}
+		if err := v.collectGarbage(ctx); err != nil {
+			return err
+		}
+		if done {
+			return nil
 		}
 	}
 }
@@ -100,6 +131,7 @@ func (v *Volume) uploadNext(ctx context.Context) (done bool, err error) {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	v.uploadCancel = cancel
+	v.uploadingIdx = v.uploadedCount
 	defer func() {
 		v.mu.Lock()
 		v.uploadCancel = nil
@@ -159,6 +191,7 @@ func (v *Volume) uploadNext(ctx context.Context) (done bool, err error) {
 	v.publishedCount = max(v.publishedCount, covered)
 	v.evictLocked()
 	v.removeOldTLogsLocked()
+	v.requestScrubIfDueLocked() // a scrub sees only what is published
 	close(v.progress)
 	v.progress = make(chan struct{})
 	v.mu.Unlock()

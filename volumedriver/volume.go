@@ -70,8 +70,16 @@ type Volume struct {
 	// uploadMu is held while one TLog is uploaded; rollback takes it so
 	// the TLog list does not change under an upload. Order: uploadMu, mu.
 	uploadMu sync.Mutex
-	// uploadCancel cancels the upload in flight, if any.
+	// uploadCancel cancels the upload in flight, if any; uploadingIdx is
+	// the index in state.Sealed of the TLog it uploads.
 	uploadCancel context.CancelFunc
+	uploadingIdx int
+	// draining is closed when the volume is being stopped cleanly: the
+	// uploader finishes what is sealed (snapshots.json last) and exits,
+	// closing uploaderDone.
+	draining     chan struct{}
+	drainOnce    sync.Once
+	uploaderDone chan struct{}
 	progress     chan struct{}
 	uploadErr    error
 
@@ -100,6 +108,13 @@ type Volume struct {
 	committed *sync.Cond   // on mu: a leader finished a batch
 	spareData []byte       // a free SCO gather buffer
 	spareRecs []byte       // a free TLog record buffer
+
+	// Garbage accounting (garbage.go), under mu.
+	storedBytes  int64  // cluster data in the volume's own SCOs
+	garbageBytes int64  // the part of it nothing can read any more
+	garbageCut   uint32 // NextSCO of the newest snapshot before the changes being counted
+	countChanges bool   // off while a replay redoes changes already counted
+	scrubFloor   int64  // garbage the last scrub left
 
 	kick     chan struct{}
 	stop     chan struct{}
@@ -764,6 +779,8 @@ func (v *Volume) sealTLogLocked() error {
 		Name:         v.tlog.name,
 		SCOs:         v.tlog.scos,
 		PendingBytes: v.tlog.scoBytes + v.tlog.size - tlogHeaderSize,
+		StoredBytes:  v.storedBytes,
+		GarbageBytes: v.garbageBytes,
 	}
 	next := v.state
 	next.Sealed = append(v.state.Sealed[:len(v.state.Sealed):len(v.state.Sealed)], sealed)
@@ -835,6 +852,7 @@ func (v *Volume) checkpointLocked() error {
 	next.WrittenBytes = v.written
 	next.MD = &sum
 	next.OpenTLogBytes = v.tlog.size
+	next.StoredBytes, next.GarbageBytes = v.storedBytes, v.garbageBytes
 	if err := writeLocalState(v.dir, &next); err != nil {
 		return err
 	}
@@ -1194,6 +1212,8 @@ func (v *Volume) info() VolumeInfo {
 		State:              "ok",
 		Template:           c.Template,
 		Snapshots:          len(v.state.Snapshots),
+		StoredBytes:        v.storedBytes,
+		GarbageBytes:       v.garbageBytes,
 	}
 	if len(c.Ancestors) > 0 {
 		info.Parent = c.Ancestors[0].Name + "@" + c.Ancestors[0].Snapshot

@@ -34,7 +34,9 @@ func newTestEnv(t *testing.T) *testEnv {
 		t.Fatal(err)
 	}
 	return &testEnv{t: t, dir: filepath.Join(root, "volumes"), backend: b,
-		opts: Options{Logger: slog.New(slog.NewTextHandler(io.Discard, nil)), GarbageGrace: 50 * time.Millisecond, AutoSyncInterval: time.Second}}
+		opts: Options{Logger: slog.New(slog.NewTextHandler(io.Discard, nil)), GarbageGrace: 50 * time.Millisecond, AutoSyncInterval: time.Second,
+			// Scrubs run when a test asks for them (see TestGarbageTriggersScrub).
+			ScrubGarbageRatio: -1}}
 }
 
 func (e *testEnv) open() *Driver {

@@ -175,6 +175,8 @@ func TestCLI(t *testing.T) {
 				"written:        3 MiB (3145728 bytes)\n" +
 				"pending upload: 1 MiB (1048576 bytes)\n" +
 				"write buffer:   1 MiB (1048576 bytes)\n" +
+				"stored:         0 B\n" +
+				"garbage:        0 B\n" +
 				"snapshots:      0\n" +
 				"template:       no\n" +
 				"parent:         -\n",

@@ -42,6 +42,8 @@ type upOptions struct {
 	asds          int
 	asdPorts      string
 	scrubEvery    time.Duration
+	scrubGarbage  float64
+	stopTimeout   time.Duration
 	arakoonClient string
 	arakoonRaft   string
 
@@ -87,6 +89,10 @@ func newUpCommand() *cobra.Command {
 	f.IntVar(&o.asds, "asds", 6, "ASD processes of the erasure-coded backend (4+2 needs 6)")
 	f.StringVar(&o.asdPorts, "asd-ports", "8600-8699", "port range of the ASDs (FIRST-LAST; 0: ports the kernel picks); an ASD whose port another process holds moves to the next free one")
 	f.DurationVar(&o.scrubEvery, "scrub-interval", time.Hour, "scrub every vdisk this often in the background (0 disables)")
+	f.Float64Var(&o.scrubGarbage, "scrub-garbage-ratio", volumedriver.DefaultScrubGarbageRatio,
+		"also scrub a vdisk as soon as its garbage (overwritten data no snapshot sees) exceeds this fraction of its live data (0 disables)")
+	f.DurationVar(&o.stopTimeout, "stop-timeout", 30*time.Second,
+		"on stop, wait this long at most for sealed data and the last snapshots.json of every vdisk to reach the backend")
 	f.StringVar(&o.arakoonClient, "arakoon-client", "127.0.0.1:8900", "client address of the embedded 1-node arakoon")
 	f.StringVar(&o.arakoonRaft, "arakoon-raft", "127.0.0.1:8901", "raft address of the embedded 1-node arakoon")
 	f.StringSliceVar(&o.apiHosts, "api-host", nil, "host names the REST API is reached by (besides IP addresses and localhost); other Host headers are refused")
@@ -192,6 +198,8 @@ func runUp(ctx context.Context, o *upOptions) error {
 		MaxPendingUploadBytes: int64(o.maxPending),
 		AutoSyncInterval:      o.autoSync,
 		ScrubInterval:         scrubInterval(o.scrubEvery),
+		ScrubGarbageRatio:     scrubGarbageRatio(o.scrubGarbage),
+		CloseTimeout:          o.stopTimeout,
 		Failpoint:             failpointsFromEnv(log),
 		Logger:                log,
 	})
@@ -447,6 +455,15 @@ func backendKind(data, flag string) (string, error) {
 		return "", fmt.Errorf("write %s: %w", path, err)
 	}
 	return kind, nil
+}
+
+// scrubGarbageRatio maps the flag (0: off) onto the driver's option
+// (negative: off).
+func scrubGarbageRatio(r float64) float64 {
+	if r <= 0 {
+		return -1
+	}
+	return r
 }
 
 // scrubInterval maps the flag (0: off) onto the driver's option (negative: off).

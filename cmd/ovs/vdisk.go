@@ -184,6 +184,8 @@ func writeInfo(w io.Writer, v volumedriver.VolumeInfo) error {
 		{"written", bytesAndSize(v.WrittenBytes)},
 		{"pending upload", bytesAndSize(v.PendingUploadBytes)},
 		{"write buffer", bytesAndSize(v.WriteBufferBytes)},
+		{"stored", bytesAndSize(v.StoredBytes)},
+		{"garbage", bytesAndSize(v.GarbageBytes)},
 		{"snapshots", strconv.Itoa(v.Snapshots)},
 		{"template", yesNo(v.Template)},
 		{"parent", parent},
