@@ -1,6 +1,7 @@
 package volumedriver
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"math/rand/v2"
@@ -8,6 +9,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/ovs-storage/ovs/scos"
 )
 
 // TestScrubReclaimsOverwrites: 10 overwrites of the same data with the
@@ -181,4 +184,68 @@ func TestScrubKeepsCloneBase(t *testing.T) {
 	d.cache.Clear()
 	check(t, c, &model{data: base})
 	check(t, p, pm)
+}
+
+// scrubbingBackend runs hook before the first read of SCO 1, while the
+// read's location is already resolved.
+type scrubbingBackend struct {
+	scos.Backend
+	once sync.Once
+	hook func()
+}
+
+func (b *scrubbingBackend) ReadAt(ctx context.Context, ns, name string, p []byte, off int64) error {
+	if n, err := scos.ParseSCOName(name); err == nil && n.Number == 1 && b.hook != nil {
+		b.once.Do(b.hook)
+	}
+	return b.Backend.ReadAt(ctx, ns, name, p, off)
+}
+
+// TestReadAcrossScrubDeletion: a read that resolved a cluster's location
+// before a scrub moved it, and reaches the backend only after the old
+// object was deleted, reads the cluster from where it is now instead of
+// failing.
+func TestReadAcrossScrubDeletion(t *testing.T) {
+	ctx := context.Background()
+	e := newTestEnv(t)
+	e.opts.WriteBufferBytes = 1 // reads come from the backend
+	e.opts.GarbageGrace = time.Millisecond
+	sb := &scrubbingBackend{Backend: e.backend}
+	d, err := Open(ctx, e.dir, sb, e.opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	const size = 8 << 20
+	if _, err := d.Create(ctx, "a", size, CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	v, _ := d.Volume("a")
+	m := &model{data: make([]byte, size)}
+	rng := rand.New(rand.NewPCG(60, 61))
+	full := make([]byte, size)
+	for i := range full {
+		full[i] = byte(rng.IntN(256))
+	}
+	v.WriteAt(ctx, full, 0, false)
+	m.write(full, 0)
+	// Garbage: the first half of SCO 1 (which holds the first 4 MiB); a
+	// scrub rewrites its second half to a new SCO and deletes it.
+	quarter := bytes.Repeat([]byte{0x77}, size/4)
+	v.WriteAt(ctx, quarter, 0, false)
+	m.write(quarter, 0)
+	if err := v.Sync(ctx); err != nil {
+		t.Fatal(err)
+	}
+	sb.hook = func() {
+		if _, err := d.Scrub(ctx, "a"); err != nil {
+			t.Errorf("scrub: %v", err)
+		}
+		waitFor(t, func() bool {
+			v.mu.Lock()
+			defer v.mu.Unlock()
+			return len(v.state.Garbage) == 0
+		})
+	}
+	check(t, v, m)
 }

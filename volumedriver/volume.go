@@ -983,7 +983,26 @@ type lookup struct {
 }
 
 // readClusters fills buf (whole clusters) from cluster address addr.
+//
+// A location resolved before a scrub or a rollback moved the cluster may
+// name an object that is deleted (GarbageGrace later) before a slow read
+// gets to it: the read then starts over from the metadata, which names
+// where the cluster is now.
 func (v *Volume) readClusters(ctx context.Context, addr uint64, buf []byte) error {
+	const attempts = 3
+	var err error
+	for range attempts {
+		err = v.readClustersOnce(ctx, addr, buf)
+		if err == nil || !errors.Is(err, scos.ErrObjectNotFound) || ctx.Err() != nil {
+			return err
+		}
+		v.log.Info("object gone during a read (moved by a scrub?); reading the cluster's current location",
+			"vdisk", v.name(), "err", err)
+	}
+	return err
+}
+
+func (v *Volume) readClustersOnce(ctx context.Context, addr uint64, buf []byte) error {
 	cs := v.clusterSize
 	n := len(buf) / cs
 	var small [4]lookup
