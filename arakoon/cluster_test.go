@@ -158,7 +158,7 @@ func (tc *testCluster) waitMaster() string {
 func (tc *testCluster) client() *Client {
 	tc.t.Helper()
 	cc := tc.cfg.ClientConfig()
-	cc.AttemptTimeout = 3 * time.Second
+	cc.AttemptTimeout = raceSlowdown * 3 * time.Second
 	cc.TLS = tc.ctl
 	c, err := NewClient(cc)
 	if err != nil {

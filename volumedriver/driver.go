@@ -262,6 +262,7 @@ func (d *Driver) newVolume(cfg volumeConfig) *Volume {
 	var salt [8]byte
 	_, _ = rand.Read(salt[:])
 	v := &Volume{
+		vname:        cfg.Name,
 		drv:          d,
 		dir:          filepath.Join(d.dir, cfg.ID),
 		ns:           namespacePrefix + cfg.ID,

@@ -24,6 +24,7 @@ import (
 // All methods are safe for concurrent use. mu guards the write path and the
 // metadata; data reads from SCOs happen outside it.
 type Volume struct {
+	vname   string
 	drv     *Driver
 	dir     string
 	ns      string
@@ -155,7 +156,9 @@ type openTLog struct {
 	opened   time.Time
 }
 
-func (v *Volume) name() string { return v.state.Config.Name }
+// name is fixed for the volume's life; it is read without the lock (in
+// errors and logs), so it does not come from v.state, which changes.
+func (v *Volume) name() string { return v.vname }
 
 func (v *Volume) scoName(num uint32) scos.SCOName { return scos.SCOName{Number: num} }
 

@@ -1,0 +1,5 @@
+//go:build !race
+
+package arakoon
+
+const raceSlowdown = 1
