@@ -1,7 +1,6 @@
 package tests
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"encoding/json"
@@ -404,27 +403,8 @@ func crashRound(t *testing.T, c *cluster, py string, w *crashWriter) {
 
 	wr := exec.CommandContext(ctx, py, nbdioScript(t), "crash-write", c.UnixURI("crash"),
 		fmt.Sprint(w.seed), fmt.Sprint(w.base), fmt.Sprint(w.nblocks), fmt.Sprint(crashFlushEvery))
-	var wErr bytes.Buffer
-	wr.Stderr = &wErr
-	stdout, err := wr.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := wr.Start(); err != nil {
-		t.Fatal(err)
-	}
-	defer func() {
-		wr.Process.Kill()
-		wr.Wait()
-	}()
-	lines := make(chan string, 1024)
-	go func() {
-		sc := bufio.NewScanner(stdout)
-		for sc.Scan() {
-			lines <- sc.Text()
-		}
-		close(lines)
-	}()
+	lines, wErr, stopWriter := streamLines(t, wr)
+	defer stopWriter()
 	w.flushed, w.issued = 0, -1
 	flushes := 0
 	parse := func(line string) {

@@ -72,27 +72,8 @@ func TestAckedWritesSurviveKill9(t *testing.T) {
 			defer cancel()
 			wr := exec.CommandContext(ctx, py, nbdioScript(t), "aio-write", uri,
 				"11", "0", fmt.Sprint(n), fmt.Sprint(inflight), logPath)
-			var wErr bytes.Buffer
-			wr.Stderr = &wErr
-			stdout, err := wr.StdoutPipe()
-			if err != nil {
-				t.Fatal(err)
-			}
-			if err := wr.Start(); err != nil {
-				t.Fatal(err)
-			}
-			defer func() {
-				wr.Process.Kill()
-				wr.Wait()
-			}()
-			lines := make(chan string, 1024)
-			go func() {
-				sc := bufio.NewScanner(stdout)
-				for sc.Scan() {
-					lines <- sc.Text()
-				}
-				close(lines)
-			}()
+			lines, wErr, stopWriter := streamLines(t, wr)
+			defer stopWriter()
 			var acked, issued int64 = 0, -1
 			exhausted, ended := false, false
 			parse := func(line string) {

@@ -311,3 +311,31 @@ const (
 	MiB int64 = 1 << 20
 	GiB int64 = 1 << 30
 )
+
+// streamLines starts cmd and sends each line of its stdout to lines,
+// closed at EOF; stderr collects its standard error. stop kills the
+// process and waits for it.
+func streamLines(t *testing.T, cmd *exec.Cmd) (lines <-chan string, stderr *bytes.Buffer, stop func()) {
+	t.Helper()
+	stderr = new(bytes.Buffer)
+	cmd.Stderr = stderr
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	ch := make(chan string, 1024)
+	go func() {
+		sc := bufio.NewScanner(stdout)
+		for sc.Scan() {
+			ch <- sc.Text()
+		}
+		close(ch)
+	}()
+	return ch, stderr, func() {
+		cmd.Process.Kill()
+		cmd.Wait()
+	}
+}

@@ -59,6 +59,12 @@ func (v *Volume) Scrub(ctx context.Context) (ScrubResult, error) { return v.scru
 func (v *Volume) scrub(ctx context.Context, bounded bool) (ScrubResult, error) {
 	start := time.Now()
 	var res ScrubResult
+	// The scrub works on the TLogs that the backend's snapshots.json
+	// names; after a restart (or a snapshot delete) it is rewritten in the
+	// background, and a scrub that ran before that would see none.
+	if err := v.putSnapshotsIfDirty(ctx); err != nil {
+		return res, err
+	}
 	v.mu.Lock()
 	if v.closed {
 		v.mu.Unlock()
