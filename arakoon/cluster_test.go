@@ -36,11 +36,12 @@ func freeAddrs(t testing.TB, n int) []string {
 	return out
 }
 
-// fastTuning keeps elections and snapshots quick in tests.
+// fastTuning keeps elections and snapshots quick in tests (less so under
+// the race detector, where one 8 MiB append can outlast a heartbeat).
 var fastTuning = Tuning{
-	HeartbeatTimeout:   Duration(400 * time.Millisecond),
-	ElectionTimeout:    Duration(400 * time.Millisecond),
-	LeaderLeaseTimeout: Duration(300 * time.Millisecond),
+	HeartbeatTimeout:   Duration(raceRaftSlowdown * 400 * time.Millisecond),
+	ElectionTimeout:    Duration(raceRaftSlowdown * 400 * time.Millisecond),
+	LeaderLeaseTimeout: Duration(raceRaftSlowdown * 300 * time.Millisecond),
 	CommitTimeout:      Duration(5 * time.Millisecond),
 	SnapshotInterval:   Duration(200 * time.Millisecond),
 	SnapshotThreshold:  64,

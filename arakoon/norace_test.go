@@ -3,3 +3,6 @@
 package arakoon
 
 const raceSlowdown = 1
+
+// raceRaftSlowdown scales the raft timeouts of the tests' clusters.
+const raceRaftSlowdown = 1

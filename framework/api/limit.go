@@ -82,6 +82,13 @@ func (l *limitListener) refuse(c net.Conn) {
 		resp := "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nRetry-After: 1\r\nConnection: close\r\n" +
 			"Content-Length: " + strconv.Itoa(len(body)) + "\r\n\r\n" + body
 		c.SetDeadline(time.Now().Add(time.Second))
+		// Answer once the request has started to arrive: an HTTP client
+		// takes a response on a connection it has not sent on yet as
+		// "unsolicited" and drops it, and the refusal would not be seen.
+		buf := make([]byte, 4096)
+		if _, err := c.Read(buf); err != nil {
+			return
+		}
 		if _, err := c.Write([]byte(resp)); err != nil {
 			return
 		}
@@ -90,7 +97,6 @@ func (l *limitListener) refuse(c net.Conn) {
 		if tc, ok := c.(interface{ CloseWrite() error }); ok {
 			tc.CloseWrite()
 		}
-		buf := make([]byte, 4096)
 		for {
 			if _, err := c.Read(buf); err != nil {
 				return
