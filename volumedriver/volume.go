@@ -358,11 +358,7 @@ func (v *Volume) captureLocked() *commitBatch {
 	if s := v.cur; s != nil && len(s.buf) > 0 {
 		b.sco, b.scoF, b.from, b.data = s, s.f, s.fileClusters, s.buf
 		s.fileClusters += len(s.buf) / cs
-		s.buf = v.spareData[:0]
-		v.spareData = nil
-		if s.buf == nil {
-			s.buf = make([]byte, 0, scoBufSize)
-		}
+		s.buf = v.gatherBufLocked()
 	}
 	if t := v.tlog; len(t.buf) > 0 {
 		b.tlog, b.recOff, b.recs = t.f, t.size, t.buf
@@ -375,6 +371,17 @@ func (v *Volume) captureLocked() *commitBatch {
 		return nil
 	}
 	v.pending = b
+	return b
+}
+
+// gatherBufLocked returns an empty SCO gather buffer: the spare one a
+// batch gave back, or a new one.
+func (v *Volume) gatherBufLocked() []byte {
+	b := v.spareData[:0]
+	v.spareData = nil
+	if b == nil {
+		b = make([]byte, 0, scoBufSize)
+	}
 	return b
 }
 
@@ -503,11 +510,7 @@ func (v *Volume) appendSCOLocked(sco *scoFile, data []byte) error {
 	}
 	for len(data) > 0 {
 		if sco.buf == nil {
-			sco.buf = v.spareData[:0]
-			v.spareData = nil
-			if sco.buf == nil {
-				sco.buf = make([]byte, 0, scoBufSize)
-			}
+			sco.buf = v.gatherBufLocked()
 		}
 		n := min(cap(sco.buf)-len(sco.buf), len(data))
 		sco.buf = append(sco.buf, data[:n]...)
