@@ -38,6 +38,10 @@ type VolumeInfo struct {
 	// more (overwritten or trimmed with no snapshot in between): what a
 	// scrub gives back. A scrub runs when it passes a share of the rest.
 	GarbageBytes int64 `json:"garbage_bytes"`
+	// Owner is the node that serves the vdisk and OwnerEpoch the epoch of
+	// its tenure (set by the cluster layer; the driver leaves them empty).
+	Owner      string `json:"owner,omitempty"`
+	OwnerEpoch uint64 `json:"owner_epoch,omitempty"`
 }
 
 // CreateOptions are the per-vdisk layout choices, fixed at creation.

@@ -27,6 +27,8 @@ type Client struct {
 	baseErr error
 	hc      *http.Client
 	token   string
+	// forwarded: calls are passed on by a node (see Forwarded).
+	forwarded bool
 }
 
 var _ VDisks = (*Client)(nil)
@@ -312,6 +314,9 @@ func (c *Client) do(ctx context.Context, method, path string, query url.Values, 
 	}
 	if c.token != "" {
 		req.Header.Set("Authorization", "Bearer "+c.token)
+	}
+	if c.forwarded {
+		req.Header.Set(forwardedHeader, "1")
 	}
 	resp, err := c.hc.Do(req)
 	if err != nil {

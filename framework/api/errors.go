@@ -120,6 +120,8 @@ func classify(err error) (status int, code string) {
 		return http.StatusConflict, CodeBusy
 	case errors.Is(err, volumedriver.ErrClosed):
 		return http.StatusServiceUnavailable, CodeClosed
+	case errors.Is(err, ErrUnavailable):
+		return http.StatusServiceUnavailable, CodeUnavailable
 	case errors.Is(err, volumedriver.ErrOutOfRange): // matches ENOSPC too: before it
 		return http.StatusBadRequest, CodeOutOfRange
 	case errors.Is(err, syscall.ENOSPC), errors.Is(err, syscall.EDQUOT):

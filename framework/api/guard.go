@@ -212,7 +212,7 @@ func (s *Server) readBody(w http.ResponseWriter, r *http.Request) error {
 // wait for uploads or copy data, short for the rest.
 func (s *Server) timeoutFor(r *http.Request) time.Duration {
 	p := r.URL.Path
-	for _, suffix := range []string{"/sync", "/rollback", "/clones", "/flatten", "/template", "/scrub"} {
+	for _, suffix := range []string{"/sync", "/rollback", "/clones", "/flatten", "/template", "/scrub", "/move", "/adopt"} {
 		if strings.HasSuffix(p, suffix) {
 			return s.longTimeout
 		}

@@ -142,6 +142,9 @@ type Options struct {
 	// Mounts serves other handlers (the backend admin API) under path
 	// prefixes, behind the same checks, limits and deadlines.
 	Mounts map[string]http.Handler
+	// Cluster, if set, serves the node routes (list nodes, move a vdisk)
+	// and lists only this node's vdisks for ?scope=node.
+	Cluster Cluster
 }
 
 // CreateRequest is the body of POST /api/v1/vdisks. The server also
@@ -206,6 +209,7 @@ type Server struct {
 	tokens                            TokenVerifier
 	readyCheck                        func(context.Context) error
 	mounts                            map[string]http.Handler
+	cluster                           Cluster
 }
 
 func orDefault[T comparable](v, def T) T {
@@ -236,6 +240,7 @@ func NewServer(vdisks VDisks, opts Options) *Server {
 		tokens:            opts.Tokens,
 		readyCheck:        opts.Ready,
 		mounts:            opts.Mounts,
+		cluster:           opts.Cluster,
 	}
 	if s.log == nil {
 		s.log = slog.Default()
@@ -259,6 +264,7 @@ func NewServer(vdisks VDisks, opts Options) *Server {
 	s.mux.HandleFunc("POST /api/v1/vdisks/{name}/flatten", s.flattenVDisk)
 	s.mux.HandleFunc("POST /api/v1/vdisks/{name}/template", s.setTemplate)
 	s.mux.HandleFunc("POST /api/v1/vdisks/{name}/scrub", s.scrubVDisk)
+	s.clusterRoutes()
 	s.handler = s.logRequests(s.recoverPanics(s.guard(http.HandlerFunc(s.route))))
 	return s
 }
@@ -275,6 +281,7 @@ func (s *Server) Ready() bool { return s.ready.Load() }
 // route dispatches to the mux, answering unknown routes and wrong methods
 // with JSON instead of the mux's plain text.
 func (s *Server) route(w http.ResponseWriter, r *http.Request) {
+	r = markForwarded(r)
 	if m := s.mountFor(r.URL.Path); m != nil {
 		m.ServeHTTP(w, r)
 		return
@@ -343,7 +350,11 @@ func (s *Server) health(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *Server) listVDisks(w http.ResponseWriter, r *http.Request) {
-	infos, err := s.vdisks.List(r.Context())
+	list := s.vdisks.List
+	if r.URL.Query().Get("scope") == "node" && s.cluster != nil {
+		list = s.cluster.ListLocal
+	}
+	infos, err := list(r.Context())
 	if err != nil {
 		s.writeError(w, r, err, "")
 		return

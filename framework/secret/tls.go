@@ -33,6 +33,7 @@ const (
 	RoleArakoon = "arakoon"
 	RoleBackend = "backend" // the volume driver's backend, the admin API
 	RoleCLI     = "cli"
+	RoleNode    = "node" // a storage router: I/O forwarding and node-to-node API calls
 )
 
 // endorsementOID is the certificate extension holding the endorsement

@@ -1,0 +1,175 @@
+package api
+
+import (
+	"context"
+	"errors"
+	"net/http"
+	"time"
+
+	"github.com/ovs-storage/ovs/volumedriver"
+)
+
+// Cluster is what the API serves about the nodes of a cluster. A server
+// without one answers the node routes with 404.
+type Cluster interface {
+	// Nodes lists the cluster's nodes with their state.
+	Nodes(ctx context.Context) ([]NodeInfo, error)
+	// Move hands a vdisk to another node (force: without the owner's
+	// help, when it is down).
+	Move(ctx context.Context, name, to string, force bool) (MoveResult, error)
+	// Adopt brings up, now, a vdisk the model gives this node.
+	Adopt(ctx context.Context, name string) (volumedriver.VolumeInfo, error)
+	// ListLocal lists the vdisks this node serves itself.
+	ListLocal(ctx context.Context) ([]volumedriver.VolumeInfo, error)
+}
+
+// NodeInfo is a node (storage router) as GET /api/v1/nodes lists it.
+type NodeInfo struct {
+	ID       string    `json:"id"`
+	Site     string    `json:"site"`
+	State    string    `json:"state"` // "up" or "down" (no heartbeat lately)
+	API      string    `json:"api"`
+	NBD      string    `json:"nbd,omitempty"`
+	Forward  string    `json:"forward,omitempty"`
+	ASDs     []string  `json:"asds,omitempty"`
+	VDisks   int       `json:"vdisks"` // vdisks it owns
+	Joined   time.Time `json:"joined"`
+	LastSeen time.Time `json:"last_seen,omitempty"`
+}
+
+// MoveRequest is the body of POST /api/v1/vdisks/{name}/move.
+type MoveRequest struct {
+	To    string `json:"to"`
+	Force bool   `json:"force,omitempty"`
+}
+
+// MoveResult is the answer of a move.
+type MoveResult struct {
+	VDisk string `json:"vdisk"`
+	From  string `json:"from"`
+	To    string `json:"to"`
+	Epoch uint64 `json:"epoch"`
+	// Took is the whole move; HeldIO how long I/O waited at the old
+	// owner while it handed the vdisk over.
+	Took   time.Duration `json:"took_ns"`
+	HeldIO time.Duration `json:"held_io_ns"`
+}
+
+// ErrUnavailable: the call reached a node that cannot serve it now (the
+// vdisk is moving between nodes); retry.
+var ErrUnavailable = errors.New("unavailable")
+
+// forwardedHeader marks a call one node passes on to another, so that it
+// is passed on no further.
+const forwardedHeader = "X-Ovs-Forwarded"
+
+type forwardedKey struct{}
+
+// IsForwarded reports whether the call in ctx was passed on by another
+// node.
+func IsForwarded(ctx context.Context) bool { return ctx.Value(forwardedKey{}) != nil }
+
+func markForwarded(r *http.Request) *http.Request {
+	if r.Header.Get(forwardedHeader) == "" {
+		return r
+	}
+	return r.WithContext(context.WithValue(r.Context(), forwardedKey{}, true))
+}
+
+func (s *Server) clusterRoutes() {
+	s.mux.HandleFunc("GET /api/v1/nodes", s.listNodes)
+	s.mux.HandleFunc("POST /api/v1/vdisks/{name}/move", s.moveVDisk)
+	s.mux.HandleFunc("POST /api/v1/vdisks/{name}/adopt", s.adoptVDisk)
+}
+
+func (s *Server) listNodes(w http.ResponseWriter, r *http.Request) {
+	if s.cluster == nil {
+		s.writeError(w, r, &httpError{http.StatusNotFound, CodeUnknownRoute, "this server is not part of a cluster"}, "")
+		return
+	}
+	nodes, err := s.cluster.Nodes(r.Context())
+	if err != nil {
+		s.writeError(w, r, err, "")
+		return
+	}
+	if nodes == nil {
+		nodes = []NodeInfo{}
+	}
+	s.writeJSON(w, http.StatusOK, nodes)
+}
+
+func (s *Server) moveVDisk(w http.ResponseWriter, r *http.Request) {
+	name := r.PathValue("name")
+	if s.cluster == nil {
+		s.writeError(w, r, &httpError{http.StatusNotFound, CodeUnknownRoute, "this server is not part of a cluster"}, "")
+		return
+	}
+	var req MoveRequest
+	if err := s.decodeBody(w, r, &req); err != nil {
+		s.writeError(w, r, err, name)
+		return
+	}
+	if req.To == "" {
+		s.writeError(w, r, badRequest("move: no target node (\"to\")"), name)
+		return
+	}
+	res, err := s.cluster.Move(r.Context(), name, req.To, req.Force)
+	if err != nil {
+		s.writeError(w, r, err, name)
+		return
+	}
+	s.writeJSON(w, http.StatusOK, res)
+}
+
+func (s *Server) adoptVDisk(w http.ResponseWriter, r *http.Request) {
+	name := r.PathValue("name")
+	if s.cluster == nil {
+		s.writeError(w, r, &httpError{http.StatusNotFound, CodeUnknownRoute, "this server is not part of a cluster"}, "")
+		return
+	}
+	in, err := s.cluster.Adopt(r.Context(), name)
+	if err != nil {
+		s.writeError(w, r, err, name)
+		return
+	}
+	s.writeJSON(w, http.StatusOK, in)
+}
+
+// --- client
+
+// Forwarded returns a copy of c whose calls say they were passed on by
+// another node (the receiving node passes them on no further).
+func (c *Client) Forwarded() *Client {
+	c2 := *c
+	c2.forwarded = true
+	return &c2
+}
+
+// Nodes lists the cluster's nodes.
+func (c *Client) Nodes(ctx context.Context) ([]NodeInfo, error) {
+	var out []NodeInfo
+	err := c.do(ctx, http.MethodGet, "/api/v1/nodes", nil, nil, &out)
+	return out, err
+}
+
+// Move hands vdisk name to node to.
+func (c *Client) Move(ctx context.Context, name, to string, force bool) (MoveResult, error) {
+	if err := checkName(name); err != nil {
+		return MoveResult{}, err
+	}
+	var out MoveResult
+	err := c.do(ctx, http.MethodPost, vdiskPath(name)+"/move", nil, MoveRequest{To: to, Force: force}, &out)
+	return out, err
+}
+
+// Adopt asks the node to bring up a vdisk the model gives it.
+func (c *Client) Adopt(ctx context.Context, name string) (volumedriver.VolumeInfo, error) {
+	return c.postInfo(ctx, name, "/adopt")
+}
+
+// ListLocal lists the vdisks the node serves itself.
+func (c *Client) ListLocal(ctx context.Context) ([]volumedriver.VolumeInfo, error) {
+	var out []volumedriver.VolumeInfo
+	err := c.do(ctx, http.MethodGet, "/api/v1/vdisks", map[string][]string{"scope": {"node"}}, nil, &out)
+	return out, err
+}
