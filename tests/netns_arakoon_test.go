@@ -34,7 +34,10 @@ func TestNetHostsArakoon(t *testing.T) {
 		testNetHostsArakoon(t, hosts)
 	})
 	if hosts == nil || len(hosts.Hosts) == 0 {
-		return // skipped before any host was made
+		if !t.Failed() {
+			t.Skip("no hosts were made (see the subtest)")
+		}
+		return
 	}
 	// The subtest's cleanup has run: nothing of the run may be left, even
 	// when the subtest failed.
@@ -52,62 +55,100 @@ func TestNetHostsArakoon(t *testing.T) {
 	}
 }
 
-func testNetHostsArakoon(t *testing.T, hosts *netHosts) {
-	const araClient, araRaft, asdPort = 8900, 8901, 8600
-	// One cluster secret, copied to every host as an installer would.
-	sec := newTestSecret(t, t.TempDir())
-	secText, err := os.ReadFile(sec.path)
+// Ports of a host's services: each host has its own address, so every host
+// uses the defaults.
+const (
+	netAraClientPort = 8900
+	netAraRaftPort   = 8901
+	netASDPort       = 8600
+)
+
+// netArakoon is an arakoon cluster of one `ovs arakoon serve` per host, on
+// the hosts' own addresses, with TLS from one cluster secret. Each host
+// holds its copy of the secret (Dir/secret, where a data directory keeps
+// it) and of the cluster file (Dir/arakoon.yaml), as an installer would
+// leave them.
+type netArakoon struct {
+	t      *testing.T
+	Secret testSecret // the cluster secret (its own copy, outside the hosts)
+	Config *arakoon.Config
+	Procs  map[*netHost]*netProc // the node of each host
+	ids    map[string]*netHost   // node id -> host
+}
+
+// startNetArakoon writes the secret and cluster file on every host and
+// starts node "a<N>" on host hN; it returns once every node accepts
+// connections.
+func startNetArakoon(t *testing.T, hosts []*netHost) *netArakoon {
+	t.Helper()
+	a := &netArakoon{t: t, Secret: newTestSecret(t, t.TempDir()), Procs: map[*netHost]*netProc{}, ids: map[string]*netHost{}}
+	secText, err := os.ReadFile(a.Secret.path)
 	if err != nil {
 		t.Fatal(err)
 	}
-	cfg := &arakoon.Config{Cluster: "netns", Tuning: araTuning, SecretFile: secret.FileName}
-	ids := map[string]*netHost{}
-	for _, hst := range hosts.Hosts {
-		id := "a" + hst.Name[1:]
-		ids[id] = hst
-		cfg.Nodes = append(cfg.Nodes, arakoon.NodeConfig{
-			ID: id, Client: hst.HostPort(araClient), Raft: hst.HostPort(araRaft),
+	a.Config = &arakoon.Config{Cluster: "netns", Tuning: araTuning, SecretFile: secret.FileName}
+	for _, hst := range hosts {
+		id := a.ID(hst)
+		a.ids[id] = hst
+		a.Config.Nodes = append(a.Config.Nodes, arakoon.NodeConfig{
+			ID: id, Client: hst.HostPort(netAraClientPort), Raft: hst.HostPort(netAraRaftPort),
 			Data: filepath.Join(hst.Dir, "arakoon"),
 		})
 	}
-	cfgData, err := yaml.Marshal(cfg)
+	cfgData, err := yaml.Marshal(a.Config)
 	if err != nil {
 		t.Fatal(err)
 	}
-	cfgPath := func(hst *netHost) string { return filepath.Join(hst.Dir, "arakoon.yaml") }
-	for _, hst := range hosts.Hosts {
+	for _, hst := range hosts {
 		if err := os.WriteFile(filepath.Join(hst.Dir, secret.FileName), secText, 0o600); err != nil {
 			t.Fatal(err)
 		}
-		if err := os.WriteFile(cfgPath(hst), cfgData, 0o644); err != nil {
+		if err := os.WriteFile(a.CfgPath(hst), cfgData, 0o644); err != nil {
 			t.Fatal(err)
 		}
 	}
+	for _, hst := range hosts {
+		a.Procs[hst] = hst.Start(t, "arakoon", "arakoon", "serve", "--config", a.CfgPath(hst), "--node", a.ID(hst))
+	}
+	for _, hst := range hosts {
+		a.Procs[hst].WaitListening(hst.HostPort(netAraClientPort), 20*time.Second)
+	}
+	return a
+}
 
-	ara := map[*netHost]*netProc{}
-	for id, hst := range ids {
-		ara[hst] = hst.Start(t, "arakoon", "arakoon", "serve", "--config", cfgPath(hst), "--node", id)
-	}
-	for hst, p := range ara {
-		p.WaitListening(hst.HostPort(araClient), 20*time.Second)
-	}
+// ID is the arakoon node id of a host: a1 on h1.
+func (a *netArakoon) ID(hst *netHost) string { return "a" + strings.TrimPrefix(hst.Name, "h") }
 
-	// cli runs `ovs arakoon` inside a host.
-	cli := func(hst *netHost, args ...string) (string, error) {
-		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-		defer cancel()
-		full := append([]string{"arakoon", "--config", cfgPath(hst), "--timeout", "20s"}, args...)
-		out, err := hst.Run(ctx, "ovs", full...)
-		return strings.TrimSpace(string(out)), err
+// Host is the host of node id, or nil.
+func (a *netArakoon) Host(id string) *netHost { return a.ids[id] }
+
+// CfgPath is the host's copy of the cluster file.
+func (a *netArakoon) CfgPath(hst *netHost) string { return filepath.Join(hst.Dir, "arakoon.yaml") }
+
+// CLI runs `ovs arakoon --config HOST's FILE args...` inside the host and
+// returns its trimmed output.
+func (a *netArakoon) CLI(hst *netHost, args ...string) (string, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	full := append([]string{"arakoon", "--config", a.CfgPath(hst), "--timeout", "20s"}, args...)
+	out, err := hst.Run(ctx, "ovs", full...)
+	return strings.TrimSpace(string(out)), err
+}
+
+// CLIOK is CLI, failing the test on error.
+func (a *netArakoon) CLIOK(hst *netHost, args ...string) string {
+	a.t.Helper()
+	out, err := a.CLI(hst, args...)
+	if err != nil {
+		a.t.Fatalf("%v\n%s", err, out)
 	}
-	cliOK := func(hst *netHost, args ...string) string {
-		t.Helper()
-		out, err := cli(hst, args...)
-		if err != nil {
-			t.Fatalf("%v\n%s", err, out)
-		}
-		return out
-	}
+	return out
+}
+
+func testNetHostsArakoon(t *testing.T, hosts *netHosts) {
+	ara := startNetArakoon(t, hosts.Hosts)
+	sec := ara.Secret
+	cli, cliOK := ara.CLI, ara.CLIOK
 	h1, h3 := hosts.Hosts[0], hosts.Hosts[2]
 
 	cliOK(h1, "set", "netns/k1", "v1")
@@ -115,9 +156,9 @@ func testNetHostsArakoon(t *testing.T, hosts *netHosts) {
 		t.Fatalf("get through %s: %q, want v1", h3.Name, got)
 	}
 	master := cliOK(h3, "who-master")
-	mh, ok := ids[master]
-	if !ok {
-		t.Fatalf("who-master: %q is no node of %v", master, cfg.Nodes)
+	mh := ara.Host(master)
+	if mh == nil {
+		t.Fatalf("who-master: %q is no node of %v", master, ara.Config.Nodes)
 	}
 	var others []*netHost
 	for _, hst := range hosts.Hosts {
@@ -142,7 +183,7 @@ func testNetHostsArakoon(t *testing.T, hosts *netHosts) {
 			t.Errorf("KillAll of %s: process %v of the host not killed (killed %v)", mh.Name, p, killed)
 		}
 	}
-	if ara[mh].Running() || spawner.Running() {
+	if ara.Procs[mh].Running() || spawner.Running() {
 		t.Fatalf("a started process of %s survived KillAll", mh.Name)
 	}
 	if ps := mh.Pids(); len(ps) > 0 {
@@ -162,8 +203,8 @@ func testNetHostsArakoon(t *testing.T, hosts *netHosts) {
 	}
 
 	// The host comes back: its node catches up on what it missed.
-	ara[mh].Restart()
-	ara[mh].WaitListening(mh.HostPort(araClient), 20*time.Second)
+	ara.Procs[mh].Restart()
+	ara.Procs[mh].WaitListening(mh.HostPort(netAraClientPort), 20*time.Second)
 	deadline := time.Now().Add(20 * time.Second)
 	for {
 		got, err := cli(mh, "get", "--node", master, "netns/k2")
@@ -182,30 +223,65 @@ func testNetHostsArakoon(t *testing.T, hosts *netHosts) {
 	// An ASD per host, reached from the next host with curl: refused
 	// without the cluster's credentials, answering with them.
 	needTools(t, "curl")
+	const asdPort = netASDPort
 	certPath, keyPath := writeClientCert(t, sec, hosts.Hosts[0].Dir)
+	var asds []*netProc
 	for _, hst := range hosts.Hosts {
 		p := hst.Start(t, "asd", "asd", "serve", "--dir", filepath.Join(hst.Dir, "asd"),
 			"--addr", hst.HostPort(asdPort), "--node", hst.Name, "--site", "dc1",
 			"--secret-file", filepath.Join(hst.Dir, secret.FileName))
-		p.WaitListening(hst.HostPort(asdPort), 20*time.Second)
+		asds = append(asds, p)
 	}
-	for i, hst := range hosts.Hosts {
-		from := hosts.Hosts[(i+1)%len(hosts.Hosts)]
-		url := "https://" + hst.HostPort(asdPort) + "/v1/health"
-		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-		out, err := from.Run(ctx, "curl", "-sS", "--max-time", "5", "-k", url)
-		if err == nil {
-			t.Errorf("curl %s from %s without credentials: answered %q, want a refused handshake", url, from.Name, out)
+	for _, p := range asds {
+		p.WaitListening(p.Host.HostPort(asdPort), 20*time.Second)
+	}
+	// health asks hst's ASD from another host, with the cluster's
+	// credentials or without.
+	health := func(hst *netHost, creds bool, maxTime string) ([]byte, error) {
+		from := hosts.Hosts[(hst.Index+1)%len(hosts.Hosts)]
+		args := []string{"-sS", "--max-time", maxTime, "-k"}
+		if creds {
+			args = append(args, "--cert", certPath, "--key", keyPath)
 		}
-		out, err = from.Run(ctx, "curl", "-sS", "--max-time", "5", "-k", "--cert", certPath, "--key", keyPath, url)
-		cancel()
+		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+		defer cancel()
+		return from.Run(ctx, "curl", append(args, "https://"+hst.HostPort(asdPort)+"/v1/health")...)
+	}
+	for _, hst := range hosts.Hosts {
+		if out, err := health(hst, false, "5"); err == nil {
+			t.Errorf("ASD of %s answered a client without credentials: %q, want a refused handshake", hst.Name, out)
+		}
+		out, err := health(hst, true, "5")
 		if err != nil {
-			t.Fatalf("curl %s from %s with the cluster's credentials: %v\n%s", url, from.Name, err, out)
+			t.Fatalf("ASD of %s with the cluster's credentials: %v\n%s", hst.Name, err, out)
 		}
 		var h struct{ Node, Cluster string }
 		if err := json.Unmarshal(out, &h); err != nil || h.Node != hst.Name || h.Cluster != sec.ClusterID() {
 			t.Errorf("ASD of %s answers %q (%v), want node %s of cluster %s", hst.Name, out, err, hst.Name, sec.ClusterID())
 		}
+	}
+
+	// A frozen process keeps its socket but answers nothing; thawed, it
+	// answers; stopped, it exits cleanly; restarted, it serves again.
+	asd := asds[0]
+	asd.Freeze()
+	if out, err := health(asd.Host, true, "1"); err == nil {
+		t.Errorf("a frozen ASD answered: %q", out)
+	}
+	asd.Thaw()
+	if out, err := health(asd.Host, true, "5"); err != nil {
+		t.Errorf("the thawed ASD: %v\n%s", err, out)
+	}
+	if err := asd.Stop(); err != nil {
+		t.Errorf("stopping the ASD: %v", err)
+	}
+	if asd.Running() {
+		t.Errorf("the ASD runs after Stop")
+	}
+	asd.Restart()
+	asd.WaitListening(asd.Host.HostPort(asdPort), 20*time.Second)
+	if out, err := health(asd.Host, true, "5"); err != nil {
+		t.Errorf("the restarted ASD: %v\n%s", err, out)
 	}
 }
 

@@ -620,8 +620,14 @@ func (h *netHosts) cleanup() {
 	for _, hst := range h.Hosts {
 		// Deleting a veth deletes its peer; eth0 goes with the namespace.
 		ipCmd("link", "del", hst.veth)
-		if out, err := ipCmd("netns", "del", hst.NS); err != nil {
-			t.Errorf("ip netns del %s: %v: %s", hst.NS, err, out)
+	}
+	// Every namespace of the run, also one whose setup failed half-way.
+	entries, _ := os.ReadDir(netnsRunDir)
+	for _, e := range entries {
+		if strings.HasPrefix(e.Name(), netnsPrefix+h.Tag+"-") {
+			if out, err := ipCmd("netns", "del", e.Name()); err != nil {
+				t.Errorf("ip netns del %s: %v: %s", e.Name(), err, out)
+			}
 		}
 	}
 	ipCmd("link", "del", h.Bridge)
