@@ -26,6 +26,19 @@ import (
 // and start time (namespace names, link aliases), so that parallel runs do
 // not collide and a later run can tell a crashed run's leftovers from a
 // live run's.
+//
+// Use:
+//
+//	hosts := newNetHosts(t, 3)            // skips where namespaces cannot be made
+//	h1 := hosts.Hosts[0]                  // h1.Addr, h1.Dir, h1.NS
+//	p := h1.Start(t, "node", "node", "serve", "--data", h1.Dir) // ovs node serve, log h1.Dir/node.log
+//	p.WaitListening(h1.HostPort(8800), 30*time.Second)
+//	out, err := h1.Run(ctx, "nbdinfo", "nbd://"+hosts.Hosts[1].HostPort(10809)+"/vd")
+//	h1.KillAll()                          // the host dies: every process in it
+//	p.Restart()                           // same arguments, log appended
+//
+// Keep what the processes write under a host's Dir: a t.TempDir made after
+// newNetHosts is removed before the hosts' processes are killed.
 
 const (
 	// netnsPrefix starts the name of every namespace the harness makes:
@@ -526,6 +539,16 @@ func (hst *netHost) KillAll() []proc {
 		}
 		killed = append(killed, ps...)
 		time.Sleep(10 * time.Millisecond)
+	}
+	// A dying process leaves its namespace before it is gone: wait until
+	// each one is a zombie or reaped, so that its ports and files are free.
+	for _, p := range dedup(killed) {
+		for p.alive() && time.Now().Before(deadline) {
+			time.Sleep(5 * time.Millisecond)
+		}
+		if p.alive() {
+			t.Errorf("%s: process %v still alive %v after SIGKILL", hst.Name, p, procKillTimeout)
+		}
 	}
 	for _, p := range procs {
 		select {
