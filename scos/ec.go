@@ -1,6 +1,7 @@
 package scos
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -8,6 +9,7 @@ import (
 	"log/slog"
 	"net/http"
 	"sort"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -35,9 +37,19 @@ import (
 // rebalances (see Repair, Scrub, Rebalance).
 type ECBackend struct {
 	cfg ECConfig
-	kv  KVStore
-	log *slog.Logger
-	hc  *http.Client
+	kv  KVStore // cfg.KV, behind cache when there is one
+	// direct is what maintenance reads manifests from: the store itself
+	// unless this process is the sole writer. Another node's maintenance
+	// may change a manifest that this node caches (for a namespace it
+	// holds a fence on); reads survive a stale manifest, but garbage
+	// collection and scrub must not judge a fragment by one.
+	direct KVStore
+	cache  *cachingKV // nil: nothing cached
+	log    *slog.Logger
+	hc     *http.Client
+
+	fenceMu sync.RWMutex
+	fences  map[string]Fence // by namespace
 
 	mu       sync.Mutex
 	asds     map[string]*asdState
@@ -67,6 +79,9 @@ type ECConfig struct {
 	// SoleWriter: this process is the only one that changes the backend
 	// (a single-host cluster). Manifests and namespace records are then
 	// cached in memory, which takes a KV round trip off every read.
+	// Without it (a cluster) only the namespaces this process holds a
+	// fence on are cached (see SetFence): the fence holder is their only
+	// writer; every other namespace is read through to the KV.
 	SoleWriter bool
 	// Preset is the preset new namespaces use (default "default").
 	Preset string
@@ -185,7 +200,9 @@ func NewECBackend(ctx context.Context, cfg ECConfig) (*ECBackend, error) {
 	cfg.setDefaults()
 	b := &ECBackend{
 		cfg:      cfg,
-		kv:       soleWriterKV(cfg),
+		kv:       cfg.KV,
+		direct:   cfg.KV,
+		fences:   map[string]Fence{},
 		log:      cfg.Logger,
 		hc:       cfg.HTTPClient,
 		asds:     map[string]*asdState{},
@@ -196,6 +213,13 @@ func NewECBackend(ctx context.Context, cfg ECConfig) (*ECBackend, error) {
 	if b.hc == nil {
 		b.hc = &http.Client{Transport: NewASDTransport()}
 	}
+	b.cache = newCachingKV(cfg.KV, 32<<20, kvObject, kvNamespace) // 32 MiB of manifests
+	if cfg.SoleWriter {
+		b.direct = b.cache
+	} else {
+		b.cache.only = b.fencedKey
+	}
+	b.kv = b.cache
 	presets := cfg.Presets
 	if !containsPreset(presets, cfg.Preset) {
 		if _, err := b.preset(ctx, cfg.Preset); errors.Is(err, ErrPresetNotFound) {
@@ -535,10 +559,14 @@ func (b *ECBackend) CreateNamespaceWithPreset(ctx context.Context, ns, preset st
 		return fmt.Errorf("create namespace %s: %w", ns, err)
 	}
 	raw, _ := json.Marshal(nsRecord{Preset: preset, Created: time.Now().UTC()})
+	f := b.fence(ns)
 	for {
-		err := b.kv.TestAndSet(ctx, kvNamespace+ns, nil, raw)
+		err := b.testAndSet(ctx, f, kvNamespace+ns, nil, raw)
+		if err == nil {
+			return nil
+		}
 		if !errors.Is(err, ErrKVConflict) {
-			return err
+			return fmt.Errorf("create namespace %s: %w", ns, err)
 		}
 		r, _, err := b.namespace(ctx, ns)
 		if errors.Is(err, ErrNamespaceNotFound) {
@@ -551,13 +579,20 @@ func (b *ECBackend) CreateNamespaceWithPreset(ctx context.Context, ns, preset st
 			return fmt.Errorf("%w: %s", ErrNamespaceExists, ns)
 		}
 		// An interrupted delete: finish it first.
-		if err := b.DeleteNamespace(ctx, ns); err != nil && !errors.Is(err, ErrNamespaceNotFound) {
+		if err := b.deleteNamespace(ctx, f, ns); err != nil && !errors.Is(err, ErrNamespaceNotFound) {
 			return err
 		}
 	}
 }
 
 func (b *ECBackend) DeleteNamespace(ctx context.Context, ns string) error {
+	return b.deleteNamespace(ctx, b.fence(ns), ns)
+}
+
+// deleteNamespace deletes ns, every step guarded by f (if set): a fenced
+// writer's delete stops at the first step after the fence moved, leaving
+// what was not deleted yet in place.
+func (b *ECBackend) deleteNamespace(ctx context.Context, f *Fence, ns string) error {
 	r, raw, err := b.namespace(ctx, ns)
 	if err != nil {
 		return err
@@ -565,9 +600,9 @@ func (b *ECBackend) DeleteNamespace(ctx context.Context, ns string) error {
 	if !r.Deleting {
 		r.Deleting = true
 		del, _ := json.Marshal(r)
-		if err := b.kv.TestAndSet(ctx, kvNamespace+ns, raw, del); err != nil {
+		if err := b.testAndSet(ctx, f, kvNamespace+ns, raw, del); err != nil {
 			if errors.Is(err, ErrKVConflict) {
-				return b.DeleteNamespace(ctx, ns)
+				return b.deleteNamespace(ctx, f, ns)
 			}
 			return fmt.Errorf("delete namespace %s: %w", ns, err)
 		}
@@ -585,7 +620,7 @@ func (b *ECBackend) DeleteNamespace(ctx context.Context, ns string) error {
 		}
 		for _, e := range page {
 			name := e.Key[len(kvObject+ns+"/"):]
-			if err := b.Delete(ctx, ns, name); err != nil && !errors.Is(err, ErrObjectNotFound) {
+			if err := b.delete(ctx, f, ns, name); err != nil && !errors.Is(err, ErrObjectNotFound) {
 				return fmt.Errorf("delete namespace %s: %w", ns, err)
 			}
 		}
@@ -595,7 +630,7 @@ func (b *ECBackend) DeleteNamespace(ctx context.Context, ns string) error {
 	}); err != nil {
 		return fmt.Errorf("delete namespace %s: %w", ns, err)
 	}
-	if err := b.kv.TestAndSet(ctx, kvNamespace+ns, raw, nil); err != nil && !errors.Is(err, ErrKVConflict) {
+	if err := b.testAndSet(ctx, f, kvNamespace+ns, raw, nil); err != nil && !errors.Is(err, ErrKVConflict) {
 		return fmt.Errorf("delete namespace %s: %w", ns, err)
 	}
 	return nil
@@ -624,9 +659,69 @@ func (b *ECBackend) NamespaceExists(ctx context.Context, ns string) (bool, error
 	return err == nil, err
 }
 
-func soleWriterKV(cfg ECConfig) KVStore {
-	if !cfg.SoleWriter {
-		return cfg.KV
+// --- fencing -------------------------------------------------------------------
+
+var _ Fencer = (*ECBackend)(nil)
+
+// SetFence sets (nil f: removes) the fence of namespace ns: from now on
+// every operation of this process that changes what a reader of ns sees
+// (Put, Delete, CreateNamespace, DeleteNamespace) commits only if, in the
+// same atomic KV step, f.Key holds f.Value, and fails with an error
+// wrapping ErrFenced otherwise. An operation keeps the fence it started
+// with, so a write begun under a fence cannot commit unguarded.
+//
+// Without SoleWriter, manifests of ns are cached while the fence is set;
+// setting or removing it drops what was cached for ns.
+func (b *ECBackend) SetFence(ns string, f *Fence) {
+	b.fenceMu.Lock()
+	if f == nil {
+		delete(b.fences, ns)
+	} else {
+		b.fences[ns] = Fence{Key: f.Key, Value: bytes.Clone(f.Value)}
 	}
-	return newCachingKV(cfg.KV, 32<<20, kvObject, kvNamespace) // 32 MiB of manifests
+	b.fenceMu.Unlock()
+	if !b.cfg.SoleWriter {
+		b.cache.drop(func(key string) bool { n, ok := keyNamespace(key); return ok && n == ns })
+	}
+}
+
+// fence returns the fence of ns, or nil.
+func (b *ECBackend) fence(ns string) *Fence {
+	b.fenceMu.RLock()
+	defer b.fenceMu.RUnlock()
+	if f, ok := b.fences[ns]; ok {
+		return &f
+	}
+	return nil
+}
+
+// fencedKey reports whether key is the record or a manifest of a
+// namespace this process holds a fence on (what a cluster node caches).
+func (b *ECBackend) fencedKey(key string) bool {
+	ns, ok := keyNamespace(key)
+	if !ok {
+		return false
+	}
+	b.fenceMu.RLock()
+	defer b.fenceMu.RUnlock()
+	_, ok = b.fences[ns]
+	return ok
+}
+
+// keyNamespace returns the namespace of a namespace record or manifest key.
+func keyNamespace(key string) (string, bool) {
+	if rest, ok := strings.CutPrefix(key, kvObject); ok {
+		ns, _, ok := strings.Cut(rest, "/")
+		return ns, ok
+	}
+	return strings.CutPrefix(key, kvNamespace)
+}
+
+// testAndSet is the KV TestAndSet of a key of a namespace, guarded by f
+// when the namespace is fenced.
+func (b *ECBackend) testAndSet(ctx context.Context, f *Fence, key string, expected, wanted []byte) error {
+	if f == nil {
+		return b.kv.TestAndSet(ctx, key, expected, wanted)
+	}
+	return b.kv.GuardedTestAndSet(ctx, *f, key, expected, wanted)
 }

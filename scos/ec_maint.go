@@ -503,7 +503,7 @@ func (b *ECBackend) verifyFragment(ctx context.Context, m *Manifest, i int) (fra
 // stored with a fallback policy is re-encoded with the preset's first one
 // when possible. It reports whether nothing is left to do.
 func (b *ECBackend) repairObject(ctx context.Context, ns, name string, rep *MaintenanceReport) (bool, error) {
-	m, raw, err := b.loadManifest(ctx, ns, name)
+	m, raw, err := b.loadManifestFrom(ctx, b.direct, ns, name)
 	if errors.Is(err, ErrObjectNotFound) {
 		return true, nil
 	}
@@ -811,7 +811,7 @@ func (b *ECBackend) stillReferenced(ctx context.Context, asdID string, f Fragmen
 	if !ok {
 		return false
 	}
-	m, _, err := b.loadManifest(ctx, ns, name)
+	m, _, err := b.loadManifestFrom(ctx, b.direct, ns, name)
 	if errors.Is(err, ErrObjectNotFound) {
 		return false
 	}
