@@ -49,7 +49,7 @@ type ECBackend struct {
 	hc     *http.Client
 
 	fenceMu sync.RWMutex
-	fences  map[string]Fence // by namespace
+	fences  map[string]*fenceState // by namespace
 
 	mu       sync.Mutex
 	asds     map[string]*asdState
@@ -202,7 +202,7 @@ func NewECBackend(ctx context.Context, cfg ECConfig) (*ECBackend, error) {
 		cfg:      cfg,
 		kv:       cfg.KV,
 		direct:   cfg.KV,
-		fences:   map[string]Fence{},
+		fences:   map[string]*fenceState{},
 		log:      cfg.Logger,
 		hc:       cfg.HTTPClient,
 		asds:     map[string]*asdState{},
@@ -559,7 +559,7 @@ func (b *ECBackend) CreateNamespaceWithPreset(ctx context.Context, ns, preset st
 		return fmt.Errorf("create namespace %s: %w", ns, err)
 	}
 	raw, _ := json.Marshal(nsRecord{Preset: preset, Created: time.Now().UTC()})
-	f := b.fence(ns)
+	f, _ := b.fence(ns)
 	for {
 		err := b.testAndSet(ctx, f, kvNamespace+ns, nil, raw)
 		if err == nil {
@@ -586,7 +586,8 @@ func (b *ECBackend) CreateNamespaceWithPreset(ctx context.Context, ns, preset st
 }
 
 func (b *ECBackend) DeleteNamespace(ctx context.Context, ns string) error {
-	return b.deleteNamespace(ctx, b.fence(ns), ns)
+	f, _ := b.fence(ns)
+	return b.deleteNamespace(ctx, f, ns)
 }
 
 // deleteNamespace deletes ns, every step guarded by f (if set): a fenced
@@ -672,31 +673,67 @@ var _ Fencer = (*ECBackend)(nil)
 //
 // Without SoleWriter, manifests of ns are cached while the fence is set;
 // setting or removing it drops what was cached for ns.
+//
+// Once a guarded write of ns has failed with ErrFenced, this process is
+// not the namespace's only writer any more: its cached state of ns is
+// dropped, reads go to the KV, and puts fail before writing fragments.
 func (b *ECBackend) SetFence(ns string, f *Fence) {
 	b.fenceMu.Lock()
 	if f == nil {
 		delete(b.fences, ns)
 	} else {
-		b.fences[ns] = Fence{Key: f.Key, Value: bytes.Clone(f.Value)}
+		b.fences[ns] = &fenceState{f: Fence{Key: f.Key, Value: bytes.Clone(f.Value)}}
 	}
 	b.fenceMu.Unlock()
-	if !b.cfg.SoleWriter {
-		b.cache.drop(func(key string) bool { n, ok := keyNamespace(key); return ok && n == ns })
+	b.dropCached(ns)
+}
+
+// fenceState is a fence and whether a write found it lost.
+type fenceState struct {
+	f    Fence
+	lost bool
+}
+
+// fence returns a copy of the fence of ns (nil if none) and whether a
+// write has found it lost already.
+func (b *ECBackend) fence(ns string) (*Fence, bool) {
+	b.fenceMu.RLock()
+	defer b.fenceMu.RUnlock()
+	if st, ok := b.fences[ns]; ok {
+		f := st.f
+		return &f, st.lost
+	}
+	return nil, false
+}
+
+// fenceLost records that a write guarded by f found the fence of ns moved.
+func (b *ECBackend) fenceLost(ns string, f *Fence) {
+	b.fenceMu.Lock()
+	st := b.fences[ns]
+	first := st != nil && !st.lost && st.f.Key == f.Key && bytes.Equal(st.f.Value, f.Value)
+	if first {
+		st.lost = true
+	}
+	b.fenceMu.Unlock()
+	if first {
+		b.log.Warn("fenced: another writer owns the namespace now; its writes from here are refused",
+			"namespace", ns, "key", f.Key)
+		b.dropCached(ns)
 	}
 }
 
-// fence returns the fence of ns, or nil.
-func (b *ECBackend) fence(ns string) *Fence {
-	b.fenceMu.RLock()
-	defer b.fenceMu.RUnlock()
-	if f, ok := b.fences[ns]; ok {
-		return &f
+// dropCached forgets the cached record and manifests of ns (a cluster
+// node caches them only while it holds a fence on ns).
+func (b *ECBackend) dropCached(ns string) {
+	if b.cfg.SoleWriter {
+		return
 	}
-	return nil
+	b.cache.drop(func(key string) bool { n, ok := keyNamespace(key); return ok && n == ns })
 }
 
 // fencedKey reports whether key is the record or a manifest of a
-// namespace this process holds a fence on (what a cluster node caches).
+// namespace this process holds a live fence on (what a cluster node
+// caches).
 func (b *ECBackend) fencedKey(key string) bool {
 	ns, ok := keyNamespace(key)
 	if !ok {
@@ -704,8 +741,8 @@ func (b *ECBackend) fencedKey(key string) bool {
 	}
 	b.fenceMu.RLock()
 	defer b.fenceMu.RUnlock()
-	_, ok = b.fences[ns]
-	return ok
+	st := b.fences[ns]
+	return st != nil && !st.lost
 }
 
 // keyNamespace returns the namespace of a namespace record or manifest key.
@@ -723,5 +760,11 @@ func (b *ECBackend) testAndSet(ctx context.Context, f *Fence, key string, expect
 	if f == nil {
 		return b.kv.TestAndSet(ctx, key, expected, wanted)
 	}
-	return b.kv.GuardedTestAndSet(ctx, *f, key, expected, wanted)
+	err := b.kv.GuardedTestAndSet(ctx, *f, key, expected, wanted)
+	if errors.Is(err, ErrFenced) {
+		if ns, ok := keyNamespace(key); ok {
+			b.fenceLost(ns, f)
+		}
+	}
+	return err
 }

@@ -70,7 +70,10 @@ func (b *ECBackend) Put(ctx context.Context, ns, name string, data []byte, overw
 	if !ValidName(name) {
 		return fmt.Errorf("%w: object %q", ErrInvalidName, name)
 	}
-	f := b.fence(ns) // taken now: this put commits under it or not at all
+	f, lost := b.fence(ns) // taken now: this put commits under it or not at all
+	if lost {
+		return fmt.Errorf("put %s/%s: %w", ns, name, ErrFenced)
+	}
 	nsr, err := b.liveNamespace(ctx, ns)
 	if err != nil {
 		return err
@@ -704,7 +707,8 @@ func (b *ECBackend) wake() {
 // --- delete, list, stat ------------------------------------------------------------
 
 func (b *ECBackend) Delete(ctx context.Context, ns, name string) error {
-	return b.delete(ctx, b.fence(ns), ns, name)
+	f, _ := b.fence(ns)
+	return b.delete(ctx, f, ns, name)
 }
 
 // delete removes an object, guarded by f when set.
