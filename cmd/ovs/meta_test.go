@@ -1,8 +1,10 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"net"
 	"path/filepath"
@@ -14,7 +16,7 @@ import (
 )
 
 // freeAddr returns a 127.0.0.1 address that was free a moment ago.
-func freeAddr(t *testing.T) string {
+func freeAddr(t testing.TB) string {
 	t.Helper()
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -24,9 +26,10 @@ func freeAddr(t *testing.T) string {
 	return l.Addr().String()
 }
 
-// The guard of arakoonKV.GuardedTestAndSet on a real (embedded, 1-node,
-// TLS) arakoon: one sequence asserting the owner record and the key.
-func TestArakoonKVGuardedTestAndSet(t *testing.T) {
+// startTestArakoonKV starts the embedded 1-node arakoon of `ovs up` (TLS,
+// its own secret) and returns the backend's KV store on it.
+func startTestArakoonKV(t testing.TB) arakoonKV {
+	t.Helper()
 	dir := t.TempDir()
 	sec, err := secret.Ensure(dir)
 	if err != nil {
@@ -38,9 +41,15 @@ func TestArakoonKVGuardedTestAndSet(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { ara.Close() })
+	return arakoonKV{ara.client}
+}
+
+// The guard of arakoonKV.GuardedTestAndSet on a real arakoon: one
+// sequence asserting the owner record and the key.
+func TestArakoonKVGuardedTestAndSet(t *testing.T) {
+	kv := startTestArakoonKV(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	kv := arakoonKV{ara.client}
 	if err := kv.Set(ctx, "ovs/owner/7", []byte("nodeA/1")); err != nil {
 		t.Fatal(err)
 	}
@@ -87,5 +96,37 @@ func TestArakoonKVGuardedTestAndSet(t *testing.T) {
 	}
 	if v, err := kv.Get(ctx, "ovs/owner/7"); err != nil || string(v) != "nodeA/1" {
 		t.Fatalf("the owner record changed: %q, %v", v, err)
+	}
+}
+
+// The cost of a fence on a manifest commit over arakoon: a sequence of
+// two asserts and a set instead of a test-and-set, one raft round either
+// way.
+func BenchmarkArakoonKVTestAndSet(b *testing.B) {
+	kv := startTestArakoonKV(b)
+	ctx := context.Background()
+	if err := kv.Set(ctx, "ovs/owner/1", []byte("n0/1")); err != nil {
+		b.Fatal(err)
+	}
+	guard := scos.Fence{Key: "ovs/owner/1", Value: []byte("n0/1")}
+	manifest := make([]byte, 200)
+	for _, guarded := range []bool{false, true} {
+		b.Run(fmt.Sprintf("guarded=%v", guarded), func(b *testing.B) {
+			kv.Delete(ctx, "obj/ns/x")
+			var old []byte
+			for i := 0; b.Loop(); i++ {
+				manifest[0] = byte(i)
+				var err error
+				if guarded {
+					err = kv.GuardedTestAndSet(ctx, guard, "obj/ns/x", old, manifest)
+				} else {
+					err = kv.TestAndSet(ctx, "obj/ns/x", old, manifest)
+				}
+				if err != nil {
+					b.Fatal(err)
+				}
+				old = bytes.Clone(manifest)
+			}
+		})
 	}
 }
