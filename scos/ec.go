@@ -37,14 +37,14 @@ import (
 // rebalances (see Repair, Scrub, Rebalance).
 type ECBackend struct {
 	cfg ECConfig
-	kv  KVStore // cfg.KV, behind cache when there is one
+	kv  KVStore // cache, in front of cfg.KV
 	// direct is what maintenance reads manifests from: the store itself
 	// unless this process is the sole writer. Another node's maintenance
 	// may change a manifest that this node caches (for a namespace it
 	// holds a fence on); reads survive a stale manifest, but garbage
 	// collection and scrub must not judge a fragment by one.
 	direct KVStore
-	cache  *cachingKV // nil: nothing cached
+	cache  *cachingKV // everything (SoleWriter) or only fenced namespaces
 	log    *slog.Logger
 	hc     *http.Client
 

@@ -194,7 +194,9 @@ func (b *ECBackend) finishNamespaceDeletes(ctx context.Context) {
 		return true, nil
 	})
 	for _, ns := range dying {
-		if err := b.DeleteNamespace(ctx, ns); err != nil && !errors.Is(err, ErrNamespaceNotFound) {
+		// Not fenced: the owner decided the delete when it marked the
+		// namespace, which readers no longer see; any node may finish it.
+		if err := b.deleteNamespace(ctx, nil, ns); err != nil && !errors.Is(err, ErrNamespaceNotFound) {
 			b.log.Warn("finishing the delete of a namespace", "ns", ns, "err", err)
 		}
 	}
