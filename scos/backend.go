@@ -15,7 +15,32 @@ var (
 	ErrNamespaceExists   = errors.New("namespace already exists")
 	ErrInvalidName       = errors.New("invalid namespace or object name")
 	ErrCorrupt           = errors.New("object is corrupt")
+	// ErrFenced: this process no longer owns the namespace (the key its
+	// fence asserts holds another value, e.g. a newer owner epoch), so the
+	// mutation was refused and changed nothing.
+	ErrFenced = errors.New("fenced: the namespace's owner key no longer holds this writer's value")
 )
+
+// Fence makes a namespace's mutations conditional: each commits only if,
+// atomically with the commit, the KV key Key holds exactly Value (nil:
+// Key is absent). In a cluster Key is the vdisk's owner record and Value
+// this node's "node/epoch", so a node that lost the vdisk can make nothing
+// visible in its namespace any more.
+type Fence struct {
+	Key   string
+	Value []byte
+}
+
+// Fencer is implemented by backends that can fence a namespace.
+//
+// SetFence sets (nil f: removes) the fence of namespace ns. An operation
+// keeps the fence it started with until it ends, so remove a fence only
+// once the namespace's writers in this process have stopped. Backend
+// maintenance (repair, rebalance, scrub, garbage collection) is never
+// fenced: it preserves objects, whoever owns them.
+type Fencer interface {
+	SetFence(ns string, f *Fence)
+}
 
 // ObjectInfo describes a stored object.
 type ObjectInfo struct {

@@ -1,6 +1,7 @@
 package scos
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -8,6 +9,7 @@ import (
 	"log/slog"
 	"net/http"
 	"sort"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -35,9 +37,19 @@ import (
 // rebalances (see Repair, Scrub, Rebalance).
 type ECBackend struct {
 	cfg ECConfig
-	kv  KVStore
-	log *slog.Logger
-	hc  *http.Client
+	kv  KVStore // cache, in front of cfg.KV
+	// direct is what maintenance reads manifests from: the store itself
+	// unless this process is the sole writer. Another node's maintenance
+	// may change a manifest that this node caches (for a namespace it
+	// holds a fence on); reads survive a stale manifest, but garbage
+	// collection and scrub must not judge a fragment by one.
+	direct KVStore
+	cache  *cachingKV // everything (SoleWriter) or only fenced namespaces
+	log    *slog.Logger
+	hc     *http.Client
+
+	fenceMu sync.RWMutex
+	fences  map[string]*fenceState // by namespace
 
 	mu       sync.Mutex
 	asds     map[string]*asdState
@@ -67,6 +79,9 @@ type ECConfig struct {
 	// SoleWriter: this process is the only one that changes the backend
 	// (a single-host cluster). Manifests and namespace records are then
 	// cached in memory, which takes a KV round trip off every read.
+	// Without it (a cluster) only the namespaces this process holds a
+	// fence on are cached (see SetFence): the fence holder is their only
+	// writer; every other namespace is read through to the KV.
 	SoleWriter bool
 	// Preset is the preset new namespaces use (default "default").
 	Preset string
@@ -185,7 +200,9 @@ func NewECBackend(ctx context.Context, cfg ECConfig) (*ECBackend, error) {
 	cfg.setDefaults()
 	b := &ECBackend{
 		cfg:      cfg,
-		kv:       soleWriterKV(cfg),
+		kv:       cfg.KV,
+		direct:   cfg.KV,
+		fences:   map[string]*fenceState{},
 		log:      cfg.Logger,
 		hc:       cfg.HTTPClient,
 		asds:     map[string]*asdState{},
@@ -196,6 +213,13 @@ func NewECBackend(ctx context.Context, cfg ECConfig) (*ECBackend, error) {
 	if b.hc == nil {
 		b.hc = &http.Client{Transport: NewASDTransport()}
 	}
+	b.cache = newCachingKV(cfg.KV, 32<<20, kvObject, kvNamespace) // 32 MiB of manifests
+	if cfg.SoleWriter {
+		b.direct = b.cache
+	} else {
+		b.cache.only = b.fencedKey
+	}
+	b.kv = b.cache
 	presets := cfg.Presets
 	if !containsPreset(presets, cfg.Preset) {
 		if _, err := b.preset(ctx, cfg.Preset); errors.Is(err, ErrPresetNotFound) {
@@ -535,10 +559,14 @@ func (b *ECBackend) CreateNamespaceWithPreset(ctx context.Context, ns, preset st
 		return fmt.Errorf("create namespace %s: %w", ns, err)
 	}
 	raw, _ := json.Marshal(nsRecord{Preset: preset, Created: time.Now().UTC()})
+	f, _ := b.fence(ns)
 	for {
-		err := b.kv.TestAndSet(ctx, kvNamespace+ns, nil, raw)
+		err := b.testAndSet(ctx, f, kvNamespace+ns, nil, raw)
+		if err == nil {
+			return nil
+		}
 		if !errors.Is(err, ErrKVConflict) {
-			return err
+			return fmt.Errorf("create namespace %s: %w", ns, err)
 		}
 		r, _, err := b.namespace(ctx, ns)
 		if errors.Is(err, ErrNamespaceNotFound) {
@@ -551,13 +579,21 @@ func (b *ECBackend) CreateNamespaceWithPreset(ctx context.Context, ns, preset st
 			return fmt.Errorf("%w: %s", ErrNamespaceExists, ns)
 		}
 		// An interrupted delete: finish it first.
-		if err := b.DeleteNamespace(ctx, ns); err != nil && !errors.Is(err, ErrNamespaceNotFound) {
+		if err := b.deleteNamespace(ctx, f, ns); err != nil && !errors.Is(err, ErrNamespaceNotFound) {
 			return err
 		}
 	}
 }
 
 func (b *ECBackend) DeleteNamespace(ctx context.Context, ns string) error {
+	f, _ := b.fence(ns)
+	return b.deleteNamespace(ctx, f, ns)
+}
+
+// deleteNamespace deletes ns, every step guarded by f (if set): a fenced
+// writer's delete stops at the first step after the fence moved, leaving
+// what was not deleted yet in place.
+func (b *ECBackend) deleteNamespace(ctx context.Context, f *Fence, ns string) error {
 	r, raw, err := b.namespace(ctx, ns)
 	if err != nil {
 		return err
@@ -565,9 +601,9 @@ func (b *ECBackend) DeleteNamespace(ctx context.Context, ns string) error {
 	if !r.Deleting {
 		r.Deleting = true
 		del, _ := json.Marshal(r)
-		if err := b.kv.TestAndSet(ctx, kvNamespace+ns, raw, del); err != nil {
+		if err := b.testAndSet(ctx, f, kvNamespace+ns, raw, del); err != nil {
 			if errors.Is(err, ErrKVConflict) {
-				return b.DeleteNamespace(ctx, ns)
+				return b.deleteNamespace(ctx, f, ns)
 			}
 			return fmt.Errorf("delete namespace %s: %w", ns, err)
 		}
@@ -585,7 +621,7 @@ func (b *ECBackend) DeleteNamespace(ctx context.Context, ns string) error {
 		}
 		for _, e := range page {
 			name := e.Key[len(kvObject+ns+"/"):]
-			if err := b.Delete(ctx, ns, name); err != nil && !errors.Is(err, ErrObjectNotFound) {
+			if err := b.delete(ctx, f, ns, name); err != nil && !errors.Is(err, ErrObjectNotFound) {
 				return fmt.Errorf("delete namespace %s: %w", ns, err)
 			}
 		}
@@ -595,7 +631,7 @@ func (b *ECBackend) DeleteNamespace(ctx context.Context, ns string) error {
 	}); err != nil {
 		return fmt.Errorf("delete namespace %s: %w", ns, err)
 	}
-	if err := b.kv.TestAndSet(ctx, kvNamespace+ns, raw, nil); err != nil && !errors.Is(err, ErrKVConflict) {
+	if err := b.testAndSet(ctx, f, kvNamespace+ns, raw, nil); err != nil && !errors.Is(err, ErrKVConflict) {
 		return fmt.Errorf("delete namespace %s: %w", ns, err)
 	}
 	return nil
@@ -624,9 +660,111 @@ func (b *ECBackend) NamespaceExists(ctx context.Context, ns string) (bool, error
 	return err == nil, err
 }
 
-func soleWriterKV(cfg ECConfig) KVStore {
-	if !cfg.SoleWriter {
-		return cfg.KV
+// --- fencing -------------------------------------------------------------------
+
+var _ Fencer = (*ECBackend)(nil)
+
+// SetFence sets (nil f: removes) the fence of namespace ns: from now on
+// every operation of this process that changes what a reader of ns sees
+// (Put, Delete, CreateNamespace, DeleteNamespace) commits only if, in the
+// same atomic KV step, f.Key holds f.Value, and fails with an error
+// wrapping ErrFenced otherwise. An operation keeps the fence it started
+// with, so a write begun under a fence cannot commit unguarded.
+//
+// Without SoleWriter, manifests of ns are cached while the fence is set;
+// setting or removing it drops what was cached for ns.
+//
+// Once a guarded write of ns has failed with ErrFenced, this process is
+// not the namespace's only writer any more: its cached state of ns is
+// dropped, reads go to the KV, and puts fail before writing fragments.
+func (b *ECBackend) SetFence(ns string, f *Fence) {
+	b.fenceMu.Lock()
+	if f == nil {
+		delete(b.fences, ns)
+	} else {
+		b.fences[ns] = &fenceState{f: Fence{Key: f.Key, Value: bytes.Clone(f.Value)}}
 	}
-	return newCachingKV(cfg.KV, 32<<20, kvObject, kvNamespace) // 32 MiB of manifests
+	b.fenceMu.Unlock()
+	b.dropCached(ns)
+}
+
+// fenceState is a fence and whether a write found it lost.
+type fenceState struct {
+	f    Fence
+	lost bool
+}
+
+// fence returns a copy of the fence of ns (nil if none) and whether a
+// write has found it lost already.
+func (b *ECBackend) fence(ns string) (*Fence, bool) {
+	b.fenceMu.RLock()
+	defer b.fenceMu.RUnlock()
+	if st, ok := b.fences[ns]; ok {
+		f := st.f
+		return &f, st.lost
+	}
+	return nil, false
+}
+
+// fenceLost records that a write guarded by f found the fence of ns moved.
+func (b *ECBackend) fenceLost(ns string, f *Fence) {
+	b.fenceMu.Lock()
+	st := b.fences[ns]
+	first := st != nil && !st.lost && st.f.Key == f.Key && bytes.Equal(st.f.Value, f.Value)
+	if first {
+		st.lost = true
+	}
+	b.fenceMu.Unlock()
+	if first {
+		b.log.Warn("fenced: another writer owns the namespace now; its writes from here are refused",
+			"namespace", ns, "key", f.Key)
+		b.dropCached(ns)
+	}
+}
+
+// dropCached forgets the cached record and manifests of ns (a cluster
+// node caches them only while it holds a fence on ns).
+func (b *ECBackend) dropCached(ns string) {
+	if b.cfg.SoleWriter {
+		return
+	}
+	b.cache.drop(func(key string) bool { n, ok := keyNamespace(key); return ok && n == ns })
+}
+
+// fencedKey reports whether key is the record or a manifest of a
+// namespace this process holds a live fence on (what a cluster node
+// caches).
+func (b *ECBackend) fencedKey(key string) bool {
+	ns, ok := keyNamespace(key)
+	if !ok {
+		return false
+	}
+	b.fenceMu.RLock()
+	defer b.fenceMu.RUnlock()
+	st := b.fences[ns]
+	return st != nil && !st.lost
+}
+
+// keyNamespace returns the namespace of a namespace record or manifest key.
+func keyNamespace(key string) (string, bool) {
+	if rest, ok := strings.CutPrefix(key, kvObject); ok {
+		ns, _, ok := strings.Cut(rest, "/")
+		return ns, ok
+	}
+	return strings.CutPrefix(key, kvNamespace)
+}
+
+// testAndSet is the KV TestAndSet of a key of a namespace, guarded by f
+// when the namespace is fenced.
+func (b *ECBackend) testAndSet(ctx context.Context, f *Fence, key string, expected, wanted []byte) error {
+	if f == nil {
+		return b.kv.TestAndSet(ctx, key, expected, wanted)
+	}
+	err := b.kv.GuardedTestAndSet(ctx, *f, key, expected, wanted)
+	if errors.Is(err, ErrFenced) {
+		if ns, ok := keyNamespace(key); ok {
+			b.fenceLost(ns, f)
+		}
+	}
+	return err
 }

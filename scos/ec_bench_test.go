@@ -25,12 +25,17 @@ func benchBackends(b *testing.B) map[string]Backend {
 	ctx := context.Background()
 	e.CreateNamespaceWithPreset(ctx, "p4-2", "p4-2")
 	e.CreateNamespaceWithPreset(ctx, "p8-3", "p8-3")
+	// The same preset with every commit guarded by an owner record, as a
+	// cluster node's vdisk namespaces are.
+	e.cfg.KV.Set(ctx, "ovs/owner/bench", []byte("n0/1"))
+	e.SetFence("p4-2-fenced", &Fence{Key: "ovs/owner/bench", Value: []byte("n0/1")})
+	e.CreateNamespaceWithPreset(ctx, "p4-2-fenced", "p4-2")
 	local, err := NewLocalDir(b.TempDir())
 	if err != nil {
 		b.Fatal(err)
 	}
 	local.CreateNamespace(ctx, "local")
-	return map[string]Backend{"local": local, "p4-2": e, "p8-3": e}
+	return map[string]Backend{"local": local, "p4-2": e, "p4-2-fenced": e, "p8-3": e}
 }
 
 // newECEnvB is newECEnv for benchmarks.
@@ -65,7 +70,7 @@ func BenchmarkBackends(b *testing.B) {
 	backends := benchBackends(b)
 	ctx := context.Background()
 	data := randBytes(1, 4<<20)
-	for _, ns := range []string{"local", "p4-2", "p8-3"} {
+	for _, ns := range []string{"local", "p4-2", "p4-2-fenced", "p8-3"} {
 		be := backends[ns]
 		for i := range 16 {
 			if err := be.Put(ctx, ns, fmt.Sprintf("o%d", i), data, true); err != nil {

@@ -1,6 +1,7 @@
 package scos
 
 import (
+	"bytes"
 	"context"
 	"crypto/rand"
 	"encoding/json"
@@ -35,7 +36,14 @@ func (b *ECBackend) manifest(ctx context.Context, ns, name string) (*Manifest, [
 }
 
 func (b *ECBackend) loadManifest(ctx context.Context, ns, name string) (*Manifest, []byte, error) {
-	raw, err := b.kv.Get(ctx, objKey(ns, name))
+	return b.loadManifestFrom(ctx, b.kv, ns, name)
+}
+
+// loadManifestFrom reads the manifest from kv: b.direct for maintenance,
+// which must not judge fragments by a cached manifest that another node
+// may have changed.
+func (b *ECBackend) loadManifestFrom(ctx context.Context, kv KVStore, ns, name string) (*Manifest, []byte, error) {
+	raw, err := kv.Get(ctx, objKey(ns, name))
 	if errors.Is(err, ErrKeyNotFound) {
 		return nil, nil, fmt.Errorf("%w: %s/%s", ErrObjectNotFound, ns, name)
 	}
@@ -62,6 +70,10 @@ func (b *ECBackend) Put(ctx context.Context, ns, name string, data []byte, overw
 	if !ValidName(name) {
 		return fmt.Errorf("%w: object %q", ErrInvalidName, name)
 	}
+	f, lost := b.fence(ns) // taken now: this put commits under it or not at all
+	if lost {
+		return fmt.Errorf("put %s/%s: %w", ns, name, ErrFenced)
+	}
 	nsr, err := b.liveNamespace(ctx, ns)
 	if err != nil {
 		return err
@@ -86,7 +98,7 @@ func (b *ECBackend) Put(ctx context.Context, ns, name string, data []byte, overw
 	}
 	raw := m.Encode()
 	for {
-		err = b.kv.TestAndSet(ctx, key, old, raw)
+		err = b.testAndSet(ctx, f, key, old, raw)
 		if err == nil {
 			break
 		}
@@ -377,7 +389,7 @@ func (b *ECBackend) ReadAt(ctx context.Context, ns, name string, p []byte, off i
 // read returns n bytes at off of the object (n < 0: all of it).
 func (b *ECBackend) read(ctx context.Context, ns, name string, off, n int64) ([]byte, error) {
 	for attempt := 0; ; attempt++ {
-		m, _, err := b.manifest(ctx, ns, name)
+		m, raw, err := b.manifest(ctx, ns, name)
 		if err != nil {
 			return nil, err
 		}
@@ -391,8 +403,11 @@ func (b *ECBackend) read(ctx context.Context, ns, name string, off, n int64) ([]
 		data, err := b.readRange(ctx, ns, name, m, off, n)
 		if err != nil {
 			if attempt == 0 && errors.Is(err, ErrObjectUnavailable) {
-				// Overwritten (and its old fragments deleted) under us?
-				if m2, _, err2 := b.manifest(ctx, ns, name); err2 == nil && m2.ObjectID != m.ObjectID {
+				// Overwritten or repaired (and its old fragments
+				// deleted) under us? The manifest may also have been
+				// cached before another node's maintenance changed it.
+				b.cache.forget(objKey(ns, name))
+				if _, raw2, err2 := b.manifest(ctx, ns, name); err2 == nil && !bytes.Equal(raw2, raw) {
 					continue
 				}
 			}
@@ -651,6 +666,10 @@ func (b *ECBackend) reportFragmentErrors(ctx context.Context, ns, name string, m
 		if _, dup := b.reported.LoadOrStore(fmt.Sprintf("%s/%s/%s/%d", ns, name, m.ID(), i), true); dup {
 			continue
 		}
+		// A missing fragment may mean that this node's cached manifest is
+		// stale (another node's maintenance moved the fragment): read it
+		// afresh next time.
+		b.cache.forget(objKey(ns, name))
 		if reason == "corrupt" {
 			b.stats.corruptFound.Add(1)
 		} else {
@@ -688,6 +707,12 @@ func (b *ECBackend) wake() {
 // --- delete, list, stat ------------------------------------------------------------
 
 func (b *ECBackend) Delete(ctx context.Context, ns, name string) error {
+	f, _ := b.fence(ns)
+	return b.delete(ctx, f, ns, name)
+}
+
+// delete removes an object, guarded by f when set.
+func (b *ECBackend) delete(ctx context.Context, f *Fence, ns, name string) error {
 	if !ValidName(name) {
 		return fmt.Errorf("%w: object %q", ErrInvalidName, name)
 	}
@@ -703,7 +728,7 @@ func (b *ECBackend) Delete(ctx context.Context, ns, name string) error {
 		if err != nil {
 			return fmt.Errorf("delete %s/%s: %w", ns, name, err)
 		}
-		if err := b.kv.TestAndSet(ctx, key, raw, nil); err != nil {
+		if err := b.testAndSet(ctx, f, key, raw, nil); err != nil {
 			if errors.Is(err, ErrKVConflict) {
 				continue
 			}
@@ -824,7 +849,7 @@ func (b *ECBackend) CollectGarbage(ctx context.Context) (int, error) {
 			return true, b.kv.Delete(ctx, e.Key)
 		}
 		var cur *Manifest
-		if m, _, err := b.loadManifest(ctx, r.NS, r.Name); err == nil {
+		if m, _, err := b.loadManifestFrom(ctx, b.direct, r.NS, r.Name); err == nil {
 			cur = m
 		} else if !errors.Is(err, ErrObjectNotFound) {
 			return true, nil // try again later

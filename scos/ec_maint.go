@@ -194,7 +194,9 @@ func (b *ECBackend) finishNamespaceDeletes(ctx context.Context) {
 		return true, nil
 	})
 	for _, ns := range dying {
-		if err := b.DeleteNamespace(ctx, ns); err != nil && !errors.Is(err, ErrNamespaceNotFound) {
+		// Not fenced: the owner decided the delete when it marked the
+		// namespace, which readers no longer see; any node may finish it.
+		if err := b.deleteNamespace(ctx, nil, ns); err != nil && !errors.Is(err, ErrNamespaceNotFound) {
 			b.log.Warn("finishing the delete of a namespace", "ns", ns, "err", err)
 		}
 	}
@@ -503,7 +505,7 @@ func (b *ECBackend) verifyFragment(ctx context.Context, m *Manifest, i int) (fra
 // stored with a fallback policy is re-encoded with the preset's first one
 // when possible. It reports whether nothing is left to do.
 func (b *ECBackend) repairObject(ctx context.Context, ns, name string, rep *MaintenanceReport) (bool, error) {
-	m, raw, err := b.loadManifest(ctx, ns, name)
+	m, raw, err := b.loadManifestFrom(ctx, b.direct, ns, name)
 	if errors.Is(err, ErrObjectNotFound) {
 		return true, nil
 	}
@@ -811,7 +813,7 @@ func (b *ECBackend) stillReferenced(ctx context.Context, asdID string, f Fragmen
 	if !ok {
 		return false
 	}
-	m, _, err := b.loadManifest(ctx, ns, name)
+	m, _, err := b.loadManifestFrom(ctx, b.direct, ns, name)
 	if errors.Is(err, ErrObjectNotFound) {
 		return false
 	}

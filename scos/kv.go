@@ -34,6 +34,12 @@ type KVStore interface {
 	// absent; nil wanted: delete the key). On a mismatch it changes
 	// nothing and returns an error wrapping ErrKVConflict.
 	TestAndSet(ctx context.Context, key string, expected, wanted []byte) error
+	// GuardedTestAndSet is TestAndSet that also asserts, in the same
+	// atomic step, that guard.Key holds exactly guard.Value (nil: is
+	// absent). If the guard does not hold it changes nothing and returns
+	// an error wrapping ErrFenced, whatever key holds; if only key's value
+	// differs from expected, an error wrapping ErrKVConflict.
+	GuardedTestAndSet(ctx context.Context, guard Fence, key string, expected, wanted []byte) error
 	// Range returns, in key order, up to limit entries (limit <= 0: no
 	// limit) whose keys start with prefix and sort strictly after after
 	// ("" for the first page).
@@ -119,27 +125,34 @@ func (s *BoltKV) Set(ctx context.Context, key string, value []byte) error {
 	if value == nil {
 		value = []byte{}
 	}
-	return s.write(ctx, key, nil, value, true)
+	return s.write(ctx, nil, key, nil, value, true)
 }
 
 func (s *BoltKV) Delete(ctx context.Context, key string) error {
-	return s.write(ctx, key, nil, nil, true)
+	return s.write(ctx, nil, key, nil, nil, true)
 }
 
 func (s *BoltKV) TestAndSet(ctx context.Context, key string, expected, wanted []byte) error {
-	return s.write(ctx, key, expected, wanted, false)
+	return s.write(ctx, nil, key, expected, wanted, false)
+}
+
+func (s *BoltKV) GuardedTestAndSet(ctx context.Context, guard Fence, key string, expected, wanted []byte) error {
+	if err := checkKVKey(guard.Key); err != nil {
+		return fmt.Errorf("guard: %w", err)
+	}
+	return s.write(ctx, &guard, key, expected, wanted, false)
 }
 
 // write sets (or, wanted nil, deletes) key, after checking that its value
-// is expected unless force.
-func (s *BoltKV) write(ctx context.Context, key string, expected, wanted []byte, force bool) error {
+// is expected unless force, and that the guard (if any) holds.
+func (s *BoltKV) write(ctx context.Context, guard *Fence, key string, expected, wanted []byte, force bool) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
 	if err := checkKVKey(key); err != nil {
 		return err
 	}
-	op := &kvWrite{key: []byte(key), expected: expected, wanted: wanted, force: force, done: make(chan struct{})}
+	op := &kvWrite{guard: guard, key: []byte(key), expected: expected, wanted: wanted, force: force, done: make(chan struct{})}
 	s.mu.Lock()
 	s.pending = append(s.pending, op)
 	lead := !s.committing
@@ -162,6 +175,7 @@ func (s *BoltKV) write(ctx context.Context, key string, expected, wanted []byte,
 
 // kvWrite is one queued write.
 type kvWrite struct {
+	guard            *Fence
 	key              []byte
 	expected, wanted []byte
 	force            bool
@@ -188,12 +202,15 @@ func (s *BoltKV) commit() {
 			b := tx.Bucket(boltBucket)
 			for _, op := range batch {
 				op.conflict = nil
-				if !op.force {
-					cur := b.Get(op.key)
-					if (cur == nil) != (op.expected == nil) || !bytes.Equal(cur, op.expected) {
-						op.conflict = fmt.Errorf("%w: %s", ErrKVConflict, op.key)
-						continue
-					}
+				// The guard first: a fenced writer learns that it is
+				// fenced, whatever the key holds.
+				if g := op.guard; g != nil && !kvHolds(b.Get([]byte(g.Key)), g.Value) {
+					op.conflict = fmt.Errorf("%w: %s (%s changed)", ErrFenced, op.key, g.Key)
+					continue
+				}
+				if !op.force && !kvHolds(b.Get(op.key), op.expected) {
+					op.conflict = fmt.Errorf("%w: %s", ErrKVConflict, op.key)
+					continue
 				}
 				var err error
 				if op.wanted == nil {
@@ -212,6 +229,12 @@ func (s *BoltKV) commit() {
 			close(op.done)
 		}
 	}
+}
+
+// kvHolds reports whether a stored value (nil: absent) is want (nil:
+// absent; an empty non-nil want is a present empty value).
+func kvHolds(cur, want []byte) bool {
+	return (cur == nil) == (want == nil) && bytes.Equal(cur, want)
 }
 
 func (s *BoltKV) Range(ctx context.Context, prefix, after string, limit int) ([]KV, error) {

@@ -1,6 +1,7 @@
 package scos
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -102,5 +103,38 @@ func TestBoltKV(t *testing.T) {
 	wg.Wait()
 	if v, _ := kv.Get(ctx, "ctr"); v[0] != 80 {
 		t.Fatalf("counter %d, want 80", v[0])
+	}
+}
+
+// The cost of a fence on a manifest commit: one more lookup in the same
+// bbolt transaction.
+func BenchmarkBoltKVTestAndSet(b *testing.B) {
+	ctx := context.Background()
+	kv, err := OpenBoltKV(filepath.Join(b.TempDir(), "kv.db"))
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer kv.Close()
+	kv.Set(ctx, "ovs/owner/1", []byte("n0/1"))
+	guard := Fence{Key: "ovs/owner/1", Value: []byte("n0/1")}
+	manifest := make([]byte, 200)
+	for _, guarded := range []bool{false, true} {
+		b.Run(fmt.Sprintf("guarded=%v", guarded), func(b *testing.B) {
+			kv.Delete(ctx, "obj/ns/x")
+			var old []byte
+			for i := 0; b.Loop(); i++ {
+				manifest[0] = byte(i)
+				var err error
+				if guarded {
+					err = kv.GuardedTestAndSet(ctx, guard, "obj/ns/x", old, manifest)
+				} else {
+					err = kv.TestAndSet(ctx, "obj/ns/x", old, manifest)
+				}
+				if err != nil {
+					b.Fatal(err)
+				}
+				old = bytes.Clone(manifest)
+			}
+		})
 	}
 }

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -54,6 +55,36 @@ func (a arakoonKV) TestAndSet(ctx context.Context, key string, expected, wanted 
 		return fmt.Errorf("%w: %s", scos.ErrKVConflict, key)
 	}
 	return nil
+}
+
+// GuardedTestAndSet is one arakoon sequence: assert the guard, assert
+// key's expected value, then write. A failed assert does not say which
+// one failed, so the guard is read again on that path only: if it no
+// longer holds, the writer is fenced (ErrFenced wins over a conflict on
+// key, as in BoltKV); otherwise key changed (ErrKVConflict).
+func (a arakoonKV) GuardedTestAndSet(ctx context.Context, guard scos.Fence, key string, expected, wanted []byte) error {
+	seq := (&arakoon.Sequence{}).
+		Assert([]byte(guard.Key), guard.Value).
+		Assert([]byte(key), expected)
+	switch {
+	case wanted != nil:
+		seq.Set([]byte(key), wanted)
+	case expected != nil:
+		seq.Delete([]byte(key))
+	}
+	err := a.c.Sequence(ctx, seq)
+	if !errors.Is(err, arakoon.ErrAssertionFailed) {
+		return err
+	}
+	cur, gerr := a.c.Get(ctx, []byte(guard.Key))
+	present := gerr == nil
+	if gerr != nil && !errors.Is(gerr, arakoon.ErrNotFound) {
+		return fmt.Errorf("%s: reading guard %s after a failed assert: %w", key, guard.Key, gerr)
+	}
+	if present != (guard.Value != nil) || !bytes.Equal(cur, guard.Value) {
+		return fmt.Errorf("%w: %s (%s changed)", scos.ErrFenced, key, guard.Key)
+	}
+	return fmt.Errorf("%w: %s", scos.ErrKVConflict, key)
 }
 
 // Range pages through arakoon until a page comes back empty: a page may
