@@ -155,10 +155,25 @@ type job struct {
 	cost int64
 }
 
+// readRequestRest decodes the request header hb and reads the name that
+// follows into j. The Write payload is left for the caller to read once it
+// has room for it.
+func readRequestRest(br io.Reader, hb []byte, name *[MaxNameLen]byte) (reqHdr, error) {
+	h, err := decodeReqHdr(hb)
+	if err != nil {
+		return h, err
+	}
+	if _, err := io.ReadFull(br, name[:h.nameLen]); err != nil {
+		return h, fmt.Errorf("read request name: %w", err)
+	}
+	return h, nil
+}
+
 // transmit reads requests and hands each to a worker until the peer closes
 // the connection or it fails; then it waits for the requests in flight.
 func (c *sconn) transmit() {
 	var hb [reqHdrSize]byte
+	var name [MaxNameLen]byte
 	jobs := make(chan job)
 	graceful := false
 	for {
@@ -173,17 +188,18 @@ func (c *sconn) transmit() {
 			}
 			break
 		}
-		h, err := decodeReqHdr(hb[:])
+		h, err := readRequestRest(c.br, hb[:], &name)
 		if err != nil {
-			c.log.Warn("remote: bad request; closing connection", "err", err)
+			if errors.Is(err, errProtocol) {
+				c.log.Warn("remote: bad request; closing connection", "err", err)
+			} else {
+				c.log.Info("remote: read request failed; closing connection", "err", err)
+			}
 			break
 		}
-		var j job
-		j.h = h
-		if _, err := io.ReadFull(c.br, j.name[:h.nameLen]); err != nil {
-			c.log.Info("remote: read request name failed; closing connection", "err", err)
-			break
-		}
+		// j stays on the stack: the name is copied out of the buffer
+		// that the reader shares with io.ReadFull.
+		j := job{h: h, name: name}
 		if h.op == opRead || h.op == opWrite {
 			j.cost = int64(h.length)
 		}
