@@ -34,7 +34,11 @@
 // Data on success: Read the bytes asked for; Size u64 size, u32 info flags
 // (1 read-only, 2 fast zero), u32 reserved; BlockStatus 8 bytes per extent,
 // u32 length and u32 flags (1 hole, 2 zero), at most MaxExtents of them.
-// Replies come in any order: the handle ties each to its request.
+// Replies come in any order: the handle ties each to its request. Handles
+// are chosen by the client and never 0: a reply with handle 0 (no message,
+// no data) is the server's go-away, sent when it shuts down. The client
+// then sends nothing new on that connection and closes it once every
+// request it sent is answered; the server serves what it reads until then.
 //
 // # Behaviour
 //

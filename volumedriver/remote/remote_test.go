@@ -736,3 +736,50 @@ func TestTLS(t *testing.T) {
 		t.Fatalf("plain client: %v; want ErrUnavailable", err)
 	}
 }
+
+// TestStalledPeer: a node that accepts but stops reading and answering (a
+// frozen process) cannot hold callers beyond their context, neither in the
+// send nor waiting for the reply.
+func TestStalledPeer(t *testing.T) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	stop := make(chan struct{})
+	defer close(stop)
+	go func() {
+		for {
+			nc, err := l.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer nc.Close()
+				io.ReadFull(nc, make([]byte, helloSize))
+				nc.Write(appendHello(nil, hello{version: Version}))
+				<-stop // read nothing more, answer nothing
+			}()
+		}
+	}()
+	c := testClient(t, l.Addr().String(), ClientOptions{Conns: 1})
+	tests := []struct {
+		name string
+		call func(ctx context.Context) error
+	}{
+		{"reply never comes", func(ctx context.Context) error { return c.Flush(ctx, "vd") }},
+		{"send blocks", func(ctx context.Context) error {
+			return c.WriteAt(ctx, "vd", make([]byte, MaxData), 0, false)
+		}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
+			defer cancel()
+			err := tt.call(ctx)
+			if !errors.Is(err, context.DeadlineExceeded) && !errors.Is(err, ErrUnavailable) {
+				t.Fatalf("err = %v; want the deadline or ErrUnavailable", err)
+			}
+		})
+	}
+}

@@ -153,8 +153,9 @@ func NewServer(t Target, opts ServerOptions) *Server {
 
 // Serve accepts connections on l until ctx ends, Shutdown is called or l
 // fails, and closes l then. It returns nil when ctx or Shutdown stopped it.
-// A ctx that ends tears down the connections Serve accepted; Shutdown lets
-// them finish.
+// When ctx ends or l fails, Serve tears down the connections it accepted
+// and returns once they have ended; after Shutdown it returns at once and
+// Shutdown waits for them.
 func (s *Server) Serve(ctx context.Context, l net.Listener) error {
 	s.mu.Lock()
 	if s.stopping {
@@ -175,6 +176,7 @@ func (s *Server) Serve(ctx context.Context, l net.Listener) error {
 	stopL := context.AfterFunc(sctx, func() { l.Close() })
 	defer stopL()
 
+	var conns sync.WaitGroup
 	var result error
 	var delay time.Duration
 	for {
@@ -205,8 +207,10 @@ func (s *Server) Serve(ctx context.Context, l net.Listener) error {
 			c.cancel()
 			break
 		}
+		conns.Add(1)
 		go func() {
 			defer s.wg.Done()
+			defer conns.Done()
 			defer s.untrack(c)
 			c.serve()
 		}()
@@ -218,8 +222,10 @@ func (s *Server) Serve(ctx context.Context, l net.Listener) error {
 	s.mu.Unlock()
 	if !graceful {
 		scancel()
+		conns.Wait()
 	}
-	// Otherwise Shutdown cancels s.base, and sctx with it, at its end.
+	// Otherwise Shutdown waits for the connections to finish and cancels
+	// s.base, and sctx with it, at its end.
 	return result
 }
 
