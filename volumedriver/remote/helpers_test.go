@@ -1,0 +1,293 @@
+package remote
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+)
+
+const memPage = 4096
+
+// memDev is an in-memory sparse Device test double: pages never written (or
+// trimmed) are holes.
+type memDev struct {
+	mu       sync.RWMutex
+	size     int64
+	pages    [][]byte
+	readOnly bool
+
+	// hook, when set, runs first in every operation; it may block or fail.
+	hook func(ctx context.Context, op string, off int64) error
+
+	writes, fuaWrites, flushes, trims, zeroes, noHoleZeroes atomic.Int64
+}
+
+func newMemDev(size int64) *memDev {
+	return &memDev{size: size, pages: make([][]byte, (size+memPage-1)/memPage)}
+}
+
+func (d *memDev) run(ctx context.Context, op string, off int64) error {
+	if d.hook != nil {
+		return d.hook(ctx, op, off)
+	}
+	return nil
+}
+
+func (d *memDev) check(off, n int64) error {
+	if off < 0 || n < 0 || off+n > d.size {
+		return fmt.Errorf("memDev: range %d+%d outside size %d", off, n, d.size)
+	}
+	return nil
+}
+
+func (d *memDev) Size() int64    { return d.size }
+func (d *memDev) ReadOnly() bool { return d.readOnly }
+func (d *memDev) FastZero() bool { return true }
+
+func (d *memDev) ReadAt(ctx context.Context, p []byte, off int64) error {
+	if err := d.run(ctx, "read", off); err != nil {
+		return err
+	}
+	if err := d.check(off, int64(len(p))); err != nil {
+		return err
+	}
+	d.mu.RLock()
+	defer d.mu.RUnlock()
+	for len(p) > 0 {
+		pi, po := int(off/memPage), int(off%memPage)
+		n := min(len(p), memPage-po)
+		if pg := d.pages[pi]; pg != nil {
+			copy(p[:n], pg[po:])
+		} else {
+			clear(p[:n])
+		}
+		p, off = p[n:], off+int64(n)
+	}
+	return nil
+}
+
+func (d *memDev) WriteAt(ctx context.Context, p []byte, off int64, fua bool) error {
+	if err := d.run(ctx, "write", off); err != nil {
+		return err
+	}
+	if err := d.check(off, int64(len(p))); err != nil {
+		return err
+	}
+	d.writes.Add(1)
+	if fua {
+		d.fuaWrites.Add(1)
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	for len(p) > 0 {
+		pi, po := int(off/memPage), int(off%memPage)
+		n := min(len(p), memPage-po)
+		if d.pages[pi] == nil {
+			d.pages[pi] = make([]byte, memPage)
+		}
+		copy(d.pages[pi][po:], p[:n])
+		p, off = p[n:], off+int64(n)
+	}
+	return nil
+}
+
+func (d *memDev) Flush(ctx context.Context) error {
+	if err := d.run(ctx, "flush", 0); err != nil {
+		return err
+	}
+	d.flushes.Add(1)
+	return nil
+}
+
+// zero clears [off, off+n): whole pages become holes unless keep.
+func (d *memDev) zero(off, n int64, keep bool) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	for n > 0 {
+		pi, po := int(off/memPage), int(off%memPage)
+		l := min(n, int64(memPage-po))
+		switch {
+		case po == 0 && l == memPage && !keep:
+			d.pages[pi] = nil
+		case d.pages[pi] != nil:
+			clear(d.pages[pi][po : po+int(l)])
+		case keep:
+			d.pages[pi] = make([]byte, memPage)
+		}
+		off, n = off+l, n-l
+	}
+}
+
+func (d *memDev) Trim(ctx context.Context, off, length int64) error {
+	if err := d.run(ctx, "trim", off); err != nil {
+		return err
+	}
+	if err := d.check(off, length); err != nil {
+		return err
+	}
+	d.trims.Add(1)
+	d.zero(off, length, false)
+	return nil
+}
+
+func (d *memDev) WriteZeroes(ctx context.Context, off, length int64, noHole, fua bool) error {
+	if err := d.run(ctx, "zero", off); err != nil {
+		return err
+	}
+	if err := d.check(off, length); err != nil {
+		return err
+	}
+	d.zeroes.Add(1)
+	if noHole {
+		d.noHoleZeroes.Add(1)
+	}
+	if fua {
+		d.fuaWrites.Add(1)
+	}
+	d.zero(off, length, noHole)
+	return nil
+}
+
+func (d *memDev) BlockStatus(ctx context.Context, off, length int64) ([]Extent, error) {
+	if err := d.run(ctx, "status", off); err != nil {
+		return nil, err
+	}
+	if err := d.check(off, length); err != nil {
+		return nil, err
+	}
+	d.mu.RLock()
+	defer d.mu.RUnlock()
+	var exts []Extent
+	for length > 0 {
+		pi, po := int(off/memPage), int(off%memPage)
+		l := min(length, int64(memPage-po))
+		hole := d.pages[pi] == nil
+		if n := len(exts); n > 0 && exts[n-1].Hole == hole {
+			exts[n-1].Length += l
+		} else {
+			exts = append(exts, Extent{Length: l, Hole: hole, Zero: hole})
+		}
+		off, length = off+l, length-l
+	}
+	return exts, nil
+}
+
+// memTarget serves memDevs by name. A name in notOwned answers
+// ErrNotOwner.
+type memTarget struct {
+	mu       sync.Mutex
+	devs     map[string]*memDev
+	notOwned map[string]bool
+	opens    map[string]int
+	releases atomic.Int64
+}
+
+func newMemTarget() *memTarget {
+	return &memTarget{devs: map[string]*memDev{}, notOwned: map[string]bool{}, opens: map[string]int{}}
+}
+
+func (t *memTarget) add(name string, d *memDev) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.devs[name] = d
+}
+
+func (t *memTarget) setOwned(name string, owned bool) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.notOwned[name] = !owned
+}
+
+func (t *memTarget) openCount(name string) int {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.opens[name]
+}
+
+func (t *memTarget) OpenDevice(ctx context.Context, name string) (Device, func(), error) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.notOwned[name] {
+		return nil, nil, fmt.Errorf("vdisk %s lives elsewhere: %w", name, ErrNotOwner)
+	}
+	d, ok := t.devs[name]
+	if !ok {
+		return nil, nil, ErrNotFound
+	}
+	t.opens[name]++
+	return d, func() { t.releases.Add(1) }, nil
+}
+
+// trackingListener records the connections it accepts.
+type trackingListener struct {
+	net.Listener
+	mu    sync.Mutex
+	conns []net.Conn
+}
+
+func (l *trackingListener) Accept() (net.Conn, error) {
+	c, err := l.Listener.Accept()
+	if err == nil {
+		l.mu.Lock()
+		l.conns = append(l.conns, c)
+		l.mu.Unlock()
+	}
+	return c, err
+}
+
+func (l *trackingListener) accepted() []net.Conn {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return append([]net.Conn(nil), l.conns...)
+}
+
+// testServer runs a server for t on 127.0.0.1 and returns it with its
+// listener; it is closed when the test ends.
+func testServer(tb testing.TB, t Target, opts ServerOptions) (*Server, *trackingListener) {
+	tb.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tl := &trackingListener{Listener: l}
+	srv := NewServer(t, opts)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		srv.Serve(context.Background(), tl)
+	}()
+	tb.Cleanup(func() {
+		srv.Close()
+		<-done
+	})
+	return srv, tl
+}
+
+func testClient(tb testing.TB, addr string, opts ClientOptions) *Client {
+	tb.Helper()
+	c := NewClient(addr, opts)
+	tb.Cleanup(func() { c.Close() })
+	return c
+}
+
+func ctxTimeout(tb testing.TB) context.Context {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	tb.Cleanup(cancel)
+	return ctx
+}
+
+// waitFor polls cond until it holds or the test times out.
+func waitFor(tb testing.TB, what string, cond func() bool) {
+	tb.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			tb.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(2 * time.Millisecond)
+	}
+}

@@ -1,0 +1,475 @@
+package remote
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+const (
+	serverReadBuf  = 128 << 10
+	serverWriteBuf = 128 << 10
+)
+
+// sconn is one peer connection on the server side.
+type sconn struct {
+	srv     *Server
+	nc      net.Conn
+	log     *slog.Logger
+	ctx     context.Context // cancelled when the connection is torn down
+	cancel  context.CancelFunc
+	br      *bufio.Reader
+	limit   *inflightLimit
+	overCap bool // set by track: answer the hello with "too many connections"
+
+	inflight sync.WaitGroup
+
+	devMu sync.Mutex
+	devs  map[string]*devEntry
+
+	// Reply side: each reply is written whole under wmu; waiting counts the
+	// workers queued for wmu so that only the last one flushes.
+	wmu        sync.Mutex
+	bw         *bufio.Writer
+	queued     atomic.Int32
+	werr       error
+	helloDone  bool // hello sent: replies and go-away may follow
+	goAwayWant bool
+	goAwaySent bool
+}
+
+func newSconn(s *Server, ctx context.Context, nc net.Conn) *sconn {
+	cctx, cancel := context.WithCancel(ctx)
+	c := &sconn{
+		srv:    s,
+		nc:     nc,
+		ctx:    cctx,
+		cancel: cancel,
+		br:     bufio.NewReaderSize(nc, serverReadBuf),
+		bw:     bufio.NewWriterSize(nc, serverWriteBuf),
+		limit:  newInflightLimit(s.opts.MaxInFlight, s.opts.MaxInFlightBytes),
+		devs:   make(map[string]*devEntry),
+	}
+	remote := "unknown"
+	if a := nc.RemoteAddr(); a != nil {
+		remote = a.String()
+	}
+	c.log = s.log.With("peer", remote)
+	return c
+}
+
+func (c *sconn) serve() {
+	stop := context.AfterFunc(c.ctx, func() { c.nc.Close() })
+	defer func() {
+		stop()
+		c.cancel()
+		c.nc.Close()
+		c.releaseAll()
+	}()
+	if err := c.hello(); err != nil {
+		level := slog.LevelInfo
+		if errors.Is(err, io.EOF) || errors.Is(err, net.ErrClosed) || c.ctx.Err() != nil {
+			level = slog.LevelDebug
+		}
+		c.log.Log(context.Background(), level, "remote: connection refused in hello", "err", err)
+		return
+	}
+	c.transmit()
+}
+
+// hello exchanges hellos (and the TLS handshake, which the first read
+// drives) under a deadline.
+func (c *sconn) hello() error {
+	c.nc.SetDeadline(time.Now().Add(c.srv.opts.HelloTimeout))
+	var b [helloSize]byte
+	if _, err := io.ReadFull(c.br, b[:]); err != nil {
+		return err
+	}
+	h, err := decodeHello(b[:])
+	if err != nil {
+		return err
+	}
+	status := uint8(helloOK)
+	switch {
+	case h.version != Version:
+		status = helloBadVersion
+		err = fmt.Errorf("%w: peer speaks protocol version %d, this server speaks %d", ErrVersion, h.version, Version)
+	case c.overCap:
+		status = helloTooManyConn
+		err = fmt.Errorf("at the connection limit of %d", c.srv.opts.MaxConns)
+		c.log.Warn("remote: connection refused: at the connection limit", "limit", c.srv.opts.MaxConns)
+	}
+	c.wmu.Lock()
+	_, werr := c.nc.Write(appendHello(b[:0], hello{version: Version, status: status}))
+	if err == nil && werr == nil {
+		c.helloDone = true
+		if c.goAwayWant {
+			c.sendGoAwayLocked()
+		}
+	}
+	c.wmu.Unlock()
+	if err != nil {
+		return err
+	}
+	if werr != nil {
+		return werr
+	}
+	c.nc.SetDeadline(time.Time{})
+	return nil
+}
+
+// goAway tells the peer to send nothing new on this connection (Shutdown).
+// The peer closes it once its requests are answered.
+func (c *sconn) goAway() {
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
+	c.goAwayWant = true
+	if c.helloDone {
+		c.sendGoAwayLocked()
+	}
+}
+
+func (c *sconn) sendGoAwayLocked() {
+	if c.goAwaySent || c.werr != nil {
+		return
+	}
+	c.goAwaySent = true
+	c.write(appendReplyHdr(c.hdr(replyHdrSize), replyHdr{handle: 0}))
+	if err := c.bw.Flush(); err != nil {
+		c.failWrite(err)
+	}
+}
+
+// job is one decoded request handed to a worker.
+type job struct {
+	h    reqHdr
+	name [MaxNameLen]byte
+	buf  *[]byte // Write payload
+	cost int64
+}
+
+// readRequestRest decodes the request header hb and reads the name that
+// follows into j. The Write payload is left for the caller to read once it
+// has room for it.
+func readRequestRest(br io.Reader, hb []byte, name *[MaxNameLen]byte) (reqHdr, error) {
+	h, err := decodeReqHdr(hb)
+	if err != nil {
+		return h, err
+	}
+	if _, err := io.ReadFull(br, name[:h.nameLen]); err != nil {
+		return h, fmt.Errorf("read request name: %w", err)
+	}
+	return h, nil
+}
+
+// transmit reads requests and hands each to a worker until the peer closes
+// the connection or it fails; then it waits for the requests in flight.
+func (c *sconn) transmit() {
+	var hb [reqHdrSize]byte
+	var name [MaxNameLen]byte
+	jobs := make(chan job)
+	graceful := false
+	for {
+		if _, err := io.ReadFull(c.br, hb[:]); err != nil {
+			switch {
+			case err == io.EOF:
+				graceful = true
+				c.log.Debug("remote: peer closed the connection")
+			case errors.Is(err, net.ErrClosed) || c.ctx.Err() != nil:
+			default:
+				c.log.Info("remote: read request failed; closing connection", "err", err)
+			}
+			break
+		}
+		h, err := readRequestRest(c.br, hb[:], &name)
+		if err != nil {
+			if errors.Is(err, errProtocol) {
+				c.log.Warn("remote: bad request; closing connection", "err", err)
+			} else {
+				c.log.Info("remote: read request failed; closing connection", "err", err)
+			}
+			break
+		}
+		// j stays on the stack: the name is copied out of the buffer
+		// that the reader shares with io.ReadFull.
+		j := job{h: h, name: name}
+		if h.op == opRead || h.op == opWrite {
+			j.cost = int64(h.length)
+		}
+		c.limit.acquire(j.cost)
+		if h.op == opWrite && h.length > 0 {
+			j.buf = c.srv.pool.get(int(h.length))
+			if _, err := io.ReadFull(c.br, *j.buf); err != nil {
+				c.srv.pool.put(j.buf)
+				c.limit.release(j.cost)
+				c.log.Info("remote: read write payload failed; closing connection", "err", err)
+				break
+			}
+		}
+		c.inflight.Add(1)
+		// Hand the request to an idle worker or start one; workers live as
+		// long as the connection, so a request does not pay for a new
+		// goroutine's stack.
+		select {
+		case jobs <- j:
+		default:
+			go c.worker(j, jobs)
+		}
+	}
+	close(jobs)
+	if !graceful {
+		c.cancel()
+	}
+	c.inflight.Wait()
+	c.wmu.Lock()
+	if c.werr == nil {
+		if err := c.bw.Flush(); err != nil {
+			c.failWrite(err)
+		}
+	}
+	c.wmu.Unlock()
+}
+
+func (c *sconn) worker(first job, jobs <-chan job) {
+	c.handle(&first)
+	for j := range jobs {
+		c.handle(&j)
+	}
+}
+
+// handle serves one request and sends its reply.
+func (c *sconn) handle(j *job) {
+	defer c.inflight.Done()
+	defer c.limit.release(j.cost)
+	defer c.srv.pool.put(j.buf)
+	name := j.name[:j.h.nameLen]
+	var err error
+	// A cached device that reports ErrNotOwner may be stale (the vdisk
+	// left and came back, or was reopened): open the name again once.
+	for attempt := 0; ; attempt++ {
+		var e *devEntry
+		e, err = c.acquire(name)
+		if err != nil {
+			break
+		}
+		err = c.run(j, e.dev)
+		gone := err != nil && (errors.Is(err, ErrNotOwner) || errors.Is(err, ErrNotFound))
+		if gone {
+			c.evict(e)
+		}
+		c.unref(e)
+		if !gone || attempt > 0 || !errors.Is(err, ErrNotOwner) {
+			break
+		}
+	}
+	if err != nil {
+		c.sendError(j, err)
+	}
+}
+
+// reqError is an error found by the server's own checks.
+type reqError struct {
+	status Status
+	msg    string
+}
+
+func (e *reqError) Error() string { return e.msg }
+
+// run carries a request out on dev and, on success, sends the reply.
+func (c *sconn) run(j *job, dev Device) error {
+	h := &j.h
+	off, n := int64(h.offset), int64(h.length)
+	if h.op != opSize && h.op != opFlush && off+n > dev.Size() {
+		if h.op == opRead || h.op == opBlockStatus {
+			return &reqError{StatusInvalid, "range beyond the end of the vdisk"}
+		}
+		return &reqError{StatusNoSpace, "range beyond the end of the vdisk"}
+	}
+	switch h.op {
+	case opWrite, opTrim, opWriteZeroes:
+		if ro, ok := dev.(ReadOnlyDevice); ok && ro.ReadOnly() {
+			return &reqError{StatusReadOnly, "vdisk is read-only"}
+		}
+	}
+	fua := h.flags&flagFUA != 0
+	switch h.op {
+	case opSize:
+		in := Info{Size: dev.Size()}
+		if ro, ok := dev.(ReadOnlyDevice); ok {
+			in.ReadOnly = ro.ReadOnly()
+		}
+		if fz, ok := dev.(FastZeroDevice); ok {
+			in.FastZero = fz.FastZero()
+		}
+		var b [sizeInfoSize]byte
+		c.sendOK(h.handle, appendSizeInfo(b[:0], in))
+		return nil
+	case opRead:
+		buf := c.srv.pool.get(int(n))
+		defer c.srv.pool.put(buf)
+		if n > 0 {
+			if err := dev.ReadAt(c.ctx, *buf, off); err != nil {
+				return err
+			}
+		}
+		c.sendOK(h.handle, *buf)
+		return nil
+	case opWrite:
+		if n > 0 {
+			if err := dev.WriteAt(c.ctx, *j.buf, off, fua); err != nil {
+				return err
+			}
+		}
+	case opFlush:
+		if err := dev.Flush(c.ctx); err != nil {
+			return err
+		}
+	case opTrim:
+		if n > 0 {
+			if err := dev.Trim(c.ctx, off, n); err != nil {
+				return err
+			}
+		}
+	case opWriteZeroes:
+		if n > 0 {
+			if err := dev.WriteZeroes(c.ctx, off, n, h.flags&flagNoHole != 0, fua); err != nil {
+				return err
+			}
+		}
+	case opBlockStatus:
+		if n == 0 {
+			return &reqError{StatusInvalid, "block status of an empty range"}
+		}
+		exts, err := dev.BlockStatus(c.ctx, off, n)
+		if err != nil {
+			return err
+		}
+		buf := c.srv.pool.get(min(len(exts), MaxExtents) * extentSize)
+		defer c.srv.pool.put(buf)
+		b, cnt := appendExtents((*buf)[:0], exts, n)
+		if cnt == 0 {
+			return &reqError{StatusIO, "device returned no extents"}
+		}
+		c.sendOK(h.handle, b)
+		return nil
+	}
+	c.sendOK(h.handle, nil)
+	return nil
+}
+
+// sendError answers a request with the status for err.
+func (c *sconn) sendError(j *job, err error) {
+	var st Status
+	var re *reqError
+	switch {
+	case errors.As(err, &re):
+		st = re.status
+	case errors.Is(err, ErrNotOwner):
+		st = StatusNotOwner
+	case errors.Is(err, ErrNotFound):
+		st = StatusNotFound
+	case c.ctx.Err() != nil:
+		st = StatusIO
+	default:
+		st = c.srv.opts.Classify(err)
+		if st == StatusOK {
+			st = StatusIO
+		}
+	}
+	if st == StatusIO && re == nil && c.ctx.Err() == nil {
+		c.log.Warn("remote: device error", "op", j.h.op.String(), "vdisk", string(j.name[:j.h.nameLen]),
+			"offset", j.h.offset, "length", j.h.length, "err", err)
+	}
+	msg := err.Error()
+	if len(msg) > MaxMessageLen {
+		msg = msg[:MaxMessageLen]
+	}
+	if !c.lockW() {
+		c.unlockW()
+		return
+	}
+	c.write(appendReplyHdr(c.hdr(replyHdrSize), replyHdr{handle: j.h.handle, status: st, msgLen: uint16(len(msg))}))
+	if c.werr == nil {
+		if _, err := c.bw.WriteString(msg); err != nil {
+			c.failWrite(err)
+		}
+	}
+	c.unlockW()
+}
+
+// sendOK answers a request successfully with data. Small data goes into the
+// buffered writer with the header; large data is written through.
+func (c *sconn) sendOK(handle uint64, data []byte) {
+	if !c.lockW() {
+		c.unlockW()
+		return
+	}
+	c.write(appendReplyHdr(c.hdr(replyHdrSize), replyHdr{handle: handle, dataLen: uint32(len(data))}))
+	if len(data) > 0 {
+		c.write(data)
+	}
+	c.unlockW()
+}
+
+// lockW takes the reply lock; it reports false when the connection can no
+// longer be written to.
+func (c *sconn) lockW() bool {
+	c.queued.Add(1)
+	c.wmu.Lock()
+	c.queued.Add(-1)
+	return c.werr == nil
+}
+
+// unlockW releases the reply lock, flushing the buffered replies unless
+// another reply is queued behind this one (it will flush them).
+func (c *sconn) unlockW() {
+	if c.werr == nil && c.queued.Load() == 0 && c.bw.Buffered() > 0 {
+		if err := c.bw.Flush(); err != nil {
+			c.failWrite(err)
+		}
+	}
+	c.wmu.Unlock()
+}
+
+// failWrite records a write error (wmu held) and tears the connection down.
+func (c *sconn) failWrite(err error) {
+	if c.werr != nil {
+		return
+	}
+	c.werr = err
+	if c.ctx.Err() == nil {
+		c.log.Debug("remote: write failed; closing connection", "err", err)
+	}
+	c.cancel()
+}
+
+// hdr returns an empty slice with room for n bytes in the write buffer
+// (wmu held), flushing it first if needed.
+func (c *sconn) hdr(n int) []byte {
+	if c.bw.Available() < n {
+		if err := c.bw.Flush(); err != nil {
+			c.failWrite(err)
+		}
+	}
+	b := c.bw.AvailableBuffer()
+	if cap(b) < n { // only after a failed flush
+		return make([]byte, 0, n)
+	}
+	return b[:0]
+}
+
+func (c *sconn) write(b []byte) {
+	if c.werr != nil {
+		return
+	}
+	if _, err := c.bw.Write(b); err != nil {
+		c.failWrite(err)
+	}
+}

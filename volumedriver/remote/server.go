@@ -1,0 +1,317 @@
+package remote
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"sync"
+	"syscall"
+	"time"
+)
+
+// Device is one vdisk as the owner serves it. It has the shape of
+// volumedriver/nbd.Device (BlockStatus aside, whose Extent is this
+// package's), so that one adapter serves both.
+type Device interface {
+	Size() int64
+	ReadAt(ctx context.Context, p []byte, off int64) error
+	WriteAt(ctx context.Context, p []byte, off int64, fua bool) error
+	Flush(ctx context.Context) error
+	Trim(ctx context.Context, off, length int64) error
+	WriteZeroes(ctx context.Context, off, length int64, noHole, fua bool) error
+	BlockStatus(ctx context.Context, off, length int64) ([]Extent, error)
+}
+
+// ReadOnlyDevice is optionally implemented by devices that refuse writes;
+// the server then answers writes with StatusReadOnly and Size reports it.
+type ReadOnlyDevice interface{ ReadOnly() bool }
+
+// FastZeroDevice is optionally implemented by devices whose WriteZeroes is
+// much cheaper than writing zeros; Size reports it so that a forwarding
+// NBD export can advertise fast zeroing.
+type FastZeroDevice interface{ FastZero() bool }
+
+// Target resolves vdisk names to the devices this node serves.
+type Target interface {
+	// OpenDevice returns the vdisk's device and a release func the server
+	// calls once when it no longer needs it. It returns an error wrapping
+	// ErrNotOwner when this node does not serve the vdisk now, ErrNotFound
+	// when there is no such vdisk. A Device returns ErrNotOwner once the
+	// vdisk has left this node: the server then drops it and opens the
+	// name again.
+	OpenDevice(ctx context.Context, name string) (Device, func(), error)
+}
+
+// Defaults for ServerOptions.
+const (
+	DefaultMaxConns         = 256
+	DefaultMaxInFlight      = 64
+	DefaultMaxInFlightBytes = 64 << 20
+	DefaultHelloTimeout     = 10 * time.Second
+)
+
+// ServerOptions configure a Server. The zero value is usable.
+type ServerOptions struct {
+	// Logger receives the server's logs; nil discards them.
+	Logger *slog.Logger
+	// TLS, when set, wraps every accepted connection in TLS (for mutual
+	// TLS set ClientAuth and ClientCAs).
+	TLS *tls.Config
+	// MaxConns caps the open connections; one over the cap is told so in
+	// the hello and closed. Default DefaultMaxConns; negative: no cap.
+	MaxConns int
+	// Classify maps a Device error other than ErrNotOwner and ErrNotFound
+	// to a status. Default DefaultClassify.
+	Classify func(error) Status
+	// MaxInFlight bounds the requests of one connection served at once;
+	// the server stops reading the connection at the limit. Default 64.
+	MaxInFlight int
+	// MaxInFlightBytes bounds the Read/Write payload bytes of one
+	// connection in flight (one larger request passes alone). Default
+	// 64 MiB.
+	MaxInFlightBytes int64
+	// HelloTimeout bounds the TLS handshake and hello of a new connection.
+	// Default 10 s.
+	HelloTimeout time.Duration
+}
+
+func (o ServerOptions) withDefaults() ServerOptions {
+	if o.Logger == nil {
+		o.Logger = slog.New(slog.DiscardHandler)
+	}
+	if o.MaxConns == 0 {
+		o.MaxConns = DefaultMaxConns
+	}
+	if o.Classify == nil {
+		o.Classify = DefaultClassify
+	}
+	if o.MaxInFlight <= 0 {
+		o.MaxInFlight = DefaultMaxInFlight
+	}
+	if o.MaxInFlightBytes <= 0 {
+		o.MaxInFlightBytes = DefaultMaxInFlightBytes
+	}
+	if o.HelloTimeout <= 0 {
+		o.HelloTimeout = DefaultHelloTimeout
+	}
+	return o
+}
+
+// DefaultClassify maps errno-carrying errors (which errors.Is matches) the
+// way the NBD frontend does: ENOSPC, EDQUOT, EFBIG to StatusNoSpace; EINVAL
+// to StatusInvalid; EPERM, EROFS, EACCES to StatusReadOnly; the rest to
+// StatusIO.
+func DefaultClassify(err error) Status {
+	switch {
+	case errors.Is(err, syscall.ENOSPC), errors.Is(err, syscall.EDQUOT), errors.Is(err, syscall.EFBIG):
+		return StatusNoSpace
+	case errors.Is(err, syscall.EINVAL):
+		return StatusInvalid
+	case errors.Is(err, syscall.EPERM), errors.Is(err, syscall.EROFS), errors.Is(err, syscall.EACCES):
+		return StatusReadOnly
+	}
+	return StatusIO
+}
+
+// ErrServerClosed is returned by Serve on a server that is shutting down.
+var ErrServerClosed = errors.New("remote: server closed")
+
+// Server serves the devices of a Target to forwarding peers.
+type Server struct {
+	target Target
+	opts   ServerOptions
+	log    *slog.Logger
+	pool   bufPool
+
+	base       context.Context // cancelled to tear every connection down
+	cancelBase context.CancelFunc
+
+	mu        sync.Mutex
+	stopping  bool
+	listeners map[net.Listener]struct{}
+	conns     map[*sconn]struct{}
+	wg        sync.WaitGroup // Serve calls and connections
+}
+
+// NewServer returns a server for t.
+func NewServer(t Target, opts ServerOptions) *Server {
+	opts = opts.withDefaults()
+	base, cancel := context.WithCancel(context.Background())
+	return &Server{
+		target:     t,
+		opts:       opts,
+		log:        opts.Logger,
+		base:       base,
+		cancelBase: cancel,
+		listeners:  make(map[net.Listener]struct{}),
+		conns:      make(map[*sconn]struct{}),
+	}
+}
+
+// Serve accepts connections on l until ctx ends, Shutdown is called or l
+// fails, and closes l then. It returns nil when ctx or Shutdown stopped it.
+// When ctx ends or l fails, Serve tears down the connections it accepted
+// and returns once they have ended; after Shutdown it returns at once and
+// Shutdown waits for them.
+func (s *Server) Serve(ctx context.Context, l net.Listener) error {
+	s.mu.Lock()
+	if s.stopping {
+		s.mu.Unlock()
+		l.Close()
+		return ErrServerClosed
+	}
+	s.listeners[l] = struct{}{}
+	s.wg.Add(1)
+	s.mu.Unlock()
+	defer s.wg.Done()
+
+	// Connections live under sctx: ctx ending or Close tears them down,
+	// while Serve returning because of Shutdown leaves them to finish.
+	sctx, scancel := context.WithCancel(s.base)
+	stopCtx := context.AfterFunc(ctx, scancel)
+	defer stopCtx()
+	stopL := context.AfterFunc(sctx, func() { l.Close() })
+	defer stopL()
+
+	var conns sync.WaitGroup
+	var result error
+	var delay time.Duration
+	for {
+		nc, err := l.Accept()
+		if err != nil {
+			if sctx.Err() != nil || s.isStopping() {
+				break
+			}
+			if isTemporaryAcceptError(err) {
+				delay = min(max(2*delay, 5*time.Millisecond), time.Second)
+				s.log.Warn("remote: accept failed; retrying", "addr", l.Addr().String(), "err", err, "delay", delay)
+				select {
+				case <-time.After(delay):
+				case <-sctx.Done():
+				}
+				continue
+			}
+			result = fmt.Errorf("remote: accept on %s: %w", l.Addr(), err)
+			break
+		}
+		delay = 0
+		if s.opts.TLS != nil {
+			nc = tls.Server(nc, s.opts.TLS)
+		}
+		c := newSconn(s, sctx, nc)
+		if !s.track(c) {
+			nc.Close()
+			c.cancel()
+			break
+		}
+		conns.Add(1)
+		go func() {
+			defer s.wg.Done()
+			defer conns.Done()
+			defer s.untrack(c)
+			c.serve()
+		}()
+	}
+	l.Close()
+	s.mu.Lock()
+	delete(s.listeners, l)
+	graceful := s.stopping
+	s.mu.Unlock()
+	if !graceful {
+		scancel()
+		conns.Wait()
+	}
+	// Otherwise Shutdown waits for the connections to finish and cancels
+	// s.base, and sctx with it, at its end.
+	return result
+}
+
+func isTemporaryAcceptError(err error) bool {
+	var ne net.Error
+	if errors.As(err, &ne) && ne.Timeout() {
+		return true
+	}
+	for _, e := range []syscall.Errno{syscall.EMFILE, syscall.ENFILE, syscall.ENOBUFS, syscall.ENOMEM, syscall.ECONNABORTED, syscall.EINTR, syscall.EAGAIN} {
+		if errors.Is(err, e) {
+			return true
+		}
+	}
+	return false
+}
+
+func (s *Server) isStopping() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.stopping
+}
+
+func (s *Server) track(c *sconn) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.stopping {
+		return false
+	}
+	if s.opts.MaxConns >= 0 && len(s.conns) >= s.opts.MaxConns {
+		c.overCap = true
+	}
+	s.conns[c] = struct{}{}
+	s.wg.Add(1)
+	return true
+}
+
+func (s *Server) untrack(c *sconn) {
+	s.mu.Lock()
+	delete(s.conns, c)
+	s.mu.Unlock()
+}
+
+// Shutdown stops accepting connections and tells every open one to go
+// away: the peer sends nothing new on it, the requests already sent are
+// served and answered, and the peer closes it. Shutdown returns when every
+// connection has ended, or tears the rest down when ctx ends first (and
+// returns ctx's error).
+func (s *Server) Shutdown(ctx context.Context) error {
+	s.mu.Lock()
+	s.stopping = true
+	for l := range s.listeners {
+		l.Close()
+	}
+	conns := make([]*sconn, 0, len(s.conns))
+	for c := range s.conns {
+		conns = append(conns, c)
+	}
+	s.mu.Unlock()
+	for _, c := range conns {
+		c.goAway()
+	}
+	done := make(chan struct{})
+	go func() {
+		s.wg.Wait()
+		close(done)
+	}()
+	select {
+	case <-done:
+		s.cancelBase()
+		return nil
+	case <-ctx.Done():
+		s.cancelBase()
+		<-done
+		return fmt.Errorf("remote: shutdown: %w", ctx.Err())
+	}
+}
+
+// Close tears every connection down at once; requests in flight fail.
+func (s *Server) Close() error {
+	s.mu.Lock()
+	s.stopping = true
+	for l := range s.listeners {
+		l.Close()
+	}
+	s.mu.Unlock()
+	s.cancelBase()
+	s.wg.Wait()
+	return nil
+}
