@@ -540,6 +540,10 @@ func (d *Driver) Delete(ctx context.Context, name string, force bool) error {
 		return fmt.Errorf("%w: %s", ErrNotFound, name)
 	}
 	id := b.cfg.ID
+	if ok && v.fenced.Load() {
+		// Its namespace is another host's now; Drop sets it aside here.
+		return v.fencedErr()
+	}
 	if ok {
 		// No clone of it may be taken while it goes.
 		unlock, err := v.lockCtl(ctx)
