@@ -15,9 +15,7 @@ var (
 	ErrNamespaceExists   = errors.New("namespace already exists")
 	ErrInvalidName       = errors.New("invalid namespace or object name")
 	ErrCorrupt           = errors.New("object is corrupt")
-	// ErrFenced: a mutation of a namespace whose fence this node no
-	// longer holds (another node owns the vdisk now).
-	ErrFenced = errors.New("fenced: this node no longer owns the namespace")
+	ErrFenced            = errors.New("fenced: this node no longer owns the namespace")
 )
 
 // ObjectInfo describes a stored object.
