@@ -86,8 +86,20 @@ func (d *Driver) Rollback(ctx context.Context, vdisk, snapshot string, force boo
 // copied; the clone's unwritten clusters resolve to the parent's snapshot.
 // With snapshot empty, parent must be a template (its latest snapshot).
 func (d *Driver) Clone(ctx context.Context, name, parent, snapshot string) (VolumeInfo, error) {
+	return d.CloneWith(ctx, name, parent, snapshot, CloneOptions{})
+}
+
+// CloneWith is Clone with the clone's namespace id and owner epoch chosen
+// by the control plane (zero values: a random id, epoch 0).
+func (d *Driver) CloneWith(ctx context.Context, name, parent, snapshot string, opts CloneOptions) (VolumeInfo, error) {
 	if !validName(name) {
 		return VolumeInfo{}, fmt.Errorf("%w: vdisk name %q", ErrInvalidArgument, name)
+	}
+	id := opts.ID
+	if id == "" {
+		id = newUUID()
+	} else if !validID(id) {
+		return VolumeInfo{}, fmt.Errorf("%w: vdisk id %q", ErrInvalidArgument, id)
 	}
 	// The parent's control lock keeps it, and the snapshot, from going
 	// away (delete, rollback, snapshot delete) until the clone is
@@ -148,7 +160,7 @@ func (d *Driver) Clone(ctx context.Context, name, parent, snapshot string) (Volu
 
 	cfg := volumeConfig{
 		Format:         formatVersion,
-		ID:             newUUID(),
+		ID:             id,
 		Name:           name,
 		Size:           p.Size(),
 		ClusterSize:    pcfg.ClusterSize,
@@ -159,7 +171,7 @@ func (d *Driver) Clone(ctx context.Context, name, parent, snapshot string) (Volu
 			ID: pcfg.ID, Name: pcfg.Name, Namespace: p.ns, Snapshot: snapshot, TLogs: tlogs,
 		}}, pcfg.Ancestors...),
 	}
-	v, err := d.createVolume(ctx, cfg)
+	v, err := d.createVolume(ctx, cfg, opts.Epoch)
 	if err != nil {
 		return VolumeInfo{}, err
 	}
@@ -167,12 +179,18 @@ func (d *Driver) Clone(ctx context.Context, name, parent, snapshot string) (Volu
 	return v.info(), nil
 }
 
-// createVolume writes a new vdisk's namespace, brings it up and registers
-// it. The caller holds a reservation of the name (reserveName), not d.mu.
-func (d *Driver) createVolume(ctx context.Context, cfg volumeConfig) (*Volume, error) {
+// createVolume writes a new vdisk's namespace, brings it up under owner
+// epoch epoch and registers it. The caller holds a reservation of the name
+// (reserveName), not d.mu.
+func (d *Driver) createVolume(ctx context.Context, cfg volumeConfig, epoch uint64) (*Volume, error) {
 	ns := namespacePrefix + cfg.ID
 	if err := d.backend.CreateNamespace(ctx, ns); err != nil {
 		return nil, fmt.Errorf("create %s: %w", cfg.Name, err)
+	}
+	// The namespace is new, so a local directory by its id (an id the
+	// control plane chose and used before) holds nothing of this vdisk.
+	if dir := filepath.Join(d.dir, cfg.ID); dirExists(dir) {
+		quarantine(d.log, d.dir, dir, "local state under the id of a vdisk being created")
 	}
 	fail := func(err error) (*Volume, error) {
 		if derr := d.backend.DeleteNamespace(context.WithoutCancel(ctx), ns); derr != nil {
@@ -190,7 +208,7 @@ func (d *Driver) createVolume(ctx context.Context, cfg volumeConfig) (*Volume, e
 	if err := d.backend.Put(ctx, ns, volumeObject, vj, false); err != nil {
 		return fail(err)
 	}
-	v, err := d.openVolume(ctx, cfg)
+	v, err := d.openVolume(ctx, cfg, epoch)
 	if err != nil {
 		return fail(err)
 	}
@@ -359,4 +377,9 @@ func (v *Volume) writeClusterIf(ctx context.Context, addr uint64, data []byte, e
 		return err
 	}
 	return v.appendClustersLocked(addr, data, []uint32{expect.crc})
+}
+
+func dirExists(path string) bool {
+	fi, err := os.Stat(path)
+	return err == nil && fi.IsDir()
 }

@@ -42,6 +42,11 @@ func (d *Driver) lockVolume(ctx context.Context, name string) (*Volume, func(), 
 	if err != nil {
 		return nil, nil, err
 	}
+	// A Release (which holds the lock) or a fence may have come first.
+	if err := v.gate.err(); err != nil {
+		unlock()
+		return nil, nil, err
+	}
 	d.mu.Lock()
 	same := d.vols[name] == v
 	d.mu.Unlock()

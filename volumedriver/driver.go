@@ -68,7 +68,18 @@ type Options struct {
 	// "scrub-after-switch") so that crash tests can kill the process
 	// exactly there.
 	Failpoint func(point string)
-	Logger    *slog.Logger
+	// Owned, if set, makes the driver serve only the vdisks this host
+	// owns in a cluster: Open brings up a vdisk (by its namespace id,
+	// volume.json's id) only if Owned says ok, under the owner epoch it
+	// returns, and leaves every other namespace alone. Nil: every vdisk
+	// on the backend, epoch 0 (a single host).
+	Owned func(id string) (epoch uint64, ok bool)
+	// OnFenced, if set, is called once for a vdisk that goes fenced (the
+	// backend refused a write of its namespace as fenced, or Fence was
+	// called), from a goroutine of its own with no lock of the driver
+	// held.
+	OnFenced func(name, id string)
+	Logger   *slog.Logger
 }
 
 func (o *Options) setDefaults() {
@@ -157,8 +168,9 @@ type cachedCluster struct {
 	data []byte
 }
 
-// Open brings up every vdisk found on the backend: from its local state if
-// this host has it, otherwise by replaying its TLogs from the backend.
+// Open brings up every vdisk found on the backend (only those it owns, with
+// Options.Owned): from its local state if this host has it under the same
+// owner epoch, otherwise by replaying its TLogs from the backend.
 func Open(ctx context.Context, dir string, backend scos.Backend, opts Options) (*Driver, error) {
 	opts.setDefaults()
 	if err := os.MkdirAll(dir, 0o700); err != nil {
@@ -201,7 +213,22 @@ func Open(ctx context.Context, dir string, backend scos.Backend, opts Options) (
 		if !strings.HasPrefix(ns, namespacePrefix) {
 			continue
 		}
+		var epoch uint64
+		if opts.Owned != nil {
+			// Another host's vdisk, or one being created by another
+			// host (no volume.json yet): not ours to touch.
+			e, ok := opts.Owned(strings.TrimPrefix(ns, namespacePrefix))
+			if !ok {
+				continue
+			}
+			epoch = e
+		}
 		b, err := backend.Get(ctx, ns, volumeObject)
+		if errors.Is(err, scos.ErrObjectNotFound) && opts.Owned != nil {
+			// The control plane finishes or undoes its creates.
+			d.log.Warn("an owned vdisk namespace has no volume.json; leaving it alone", "namespace", ns)
+			continue
+		}
 		if errors.Is(err, scos.ErrObjectNotFound) {
 			// A create or delete that did not finish.
 			d.log.Warn("removing a vdisk namespace without volume.json", "namespace", ns)
@@ -221,9 +248,15 @@ func Open(ctx context.Context, dir string, backend scos.Backend, opts Options) (
 			live[strings.TrimPrefix(ns, namespacePrefix)] = true // keep its local state
 			continue
 		}
+		if cfg.ID != strings.TrimPrefix(ns, namespacePrefix) {
+			d.log.Error("vdisk's volume.json names another namespace id", "namespace", ns, "id", cfg.ID)
+			d.broken[cfg.Name] = brokenVolume{cfg: cfg, ns: ns, err: fmt.Errorf("volume.json in %s names id %s", ns, cfg.ID)}
+			live[strings.TrimPrefix(ns, namespacePrefix)] = true
+			continue
+		}
 		live[cfg.ID] = true
 		start := time.Now()
-		v, err := d.openVolume(ctx, cfg)
+		v, err := d.openVolume(ctx, cfg, epoch)
 		if err != nil {
 			d.log.Error("could not bring up vdisk", "vdisk", cfg.Name, "err", err)
 			d.broken[cfg.Name] = brokenVolume{cfg: cfg, ns: ns, err: err}
@@ -242,10 +275,15 @@ func Open(ctx context.Context, dir string, backend scos.Backend, opts Options) (
 		if !e.IsDir() || live[e.Name()] || e.Name() == quarantineDir {
 			continue
 		}
-		if dying[e.Name()] {
+		switch {
+		case dying[e.Name()]:
 			d.log.Warn("removing local state of a vdisk whose create or delete did not finish", "id", e.Name())
 			os.RemoveAll(filepath.Join(dir, e.Name()))
-		} else {
+		case opts.Owned != nil:
+			// Another host owns it now (or it is gone): whatever it
+			// holds is from an earlier tenure here.
+			quarantine(d.log, dir, filepath.Join(dir, e.Name()), "stale local state of a vdisk this host does not own")
+		default:
 			// It may hold writes that never reached the backend: set it
 			// aside for the operator rather than delete it.
 			quarantine(d.log, dir, filepath.Join(dir, e.Name()), "local state of a vdisk that is not on the backend")
@@ -258,21 +296,22 @@ func Open(ctx context.Context, dir string, backend scos.Backend, opts Options) (
 	return d, nil
 }
 
-func (d *Driver) newVolume(cfg volumeConfig) *Volume {
+func (d *Driver) newVolume(cfg volumeConfig, epoch uint64) *Volume {
 	var salt [8]byte
 	_, _ = rand.Read(salt[:])
 	v := &Volume{
 		vname:        cfg.Name,
+		id:           cfg.ID,
+		epoch:        epoch,
 		drv:          d,
 		dir:          filepath.Join(d.dir, cfg.ID),
 		ns:           namespacePrefix + cfg.ID,
-		backend:      d.backend,
 		log:          d.log,
 		cacheSalt:    binary.LittleEndian.Uint64(salt[:]),
 		clusterSize:  cfg.ClusterSize,
 		scoClusters:  cfg.SCOMultiplier,
 		tlogMult:     cfg.TLogMultiplier,
-		state:        localState{Format: formatVersion, Config: cfg},
+		state:        localState{Format: formatVersion, Config: cfg, Epoch: epoch},
 		scos:         map[uint32]*scoFile{},
 		nextSCO:      1,
 		progress:     make(chan struct{}),
@@ -283,6 +322,7 @@ func (d *Driver) newVolume(cfg volumeConfig) *Volume {
 		uploaderDone: make(chan struct{}),
 		ctl:          make(chan struct{}, 1),
 	}
+	v.backend = &fencingBackend{Backend: d.backend, v: v}
 	v.committed = sync.NewCond(&v.mu)
 	v.size.Store(cfg.Size)
 	v.setAncestors(cfg.Ancestors)
@@ -291,14 +331,35 @@ func (d *Driver) newVolume(cfg volumeConfig) *Volume {
 	return v
 }
 
-func (d *Driver) openVolume(ctx context.Context, cfg volumeConfig) (*Volume, error) {
-	v := d.newVolume(cfg)
+// openVolume brings a vdisk up under owner epoch epoch. Local state
+// recorded under another epoch is from an earlier tenure on this host:
+// another host may have written the vdisk since, so replaying it would mix
+// stale writes into the vdisk. It is set aside (or removed, if the backend
+// has all of it) and the vdisk restored from the backend. Under the same
+// epoch the local state is what this host last wrote and is used (a crash
+// of the owner loses nothing).
+func (d *Driver) openVolume(ctx context.Context, cfg volumeConfig, epoch uint64) (*Volume, error) {
+	v := d.newVolume(cfg, epoch)
 	st, err := readLocalState(v.dir)
 	switch {
+	case err == nil && st.Epoch != epoch:
+		d.log.Warn("local state of the vdisk is from another owner epoch; restoring it from the backend",
+			"vdisk", cfg.Name, "local_epoch", st.Epoch, "epoch", epoch)
+		d.setAsideEarlierTenure(v, &st, fmt.Sprintf("local state of owner epoch %d (now %d) with writes the backend does not have", st.Epoch, epoch))
+		err = v.restoreFromBackend(ctx)
 	case err == nil:
 		err = v.restoreLocal(ctx, st)
 	case errors.Is(err, errNewerFormat):
 		return nil, fmt.Errorf("local state of %s: %w", cfg.Name, err)
+	case epoch != 0:
+		// In a cluster, local TLogs without a readable state.json cannot
+		// be told from those of an earlier tenure: never replay them.
+		if !errors.Is(err, fs.ErrNotExist) {
+			d.log.Error("state.json is damaged; restoring the vdisk from the backend (the local files are set aside if they hold anything else)",
+				"vdisk", cfg.Name, "err", err)
+		}
+		d.setAsideEarlierTenure(v, nil, "local state without a readable state.json (owner epoch unknown)")
+		err = v.restoreFromBackend(ctx)
 	default:
 		if !errors.Is(err, fs.ErrNotExist) {
 			// What the local TLogs and SCOs hold is recovered as if
@@ -349,6 +410,12 @@ func (d *Driver) Create(ctx context.Context, name string, size int64, opts Creat
 	if err := checkSize(size, opts.ClusterSize); err != nil {
 		return VolumeInfo{}, err
 	}
+	id := opts.ID
+	if id == "" {
+		id = newUUID()
+	} else if !validID(id) {
+		return VolumeInfo{}, fmt.Errorf("%w: vdisk id %q", ErrInvalidArgument, id)
+	}
 	release, err := d.reserveName(name)
 	if err != nil {
 		return VolumeInfo{}, err
@@ -356,7 +423,7 @@ func (d *Driver) Create(ctx context.Context, name string, size int64, opts Creat
 	defer release()
 	cfg := volumeConfig{
 		Format:         formatVersion,
-		ID:             newUUID(),
+		ID:             id,
 		Name:           name,
 		Size:           size,
 		ClusterSize:    opts.ClusterSize,
@@ -364,7 +431,7 @@ func (d *Driver) Create(ctx context.Context, name string, size int64, opts Creat
 		TLogMultiplier: tlogMultiplierFor(int64(opts.ClusterSize) * int64(opts.SCOMultiplier)),
 		CreatedAt:      time.Now().UTC().Truncate(time.Second),
 	}
-	v, err := d.createVolume(ctx, cfg)
+	v, err := d.createVolume(ctx, cfg, opts.Epoch)
 	if err != nil {
 		return VolumeInfo{}, err
 	}
@@ -414,13 +481,17 @@ func (d *Driver) Info(ctx context.Context, name string) (VolumeInfo, error) {
 	return v.info(), nil
 }
 
-// Volume returns a vdisk for I/O without taking a client reference.
+// Volume returns a vdisk for I/O without taking a client reference. A
+// vdisk being released or fenced is refused (ErrReleased, ErrFenced).
 func (d *Driver) Volume(name string) (*Volume, error) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	v, ok := d.vols[name]
 	if !ok {
 		return nil, fmt.Errorf("%w: %s", ErrNotFound, name)
+	}
+	if err := v.gate.err(); err != nil {
+		return nil, err
 	}
 	return v, nil
 }
@@ -435,18 +506,24 @@ func (d *Driver) Acquire(name string) (v *Volume, release func(), err error) {
 	if !ok {
 		return nil, nil, fmt.Errorf("%w: %s", ErrNotFound, name)
 	}
+	if err := v.gate.err(); err != nil {
+		return nil, nil, err
+	}
 	v.clients.Add(1)
 	var once sync.Once
 	return v, func() { once.Do(func() { v.clients.Add(-1) }) }, nil
 }
 
-// Names returns the names of the vdisks that can serve I/O.
+// Names returns the names of the vdisks that can serve I/O (not those
+// being released or fenced).
 func (d *Driver) Names() []string {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	out := make([]string, 0, len(d.vols))
-	for n := range d.vols {
-		out = append(out, n)
+	for n, v := range d.vols {
+		if v.gate.err() == nil {
+			out = append(out, n)
+		}
 	}
 	sort.Strings(out)
 	return out
@@ -463,6 +540,10 @@ func (d *Driver) Delete(ctx context.Context, name string, force bool) error {
 		return fmt.Errorf("%w: %s", ErrNotFound, name)
 	}
 	id := b.cfg.ID
+	if ok && v.fenced.Load() {
+		// Its namespace is another host's now; Drop sets it aside here.
+		return v.fencedErr()
+	}
 	if ok {
 		// No clone of it may be taken while it goes.
 		unlock, err := v.lockCtl(ctx)

@@ -3,6 +3,8 @@ package volumedriver
 import (
 	"errors"
 	"syscall"
+
+	"github.com/ovs-storage/ovs/scos"
 )
 
 // Errors returned by the volume driver. Callers test them with errors.Is;
@@ -26,7 +28,20 @@ var (
 	// ErrDataLost: the cluster's data is gone from this host and never
 	// reached the backend. It matches syscall.EIO.
 	ErrDataLost = errorWithErrno{"cluster data lost", syscall.EIO}
+	// ErrReleased: the vdisk is being (or was) handed over to another
+	// host (Release); the caller retries the operation at its new owner.
+	ErrReleased = errors.New("vdisk was handed over to another host")
+	// ErrFenced: another host owns the vdisk now; this one may neither
+	// write its backend namespace nor serve it (stale or split data). It
+	// also matches scos.ErrFenced.
+	ErrFenced error = fencedError{}
 )
+
+type fencedError struct{}
+
+func (fencedError) Error() string { return "vdisk is fenced: another host owns it now" }
+
+func (fencedError) Is(target error) bool { return target == scos.ErrFenced }
 
 // errorWithErrno is a sentinel that also matches an errno under errors.Is.
 type errorWithErrno struct {

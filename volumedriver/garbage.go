@@ -161,7 +161,8 @@ func (d *Driver) scrubOne(name, why string) {
 	}()
 	res, err := d.scrub(ctx, name, why == "garbage")
 	if err != nil {
-		if !errors.Is(err, context.Canceled) && !errors.Is(err, ErrReadOnly) && !errors.Is(err, ErrNotFound) && !errors.Is(err, ErrClosed) {
+		if !errors.Is(err, context.Canceled) && !errors.Is(err, ErrReadOnly) && !errors.Is(err, ErrNotFound) && !errors.Is(err, ErrClosed) &&
+			!errors.Is(err, ErrReleased) && !errors.Is(err, ErrFenced) {
 			d.log.Warn("background scrub", "vdisk", name, "trigger", why, "err", err)
 		}
 		return

@@ -22,8 +22,13 @@ type VolumeInfo struct {
 	// WriteBufferBytes is what the vdisk's SCOs take in the local write buffer.
 	WriteBufferBytes int64 `json:"write_buffer_bytes"`
 	// State is "ok", or "failed: <reason>" for a vdisk this host could
-	// not bring up (it can still be deleted).
+	// not bring up (it can still be deleted), "degraded: <reason>",
+	// "releasing" while it is handed over, or "fenced" once another host
+	// owns it (see Driver.Fence; Drop removes it).
 	State string `json:"state"`
+	// Epoch is the owner epoch this host serves the vdisk under (0
+	// outside a cluster).
+	Epoch uint64 `json:"epoch,omitempty"`
 	// Template: a read-only vdisk that clones are made from.
 	Template bool `json:"template"`
 	// Parent is "vdisk@snapshot" for a clone that is not flattened.
@@ -49,4 +54,17 @@ type VolumeInfo struct {
 type CreateOptions struct {
 	ClusterSize   int `json:"cluster_size,omitempty"`
 	SCOMultiplier int `json:"sco_multiplier,omitempty"`
+	// ID is the vdisk's namespace id (volume.json's id; the namespace is
+	// vd-<ID>); empty picks a random one. In a cluster the control plane
+	// chooses it, so that it can record the owner before the vdisk exists.
+	ID string `json:"-"`
+	// Epoch is the owner epoch this host serves the new vdisk under.
+	Epoch uint64 `json:"-"`
+}
+
+// CloneOptions are what the control plane chooses for a clone (see
+// CreateOptions.ID and Epoch).
+type CloneOptions struct {
+	ID    string `json:"-"`
+	Epoch uint64 `json:"-"`
 }

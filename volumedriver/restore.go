@@ -271,6 +271,7 @@ func (v *Volume) restoreLocal(ctx context.Context, st localState) error {
 	cfg := v.state.Config
 	v.state = st
 	v.state.Config = cfg // the backend's volume.json is authoritative
+	v.state.Epoch = v.epoch
 	if err := v.makeDirs(); err != nil {
 		return err
 	}

@@ -50,6 +50,9 @@ func (v *Volume) CreateSnapshot(ctx context.Context, name, metadata string) (Sna
 	if err := v.writableLocked(); err != nil {
 		return SnapshotInfo{}, err
 	}
+	if err := v.gate.err(); err != nil {
+		return SnapshotInfo{}, err // being released
+	}
 	if v.findSnapshotLocked(name) >= 0 {
 		return SnapshotInfo{}, fmt.Errorf("%w: snapshot %s of %s", ErrExists, name, v.name())
 	}
@@ -76,6 +79,9 @@ func (v *Volume) CreateSnapshot(ctx context.Context, name, metadata string) (Sna
 		return SnapshotInfo{}, v.ioErrLocked(err)
 	}
 	v.resetGarbageCutLocked()
+	// With nothing to seal, no upload carries the new snapshot: publish
+	// snapshots.json all the same.
+	v.snapshotsDirty = true
 	v.kickUploader()
 	return v.snapshotInfoLocked(sn), nil
 }

@@ -136,6 +136,11 @@ func decodeVolumeConfig(b []byte) (volumeConfig, error) {
 type localState struct {
 	Format int          `json:"format"`
 	Config volumeConfig `json:"config"`
+	// Epoch is the owner epoch under which this host serves the vdisk
+	// (0 outside a cluster). State recorded under another epoch is from
+	// an earlier tenure: another host may have written since, so it is
+	// never replayed (see Driver.openVolume).
+	Epoch uint64 `json:"epoch,omitempty"`
 	// Sealed lists every sealed TLog in order (the open one excluded).
 	Sealed []sealedTLog `json:"sealed"`
 	// Checkpoint: the metadata store file holds every change of

@@ -35,8 +35,8 @@ func (v *Volume) uploader(ctx context.Context) {
 			return // everything sealed is on the backend
 		}
 		if err != nil {
-			if ctx.Err() != nil {
-				return
+			if ctx.Err() != nil || v.fenced.Load() {
+				return // every further write would be refused
 			}
 			if errors.Is(err, context.Canceled) {
 				continue // a rollback cut the upload short; start over
@@ -287,7 +287,7 @@ func (v *Volume) collectGarbage(ctx context.Context) error {
 		}
 		g := v.state.Garbage[0]
 		v.mu.Unlock()
-		if time.Now().Before(g.NotBefore) {
+		if time.Now().Before(g.NotBefore) && !v.releasing.Load() {
 			return nil // the uploader's ticker comes back for it
 		}
 		del := func(name string) error {
@@ -315,6 +315,8 @@ func (v *Volume) collectGarbage(ctx context.Context) error {
 		v.mu.Lock()
 		v.state.Garbage = v.state.Garbage[1:]
 		err := writeLocalState(v.dir, &v.state)
+		close(v.progress) // Release waits for it
+		v.progress = make(chan struct{})
 		v.mu.Unlock()
 		if err != nil {
 			return err
@@ -403,6 +405,9 @@ func (v *Volume) Sync(ctx context.Context) error {
 		v.mu.Lock()
 		done, ch, closed, lastErr := v.publishedCount >= target && !v.snapshotsDirty, v.progress, v.closed, v.uploadErr
 		v.mu.Unlock()
+		if v.fenced.Load() {
+			return v.fencedErr()
+		}
 		if done {
 			return nil
 		}

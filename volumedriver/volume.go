@@ -24,7 +24,10 @@ import (
 // All methods are safe for concurrent use. mu guards the write path and the
 // metadata; data reads from SCOs happen outside it.
 type Volume struct {
-	vname   string
+	vname string
+	id    string // namespace id, fixed at creation
+	// epoch: the owner epoch this host serves the vdisk under (own.go).
+	epoch   uint64
 	drv     *Driver
 	dir     string
 	ns      string
@@ -42,6 +45,14 @@ type Volume struct {
 
 	clients atomic.Int32
 	size    atomic.Int64
+
+	// gate admits I/O; Release and fence shut it (own.go).
+	gate ioGate
+	// fenced: another host owns the vdisk; terminal.
+	fenced atomic.Bool
+	// releasing: Release waits for the uploads, with no read in flight,
+	// so discarded objects may be deleted without their grace period.
+	releasing atomic.Bool
 
 	// rmwMu serialises read-modify-write of partial clusters, so two
 	// unaligned writes to different bytes of one cluster both land.
@@ -242,6 +253,10 @@ func (e *durabilityError) Unwrap() error { return e.err }
 // WriteAt writes p at byte offset off. With fua the data is durable when it
 // returns.
 func (v *Volume) WriteAt(ctx context.Context, p []byte, off int64, fua bool) error {
+	if err := v.gate.enter(); err != nil {
+		return err
+	}
+	defer v.gate.exit()
 	if err := v.checkRange(off, int64(len(p))); err != nil {
 		return err
 	}
@@ -263,7 +278,7 @@ func (v *Volume) WriteAt(ctx context.Context, p []byte, off int64, fua bool) err
 		p, off = p[n:], off+n
 	}
 	if fua {
-		return v.Flush(ctx)
+		return v.flush()
 	}
 	return nil
 }
@@ -314,7 +329,7 @@ func (v *Volume) writeClusters(ctx context.Context, addr uint64, data []byte) er
 // a batch is written.
 func (v *Volume) commitLocked(seq uint64) error {
 	for v.kernelSeq < seq {
-		if v.failed != nil || v.closed {
+		if v.failed != nil || v.closed || v.fenced.Load() {
 			return v.writableLocked()
 		}
 		b := v.pending
@@ -542,6 +557,9 @@ func (v *Volume) drainSCOLocked(sco *scoFile) error {
 }
 
 func (v *Volume) writableLocked() error {
+	if v.fenced.Load() {
+		return v.fencedErr()
+	}
 	if v.closed {
 		return fmt.Errorf("%s: %w", v.name(), ErrClosed)
 	}
@@ -587,7 +605,7 @@ func (v *Volume) throttle(ctx context.Context) error {
 	limit := v.drv.opts.MaxPendingUploadBytes
 	for {
 		v.mu.Lock()
-		if v.pendingUpload < limit || v.closed {
+		if v.pendingUpload < limit || v.closed || v.fenced.Load() {
 			v.mu.Unlock()
 			return nil
 		}
@@ -687,6 +705,14 @@ func (v *Volume) writeTLogBufLocked() error {
 
 // Flush makes every write completed before the call durable.
 func (v *Volume) Flush(ctx context.Context) error {
+	if err := v.gate.enter(); err != nil {
+		return err
+	}
+	defer v.gate.exit()
+	return v.flush()
+}
+
+func (v *Volume) flush() error {
 	v.mu.Lock()
 	defer v.mu.Unlock()
 	if err := v.writableLocked(); err != nil {
@@ -879,17 +905,25 @@ func (v *Volume) removeOldTLogsLocked() {
 
 // Trim discards [off, off+length): it reads as zeros afterwards.
 func (v *Volume) Trim(ctx context.Context, off, length int64) error {
+	if err := v.gate.enter(); err != nil {
+		return err
+	}
+	defer v.gate.exit()
 	return v.zero(ctx, off, length, false)
 }
 
 // WriteZeroes makes [off, off+length) read as zeros; with noHole the range
 // stays allocated (zero clusters are written).
 func (v *Volume) WriteZeroes(ctx context.Context, off, length int64, noHole, fua bool) error {
+	if err := v.gate.enter(); err != nil {
+		return err
+	}
+	defer v.gate.exit()
 	if err := v.zero(ctx, off, length, noHole); err != nil {
 		return err
 	}
 	if fua {
-		return v.Flush(ctx)
+		return v.flush()
 	}
 	return nil
 }
@@ -963,6 +997,10 @@ func (v *Volume) zero(ctx context.Context, off, length int64, noHole bool) error
 
 // ReadAt fills p from byte offset off.
 func (v *Volume) ReadAt(ctx context.Context, p []byte, off int64) error {
+	if err := v.gate.enter(); err != nil {
+		return err
+	}
+	defer v.gate.exit()
 	if err := v.checkRange(off, int64(len(p))); err != nil {
 		return err
 	}
@@ -1017,6 +1055,12 @@ func (v *Volume) readClustersOnce(ctx context.Context, addr uint64, buf []byte) 
 		ls = make([]lookup, 0, n)
 	}
 	v.mu.Lock()
+	if v.fenced.Load() {
+		// Another host may have written the vdisk since: what this
+		// one holds may be stale.
+		v.mu.Unlock()
+		return v.fencedErr()
+	}
 	if v.closed {
 		v.mu.Unlock()
 		return fmt.Errorf("%s: %w", v.name(), ErrClosed)
@@ -1186,6 +1230,10 @@ type Extent struct {
 // Extents describes allocation from byte offset off for up to length bytes
 // (at most maxExtents extents; the last may end before off+length).
 func (v *Volume) Extents(ctx context.Context, off, length int64) ([]Extent, error) {
+	if err := v.gate.enter(); err != nil {
+		return nil, err
+	}
+	defer v.gate.exit()
 	if err := v.checkRange(off, length); err != nil {
 		return nil, err
 	}
@@ -1235,6 +1283,7 @@ func (v *Volume) info() VolumeInfo {
 		PendingUploadBytes: v.pendingUpload + int64(len(v.tlog.buf)),
 		WriteBufferBytes:   v.writeBuffer,
 		State:              "ok",
+		Epoch:              v.epoch,
 		Template:           c.Template,
 		Snapshots:          len(v.state.Snapshots),
 		StoredBytes:        v.storedBytes,
@@ -1244,6 +1293,10 @@ func (v *Volume) info() VolumeInfo {
 		info.Parent = c.Ancestors[0].Name + "@" + c.Ancestors[0].Snapshot
 	}
 	switch {
+	case v.fenced.Load():
+		info.State = "fenced"
+	case v.gate.err() != nil:
+		info.State = "releasing"
 	case v.failed != nil:
 		info.State = "failed: " + v.failed.Error()
 	case v.md.broken != nil:
