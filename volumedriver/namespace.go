@@ -45,3 +45,6 @@ func ListOnBackend(ctx context.Context, backend scos.Backend) ([]Stored, error) 
 	}
 	return out, nil
 }
+
+// ValidName reports whether s can name a vdisk.
+func ValidName(s string) bool { return validName(s) }

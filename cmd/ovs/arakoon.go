@@ -17,6 +17,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/ovs-storage/ovs/arakoon"
+	ovsnode "github.com/ovs-storage/ovs/framework/node"
 	"github.com/ovs-storage/ovs/framework/secret"
 )
 
@@ -153,7 +154,7 @@ func newArakoonServeCommand(o *arakoonOptions) *cobra.Command {
 			if err != nil {
 				return fmt.Errorf("%w: a node serves only clients and peers holding the cluster secret", err)
 			}
-			ntls, err := arakoonNodeTLS(sec, node)
+			ntls, err := ovsnode.ArakoonNodeTLS(sec, node)
 			if err != nil {
 				return err
 			}

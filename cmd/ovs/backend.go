@@ -8,7 +8,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"net"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -16,7 +15,6 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"text/tabwriter"
 	"time"
 
@@ -24,180 +22,16 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/ovs-storage/ovs/framework/api"
+	"github.com/ovs-storage/ovs/framework/node"
 	"github.com/ovs-storage/ovs/framework/secret"
 	"github.com/ovs-storage/ovs/scos"
 )
 
-// The erasure-coded backend of a single-host cluster lives in DATA/ec:
-//
-//	DATA/ec/meta.db      manifests, ASD registry, presets (scos.BoltKV)
-//	DATA/ec/asds/asd-N/  the ASDs, run as child processes
-//	DATA/ec/admin.addr   address (https://) of the running backend's admin API
-const (
-	ecDirName     = "ec"
-	ecMetaFile    = "meta.db"
-	ecASDsDir     = "asds"
-	ecAdminFile   = "admin.addr"
-	localASDCount = 6
-)
-
-// localECOptions configure startLocalEC.
-type localECOptions struct {
-	ASDs int // default 6
-	// FirstPort-LastPort: the ports the ASDs take (both 0: ports the
-	// kernel picks at the first start and kept).
-	FirstPort, LastPort int
-	Binary              string // the ovs binary that runs the ASDs (default: this one)
-	// Secret is the cluster's, kept in SecretFile: the ASDs and the admin
-	// API serve only its holders.
-	Secret     *secret.Secret
-	SecretFile string
-	// ECConfig overrides (the KV store, presets, logger and pids are set
-	// by startLocalEC).
-	Config scos.ECConfig
-}
-
-// localEC is the erasure-coded backend of a single-host cluster: ASDs as
-// supervised child processes, the metadata in a local bbolt store, and the
-// admin API on a loopback port recorded in DATA/ec/admin.addr (what the
-// `ovs backend` commands use).
-type localEC struct {
-	Backend *scos.ECBackend
-	ASDs    *scos.LocalASDs
-	KV      scos.KVStore
-	admin   *http.Server
-	addr    string
-	dir     string
-	secret  *secret.Secret
-}
-
-// startLocalEC starts (creating on the first run) the erasure-coded backend
-// of the cluster in data: 6 ASDs with the 4+2 local preset. Close stops it.
-func startLocalEC(ctx context.Context, data string, o localECOptions, log *slog.Logger) (*localEC, error) {
-	if o.ASDs == 0 {
-		o.ASDs = localASDCount
-	}
-	if o.Secret == nil {
-		return nil, errors.New("erasure-coded backend: no cluster secret")
-	}
-	dir := filepath.Join(data, ecDirName)
-	l := &localEC{dir: dir, secret: o.Secret}
-	tc, err := o.Secret.ClientTLS(secret.RoleBackend, "local", secret.RoleASD)
-	if err != nil {
-		return nil, err
-	}
-	hc := &http.Client{Transport: scos.NewASDTransport(tc)}
-	l.ASDs, err = scos.StartLocalASDs(ctx, scos.LocalASDsConfig{
-		Dir: filepath.Join(dir, ecASDsDir), Count: o.ASDs, FirstPort: o.FirstPort, LastPort: o.LastPort,
-		Binary: o.Binary, SecretFile: o.SecretFile, HTTPClient: hc,
-		Logger: log.With("component", "asd-supervisor"),
-	})
-	if err != nil {
-		return nil, err
-	}
-	if o.Config.KV != nil {
-		l.KV = o.Config.KV // arakoon, from ovs up
-	} else {
-		bkv, err := scos.OpenBoltKV(filepath.Join(dir, ecMetaFile))
-		if err != nil {
-			l.Close()
-			return nil, err
-		}
-		l.KV = bkv
-	}
-	cfg := o.Config
-	cfg.KV = l.KV
-	cfg.HTTPClient = hc
-	cfg.Logger = log.With("component", "backend")
-	cfg.LocalPids = l.ASDs.Pids
-	if len(cfg.Presets) == 0 {
-		cfg.Presets = []scos.Preset{scos.LocalPreset()}
-	}
-	l.Backend, err = scos.NewECBackend(ctx, cfg)
-	if err != nil {
-		l.Close()
-		return nil, err
-	}
-	// (Re-)register each running ASD at its address: one whose port was
-	// taken by another process has moved, and the registry must follow
-	// before anything is sent to the old address.
-	added := 0
-	for _, a := range l.ASDs.List() {
-		if !a.Running {
-			log.Warn("ASD is not running; the backend goes on without it", "asd", a.Index, "dir", a.Dir)
-			continue
-		}
-		if _, err := l.Backend.AddASD(ctx, a.Addr); err != nil {
-			log.Error("registering ASD", "asd", a.Index, "addr", a.Addr, "err", err)
-			continue
-		}
-		if a.MovedFrom != "" {
-			log.Warn("ASD registered at its new address", "asd", a.ID, "from", a.MovedFrom, "to", a.Addr)
-		}
-		added++
-	}
-	if added == 0 {
-		l.Close()
-		return nil, errors.New("erasure-coded backend: no ASD could be started and registered")
-	}
-	if err := l.serveAdmin(log); err != nil {
-		l.Close()
-		return nil, err
-	}
-	return l, nil
-}
-
-func (l *localEC) serveAdmin(log *slog.Logger) error {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return fmt.Errorf("backend admin API: %w", err)
-	}
-	// TLS with the cluster's credentials: a local process that does not
-	// hold the secret is refused before its request is read.
-	tc, err := l.secret.ServerTLS(secret.RoleBackend, "admin")
-	if err != nil {
-		ln.Close()
-		return fmt.Errorf("backend admin API: %w", err)
-	}
-	l.admin = &http.Server{Handler: scos.NewECAdminHandler(l.Backend), ReadHeaderTimeout: 10 * time.Second,
-		TLSConfig: tc, ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelWarn)}
-	go func() {
-		if err := l.admin.ServeTLS(ln, "", ""); err != nil && !errors.Is(err, http.ErrServerClosed) {
-			log.Warn("backend admin API", "err", err)
-		}
-	}()
-	l.addr = "https://" + ln.Addr().String()
-	path := filepath.Join(l.dir, ecAdminFile)
-	tmp := path + ".tmp"
-	if err := os.WriteFile(tmp, []byte(l.addr+"\n"), 0o600); err != nil {
-		return fmt.Errorf("backend admin API: %w", err)
-	}
-	return os.Rename(tmp, path)
-}
-
-// Close stops the admin API, the backend and the ASDs.
-func (l *localEC) Close() error {
-	if l.admin != nil {
-		os.Remove(filepath.Join(l.dir, ecAdminFile))
-		shut, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		l.admin.Shutdown(shut)
-		cancel()
-	}
-	if l.Backend != nil {
-		l.Backend.Close()
-	}
-	if l.KV != nil {
-		l.KV.Close()
-	}
-	if l.ASDs != nil {
-		l.ASDs.Stop()
-	}
-	return nil
-}
-
-// --- ovs backend ...
-
+// backendOptions are the flags of `ovs backend`: the commands go through
+// the REST API (--api) under /api/v1/backend, with the cluster's backend
+// admin token, derived from the cluster secret.
 type backendOptions struct {
+	g          *globalOptions
 	data       string
 	secretFile string
 }
@@ -207,88 +41,51 @@ func (o *backendOptions) secret() (*secret.Secret, error) {
 	return secret.Resolve(o.secretFile, o.data)
 }
 
-// openAdmin reaches the backend of the cluster in --data: through the admin
-// API of a running ovs up, or, when none runs, by opening its store.
-func (o *backendOptions) openAdmin(ctx context.Context) (scos.ECAdmin, func(), error) {
-	dir := filepath.Join(o.data, ecDirName)
-	sec, secErr := o.secret()
-	if raw, err := os.ReadFile(filepath.Join(dir, ecAdminFile)); err == nil {
-		addr := strings.TrimSpace(string(raw))
-		hc := &http.Client{}
-		if strings.HasPrefix(addr, "https://") {
-			if secErr != nil {
-				return nil, nil, fmt.Errorf("backend admin API at %s: %w", addr, secErr)
-			}
-			tc, err := sec.ClientTLS(secret.RoleCLI, "cli", secret.RoleBackend)
-			if err != nil {
-				return nil, nil, err
-			}
-			hc.Transport = &http.Transport{TLSClientConfig: tc}
-		}
-		c := scos.NewECAdminClient(addr, hc)
-		pctx, cancel := context.WithTimeout(ctx, 2*time.Second)
-		_, err := c.ListPresets(pctx)
-		cancel()
-		if err == nil {
-			return c, func() {}, nil
-		}
-		// Nobody listening (a stale file): open the store below. Anything
-		// else, a refused credential above all, is the answer.
-		if !errors.Is(err, syscall.ECONNREFUSED) && !errors.Is(err, context.DeadlineExceeded) {
-			return nil, nil, err
-		}
-	}
-	if secErr != nil {
-		return nil, nil, secErr
-	}
-	meta := filepath.Join(dir, ecMetaFile)
-	if _, err := os.Stat(meta); err != nil {
-		return nil, nil, fmt.Errorf("no erasure-coded backend in %s: no ovs up runs there (start one with ovs up --data %s)", o.data, o.data)
-	}
-	kv, err := scos.OpenBoltKV(meta)
-	if err != nil {
-		return nil, nil, fmt.Errorf("%w (is an ovs up on %s running without its backend admin API?)", err, o.data)
-	}
-	tc, err := sec.ClientTLS(secret.RoleCLI, "cli", secret.RoleASD)
-	if err != nil {
-		kv.Close()
-		return nil, nil, err
-	}
-	b, err := scos.NewECBackend(ctx, scos.ECConfig{KV: kv, MaintenanceInterval: -1, ProbeTimeout: 500 * time.Millisecond,
-		HTTPClient: &http.Client{Transport: scos.NewASDTransport(tc)}})
-	if err != nil {
-		kv.Close()
-		return nil, nil, err
-	}
-	return b, func() { b.Close(); kv.Close() }, nil
-}
-
-// withAdmin runs fn with the backend admin of --data.
+// withAdmin runs fn with the backend admin API of the node at --api.
 func (o *backendOptions) withAdmin(cmd *cobra.Command, fn func(scos.ECAdmin) error) error {
-	a, done, err := o.openAdmin(cmd.Context())
+	sec, err := o.secret()
 	if err != nil {
 		return err
 	}
-	defer done()
-	return fn(a)
+	base := strings.TrimRight(o.g.api, "/")
+	if !strings.Contains(base, "://") {
+		base = "http://" + base
+	}
+	base = strings.TrimSuffix(base, "/api/v1")
+	hc := &http.Client{Timeout: o.g.timeout, Transport: bearerTransport{node.BackendAdminToken(sec), http.DefaultTransport}}
+	return fn(scos.NewECAdminClient(base+"/api/v1/backend", hc))
+}
+
+// bearerTransport adds the token to every request.
+type bearerTransport struct {
+	token string
+	next  http.RoundTripper
+}
+
+func (t bearerTransport) RoundTrip(r *http.Request) (*http.Response, error) {
+	r = r.Clone(r.Context())
+	r.Header.Set("Authorization", "Bearer "+t.token)
+	if r.Body != nil && r.Header.Get("Content-Type") == "" {
+		r.Header.Set("Content-Type", "application/json")
+	}
+	return t.next.RoundTrip(r)
 }
 
 func newBackendCommand(g *globalOptions) *cobra.Command {
-	_ = g // the REST API does not serve the backend yet: --data reaches it directly
-	o := &backendOptions{}
+	o := &backendOptions{g: g}
 	cmd := &cobra.Command{
 		Use:   "backend",
 		Short: "Inspect and manage the erasure-coded backend and its ASDs",
-		Long: "Manage the erasure-coded backend of the cluster in --data: its ASDs\n" +
-			"(storage daemons), presets (lists of k+m policies), and maintenance\n" +
-			"(repair, scrub, rebalance). While ovs up runs on --data the commands go\n" +
-			"through its backend admin API (DATA/ec/admin.addr); otherwise they open\n" +
-			"the backend's store directly.",
+		Long: "Manage the erasure-coded backend of the cluster: its ASDs (storage\n" +
+			"daemons), presets (lists of k+m policies), and maintenance (repair, scrub,\n" +
+			"rebalance). The commands go through the REST API of any node (--api),\n" +
+			"under /api/v1/backend, with the cluster's backend admin token derived\n" +
+			"from the cluster secret (--secret-file, $OVS_SECRET, or DATA/secret).",
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error { return cmd.Help() },
 	}
 	home, _ := os.UserHomeDir()
-	cmd.PersistentFlags().StringVar(&o.data, "data", filepath.Join(home, ".ovs"), "data directory of the cluster (as given to ovs up)")
+	cmd.PersistentFlags().StringVar(&o.data, "data", filepath.Join(home, ".ovs"), "data directory of the node (where DATA/secret is, as given to ovs up)")
 	cmd.PersistentFlags().StringVar(&o.secretFile, "secret-file", "",
 		"file holding the cluster secret (default: $OVS_SECRET, $OVS_SECRET_FILE, then DATA/secret)")
 	cmd.AddCommand(
@@ -319,7 +116,7 @@ func newBackendCommand(g *globalOptions) *cobra.Command {
 				if err != nil {
 					return err
 				}
-				_, err = fmt.Fprintln(cmd.OutOrStdout(), sec.Token(backendAdminPurpose))
+				_, err = fmt.Fprintln(cmd.OutOrStdout(), node.BackendAdminToken(sec))
 				return err
 			},
 		},

@@ -138,6 +138,8 @@ func newRootCommand(stdout, stderr io.Writer) *cobra.Command {
 		newASDCommand(),
 		newBackendCommand(g),
 		newTokenCommand(),
+		newClusterCommand(),
+		newNodeCommand(g),
 	)
 	markRuntimeErrors(root)
 	return root

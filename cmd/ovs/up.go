@@ -5,13 +5,11 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"net"
 	"net/http"
 	"net/http/pprof"
 	"os"
 	"path/filepath"
 	"runtime/debug"
-	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -19,8 +17,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/ovs-storage/ovs/framework/api"
-	"github.com/ovs-storage/ovs/framework/secret"
-	"github.com/ovs-storage/ovs/scos"
+	"github.com/ovs-storage/ovs/framework/node"
 	"github.com/ovs-storage/ovs/volumedriver"
 	"github.com/ovs-storage/ovs/volumedriver/nbd"
 )
@@ -115,277 +112,74 @@ func runUp(ctx context.Context, o *upOptions) error {
 	if os.Getenv("GOGC") == "" {
 		debug.SetGCPercent(50)
 	}
-	var level slog.Level
-	if err := level.UnmarshalText([]byte(o.logLevel)); err != nil {
-		return fmt.Errorf("--log-level: %w", err)
-	}
-	firstPort, lastPort, err := parsePortRange(o.asdPorts)
+	log, err := newLogger(o.logLevel)
 	if err != nil {
-		return fmt.Errorf("--asd-ports: %w", err)
+		return err
 	}
-	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
+	prepareProcess(log)
+	if err := os.MkdirAll(o.data, 0o700); err != nil {
+		return fmt.Errorf("data dir: %w", err)
+	}
+	kind, err := backendKind(o.data, o.backend)
+	if err != nil {
+		return err
+	}
+	if o.pprofAddr != "" {
+		go servePprof(o.pprofAddr, log)
+	}
+	// ovs up is a cluster of one node: the same node as ovs node serve,
+	// with a 1-node arakoon in the process, that initialises the cluster
+	// and joins itself on its first start.
+	cfg := node.Config{
+		ID:              upNodeID,
+		Site:            "local",
+		Data:            o.data,
+		API:             o.apiAddr,
+		NBD:             o.nbdAddr,
+		NBDSocket:       o.nbdSocket,
+		EmbeddedArakoon: &node.EmbeddedConfig{Client: o.arakoonClient, Raft: o.arakoonRaft},
+		Bootstrap:       &node.BootstrapConfig{ClusterID: "ovs"},
+		Backend:         node.BackendConfig{Kind: kind, ASDs: o.asds, ASDPorts: o.asdPorts, ASDHost: "127.0.0.1"},
+		Driver: node.DriverConfig{
+			ReadCache:         node.Size(o.readCache),
+			MetadataCache:     node.Size(o.metadataCache),
+			WriteBuffer:       node.Size(o.writeBuffer),
+			MaxPendingUpload:  node.Size(o.maxPending),
+			AutoSync:          o.autoSync,
+			ScrubInterval:     scrubInterval(o.scrubEvery),
+			ScrubGarbageRatio: scrubGarbageRatio(o.scrubGarbage),
+			StopTimeout:       o.stopTimeout,
+			ReadyTimeout:      o.readyWaitTimeout,
+		},
+		Limits: node.LimitsConfig{
+			APIHosts: o.apiHosts, APIRequireToken: o.apiRequireToken, APIMaxConns: o.apiMaxConns,
+			APITimeout: o.apiTimeout, NBDMaxConns: o.nbdMaxConns, NBDHandshake: o.nbdHandshake,
+		},
+	}
+	return node.Run(ctx, cfg, node.RunOptions{Logger: log, Failpoint: failpointsFromEnv(log)})
+}
+
+// upNodeID is the id of the one node of ovs up in its cluster model.
+const upNodeID = "local"
+
+// newLogger is the daemons' structured logger at level.
+func newLogger(level string) (*slog.Logger, error) {
+	var l slog.Level
+	if err := l.UnmarshalText([]byte(level)); err != nil {
+		return nil, fmt.Errorf("--log-level: %w", err)
+	}
+	return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: l})), nil
+}
+
+// prepareProcess raises the open file limit and restricts the umask: every
+// file a daemon makes is nobody else's to read.
+func prepareProcess(log *slog.Logger) {
 	if n, err := raiseNoFileLimit(); err != nil {
 		log.Warn("could not raise the open file limit", "err", err)
 	} else {
 		log.Debug("open file limit", "nofile", n)
 	}
 	restrictUmask()
-	if err := os.MkdirAll(o.data, 0o700); err != nil {
-		return fmt.Errorf("data dir: %w", err)
-	}
-	// DATA of an older version may be 0755: what it holds is nobody
-	// else's to read, and 0700 here covers every file below.
-	if err := os.Chmod(o.data, 0o700); err != nil {
-		return fmt.Errorf("data dir: %w", err)
-	}
-	unlock, err := lockDataDir(o.data)
-	if err != nil {
-		return err
-	}
-	defer unlock()
-	// The cluster secret, made at the first start: every internal service
-	// (arakoon, the ASDs, the backend admin API) serves only its holders.
-	sec, err := secret.Ensure(o.data)
-	if err != nil {
-		return err
-	}
-
-	kind, err := backendKind(o.data, o.backend)
-	if err != nil {
-		return err
-	}
-	log.Info("starting ovs up", "data", o.data, "backend", kind)
-	var backend scos.Backend
-	var backendAdmin http.Handler // the erasure-coded backend's admin API, if any
-	var writable func(context.Context) error
-	switch kind {
-	case "local":
-		if backend, err = scos.NewLocalDir(filepath.Join(o.data, "backend")); err != nil {
-			return err
-		}
-	case "ec":
-		// The backend's metadata (manifests, namespaces, ASD registry)
-		// lives in arakoon; the fragments on ASDs run as child processes.
-		ara, err := startEmbeddedArakoon(filepath.Join(o.data, "arakoon"), o.arakoonClient, o.arakoonRaft, sec,
-			filepath.Join(o.data, secret.FileName), log)
-		if err != nil {
-			return fmt.Errorf("arakoon: %w", err)
-		}
-		defer func() {
-			if err := ara.Close(); err != nil {
-				log.Error("stopping arakoon", "err", err)
-			}
-		}()
-		ec, err := startLocalEC(ctx, o.data, localECOptions{ASDs: o.asds, FirstPort: firstPort, LastPort: lastPort,
-			Secret: sec, SecretFile: filepath.Join(o.data, secret.FileName),
-			Config: scos.ECConfig{KV: arakoonKV{ara.client}, SoleWriter: true}}, log)
-		if err != nil {
-			return fmt.Errorf("erasure-coded backend: %w", err)
-		}
-		defer func() {
-			if err := ec.Close(); err != nil {
-				log.Error("stopping the erasure-coded backend", "err", err)
-			}
-		}()
-		backend = ec.Backend
-		backendAdmin = scos.NewECAdminHandler(ec.Backend)
-		writable = ec.Backend.Writable
-	}
-	drv, err := volumedriver.Open(ctx, filepath.Join(o.data, "volumes"), backend, volumedriver.Options{
-		ReadCacheBytes:        int64(o.readCache),
-		MetadataCacheBytes:    int64(o.metadataCache),
-		WriteBufferBytes:      int64(o.writeBuffer),
-		MaxPendingUploadBytes: int64(o.maxPending),
-		AutoSyncInterval:      o.autoSync,
-		ScrubInterval:         scrubInterval(o.scrubEvery),
-		ScrubGarbageRatio:     scrubGarbageRatio(o.scrubGarbage),
-		CloseTimeout:          o.stopTimeout,
-		Failpoint:             failpointsFromEnv(log),
-		Logger:                log,
-	})
-	if err != nil {
-		return fmt.Errorf("volume driver: %w", err)
-	}
-	defer func() {
-		if err := drv.Close(); err != nil {
-			log.Error("stopping the volume driver", "err", err)
-		}
-	}()
-
-	// Listen on everything before serving anything, so that a port in
-	// use is a clear error at start and not half a cluster.
-	var listeners []net.Listener
-	closeListeners := func() {
-		for _, l := range listeners {
-			l.Close()
-		}
-	}
-	apiL, err := net.Listen("tcp", o.apiAddr)
-	if err != nil {
-		return fmt.Errorf("REST API: %w", err)
-	}
-	listeners = append(listeners, apiL)
-	var nbdLs []net.Listener
-	if o.nbdAddr != "" {
-		l, err := net.Listen("tcp", o.nbdAddr)
-		if err != nil {
-			closeListeners()
-			return fmt.Errorf("NBD: %w", err)
-		}
-		listeners = append(listeners, l)
-		nbdLs = append(nbdLs, l)
-	}
-	sock := o.nbdSocket
-	if sock == "" {
-		sock = filepath.Join(o.data, "nbd.sock")
-	}
-	if sock != "none" {
-		// A socket file left by a crashed run is safe to remove: the
-		// data dir lock says no other ovs up uses this directory.
-		if err := os.Remove(sock); err != nil && !errors.Is(err, os.ErrNotExist) {
-			closeListeners()
-			return fmt.Errorf("NBD socket: %w", err)
-		}
-		l, err := net.Listen("unix", sock)
-		if err != nil {
-			closeListeners()
-			return fmt.Errorf("NBD socket: %w", err)
-		}
-		listeners = append(listeners, l)
-		nbdLs = append(nbdLs, l)
-	}
-
-	nbdSrv := nbd.NewServer(nbdExports{drv}, nbd.Options{Logger: log.With("frontend", "nbd"),
-		MaxConns: o.nbdMaxConns, HandshakeTimeout: o.nbdHandshake})
-	apiOpts, err := o.apiOptions(apiL.Addr(), log)
-	if err != nil {
-		closeListeners()
-		return err
-	}
-	apiOpts.Ready = writable
-	if backendAdmin != nil {
-		// /api/v1/backend/... is the backend's admin API (status, ASDs,
-		// presets, repair, scrub), as `ovs backend` uses it: behind the
-		// same checks as the rest (Host, Origin, JSON, deadlines), and it
-		// takes the cluster's admin token (BackendAdminToken) and nothing
-		// else: adding an ASD decides where fragments go.
-		apiOpts.Tokens = anyToken{apiOpts.Tokens, sec, backendAdminPurpose}
-		apiOpts.Mounts = map[string]http.Handler{"/api/v1/backend/": http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-			if !checkBearer(r, sec, backendAdminPurpose) {
-				w.Header().Set("Content-Type", "application/json")
-				w.Header().Set("WWW-Authenticate", `Bearer realm="ovs backend admin"`)
-				w.WriteHeader(http.StatusUnauthorized)
-				fmt.Fprintln(w, `{"error":"the backend admin API needs the cluster's admin token (Authorization: Bearer ...; ovs backend token prints it)","code":"unauthorized"}`)
-				return
-			}
-			r2 := r.Clone(r.Context())
-			r2.URL.Path = "/v1/" + strings.TrimPrefix(r.URL.Path, "/api/v1/backend/")
-			r2.URL.RawPath = ""
-			backendAdmin.ServeHTTP(w, r2)
-		})}
-	}
-	apiSrv := api.NewServer(drv, apiOpts)
-	httpSrv := apiSrv.HTTPServer()
-
-	errc := make(chan error, len(listeners))
-	for _, l := range nbdLs {
-		go func(l net.Listener) {
-			err := nbdSrv.Serve(ctx, l)
-			if errors.Is(err, nbd.ErrServerClosed) {
-				err = nil
-			}
-			if err != nil {
-				errc <- fmt.Errorf("NBD on %s: %w", l.Addr(), err)
-			}
-		}(l)
-	}
-	go func() {
-		err := httpSrv.Serve(apiSrv.Listener(apiL))
-		if errors.Is(err, http.ErrServerClosed) {
-			err = nil
-		}
-		errc <- err
-	}()
-	if o.pprofAddr != "" {
-		go servePprof(o.pprofAddr, log)
-	}
-	if writable != nil {
-		waitWritable(ctx, writable, o.readyWaitTimeout, log)
-	}
-	apiSrv.SetReady(true)
-	log.Info("ovs up is ready", "api", "http://"+apiL.Addr().String(), "nbd", o.nbdAddr, "nbd_socket", sock,
-		"vdisks", len(drv.Names()))
-
-	var runErr error
-	select {
-	case <-ctx.Done():
-		log.Info("stopping")
-	case runErr = <-errc:
-		log.Error("a server stopped", "err", runErr)
-	}
-	apiSrv.SetReady(false)
-	shutCtx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	if err := nbdSrv.Shutdown(shutCtx); err != nil {
-		log.Warn("NBD shutdown", "err", err)
-	}
-	if err := httpSrv.Shutdown(shutCtx); err != nil {
-		log.Warn("API shutdown", "err", err)
-	}
-	if sock != "none" {
-		os.Remove(sock)
-	}
-	return runErr
-}
-
-// lockDataDir takes an exclusive lock on DIR/lock: two clusters on one
-// directory would corrupt each other.
-func lockDataDir(dir string) (func(), error) {
-	f, err := os.OpenFile(filepath.Join(dir, "lock"), os.O_RDWR|os.O_CREATE, 0o600)
-	if err != nil {
-		return nil, fmt.Errorf("lock data dir: %w", err)
-	}
-	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
-		f.Close()
-		if errors.Is(err, syscall.EWOULDBLOCK) {
-			return nil, fmt.Errorf("data dir %s is in use by another ovs up", dir)
-		}
-		return nil, fmt.Errorf("lock data dir: %w", err)
-	}
-	return func() { f.Close() }, nil
-}
-
-// nbdExports serves every vdisk of the driver as an NBD export by name.
-type nbdExports struct{ drv *volumedriver.Driver }
-
-func (e nbdExports) OpenExport(ctx context.Context, name string) (nbd.Device, func(), error) {
-	v, release, err := e.drv.Acquire(name)
-	if err != nil {
-		if errors.Is(err, volumedriver.ErrNotFound) {
-			return nil, nil, fmt.Errorf("%w: %s", nbd.ErrUnknownExport, name)
-		}
-		return nil, nil, err
-	}
-	return nbdVolume{v}, release, nil
-}
-
-func (e nbdExports) ListExports(ctx context.Context) ([]string, error) {
-	return e.drv.Names(), nil
-}
-
-// nbdVolume adapts a volume to the NBD frontend's Device.
-type nbdVolume struct{ *volumedriver.Volume }
-
-func (v nbdVolume) BlockStatus(ctx context.Context, off, length int64) ([]nbd.Extent, error) {
-	ext, err := v.Extents(ctx, off, length)
-	if err != nil {
-		return nil, err
-	}
-	out := make([]nbd.Extent, len(ext))
-	for i, e := range ext {
-		out[i] = nbd.Extent{Length: e.Length, Hole: !e.Mapped, Zero: !e.Mapped}
-	}
-	return out, nil
 }
 
 // servePprof serves the Go profiler for `--pprof`; it is off by default.
@@ -472,43 +266,4 @@ func scrubInterval(d time.Duration) time.Duration {
 		return -1
 	}
 	return d
-}
-
-// parsePortRange reads FIRST-LAST (or 0: no range, ports the kernel picks).
-func parsePortRange(v string) (first, last int, err error) {
-	if strings.TrimSpace(v) == "0" {
-		return 0, 0, nil
-	}
-	a, b, ok := strings.Cut(v, "-")
-	if ok {
-		first, err = strconv.Atoi(strings.TrimSpace(a))
-		if err == nil {
-			last, err = strconv.Atoi(strings.TrimSpace(b))
-		}
-	}
-	if !ok || err != nil || first < 1 || last > 65535 || last < first {
-		return 0, 0, fmt.Errorf("%q: want FIRST-LAST, e.g. 8600-8699, or 0", v)
-	}
-	return first, last, nil
-}
-
-// backendAdminPurpose keys the token of the backend admin API.
-const backendAdminPurpose = "backend-admin"
-
-// checkBearer reports whether r carries the cluster's token of purpose.
-// anyToken accepts the API's own tokens and the cluster's token for one
-// purpose: the backend admin routes under the API carry the latter.
-type anyToken struct {
-	api     api.TokenVerifier
-	sec     *secret.Secret
-	purpose string
-}
-
-func (a anyToken) Verify(tok string) bool {
-	return a.sec.CheckToken(a.purpose, tok) || a.api != nil && a.api.Verify(tok)
-}
-
-func checkBearer(r *http.Request, sec *secret.Secret, purpose string) bool {
-	tok, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
-	return ok && sec.CheckToken(purpose, strings.TrimSpace(tok))
 }

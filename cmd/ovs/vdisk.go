@@ -47,6 +47,7 @@ func newVDiskCommand(g *globalOptions) *cobra.Command {
 		newVDiskFlattenCommand(g),
 		newVDiskSetTemplateCommand(g),
 		newVDiskScrubCommand(g),
+		newVDiskMoveCommand(g),
 	)
 	g.addClientFlags(cmd)
 	return cmd
@@ -129,9 +130,9 @@ func newVDiskListCommand(g *globalOptions) *cobra.Command {
 			return writeJSON(w, infos)
 		}
 		tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
-		fmt.Fprintln(tw, "NAME\tSIZE\tCLIENTS\tWRITTEN\tPENDING UPLOAD\tSNAPSHOTS")
+		fmt.Fprintln(tw, "NAME\tSIZE\tOWNER\tSTATE\tCLIENTS\tWRITTEN\tPENDING UPLOAD\tSNAPSHOTS")
 		for _, v := range infos {
-			fmt.Fprintf(tw, "%s\t%s\t%d\t%s\t%s\t%d\n", v.Name, api.FormatSize(v.Size), v.Clients,
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%s\t%s\t%d\n", v.Name, api.FormatSize(v.Size), dash(v.Owner), dash(v.State), v.Clients,
 				api.FormatSize(v.WrittenBytes), api.FormatSize(v.PendingUploadBytes), v.Snapshots)
 		}
 		return tw.Flush()
@@ -160,6 +161,20 @@ func newVDiskInfoCommand(g *globalOptions) *cobra.Command {
 	return cmd
 }
 
+func dash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
+}
+
+func ownerText(v volumedriver.VolumeInfo) string {
+	if v.Owner == "" {
+		return "-"
+	}
+	return fmt.Sprintf("%s (epoch %d)", v.Owner, v.OwnerEpoch)
+}
+
 // writeInfo prints a vdisk as aligned "key: value" lines.
 func writeInfo(w io.Writer, v volumedriver.VolumeInfo) error {
 	parent := v.Parent
@@ -176,6 +191,8 @@ func writeInfo(w io.Writer, v volumedriver.VolumeInfo) error {
 	for _, kv := range [][2]string{
 		{"name", v.Name},
 		{"id", v.ID},
+		{"owner", ownerText(v)},
+		{"state", dash(v.State)},
 		{"size", bytesAndSize(v.Size)},
 		{"cluster size", api.FormatSize(int64(v.ClusterSize))},
 		{"SCO size", api.FormatSize(v.SCOSize)},

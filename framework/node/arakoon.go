@@ -1,4 +1,4 @@
-package main
+package node
 
 import (
 	"bytes"
@@ -17,13 +17,16 @@ import (
 	"github.com/ovs-storage/ovs/scos"
 )
 
-// arakoonKV is the erasure-coded backend's metadata store (manifests,
+// BackendKV is the erasure-coded backend's metadata store (manifests,
 // namespaces, the ASD registry, presets) on arakoon.
-type arakoonKV struct{ c *arakoon.Client }
+type BackendKV struct{ c *arakoon.Client }
 
-var _ scos.KVStore = arakoonKV{}
+// NewBackendKV is the erasure-coded backend's store over arakoon client c.
+func NewBackendKV(c *arakoon.Client) BackendKV { return BackendKV{c} }
 
-func (a arakoonKV) Get(ctx context.Context, key string) ([]byte, error) {
+var _ scos.KVStore = BackendKV{}
+
+func (a BackendKV) Get(ctx context.Context, key string) ([]byte, error) {
 	v, err := a.c.Get(ctx, []byte(key))
 	if errors.Is(err, arakoon.ErrNotFound) {
 		return nil, fmt.Errorf("%w: %s", scos.ErrKeyNotFound, key)
@@ -31,14 +34,14 @@ func (a arakoonKV) Get(ctx context.Context, key string) ([]byte, error) {
 	return v, err
 }
 
-func (a arakoonKV) Set(ctx context.Context, key string, value []byte) error {
+func (a BackendKV) Set(ctx context.Context, key string, value []byte) error {
 	if value == nil {
 		value = []byte{}
 	}
 	return a.c.Set(ctx, []byte(key), value)
 }
 
-func (a arakoonKV) Delete(ctx context.Context, key string) error {
+func (a BackendKV) Delete(ctx context.Context, key string) error {
 	err := a.c.Delete(ctx, []byte(key))
 	if errors.Is(err, arakoon.ErrNotFound) {
 		return nil
@@ -46,7 +49,7 @@ func (a arakoonKV) Delete(ctx context.Context, key string) error {
 	return err
 }
 
-func (a arakoonKV) TestAndSet(ctx context.Context, key string, expected, wanted []byte) error {
+func (a BackendKV) TestAndSet(ctx context.Context, key string, expected, wanted []byte) error {
 	_, swapped, err := a.c.TestAndSet(ctx, []byte(key), expected, wanted)
 	if err != nil {
 		return err
@@ -62,7 +65,7 @@ func (a arakoonKV) TestAndSet(ctx context.Context, key string, expected, wanted 
 // one failed, so the guard is read again on that path only: if it no
 // longer holds, the writer is fenced (ErrFenced wins over a conflict on
 // key, as in BoltKV); otherwise key changed (ErrKVConflict).
-func (a arakoonKV) GuardedTestAndSet(ctx context.Context, guard scos.Fence, key string, expected, wanted []byte) error {
+func (a BackendKV) GuardedTestAndSet(ctx context.Context, guard scos.Fence, key string, expected, wanted []byte) error {
 	seq := (&arakoon.Sequence{}).
 		Assert([]byte(guard.Key), guard.Value).
 		Assert([]byte(key), expected)
@@ -89,7 +92,7 @@ func (a arakoonKV) GuardedTestAndSet(ctx context.Context, guard scos.Fence, key 
 
 // Range pages through arakoon until a page comes back empty: a page may
 // hold fewer entries than asked for when the values are large.
-func (a arakoonKV) Range(ctx context.Context, prefix, after string, limit int) ([]scos.KV, error) {
+func (a BackendKV) Range(ctx context.Context, prefix, after string, limit int) ([]scos.KV, error) {
 	const page = 1000
 	var out []scos.KV
 	first, inclusive := []byte(prefix), true
@@ -120,7 +123,7 @@ func (a arakoonKV) Range(ctx context.Context, prefix, after string, limit int) (
 
 // Close does nothing: the client belongs to the embedded cluster, which
 // closes it after everything that uses it has stopped.
-func (a arakoonKV) Close() error { return nil }
+func (a BackendKV) Close() error { return nil }
 
 // prefixEnd is the smallest key after every key starting with prefix, or
 // nil when there is none (the prefix is empty or all 0xff).
@@ -135,18 +138,18 @@ func prefixEnd(prefix string) []byte {
 	return nil
 }
 
-// embeddedArakoon is the 1-node arakoon cluster of `ovs up`.
-type embeddedArakoon struct {
+// EmbeddedArakoon is the 1-node arakoon cluster of `ovs up`.
+type EmbeddedArakoon struct {
 	srv    *arakoon.Server
-	client *arakoon.Client
+	Client *arakoon.Client
 	done   chan error
 	cancel context.CancelFunc
 }
 
-// startEmbeddedArakoon starts the node, over TLS with the cluster's
+// StartEmbeddedArakoon starts the node, over TLS with the cluster's
 // credentials, and writes DIR/cluster.yaml (naming the secret file) for
 // `ovs arakoon --config DIR/cluster.yaml ...`.
-func startEmbeddedArakoon(dir, clientAddr, raftAddr string, sec *secret.Secret, secretFile string, log *slog.Logger) (*embeddedArakoon, error) {
+func StartEmbeddedArakoon(dir, clientAddr, raftAddr string, sec *secret.Secret, secretFile string, log *slog.Logger) (*EmbeddedArakoon, error) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, fmt.Errorf("arakoon: %w", err)
 	}
@@ -162,10 +165,10 @@ func startEmbeddedArakoon(dir, clientAddr, raftAddr string, sec *secret.Secret, 
 			CommitTimeout:      arakoon.Duration(5 * time.Millisecond),
 		},
 	}
-	if err := writeArakoonConfig(filepath.Join(dir, "cluster.yaml"), cfg); err != nil {
+	if err := WriteArakoonConfig(filepath.Join(dir, "cluster.yaml"), cfg); err != nil {
 		return nil, err
 	}
-	ntls, err := arakoonNodeTLS(sec, "local")
+	ntls, err := ArakoonNodeTLS(sec, "local")
 	if err != nil {
 		return nil, err
 	}
@@ -174,7 +177,7 @@ func startEmbeddedArakoon(dir, clientAddr, raftAddr string, sec *secret.Secret, 
 		return nil, err
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	e := &embeddedArakoon{srv: srv, done: make(chan error, 1), cancel: cancel}
+	e := &EmbeddedArakoon{srv: srv, done: make(chan error, 1), cancel: cancel}
 	go func() { e.done <- srv.Run(ctx) }()
 	cc := cfg.ClientConfig()
 	cc.Logger = log.With("component", "arakoon-client")
@@ -182,14 +185,14 @@ func startEmbeddedArakoon(dir, clientAddr, raftAddr string, sec *secret.Secret, 
 		e.Close()
 		return nil, err
 	}
-	e.client, err = arakoon.NewClient(cc)
+	e.Client, err = arakoon.NewClient(cc)
 	if err != nil {
 		e.Close()
 		return nil, err
 	}
 	wait, cancelWait := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancelWait()
-	if err := e.client.Nop(wait); err != nil {
+	if err := e.Client.Nop(wait); err != nil {
 		e.Close()
 		return nil, fmt.Errorf("arakoon: no master after 30s: %w", err)
 	}
@@ -197,17 +200,17 @@ func startEmbeddedArakoon(dir, clientAddr, raftAddr string, sec *secret.Secret, 
 }
 
 // Close stops the client and the node.
-func (e *embeddedArakoon) Close() error {
-	if e.client != nil {
-		e.client.Close()
+func (e *EmbeddedArakoon) Close() error {
+	if e.Client != nil {
+		e.Client.Close()
 	}
 	e.cancel()
 	return <-e.done
 }
 
-// arakoonNodeTLS is the TLS of arakoon node id: clients of any role of the
+// ArakoonNodeTLS is the TLS of arakoon node id: clients of any role of the
 // cluster, raft only with other arakoon nodes.
-func arakoonNodeTLS(sec *secret.Secret, id string) (*arakoon.TLSConfig, error) {
+func ArakoonNodeTLS(sec *secret.Secret, id string) (*arakoon.TLSConfig, error) {
 	var t arakoon.TLSConfig
 	var err error
 	if t.Client, err = sec.ServerTLS(secret.RoleArakoon, id); err != nil {
@@ -223,7 +226,7 @@ func arakoonNodeTLS(sec *secret.Secret, id string) (*arakoon.TLSConfig, error) {
 }
 
 // writeArakoonConfig writes a cluster file (0600) for the CLI.
-func writeArakoonConfig(path string, cfg *arakoon.Config) error {
+func WriteArakoonConfig(path string, cfg *arakoon.Config) error {
 	b, err := yaml.Marshal(cfg)
 	if err != nil {
 		return fmt.Errorf("arakoon config: %w", err)

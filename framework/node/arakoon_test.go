@@ -1,4 +1,4 @@
-package main
+package node
 
 import (
 	"bytes"
@@ -28,23 +28,23 @@ func freeAddr(t testing.TB) string {
 
 // startTestArakoonKV starts the embedded 1-node arakoon of `ovs up` (TLS,
 // its own secret) and returns the backend's KV store on it.
-func startTestArakoonKV(t testing.TB) arakoonKV {
+func startTestArakoonKV(t testing.TB) BackendKV {
 	t.Helper()
 	dir := t.TempDir()
 	sec, err := secret.Ensure(dir)
 	if err != nil {
 		t.Fatal(err)
 	}
-	ara, err := startEmbeddedArakoon(filepath.Join(dir, "arakoon"), freeAddr(t), freeAddr(t), sec,
+	ara, err := StartEmbeddedArakoon(filepath.Join(dir, "arakoon"), freeAddr(t), freeAddr(t), sec,
 		filepath.Join(dir, secret.FileName), slog.New(slog.DiscardHandler))
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { ara.Close() })
-	return arakoonKV{ara.client}
+	return BackendKV{ara.Client}
 }
 
-// The guard of arakoonKV.GuardedTestAndSet on a real arakoon: one
+// The guard of BackendKV.GuardedTestAndSet on a real arakoon: one
 // sequence asserting the owner record and the key.
 func TestArakoonKVGuardedTestAndSet(t *testing.T) {
 	kv := startTestArakoonKV(t)

@@ -1,0 +1,619 @@
+package node
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/ovs-storage/ovs/framework/api"
+	"github.com/ovs-storage/ovs/framework/model"
+	"github.com/ovs-storage/ovs/scos"
+	"github.com/ovs-storage/ovs/volumedriver"
+	"github.com/ovs-storage/ovs/volumedriver/nbd"
+	"github.com/ovs-storage/ovs/volumedriver/remote"
+)
+
+// The router sends each I/O of a vdisk to where the vdisk lives: the
+// local volume if this node owns it, else the owner over the forwarding
+// protocol. Every node exports every vdisk this way, so a client does not
+// care where a vdisk lives, and a vdisk can move under a connected client:
+// the old owner holds new I/O at the route's gate while it hands the vdisk
+// over, then lets it through to the new owner.
+
+// ErrFenced is what I/O on a connection gets once the vdisk it was served
+// from here was taken away from this node without a handover: the client
+// must not see the new owner's older data silently.
+var ErrFenced = errors.New("this node lost the vdisk without a handover; reconnect")
+
+type routerConfig struct {
+	self        string
+	store       *model.Store
+	fencer      scos.Fencer
+	log         *slog.Logger
+	retryWindow time.Duration
+}
+
+type router struct {
+	routerConfig
+	drv        *volumedriver.Driver
+	forwardTLS *tls.Config
+	apiToken   string
+
+	mu      sync.Mutex
+	routes  map[string]*route         // by vdisk name
+	clients map[string]*remote.Client // forwarding clients by node id
+	apis    map[string]*api.Client    // REST clients by node id
+	adopts  map[string]*adoptCall     // adoptions in progress by vdisk id
+	closed  bool
+}
+
+// route is where one vdisk's I/O goes.
+type route struct {
+	name string
+	// gate: I/O on the local volume holds it shared; a handover holds it
+	// exclusively, so I/O waits instead of failing.
+	gate  sync.RWMutex
+	local *volumedriver.Volume // under gate: served here
+	id    string               // under gate
+	owner string               // under gate: the owner when not local
+	stale bool                 // under gate: resolve again before use
+	// tenure grows when this node loses the vdisk without a handover;
+	// devices opened before then fail every I/O.
+	tenure atomic.Uint64
+}
+
+type adoptCall struct {
+	done chan struct{}
+	err  error
+}
+
+func newRouter(cfg routerConfig) *router {
+	return &router{routerConfig: cfg, routes: map[string]*route{}, clients: map[string]*remote.Client{},
+		apis: map[string]*api.Client{}, adopts: map[string]*adoptCall{}}
+}
+
+func (r *router) close() {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.closed = true
+	for _, c := range r.clients {
+		c.Close()
+	}
+	r.clients = map[string]*remote.Client{}
+}
+
+// routeOf returns the vdisk's route, resolved.
+func (r *router) routeOf(ctx context.Context, name string) (*route, error) {
+	r.mu.Lock()
+	rt := r.routes[name]
+	if rt == nil {
+		rt = &route{name: name, stale: true}
+		r.routes[name] = rt
+	}
+	r.mu.Unlock()
+	rt.gate.RLock()
+	stale := rt.stale
+	rt.gate.RUnlock()
+	if !stale {
+		return rt, nil
+	}
+	return rt, r.resolve(ctx, rt)
+}
+
+// resolve reads the vdisk's owner from the model and points the route at
+// the local volume (adopting it if the model gave it to this node) or at
+// the owner.
+func (r *router) resolve(ctx context.Context, rt *route) error {
+	ov, err := r.store.VDisk(ctx, rt.name)
+	if errors.Is(err, model.ErrNotFound) {
+		r.forget(rt.name)
+		return fmt.Errorf("%w: %s", volumedriver.ErrNotFound, rt.name)
+	}
+	if err != nil {
+		return err
+	}
+	var local *volumedriver.Volume
+	if ov.Owner.Node == r.self {
+		if local, err = r.ensureLocal(ctx, ov); err != nil {
+			return err
+		}
+	}
+	rt.gate.Lock()
+	rt.local, rt.id, rt.owner, rt.stale = local, ov.ID, ov.Owner.Node, false
+	rt.gate.Unlock()
+	return nil
+}
+
+func (r *router) forget(name string) {
+	r.mu.Lock()
+	delete(r.routes, name)
+	r.mu.Unlock()
+}
+
+// invalidate makes the next I/O resolve the route again.
+func (r *router) invalidate(rt *route) {
+	rt.gate.Lock()
+	rt.stale = true
+	rt.local = nil
+	rt.gate.Unlock()
+}
+
+// ensureLocal returns the local volume of a vdisk the model says this node
+// owns, adopting it from the backend first if it is not open here (it was
+// moved or failed over to this node). Adoptions of one vdisk are done
+// once, whoever asks.
+func (r *router) ensureLocal(ctx context.Context, ov model.OwnedVDisk) (*volumedriver.Volume, error) {
+	if v, err := r.drv.Volume(ov.Name); err == nil {
+		return v, nil
+	}
+	r.mu.Lock()
+	call := r.adopts[ov.ID]
+	leader := call == nil
+	if leader {
+		call = &adoptCall{done: make(chan struct{})}
+		r.adopts[ov.ID] = call
+	}
+	r.mu.Unlock()
+	if leader {
+		call.err = r.adopt(ov)
+		r.mu.Lock()
+		delete(r.adopts, ov.ID)
+		r.mu.Unlock()
+		close(call.done)
+	}
+	select {
+	case <-call.done:
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+	if call.err != nil {
+		return nil, call.err
+	}
+	return r.drv.Volume(ov.Name)
+}
+
+// adopt brings a vdisk up on this node under the owner record ov carries:
+// its fence first, so that nothing it writes lands unless the record
+// still holds.
+func (r *router) adopt(ov model.OwnedVDisk) error {
+	if _, err := r.drv.Volume(ov.Name); err == nil {
+		return nil
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
+	defer cancel()
+	setFence(r.fencer, ov)
+	start := time.Now()
+	if _, err := r.drv.Adopt(ctx, ov.ID, ov.Owner.Epoch); err != nil {
+		clearFence(r.fencer, ov.ID)
+		return fmt.Errorf("adopt vdisk %s: %w", ov.Name, err)
+	}
+	r.log.Info("vdisk adopted", "vdisk", ov.Name, "epoch", ov.Owner.Epoch, "took", time.Since(start).Round(time.Millisecond))
+	return nil
+}
+
+// retryable: the route is out of date (the vdisk moved, is moving, or its
+// owner is unreachable for now).
+func retryable(err error) bool {
+	return errors.Is(err, volumedriver.ErrReleased) || errors.Is(err, volumedriver.ErrClosed) ||
+		errors.Is(err, remote.ErrNotOwner) || errors.Is(err, remote.ErrUnavailable)
+}
+
+// do runs one I/O on the vdisk wherever it lives, following it when it
+// moves, until it succeeds, fails for good, or the retry window closes.
+func (r *router) do(ctx context.Context, name string, tenure uint64, localOnly bool,
+	local func(*volumedriver.Volume) error, fwd func(context.Context, *remote.Client) error) error {
+	var deadline time.Time
+	backoff := 5 * time.Millisecond
+	for {
+		rt, err := r.routeOf(ctx, name)
+		if err != nil && !retryable(err) {
+			return err
+		}
+		if err == nil {
+			if rt.tenure.Load() != tenure {
+				return ErrFenced
+			}
+			rt.gate.RLock()
+			v, owner := rt.local, rt.owner
+			if v != nil {
+				err = local(v)
+				rt.gate.RUnlock()
+			} else {
+				rt.gate.RUnlock()
+				if localOnly {
+					return fmt.Errorf("%w: %s is served by %s", remote.ErrNotOwner, name, owner)
+				}
+				var c *remote.Client
+				if c, err = r.forwarder(ctx, owner); err == nil {
+					// A frozen owner must not hold the I/O for good: past
+					// the attempt's deadline the route is looked up again.
+					actx, cancel := context.WithTimeout(ctx, forwardAttemptTimeout)
+					err = fwd(actx, c)
+					if err != nil && actx.Err() != nil && ctx.Err() == nil {
+						err = fmt.Errorf("%w: %s did not answer within %s", remote.ErrUnavailable, owner, forwardAttemptTimeout)
+					}
+					cancel()
+				}
+			}
+			if err == nil || !retryable(err) {
+				return err
+			}
+			r.invalidate(rt)
+		}
+		if deadline.IsZero() {
+			deadline = time.Now().Add(r.retryWindow)
+		} else if time.Now().After(deadline) {
+			return fmt.Errorf("vdisk %s: no owner answered for %s: %w", name, r.retryWindow, err)
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(backoff):
+		}
+		backoff = min(2*backoff, 250*time.Millisecond)
+	}
+}
+
+// forwardAttemptTimeout bounds one try of a forwarded I/O: past it the
+// owner is taken for gone (frozen, partitioned) and the route is read
+// again; a write tried twice writes the same bytes twice.
+const forwardAttemptTimeout = 20 * time.Second
+
+// forwarder returns the forwarding client of node id.
+func (r *router) forwarder(ctx context.Context, id string) (*remote.Client, error) {
+	r.mu.Lock()
+	c := r.clients[id]
+	r.mu.Unlock()
+	if c != nil {
+		return c, nil
+	}
+	n, err := r.store.Node(ctx, id)
+	if err != nil {
+		return nil, fmt.Errorf("%w: owner %s: %v", remote.ErrUnavailable, id, err)
+	}
+	if n.Forward == "" {
+		return nil, fmt.Errorf("%w: node %s does not forward I/O (no forward address)", remote.ErrUnavailable, id)
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.closed {
+		return nil, fmt.Errorf("%w: node is stopping", remote.ErrUnavailable)
+	}
+	if c = r.clients[id]; c == nil {
+		c = remote.NewClient(n.Forward, remote.ClientOptions{TLS: r.forwardTLS, Logger: r.log})
+		r.clients[id] = c
+	}
+	return c, nil
+}
+
+// apiOf returns a REST client of node id's API, authenticated as a node.
+func (r *router) apiOf(ctx context.Context, id string) (*api.Client, error) {
+	r.mu.Lock()
+	c := r.apis[id]
+	r.mu.Unlock()
+	if c != nil {
+		return c, nil
+	}
+	n, err := r.store.Node(ctx, id)
+	if err != nil {
+		return nil, err
+	}
+	c = api.NewClient("http://"+n.API, nil).WithToken(r.apiToken).Forwarded()
+	r.mu.Lock()
+	r.apis[id] = c
+	r.mu.Unlock()
+	return c, nil
+}
+
+// onFenced: the backend refused a write of a vdisk served here, or the
+// owner check found it taken: another node owns it now. Connections that
+// were served here get errors from now on; new ones are forwarded.
+func (r *router) onFenced(name, id string) {
+	r.log.Error("vdisk fenced: another node owns it now; dropping it here", "vdisk", name, "id", id)
+	r.mu.Lock()
+	rt := r.routes[name]
+	r.mu.Unlock()
+	if rt != nil {
+		rt.tenure.Add(1)
+		r.invalidate(rt)
+	}
+	clearFence(r.fencer, id)
+	if err := r.drv.Drop(name); err != nil {
+		r.log.Error("dropping a fenced vdisk", "vdisk", name, "err", err)
+	}
+}
+
+// Move hands vdisk name, owned by this node, to node to: the volume is
+// synced while I/O goes on, then I/O is held at the gate while the rest is
+// uploaded, the owner record changes (new epoch) and the new owner adopts
+// it; held I/O then goes to the new owner.
+func (r *router) move(ctx context.Context, ov model.OwnedVDisk, to string) (time.Duration, error) {
+	if _, err := r.store.Node(ctx, to); err != nil {
+		return 0, fmt.Errorf("%w: target node: %v", volumedriver.ErrInvalidArgument, err)
+	}
+	if err := r.drv.Sync(ctx, ov.Name); err != nil {
+		return 0, fmt.Errorf("move %s: sync before the handover: %w", ov.Name, err)
+	}
+	rt, err := r.routeOf(ctx, ov.Name)
+	if err != nil {
+		return 0, err
+	}
+	rt.gate.Lock()
+	defer rt.gate.Unlock()
+	held := time.Now()
+	if err := r.drv.Release(ctx, ov.Name); err != nil {
+		return 0, fmt.Errorf("move %s: hand over: %w", ov.Name, err)
+	}
+	_, _, err = r.store.ChangeOwner(ctx, ov.ID, ov.OwnerRaw, to)
+	if err != nil {
+		// The owner did not change: serve it here again.
+		if _, aerr := r.drv.Adopt(context.WithoutCancel(ctx), ov.ID, ov.Owner.Epoch); aerr != nil {
+			r.log.Error("could not take back a vdisk whose move failed", "vdisk", ov.Name, "err", aerr)
+		}
+		rt.stale = true
+		return 0, fmt.Errorf("move %s: %w", ov.Name, err)
+	}
+	clearFence(r.fencer, ov.ID)
+	rt.local, rt.owner, rt.stale = nil, to, false
+	// Have the new owner bring it up now rather than on the first
+	// forwarded I/O; held I/O waits for that either way.
+	if c, err := r.apiOf(ctx, to); err == nil {
+		if _, err := c.Adopt(ctx, ov.Name); err != nil {
+			r.log.Warn("the new owner did not adopt the vdisk at once; it will on the first I/O", "vdisk", ov.Name, "to", to, "err", err)
+		}
+	}
+	return time.Since(held), nil
+}
+
+// watchOwners compares, every interval, what this node serves with the
+// model: a vdisk whose owner record changed under it is fenced at once
+// (its next backend write would be refused anyway), and one the model
+// gave to this node is brought up.
+func (r *router) watchOwners(ctx context.Context, every time.Duration) {
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		all, err := r.store.VDisks(ctx)
+		if err != nil {
+			if ctx.Err() == nil {
+				r.log.Warn("owner check: reading the model", "err", err)
+			}
+			continue
+		}
+		local := map[string]volumedriver.VolumeInfo{}
+		if infos, err := r.drv.List(ctx); err == nil {
+			for _, in := range infos {
+				local[in.Name] = in
+			}
+		}
+		for _, ov := range all {
+			in, here := local[ov.Name]
+			delete(local, ov.Name)
+			mine := ov.OwnerRaw != nil && ov.Owner.Node == r.self
+			switch {
+			case here && (!mine || in.ID != ov.ID):
+				r.drv.Fence(ov.Name)
+			case !here && mine && ov.State == model.VDiskReady:
+				go func(ov model.OwnedVDisk) {
+					actx, cancel := context.WithTimeout(ctx, 10*time.Minute)
+					defer cancel()
+					if _, err := r.ensureLocal(actx, ov); err != nil && ctx.Err() == nil {
+						r.log.Error("bringing up a vdisk the model gives this node", "vdisk", ov.Name, "err", err)
+					}
+				}(ov)
+			}
+		}
+		for name := range local {
+			// Served here, gone from the model: deleted or taken.
+			r.drv.Fence(name)
+		}
+	}
+}
+
+// heartbeat tells the model every interval that this node runs.
+func (r *router) heartbeat(ctx context.Context, started time.Time, every time.Duration) {
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		bctx, cancel := context.WithTimeout(ctx, every)
+		if err := r.store.Beat(bctx, r.self, started); err != nil && ctx.Err() == nil {
+			r.log.Warn("heartbeat", "err", err)
+		}
+		cancel()
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+}
+
+// --- frontends
+
+// nbdExports serves every vdisk of the cluster as an NBD export.
+type nbdExports struct{ r *router }
+
+func (e nbdExports) OpenExport(ctx context.Context, name string) (nbd.Device, func(), error) {
+	d, err := e.r.open(ctx, name, false)
+	if err != nil {
+		if errors.Is(err, volumedriver.ErrNotFound) {
+			return nil, nil, fmt.Errorf("%w: %s", nbd.ErrUnknownExport, name)
+		}
+		return nil, nil, err
+	}
+	return nbdDevice{d}, d.release, nil
+}
+
+func (e nbdExports) ListExports(ctx context.Context) ([]string, error) {
+	all, err := e.r.store.VDisks(ctx)
+	if err != nil {
+		return nil, err
+	}
+	names := make([]string, 0, len(all))
+	for _, v := range all {
+		if v.State == model.VDiskReady {
+			names = append(names, v.Name)
+		}
+	}
+	return names, nil
+}
+
+// forwardTarget serves other nodes' forwarded I/O: local vdisks only.
+type forwardTarget struct{ r *router }
+
+func (t forwardTarget) OpenDevice(ctx context.Context, name string) (remote.Device, func(), error) {
+	d, err := t.r.open(ctx, name, true)
+	if err != nil {
+		return nil, nil, err
+	}
+	return remoteDevice{d}, d.release, nil
+}
+
+// classifyForward maps errors of local I/O onto the forwarding protocol's
+// statuses.
+func classifyForward(err error) remote.Status {
+	switch {
+	case errors.Is(err, remote.ErrNotOwner), errors.Is(err, volumedriver.ErrReleased), errors.Is(err, volumedriver.ErrClosed):
+		return remote.StatusNotOwner
+	case errors.Is(err, volumedriver.ErrNotFound):
+		return remote.StatusNotFound
+	case errors.Is(err, volumedriver.ErrInvalidArgument):
+		return remote.StatusInvalid
+	}
+	// ErrOutOfRange is ENOSPC, ErrReadOnly EPERM: the default maps errnos.
+	return remote.DefaultClassify(err)
+}
+
+// routedDevice is one client's view of a vdisk, wherever it lives.
+type routedDevice struct {
+	r         *router
+	name      string
+	size      int64
+	tenure    uint64
+	localOnly bool
+	acquired  func() // the driver's count of clients, when opened here
+}
+
+func (r *router) open(ctx context.Context, name string, localOnly bool) (*routedDevice, error) {
+	rt, err := r.routeOf(ctx, name)
+	if err != nil {
+		return nil, err
+	}
+	d := &routedDevice{r: r, name: name, tenure: rt.tenure.Load(), localOnly: localOnly}
+	rt.gate.RLock()
+	v, owner := rt.local, rt.owner
+	rt.gate.RUnlock()
+	switch {
+	case v != nil:
+		d.size = v.Size()
+		if !localOnly {
+			if _, rel, err := r.drv.Acquire(name); err == nil {
+				d.acquired = rel
+			}
+		}
+	case localOnly:
+		return nil, fmt.Errorf("%w: %s is served by %s", remote.ErrNotOwner, name, owner)
+	default:
+		err := r.do(ctx, name, d.tenure, false, func(v *volumedriver.Volume) error {
+			d.size = v.Size()
+			return nil
+		}, func(ctx context.Context, c *remote.Client) error {
+			var err error
+			d.size, err = c.Size(ctx, name)
+			return err
+		})
+		if err != nil {
+			return nil, err
+		}
+	}
+	return d, nil
+}
+
+func (d *routedDevice) release() {
+	if d.acquired != nil {
+		d.acquired()
+	}
+}
+
+func (d *routedDevice) run(ctx context.Context, local func(*volumedriver.Volume) error, fwd func(context.Context, *remote.Client) error) error {
+	return d.r.do(ctx, d.name, d.tenure, d.localOnly, local, fwd)
+}
+
+func (d *routedDevice) Size() int64 { return d.size }
+
+func (d *routedDevice) ReadAt(ctx context.Context, p []byte, off int64) error {
+	return d.run(ctx, func(v *volumedriver.Volume) error { return v.ReadAt(ctx, p, off) },
+		func(ctx context.Context, c *remote.Client) error { return c.ReadAt(ctx, d.name, p, off) })
+}
+
+func (d *routedDevice) WriteAt(ctx context.Context, p []byte, off int64, fua bool) error {
+	return d.run(ctx, func(v *volumedriver.Volume) error { return v.WriteAt(ctx, p, off, fua) },
+		func(ctx context.Context, c *remote.Client) error { return c.WriteAt(ctx, d.name, p, off, fua) })
+}
+
+func (d *routedDevice) Flush(ctx context.Context) error {
+	return d.run(ctx, func(v *volumedriver.Volume) error { return v.Flush(ctx) },
+		func(ctx context.Context, c *remote.Client) error { return c.Flush(ctx, d.name) })
+}
+
+func (d *routedDevice) Trim(ctx context.Context, off, length int64) error {
+	return d.run(ctx, func(v *volumedriver.Volume) error { return v.Trim(ctx, off, length) },
+		func(ctx context.Context, c *remote.Client) error { return c.Trim(ctx, d.name, off, length) })
+}
+
+func (d *routedDevice) WriteZeroes(ctx context.Context, off, length int64, noHole, fua bool) error {
+	return d.run(ctx, func(v *volumedriver.Volume) error { return v.WriteZeroes(ctx, off, length, noHole, fua) },
+		func(ctx context.Context, c *remote.Client) error { return c.WriteZeroes(ctx, d.name, off, length, noHole, fua) })
+}
+
+func (d *routedDevice) extents(ctx context.Context, off, length int64) ([]remote.Extent, error) {
+	var out []remote.Extent
+	err := d.run(ctx, func(v *volumedriver.Volume) error {
+		ext, err := v.Extents(ctx, off, length)
+		if err != nil {
+			return err
+		}
+		out = make([]remote.Extent, len(ext))
+		for i, e := range ext {
+			out[i] = remote.Extent{Length: e.Length, Hole: !e.Mapped, Zero: !e.Mapped}
+		}
+		return nil
+	}, func(ctx context.Context, c *remote.Client) error {
+		var err error
+		out, err = c.BlockStatus(ctx, d.name, off, length)
+		return err
+	})
+	return out, err
+}
+
+// nbdDevice and remoteDevice adapt a routed device to the two servers'
+// Device interfaces (they differ only in their extent type).
+type nbdDevice struct{ *routedDevice }
+
+func (d nbdDevice) BlockStatus(ctx context.Context, off, length int64) ([]nbd.Extent, error) {
+	ext, err := d.extents(ctx, off, length)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]nbd.Extent, len(ext))
+	for i, e := range ext {
+		out[i] = nbd.Extent{Length: e.Length, Hole: e.Hole, Zero: e.Zero}
+	}
+	return out, nil
+}
+
+type remoteDevice struct{ *routedDevice }
+
+func (d remoteDevice) BlockStatus(ctx context.Context, off, length int64) ([]remote.Extent, error) {
+	return d.extents(ctx, off, length)
+}
