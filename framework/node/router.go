@@ -573,7 +573,9 @@ func (d *routedDevice) Trim(ctx context.Context, off, length int64) error {
 
 func (d *routedDevice) WriteZeroes(ctx context.Context, off, length int64, noHole, fua bool) error {
 	return d.run(ctx, func(v *volumedriver.Volume) error { return v.WriteZeroes(ctx, off, length, noHole, fua) },
-		func(ctx context.Context, c *remote.Client) error { return c.WriteZeroes(ctx, d.name, off, length, noHole, fua) })
+		func(ctx context.Context, c *remote.Client) error {
+			return c.WriteZeroes(ctx, d.name, off, length, noHole, fua)
+		})
 }
 
 func (d *routedDevice) extents(ctx context.Context, off, length int64) ([]remote.Extent, error) {
