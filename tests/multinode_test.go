@@ -3,8 +3,6 @@ package tests
 import (
 	"bytes"
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
 	"encoding/json"
 	"fmt"
 	"os"
@@ -45,7 +43,7 @@ func (c *netCluster) nbdURI(h *netHost, name string) string {
 // startNetCluster makes the hosts, the arakoon, the cluster and its nodes.
 func startNetCluster(t *testing.T, extra string) *netCluster {
 	t.Helper()
-	needTools(t, "nbdsh")
+	needPython(t)
 	hosts := newNetHosts(t, 3)
 	c := &netCluster{t: t, hosts: hosts, nodes: map[*netHost]*netProc{}, extra: extra}
 	c.ara = startNetArakoon(t, hosts.Hosts)
@@ -158,13 +156,20 @@ func (c *netCluster) host(name string) *netHost {
 	return nil
 }
 
-// nbdsh runs a python snippet against uri (h: the host whose namespace it
-// runs in; nil: the test's own namespace, which reaches every host).
+// libnbdCmd runs a python snippet with h, a libnbd handle connected to
+// uri (what nbdsh -u URI -c SCRIPT does), from the test's own namespace,
+// which reaches every host.
+func libnbdCmd(ctx context.Context, t *testing.T, uri, script string) *exec.Cmd {
+	t.Helper()
+	py := needPython(t)
+	return exec.CommandContext(ctx, py, "-c", fmt.Sprintf("import nbd\nh = nbd.NBD()\nh.connect_uri(%q)\n", uri)+script)
+}
+
 func nbdshRun(t *testing.T, uri, script string) (string, error) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
-	out, err := exec.CommandContext(ctx, "nbdsh", "-u", uri, "-c", script).CombinedOutput()
+	out, err := libnbdCmd(ctx, t, uri, script).CombinedOutput()
 	return string(out), err
 }
 
@@ -173,12 +178,12 @@ func readSum(t *testing.T, uri string, n int64) string {
 	t.Helper()
 	out, err := nbdshRun(t, uri, fmt.Sprintf(`
 import hashlib
-h = hashlib.sha256()
+h2 = hashlib.sha256()
 off = 0
 while off < %d:
-    h.update(h_read(off))
+    h2.update(h.pread(1<<20, off))
     off += 1<<20
-print(h.hexdigest())
+print(h2.hexdigest())
 `, n))
 	if err != nil {
 		t.Fatalf("read %s: %v\n%s", uri, err, out)
@@ -302,7 +307,7 @@ func TestClusterOfThreeHosts(t *testing.T) {
 		// A client stays connected to h3 across the freeze.
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 		defer cancel()
-		py := exec.CommandContext(ctx, "nbdsh", "-u", c.nbdURI(h3, "vm"), "-c", fmt.Sprintf(`
+		py := libnbdCmd(ctx, t, c.nbdURI(h3, "vm"), fmt.Sprintf(`
 import sys
 print('connected', flush=True)
 sys.stdin.readline()
@@ -326,7 +331,7 @@ except Exception as e:
 		if err := py.Start(); err != nil {
 			t.Fatal(err)
 		}
-		waitFor(t, 30*time.Second, func() bool { return strings.Contains(pyOut.String(), "connected") })
+		waitFor(t, 30*time.Second, "the client of the owner to connect", func() bool { return strings.Contains(pyOut.String(), "connected") })
 
 		c.nodes[h3].Freeze()
 		res := c.ovsOK(h1, "vdisk", "move", "vm", "--to", "h1", "--force")
@@ -348,7 +353,7 @@ except Exception as e:
 			t.Errorf("the fenced owner went on serving its old client:\n%s", pyOut.String())
 		}
 		// The old owner's backend writes were refused and it dropped the vdisk.
-		waitFor(t, 30*time.Second, func() bool {
+		waitFor(t, 30*time.Second, "the old owner to be fenced", func() bool {
 			log, _ := os.ReadFile(c.nodes[h3].LogPath)
 			return bytes.Contains(log, []byte("vdisk fenced"))
 		})
@@ -401,17 +406,3 @@ except Exception as e:
 		}
 	})
 }
-
-func waitFor(t *testing.T, timeout time.Duration, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("condition not met after %v", timeout)
-		}
-		time.Sleep(200 * time.Millisecond)
-	}
-}
-
-var _ = sha256.New
-var _ = hex.EncodeToString

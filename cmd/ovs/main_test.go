@@ -64,9 +64,9 @@ func TestCLI(t *testing.T) {
 			name: "list",
 			args: []string{"vdisk", "list"},
 			wantStdout: "" +
-				"NAME  SIZE   CLIENTS  WRITTEN  PENDING UPLOAD  SNAPSHOTS\n" +
-				"a     1 GiB  0        3 MiB    1 MiB           0\n" +
-				"busy  2 GiB  1        0 B      0 B             0\n",
+				"NAME  SIZE   OWNER  STATE  CLIENTS  WRITTEN  PENDING UPLOAD  SNAPSHOTS\n" +
+				"a     1 GiB  -      ok     0        3 MiB    1 MiB           0\n" +
+				"busy  2 GiB  -      ok     1        0 B      0 B             0\n",
 		},
 		{
 			name:      "list alias",
@@ -167,6 +167,8 @@ func TestCLI(t *testing.T) {
 			wantStdout: "" +
 				"name:           a\n" +
 				"id:             00000000-0000-0000-0000-000000000001\n" +
+				"owner:          -\n" +
+				"state:          ok\n" +
 				"size:           1 GiB (1073741824 bytes)\n" +
 				"cluster size:   4 KiB\n" +
 				"SCO size:       4 MiB\n" +
@@ -369,7 +371,7 @@ func TestCLIListJSONEmpty(t *testing.T) {
 		t.Fatalf("not a JSON array: %v", err)
 	}
 	stdout, _, _ = runOVS("vdisk", "list", "--api", ts.URL)
-	if stdout != "NAME  SIZE  CLIENTS  WRITTEN  PENDING UPLOAD  SNAPSHOTS\n" {
+	if stdout != "NAME  SIZE  OWNER  STATE  CLIENTS  WRITTEN  PENDING UPLOAD  SNAPSHOTS\n" {
 		t.Errorf("empty table = %q", stdout)
 	}
 }

@@ -470,11 +470,11 @@ func TestCLISnapshots(t *testing.T) {
 			setup: seedSnapshots,
 			args:  []string{"vdisk", "list"},
 			wantStdout: "" +
-				"NAME  SIZE   CLIENTS  WRITTEN  PENDING UPLOAD  SNAPSHOTS\n" +
-				"a     1 GiB  0        3 MiB    1 MiB           2\n" +
-				"busy  2 GiB  1        0 B      0 B             1\n" +
-				"c     1 GiB  0        0 B      0 B             0\n" +
-				"t     1 GiB  0        0 B      0 B             1\n",
+				"NAME  SIZE   OWNER  STATE  CLIENTS  WRITTEN  PENDING UPLOAD  SNAPSHOTS\n" +
+				"a     1 GiB  -      ok     0        3 MiB    1 MiB           2\n" +
+				"busy  2 GiB  -      ok     1        0 B      0 B             1\n" +
+				"c     1 GiB  -      ok     0        0 B      0 B             0\n" +
+				"t     1 GiB  -      ok     0        0 B      0 B             1\n",
 		},
 		{
 			name:       "delete a vdisk with clones",

@@ -149,6 +149,10 @@ type Owner struct {
 	Node  string    `json:"node"`
 	Epoch uint64    `json:"epoch"`
 	Since time.Time `json:"since"`
+	// Forced: the owner changed without a handover from the previous one
+	// (it was down or frozen); what it had not uploaded is not here, and
+	// clients that were writing through it must be told.
+	Forced bool `json:"forced,omitempty"`
 }
 
 // OwnedVDisk is a vdisk with its owner, and the owner record's exact bytes
@@ -391,14 +395,15 @@ func (s *Store) VDisks(ctx context.Context) ([]OwnedVDisk, error) {
 }
 
 // ChangeOwner hands the vdisk with namespace id from the owner whose
-// record is exactly from (as read) to node, with the next epoch. It fails
+// record is exactly from (as read) to node, with the next epoch; forced
+// says the old owner did not hand it over. It fails
 // with ErrConflict if the owner changed since from was read.
-func (s *Store) ChangeOwner(ctx context.Context, id string, from []byte, node string) (Owner, []byte, error) {
+func (s *Store) ChangeOwner(ctx context.Context, id string, from []byte, node string, forced bool) (Owner, []byte, error) {
 	var old Owner
 	if err := json.Unmarshal(from, &old); err != nil {
 		return Owner{}, nil, fmt.Errorf("owner of %s: %w", id, err)
 	}
-	o := Owner{Node: node, Epoch: old.Epoch + 1, Since: time.Now().UTC()}
+	o := Owner{Node: node, Epoch: old.Epoch + 1, Since: time.Now().UTC(), Forced: forced}
 	raw, _ := json.Marshal(o)
 	if err := s.kv.Apply(ctx, assert(OwnerKey(id), from), set(OwnerKey(id), raw)); err != nil {
 		return Owner{}, nil, fmt.Errorf("change owner of %s to %s: %w", id, node, err)

@@ -61,7 +61,12 @@ type route struct {
 	local *volumedriver.Volume // under gate: served here
 	id    string               // under gate
 	owner string               // under gate: the owner when not local
-	stale bool                 // under gate: resolve again before use
+	epoch uint64               // under gate: the owner's epoch
+	// forcedAt (under gate) is the latest epoch this node saw begin
+	// without a handover: devices opened before it were writing through
+	// an owner whose unuploaded writes are gone, and get errors.
+	forcedAt uint64
+	stale    bool // under gate: resolve again before use
 	// tenure grows when this node loses the vdisk without a handover;
 	// devices opened before then fail every I/O.
 	tenure atomic.Uint64
@@ -124,7 +129,10 @@ func (r *router) resolve(ctx context.Context, rt *route) error {
 		}
 	}
 	rt.gate.Lock()
-	rt.local, rt.id, rt.owner, rt.stale = local, ov.ID, ov.Owner.Node, false
+	rt.local, rt.id, rt.owner, rt.epoch, rt.stale = local, ov.ID, ov.Owner.Node, ov.Owner.Epoch, false
+	if ov.Owner.Forced && ov.Owner.Epoch > rt.forcedAt {
+		rt.forcedAt = ov.Owner.Epoch
+	}
 	rt.gate.Unlock()
 	return nil
 }
@@ -205,7 +213,7 @@ func retryable(err error) bool {
 
 // do runs one I/O on the vdisk wherever it lives, following it when it
 // moves, until it succeeds, fails for good, or the retry window closes.
-func (r *router) do(ctx context.Context, name string, tenure uint64, localOnly bool,
+func (r *router) do(ctx context.Context, name string, tenure, epoch uint64, localOnly bool,
 	local func(*volumedriver.Volume) error, fwd func(context.Context, *remote.Client) error) error {
 	var deadline time.Time
 	backoff := 5 * time.Millisecond
@@ -220,6 +228,10 @@ func (r *router) do(ctx context.Context, name string, tenure uint64, localOnly b
 			}
 			rt.gate.RLock()
 			v, owner := rt.local, rt.owner
+			if epoch < rt.forcedAt {
+				rt.gate.RUnlock()
+				return ErrFenced
+			}
 			if v != nil {
 				err = local(v)
 				rt.gate.RUnlock()
@@ -349,7 +361,7 @@ func (r *router) move(ctx context.Context, ov model.OwnedVDisk, to string) (time
 	if err := r.drv.Release(ctx, ov.Name); err != nil {
 		return 0, fmt.Errorf("move %s: hand over: %w", ov.Name, err)
 	}
-	_, _, err = r.store.ChangeOwner(ctx, ov.ID, ov.OwnerRaw, to)
+	o, _, err := r.store.ChangeOwner(ctx, ov.ID, ov.OwnerRaw, to, false)
 	if err != nil {
 		// The owner did not change: serve it here again.
 		if _, aerr := r.drv.Adopt(context.WithoutCancel(ctx), ov.ID, ov.Owner.Epoch); aerr != nil {
@@ -359,7 +371,7 @@ func (r *router) move(ctx context.Context, ov model.OwnedVDisk, to string) (time
 		return 0, fmt.Errorf("move %s: %w", ov.Name, err)
 	}
 	clearFence(r.fencer, ov.ID)
-	rt.local, rt.owner, rt.stale = nil, to, false
+	rt.local, rt.owner, rt.epoch, rt.stale = nil, to, o.Epoch, false
 	// Have the new owner bring it up now rather than on the first
 	// forwarded I/O; held I/O waits for that either way.
 	if c, err := r.apiOf(ctx, to); err == nil {
@@ -483,7 +495,11 @@ func (t forwardTarget) OpenDevice(ctx context.Context, name string) (remote.Devi
 // statuses.
 func classifyForward(err error) remote.Status {
 	switch {
-	case errors.Is(err, remote.ErrNotOwner), errors.Is(err, volumedriver.ErrReleased), errors.Is(err, volumedriver.ErrClosed):
+	case errors.Is(err, remote.ErrNotOwner), errors.Is(err, volumedriver.ErrReleased), errors.Is(err, volumedriver.ErrClosed),
+		// A fenced owner is not the owner: the forwarding node looks
+		// the vdisk up again, sees the forced change and fails the
+		// connections that wrote through this node.
+		errors.Is(err, volumedriver.ErrFenced), errors.Is(err, ErrFenced):
 		return remote.StatusNotOwner
 	case errors.Is(err, volumedriver.ErrNotFound):
 		return remote.StatusNotFound
@@ -500,6 +516,7 @@ type routedDevice struct {
 	name      string
 	size      int64
 	tenure    uint64
+	epoch     uint64 // the owner epoch at open
 	localOnly bool
 	acquired  func() // the driver's count of clients, when opened here
 }
@@ -509,9 +526,15 @@ func (r *router) open(ctx context.Context, name string, localOnly bool) (*routed
 	if err != nil {
 		return nil, err
 	}
+	// A new client starts from the model as it is now, so that it is not
+	// failed for a forced owner change it never wrote across.
+	if err := r.resolve(ctx, rt); err != nil {
+		return nil, err
+	}
 	d := &routedDevice{r: r, name: name, tenure: rt.tenure.Load(), localOnly: localOnly}
 	rt.gate.RLock()
 	v, owner := rt.local, rt.owner
+	d.epoch = rt.epoch
 	rt.gate.RUnlock()
 	switch {
 	case v != nil:
@@ -524,7 +547,7 @@ func (r *router) open(ctx context.Context, name string, localOnly bool) (*routed
 	case localOnly:
 		return nil, fmt.Errorf("%w: %s is served by %s", remote.ErrNotOwner, name, owner)
 	default:
-		err := r.do(ctx, name, d.tenure, false, func(v *volumedriver.Volume) error {
+		err := r.do(ctx, name, d.tenure, d.epoch, false, func(v *volumedriver.Volume) error {
 			d.size = v.Size()
 			return nil
 		}, func(ctx context.Context, c *remote.Client) error {
@@ -546,7 +569,7 @@ func (d *routedDevice) release() {
 }
 
 func (d *routedDevice) run(ctx context.Context, local func(*volumedriver.Volume) error, fwd func(context.Context, *remote.Client) error) error {
-	return d.r.do(ctx, d.name, d.tenure, d.localOnly, local, fwd)
+	return d.r.do(ctx, d.name, d.tenure, d.epoch, d.localOnly, local, fwd)
 }
 
 func (d *routedDevice) Size() int64 { return d.size }

@@ -323,7 +323,7 @@ func (c *clusterVDisks) Move(ctx context.Context, name, to string, force bool) (
 	start := time.Now()
 	switch {
 	case force:
-		o, _, err := c.rt.store.ChangeOwner(ctx, ov.ID, ov.OwnerRaw, to)
+		o, _, err := c.rt.store.ChangeOwner(ctx, ov.ID, ov.OwnerRaw, to, true)
 		if err != nil {
 			return res, err
 		}
