@@ -57,6 +57,8 @@ bench: build
 	   ./$(BIN) arakoon bench --duration 3s; echo '```'; } | tee -a bench/results.md
 	@{ echo; echo '## Erasure-coded backend (ovs backend bench)'; echo; echo '```'; \
 	   ./$(BIN) backend bench; echo '```'; } | tee -a bench/results.md
+	OVS_BENCH_CLUSTER=$(CURDIR)/bench/results.md OVS_BIN=$(CURDIR)/$(BIN) \
+	   $(GO) test -count=1 -timeout 30m -run '^TestBenchCluster$$' ./tests/
 
 demo: build
 	./$(BIN) up --data "$(OVS_DATA)"

@@ -223,18 +223,33 @@ func TestClusterOfThreeHosts(t *testing.T) {
 			"--verify=crc32c", "--verify_fatal=1", "--lat_percentiles=1")
 		var out bytes.Buffer
 		fio.Stdout, fio.Stderr = &out, &out
+		// A second client is connected to the owner itself: after the
+		// handover its I/O goes on through the old owner, forwarded.
+		fioOwner := exec.CommandContext(ctx, "fio", "--name=owner", "--ioengine=nbd", "--uri="+c.nbdURI(h1, "vm"),
+			"--rw=randwrite", "--bs=4k", "--iodepth=8", "--offset=160m", "--size=32m", "--loops=3",
+			"--verify=crc32c", "--verify_fatal=1")
+		var ownerOut bytes.Buffer
+		fioOwner.Stdout, fioOwner.Stderr = &ownerOut, &ownerOut
 		if err := fio.Start(); err != nil {
 			t.Fatal(err)
 		}
-		done := make(chan error, 1)
+		if err := fioOwner.Start(); err != nil {
+			t.Fatal(err)
+		}
+		done, ownerDone := make(chan error, 1), make(chan error, 1)
 		go func() { done <- fio.Wait() }()
+		go func() { ownerDone <- fioOwner.Wait() }()
 		time.Sleep(4 * time.Second)
 		moved := c.ovsOK(h2, "vdisk", "move", "vm", "--to", "h3")
 		t.Logf("%s", moved)
 		if err := <-done; err != nil || !strings.Contains(out.String(), "err= 0") {
 			t.Fatalf("fio through h2 during the move: %v\n%s", err, out.String())
 		}
-		t.Logf("fio: %s", fioSummary(out.String()))
+		if err := <-ownerDone; err != nil || !strings.Contains(ownerOut.String(), "err= 0") {
+			t.Fatalf("fio through the old owner h1 during the move: %v\n%s", err, ownerOut.String())
+		}
+		t.Logf("fio through h2: %s", fioSummary(out.String()))
+		t.Logf("fio through h1: %s", fioSummary(ownerOut.String()))
 		if v := c.list(h1)["vm"]; v.Owner != "h3" || v.OwnerEpoch != 2 {
 			t.Fatalf("vm after the move: %+v", v)
 		}

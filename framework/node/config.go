@@ -8,6 +8,7 @@ package node
 
 import (
 	"fmt"
+	"net"
 	"os"
 	"path/filepath"
 	"strings"
@@ -36,7 +37,7 @@ type Config struct {
 	API       string `yaml:"api"`        // REST API (default 127.0.0.1:8800)
 	NBD       string `yaml:"nbd"`        // NBD over TCP ("" disables)
 	NBDSocket string `yaml:"nbd_socket"` // NBD unix socket (default DATA/nbd.sock; "none" disables)
-	Forward   string `yaml:"forward"`    // I/O forwarding from other nodes ("" disables)
+	Forward   string `yaml:"forward"`    // I/O forwarding from other nodes (default: the API's host, port 8820)
 	Advertise string `yaml:"advertise"`
 
 	// Arakoon is the cluster file (arakoon cluster.yaml) of the cluster's
@@ -154,6 +155,13 @@ func (c *Config) validate() error {
 	if c.Arakoon == "" && c.EmbeddedArakoon == nil {
 		return fmt.Errorf("node config: no arakoon cluster file")
 	}
+	if c.Advertise == "" && c.Bootstrap == nil {
+		for _, a := range []string{c.API, c.NBD, c.Forward} {
+			if host, _, err := splitHostPort(a); err == nil && (host == "" || net.ParseIP(host) != nil && net.ParseIP(host).IsUnspecified()) {
+				return fmt.Errorf("node config: %s listens on every address; set advertise to the address other nodes reach this one on", a)
+			}
+		}
+	}
 	switch c.Backend.Kind {
 	case "", "ec":
 	case "local":
@@ -197,6 +205,13 @@ func (c *Config) setDefaults() {
 	}
 	if c.Driver.ForwardRetryWindow <= 0 {
 		c.Driver.ForwardRetryWindow = 2 * time.Minute
+	}
+	if c.Forward == "" && c.Bootstrap == nil {
+		// A node of a cluster takes forwarded I/O: without it, what it
+		// owns could be reached only through itself.
+		if host, _, err := splitHostPort(c.API); err == nil {
+			c.Forward = joinHostPort(host, "8820")
+		}
 	}
 	if c.Intervals.Heartbeat <= 0 {
 		c.Intervals.Heartbeat = 2 * time.Second
