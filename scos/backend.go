@@ -15,6 +15,9 @@ var (
 	ErrNamespaceExists   = errors.New("namespace already exists")
 	ErrInvalidName       = errors.New("invalid namespace or object name")
 	ErrCorrupt           = errors.New("object is corrupt")
+	// ErrUnsupportedFormat: a file or message of a format version this
+	// build does not understand.
+	ErrUnsupportedFormat = errors.New("unsupported format version")
 	// ErrFenced: this process no longer owns the namespace (the key its
 	// fence asserts holds another value, e.g. a newer owner epoch), so the
 	// mutation was refused and changed nothing.

@@ -2,8 +2,6 @@ package scos
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -12,7 +10,8 @@ import (
 	"path/filepath"
 	"sort"
 	"strings"
-	"syscall"
+
+	"github.com/ovs-storage/ovs/scos/internal/fsutil"
 )
 
 // LocalDir is a Backend that keeps each namespace as a directory and each
@@ -27,10 +26,6 @@ type LocalDir struct {
 // localDirOpenFiles bounds the objects kept open for ranged reads: enough
 // for the SCOs a few busy vdisks read from, far below RLIMIT_NOFILE.
 const localDirOpenFiles = 512
-
-// tmpPrefix marks in-flight puts; names starting with '.' are not valid
-// object names, so they never collide and List skips them.
-const tmpPrefix = ".tmp-"
 
 // NewLocalDir opens (creating if needed) a local-directory backend at root.
 func NewLocalDir(root string) (*LocalDir, error) {
@@ -99,7 +94,7 @@ func (b *LocalDir) CreateNamespace(ctx context.Context, ns string) error {
 		}
 		return fmt.Errorf("create namespace %s: %w", ns, err)
 	}
-	return syncDir(b.root)
+	return fsutil.SyncDir(b.root)
 }
 
 func (b *LocalDir) DeleteNamespace(ctx context.Context, ns string) error {
@@ -115,12 +110,12 @@ func (b *LocalDir) DeleteNamespace(ctx context.Context, ns string) error {
 	}
 	// Rename first so that a crash midway never leaves a half-deleted
 	// namespace that still looks like one.
-	trash := filepath.Join(b.root, tmpPrefix+"del-"+ns+"-"+randomSuffix())
+	trash := filepath.Join(b.root, fsutil.TmpPrefix+"del-"+ns+"-"+fsutil.RandomSuffix())
 	if err := os.Rename(dir, trash); err != nil {
 		return fmt.Errorf("delete namespace %s: %w", ns, err)
 	}
 	b.fds.InvalidatePrefix(dir + string(filepath.Separator))
-	if err := syncDir(b.root); err != nil {
+	if err := fsutil.SyncDir(b.root); err != nil {
 		return err
 	}
 	if err := os.RemoveAll(trash); err != nil {
@@ -191,8 +186,8 @@ func (b *LocalDir) put(ctx context.Context, ns, name string, overwrite bool, fil
 	if err != nil {
 		return err
 	}
-	tmp := filepath.Join(dir, tmpPrefix+name+"-"+randomSuffix())
-	if err := writeFileWith(tmp, fill); err != nil {
+	tmp := filepath.Join(dir, fsutil.TmpPrefix+name+"-"+fsutil.RandomSuffix())
+	if err := fsutil.WriteFileWith(tmp, fill); err != nil {
 		os.Remove(tmp)
 		return fmt.Errorf("put %s/%s: %w", ns, name, err)
 	}
@@ -211,7 +206,7 @@ func (b *LocalDir) put(ctx context.Context, ns, name string, overwrite bool, fil
 		os.Remove(tmp)
 		return fmt.Errorf("put %s/%s: %w", ns, name, err)
 	}
-	if err := syncDir(dir); err != nil {
+	if err := fsutil.SyncDir(dir); err != nil {
 		return fmt.Errorf("put %s/%s: %w", ns, name, err)
 	}
 	return nil
@@ -273,7 +268,7 @@ func (b *LocalDir) Delete(ctx context.Context, ns, name string) error {
 		return b.readErr(ns, name, err)
 	}
 	b.fds.Invalidate(path)
-	return syncDir(dir)
+	return fsutil.SyncDir(dir)
 }
 
 func (b *LocalDir) List(ctx context.Context, ns, prefix string) ([]ObjectInfo, error) {
@@ -327,47 +322,4 @@ func (b *LocalDir) readErr(ns, name string, err error) error {
 		return fmt.Errorf("%w: %s/%s", ErrObjectNotFound, ns, name)
 	}
 	return fmt.Errorf("%s/%s: %w", ns, name, err)
-}
-
-func writeFileSync(path string, data []byte) error {
-	return writeFileWith(path, func(f *os.File) error {
-		_, err := f.Write(data)
-		return err
-	})
-}
-
-// writeFileWith creates path, lets fill write it, and fsyncs it.
-func writeFileWith(path string, fill func(*os.File) error) error {
-	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
-	if err != nil {
-		return err
-	}
-	if err := fill(f); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Sync(); err != nil {
-		f.Close()
-		return err
-	}
-	return f.Close()
-}
-
-// syncDir fsyncs a directory so that renames and creates in it are durable.
-func syncDir(dir string) error {
-	d, err := os.Open(dir)
-	if err != nil {
-		return fmt.Errorf("sync dir %s: %w", dir, err)
-	}
-	defer d.Close()
-	if err := d.Sync(); err != nil && !errors.Is(err, syscall.EINVAL) {
-		return fmt.Errorf("sync dir %s: %w", dir, err)
-	}
-	return nil
-}
-
-func randomSuffix() string {
-	var b [8]byte
-	_, _ = rand.Read(b[:])
-	return hex.EncodeToString(b[:])
 }

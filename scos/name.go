@@ -1,5 +1,7 @@
 // Package scos names the objects a vdisk keeps on its backend (SCOs and
-// TLogs) and defines the Backend interface with its implementations.
+// TLogs) and defines the Backend interface, its typed errors and fences,
+// and the local-directory backend. The erasure-coded backend is package
+// scos/ec, the ASD daemon it stores fragments on package scos/asd.
 package scos
 
 import (

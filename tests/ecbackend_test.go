@@ -20,7 +20,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/ovs-storage/ovs/scos"
+	"github.com/ovs-storage/ovs/scos/asd"
+	"github.com/ovs-storage/ovs/scos/ec"
 )
 
 // The erasure-coded backend against ASDs that are real `ovs asd serve`
@@ -85,7 +86,7 @@ func (p *asdProc) start() {
 	}
 	p.cmd, p.exited, p.paused = cmd, make(chan struct{}), false
 	go func(done chan struct{}) { cmd.Wait(); close(done) }(p.exited)
-	c := scos.NewASDClient(p.addr, p.secret.asdClient(t))
+	c := asd.NewClient(p.addr, p.secret.asdClient(t))
 	deadline := time.Now().Add(20 * time.Second)
 	for {
 		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
@@ -164,18 +165,18 @@ func (p *asdProc) fragmentFiles() []string {
 	return out
 }
 
-// ecProcCluster is an ECBackend in the test process on ASD processes.
+// ecProcCluster is an ec.Backend in the test process on ASD processes.
 type ecProcCluster struct {
 	t    *testing.T
 	asds []*asdProc
-	kv   *scos.BoltKV
-	b    *scos.ECBackend
+	kv   *ec.BoltKV
+	b    *ec.Backend
 	hc   *http.Client // reaches the ASDs with the cluster's credentials
 }
 
 type asdPlace struct{ node, site string }
 
-func startECProcCluster(t *testing.T, places []asdPlace, cfg scos.ECConfig) *ecProcCluster {
+func startECProcCluster(t *testing.T, places []asdPlace, cfg ec.Config) *ecProcCluster {
 	t.Helper()
 	if testing.Short() {
 		t.Skip("end-to-end test; skipped in -short mode")
@@ -190,7 +191,7 @@ func startECProcCluster(t *testing.T, places []asdPlace, cfg scos.ECConfig) *ecP
 		addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(ports[i]))
 		c.asds = append(c.asds, startASDProc(t, sec, filepath.Join(root, fmt.Sprintf("asd-%d", i)), addr, pl.node, pl.site))
 	}
-	kv, err := scos.OpenBoltKV(filepath.Join(root, "meta.db"))
+	kv, err := ec.OpenBoltKV(filepath.Join(root, "meta.db"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -217,7 +218,7 @@ func startECProcCluster(t *testing.T, places []asdPlace, cfg scos.ECConfig) *ecP
 		t.Fatal(err)
 	}
 	cfg.Logger = slog.New(slog.NewTextHandler(logf, nil))
-	b, err := scos.NewECBackend(context.Background(), cfg)
+	b, err := ec.New(context.Background(), cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -332,13 +333,13 @@ func sixNodes(n int) []asdPlace {
 	return out
 }
 
-var preset42 = scos.Preset{Name: "p42", Policies: []scos.Policy{{K: 4, M: 2, C: 6, X: 1}}}
+var preset42 = ec.Preset{Name: "p42", Policies: []ec.Policy{{K: 4, M: 2, C: 6, X: 1}}}
 
 // TestECBackendASDFailures: with m ASDs stopped or killed every object
 // reads back; with m+1 reads fail with a clear error and nothing is
 // damaged; when the ASDs return everything reads again.
 func TestECBackendASDFailures(t *testing.T) {
-	c := startECProcCluster(t, sixNodes(6), scos.ECConfig{Presets: []scos.Preset{preset42}, Preset: "p42"})
+	c := startECProcCluster(t, sixNodes(6), ec.Config{Presets: []ec.Preset{preset42}, Preset: "p42"})
 	ctx := context.Background()
 	objs := testObjects(1, 14)
 	c.putAll("vol1", objs)
@@ -365,12 +366,12 @@ func TestECBackendASDFailures(t *testing.T) {
 		if len(data) < 4 {
 			// Its bytes are all in data fragment 0 (or it has none):
 			// readable if that fragment is, and then correct.
-			if err == nil && !bytes.Equal(got, data) || err != nil && !errors.Is(err, scos.ErrObjectUnavailable) {
+			if err == nil && !bytes.Equal(got, data) || err != nil && !errors.Is(err, ec.ErrObjectUnavailable) {
 				t.Fatalf("get %s of %d bytes with 3 of 6 ASDs gone: %v", name, len(data), err)
 			}
 			continue
 		}
-		if !errors.Is(err, scos.ErrObjectUnavailable) {
+		if !errors.Is(err, ec.ErrObjectUnavailable) {
 			t.Fatalf("get %s with 3 of 6 ASDs gone: %v, want ErrObjectUnavailable", name, err)
 		}
 		if failed == 0 {
@@ -381,7 +382,7 @@ func TestECBackendASDFailures(t *testing.T) {
 		}
 		failed++
 	}
-	if err := c.b.Put(ctx, "vol1", "new", []byte("x"), false); !errors.Is(err, scos.ErrInsufficientASDs) {
+	if err := c.b.Put(ctx, "vol1", "new", []byte("x"), false); !errors.Is(err, ec.ErrInsufficientASDs) {
 		t.Fatalf("put with 3 of 6 ASDs gone: %v, want ErrInsufficientASDs", err)
 	}
 	// They come back: everything reads, nothing was damaged.
@@ -402,7 +403,7 @@ func TestECBackendASDFailures(t *testing.T) {
 // TestECBackendBitRot: flipped bytes in a fragment file are never served;
 // the read is still correct, the corruption is reported and repaired.
 func TestECBackendBitRot(t *testing.T) {
-	c := startECProcCluster(t, sixNodes(6), scos.ECConfig{Presets: []scos.Preset{preset42}, Preset: "p42"})
+	c := startECProcCluster(t, sixNodes(6), ec.Config{Presets: []ec.Preset{preset42}, Preset: "p42"})
 	ctx := context.Background()
 	objs := testObjects(2, 6)
 	c.putAll("vol1", objs)
@@ -411,9 +412,9 @@ func TestECBackendBitRot(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	flip := func(m *scos.Manifest, i int) string {
+	flip := func(m *ec.Manifest, i int) string {
 		a := c.byID(m.Fragments[i].ASD)
-		path := scos.FragmentPath(a.dir, m.FragmentKey(i))
+		path := asd.FragmentPath(a.dir, m.FragmentKey(i))
 		data, err := os.ReadFile(path)
 		if err != nil {
 			t.Fatal(err)
@@ -444,7 +445,7 @@ func TestECBackendBitRot(t *testing.T) {
 	if err != nil || rep.Repaired != 1 || rep.FragmentsRebuilt != 1 {
 		t.Fatalf("repair: %+v %v", rep, err)
 	}
-	c2 := scos.NewASDClient(c.byID(m.Fragments[0].ASD).addr, c.hc)
+	c2 := asd.NewClient(c.byID(m.Fragments[0].ASD).addr, c.hc)
 	if _, err := c2.Verify(ctx, m.FragmentKey(0)); err != nil {
 		t.Fatalf("the repaired fragment %s: %v", path, err)
 	}
@@ -470,8 +471,8 @@ func TestECBackendGeoSpread(t *testing.T) {
 			places = append(places, asdPlace{fmt.Sprintf("dc%d-host%d", s, n), fmt.Sprintf("dc%d", s)})
 		}
 	}
-	geo := scos.Preset{Name: "geo", Policies: []scos.Policy{{K: 4, M: 2, C: 6, X: 1}}, MaxPerSite: 2}
-	c := startECProcCluster(t, places, scos.ECConfig{Presets: []scos.Preset{geo}, Preset: "geo"})
+	geo := ec.Preset{Name: "geo", Policies: []ec.Policy{{K: 4, M: 2, C: 6, X: 1}}, MaxPerSite: 2}
+	c := startECProcCluster(t, places, ec.Config{Presets: []ec.Preset{geo}, Preset: "geo"})
 	ctx := context.Background()
 	objs := testObjects(3, 10)
 	c.putAll("vol1", objs)
@@ -504,8 +505,8 @@ func TestECBackendGeoSpread(t *testing.T) {
 // TestECBackendLostASD: an ASD lost for good (killed, disk wiped) is
 // rebuilt elsewhere: afterwards every object has all its fragments again.
 func TestECBackendLostASD(t *testing.T) {
-	c := startECProcCluster(t, sixNodes(7), scos.ECConfig{
-		Presets: []scos.Preset{preset42}, Preset: "p42", LostAfter: time.Second,
+	c := startECProcCluster(t, sixNodes(7), ec.Config{
+		Presets: []ec.Preset{preset42}, Preset: "p42", LostAfter: time.Second,
 	})
 	ctx := context.Background()
 	objs := testObjects(4, 16)
@@ -583,7 +584,7 @@ func TestLocalASDSupervisor(t *testing.T) {
 	dir := t.TempDir()
 	sec := newTestSecret(t, t.TempDir())
 	hc := sec.asdClient(t)
-	l, err := scos.StartLocalASDs(ctx, scos.LocalASDsConfig{Dir: dir, Count: 2, Binary: ovsBin, RestartDelay: 50 * time.Millisecond,
+	l, err := asd.StartLocal(ctx, asd.LocalConfig{Dir: dir, Count: 2, Binary: ovsBin, RestartDelay: 50 * time.Millisecond,
 		SecretFile: sec.path, HTTPClient: hc})
 	if err != nil {
 		t.Fatal(err)
@@ -594,12 +595,12 @@ func TestLocalASDSupervisor(t *testing.T) {
 		t.Fatalf("ASDs: %+v", before)
 	}
 	syscall.Kill(before[0].Pid, syscall.SIGKILL)
-	var after []scos.LocalASD
+	var after []asd.LocalInfo
 	waitFor(t, 10*time.Second, "the ASD to be restarted", func() bool {
 		after = l.List()
 		return after[0].Pid != 0 && after[0].Pid != before[0].Pid
 	})
-	c := scos.NewASDClient(after[0].Addr, hc)
+	c := asd.NewClient(after[0].Addr, hc)
 	waitFor(t, 10*time.Second, "the restarted ASD to answer", func() bool {
 		h, err := c.Health(ctx)
 		return err == nil && h.ID == before[0].ID && h.Pid == after[0].Pid
@@ -616,7 +617,7 @@ func TestLocalASDSupervisor(t *testing.T) {
 		}
 	}
 	// A second start on the same directory brings the same ASDs back.
-	l2, err := scos.StartLocalASDs(ctx, scos.LocalASDsConfig{Dir: dir, Count: 2, Binary: ovsBin, SecretFile: sec.path, HTTPClient: hc})
+	l2, err := asd.StartLocal(ctx, asd.LocalConfig{Dir: dir, Count: 2, Binary: ovsBin, SecretFile: sec.path, HTTPClient: hc})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -653,7 +654,7 @@ func TestBackendCLI(t *testing.T) {
 		return r.Stdout
 	}
 	expectCLIError(t, "status without a backend", ovs("status"), "no erasure-coded backend")
-	kv, err := scos.OpenBoltKV(filepath.Join(data, "ec", "meta.db"))
+	kv, err := ec.OpenBoltKV(filepath.Join(data, "ec", "meta.db"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -663,7 +664,7 @@ func TestBackendCLI(t *testing.T) {
 			t.Fatalf("asd add: %q", out)
 		}
 	}
-	var list []scos.ASDStatus
+	var list []ec.ASDStatus
 	if err := json.Unmarshal([]byte(ok("asd", "list", "-o", "json")), &list); err != nil || len(list) != 3 {
 		t.Fatalf("asd list -o json: %v %+v", err, list)
 	}
@@ -679,11 +680,11 @@ func TestBackendCLI(t *testing.T) {
 	expectCLIError(t, "duplicate preset", ovs("preset", "add", "small", "--policy", "2,1"), "exists")
 	expectCLIError(t, "c below k", ovs("preset", "add", "bad", "--policy", "4,2,3,1"), "c must be")
 	expectCLIError(t, "site bound over m", ovs("preset", "add", "bad", "--policy", "4,1", "--max-per-site", "2"), "site")
-	var presets []scos.Preset
+	var presets []ec.Preset
 	if err := json.Unmarshal([]byte(ok("preset", "list", "-o", "json")), &presets); err != nil || len(presets) != 2 {
 		t.Fatalf("preset list: %v %+v", err, presets)
 	}
-	var st scos.ECStatus
+	var st ec.Status
 	if err := json.Unmarshal([]byte(ok("status", "-o", "json")), &st); err != nil || st.ASDs != 3 || st.ASDsUp != 3 {
 		t.Fatalf("status: %v %+v", err, st)
 	}
@@ -691,12 +692,12 @@ func TestBackendCLI(t *testing.T) {
 
 	// With a backend running on the directory (as ovs up runs it), the
 	// commands go through its admin API: the store is locked.
-	kv, err = scos.OpenBoltKV(filepath.Join(data, "ec", "meta.db"))
+	kv, err = ec.OpenBoltKV(filepath.Join(data, "ec", "meta.db"))
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer kv.Close()
-	b, err := scos.NewECBackend(context.Background(), scos.ECConfig{KV: kv, MaintenanceInterval: -1, HTTPClient: sec.asdClient(t),
+	b, err := ec.New(context.Background(), ec.Config{KV: kv, MaintenanceInterval: -1, HTTPClient: sec.asdClient(t),
 		LocalPids: func() map[string]int { return map[string]int{asds[0].id: asds[0].cmd.Process.Pid} }})
 	if err != nil {
 		t.Fatal(err)
@@ -706,7 +707,7 @@ func TestBackendCLI(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv := &http.Server{Handler: scos.NewECAdminHandler(b)}
+	srv := &http.Server{Handler: ec.NewAdminHandler(b)}
 	go srv.Serve(ln)
 	defer srv.Close()
 	if err := os.WriteFile(filepath.Join(data, "ec", "admin.addr"), []byte(ln.Addr().String()+"\n"), 0o644); err != nil {
@@ -744,7 +745,7 @@ func TestBackendCLI(t *testing.T) {
 		t.Errorf("status output %q", out)
 	}
 	ok("asd", "remove", asds[1].id, "--force")
-	var st2 scos.ECStatus
+	var st2 ec.Status
 	if err := json.Unmarshal([]byte(ok("status", "-o", "json")), &st2); err != nil || st2.ASDs != 2 || st2.Degraded != 1 {
 		t.Fatalf("status after a forced remove: %v %+v", err, st2)
 	}

@@ -21,7 +21,8 @@ import (
 	"time"
 
 	"github.com/ovs-storage/ovs/framework/secret"
-	"github.com/ovs-storage/ovs/scos"
+	"github.com/ovs-storage/ovs/scos/asd"
+	"github.com/ovs-storage/ovs/scos/ec"
 )
 
 // testSecret is a cluster secret the tests' own ASDs and clients share.
@@ -47,7 +48,7 @@ func (s testSecret) asdClient(t *testing.T) *http.Client {
 	if err != nil {
 		t.Fatal(err)
 	}
-	return &http.Client{Transport: scos.NewASDTransport(tc)}
+	return &http.Client{Transport: asd.NewTransport(tc)}
 }
 
 // foreignListener is another process's server on a port: it records what
@@ -140,9 +141,9 @@ func freeRange(t *testing.T, n int) int {
 	return 0
 }
 
-func (c *cluster) asdStatuses() []scos.ASDStatus {
+func (c *cluster) asdStatuses() []ec.ASDStatus {
 	c.t.Helper()
-	var list []scos.ASDStatus
+	var list []ec.ASDStatus
 	out := c.ovsOK("backend", "--data", c.Dir, "asd", "list", "-o", "json")
 	if err := json.Unmarshal([]byte(out), &list); err != nil {
 		c.t.Fatalf("asd list: %v: %s", err, out)
@@ -246,7 +247,7 @@ func TestInternalServicesRefuseWithoutCredentials(t *testing.T) {
 			dir := filepath.Join(c.Dir, "ec", "asds")
 			ents, _ := os.ReadDir(dir)
 			for _, e := range ents {
-				id, _, _, err := scos.ReadASDIdentity(filepath.Join(dir, e.Name()))
+				id, _, _, err := asd.ReadIdentity(filepath.Join(dir, e.Name()))
 				if err == nil && id == a.ID && a.Fragments > 0 {
 					asdDir, asdAddr = filepath.Join(dir, e.Name()), a.Addr
 				}
@@ -260,7 +261,7 @@ func TestInternalServicesRefuseWithoutCredentials(t *testing.T) {
 		}
 		return nil
 	})
-	fragPath := scos.FragmentPath(asdDir, key)
+	fragPath := asd.FragmentPath(asdDir, key)
 	orig, err := os.ReadFile(fragPath)
 	if err != nil {
 		t.Fatal(err)

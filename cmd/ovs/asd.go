@@ -12,7 +12,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/ovs-storage/ovs/framework/secret"
-	"github.com/ovs-storage/ovs/scos"
+	"github.com/ovs-storage/ovs/scos/asd"
 )
 
 // newASDCommand: `ovs asd serve`, the storage daemon of the erasure-coded
@@ -65,7 +65,7 @@ func newASDServeCommand() *cobra.Command {
 	f.StringVar(&o.addr, "addr", "127.0.0.1:8600", "listen address")
 	f.StringVar(&o.node, "node", host, "failure domain: the node (host) this disk is in")
 	f.StringVar(&o.site, "site", "default", "failure domain: the site (data centre) this node is in")
-	f.Float64Var(&o.fillLimit, "fill-limit", scos.DefaultFillLimit, "refuse writes past this fraction of the disk (or of --capacity)")
+	f.Float64Var(&o.fillLimit, "fill-limit", asd.DefaultFillLimit, "refuse writes past this fraction of the disk (or of --capacity)")
 	f.Var(&o.capacity, "capacity", "bytes of fragments this ASD may hold (default: the whole filesystem)")
 	f.StringVar(&o.logLevel, "log-level", "info", "debug, info, warn or error")
 	f.StringVar(&o.secretFile, "secret-file", "", "file holding the cluster secret (default: $OVS_SECRET, then $OVS_SECRET_FILE)")
@@ -88,7 +88,7 @@ func runASDServe(ctx context.Context, o *asdServeOptions) error {
 	}
 	restrictUmask()
 	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
-	s, err := scos.OpenASD(scos.ASDConfig{
+	s, err := asd.Open(asd.Config{
 		Dir: o.dir, Node: o.node, Site: o.site, FillLimit: o.fillLimit, Capacity: int64(o.capacity), Logger: log,
 		Cluster: sec.ClusterID(),
 		TLS:     func(id string) (*tls.Config, error) { return sec.ServerTLS(secret.RoleASD, id) },

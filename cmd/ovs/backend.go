@@ -25,6 +25,8 @@ import (
 	"github.com/ovs-storage/ovs/framework/node"
 	"github.com/ovs-storage/ovs/framework/secret"
 	"github.com/ovs-storage/ovs/scos"
+	"github.com/ovs-storage/ovs/scos/asd"
+	"github.com/ovs-storage/ovs/scos/ec"
 )
 
 // backendOptions are the flags of `ovs backend`: the commands go through
@@ -42,7 +44,7 @@ func (o *backendOptions) secret() (*secret.Secret, error) {
 }
 
 // withAdmin runs fn with the backend admin API of the node at --api.
-func (o *backendOptions) withAdmin(cmd *cobra.Command, fn func(scos.ECAdmin) error) error {
+func (o *backendOptions) withAdmin(cmd *cobra.Command, fn func(ec.Admin) error) error {
 	sec, err := o.secret()
 	if err != nil {
 		return err
@@ -53,7 +55,7 @@ func (o *backendOptions) withAdmin(cmd *cobra.Command, fn func(scos.ECAdmin) err
 	}
 	base = strings.TrimSuffix(base, "/api/v1")
 	hc := &http.Client{Timeout: o.g.timeout, Transport: bearerTransport{node.BackendAdminToken(sec), http.DefaultTransport}}
-	return fn(scos.NewECAdminClient(base+"/api/v1/backend", hc))
+	return fn(ec.NewAdminClient(base+"/api/v1/backend", hc))
 }
 
 // bearerTransport adds the token to every request.
@@ -95,15 +97,15 @@ func newBackendCommand(g *globalOptions) *cobra.Command {
 		newBackendMaintenanceCommand(o, "repair", "Repair degraded objects now",
 			"Flag objects with fragments on lost, decommissioning or removed ASDs (or\n"+
 				"stored with a fallback policy), then rebuild them within their policy.",
-			func(ctx context.Context, a scos.ECAdmin) (scos.MaintenanceReport, error) { return a.Repair(ctx) }),
+			func(ctx context.Context, a ec.Admin) (ec.MaintenanceReport, error) { return a.Repair(ctx) }),
 		newBackendMaintenanceCommand(o, "scrub", "Verify every fragment now and repair what is bad",
 			"Have each ASD read and check every fragment, repair objects with missing or\n"+
 				"corrupt fragments, and delete fragments no object refers to.",
-			func(ctx context.Context, a scos.ECAdmin) (scos.MaintenanceReport, error) { return a.Scrub(ctx) }),
+			func(ctx context.Context, a ec.Admin) (ec.MaintenanceReport, error) { return a.Scrub(ctx) }),
 		newBackendMaintenanceCommand(o, "rebalance", "Move fragments from fuller ASDs to emptier ones",
 			"Move fragments off ASDs holding more than their share (by more than 10%)\n"+
 				"onto emptier ones, within each object's policy.",
-			func(ctx context.Context, a scos.ECAdmin) (scos.MaintenanceReport, error) { return a.Rebalance(ctx) }),
+			func(ctx context.Context, a ec.Admin) (ec.MaintenanceReport, error) { return a.Rebalance(ctx) }),
 		newBackendBenchCommand(),
 		&cobra.Command{
 			Use:   "token",
@@ -132,7 +134,7 @@ func newBackendStatusCommand(o *backendOptions) *cobra.Command {
 	}
 	output := addOutputFlag(cmd)
 	cmd.RunE = func(cmd *cobra.Command, _ []string) error {
-		return o.withAdmin(cmd, func(a scos.ECAdmin) error {
+		return o.withAdmin(cmd, func(a ec.Admin) error {
 			s, err := a.Status(cmd.Context())
 			if err != nil {
 				return err
@@ -179,7 +181,7 @@ func newBackendASDCommand(o *backendOptions) *cobra.Command {
 	list := &cobra.Command{Use: "list", Aliases: []string{"ls"}, Short: "List the ASDs", Args: cobra.NoArgs}
 	output := addOutputFlag(list)
 	list.RunE = func(cmd *cobra.Command, _ []string) error {
-		return o.withAdmin(cmd, func(a scos.ECAdmin) error {
+		return o.withAdmin(cmd, func(a ec.Admin) error {
 			asds, err := a.ListASDs(cmd.Context())
 			if err != nil {
 				return err
@@ -187,7 +189,7 @@ func newBackendASDCommand(o *backendOptions) *cobra.Command {
 			w := cmd.OutOrStdout()
 			if *output == outputJSON {
 				if asds == nil {
-					asds = []scos.ASDStatus{}
+					asds = []ec.ASDStatus{}
 				}
 				return writeJSON(w, asds)
 			}
@@ -222,7 +224,7 @@ func newBackendASDCommand(o *backendOptions) *cobra.Command {
 	}
 	addOut := addOutputFlag(add)
 	add.RunE = func(cmd *cobra.Command, args []string) error {
-		return o.withAdmin(cmd, func(a scos.ECAdmin) error {
+		return o.withAdmin(cmd, func(a ec.Admin) error {
 			s, err := a.AddASD(cmd.Context(), args[0])
 			if err != nil {
 				return err
@@ -243,7 +245,7 @@ func newBackendASDCommand(o *backendOptions) *cobra.Command {
 		Args: oneArg("ASD ID"),
 	}
 	decom.RunE = func(cmd *cobra.Command, args []string) error {
-		return o.withAdmin(cmd, func(a scos.ECAdmin) error {
+		return o.withAdmin(cmd, func(a ec.Admin) error {
 			if err := a.DecommissionASD(cmd.Context(), args[0]); err != nil {
 				return err
 			}
@@ -263,7 +265,7 @@ func newBackendASDCommand(o *backendOptions) *cobra.Command {
 	}
 	remove.Flags().BoolVar(&force, "force", false, "remove it even if it holds fragments")
 	remove.RunE = func(cmd *cobra.Command, args []string) error {
-		return o.withAdmin(cmd, func(a scos.ECAdmin) error {
+		return o.withAdmin(cmd, func(a ec.Admin) error {
 			err := a.RemoveASD(cmd.Context(), args[0], force)
 			if err != nil {
 				return err
@@ -287,14 +289,14 @@ func newBackendPresetCommand(o *backendOptions) *cobra.Command {
 	list := &cobra.Command{Use: "list", Aliases: []string{"ls"}, Short: "List the presets", Args: cobra.NoArgs}
 	output := addOutputFlag(list)
 	list.RunE = func(cmd *cobra.Command, _ []string) error {
-		return o.withAdmin(cmd, func(a scos.ECAdmin) error {
+		return o.withAdmin(cmd, func(a ec.Admin) error {
 			ps, err := a.ListPresets(cmd.Context())
 			if err != nil {
 				return err
 			}
 			if *output == outputJSON {
 				if ps == nil {
-					ps = []scos.Preset{}
+					ps = []ec.Preset{}
 				}
 				return writeJSON(cmd.OutOrStdout(), ps)
 			}
@@ -340,15 +342,15 @@ func newBackendPresetCommand(o *backendOptions) *cobra.Command {
 	add.Flags().IntVar(&maxPerSite, "max-per-site", 0, "at most this many fragments of an object per site (0: no bound)")
 	_ = add.MarkFlagRequired("policy")
 	add.RunE = func(cmd *cobra.Command, args []string) error {
-		p := scos.Preset{Name: args[0], MaxPerSite: maxPerSite}
+		p := ec.Preset{Name: args[0], MaxPerSite: maxPerSite}
 		for _, s := range policies {
-			pol, err := scos.ParsePolicy(s)
+			pol, err := ec.ParsePolicy(s)
 			if err != nil {
 				return err
 			}
 			p.Policies = append(p.Policies, pol)
 		}
-		return o.withAdmin(cmd, func(a scos.ECAdmin) error {
+		return o.withAdmin(cmd, func(a ec.Admin) error {
 			if err := a.AddPreset(cmd.Context(), p); err != nil {
 				return err
 			}
@@ -361,11 +363,11 @@ func newBackendPresetCommand(o *backendOptions) *cobra.Command {
 }
 
 func newBackendMaintenanceCommand(o *backendOptions, name, short, long string,
-	fn func(context.Context, scos.ECAdmin) (scos.MaintenanceReport, error)) *cobra.Command {
+	fn func(context.Context, ec.Admin) (ec.MaintenanceReport, error)) *cobra.Command {
 	cmd := &cobra.Command{Use: name, Short: short, Long: long, Args: cobra.NoArgs}
 	output := addOutputFlag(cmd)
 	cmd.RunE = func(cmd *cobra.Command, _ []string) error {
-		return o.withAdmin(cmd, func(a scos.ECAdmin) error {
+		return o.withAdmin(cmd, func(a ec.Admin) error {
 			rep, err := fn(cmd.Context(), a)
 			if err != nil {
 				return err
@@ -474,30 +476,30 @@ func runBench(ctx context.Context, o *benchOptions, output outputFormat, w io.Wr
 	if err != nil {
 		return err
 	}
-	hc := &http.Client{Transport: scos.NewASDTransport(tc)}
-	asds, err := scos.StartLocalASDs(ctx, scos.LocalASDsConfig{Dir: filepath.Join(dir, "asds"), Count: 11, Logger: log,
+	hc := &http.Client{Transport: asd.NewTransport(tc)}
+	asds, err := asd.StartLocal(ctx, asd.LocalConfig{Dir: filepath.Join(dir, "asds"), Count: 11, Logger: log,
 		SecretFile: filepath.Join(dir, secret.FileName), HTTPClient: hc})
 	if err != nil {
 		return err
 	}
 	defer asds.Stop()
-	kv, err := scos.OpenBoltKV(filepath.Join(dir, "meta.db"))
+	kv, err := ec.OpenBoltKV(filepath.Join(dir, "meta.db"))
 	if err != nil {
 		return err
 	}
 	defer kv.Close()
-	presets := []scos.Preset{
-		{Name: "p4-2", Policies: []scos.Policy{{K: 4, M: 2, C: 6, X: 6}}},
-		{Name: "p8-3", Policies: []scos.Policy{{K: 8, M: 3, C: 11, X: 11}}},
+	presets := []ec.Preset{
+		{Name: "p4-2", Policies: []ec.Policy{{K: 4, M: 2, C: 6, X: 6}}},
+		{Name: "p8-3", Policies: []ec.Policy{{K: 8, M: 3, C: 11, X: 11}}},
 	}
-	ec, err := scos.NewECBackend(ctx, scos.ECConfig{KV: kv, Presets: presets, Preset: "p4-2", MaintenanceInterval: -1, Logger: log,
+	ecb, err := ec.New(ctx, ec.Config{KV: kv, Presets: presets, Preset: "p4-2", MaintenanceInterval: -1, Logger: log,
 		HTTPClient: hc})
 	if err != nil {
 		return err
 	}
-	defer ec.Close()
+	defer ecb.Close()
 	for _, a := range asds.List() {
-		if _, err := ec.AddASD(ctx, a.Addr); err != nil {
+		if _, err := ecb.AddASD(ctx, a.Addr); err != nil {
 			return err
 		}
 	}
@@ -516,8 +518,8 @@ func runBench(ctx context.Context, o *benchOptions, output outputFormat, w io.Wr
 	}
 	for _, p := range presets {
 		pol := p.Policies[0]
-		targets = append(targets, target{fmt.Sprintf("ec %d+%d", pol.K, pol.M), ec, "bench-" + p.Name,
-			func(ctx context.Context) error { return ec.CreateNamespaceWithPreset(ctx, "bench-"+p.Name, p.Name) }})
+		targets = append(targets, target{fmt.Sprintf("ec %d+%d", pol.K, pol.M), ecb, "bench-" + p.Name,
+			func(ctx context.Context) error { return ecb.CreateNamespaceWithPreset(ctx, "bench-"+p.Name, p.Name) }})
 	}
 	base := make([]byte, int(o.size))
 	rand.Read(base)
@@ -563,8 +565,8 @@ func runBench(ctx context.Context, o *benchOptions, output outputFormat, w io.Wr
 		}
 		r.ReadIOPS = float64(o.reads) / d.Seconds()
 		r.StoredFactor = 1
-		if t.b == ec {
-			m, err := ec.ObjectManifest(ctx, t.ns, "obj-0000")
+		if t.b == ecb {
+			m, err := ecb.ObjectManifest(ctx, t.ns, "obj-0000")
 			if err == nil {
 				r.StoredFactor = float64(m.FragmentSize*int64(len(m.Fragments))) / float64(m.Size)
 			}

@@ -12,7 +12,7 @@ import (
 	"github.com/ovs-storage/ovs/framework/model"
 	"github.com/ovs-storage/ovs/framework/node"
 	"github.com/ovs-storage/ovs/framework/secret"
-	"github.com/ovs-storage/ovs/scos"
+	"github.com/ovs-storage/ovs/scos/ec"
 )
 
 // newClusterCommand: `ovs cluster init` writes the cluster model.
@@ -51,9 +51,9 @@ func newClusterInitCommand() *cobra.Command {
 			}
 			c := model.Cluster{ID: id, Preset: preset, Policies: policies, MaxPerSite: maxPerSite, VPool: model.VPool{Name: vpool}}
 			// The preset is checked here, not at the first node's start.
-			p := scos.Preset{Name: preset, MaxPerSite: maxPerSite}
+			p := ec.Preset{Name: preset, MaxPerSite: maxPerSite}
 			for _, s := range policies {
-				pol, err := scos.ParsePolicy(s)
+				pol, err := ec.ParsePolicy(s)
 				if err != nil {
 					return fmt.Errorf("--policy %q: %w", s, err)
 				}
@@ -83,7 +83,7 @@ func newClusterInitCommand() *cobra.Command {
 	f.StringVar(&secretFile, "secret-file", "", "file holding the cluster secret (required; ovs secret files are made by ovs up or ansible)")
 	f.StringVar(&id, "id", "ovs", "cluster id")
 	f.StringVar(&vpool, "vpool", "default", "name of the vpool")
-	f.StringVar(&preset, "preset", scos.DefaultPresetName, "name of the backend preset new vdisks use")
+	f.StringVar(&preset, "preset", ec.DefaultPresetName, "name of the backend preset new vdisks use")
 	f.StringSliceVar(&policies, "policy", []string{"4,2,6,2", "2,2,4,2"}, "policies of the preset, k,m,c,x (data, parity, fragments stored before a write is acknowledged, at most per node), first preferred")
 	f.IntVar(&maxPerSite, "max-per-site", 0, "at most this many fragments of an object in one site (0: no bound; a geo preset sets it to at most m)")
 	_ = cmd.MarkFlagRequired("arakoon")

@@ -8,7 +8,8 @@ import (
 	"slices"
 	"syscall"
 
-	"github.com/ovs-storage/ovs/scos"
+	"github.com/ovs-storage/ovs/scos/asd"
+	"github.com/ovs-storage/ovs/scos/ec"
 	"github.com/ovs-storage/ovs/volumedriver"
 )
 
@@ -126,8 +127,8 @@ func classify(err error) (status int, code string) {
 		return http.StatusBadRequest, CodeOutOfRange
 	case errors.Is(err, syscall.ENOSPC), errors.Is(err, syscall.EDQUOT):
 		return http.StatusInsufficientStorage, CodeInsufficientStorage
-	case errors.Is(err, scos.ErrInsufficientASDs), errors.Is(err, scos.ErrObjectUnavailable),
-		errors.Is(err, scos.ErrASDUnavailable):
+	case errors.Is(err, ec.ErrInsufficientASDs), errors.Is(err, ec.ErrObjectUnavailable),
+		errors.Is(err, asd.ErrUnavailable):
 		return http.StatusServiceUnavailable, CodeBackendUnavailable
 	case errors.Is(err, context.Canceled):
 		return http.StatusServiceUnavailable, CodeCanceled

@@ -17,7 +17,7 @@ import (
 	"time"
 
 	"github.com/ovs-storage/ovs/framework/api/apitest"
-	"github.com/ovs-storage/ovs/scos"
+	"github.com/ovs-storage/ovs/scos/ec"
 	"github.com/ovs-storage/ovs/volumedriver"
 )
 
@@ -123,8 +123,8 @@ func TestClassifyStorageErrors(t *testing.T) {
 	}{
 		{fmt.Errorf("snapshot a: write state.json: %w", &net.OpError{Err: syscall.ENOSPC}), 507, CodeInsufficientStorage},
 		{fmt.Errorf("x: %w", syscall.EDQUOT), 507, CodeInsufficientStorage},
-		{fmt.Errorf("create a: put: %w: 0 ASDs usable", scos.ErrInsufficientASDs), 503, CodeBackendUnavailable},
-		{fmt.Errorf("read: %w", scos.ErrObjectUnavailable), 503, CodeBackendUnavailable},
+		{fmt.Errorf("create a: put: %w: 0 ASDs usable", ec.ErrInsufficientASDs), 503, CodeBackendUnavailable},
+		{fmt.Errorf("read: %w", ec.ErrObjectUnavailable), 503, CodeBackendUnavailable},
 		{fmt.Errorf("write past the end: %w", volumedriver.ErrOutOfRange), 400, CodeOutOfRange},
 		{errors.New("boom"), 500, CodeInternal},
 	} {
@@ -137,7 +137,7 @@ func TestClassifyStorageErrors(t *testing.T) {
 
 // TestHealthAsksReady: the health check is 200 only while Ready passes.
 func TestHealthAsksReady(t *testing.T) {
-	var notReady error = fmt.Errorf("%w: 0 ASDs usable", scos.ErrInsufficientASDs)
+	var notReady error = fmt.Errorf("%w: 0 ASDs usable", ec.ErrInsufficientASDs)
 	s := NewServer(apitest.NewFakeVDisks(), Options{Logger: slog.New(slog.DiscardHandler),
 		Ready: func(context.Context) error { return notReady }})
 	s.SetReady(true)

@@ -15,6 +15,7 @@ import (
 	"github.com/ovs-storage/ovs/arakoon"
 	"github.com/ovs-storage/ovs/framework/secret"
 	"github.com/ovs-storage/ovs/scos"
+	"github.com/ovs-storage/ovs/scos/ec"
 )
 
 // BackendKV is the erasure-coded backend's metadata store (manifests,
@@ -24,12 +25,12 @@ type BackendKV struct{ c *arakoon.Client }
 // NewBackendKV is the erasure-coded backend's store over arakoon client c.
 func NewBackendKV(c *arakoon.Client) BackendKV { return BackendKV{c} }
 
-var _ scos.KVStore = BackendKV{}
+var _ ec.KVStore = BackendKV{}
 
 func (a BackendKV) Get(ctx context.Context, key string) ([]byte, error) {
 	v, err := a.c.Get(ctx, []byte(key))
 	if errors.Is(err, arakoon.ErrNotFound) {
-		return nil, fmt.Errorf("%w: %s", scos.ErrKeyNotFound, key)
+		return nil, fmt.Errorf("%w: %s", ec.ErrKeyNotFound, key)
 	}
 	return v, err
 }
@@ -55,7 +56,7 @@ func (a BackendKV) TestAndSet(ctx context.Context, key string, expected, wanted 
 		return err
 	}
 	if !swapped {
-		return fmt.Errorf("%w: %s", scos.ErrKVConflict, key)
+		return fmt.Errorf("%w: %s", ec.ErrKVConflict, key)
 	}
 	return nil
 }
@@ -87,14 +88,14 @@ func (a BackendKV) GuardedTestAndSet(ctx context.Context, guard scos.Fence, key 
 	if present != (guard.Value != nil) || !bytes.Equal(cur, guard.Value) {
 		return fmt.Errorf("%w: %s (%s changed)", scos.ErrFenced, key, guard.Key)
 	}
-	return fmt.Errorf("%w: %s", scos.ErrKVConflict, key)
+	return fmt.Errorf("%w: %s", ec.ErrKVConflict, key)
 }
 
 // Range pages through arakoon until a page comes back empty: a page may
 // hold fewer entries than asked for when the values are large.
-func (a BackendKV) Range(ctx context.Context, prefix, after string, limit int) ([]scos.KV, error) {
+func (a BackendKV) Range(ctx context.Context, prefix, after string, limit int) ([]ec.KV, error) {
 	const page = 1000
-	var out []scos.KV
+	var out []ec.KV
 	first, inclusive := []byte(prefix), true
 	if after != "" && after >= prefix {
 		first, inclusive = []byte(after), false
@@ -114,7 +115,7 @@ func (a BackendKV) Range(ctx context.Context, prefix, after string, limit int) (
 			break
 		}
 		for _, kv := range kvs {
-			out = append(out, scos.KV{Key: string(kv.Key), Value: kv.Value})
+			out = append(out, ec.KV{Key: string(kv.Key), Value: kv.Value})
 		}
 		first, inclusive = kvs[len(kvs)-1].Key, false
 	}

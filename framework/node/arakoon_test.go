@@ -13,6 +13,7 @@ import (
 
 	"github.com/ovs-storage/ovs/framework/secret"
 	"github.com/ovs-storage/ovs/scos"
+	"github.com/ovs-storage/ovs/scos/ec"
 )
 
 // freeAddr returns a 127.0.0.1 address that was free a moment ago.
@@ -71,13 +72,13 @@ func TestArakoonKVGuardedTestAndSet(t *testing.T) {
 	}{
 		{"create under the fence", mine, "", "1", nil, "1"},
 		{"replace under the fence", mine, "1", "2", nil, "2"},
-		{"key conflict", mine, "1", "3", scos.ErrKVConflict, "2"},
-		{"create conflict", mine, "", "3", scos.ErrKVConflict, "2"},
+		{"key conflict", mine, "1", "3", ec.ErrKVConflict, "2"},
+		{"create conflict", mine, "", "3", ec.ErrKVConflict, "2"},
 		{"stale guard", stale, "2", "4", scos.ErrFenced, "2"},
 		{"stale guard and key conflict: fenced wins", stale, "1", "4", scos.ErrFenced, "2"},
 		{"guard asserting absence", absent, "2", "5", nil, "5"},
 		{"stale delete", stale, "5", "", scos.ErrFenced, "5"},
-		{"delete conflict", mine, "4", "", scos.ErrKVConflict, "5"},
+		{"delete conflict", mine, "4", "", ec.ErrKVConflict, "5"},
 		{"delete under the fence", mine, "5", "", nil, ""},
 		{"absent stays absent", mine, "", "", nil, ""},
 		{"absent stays absent, fenced", stale, "", "", scos.ErrFenced, ""},
@@ -86,11 +87,11 @@ func TestArakoonKVGuardedTestAndSet(t *testing.T) {
 		if c.wantErr == nil && err != nil || c.wantErr != nil && !errors.Is(err, c.wantErr) {
 			t.Fatalf("%s: %v, want %v", c.name, err, c.wantErr)
 		}
-		if errors.Is(err, scos.ErrFenced) && errors.Is(err, scos.ErrKVConflict) {
+		if errors.Is(err, scos.ErrFenced) && errors.Is(err, ec.ErrKVConflict) {
 			t.Fatalf("%s: %v is both fenced and a conflict", c.name, err)
 		}
 		got, err := kv.Get(ctx, "obj/vd-7/sco")
-		if c.after == "" && !errors.Is(err, scos.ErrKeyNotFound) || c.after != "" && string(got) != c.after {
+		if c.after == "" && !errors.Is(err, ec.ErrKeyNotFound) || c.after != "" && string(got) != c.after {
 			t.Fatalf("%s: key holds %q, %v; want %q", c.name, got, err, c.after)
 		}
 	}

@@ -8,7 +8,8 @@ import (
 	"path/filepath"
 
 	"github.com/ovs-storage/ovs/framework/secret"
-	"github.com/ovs-storage/ovs/scos"
+	"github.com/ovs-storage/ovs/scos/asd"
+	"github.com/ovs-storage/ovs/scos/ec"
 )
 
 // The ASDs of a node live in DATA/ec/asds/asd-N/, run as supervised child
@@ -36,14 +37,14 @@ type ecOptions struct {
 	SecretFile string
 	// Config: the KV store and the rest (HTTP client, logger and pids are
 	// set by startEC).
-	Config scos.ECConfig
+	Config ec.Config
 }
 
 // nodeEC is a node's view of the erasure-coded backend: its own ASDs as
 // supervised children, and the backend over every ASD of the cluster.
 type nodeEC struct {
-	Backend *scos.ECBackend
-	ASDs    *scos.LocalASDs
+	Backend *ec.Backend
+	ASDs    *asd.LocalSet
 	IDs     []string // ids of this node's ASDs that run
 }
 
@@ -62,9 +63,9 @@ func startEC(ctx context.Context, data string, o ecOptions, log *slog.Logger) (*
 	if err != nil {
 		return nil, err
 	}
-	hc := &http.Client{Transport: scos.NewASDTransport(tc)}
+	hc := &http.Client{Transport: asd.NewTransport(tc)}
 	l := &nodeEC{}
-	l.ASDs, err = scos.StartLocalASDs(ctx, scos.LocalASDsConfig{
+	l.ASDs, err = asd.StartLocal(ctx, asd.LocalConfig{
 		Dir: filepath.Join(data, ecDirName, ecASDsDir), Count: o.ASDs, FirstPort: o.FirstPort, LastPort: o.LastPort,
 		Host: o.Host, Node: o.Node, Site: o.Site,
 		Binary: o.Binary, SecretFile: o.SecretFile, HTTPClient: hc,
@@ -77,7 +78,7 @@ func startEC(ctx context.Context, data string, o ecOptions, log *slog.Logger) (*
 	cfg.HTTPClient = hc
 	cfg.Logger = log.With("component", "backend")
 	cfg.LocalPids = l.ASDs.Pids
-	l.Backend, err = scos.NewECBackend(ctx, cfg)
+	l.Backend, err = ec.New(ctx, cfg)
 	if err != nil {
 		l.Close()
 		return nil, err

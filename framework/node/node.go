@@ -19,6 +19,7 @@ import (
 	"github.com/ovs-storage/ovs/framework/model"
 	"github.com/ovs-storage/ovs/framework/secret"
 	"github.com/ovs-storage/ovs/scos"
+	"github.com/ovs-storage/ovs/scos/ec"
 	"github.com/ovs-storage/ovs/volumedriver"
 	"github.com/ovs-storage/ovs/volumedriver/nbd"
 	"github.com/ovs-storage/ovs/volumedriver/remote"
@@ -102,18 +103,18 @@ func Run(ctx context.Context, cfg Config, ro RunOptions) error {
 		if !*cfg.Backend.Maintenance {
 			maint = -1
 		}
-		ec, err := startEC(ctx, cfg.Data, ecOptions{ASDs: cfg.Backend.ASDs, FirstPort: first, LastPort: last,
+		nec, err := startEC(ctx, cfg.Data, ecOptions{ASDs: cfg.Backend.ASDs, FirstPort: first, LastPort: last,
 			Host: host, Node: cfg.ID, Site: cfg.Site, Secret: sec, SecretFile: cfg.SecretFile,
-			Config: scos.ECConfig{KV: NewBackendKV(ara), SoleWriter: cfg.Bootstrap != nil,
+			Config: ec.Config{KV: NewBackendKV(ara), SoleWriter: cfg.Bootstrap != nil,
 				Preset: cluster.Preset, Presets: presets, MaintenanceInterval: maint}}, log)
 		if err != nil {
 			return fmt.Errorf("erasure-coded backend: %w", err)
 		}
-		defer ec.Close()
-		backend, fencer = ec.Backend, ec.Backend
-		backendAdmin = scos.NewECAdminHandler(ec.Backend)
-		writable = ec.Backend.Writable
-		asdIDs = ec.IDs
+		defer nec.Close()
+		backend, fencer = nec.Backend, nec.Backend
+		backendAdmin = ec.NewAdminHandler(nec.Backend)
+		writable = nec.Backend.Writable
+		asdIDs = nec.IDs
 	}
 	self, err := registerNode(ctx, cfg, store, asdIDs)
 	if err != nil {
@@ -303,19 +304,19 @@ func Run(ctx context.Context, cfg Config, ro RunOptions) error {
 
 // clusterPresets is the cluster's preset as the backend takes it (none:
 // the backend's single-host default).
-func clusterPresets(c model.Cluster) ([]scos.Preset, error) {
+func clusterPresets(c model.Cluster) ([]ec.Preset, error) {
 	if len(c.Policies) == 0 {
 		return nil, nil
 	}
-	p := scos.Preset{Name: c.Preset, MaxPerSite: c.MaxPerSite}
+	p := ec.Preset{Name: c.Preset, MaxPerSite: c.MaxPerSite}
 	for _, s := range c.Policies {
-		pol, err := scos.ParsePolicy(s)
+		pol, err := ec.ParsePolicy(s)
 		if err != nil {
 			return nil, fmt.Errorf("cluster preset %s: %w", c.Preset, err)
 		}
 		p.Policies = append(p.Policies, pol)
 	}
-	return []scos.Preset{p}, p.Validate()
+	return []ec.Preset{p}, p.Validate()
 }
 
 // nodeAPIPurpose keys the token nodes present to each other's REST API.
@@ -380,7 +381,7 @@ func ensureCluster(ctx context.Context, cfg Config, store *model.Store, log *slo
 	if err == nil || !errors.Is(err, model.ErrNotBootstrap) || cfg.Bootstrap == nil {
 		return c, err
 	}
-	c, err = store.Init(ctx, model.Cluster{ID: cfg.Bootstrap.ClusterID, Preset: scos.DefaultPresetName,
+	c, err = store.Init(ctx, model.Cluster{ID: cfg.Bootstrap.ClusterID, Preset: ec.DefaultPresetName,
 		VPool: model.VPool{Name: "default"}})
 	if errors.Is(err, model.ErrExists) {
 		return c, nil

@@ -1,4 +1,4 @@
-package scos
+package ec
 
 import (
 	"bytes"
@@ -11,6 +11,10 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	"github.com/ovs-storage/ovs/scos"
+	"github.com/ovs-storage/ovs/scos/asd"
+	"github.com/ovs-storage/ovs/scos/internal/fsutil"
 )
 
 // ErrObjectUnavailable: fewer than k fragments of the object can be read
@@ -25,9 +29,9 @@ var errFragmentPending = errors.New("fragment write still running")
 // --- manifests -----------------------------------------------------------------
 
 // manifest returns the decoded manifest of ns/name and its raw bytes.
-func (b *ECBackend) manifest(ctx context.Context, ns, name string) (*Manifest, []byte, error) {
-	if !ValidName(name) {
-		return nil, nil, fmt.Errorf("%w: object %q", ErrInvalidName, name)
+func (b *Backend) manifest(ctx context.Context, ns, name string) (*Manifest, []byte, error) {
+	if !scos.ValidName(name) {
+		return nil, nil, fmt.Errorf("%w: object %q", scos.ErrInvalidName, name)
 	}
 	if _, err := b.liveNamespace(ctx, ns); err != nil {
 		return nil, nil, err
@@ -35,17 +39,17 @@ func (b *ECBackend) manifest(ctx context.Context, ns, name string) (*Manifest, [
 	return b.loadManifest(ctx, ns, name)
 }
 
-func (b *ECBackend) loadManifest(ctx context.Context, ns, name string) (*Manifest, []byte, error) {
+func (b *Backend) loadManifest(ctx context.Context, ns, name string) (*Manifest, []byte, error) {
 	return b.loadManifestFrom(ctx, b.kv, ns, name)
 }
 
 // loadManifestFrom reads the manifest from kv: b.direct for maintenance,
 // which must not judge fragments by a cached manifest that another node
 // may have changed.
-func (b *ECBackend) loadManifestFrom(ctx context.Context, kv KVStore, ns, name string) (*Manifest, []byte, error) {
+func (b *Backend) loadManifestFrom(ctx context.Context, kv KVStore, ns, name string) (*Manifest, []byte, error) {
 	raw, err := kv.Get(ctx, objKey(ns, name))
 	if errors.Is(err, ErrKeyNotFound) {
-		return nil, nil, fmt.Errorf("%w: %s/%s", ErrObjectNotFound, ns, name)
+		return nil, nil, fmt.Errorf("%w: %s/%s", scos.ErrObjectNotFound, ns, name)
 	}
 	if err != nil {
 		return nil, nil, fmt.Errorf("%s/%s: %w", ns, name, err)
@@ -59,20 +63,20 @@ func (b *ECBackend) loadManifestFrom(ctx context.Context, kv KVStore, ns, name s
 
 // ObjectManifest returns the manifest of an object: its policy and where
 // each fragment lives (for tools and tests).
-func (b *ECBackend) ObjectManifest(ctx context.Context, ns, name string) (*Manifest, error) {
+func (b *Backend) ObjectManifest(ctx context.Context, ns, name string) (*Manifest, error) {
 	m, _, err := b.manifest(ctx, ns, name)
 	return m, err
 }
 
 // --- put -------------------------------------------------------------------------
 
-func (b *ECBackend) Put(ctx context.Context, ns, name string, data []byte, overwrite bool) error {
-	if !ValidName(name) {
-		return fmt.Errorf("%w: object %q", ErrInvalidName, name)
+func (b *Backend) Put(ctx context.Context, ns, name string, data []byte, overwrite bool) error {
+	if !scos.ValidName(name) {
+		return fmt.Errorf("%w: object %q", scos.ErrInvalidName, name)
 	}
 	f, lost := b.fence(ns) // taken now: this put commits under it or not at all
 	if lost {
-		return fmt.Errorf("put %s/%s: %w", ns, name, ErrFenced)
+		return fmt.Errorf("put %s/%s: %w", ns, name, scos.ErrFenced)
 	}
 	nsr, err := b.liveNamespace(ctx, ns)
 	if err != nil {
@@ -86,7 +90,7 @@ func (b *ECBackend) Put(ctx context.Context, ns, name string, data []byte, overw
 		return fmt.Errorf("put %s/%s: %w", ns, name, err)
 	}
 	if old != nil && !overwrite {
-		return fmt.Errorf("%w: %s/%s", ErrObjectExists, ns, name)
+		return fmt.Errorf("%w: %s/%s", scos.ErrObjectExists, ns, name)
 	}
 	preset, err := b.preset(ctx, nsr.Preset)
 	if err != nil {
@@ -110,7 +114,7 @@ func (b *ECBackend) Put(ctx context.Context, ns, name string, data []byte, overw
 		if err != nil {
 			b.discard(context.WithoutCancel(ctx), ns, name, m, nil)
 			if errors.Is(err, ErrKVConflict) {
-				return fmt.Errorf("%w: %s/%s (stored concurrently)", ErrObjectExists, ns, name)
+				return fmt.Errorf("%w: %s/%s (stored concurrently)", scos.ErrObjectExists, ns, name)
 			}
 			return fmt.Errorf("put %s/%s: %w", ns, name, err)
 		}
@@ -135,7 +139,7 @@ func (b *ECBackend) Put(ctx context.Context, ns, name string, data []byte, overw
 // of the preset that can be placed, falling back to the next ones when ASDs
 // are down, full or fail. It returns the manifest (not yet stored), the
 // index of the policy used, and whether some fragment is not (yet) stored.
-func (b *ECBackend) writeObject(ctx context.Context, tag string, data []byte, preset Preset) (*Manifest, int, bool, error) {
+func (b *Backend) writeObject(ctx context.Context, tag string, data []byte, preset Preset) (*Manifest, int, bool, error) {
 	if len(data) > maxObjectSize {
 		return nil, 0, false, fmt.Errorf("object of %d bytes: at most %d allowed", len(data), maxObjectSize)
 	}
@@ -218,7 +222,7 @@ func (b *ECBackend) writeObject(ctx context.Context, tag string, data []byte, pr
 
 // place picks the first policy of the preset that can be placed on the
 // ASDs that are up, have room and are not excluded.
-func (b *ECBackend) place(preset Preset, objectID []byte, size int64, excluded map[string]error) (int, Policy, []asdCandidate, error) {
+func (b *Backend) place(preset Preset, objectID []byte, size int64, excluded map[string]error) (int, Policy, []asdCandidate, error) {
 	var lastErr error
 	for i, pol := range preset.Policies {
 		cands := b.writeCandidates(fragmentSizeFor(size, pol.K), excluded)
@@ -232,7 +236,7 @@ func (b *ECBackend) place(preset Preset, objectID []byte, size int64, excluded m
 }
 
 // explainPlacement adds what went wrong with the ASDs that were tried.
-func (b *ECBackend) explainPlacement(err error, excluded map[string]error) error {
+func (b *Backend) explainPlacement(err error, excluded map[string]error) error {
 	b.mu.Lock()
 	var down []string
 	for id, st := range b.asds {
@@ -268,7 +272,7 @@ func summarizeErrors(errs map[string]error) string {
 	return strings.Join(parts, "; ")
 }
 
-func (b *ECBackend) encode(pol Policy, data []byte) ([][]byte, error) {
+func (b *Backend) encode(pol Policy, data []byte) ([][]byte, error) {
 	enc, err := b.encoder(pol.K, pol.M)
 	if err != nil {
 		return nil, err
@@ -290,7 +294,7 @@ func (b *ECBackend) encode(pol Policy, data []byte) ([][]byte, error) {
 // unless waitAll, when at least Policy.C are stored, after a short grace
 // for the others (which keep running, unbound from ctx, and report
 // errFragmentPending).
-func (b *ECBackend) writeFragments(ctx context.Context, m *Manifest, tag string, shards [][]byte, only []int, waitAll bool) []error {
+func (b *Backend) writeFragments(ctx context.Context, m *Manifest, tag string, shards [][]byte, only []int, waitAll bool) []error {
 	if only == nil {
 		for i := range shards {
 			only = append(only, i)
@@ -312,7 +316,7 @@ func (b *ECBackend) writeFragments(ctx context.Context, m *Manifest, tag string,
 		go func() {
 			c, _ := b.asd(id)
 			if c == nil {
-				ch <- res{i, fmt.Errorf("asd %s: %w: not registered", id, ErrASDUnavailable)}
+				ch <- res{i, fmt.Errorf("asd %s: %w: not registered", id, asd.ErrUnavailable)}
 				return
 			}
 			octx, cancel := context.WithTimeout(wctx, b.opTimeout(int64(len(shards[i]))))
@@ -320,7 +324,7 @@ func (b *ECBackend) writeFragments(ctx context.Context, m *Manifest, tag string,
 			cancel()
 			if err != nil {
 				b.suspect(id, err)
-				if errors.Is(err, ErrASDFull) {
+				if errors.Is(err, asd.ErrFull) {
 					b.markFull(id)
 				}
 			}
@@ -363,7 +367,7 @@ wait:
 
 // markFull keeps an ASD that refused a write for lack of room out of
 // placements until its next probe.
-func (b *ECBackend) markFull(id string) {
+func (b *Backend) markFull(id string) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	if st := b.asds[id]; st != nil {
@@ -373,11 +377,11 @@ func (b *ECBackend) markFull(id string) {
 
 // --- reads -----------------------------------------------------------------------
 
-func (b *ECBackend) Get(ctx context.Context, ns, name string) ([]byte, error) {
+func (b *Backend) Get(ctx context.Context, ns, name string) ([]byte, error) {
 	return b.read(ctx, ns, name, 0, -1)
 }
 
-func (b *ECBackend) ReadAt(ctx context.Context, ns, name string, p []byte, off int64) error {
+func (b *Backend) ReadAt(ctx context.Context, ns, name string, p []byte, off int64) error {
 	data, err := b.read(ctx, ns, name, off, int64(len(p)))
 	if err != nil {
 		return err
@@ -387,7 +391,7 @@ func (b *ECBackend) ReadAt(ctx context.Context, ns, name string, p []byte, off i
 }
 
 // read returns n bytes at off of the object (n < 0: all of it).
-func (b *ECBackend) read(ctx context.Context, ns, name string, off, n int64) ([]byte, error) {
+func (b *Backend) read(ctx context.Context, ns, name string, off, n int64) ([]byte, error) {
 	for attempt := 0; ; attempt++ {
 		m, raw, err := b.manifest(ctx, ns, name)
 		if err != nil {
@@ -415,7 +419,7 @@ func (b *ECBackend) read(ctx context.Context, ns, name string, off, n int64) ([]
 		}
 		if whole && crc32c(data) != m.CRC32C {
 			b.markDegraded(ctx, ns, name, "object checksum mismatch on read")
-			return nil, fmt.Errorf("%w: %s/%s: checksum %08x, the manifest says %08x", ErrCorrupt, ns, name, crc32c(data), m.CRC32C)
+			return nil, fmt.Errorf("%w: %s/%s: checksum %08x, the manifest says %08x", scos.ErrCorrupt, ns, name, crc32c(data), m.CRC32C)
 		}
 		b.stats.reads.Add(1)
 		return data, nil
@@ -432,14 +436,14 @@ type fetchResult struct {
 // checked against the manifest's checksum here; a part is checked by the
 // ASD (per block), and the ASD's checksum of the whole fragment must
 // match the manifest's, so a stale or foreign fragment is never used.
-func (b *ECBackend) fetch(ctx context.Context, m *Manifest, i int, lo, hi int64) ([]byte, error) {
+func (b *Backend) fetch(ctx context.Context, m *Manifest, i int, lo, hi int64) ([]byte, error) {
 	f := m.Fragments[i]
 	c, up := b.asd(f.ASD)
 	if c == nil {
-		return nil, fmt.Errorf("fragment %d: %w: asd %s is not registered", i, ErrASDUnavailable, f.ASD)
+		return nil, fmt.Errorf("fragment %d: %w: asd %s is not registered", i, asd.ErrUnavailable, f.ASD)
 	}
 	if !up {
-		return nil, fmt.Errorf("fragment %d: %w: asd %s is down", i, ErrASDUnavailable, f.ASD)
+		return nil, fmt.Errorf("fragment %d: %w: asd %s is down", i, asd.ErrUnavailable, f.ASD)
 	}
 	octx, cancel := context.WithTimeout(ctx, b.opTimeout(hi-lo))
 	defer cancel()
@@ -457,11 +461,11 @@ func (b *ECBackend) fetch(ctx context.Context, m *Manifest, i int, lo, hi int64)
 	}
 	if crc != f.CRC32C {
 		return nil, fmt.Errorf("%w: fragment %d on %s has checksum %08x, the manifest says %08x",
-			ErrFragmentCorrupt, i, f.ASD, crc, f.CRC32C)
+			asd.ErrFragmentCorrupt, i, f.ASD, crc, f.CRC32C)
 	}
 	if whole && (int64(len(data)) != m.FragmentSize || crc32c(data) != f.CRC32C) {
 		return nil, fmt.Errorf("%w: fragment %d on %s: %d bytes with checksum %08x, the manifest says %d with %08x",
-			ErrFragmentCorrupt, i, f.ASD, len(data), crc32c(data), m.FragmentSize, f.CRC32C)
+			asd.ErrFragmentCorrupt, i, f.ASD, len(data), crc32c(data), m.FragmentSize, f.CRC32C)
 	}
 	return data, nil
 }
@@ -469,7 +473,7 @@ func (b *ECBackend) fetch(ctx context.Context, m *Manifest, i int, lo, hi int64)
 // readRange reads [off, off+n) of the object: only the data fragments
 // covering the range, decoding from the others (same range of any k
 // fragments) for those that fail or are late.
-func (b *ECBackend) readRange(ctx context.Context, ns, name string, m *Manifest, off, n int64) ([]byte, error) {
+func (b *Backend) readRange(ctx context.Context, ns, name string, m *Manifest, off, n int64) ([]byte, error) {
 	out := make([]byte, n)
 	if n == 0 {
 		return out, nil
@@ -570,7 +574,7 @@ fast:
 // reconstructWindow returns [lo, hi) of each fragment in want, decoded
 // from the same window of k other fragments (not in exclude). It also
 // returns the errors of the fragments it tried and could not read.
-func (b *ECBackend) reconstructWindow(ctx context.Context, m *Manifest, lo, hi int64, exclude map[int]error, want []int) (map[int][]byte, map[int]error, error) {
+func (b *Backend) reconstructWindow(ctx context.Context, m *Manifest, lo, hi int64, exclude map[int]error, want []int) (map[int][]byte, map[int]error, error) {
 	k, total := m.Policy.K, m.Policy.K+m.Policy.M
 	enc, err := b.encoder(k, m.Policy.M)
 	if err != nil {
@@ -652,13 +656,13 @@ func (b *ECBackend) reconstructWindow(ctx context.Context, m *Manifest, lo, hi i
 // reportFragmentErrors flags the object for repair when a fragment is
 // corrupt or missing on an ASD that answers (an ASD that is down is the
 // health monitor's business).
-func (b *ECBackend) reportFragmentErrors(ctx context.Context, ns, name string, m *Manifest, errs map[int]error) {
+func (b *Backend) reportFragmentErrors(ctx context.Context, ns, name string, m *Manifest, errs map[int]error) {
 	for i, err := range errs {
 		var reason string
 		switch {
-		case errors.Is(err, ErrFragmentCorrupt):
+		case errors.Is(err, asd.ErrFragmentCorrupt):
 			reason = "corrupt"
-		case errors.Is(err, ErrFragmentNotFound):
+		case errors.Is(err, asd.ErrFragmentNotFound):
 			reason = "missing"
 		default:
 			continue
@@ -688,7 +692,7 @@ type degradedRecord struct {
 
 // markDegraded records that maintenance must look at the object and wakes
 // it up. Failing to record is logged, not returned: scrubs find it again.
-func (b *ECBackend) markDegraded(ctx context.Context, ns, name, reason string) {
+func (b *Backend) markDegraded(ctx context.Context, ns, name, reason string) {
 	raw, _ := json.Marshal(degradedRecord{Reason: reason, Since: time.Now().UTC()})
 	if err := b.kv.Set(context.WithoutCancel(ctx), degradedKey(ns, name), raw); err != nil {
 		b.log.Warn("recording a degraded object", "object", ns+"/"+name, "err", err)
@@ -697,7 +701,7 @@ func (b *ECBackend) markDegraded(ctx context.Context, ns, name, reason string) {
 }
 
 // wake nudges the maintenance loop.
-func (b *ECBackend) wake() {
+func (b *Backend) wake() {
 	select {
 	case b.kick <- struct{}{}:
 	default:
@@ -706,15 +710,15 @@ func (b *ECBackend) wake() {
 
 // --- delete, list, stat ------------------------------------------------------------
 
-func (b *ECBackend) Delete(ctx context.Context, ns, name string) error {
+func (b *Backend) Delete(ctx context.Context, ns, name string) error {
 	f, _ := b.fence(ns)
 	return b.delete(ctx, f, ns, name)
 }
 
 // delete removes an object, guarded by f when set.
-func (b *ECBackend) delete(ctx context.Context, f *Fence, ns, name string) error {
-	if !ValidName(name) {
-		return fmt.Errorf("%w: object %q", ErrInvalidName, name)
+func (b *Backend) delete(ctx context.Context, f *scos.Fence, ns, name string) error {
+	if !scos.ValidName(name) {
+		return fmt.Errorf("%w: object %q", scos.ErrInvalidName, name)
 	}
 	if _, _, err := b.namespace(ctx, ns); err != nil {
 		return err
@@ -723,7 +727,7 @@ func (b *ECBackend) delete(ctx context.Context, f *Fence, ns, name string) error
 	for {
 		raw, err := b.kv.Get(ctx, key)
 		if errors.Is(err, ErrKeyNotFound) {
-			return fmt.Errorf("%w: %s/%s", ErrObjectNotFound, ns, name)
+			return fmt.Errorf("%w: %s/%s", scos.ErrObjectNotFound, ns, name)
 		}
 		if err != nil {
 			return fmt.Errorf("delete %s/%s: %w", ns, name, err)
@@ -745,18 +749,18 @@ func (b *ECBackend) delete(ctx context.Context, f *Fence, ns, name string) error
 	}
 }
 
-func (b *ECBackend) List(ctx context.Context, ns, prefix string) ([]ObjectInfo, error) {
+func (b *Backend) List(ctx context.Context, ns, prefix string) ([]scos.ObjectInfo, error) {
 	if _, err := b.liveNamespace(ctx, ns); err != nil {
 		return nil, err
 	}
 	base := kvObject + ns + "/"
-	var out []ObjectInfo
+	var out []scos.ObjectInfo
 	err := kvRangeAll(ctx, b.kv, base+prefix, func(e KV) (bool, error) {
 		m, err := DecodeManifest(e.Value)
 		if err != nil {
 			return false, fmt.Errorf("%s: %w", e.Key, err)
 		}
-		out = append(out, ObjectInfo{Name: e.Key[len(base):], Size: m.Size})
+		out = append(out, scos.ObjectInfo{Name: e.Key[len(base):], Size: m.Size})
 		return true, nil
 	})
 	if err != nil {
@@ -765,12 +769,12 @@ func (b *ECBackend) List(ctx context.Context, ns, prefix string) ([]ObjectInfo, 
 	return out, nil
 }
 
-func (b *ECBackend) Stat(ctx context.Context, ns, name string) (ObjectInfo, error) {
+func (b *Backend) Stat(ctx context.Context, ns, name string) (scos.ObjectInfo, error) {
 	m, _, err := b.manifest(ctx, ns, name)
 	if err != nil {
-		return ObjectInfo{}, err
+		return scos.ObjectInfo{}, err
 	}
-	return ObjectInfo{Name: name, Size: m.Size}, nil
+	return scos.ObjectInfo{Name: name, Size: m.Size}, nil
 }
 
 // --- discarded fragments --------------------------------------------------------
@@ -793,7 +797,7 @@ type gcFragment struct {
 
 // discard queues fragments of m for deletion (all of them, or those in
 // only) and wakes the collector.
-func (b *ECBackend) discard(ctx context.Context, ns, name string, m *Manifest, only []int) {
+func (b *Backend) discard(ctx context.Context, ns, name string, m *Manifest, only []int) {
 	r := gcRecord{NS: ns, Name: name, Object: m.ID()}
 	if only == nil {
 		for i := range m.Fragments {
@@ -806,12 +810,12 @@ func (b *ECBackend) discard(ctx context.Context, ns, name string, m *Manifest, o
 	b.discardRecord(ctx, r)
 }
 
-func (b *ECBackend) discardRecord(ctx context.Context, r gcRecord) {
+func (b *Backend) discardRecord(ctx context.Context, r gcRecord) {
 	if len(r.Fragments) == 0 {
 		return
 	}
 	raw, _ := json.Marshal(r)
-	if err := b.kv.Set(ctx, kvGarbage+r.Object+"-"+randomSuffix(), raw); err != nil {
+	if err := b.kv.Set(ctx, kvGarbage+r.Object+"-"+fsutil.RandomSuffix(), raw); err != nil {
 		b.log.Warn("queueing fragments for deletion; a scrub will find them", "object", r.NS+"/"+r.Name, "err", err)
 		return
 	}
@@ -821,7 +825,7 @@ func (b *ECBackend) discardRecord(ctx context.Context, r gcRecord) {
 	}
 }
 
-func (b *ECBackend) gcLoop(ctx context.Context) {
+func (b *Backend) gcLoop(ctx context.Context) {
 	defer b.wg.Done()
 	t := time.NewTicker(5 * time.Second)
 	defer t.Stop()
@@ -840,7 +844,7 @@ func (b *ECBackend) gcLoop(ctx context.Context) {
 
 // CollectGarbage deletes queued fragments whose ASDs are up, keeping the
 // rest queued, and returns how many it deleted.
-func (b *ECBackend) CollectGarbage(ctx context.Context) (int, error) {
+func (b *Backend) CollectGarbage(ctx context.Context) (int, error) {
 	deleted := 0
 	err := kvRangeAll(ctx, b.kv, kvGarbage, func(e KV) (bool, error) {
 		var r gcRecord
@@ -851,7 +855,7 @@ func (b *ECBackend) CollectGarbage(ctx context.Context) (int, error) {
 		var cur *Manifest
 		if m, _, err := b.loadManifestFrom(ctx, b.direct, r.NS, r.Name); err == nil {
 			cur = m
-		} else if !errors.Is(err, ErrObjectNotFound) {
+		} else if !errors.Is(err, scos.ErrObjectNotFound) {
 			return true, nil // try again later
 		}
 		var (
@@ -885,7 +889,7 @@ func (b *ECBackend) CollectGarbage(ctx context.Context) (int, error) {
 				cancel()
 				mu.Lock()
 				defer mu.Unlock()
-				if err == nil || errors.Is(err, ErrFragmentNotFound) {
+				if err == nil || errors.Is(err, asd.ErrFragmentNotFound) {
 					deleted++
 					return
 				}

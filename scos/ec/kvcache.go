@@ -1,10 +1,12 @@
-package scos
+package ec
 
 import (
 	"bytes"
 	"context"
 	"strings"
 	"sync"
+
+	"github.com/ovs-storage/ovs/scos"
 )
 
 // cachingKV keeps the values of some key prefixes (manifests, namespace
@@ -86,7 +88,7 @@ func (c *cachingKV) TestAndSet(ctx context.Context, key string, expected, wanted
 	return c.write(key, wanted, func() error { return c.KVStore.TestAndSet(ctx, key, expected, wanted) })
 }
 
-func (c *cachingKV) GuardedTestAndSet(ctx context.Context, guard Fence, key string, expected, wanted []byte) error {
+func (c *cachingKV) GuardedTestAndSet(ctx context.Context, guard scos.Fence, key string, expected, wanted []byte) error {
 	return c.write(key, wanted, func() error { return c.KVStore.GuardedTestAndSet(ctx, guard, key, expected, wanted) })
 }
 

@@ -1,10 +1,19 @@
-package scos
+package ec
 
 import (
 	"encoding/binary"
 	"encoding/hex"
 	"fmt"
+	"hash/crc32"
+
+	"github.com/ovs-storage/ovs/scos"
 )
+
+// castagnoli is the CRC-32C table; every checksum in scos is CRC-32C (the
+// ASDs' fragment checksums too, see asd.FragmentHeader).
+var castagnoli = crc32.MakeTable(crc32.Castagnoli)
+
+func crc32c(b []byte) uint32 { return crc32.Checksum(b, castagnoli) }
 
 // Manifest describes one stored object of the erasure-coded backend: its
 // size and checksum, the policy it was encoded with, and where each of its
@@ -84,17 +93,17 @@ func fragmentSizeFor(size int64, k int) int64 {
 }
 
 // DecodeManifest decodes and validates a manifest. It refuses anything
-// malformed with ErrCorrupt and a newer version with ErrUnsupportedFormat;
+// malformed with scos.ErrCorrupt and a newer version with scos.ErrUnsupportedFormat;
 // it never panics.
 func DecodeManifest(b []byte) (*Manifest, error) {
 	bad := func(format string, args ...any) (*Manifest, error) {
-		return nil, fmt.Errorf("%w: manifest: %s", ErrCorrupt, fmt.Sprintf(format, args...))
+		return nil, fmt.Errorf("%w: manifest: %s", scos.ErrCorrupt, fmt.Sprintf(format, args...))
 	}
 	if len(b) < 6 || string(b[:4]) != manifestMagic {
 		return bad("bad magic")
 	}
 	if b[4] != manifestVersion {
-		return nil, fmt.Errorf("%w: manifest version %d (this build reads version %d)", ErrUnsupportedFormat, b[4], manifestVersion)
+		return nil, fmt.Errorf("%w: manifest version %d (this build reads version %d)", scos.ErrUnsupportedFormat, b[4], manifestVersion)
 	}
 	if len(b) < 10 {
 		return bad("truncated")
@@ -129,7 +138,7 @@ func DecodeManifest(b []byte) (*Manifest, error) {
 	if err := m.Policy.Validate(); err != nil {
 		return bad("%v", err)
 	}
-	if len(m.Preset) > maxPresetLen || !ValidName(m.Preset) {
+	if len(m.Preset) > maxPresetLen || !scos.ValidName(m.Preset) {
 		return bad("preset name %q", m.Preset)
 	}
 	if m.Size < 0 || m.Size > maxObjectSize {
@@ -148,7 +157,7 @@ func DecodeManifest(b []byte) (*Manifest, error) {
 		return bad("fragment size %d for %d bytes over %d data fragments", m.FragmentSize, m.Size, m.Policy.K)
 	}
 	for i, f := range m.Fragments {
-		if f.ASD == "" || len(f.ASD) > maxASDIDLen || !ValidName(f.ASD) {
+		if f.ASD == "" || len(f.ASD) > maxASDIDLen || !scos.ValidName(f.ASD) {
 			return bad("fragment %d: ASD id %q", i, f.ASD)
 		}
 	}

@@ -1,4 +1,4 @@
-package scos
+package asd
 
 import (
 	"bytes"
@@ -14,23 +14,25 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/ovs-storage/ovs/scos"
 )
 
-// ASDClient talks to one ASD. Errors wrap ErrFragmentNotFound,
-// ErrFragmentCorrupt, ErrASDFull or, when the daemon does not answer,
-// ErrASDUnavailable (together with the context's error on a timeout).
-type ASDClient struct {
+// Client talks to one ASD. Errors wrap ErrFragmentNotFound,
+// ErrFragmentCorrupt, ErrFull or, when the daemon does not answer,
+// ErrUnavailable (together with the context's error on a timeout).
+type Client struct {
 	addr string
 	base string
 	hc   *http.Client
 	id   string // the ASD meant, if known: it refuses requests meant for another
 }
 
-// NewASDTransport returns an HTTP transport suited to talking to ASDs:
+// NewTransport returns an HTTP transport suited to talking to ASDs:
 // short dial timeout, many idle connections per daemon, no compression.
 // With a TLS configuration (the cluster's credentials) it talks to ASDs
-// over TLS; see NewASDClient.
-func NewASDTransport(tc ...*tls.Config) *http.Transport {
+// over TLS; see NewClient.
+func NewTransport(tc ...*tls.Config) *http.Transport {
 	t := &http.Transport{
 		DialContext:         (&net.Dialer{Timeout: 2 * time.Second, KeepAlive: 30 * time.Second}).DialContext,
 		TLSHandshakeTimeout: 5 * time.Second,
@@ -45,14 +47,14 @@ func NewASDTransport(tc ...*tls.Config) *http.Transport {
 	return t
 }
 
-// NewASDClient returns a client for the ASD at addr (host:port or a URL).
+// NewClient returns a client for the ASD at addr (host:port or a URL).
 // hc nil uses a client of its own. A host:port is reached over https when
 // hc's transport has a TLS configuration (the cluster's credentials:
 // then the ASD's certificate is checked before anything is sent), over
 // plain http otherwise.
-func NewASDClient(addr string, hc *http.Client) *ASDClient {
+func NewClient(addr string, hc *http.Client) *Client {
 	if hc == nil {
-		hc = &http.Client{Transport: NewASDTransport()}
+		hc = &http.Client{Transport: NewTransport()}
 	}
 	base := addr
 	if !strings.Contains(base, "://") {
@@ -62,22 +64,22 @@ func NewASDClient(addr string, hc *http.Client) *ASDClient {
 		}
 		base = scheme + base
 	}
-	return &ASDClient{addr: addr, base: strings.TrimRight(base, "/"), hc: hc}
+	return &Client{addr: addr, base: strings.TrimRight(base, "/"), hc: hc}
 }
 
 // For returns a client whose requests are meant for the ASD of the given
 // id: any other ASD answering at the address refuses them (409), so that
 // nothing meant for one ASD lands on another.
-func (c *ASDClient) For(id string) *ASDClient {
+func (c *Client) For(id string) *Client {
 	c2 := *c
 	c2.id = id
 	return &c2
 }
 
 // Addr returns the address the client talks to.
-func (c *ASDClient) Addr() string { return c.addr }
+func (c *Client) Addr() string { return c.addr }
 
-func (c *ASDClient) do(ctx context.Context, method, path string, q url.Values, body []byte, hdr http.Header) (*http.Response, error) {
+func (c *Client) do(ctx context.Context, method, path string, q url.Values, body []byte, hdr http.Header) (*http.Response, error) {
 	u := c.base + path
 	if len(q) > 0 {
 		u += "?" + q.Encode()
@@ -109,17 +111,17 @@ func (c *ASDClient) do(ctx context.Context, method, path string, q url.Values, b
 
 // transportErr: a daemon that does not answer is unavailable, unless the
 // caller itself gave up.
-func (c *ASDClient) transportErr(ctx context.Context, err error) error {
+func (c *Client) transportErr(ctx context.Context, err error) error {
 	if errors.Is(ctx.Err(), context.Canceled) {
 		return fmt.Errorf("asd %s: %w", c.addr, ctx.Err())
 	}
 	if ue := (*url.Error)(nil); errors.As(err, &ue) {
 		err = ue.Err
 	}
-	return fmt.Errorf("asd %s: %w: %w", c.addr, ErrASDUnavailable, err)
+	return fmt.Errorf("asd %s: %w: %w", c.addr, ErrUnavailable, err)
 }
 
-func (c *ASDClient) statusErr(resp *http.Response) error {
+func (c *Client) statusErr(resp *http.Response) error {
 	body, _ := io.ReadAll(io.LimitReader(resp.Body, 64<<10))
 	var ae asdError
 	msg := strings.TrimSpace(string(body))
@@ -133,9 +135,9 @@ func (c *ASDClient) statusErr(resp *http.Response) error {
 	case http.StatusUnprocessableEntity:
 		kind = ErrFragmentCorrupt
 	case http.StatusInsufficientStorage:
-		kind = ErrASDFull
+		kind = ErrFull
 	case http.StatusBadGateway, http.StatusServiceUnavailable, http.StatusGatewayTimeout:
-		kind = ErrASDUnavailable
+		kind = ErrUnavailable
 	}
 	if kind != nil {
 		// The daemon's message already names the condition; keep the
@@ -163,7 +165,7 @@ func (e *asdStatusError) Unwrap() error { return e.kind }
 
 // Put stores data as fragment key (replacing one of the same key). It
 // returns once the daemon has fsynced it.
-func (c *ASDClient) Put(ctx context.Context, key, tag string, data []byte) error {
+func (c *Client) Put(ctx context.Context, key, tag string, data []byte) error {
 	hdr := http.Header{}
 	hdr.Set("X-Ovs-Crc32c", fmt.Sprintf("%08x", crc32c(data)))
 	hdr.Set("Content-Type", "application/octet-stream")
@@ -185,7 +187,7 @@ func (c *ASDClient) Put(ctx context.Context, key, tag string, data []byte) error
 // Get reads length bytes at off of fragment key; length < 0 reads it
 // whole. The daemon verifies what it sends. It also returns the checksum
 // of the whole fragment, which the caller can check against its records.
-func (c *ASDClient) Get(ctx context.Context, key string, off, length int64) ([]byte, uint32, error) {
+func (c *Client) Get(ctx context.Context, key string, off, length int64) ([]byte, uint32, error) {
 	var q url.Values
 	if off != 0 || length >= 0 {
 		q = url.Values{"offset": {strconv.FormatInt(off, 10)}}
@@ -212,7 +214,7 @@ func (c *ASDClient) Get(ctx context.Context, key string, off, length int64) ([]b
 	return data, uint32(crc), nil
 }
 
-func (c *ASDClient) getJSON(ctx context.Context, method, path string, q url.Values, out any) error {
+func (c *Client) getJSON(ctx context.Context, method, path string, q url.Values, out any) error {
 	resp, err := c.do(ctx, method, path, q, nil, nil)
 	if err != nil {
 		return err
@@ -224,7 +226,7 @@ func (c *ASDClient) getJSON(ctx context.Context, method, path string, q url.Valu
 	return nil
 }
 
-func (c *ASDClient) transportErrIfCtx(ctx context.Context, err error) error {
+func (c *Client) transportErrIfCtx(ctx context.Context, err error) error {
 	if ctx.Err() != nil {
 		return c.transportErr(ctx, err)
 	}
@@ -232,7 +234,7 @@ func (c *ASDClient) transportErrIfCtx(ctx context.Context, err error) error {
 }
 
 // Stat returns a fragment's header information without reading its data.
-func (c *ASDClient) Stat(ctx context.Context, key string) (FragmentInfo, error) {
+func (c *Client) Stat(ctx context.Context, key string) (FragmentInfo, error) {
 	var fi FragmentInfo
 	if err := c.getJSON(ctx, http.MethodGet, "/v1/fragments/"+url.PathEscape(key)+"/stat", nil, &fi); err != nil {
 		return FragmentInfo{}, fmt.Errorf("stat fragment %s: %w", key, err)
@@ -241,7 +243,7 @@ func (c *ASDClient) Stat(ctx context.Context, key string) (FragmentInfo, error) 
 }
 
 // Verify has the daemon read the whole fragment and check its checksums.
-func (c *ASDClient) Verify(ctx context.Context, key string) (FragmentInfo, error) {
+func (c *Client) Verify(ctx context.Context, key string) (FragmentInfo, error) {
 	var fi FragmentInfo
 	if err := c.getJSON(ctx, http.MethodPost, "/v1/fragments/"+url.PathEscape(key)+"/verify", nil, &fi); err != nil {
 		return FragmentInfo{}, fmt.Errorf("verify fragment %s: %w", key, err)
@@ -250,7 +252,7 @@ func (c *ASDClient) Verify(ctx context.Context, key string) (FragmentInfo, error
 }
 
 // Delete removes a fragment.
-func (c *ASDClient) Delete(ctx context.Context, key string) error {
+func (c *Client) Delete(ctx context.Context, key string) error {
 	resp, err := c.do(ctx, http.MethodDelete, "/v1/fragments/"+url.PathEscape(key), nil, nil, nil)
 	if err != nil {
 		return fmt.Errorf("delete fragment %s: %w", key, err)
@@ -261,7 +263,7 @@ func (c *ASDClient) Delete(ctx context.Context, key string) error {
 
 // List returns up to limit fragments whose keys start with prefix and sort
 // after after; details reads each header (tag, checksum, creation time).
-func (c *ASDClient) List(ctx context.Context, prefix, after string, limit int, details bool) (FragmentList, error) {
+func (c *Client) List(ctx context.Context, prefix, after string, limit int, details bool) (FragmentList, error) {
 	q := url.Values{}
 	if prefix != "" {
 		q.Set("prefix", prefix)
@@ -283,7 +285,7 @@ func (c *ASDClient) List(ctx context.Context, prefix, after string, limit int, d
 }
 
 // ListAll pages through every fragment of the daemon.
-func (c *ASDClient) ListAll(ctx context.Context, details bool) ([]FragmentInfo, error) {
+func (c *Client) ListAll(ctx context.Context, details bool) ([]FragmentInfo, error) {
 	var out []FragmentInfo
 	after := ""
 	for {
@@ -300,14 +302,14 @@ func (c *ASDClient) ListAll(ctx context.Context, details bool) ([]FragmentInfo, 
 }
 
 // Health returns the daemon's identity, fragment count and capacity.
-func (c *ASDClient) Health(ctx context.Context) (ASDHealth, error) {
-	var h ASDHealth
+func (c *Client) Health(ctx context.Context) (Health, error) {
+	var h Health
 	if err := c.getJSON(ctx, http.MethodGet, "/v1/health", nil, &h); err != nil {
-		return ASDHealth{}, fmt.Errorf("health: %w", err)
+		return Health{}, fmt.Errorf("health: %w", err)
 	}
 	if h.APIVersion != asdAPIVersion {
-		return ASDHealth{}, fmt.Errorf("asd %s: %w: API version %d (this build speaks %d)",
-			c.addr, ErrUnsupportedFormat, h.APIVersion, asdAPIVersion)
+		return Health{}, fmt.Errorf("asd %s: %w: API version %d (this build speaks %d)",
+			c.addr, scos.ErrUnsupportedFormat, h.APIVersion, asdAPIVersion)
 	}
 	return h, nil
 }

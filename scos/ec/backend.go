@@ -1,4 +1,4 @@
-package scos
+package ec
 
 import (
 	"bytes"
@@ -15,9 +15,11 @@ import (
 	"time"
 
 	"github.com/klauspost/reedsolomon"
+	"github.com/ovs-storage/ovs/scos"
+	"github.com/ovs-storage/ovs/scos/asd"
 )
 
-// ECBackend is the erasure-coded, geo-spread Backend (ALBA-like). Each
+// Backend is the erasure-coded, geo-spread scos.Backend (ALBA-like). Each
 // object is split into k data fragments plus m parity fragments
 // (Reed-Solomon) stored on k+m different ASDs, placed by weighted
 // rendezvous hashing within the node and site bounds of the namespace's
@@ -35,8 +37,8 @@ import (
 // when one of them is missing, stale or corrupt. Background maintenance
 // repairs degraded objects, drains decommissioned ASDs, scrubs and
 // rebalances (see Repair, Scrub, Rebalance).
-type ECBackend struct {
-	cfg ECConfig
+type Backend struct {
+	cfg Config
 	kv  KVStore // cache, in front of cfg.KV
 	// direct is what maintenance reads manifests from: the store itself
 	// unless this process is the sole writer. Another node's maintenance
@@ -71,8 +73,8 @@ type ECBackend struct {
 	closed atomic.Bool
 }
 
-// ECConfig configures an ECBackend. Zero durations take the defaults.
-type ECConfig struct {
+// Config configures a Backend. Zero durations take the defaults.
+type Config struct {
 	// KV holds manifests, namespaces, the ASD registry and presets. The
 	// backend does not close it.
 	KV KVStore
@@ -89,7 +91,7 @@ type ECConfig struct {
 	// the same name is left alone). If Preset names none of them and the
 	// store has no such preset either, LocalPreset is added under it.
 	Presets []Preset
-	// HTTPClient talks to the ASDs; nil uses one with NewASDTransport.
+	// HTTPClient talks to the ASDs; nil uses one with asd.NewTransport.
 	HTTPClient *http.Client
 	Logger     *slog.Logger
 
@@ -124,7 +126,7 @@ type ECConfig struct {
 	LocalPids func() map[string]int
 }
 
-func (c *ECConfig) setDefaults() {
+func (c *Config) setDefaults() {
 	def := func(d *time.Duration, v time.Duration) {
 		if *d == 0 {
 			*d = v
@@ -169,12 +171,12 @@ type ASDRecord struct {
 // asdState is a registered ASD with what the health monitor knows of it.
 type asdState struct {
 	rec       ASDRecord
-	client    *ASDClient
+	client    *asd.Client
 	probed    bool // at least one probe finished
 	up        bool
 	lastSeen  time.Time
 	downSince time.Time
-	health    ASDHealth
+	health    asd.Health
 	lastErr   string
 }
 
@@ -190,15 +192,15 @@ const (
 func objKey(ns, name string) string      { return kvObject + ns + "/" + name }
 func degradedKey(ns, name string) string { return kvDegraded + ns + "/" + name }
 
-// NewECBackend opens the backend on cfg.KV, probes the registered ASDs
+// New opens the backend on cfg.KV, probes the registered ASDs
 // once and starts the health monitor and (unless disabled) maintenance.
 // ctx bounds the start only; Close stops the background work.
-func NewECBackend(ctx context.Context, cfg ECConfig) (*ECBackend, error) {
+func New(ctx context.Context, cfg Config) (*Backend, error) {
 	if cfg.KV == nil {
 		return nil, errors.New("ec backend: no KV store")
 	}
 	cfg.setDefaults()
-	b := &ECBackend{
+	b := &Backend{
 		cfg:      cfg,
 		kv:       cfg.KV,
 		direct:   cfg.KV,
@@ -211,7 +213,7 @@ func NewECBackend(ctx context.Context, cfg ECConfig) (*ECBackend, error) {
 		gcKick:   make(chan struct{}, 1),
 	}
 	if b.hc == nil {
-		b.hc = &http.Client{Transport: NewASDTransport()}
+		b.hc = &http.Client{Transport: asd.NewTransport()}
 	}
 	b.cache = newCachingKV(cfg.KV, 32<<20, kvObject, kvNamespace) // 32 MiB of manifests
 	if cfg.SoleWriter {
@@ -260,7 +262,7 @@ func containsPreset(ps []Preset, name string) bool {
 
 // Close stops the background work and waits for it. It does not close
 // the KV store.
-func (b *ECBackend) Close() error {
+func (b *Backend) Close() error {
 	if b.closed.Swap(true) {
 		return nil
 	}
@@ -278,7 +280,7 @@ var (
 	ErrASDInUse       = errors.New("ASD still holds fragments")
 )
 
-func (b *ECBackend) preset(ctx context.Context, name string) (Preset, error) {
+func (b *Backend) preset(ctx context.Context, name string) (Preset, error) {
 	raw, err := b.kv.Get(ctx, kvPreset+name)
 	if errors.Is(err, ErrKeyNotFound) {
 		return Preset{}, fmt.Errorf("%w: %s", ErrPresetNotFound, name)
@@ -288,13 +290,13 @@ func (b *ECBackend) preset(ctx context.Context, name string) (Preset, error) {
 	}
 	var p Preset
 	if err := json.Unmarshal(raw, &p); err != nil {
-		return Preset{}, fmt.Errorf("preset %s: %w: %v", name, ErrCorrupt, err)
+		return Preset{}, fmt.Errorf("preset %s: %w: %v", name, scos.ErrCorrupt, err)
 	}
 	return p, nil
 }
 
 // AddPreset stores a new preset.
-func (b *ECBackend) AddPreset(ctx context.Context, p Preset) error {
+func (b *Backend) AddPreset(ctx context.Context, p Preset) error {
 	if err := p.Validate(); err != nil {
 		return fmt.Errorf("%w: %v", ErrInvalidPreset, err)
 	}
@@ -307,12 +309,12 @@ func (b *ECBackend) AddPreset(ctx context.Context, p Preset) error {
 }
 
 // ListPresets returns every preset, sorted by name.
-func (b *ECBackend) ListPresets(ctx context.Context) ([]Preset, error) {
+func (b *Backend) ListPresets(ctx context.Context) ([]Preset, error) {
 	out := []Preset{}
 	err := kvRangeAll(ctx, b.kv, kvPreset, func(e KV) (bool, error) {
 		var p Preset
 		if err := json.Unmarshal(e.Value, &p); err != nil {
-			return false, fmt.Errorf("preset %s: %w: %v", e.Key, ErrCorrupt, err)
+			return false, fmt.Errorf("preset %s: %w: %v", e.Key, scos.ErrCorrupt, err)
 		}
 		out = append(out, p)
 		return true, nil
@@ -323,12 +325,12 @@ func (b *ECBackend) ListPresets(ctx context.Context) ([]Preset, error) {
 // --- the ASD registry and health ---------------------------------------------
 
 // reloadRegistry brings the in-memory registry in line with the store.
-func (b *ECBackend) reloadRegistry(ctx context.Context) error {
+func (b *Backend) reloadRegistry(ctx context.Context) error {
 	recs := map[string]ASDRecord{}
 	err := kvRangeAll(ctx, b.kv, kvASD, func(e KV) (bool, error) {
 		var r ASDRecord
 		if err := json.Unmarshal(e.Value, &r); err != nil {
-			return false, fmt.Errorf("asd record %s: %w: %v", e.Key, ErrCorrupt, err)
+			return false, fmt.Errorf("asd record %s: %w: %v", e.Key, scos.ErrCorrupt, err)
 		}
 		recs[r.ID] = r
 		return true, nil
@@ -345,7 +347,7 @@ func (b *ECBackend) reloadRegistry(ctx context.Context) error {
 			b.asds[id] = st
 		}
 		if st.client == nil || st.rec.Addr != r.Addr {
-			st.client = NewASDClient(r.Addr, b.hc).For(id)
+			st.client = asd.NewClient(r.Addr, b.hc).For(id)
 		}
 		st.rec = r
 	}
@@ -357,7 +359,7 @@ func (b *ECBackend) reloadRegistry(ctx context.Context) error {
 	return nil
 }
 
-func (b *ECBackend) healthLoop(ctx context.Context) {
+func (b *Backend) healthLoop(ctx context.Context) {
 	defer b.wg.Done()
 	t := time.NewTicker(b.cfg.HealthInterval)
 	defer t.Stop()
@@ -375,7 +377,7 @@ func (b *ECBackend) healthLoop(ctx context.Context) {
 }
 
 // probeAll asks every registered ASD for its health, in parallel.
-func (b *ECBackend) probeAll(ctx context.Context) {
+func (b *Backend) probeAll(ctx context.Context) {
 	b.mu.Lock()
 	states := make([]*asdState, 0, len(b.asds))
 	for _, st := range b.asds {
@@ -393,7 +395,7 @@ func (b *ECBackend) probeAll(ctx context.Context) {
 	wg.Wait()
 }
 
-func (b *ECBackend) probe(ctx context.Context, st *asdState) {
+func (b *Backend) probe(ctx context.Context, st *asdState) {
 	b.mu.Lock()
 	c, id := st.client, st.rec.ID
 	b.mu.Unlock()
@@ -411,7 +413,7 @@ func (b *ECBackend) probe(ctx context.Context, st *asdState) {
 
 // setHealth records the outcome of a probe (or of a failed operation,
 // with a nil health and an error).
-func (b *ECBackend) setHealth(st *asdState, h ASDHealth, err error) {
+func (b *Backend) setHealth(st *asdState, h asd.Health, err error) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	now := time.Now()
@@ -435,21 +437,21 @@ func (b *ECBackend) setHealth(st *asdState, h ASDHealth, err error) {
 
 // suspect marks an ASD down after an operation on it could not reach it;
 // the next probe brings it back if it answers.
-func (b *ECBackend) suspect(id string, err error) {
-	if !errors.Is(err, ErrASDUnavailable) {
+func (b *Backend) suspect(id string, err error) {
+	if !errors.Is(err, asd.ErrUnavailable) {
 		return
 	}
 	b.mu.Lock()
 	st := b.asds[id]
 	b.mu.Unlock()
 	if st != nil {
-		b.setHealth(st, ASDHealth{}, err)
+		b.setHealth(st, asd.Health{}, err)
 	}
 }
 
 // asd returns the client of an ASD and whether it is usable for reads
 // (registered, probed up).
-func (b *ECBackend) asd(id string) (*ASDClient, bool) {
+func (b *Backend) asd(id string) (*asd.Client, bool) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	st := b.asds[id]
@@ -461,7 +463,7 @@ func (b *ECBackend) asd(id string) (*ASDClient, bool) {
 
 // writeCandidates lists the ASDs that can take new fragments: active, up,
 // and with room for a fragment of size bytes.
-func (b *ECBackend) writeCandidates(size int64, exclude map[string]error) []asdCandidate {
+func (b *Backend) writeCandidates(size int64, exclude map[string]error) []asdCandidate {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	var out []asdCandidate
@@ -479,7 +481,7 @@ func (b *ECBackend) writeCandidates(size int64, exclude map[string]error) []asdC
 }
 
 // candidateOf describes a registered ASD for placement bounds (up or not).
-func (b *ECBackend) candidateOf(id string) asdCandidate {
+func (b *Backend) candidateOf(id string) asdCandidate {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	if st := b.asds[id]; st != nil {
@@ -488,7 +490,7 @@ func (b *ECBackend) candidateOf(id string) asdCandidate {
 	return asdCandidate{ID: id, Node: "?" + id, Site: "?" + id}
 }
 
-func (b *ECBackend) encoder(k, m int) (reedsolomon.Encoder, error) {
+func (b *Backend) encoder(k, m int) (reedsolomon.Encoder, error) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	if e := b.encoders[[2]int{k, m}]; e != nil {
@@ -503,7 +505,7 @@ func (b *ECBackend) encoder(k, m int) (reedsolomon.Encoder, error) {
 }
 
 // opTimeout bounds one fragment operation moving n bytes.
-func (b *ECBackend) opTimeout(n int64) time.Duration {
+func (b *Backend) opTimeout(n int64) time.Duration {
 	return b.cfg.FragmentTimeout + time.Duration(n>>24)*time.Second
 }
 
@@ -515,42 +517,42 @@ type nsRecord struct {
 	Deleting bool      `json:"deleting,omitempty"`
 }
 
-func (b *ECBackend) namespace(ctx context.Context, ns string) (nsRecord, []byte, error) {
-	if !ValidName(ns) {
-		return nsRecord{}, nil, fmt.Errorf("%w: namespace %q", ErrInvalidName, ns)
+func (b *Backend) namespace(ctx context.Context, ns string) (nsRecord, []byte, error) {
+	if !scos.ValidName(ns) {
+		return nsRecord{}, nil, fmt.Errorf("%w: namespace %q", scos.ErrInvalidName, ns)
 	}
 	raw, err := b.kv.Get(ctx, kvNamespace+ns)
 	if errors.Is(err, ErrKeyNotFound) {
-		return nsRecord{}, nil, fmt.Errorf("%w: %s", ErrNamespaceNotFound, ns)
+		return nsRecord{}, nil, fmt.Errorf("%w: %s", scos.ErrNamespaceNotFound, ns)
 	}
 	if err != nil {
 		return nsRecord{}, nil, fmt.Errorf("namespace %s: %w", ns, err)
 	}
 	var r nsRecord
 	if err := json.Unmarshal(raw, &r); err != nil {
-		return nsRecord{}, nil, fmt.Errorf("namespace %s: %w: %v", ns, ErrCorrupt, err)
+		return nsRecord{}, nil, fmt.Errorf("namespace %s: %w: %v", ns, scos.ErrCorrupt, err)
 	}
 	return r, raw, nil
 }
 
 // liveNamespace returns the namespace unless it is missing or being deleted.
-func (b *ECBackend) liveNamespace(ctx context.Context, ns string) (nsRecord, error) {
+func (b *Backend) liveNamespace(ctx context.Context, ns string) (nsRecord, error) {
 	r, _, err := b.namespace(ctx, ns)
 	if err == nil && r.Deleting {
-		err = fmt.Errorf("%w: %s (being deleted)", ErrNamespaceNotFound, ns)
+		err = fmt.Errorf("%w: %s (being deleted)", scos.ErrNamespaceNotFound, ns)
 	}
 	return r, err
 }
 
-func (b *ECBackend) CreateNamespace(ctx context.Context, ns string) error {
+func (b *Backend) CreateNamespace(ctx context.Context, ns string) error {
 	return b.CreateNamespaceWithPreset(ctx, ns, "")
 }
 
 // CreateNamespaceWithPreset creates a namespace whose objects use the
 // named preset ("" for the configured default).
-func (b *ECBackend) CreateNamespaceWithPreset(ctx context.Context, ns, preset string) error {
-	if !ValidName(ns) {
-		return fmt.Errorf("%w: namespace %q", ErrInvalidName, ns)
+func (b *Backend) CreateNamespaceWithPreset(ctx context.Context, ns, preset string) error {
+	if !scos.ValidName(ns) {
+		return fmt.Errorf("%w: namespace %q", scos.ErrInvalidName, ns)
 	}
 	if preset == "" {
 		preset = b.cfg.Preset
@@ -569,23 +571,23 @@ func (b *ECBackend) CreateNamespaceWithPreset(ctx context.Context, ns, preset st
 			return fmt.Errorf("create namespace %s: %w", ns, err)
 		}
 		r, _, err := b.namespace(ctx, ns)
-		if errors.Is(err, ErrNamespaceNotFound) {
+		if errors.Is(err, scos.ErrNamespaceNotFound) {
 			continue
 		}
 		if err != nil {
 			return err
 		}
 		if !r.Deleting {
-			return fmt.Errorf("%w: %s", ErrNamespaceExists, ns)
+			return fmt.Errorf("%w: %s", scos.ErrNamespaceExists, ns)
 		}
 		// An interrupted delete: finish it first.
-		if err := b.deleteNamespace(ctx, f, ns); err != nil && !errors.Is(err, ErrNamespaceNotFound) {
+		if err := b.deleteNamespace(ctx, f, ns); err != nil && !errors.Is(err, scos.ErrNamespaceNotFound) {
 			return err
 		}
 	}
 }
 
-func (b *ECBackend) DeleteNamespace(ctx context.Context, ns string) error {
+func (b *Backend) DeleteNamespace(ctx context.Context, ns string) error {
 	f, _ := b.fence(ns)
 	return b.deleteNamespace(ctx, f, ns)
 }
@@ -593,7 +595,7 @@ func (b *ECBackend) DeleteNamespace(ctx context.Context, ns string) error {
 // deleteNamespace deletes ns, every step guarded by f (if set): a fenced
 // writer's delete stops at the first step after the fence moved, leaving
 // what was not deleted yet in place.
-func (b *ECBackend) deleteNamespace(ctx context.Context, f *Fence, ns string) error {
+func (b *Backend) deleteNamespace(ctx context.Context, f *scos.Fence, ns string) error {
 	r, raw, err := b.namespace(ctx, ns)
 	if err != nil {
 		return err
@@ -621,7 +623,7 @@ func (b *ECBackend) deleteNamespace(ctx context.Context, f *Fence, ns string) er
 		}
 		for _, e := range page {
 			name := e.Key[len(kvObject+ns+"/"):]
-			if err := b.delete(ctx, f, ns, name); err != nil && !errors.Is(err, ErrObjectNotFound) {
+			if err := b.delete(ctx, f, ns, name); err != nil && !errors.Is(err, scos.ErrObjectNotFound) {
 				return fmt.Errorf("delete namespace %s: %w", ns, err)
 			}
 		}
@@ -637,7 +639,7 @@ func (b *ECBackend) deleteNamespace(ctx context.Context, f *Fence, ns string) er
 	return nil
 }
 
-func (b *ECBackend) ListNamespaces(ctx context.Context) ([]string, error) {
+func (b *Backend) ListNamespaces(ctx context.Context) ([]string, error) {
 	var out []string
 	err := kvRangeAll(ctx, b.kv, kvNamespace, func(e KV) (bool, error) {
 		var r nsRecord
@@ -652,9 +654,9 @@ func (b *ECBackend) ListNamespaces(ctx context.Context) ([]string, error) {
 	return out, nil
 }
 
-func (b *ECBackend) NamespaceExists(ctx context.Context, ns string) (bool, error) {
+func (b *Backend) NamespaceExists(ctx context.Context, ns string) (bool, error) {
 	_, err := b.liveNamespace(ctx, ns)
-	if errors.Is(err, ErrNamespaceNotFound) {
+	if errors.Is(err, scos.ErrNamespaceNotFound) {
 		return false, nil
 	}
 	return err == nil, err
@@ -662,27 +664,27 @@ func (b *ECBackend) NamespaceExists(ctx context.Context, ns string) (bool, error
 
 // --- fencing -------------------------------------------------------------------
 
-var _ Fencer = (*ECBackend)(nil)
+var _ scos.Fencer = (*Backend)(nil)
 
 // SetFence sets (nil f: removes) the fence of namespace ns: from now on
 // every operation of this process that changes what a reader of ns sees
 // (Put, Delete, CreateNamespace, DeleteNamespace) commits only if, in the
 // same atomic KV step, f.Key holds f.Value, and fails with an error
-// wrapping ErrFenced otherwise. An operation keeps the fence it started
+// wrapping scos.ErrFenced otherwise. An operation keeps the fence it started
 // with, so a write begun under a fence cannot commit unguarded.
 //
 // Without SoleWriter, manifests of ns are cached while the fence is set;
 // setting or removing it drops what was cached for ns.
 //
-// Once a guarded write of ns has failed with ErrFenced, this process is
+// Once a guarded write of ns has failed with scos.ErrFenced, this process is
 // not the namespace's only writer any more: its cached state of ns is
 // dropped, reads go to the KV, and puts fail before writing fragments.
-func (b *ECBackend) SetFence(ns string, f *Fence) {
+func (b *Backend) SetFence(ns string, f *scos.Fence) {
 	b.fenceMu.Lock()
 	if f == nil {
 		delete(b.fences, ns)
 	} else {
-		b.fences[ns] = &fenceState{f: Fence{Key: f.Key, Value: bytes.Clone(f.Value)}}
+		b.fences[ns] = &fenceState{f: scos.Fence{Key: f.Key, Value: bytes.Clone(f.Value)}}
 	}
 	b.fenceMu.Unlock()
 	b.dropCached(ns)
@@ -690,13 +692,13 @@ func (b *ECBackend) SetFence(ns string, f *Fence) {
 
 // fenceState is a fence and whether a write found it lost.
 type fenceState struct {
-	f    Fence
+	f    scos.Fence
 	lost bool
 }
 
 // fence returns a copy of the fence of ns (nil if none) and whether a
 // write has found it lost already.
-func (b *ECBackend) fence(ns string) (*Fence, bool) {
+func (b *Backend) fence(ns string) (*scos.Fence, bool) {
 	b.fenceMu.RLock()
 	defer b.fenceMu.RUnlock()
 	if st, ok := b.fences[ns]; ok {
@@ -707,7 +709,7 @@ func (b *ECBackend) fence(ns string) (*Fence, bool) {
 }
 
 // fenceLost records that a write guarded by f found the fence of ns moved.
-func (b *ECBackend) fenceLost(ns string, f *Fence) {
+func (b *Backend) fenceLost(ns string, f *scos.Fence) {
 	b.fenceMu.Lock()
 	st := b.fences[ns]
 	first := st != nil && !st.lost && st.f.Key == f.Key && bytes.Equal(st.f.Value, f.Value)
@@ -724,7 +726,7 @@ func (b *ECBackend) fenceLost(ns string, f *Fence) {
 
 // dropCached forgets the cached record and manifests of ns (a cluster
 // node caches them only while it holds a fence on ns).
-func (b *ECBackend) dropCached(ns string) {
+func (b *Backend) dropCached(ns string) {
 	if b.cfg.SoleWriter {
 		return
 	}
@@ -734,7 +736,7 @@ func (b *ECBackend) dropCached(ns string) {
 // fencedKey reports whether key is the record or a manifest of a
 // namespace this process holds a live fence on (what a cluster node
 // caches).
-func (b *ECBackend) fencedKey(key string) bool {
+func (b *Backend) fencedKey(key string) bool {
 	ns, ok := keyNamespace(key)
 	if !ok {
 		return false
@@ -756,12 +758,12 @@ func keyNamespace(key string) (string, bool) {
 
 // testAndSet is the KV TestAndSet of a key of a namespace, guarded by f
 // when the namespace is fenced.
-func (b *ECBackend) testAndSet(ctx context.Context, f *Fence, key string, expected, wanted []byte) error {
+func (b *Backend) testAndSet(ctx context.Context, f *scos.Fence, key string, expected, wanted []byte) error {
 	if f == nil {
 		return b.kv.TestAndSet(ctx, key, expected, wanted)
 	}
 	err := b.kv.GuardedTestAndSet(ctx, *f, key, expected, wanted)
-	if errors.Is(err, ErrFenced) {
+	if errors.Is(err, scos.ErrFenced) {
 		if ns, ok := keyNamespace(key); ok {
 			b.fenceLost(ns, f)
 		}

@@ -1,4 +1,4 @@
-package scos
+package ec
 
 import (
 	"context"
@@ -15,7 +15,7 @@ const readyProbeSize = 4 << 20
 // and have room. If not, it probes the ASDs once (one may have just
 // started) and checks again, so that a health check built on it turns
 // ready as soon as the ASDs answer, not at the next health tick.
-func (b *ECBackend) Writable(ctx context.Context) error {
+func (b *Backend) Writable(ctx context.Context) error {
 	preset, err := b.preset(ctx, b.cfg.Preset)
 	if err != nil {
 		return fmt.Errorf("backend: %w", err)

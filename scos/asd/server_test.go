@@ -1,4 +1,4 @@
-package scos
+package asd
 
 import (
 	"bytes"
@@ -11,21 +11,23 @@ import (
 	"os"
 	"strings"
 	"testing"
+
+	"github.com/ovs-storage/ovs/scos"
 )
 
 // testASD runs an ASD in-process on an httptest server.
-func testASD(t *testing.T, cfg ASDConfig) (*ASDServer, *ASDClient) {
+func testASD(t *testing.T, cfg Config) (*Server, *Client) {
 	t.Helper()
 	if cfg.Dir == "" {
 		cfg.Dir = t.TempDir()
 	}
-	s, err := OpenASD(cfg)
+	s, err := Open(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
 	srv := httptest.NewServer(s.Handler())
 	t.Cleanup(srv.Close)
-	return s, NewASDClient(srv.URL, srv.Client())
+	return s, NewClient(srv.URL, srv.Client())
 }
 
 func randBytes(seed uint64, n int) []byte {
@@ -39,7 +41,7 @@ func randBytes(seed uint64, n int) []byte {
 
 func TestASDRoundTrip(t *testing.T) {
 	ctx := context.Background()
-	s, c := testASD(t, ASDConfig{Node: "n1", Site: "s1"})
+	s, c := testASD(t, Config{Node: "n1", Site: "s1"})
 	sizes := map[string]int{"empty": 0, "one": 1, "block": DefaultFragmentBlockSize, "odd": 3*DefaultFragmentBlockSize + 17, "mib": 1 << 20}
 	data := map[string][]byte{}
 	for key, n := range sizes {
@@ -105,7 +107,7 @@ func TestASDRoundTrip(t *testing.T) {
 		t.Fatalf("delete twice: %v", err)
 	}
 	// A restart keeps the identity and the counts.
-	s2, err := OpenASD(ASDConfig{Dir: s.cfg.Dir, Node: "n1", Site: "s1"})
+	s2, err := Open(Config{Dir: s.cfg.Dir, Node: "n1", Site: "s1"})
 	if err != nil || s2.ID() != s.ID() || s2.count.Load() != s.count.Load() || s2.used.Load() != s.used.Load() {
 		t.Fatalf("reopen: %v id %s/%s count %d/%d used %d/%d", err, s2.ID(), s.ID(),
 			s2.count.Load(), s.count.Load(), s2.used.Load(), s.used.Load())
@@ -114,7 +116,7 @@ func TestASDRoundTrip(t *testing.T) {
 
 func TestASDCorruption(t *testing.T) {
 	ctx := context.Background()
-	s, c := testASD(t, ASDConfig{})
+	s, c := testASD(t, Config{})
 	data := randBytes(7, 4*DefaultFragmentBlockSize)
 	put := func() string {
 		if err := c.Put(ctx, "frag", "", data); err != nil {
@@ -187,8 +189,8 @@ func TestASDCorruption(t *testing.T) {
 
 func TestASDBadRequests(t *testing.T) {
 	ctx := context.Background()
-	s, c := testASD(t, ASDConfig{})
-	if err := c.Put(ctx, ".hidden", "", []byte("x")); !errors.Is(err, ErrInvalidName) && !strings.Contains(err.Error(), "invalid") {
+	s, c := testASD(t, Config{})
+	if err := c.Put(ctx, ".hidden", "", []byte("x")); !errors.Is(err, scos.ErrInvalidName) && !strings.Contains(err.Error(), "invalid") {
 		t.Errorf("bad key: %v", err)
 	}
 	srv := httptest.NewServer(s.Handler())
@@ -234,12 +236,12 @@ func TestASDBadRequests(t *testing.T) {
 
 func TestASDFillLimit(t *testing.T) {
 	ctx := context.Background()
-	_, c := testASD(t, ASDConfig{Capacity: 1 << 20, FillLimit: 0.5})
+	_, c := testASD(t, Config{Capacity: 1 << 20, FillLimit: 0.5})
 	if err := c.Put(ctx, "a", "", make([]byte, 400<<10)); err != nil {
 		t.Fatal(err)
 	}
 	err := c.Put(ctx, "b", "", make([]byte, 200<<10))
-	if !errors.Is(err, ErrASDFull) || !strings.Contains(err.Error(), "fill limit") {
+	if !errors.Is(err, ErrFull) || !strings.Contains(err.Error(), "fill limit") {
 		t.Fatalf("put past the fill limit: %v", err)
 	}
 	t.Logf("refused: %v", err)
@@ -251,14 +253,14 @@ func TestASDFillLimit(t *testing.T) {
 		t.Fatalf("a put that fits: %v", err)
 	}
 	// The default limit (99% of the filesystem) leaves room on a test box.
-	if _, err := OpenASD(ASDConfig{Dir: t.TempDir(), FillLimit: 1.5}); err == nil {
+	if _, err := Open(Config{Dir: t.TempDir(), FillLimit: 1.5}); err == nil {
 		t.Fatal("fill limit 1.5 accepted")
 	}
 }
 
 func TestASDUnavailable(t *testing.T) {
-	c := NewASDClient("127.0.0.1:1", nil)
-	if _, err := c.Health(context.Background()); !errors.Is(err, ErrASDUnavailable) {
+	c := NewClient("127.0.0.1:1", nil)
+	if _, err := c.Health(context.Background()); !errors.Is(err, ErrUnavailable) {
 		t.Fatalf("dead ASD: %v", err)
 	}
 }
@@ -284,7 +286,7 @@ func TestFragmentHeaderRoundTrip(t *testing.T) {
 		}
 		future := append([]byte(nil), b...)
 		future[4] = 2
-		if _, err := DecodeFragmentHeader(future); !errors.Is(err, ErrUnsupportedFormat) {
+		if _, err := DecodeFragmentHeader(future); !errors.Is(err, scos.ErrUnsupportedFormat) {
 			t.Fatalf("version 2: %v", err)
 		}
 	}
@@ -299,7 +301,7 @@ func FuzzFragmentHeader(f *testing.F) {
 	check := func(t *testing.T, b []byte) {
 		h, err := DecodeFragmentHeader(b)
 		if err != nil {
-			if !errors.Is(err, ErrFragmentCorrupt) && !errors.Is(err, ErrUnsupportedFormat) {
+			if !errors.Is(err, ErrFragmentCorrupt) && !errors.Is(err, scos.ErrUnsupportedFormat) {
 				t.Fatalf("untyped error %v", err)
 			}
 			return

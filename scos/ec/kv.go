@@ -1,4 +1,4 @@
-package scos
+package ec
 
 import (
 	"bytes"
@@ -11,6 +11,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/ovs-storage/ovs/scos"
 	bolt "go.etcd.io/bbolt"
 )
 
@@ -37,9 +38,9 @@ type KVStore interface {
 	// GuardedTestAndSet is TestAndSet that also asserts, in the same
 	// atomic step, that guard.Key holds exactly guard.Value (nil: is
 	// absent). If the guard does not hold it changes nothing and returns
-	// an error wrapping ErrFenced, whatever key holds; if only key's value
+	// an error wrapping scos.ErrFenced, whatever key holds; if only key's value
 	// differs from expected, an error wrapping ErrKVConflict.
-	GuardedTestAndSet(ctx context.Context, guard Fence, key string, expected, wanted []byte) error
+	GuardedTestAndSet(ctx context.Context, guard scos.Fence, key string, expected, wanted []byte) error
 	// Range returns, in key order, up to limit entries (limit <= 0: no
 	// limit) whose keys start with prefix and sort strictly after after
 	// ("" for the first page).
@@ -136,7 +137,7 @@ func (s *BoltKV) TestAndSet(ctx context.Context, key string, expected, wanted []
 	return s.write(ctx, nil, key, expected, wanted, false)
 }
 
-func (s *BoltKV) GuardedTestAndSet(ctx context.Context, guard Fence, key string, expected, wanted []byte) error {
+func (s *BoltKV) GuardedTestAndSet(ctx context.Context, guard scos.Fence, key string, expected, wanted []byte) error {
 	if err := checkKVKey(guard.Key); err != nil {
 		return fmt.Errorf("guard: %w", err)
 	}
@@ -145,7 +146,7 @@ func (s *BoltKV) GuardedTestAndSet(ctx context.Context, guard Fence, key string,
 
 // write sets (or, wanted nil, deletes) key, after checking that its value
 // is expected unless force, and that the guard (if any) holds.
-func (s *BoltKV) write(ctx context.Context, guard *Fence, key string, expected, wanted []byte, force bool) error {
+func (s *BoltKV) write(ctx context.Context, guard *scos.Fence, key string, expected, wanted []byte, force bool) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
@@ -175,7 +176,7 @@ func (s *BoltKV) write(ctx context.Context, guard *Fence, key string, expected, 
 
 // kvWrite is one queued write.
 type kvWrite struct {
-	guard            *Fence
+	guard            *scos.Fence
 	key              []byte
 	expected, wanted []byte
 	force            bool
@@ -205,7 +206,7 @@ func (s *BoltKV) commit() {
 				// The guard first: a fenced writer learns that it is
 				// fenced, whatever the key holds.
 				if g := op.guard; g != nil && !kvHolds(b.Get([]byte(g.Key)), g.Value) {
-					op.conflict = fmt.Errorf("%w: %s (%s changed)", ErrFenced, op.key, g.Key)
+					op.conflict = fmt.Errorf("%w: %s (%s changed)", scos.ErrFenced, op.key, g.Key)
 					continue
 				}
 				if !op.force && !kvHolds(b.Get(op.key), op.expected) {

@@ -1,4 +1,4 @@
-package scos
+package ec
 
 import (
 	"context"
@@ -10,6 +10,9 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/ovs-storage/ovs/scos"
+	"github.com/ovs-storage/ovs/scos/asd"
 )
 
 // ecCounters count what the backend has done since it started.
@@ -22,8 +25,8 @@ type ecCounters struct {
 	gcDeleted                                         atomic.Int64
 }
 
-// ECCounters is a snapshot of the backend's counters since it started.
-type ECCounters struct {
+// Counters is a snapshot of the backend's counters since it started.
+type Counters struct {
 	Puts             int64 `json:"puts"`
 	Reads            int64 `json:"reads"`
 	Deletes          int64 `json:"deletes"`
@@ -42,8 +45,8 @@ type ECCounters struct {
 	GarbageDeleted   int64 `json:"garbage_deleted"`
 }
 
-func (c *ecCounters) snapshot() ECCounters {
-	return ECCounters{
+func (c *ecCounters) snapshot() Counters {
+	return Counters{
 		Puts: c.puts.Load(), Reads: c.reads.Load(), Deletes: c.deletes.Load(),
 		DegradedReads: c.degradedReads.Load(), PutFallbacks: c.putFallbacks.Load(),
 		CorruptFound: c.corruptFound.Load(), MissingFound: c.missingFound.Load(),
@@ -129,7 +132,7 @@ func (r *MaintenanceReport) fail(err error) {
 // maintenanceLoop runs a full pass every MaintenanceInterval, repairs
 // flagged objects when woken, scrubs every ScrubInterval and rebalances
 // when ASDs were added or fill differs too much.
-func (b *ECBackend) maintenanceLoop(ctx context.Context) {
+func (b *Backend) maintenanceLoop(ctx context.Context) {
 	defer b.wg.Done()
 	t := time.NewTicker(b.cfg.MaintenanceInterval)
 	defer t.Stop()
@@ -184,7 +187,7 @@ func (b *ECBackend) maintenanceLoop(ctx context.Context) {
 
 // finishNamespaceDeletes completes deletes of namespaces that were
 // interrupted.
-func (b *ECBackend) finishNamespaceDeletes(ctx context.Context) {
+func (b *Backend) finishNamespaceDeletes(ctx context.Context) {
 	var dying []string
 	_ = kvRangeAll(ctx, b.kv, kvNamespace, func(e KV) (bool, error) {
 		var r nsRecord
@@ -196,7 +199,7 @@ func (b *ECBackend) finishNamespaceDeletes(ctx context.Context) {
 	for _, ns := range dying {
 		// Not fenced: the owner decided the delete when it marked the
 		// namespace, which readers no longer see; any node may finish it.
-		if err := b.deleteNamespace(ctx, nil, ns); err != nil && !errors.Is(err, ErrNamespaceNotFound) {
+		if err := b.deleteNamespace(ctx, nil, ns); err != nil && !errors.Is(err, scos.ErrNamespaceNotFound) {
 			b.log.Warn("finishing the delete of a namespace", "ns", ns, "err", err)
 		}
 	}
@@ -208,10 +211,10 @@ type asdView struct {
 	probed    bool
 	up        bool
 	downSince time.Time
-	health    ASDHealth
+	health    asd.Health
 }
 
-func (b *ECBackend) asdViews() map[string]asdView {
+func (b *Backend) asdViews() map[string]asdView {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	out := make(map[string]asdView, len(b.asds))
@@ -223,7 +226,7 @@ func (b *ECBackend) asdViews() map[string]asdView {
 
 // lost reports whether an ASD's fragments must be rebuilt elsewhere: gone
 // from the registry, not active, or down for longer than LostAfter.
-func (b *ECBackend) lost(v asdView, ok bool, now time.Time) (string, bool) {
+func (b *Backend) lost(v asdView, ok bool, now time.Time) (string, bool) {
 	switch {
 	case !ok:
 		return "not registered", true
@@ -237,7 +240,7 @@ func (b *ECBackend) lost(v asdView, ok bool, now time.Time) (string, bool) {
 
 // forEachManifest calls fn for every object manifest (in live namespaces
 // or not), in key order.
-func (b *ECBackend) forEachManifest(ctx context.Context, fn func(ns, name string, m *Manifest, raw []byte) error) error {
+func (b *Backend) forEachManifest(ctx context.Context, fn func(ns, name string, m *Manifest, raw []byte) error) error {
 	return kvRangeAll(ctx, b.kv, kvObject, func(e KV) (bool, error) {
 		ns, name, ok := strings.Cut(e.Key[len(kvObject):], "/")
 		if !ok {
@@ -252,7 +255,7 @@ func (b *ECBackend) forEachManifest(ctx context.Context, fn func(ns, name string
 	})
 }
 
-func (b *ECBackend) countObjects(ctx context.Context) int64 {
+func (b *Backend) countObjects(ctx context.Context) int64 {
 	var n int64
 	_ = kvRangeAll(ctx, b.kv, kvObject, func(KV) (bool, error) { n++; return true, nil })
 	return n
@@ -262,7 +265,7 @@ func (b *ECBackend) countObjects(ctx context.Context) int64 {
 // fragment on a lost, decommissioning or unregistered ASD, or stored with
 // a fallback policy when the first one can now be placed, marks drained
 // ASDs decommissioned, then repairs every flagged object.
-func (b *ECBackend) Repair(ctx context.Context) (MaintenanceReport, error) {
+func (b *Backend) Repair(ctx context.Context) (MaintenanceReport, error) {
 	b.maintMu.Lock()
 	defer b.maintMu.Unlock()
 	var rep MaintenanceReport
@@ -282,7 +285,7 @@ func (b *ECBackend) Repair(ctx context.Context) (MaintenanceReport, error) {
 	return rep, err
 }
 
-func (b *ECBackend) decommissioning() bool {
+func (b *Backend) decommissioning() bool {
 	for _, v := range b.asdViews() {
 		if v.rec.State == ASDDecommissioning {
 			return true
@@ -293,7 +296,7 @@ func (b *ECBackend) decommissioning() bool {
 
 // RepairFlagged repairs the objects already flagged (by reads, puts,
 // scrubs or an earlier sweep), without a sweep.
-func (b *ECBackend) RepairFlagged(ctx context.Context) (MaintenanceReport, error) {
+func (b *Backend) RepairFlagged(ctx context.Context) (MaintenanceReport, error) {
 	b.maintMu.Lock()
 	defer b.maintMu.Unlock()
 	var rep MaintenanceReport
@@ -301,7 +304,7 @@ func (b *ECBackend) RepairFlagged(ctx context.Context) (MaintenanceReport, error
 	return rep, err
 }
 
-func (b *ECBackend) sweep(ctx context.Context, rep *MaintenanceReport) error {
+func (b *Backend) sweep(ctx context.Context, rep *MaintenanceReport) error {
 	now := time.Now()
 	views := b.asdViews()
 	refs := map[string]int{}
@@ -363,7 +366,7 @@ func (b *ECBackend) sweep(ctx context.Context, rep *MaintenanceReport) error {
 // betterPolicy returns the index of the first policy of the preset that
 // can be placed now if it comes before the one m was stored with (a
 // policy not in the preset counts as the last).
-func (b *ECBackend) betterPolicy(p Preset, m *Manifest) (int, bool) {
+func (b *Backend) betterPolicy(p Preset, m *Manifest) (int, bool) {
 	if m.Size == 0 {
 		return 0, false
 	}
@@ -383,14 +386,14 @@ func (b *ECBackend) betterPolicy(p Preset, m *Manifest) (int, bool) {
 }
 
 // placeable reports whether policy i of the preset can be placed now.
-func (b *ECBackend) placeable(p Preset, i int, size int64) bool {
+func (b *Backend) placeable(p Preset, i int, size int64) bool {
 	pol := p.Policies[i]
 	_, err := placeFragments([]byte("probe"), pol.K+pol.M, b.writeCandidates(fragmentSizeFor(size, pol.K), nil),
 		pol.X, p.MaxPerSite, nil)
 	return err == nil
 }
 
-func (b *ECBackend) repairFlagged(ctx context.Context, rep *MaintenanceReport) error {
+func (b *Backend) repairFlagged(ctx context.Context, rep *MaintenanceReport) error {
 	var flagged []KV
 	if err := kvRangeAll(ctx, b.kv, kvDegraded, func(e KV) (bool, error) {
 		flagged = append(flagged, e)
@@ -427,7 +430,7 @@ func (b *ECBackend) repairFlagged(ctx context.Context, rep *MaintenanceReport) e
 	return nil
 }
 
-func (b *ECBackend) forgetReports(ns, name string) {
+func (b *Backend) forgetReports(ns, name string) {
 	prefix := ns + "/" + name + "/"
 	b.reported.Range(func(k, _ any) bool {
 		if strings.HasPrefix(k.(string), prefix) {
@@ -448,7 +451,7 @@ const (
 )
 
 // checkFragments verifies every fragment of m where it is.
-func (b *ECBackend) checkFragments(ctx context.Context, m *Manifest) ([]fragmentCheck, []error) {
+func (b *Backend) checkFragments(ctx context.Context, m *Manifest) ([]fragmentCheck, []error) {
 	now := time.Now()
 	views := b.asdViews()
 	checks := make([]fragmentCheck, len(m.Fragments))
@@ -461,7 +464,7 @@ func (b *ECBackend) checkFragments(ctx context.Context, m *Manifest) ([]fragment
 			continue
 		}
 		if !v.up {
-			checks[i], errs[i] = fragUnknown, fmt.Errorf("%w: ASD %s is down", ErrASDUnavailable, f.ASD)
+			checks[i], errs[i] = fragUnknown, fmt.Errorf("%w: ASD %s is down", asd.ErrUnavailable, f.ASD)
 			continue
 		}
 		wg.Add(1)
@@ -476,11 +479,11 @@ func (b *ECBackend) checkFragments(ctx context.Context, m *Manifest) ([]fragment
 
 // verifyFragment has the ASD read fragment i whole and check it, and
 // checks it is the fragment the manifest records.
-func (b *ECBackend) verifyFragment(ctx context.Context, m *Manifest, i int) (fragmentCheck, error) {
+func (b *Backend) verifyFragment(ctx context.Context, m *Manifest, i int) (fragmentCheck, error) {
 	f := m.Fragments[i]
 	c, up := b.asd(f.ASD)
 	if c == nil || !up {
-		return fragUnknown, fmt.Errorf("%w: ASD %s is down", ErrASDUnavailable, f.ASD)
+		return fragUnknown, fmt.Errorf("%w: ASD %s is down", asd.ErrUnavailable, f.ASD)
 	}
 	octx, cancel := context.WithTimeout(ctx, b.opTimeout(m.FragmentSize))
 	fi, err := c.Verify(octx, m.FragmentKey(i))
@@ -488,10 +491,10 @@ func (b *ECBackend) verifyFragment(ctx context.Context, m *Manifest, i int) (fra
 	switch {
 	case err == nil && (fi.CRC32C != f.CRC32C || fi.Size != m.FragmentSize):
 		return fragBad, fmt.Errorf("%w: fragment %d on %s: %d bytes with checksum %08x, the manifest says %d with %08x",
-			ErrFragmentCorrupt, i, f.ASD, fi.Size, fi.CRC32C, m.FragmentSize, f.CRC32C)
+			asd.ErrFragmentCorrupt, i, f.ASD, fi.Size, fi.CRC32C, m.FragmentSize, f.CRC32C)
 	case err == nil:
 		return fragGood, nil
-	case errors.Is(err, ErrFragmentCorrupt), errors.Is(err, ErrFragmentNotFound):
+	case errors.Is(err, asd.ErrFragmentCorrupt), errors.Is(err, asd.ErrFragmentNotFound):
 		return fragBad, err
 	default:
 		b.suspect(f.ASD, err)
@@ -504,9 +507,9 @@ func (b *ECBackend) verifyFragment(ctx context.Context, m *Manifest, i int) (fra
 // leaving ASDs are rebuilt elsewhere within the policy, and an object
 // stored with a fallback policy is re-encoded with the preset's first one
 // when possible. It reports whether nothing is left to do.
-func (b *ECBackend) repairObject(ctx context.Context, ns, name string, rep *MaintenanceReport) (bool, error) {
+func (b *Backend) repairObject(ctx context.Context, ns, name string, rep *MaintenanceReport) (bool, error) {
 	m, raw, err := b.loadManifestFrom(ctx, b.direct, ns, name)
-	if errors.Is(err, ErrObjectNotFound) {
+	if errors.Is(err, scos.ErrObjectNotFound) {
 		return true, nil
 	}
 	if err != nil {
@@ -580,7 +583,7 @@ func (b *ECBackend) repairObject(ctx context.Context, ns, name string, rep *Main
 	for _, i := range fix {
 		if got := crc32c(rec[i]); got != m.Fragments[i].CRC32C {
 			return false, fmt.Errorf("%w: rebuilt fragment %d has checksum %08x, the manifest says %08x",
-				ErrCorrupt, i, got, m.Fragments[i].CRC32C)
+				scos.ErrCorrupt, i, got, m.Fragments[i].CRC32C)
 		}
 		if checks[i] == fragBad {
 			write = append(write, i)
@@ -649,13 +652,13 @@ func (b *ECBackend) repairObject(ctx context.Context, ns, name string, rep *Main
 // upgradeObject re-encodes an object stored with a fallback policy with
 // the better policy of its preset at index better. It reports whether it
 // did.
-func (b *ECBackend) upgradeObject(ctx context.Context, ns, name string, m *Manifest, raw []byte, preset Preset, better int, rep *MaintenanceReport) (bool, error) {
+func (b *Backend) upgradeObject(ctx context.Context, ns, name string, m *Manifest, raw []byte, preset Preset, better int, rep *MaintenanceReport) (bool, error) {
 	data, err := b.readRange(ctx, ns, name, m, 0, m.Size)
 	if err != nil {
 		return false, nil // repair the fragments first
 	}
 	if crc32c(data) != m.CRC32C {
-		return false, fmt.Errorf("%w: checksum mismatch reading for an upgrade", ErrCorrupt)
+		return false, fmt.Errorf("%w: checksum mismatch reading for an upgrade", scos.ErrCorrupt)
 	}
 	target := Preset{Name: preset.Name, Policies: preset.Policies[better : better+1], MaxPerSite: preset.MaxPerSite}
 	newm, _, degraded, err := b.writeObject(ctx, ns+"/"+name, data, target)
@@ -683,7 +686,7 @@ func (b *ECBackend) upgradeObject(ctx context.Context, ns, name string, m *Manif
 // it whole and checks its checksums), flags and repairs the objects with
 // missing or corrupt fragments, and deletes fragments that no manifest
 // refers to once they are older than OrphanGrace.
-func (b *ECBackend) Scrub(ctx context.Context) (MaintenanceReport, error) {
+func (b *Backend) Scrub(ctx context.Context) (MaintenanceReport, error) {
 	b.maintMu.Lock()
 	defer b.maintMu.Unlock()
 	var rep MaintenanceReport
@@ -715,7 +718,7 @@ func (b *ECBackend) Scrub(ctx context.Context) (MaintenanceReport, error) {
 					mu.Lock()
 					rep.Scrubbed++
 					if c == fragBad {
-						if errors.Is(err, ErrFragmentNotFound) {
+						if errors.Is(err, asd.ErrFragmentNotFound) {
 							rep.Missing++
 							b.stats.missingFound.Add(1)
 						} else {
@@ -770,7 +773,7 @@ func (b *ECBackend) Scrub(ctx context.Context) (MaintenanceReport, error) {
 
 // deleteOrphans removes fragments that no manifest refers to: leftovers
 // of puts that failed or of a process that died mid-put.
-func (b *ECBackend) deleteOrphans(ctx context.Context, refs map[string]map[string]bool, scanStart time.Time, rep *MaintenanceReport) error {
+func (b *Backend) deleteOrphans(ctx context.Context, refs map[string]map[string]bool, scanStart time.Time, rep *MaintenanceReport) error {
 	cutoff := scanStart.Add(-b.cfg.OrphanGrace).UnixNano()
 	for id, v := range b.asdViews() {
 		c, up := b.asd(id)
@@ -794,7 +797,7 @@ func (b *ECBackend) deleteOrphans(ctx context.Context, refs map[string]map[strin
 			dctx, cancel := context.WithTimeout(ctx, b.cfg.FragmentTimeout)
 			err := c.Delete(dctx, f.Key)
 			cancel()
-			if err != nil && !errors.Is(err, ErrFragmentNotFound) {
+			if err != nil && !errors.Is(err, asd.ErrFragmentNotFound) {
 				rep.fail(fmt.Errorf("deleting orphan %s on %s: %w", f.Key, id, err))
 				continue
 			}
@@ -808,13 +811,13 @@ func (b *ECBackend) deleteOrphans(ctx context.Context, refs map[string]map[strin
 
 // stillReferenced checks the current manifest of the fragment's object (its
 // tag is "ns/name"), in case it was stored after the scan read it.
-func (b *ECBackend) stillReferenced(ctx context.Context, asdID string, f FragmentInfo) bool {
+func (b *Backend) stillReferenced(ctx context.Context, asdID string, f asd.FragmentInfo) bool {
 	ns, name, ok := strings.Cut(f.Tag, "/")
 	if !ok {
 		return false
 	}
 	m, _, err := b.loadManifestFrom(ctx, b.direct, ns, name)
-	if errors.Is(err, ErrObjectNotFound) {
+	if errors.Is(err, scos.ErrObjectNotFound) {
 		return false
 	}
 	if err != nil {
@@ -832,7 +835,7 @@ func (b *ECBackend) stillReferenced(ctx context.Context, asdID string, f Fragmen
 
 // imbalanced reports whether some ASD is fuller than the rebalance
 // threshold allows.
-func (b *ECBackend) imbalanced() bool {
+func (b *Backend) imbalanced() bool {
 	used, capacity := b.fills()
 	mean := meanFill(used, capacity)
 	for id := range used {
@@ -844,7 +847,7 @@ func (b *ECBackend) imbalanced() bool {
 }
 
 // fills returns the fragment bytes and capacity of active ASDs that are up.
-func (b *ECBackend) fills() (used, capacity map[string]int64) {
+func (b *Backend) fills() (used, capacity map[string]int64) {
 	used, capacity = map[string]int64{}, map[string]int64{}
 	for id, v := range b.asdViews() {
 		if v.up && v.rec.State == ASDActive && v.health.Capacity.Capacity > 0 {
@@ -881,7 +884,7 @@ func overFull(used, capacity int64, mean, threshold float64) bool {
 // Rebalance moves fragments from ASDs fuller than their share (by more
 // than the rebalance threshold) to emptier ones, within each object's
 // policy, until no ASD is over or nothing more can move.
-func (b *ECBackend) Rebalance(ctx context.Context) (MaintenanceReport, error) {
+func (b *Backend) Rebalance(ctx context.Context) (MaintenanceReport, error) {
 	b.maintMu.Lock()
 	defer b.maintMu.Unlock()
 	var rep MaintenanceReport
@@ -987,7 +990,7 @@ func (b *ECBackend) Rebalance(ctx context.Context) (MaintenanceReport, error) {
 
 // moveFragments copies fragments of m to other ASDs (moves: fragment
 // index -> ASD id), switches the manifest and discards the old copies.
-func (b *ECBackend) moveFragments(ctx context.Context, ns, name string, m *Manifest, raw []byte, moves map[int]string) (int, error) {
+func (b *Backend) moveFragments(ctx context.Context, ns, name string, m *Manifest, raw []byte, moves map[int]string) (int, error) {
 	shards := make([][]byte, len(m.Fragments))
 	var idx []int
 	for i := range moves {

@@ -1,4 +1,4 @@
-package scos
+package ec
 
 import (
 	"bytes"
@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io/fs"
 	"log/slog"
+	"math/rand/v2"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -18,13 +19,18 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/ovs-storage/ovs/scos"
+	"github.com/ovs-storage/ovs/scos/asd"
+	"github.com/ovs-storage/ovs/scos/internal/fsutil"
 )
 
 // An in-process ASD whose availability a test controls.
 type fakeASD struct {
-	s       *ASDServer
+	s       *asd.Server
 	srv     *httptest.Server
 	dir     string
+	spec    asdSpec
 	mode    atomic.Int32 // asdUp, asdDown, asdStalled
 	release chan struct{}
 	mu      sync.Mutex
@@ -80,8 +86,11 @@ func (a *fakeASD) set(mode int32) {
 func (a *fakeASD) fragments(t *testing.T) int {
 	t.Helper()
 	n := 0
-	filepath.WalkDir(filepath.Join(a.dir, asdFragmentsDir), func(p string, d fs.DirEntry, err error) error {
-		if err == nil && d.Type().IsRegular() && !strings.HasPrefix(d.Name(), tmpPrefix) {
+	// The ASD keeps its fragments in fan-out directories under one
+	// directory: FragmentPath's grandparent.
+	frags := filepath.Dir(filepath.Dir(asd.FragmentPath(a.dir, "x")))
+	filepath.WalkDir(frags, func(p string, d fs.DirEntry, err error) error {
+		if err == nil && d.Type().IsRegular() && !strings.HasPrefix(d.Name(), fsutil.TmpPrefix) {
 			n++
 		}
 		return nil
@@ -92,9 +101,9 @@ func (a *fakeASD) fragments(t *testing.T) int {
 type ecEnv struct {
 	t    *testing.T
 	kv   *BoltKV
-	b    *ECBackend
+	b    *Backend
 	asds []*fakeASD
-	cfg  ECConfig
+	cfg  Config
 }
 
 type asdSpec struct{ node, site string }
@@ -109,8 +118,8 @@ func spreadNodes(n int) []asdSpec {
 
 func newFakeASD(t *testing.T, spec asdSpec, capacity int64) *fakeASD {
 	t.Helper()
-	a := &fakeASD{dir: t.TempDir(), release: make(chan struct{})}
-	s, err := OpenASD(ASDConfig{Dir: a.dir, Node: spec.node, Site: spec.site, Capacity: capacity})
+	a := &fakeASD{dir: t.TempDir(), spec: spec, release: make(chan struct{})}
+	s, err := asd.Open(asd.Config{Dir: a.dir, Node: spec.node, Site: spec.site, Capacity: capacity})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -126,7 +135,7 @@ func newFakeASD(t *testing.T, spec asdSpec, capacity int64) *fakeASD {
 
 // newECEnv starts ASDs and a backend on them. cfg's zero fields take
 // fast test defaults; maintenance runs only when the test calls it.
-func newECEnv(t *testing.T, specs []asdSpec, cfg ECConfig) *ecEnv {
+func newECEnv(t *testing.T, specs []asdSpec, cfg Config) *ecEnv {
 	t.Helper()
 	e := &ecEnv{t: t}
 	for _, s := range specs {
@@ -168,7 +177,7 @@ func newECEnv(t *testing.T, specs []asdSpec, cfg ECConfig) *ecEnv {
 }
 
 func (e *ecEnv) open() {
-	b, err := NewECBackend(context.Background(), e.cfg)
+	b, err := New(context.Background(), e.cfg)
 	if err != nil {
 		e.t.Fatal(err)
 	}
@@ -216,14 +225,14 @@ func (e *ecEnv) totalFragments() int {
 	return n
 }
 
-func mustPut(t *testing.T, b Backend, ns, name string, data []byte) {
+func mustPut(t *testing.T, b scos.Backend, ns, name string, data []byte) {
 	t.Helper()
 	if err := b.Put(context.Background(), ns, name, data, false); err != nil {
 		t.Fatalf("put %s/%s: %v", ns, name, err)
 	}
 }
 
-func checkGet(t *testing.T, b Backend, ns, name string, want []byte) {
+func checkGet(t *testing.T, b scos.Backend, ns, name string, want []byte) {
 	t.Helper()
 	got, err := b.Get(context.Background(), ns, name)
 	if err != nil {
@@ -236,12 +245,12 @@ func checkGet(t *testing.T, b Backend, ns, name string, want []byte) {
 
 func TestECBackendBasics(t *testing.T) {
 	ctx := context.Background()
-	e := newECEnv(t, spreadNodes(6), ECConfig{Presets: []Preset{{Name: "p42", Policies: []Policy{{4, 2, 6, 1}}}}, Preset: "p42"})
+	e := newECEnv(t, spreadNodes(6), Config{Presets: []Preset{{Name: "p42", Policies: []Policy{{4, 2, 6, 1}}}}, Preset: "p42"})
 	b := e.b
 	if err := b.CreateNamespace(ctx, "ns1"); err != nil {
 		t.Fatal(err)
 	}
-	if err := b.CreateNamespace(ctx, "ns1"); !errors.Is(err, ErrNamespaceExists) {
+	if err := b.CreateNamespace(ctx, "ns1"); !errors.Is(err, scos.ErrNamespaceExists) {
 		t.Fatalf("duplicate namespace: %v", err)
 	}
 	sizes := []int{0, 1, 3, 4, 5, 4095, 4096, 65537, 1<<20 + 3, 4 << 20}
@@ -251,7 +260,7 @@ func TestECBackendBasics(t *testing.T) {
 		objs[name] = randBytes(uint64(n)+1, n)
 		mustPut(t, b, "ns1", name, objs[name])
 	}
-	if err := b.Put(ctx, "ns1", "obj01", []byte("x"), false); !errors.Is(err, ErrObjectExists) {
+	if err := b.Put(ctx, "ns1", "obj01", []byte("x"), false); !errors.Is(err, scos.ErrObjectExists) {
 		t.Fatalf("put without overwrite: %v", err)
 	}
 	for name, data := range objs {
@@ -310,7 +319,7 @@ func TestECBackendBasics(t *testing.T) {
 		"delete deleted": b.Delete(ctx, "ns1", "obj09"),
 		"stat deleted":   func() error { _, err := b.Stat(ctx, "ns1", "obj09"); return err }(),
 	} {
-		if !errors.Is(err, ErrObjectNotFound) {
+		if !errors.Is(err, scos.ErrObjectNotFound) {
 			t.Errorf("%s: %v", name, err)
 		}
 	}
@@ -319,12 +328,12 @@ func TestECBackendBasics(t *testing.T) {
 		"put in missing ns":  b.Put(ctx, "nope", "x", nil, true),
 		"list of missing ns": func() error { _, err := b.List(ctx, "nope", ""); return err }(),
 	} {
-		if !errors.Is(err, ErrNamespaceNotFound) {
+		if !errors.Is(err, scos.ErrNamespaceNotFound) {
 			t.Errorf("%s: %v", name, err)
 		}
 	}
 	for _, bad := range []string{"", "../x", ".hidden", "a/b"} {
-		if err := b.Put(ctx, "ns1", bad, nil, true); !errors.Is(err, ErrInvalidName) {
+		if err := b.Put(ctx, "ns1", bad, nil, true); !errors.Is(err, scos.ErrInvalidName) {
 			t.Errorf("put %q: %v", bad, err)
 		}
 	}
@@ -353,7 +362,7 @@ func TestECBackendBasics(t *testing.T) {
 
 func TestECBackendFailures(t *testing.T) {
 	ctx := context.Background()
-	e := newECEnv(t, spreadNodes(6), ECConfig{Presets: []Preset{{Name: "p42", Policies: []Policy{{4, 2, 6, 1}}}}, Preset: "p42"})
+	e := newECEnv(t, spreadNodes(6), Config{Presets: []Preset{{Name: "p42", Policies: []Policy{{4, 2, 6, 1}}}}, Preset: "p42"})
 	b := e.b
 	b.CreateNamespace(ctx, "ns")
 	objs := map[string][]byte{}
@@ -425,7 +434,7 @@ func TestECBackendFailures(t *testing.T) {
 
 func TestECBackendCorruption(t *testing.T) {
 	ctx := context.Background()
-	e := newECEnv(t, spreadNodes(6), ECConfig{Presets: []Preset{{Name: "p42", Policies: []Policy{{4, 2, 6, 1}}}}, Preset: "p42"})
+	e := newECEnv(t, spreadNodes(6), Config{Presets: []Preset{{Name: "p42", Policies: []Policy{{4, 2, 6, 1}}}}, Preset: "p42"})
 	b := e.b
 	b.CreateNamespace(ctx, "ns")
 	data := randBytes(1, 2<<20)
@@ -434,7 +443,7 @@ func TestECBackendCorruption(t *testing.T) {
 	m, _ := b.ObjectManifest(ctx, "ns", "obj")
 	flip := func(m *Manifest, i int, off int64) string {
 		a := e.asdByID(m.Fragments[i].ASD)
-		path := FragmentPath(a.dir, m.FragmentKey(i))
+		path := asd.FragmentPath(a.dir, m.FragmentKey(i))
 		f, err := os.OpenFile(path, os.O_RDWR, 0)
 		if err != nil {
 			t.Fatal(err)
@@ -474,7 +483,7 @@ func TestECBackendCorruption(t *testing.T) {
 	// "other", and a fragment file deleted behind the ASD's back.
 	mo, _ := b.ObjectManifest(ctx, "ns", "other")
 	flip(mo, 5, 10)
-	os.Remove(FragmentPath(e.asdByID(mo.Fragments[2].ASD).dir, mo.FragmentKey(2)))
+	os.Remove(asd.FragmentPath(e.asdByID(mo.Fragments[2].ASD).dir, mo.FragmentKey(2)))
 	rep, err = b.Scrub(ctx)
 	if err != nil || rep.Corrupt != 1 || rep.Missing != 1 || rep.Repaired != 1 || rep.Remaining != 0 || rep.Scrubbed != 12 {
 		t.Fatalf("scrub: %+v %v", rep, err)
@@ -488,7 +497,7 @@ func TestECBackendCorruption(t *testing.T) {
 
 func TestECBackendFallbackAndUpgrade(t *testing.T) {
 	ctx := context.Background()
-	e := newECEnv(t, spreadNodes(6), ECConfig{}) // LocalPreset: 4+2, 4+1, 2+1
+	e := newECEnv(t, spreadNodes(6), Config{}) // LocalPreset: 4+2, 4+1, 2+1
 	b := e.b
 	b.CreateNamespace(ctx, "ns")
 	e.asds[0].set(asdDown)
@@ -531,7 +540,7 @@ func TestECBackendFallbackAndUpgrade(t *testing.T) {
 
 func TestECBackendLostASDAndDecommission(t *testing.T) {
 	ctx := context.Background()
-	e := newECEnv(t, spreadNodes(8), ECConfig{
+	e := newECEnv(t, spreadNodes(8), Config{
 		Presets: []Preset{{Name: "p42", Policies: []Policy{{4, 2, 6, 1}}}}, Preset: "p42",
 		LostAfter: 300 * time.Millisecond,
 	})
@@ -617,7 +626,7 @@ func TestECBackendGeo(t *testing.T) {
 		}
 	}
 	geo := Preset{Name: "geo", Policies: []Policy{{4, 2, 6, 1}}, MaxPerSite: 2}
-	e := newECEnv(t, specs, ECConfig{Presets: []Preset{geo}, Preset: "geo"})
+	e := newECEnv(t, specs, Config{Presets: []Preset{geo}, Preset: "geo"})
 	b := e.b
 	b.CreateNamespace(ctx, "ns")
 	objs := map[string][]byte{}
@@ -628,7 +637,7 @@ func TestECBackendGeo(t *testing.T) {
 		m, _ := b.ObjectManifest(ctx, "ns", name)
 		perSite := map[string]int{}
 		for _, f := range m.Fragments {
-			perSite[e.asdByID(f.ASD).s.cfg.Site]++
+			perSite[e.asdByID(f.ASD).spec.site]++
 		}
 		for site, n := range perSite {
 			if n > 2 {
@@ -656,7 +665,7 @@ func TestECBackendGeo(t *testing.T) {
 
 func TestECBackendRebalance(t *testing.T) {
 	ctx := context.Background()
-	e := newECEnv(t, spreadNodes(6), ECConfig{Presets: []Preset{{Name: "p42", Policies: []Policy{{4, 2, 6, 1}}}}, Preset: "p42"})
+	e := newECEnv(t, spreadNodes(6), Config{Presets: []Preset{{Name: "p42", Policies: []Policy{{4, 2, 6, 1}}}}, Preset: "p42"})
 	b := e.b
 	b.CreateNamespace(ctx, "ns")
 	objs := map[string][]byte{}
@@ -698,7 +707,7 @@ func TestECBackendRebalance(t *testing.T) {
 
 func TestECBackendOrphans(t *testing.T) {
 	ctx := context.Background()
-	e := newECEnv(t, spreadNodes(3), ECConfig{
+	e := newECEnv(t, spreadNodes(3), Config{
 		Presets: []Preset{{Name: "p21", Policies: []Policy{{2, 1, 3, 1}}}}, Preset: "p21",
 		OrphanGrace: time.Nanosecond,
 	})
@@ -720,7 +729,7 @@ func TestECBackendOrphans(t *testing.T) {
 
 func TestECBackendFullASDs(t *testing.T) {
 	ctx := context.Background()
-	e := newECEnv(t, nil, ECConfig{Presets: []Preset{{Name: "p21", Policies: []Policy{{2, 1, 3, 1}}}}, Preset: "p21"})
+	e := newECEnv(t, nil, Config{Presets: []Preset{{Name: "p21", Policies: []Policy{{2, 1, 3, 1}}}}, Preset: "p21"})
 	for i := range 4 {
 		capacity := int64(1 << 30)
 		if i == 0 {
@@ -745,7 +754,7 @@ func TestECBackendFullASDs(t *testing.T) {
 
 func TestECBackendConcurrent(t *testing.T) {
 	ctx := context.Background()
-	e := newECEnv(t, spreadNodes(6), ECConfig{})
+	e := newECEnv(t, spreadNodes(6), Config{})
 	b := e.b
 	b.CreateNamespace(ctx, "ns")
 	var wg sync.WaitGroup
@@ -781,10 +790,10 @@ func TestECBackendConcurrent(t *testing.T) {
 
 func TestECAdminOverHTTP(t *testing.T) {
 	ctx := context.Background()
-	e := newECEnv(t, spreadNodes(3), ECConfig{})
-	srv := httptest.NewServer(NewECAdminHandler(e.b))
+	e := newECEnv(t, spreadNodes(3), Config{})
+	srv := httptest.NewServer(NewAdminHandler(e.b))
 	defer srv.Close()
-	c := NewECAdminClient(srv.URL, srv.Client())
+	c := NewAdminClient(srv.URL, srv.Client())
 	asds, err := c.ListASDs(ctx)
 	if err != nil || len(asds) != 3 || asds[0].Health != "up" || asds[0].Capacity != 1<<30 {
 		t.Fatalf("asds %+v %v", asds, err)
@@ -805,7 +814,7 @@ func TestECAdminOverHTTP(t *testing.T) {
 	if err := c.DecommissionASD(ctx, "asd-nope"); !errors.Is(err, ErrASDNotFound) {
 		t.Fatalf("decommission unknown: %v", err)
 	}
-	if _, err := c.AddASD(ctx, "127.0.0.1:1"); !errors.Is(err, ErrASDUnavailable) {
+	if _, err := c.AddASD(ctx, "127.0.0.1:1"); !errors.Is(err, asd.ErrUnavailable) {
 		t.Fatalf("add dead ASD: %v", err)
 	}
 	st, err := c.Status(ctx)
@@ -939,7 +948,7 @@ func TestManifestRoundTrip(t *testing.T) {
 	}
 	future := bytes.Clone(b)
 	future[4] = 9
-	if _, err := DecodeManifest(future); !errors.Is(err, ErrUnsupportedFormat) {
+	if _, err := DecodeManifest(future); !errors.Is(err, scos.ErrUnsupportedFormat) {
 		t.Fatalf("version 9: %v", err)
 	}
 }
@@ -953,7 +962,7 @@ func FuzzManifest(f *testing.F) {
 	check := func(t *testing.T, b []byte) {
 		m, err := DecodeManifest(b)
 		if err != nil {
-			if !errors.Is(err, ErrCorrupt) && !errors.Is(err, ErrUnsupportedFormat) {
+			if !errors.Is(err, scos.ErrCorrupt) && !errors.Is(err, scos.ErrUnsupportedFormat) {
 				t.Fatalf("untyped error %v", err)
 			}
 			return
@@ -983,7 +992,7 @@ func FuzzManifest(f *testing.F) {
 // the missing one is flagged and repaired.
 func TestECBackendAckAtC(t *testing.T) {
 	ctx := context.Background()
-	e := newECEnv(t, spreadNodes(6), ECConfig{
+	e := newECEnv(t, spreadNodes(6), Config{
 		Presets: []Preset{{Name: "p42c5", Policies: []Policy{{4, 2, 5, 1}}}}, Preset: "p42c5",
 	})
 	b := e.b
@@ -1042,7 +1051,7 @@ func (s *syncBuffer) String() string {
 // the ASDs down: nothing failed on their side.
 func TestECBackendPutCanceled(t *testing.T) {
 	var logs syncBuffer
-	e := newECEnv(t, spreadNodes(6), ECConfig{
+	e := newECEnv(t, spreadNodes(6), Config{
 		Presets: []Preset{{Name: "p42", Policies: []Policy{{4, 2, 6, 1}}}}, Preset: "p42",
 		FragmentTimeout: 30 * time.Second,
 		Logger:          slog.New(slog.NewTextHandler(&logs, nil)),
@@ -1078,7 +1087,17 @@ func TestECBackendPutCanceled(t *testing.T) {
 	}
 	e.asds[0].set(asdUp)
 	e.asds[1].set(asdUp)
-	if _, err := b.Stat(ctx, "ns", "obj"); !errors.Is(err, ErrObjectNotFound) {
+	if _, err := b.Stat(ctx, "ns", "obj"); !errors.Is(err, scos.ErrObjectNotFound) {
 		t.Fatalf("canceled put left an object: %v", err)
 	}
+}
+
+// randBytes returns n deterministic pseudo-random bytes for seed.
+func randBytes(seed uint64, n int) []byte {
+	r := rand.New(rand.NewPCG(seed, seed^0x9e3779b97f4a7c15))
+	b := make([]byte, n)
+	for i := range b {
+		b[i] = byte(r.Uint32())
+	}
+	return b
 }

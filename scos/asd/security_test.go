@@ -1,4 +1,4 @@
-package scos
+package asd
 
 import (
 	"bytes"
@@ -67,9 +67,9 @@ func (p *testPKI) client(t *testing.T) *tls.Config {
 }
 
 // serveTLSASD runs an ASD with TLS on a loopback port.
-func serveTLSASD(t *testing.T, cfg ASDConfig) (*ASDServer, string) {
+func serveTLSASD(t *testing.T, cfg Config) (*Server, string) {
 	t.Helper()
-	s, err := OpenASD(cfg)
+	s, err := Open(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -88,9 +88,9 @@ func TestASDRefusesClientsWithoutCredentials(t *testing.T) {
 	ctx := context.Background()
 	pki := &testPKI{trusted: map[string]bool{}}
 	dir := t.TempDir()
-	s, addr := serveTLSASD(t, ASDConfig{Dir: dir, Node: "n", Site: "s",
+	s, addr := serveTLSASD(t, Config{Dir: dir, Node: "n", Site: "s",
 		TLS: func(string) (*tls.Config, error) { return pki.server(t), nil }})
-	member := NewASDClient(addr, &http.Client{Transport: NewASDTransport(pki.client(t))}).For(s.ID())
+	member := NewClient(addr, &http.Client{Transport: NewTransport(pki.client(t))}).For(s.ID())
 	if err := member.Put(ctx, "frag", "", []byte("data")); err != nil {
 		t.Fatalf("put with credentials: %v", err)
 	}
@@ -102,11 +102,11 @@ func TestASDRefusesClientsWithoutCredentials(t *testing.T) {
 	noCert.Certificates = nil
 	for _, tc := range []struct {
 		name string
-		c    *ASDClient
+		c    *Client
 	}{
-		{"plain http", NewASDClient(addr, nil)},
-		{"tls without a certificate", NewASDClient(addr, &http.Client{Transport: NewASDTransport(noCert)})},
-		{"tls with a foreign certificate", NewASDClient(addr, &http.Client{Transport: NewASDTransport(oc)})},
+		{"plain http", NewClient(addr, nil)},
+		{"tls without a certificate", NewClient(addr, &http.Client{Transport: NewTransport(noCert)})},
+		{"tls with a foreign certificate", NewClient(addr, &http.Client{Transport: NewTransport(oc)})},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			if err := tc.c.Put(ctx, "frag", "", []byte("evil")); err == nil {
@@ -145,13 +145,13 @@ func TestASDRefusesClientsWithoutCredentials(t *testing.T) {
 
 func TestASDKeepsItsCluster(t *testing.T) {
 	dir := t.TempDir()
-	if _, err := OpenASD(ASDConfig{Dir: dir, Cluster: "c1"}); err != nil {
+	if _, err := Open(Config{Dir: dir, Cluster: "c1"}); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := OpenASD(ASDConfig{Dir: dir, Cluster: "c1"}); err != nil {
+	if _, err := Open(Config{Dir: dir, Cluster: "c1"}); err != nil {
 		t.Fatalf("reopen in its cluster: %v", err)
 	}
-	if _, err := OpenASD(ASDConfig{Dir: dir, Cluster: "c2"}); err == nil || !strings.Contains(err.Error(), "belongs to cluster c1") {
+	if _, err := Open(Config{Dir: dir, Cluster: "c2"}); err == nil || !strings.Contains(err.Error(), "belongs to cluster c1") {
 		t.Fatalf("open for another cluster: %v", err)
 	}
 }
@@ -179,8 +179,8 @@ func TestLocalASDPorts(t *testing.T) {
 	if base == 0 {
 		t.Skip("no free port range")
 	}
-	newLocal := func(dir string, n, first, last int) *LocalASDs {
-		l := &LocalASDs{cfg: LocalASDsConfig{Dir: dir, Host: "127.0.0.1", FirstPort: first, LastPort: last}, log: slog.New(slog.DiscardHandler)}
+	newLocal := func(dir string, n, first, last int) *LocalSet {
+		l := &LocalSet{cfg: LocalConfig{Dir: dir, Host: "127.0.0.1", FirstPort: first, LastPort: last}, log: slog.New(slog.DiscardHandler)}
 		for i := range n {
 			p := &localASD{index: i, dir: filepath.Join(dir, fmt.Sprintf("asd-%d", i))}
 			os.MkdirAll(p.dir, 0o700)

@@ -1,10 +1,12 @@
-package scos
+package ec
 
 import (
 	"context"
 	"errors"
 	"path/filepath"
 	"testing"
+
+	"github.com/ovs-storage/ovs/scos"
 )
 
 func TestCachingKV(t *testing.T) {
@@ -94,7 +96,7 @@ func TestCachingKVReadRacingWrite(t *testing.T) {
 		{"set", func() error { return c.Set(ctx, "obj/a", []byte("new")) }},
 		{"test-and-set", func() error { return c.TestAndSet(ctx, "obj/a", []byte("old"), []byte("new")) }},
 		{"guarded", func() error {
-			return c.GuardedTestAndSet(ctx, Fence{Key: "owner"}, "obj/a", []byte("old"), []byte("new"))
+			return c.GuardedTestAndSet(ctx, scos.Fence{Key: "owner"}, "obj/a", []byte("old"), []byte("new"))
 		}},
 		{"drop", func() error {
 			if err := inner.Set(ctx, "obj/a", []byte("new")); err != nil {

@@ -1,4 +1,4 @@
-package scos
+package ec
 
 import (
 	"bytes"
@@ -9,6 +9,9 @@ import (
 	"slices"
 	"sync"
 	"testing"
+
+	"github.com/ovs-storage/ovs/scos"
+	"github.com/ovs-storage/ovs/scos/asd"
 )
 
 // The guard of GuardedTestAndSet, on BoltKV and through the cache.
@@ -32,12 +35,12 @@ func testGuardedTestAndSet(t *testing.T, ctx context.Context, kv KVStore) {
 		t.Fatal(err)
 	}
 	kv.Delete(ctx, "obj/x")
-	mine := Fence{Key: "owner", Value: []byte("a/1")}
-	stale := Fence{Key: "owner", Value: []byte("a/0")}
-	absent := Fence{Key: "nobody", Value: nil}
+	mine := scos.Fence{Key: "owner", Value: []byte("a/1")}
+	stale := scos.Fence{Key: "owner", Value: []byte("a/0")}
+	absent := scos.Fence{Key: "nobody", Value: nil}
 	for _, c := range []struct {
 		name             string
-		guard            Fence
+		guard            scos.Fence
 		expected, wanted string // "" = nil
 		wantErr          error
 		after            string // what obj/x holds after; "" = absent
@@ -45,10 +48,10 @@ func testGuardedTestAndSet(t *testing.T, ctx context.Context, kv KVStore) {
 		{"create under the fence", mine, "", "1", nil, "1"},
 		{"replace under the fence", mine, "1", "2", nil, "2"},
 		{"key conflict", mine, "1", "3", ErrKVConflict, "2"},
-		{"stale guard", stale, "2", "4", ErrFenced, "2"},
-		{"stale guard and key conflict: fenced wins", stale, "1", "4", ErrFenced, "2"},
+		{"stale guard", stale, "2", "4", scos.ErrFenced, "2"},
+		{"stale guard and key conflict: fenced wins", stale, "1", "4", scos.ErrFenced, "2"},
 		{"guard asserting absence", absent, "2", "5", nil, "5"},
-		{"stale delete", stale, "5", "", ErrFenced, "5"},
+		{"stale delete", stale, "5", "", scos.ErrFenced, "5"},
 		{"delete under the fence", mine, "5", "", nil, ""},
 		{"absent stays absent", mine, "", "", nil, ""},
 	} {
@@ -56,7 +59,7 @@ func testGuardedTestAndSet(t *testing.T, ctx context.Context, kv KVStore) {
 		if c.wantErr == nil && err != nil || c.wantErr != nil && !errors.Is(err, c.wantErr) {
 			t.Fatalf("%s: %v, want %v", c.name, err, c.wantErr)
 		}
-		if errors.Is(err, ErrFenced) && errors.Is(err, ErrKVConflict) {
+		if errors.Is(err, scos.ErrFenced) && errors.Is(err, ErrKVConflict) {
 			t.Fatalf("%s: %v is both fenced and a conflict", c.name, err)
 		}
 		got, err := kv.Get(ctx, "obj/x")
@@ -76,11 +79,11 @@ func nilIfEmpty(s string) []byte {
 	return []byte(s)
 }
 
-// fenceEnv is an ECBackend (the owner) and a second one over the same KV
+// fenceEnv is a Backend (the owner) and a second one over the same KV
 // and ASDs (another node), with the owner record of namespace vd-7.
 type fenceEnv struct {
 	*ecEnv
-	other *ECBackend
+	other *Backend
 }
 
 const (
@@ -90,13 +93,13 @@ const (
 
 func newFenceEnv(t *testing.T, soleWriter bool) *fenceEnv {
 	t.Helper()
-	e := newECEnv(t, spreadNodes(3), ECConfig{
+	e := newECEnv(t, spreadNodes(3), Config{
 		Presets: []Preset{{Name: "p21", Policies: []Policy{{2, 1, 3, 1}}}}, Preset: "p21",
 		SoleWriter: soleWriter,
 	})
 	cfg := e.cfg
 	cfg.SoleWriter = false
-	other, err := NewECBackend(context.Background(), cfg)
+	other, err := New(context.Background(), cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -125,7 +128,7 @@ func (e *fenceEnv) sees(what string, want map[string][]byte) {
 		names = append(names, n)
 	}
 	slices.Sort(names)
-	for i, b := range []*ECBackend{e.b, e.other} {
+	for i, b := range []*Backend{e.b, e.other} {
 		if ok, err := b.NamespaceExists(ctx, fenceNS); !ok || err != nil {
 			e.t.Fatalf("%s: reader %d: namespace exists %v, %v", what, i, ok, err)
 		}
@@ -155,7 +158,7 @@ func TestECBackendFence(t *testing.T) {
 			ctx := context.Background()
 			e := newFenceEnv(t, sole)
 			b := e.b
-			b.SetFence(fenceNS, &Fence{Key: fenceKey, Value: []byte("nodeA/1")})
+			b.SetFence(fenceNS, &scos.Fence{Key: fenceKey, Value: []byte("nodeA/1")})
 			if err := b.CreateNamespace(ctx, fenceNS); err != nil {
 				t.Fatal(err)
 			}
@@ -191,8 +194,8 @@ func TestECBackendFence(t *testing.T) {
 				{"delete namespace", func() error { return b.DeleteNamespace(ctx, fenceNS) }},
 				{"overwrite again", func() error { return b.Put(ctx, fenceNS, "sco2", []byte("v2 of sco2"), true) }},
 			} {
-				if err := op.do(); !errors.Is(err, ErrFenced) {
-					t.Fatalf("%s after the owner changed: %v, want ErrFenced", op.name, err)
+				if err := op.do(); !errors.Is(err, scos.ErrFenced) {
+					t.Fatalf("%s after the owner changed: %v, want scos.ErrFenced", op.name, err)
 				}
 				e.sees(op.name+" refused", want)
 			}
@@ -205,7 +208,7 @@ func TestECBackendFence(t *testing.T) {
 			}
 
 			// The new owner writes; the fenced node reads what it wrote.
-			e.other.SetFence(fenceNS, &Fence{Key: fenceKey, Value: []byte("nodeB/2")})
+			e.other.SetFence(fenceNS, &scos.Fence{Key: fenceKey, Value: []byte("nodeB/2")})
 			want["sco1"] = []byte("v3 of sco1, by B")
 			if err := e.other.Put(ctx, fenceNS, "sco1", want["sco1"], true); err != nil {
 				t.Fatalf("the new owner's put: %v", err)
@@ -233,7 +236,7 @@ func TestECBackendFenceCache(t *testing.T) {
 		}
 		mustPut(t, b, ns, "obj", []byte("0123456789"))
 	}
-	b.SetFence(fenceNS, &Fence{Key: fenceKey, Value: []byte("nodeA/1")})
+	b.SetFence(fenceNS, &scos.Fence{Key: fenceKey, Value: []byte("nodeA/1")})
 	size := func(ns string) int64 {
 		t.Helper()
 		info, err := b.Stat(ctx, ns, "obj")
@@ -278,7 +281,7 @@ func TestECBackendFenceMaintenanceReadsThrough(t *testing.T) {
 	ctx := context.Background()
 	e := newFenceEnv(t, false)
 	b := e.b
-	b.SetFence(fenceNS, &Fence{Key: fenceKey, Value: []byte("nodeA/1")})
+	b.SetFence(fenceNS, &scos.Fence{Key: fenceKey, Value: []byte("nodeA/1")})
 	if err := b.CreateNamespace(ctx, fenceNS); err != nil {
 		t.Fatal(err)
 	}
@@ -295,7 +298,7 @@ func TestECBackendFenceMaintenanceReadsThrough(t *testing.T) {
 		t.Fatal(err)
 	}
 	for i, f := range live.Fragments {
-		if !b.stillReferenced(ctx, f.ASD, FragmentInfo{Key: live.FragmentKey(i), Tag: fenceNS + "/obj"}) {
+		if !b.stillReferenced(ctx, f.ASD, asd.FragmentInfo{Key: live.FragmentKey(i), Tag: fenceNS + "/obj"}) {
 			t.Fatalf("scrub would delete live fragment %d as an orphan", i)
 		}
 	}
@@ -313,7 +316,7 @@ func TestECBackendFenceConcurrent(t *testing.T) {
 	ctx := context.Background()
 	e := newFenceEnv(t, false)
 	b := e.b
-	b.SetFence(fenceNS, &Fence{Key: fenceKey, Value: []byte("nodeA/1")})
+	b.SetFence(fenceNS, &scos.Fence{Key: fenceKey, Value: []byte("nodeA/1")})
 	if err := b.CreateNamespace(ctx, fenceNS); err != nil {
 		t.Fatal(err)
 	}
@@ -373,7 +376,7 @@ func TestECBackendFenceConcurrent(t *testing.T) {
 				t.Fatalf("%s: put succeeded after the writer was fenced", o.name)
 			case o.err == nil:
 				want[o.name] = o.data // the latest success wins
-			case errors.Is(o.err, ErrFenced):
+			case errors.Is(o.err, scos.ErrFenced):
 				fenced = true
 				refused++
 			default:

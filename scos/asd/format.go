@@ -1,10 +1,12 @@
-package scos
+package asd
 
 import (
 	"encoding/binary"
 	"errors"
 	"fmt"
 	"hash/crc32"
+
+	"github.com/ovs-storage/ovs/scos"
 )
 
 // Errors of the ASD (storage daemon) and its fragments. The client maps the
@@ -15,14 +17,11 @@ var (
 	// ErrFragmentCorrupt: the stored fragment fails its checksum (or its
 	// header does not decode). It is never served.
 	ErrFragmentCorrupt = errors.New("fragment is corrupt")
-	// ErrASDFull: the ASD refuses a write that would take its disk past
+	// ErrFull: the ASD refuses a write that would take its disk past
 	// its fill limit.
-	ErrASDFull = errors.New("ASD is full")
-	// ErrASDUnavailable: the ASD did not answer (down, stopped, timed out).
-	ErrASDUnavailable = errors.New("ASD unavailable")
-	// ErrUnsupportedFormat: a file or message of a format version this
-	// build does not understand.
-	ErrUnsupportedFormat = errors.New("unsupported format version")
+	ErrFull = errors.New("ASD is full")
+	// ErrUnavailable: the ASD did not answer (down, stopped, timed out).
+	ErrUnavailable = errors.New("ASD unavailable")
 )
 
 // castagnoli is the CRC-32C table; every checksum in scos is CRC-32C.
@@ -117,8 +116,8 @@ func NewFragmentHeader(key, tag string, data []byte, blockSize int, created int6
 
 // checkFragmentKey accepts the same names as namespaces and objects.
 func checkFragmentKey(key string) error {
-	if !ValidName(key) || len(key) > maxFragmentKeyLen {
-		return fmt.Errorf("%w: fragment key %q", ErrInvalidName, key)
+	if !scos.ValidName(key) || len(key) > maxFragmentKeyLen {
+		return fmt.Errorf("%w: fragment key %q", scos.ErrInvalidName, key)
 	}
 	return nil
 }
@@ -160,7 +159,7 @@ func FragmentHeaderLen(b []byte) (int, error) {
 	}
 	if b[4] != fragmentVersion {
 		return 0, fmt.Errorf("%w: fragment file version %d (this build reads version %d)",
-			ErrUnsupportedFormat, b[4], fragmentVersion)
+			scos.ErrUnsupportedFormat, b[4], fragmentVersion)
 	}
 	n := binary.LittleEndian.Uint32(b[8:])
 	max := fragmentHeaderLen(maxFragmentKeyLen, maxFragmentTagLen, numBlocks(MaxFragmentSize, minFragmentBlockSize))
@@ -172,7 +171,7 @@ func FragmentHeaderLen(b []byte) (int, error) {
 
 // DecodeFragmentHeader decodes the header at the start of b (b may hold
 // data after it). It refuses anything malformed with ErrFragmentCorrupt and
-// a newer version with ErrUnsupportedFormat; it never panics.
+// a newer version with scos.ErrUnsupportedFormat; it never panics.
 func DecodeFragmentHeader(b []byte) (FragmentHeader, error) {
 	hl, err := FragmentHeaderLen(b)
 	if err != nil {

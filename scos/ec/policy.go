@@ -1,4 +1,4 @@
-package scos
+package ec
 
 import (
 	"errors"
@@ -8,6 +8,8 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+
+	"github.com/ovs-storage/ovs/scos"
 )
 
 // Policy says how an object is erasure-coded and spread: K data and M
@@ -80,8 +82,8 @@ type Preset struct {
 
 // Validate checks the preset.
 func (p Preset) Validate() error {
-	if !ValidName(p.Name) || len(p.Name) > maxPresetLen {
-		return fmt.Errorf("%w: preset %q", ErrInvalidName, p.Name)
+	if !scos.ValidName(p.Name) || len(p.Name) > maxPresetLen {
+		return fmt.Errorf("%w: preset %q", scos.ErrInvalidName, p.Name)
 	}
 	if len(p.Policies) == 0 || len(p.Policies) > 8 {
 		return fmt.Errorf("preset %s: want 1 to 8 policies, got %d", p.Name, len(p.Policies))

@@ -1,4 +1,4 @@
-package scos
+package ec
 
 import (
 	"context"
@@ -11,7 +11,7 @@ import (
 // health monitor's next tick.
 func TestECWritable(t *testing.T) {
 	ctx := context.Background()
-	e := newECEnv(t, spreadNodes(6), ECConfig{Presets: []Preset{{Name: "p42", Policies: []Policy{{4, 2, 6, 1}}}}, Preset: "p42"})
+	e := newECEnv(t, spreadNodes(6), Config{Presets: []Preset{{Name: "p42", Policies: []Policy{{4, 2, 6, 1}}}}, Preset: "p42"})
 	if err := e.b.Writable(ctx); err != nil {
 		t.Fatalf("with every ASD up: %v", err)
 	}

@@ -1,4 +1,4 @@
-package scos
+package ec
 
 import (
 	"bytes"
@@ -8,6 +8,8 @@ import (
 	"path/filepath"
 	"sync"
 	"testing"
+
+	"github.com/ovs-storage/ovs/scos"
 )
 
 func TestBoltKV(t *testing.T) {
@@ -116,7 +118,7 @@ func BenchmarkBoltKVTestAndSet(b *testing.B) {
 	}
 	defer kv.Close()
 	kv.Set(ctx, "ovs/owner/1", []byte("n0/1"))
-	guard := Fence{Key: "ovs/owner/1", Value: []byte("n0/1")}
+	guard := scos.Fence{Key: "ovs/owner/1", Value: []byte("n0/1")}
 	manifest := make([]byte, 200)
 	for _, guarded := range []bool{false, true} {
 		b.Run(fmt.Sprintf("guarded=%v", guarded), func(b *testing.B) {

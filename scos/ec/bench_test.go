@@ -1,4 +1,4 @@
-package scos
+package ec
 
 import (
 	"context"
@@ -7,18 +7,20 @@ import (
 	"testing"
 
 	"github.com/klauspost/reedsolomon"
+	"github.com/ovs-storage/ovs/scos"
+	"github.com/ovs-storage/ovs/scos/asd"
 )
 
 // Go benchmarks of the backends with in-process ASDs (HTTP over loopback);
 // `ovs backend bench` measures the same with ASDs as processes.
 
-func benchBackends(b *testing.B) map[string]Backend {
+func benchBackends(b *testing.B) map[string]scos.Backend {
 	b.Helper()
 	var specs []asdSpec
 	for i := range 11 {
 		specs = append(specs, asdSpec{fmt.Sprintf("n%d", i), "s"})
 	}
-	e := newECEnvB(b, specs, ECConfig{Presets: []Preset{
+	e := newECEnvB(b, specs, Config{Presets: []Preset{
 		{Name: "p4-2", Policies: []Policy{{4, 2, 6, 1}}},
 		{Name: "p8-3", Policies: []Policy{{8, 3, 11, 1}}},
 	}, Preset: "p4-2"})
@@ -28,32 +30,32 @@ func benchBackends(b *testing.B) map[string]Backend {
 	// The same preset with every commit guarded by an owner record, as a
 	// cluster node's vdisk namespaces are.
 	e.cfg.KV.Set(ctx, "ovs/owner/bench", []byte("n0/1"))
-	e.SetFence("p4-2-fenced", &Fence{Key: "ovs/owner/bench", Value: []byte("n0/1")})
+	e.SetFence("p4-2-fenced", &scos.Fence{Key: "ovs/owner/bench", Value: []byte("n0/1")})
 	e.CreateNamespaceWithPreset(ctx, "p4-2-fenced", "p4-2")
-	local, err := NewLocalDir(b.TempDir())
+	local, err := scos.NewLocalDir(b.TempDir())
 	if err != nil {
 		b.Fatal(err)
 	}
 	local.CreateNamespace(ctx, "local")
-	return map[string]Backend{"local": local, "p4-2": e, "p4-2-fenced": e, "p8-3": e}
+	return map[string]scos.Backend{"local": local, "p4-2": e, "p4-2-fenced": e, "p8-3": e}
 }
 
 // newECEnvB is newECEnv for benchmarks.
-func newECEnvB(b *testing.B, specs []asdSpec, cfg ECConfig) *ECBackend {
+func newECEnvB(b *testing.B, specs []asdSpec, cfg Config) *Backend {
 	kv, err := OpenBoltKV(b.TempDir() + "/meta.db")
 	if err != nil {
 		b.Fatal(err)
 	}
 	b.Cleanup(func() { kv.Close() })
 	cfg.KV, cfg.MaintenanceInterval = kv, -1
-	be, err := NewECBackend(context.Background(), cfg)
+	be, err := New(context.Background(), cfg)
 	if err != nil {
 		b.Fatal(err)
 	}
 	b.Cleanup(func() { be.Close() })
 	for _, s := range specs {
 		a := &fakeASD{dir: b.TempDir(), release: make(chan struct{})}
-		if a.s, err = OpenASD(ASDConfig{Dir: a.dir, Node: s.node, Site: s.site}); err != nil {
+		if a.s, err = asd.Open(asd.Config{Dir: a.dir, Node: s.node, Site: s.site}); err != nil {
 			b.Fatal(err)
 		}
 		a.handler = a.s.Handler()

@@ -1,4 +1,4 @@
-package scos
+package asd
 
 import (
 	"context"
@@ -16,10 +16,12 @@ import (
 	"sync"
 	"syscall"
 	"time"
+
+	"github.com/ovs-storage/ovs/scos/internal/fsutil"
 )
 
-// LocalASDsConfig configures StartLocalASDs.
-type LocalASDsConfig struct {
+// LocalConfig configures StartLocal.
+type LocalConfig struct {
 	// Dir holds the ASDs: ASD i lives in Dir/asd-<i>.
 	Dir   string
 	Count int
@@ -59,10 +61,10 @@ type LocalASDsConfig struct {
 	StartTimeout time.Duration
 }
 
-// LocalASDs supervises ASDs run as child processes of this one, as a host
+// LocalSet supervises ASDs run as child processes of this one, as a host
 // runs them under systemd: each is restarted when it exits.
-type LocalASDs struct {
-	cfg    LocalASDsConfig
+type LocalSet struct {
+	cfg    LocalConfig
 	log    *slog.Logger
 	procs  []*localASD
 	cancel context.CancelFunc
@@ -84,8 +86,8 @@ type localASD struct {
 	exited   chan struct{} // closed when the current process has been waited for
 }
 
-// LocalASD describes one supervised ASD.
-type LocalASD struct {
+// LocalInfo describes one supervised ASD.
+type LocalInfo struct {
 	Index    int    `json:"index"`
 	ID       string `json:"id"`
 	Dir      string `json:"dir"`
@@ -103,9 +105,9 @@ type localASDFile struct {
 	Addr string `json:"addr"`
 }
 
-// StartLocalASDs starts cfg.Count ASDs under cfg.Dir (creating them on the
+// StartLocal starts cfg.Count ASDs under cfg.Dir (creating them on the
 // first run) and waits until each answers. The ASDs run until Stop.
-func StartLocalASDs(ctx context.Context, cfg LocalASDsConfig) (*LocalASDs, error) {
+func StartLocal(ctx context.Context, cfg LocalConfig) (*LocalSet, error) {
 	if cfg.Count < 1 {
 		return nil, fmt.Errorf("local ASDs: count %d", cfg.Count)
 	}
@@ -140,7 +142,7 @@ func StartLocalASDs(ctx context.Context, cfg LocalASDsConfig) (*LocalASDs, error
 	if (cfg.FirstPort == 0) != (cfg.LastPort == 0) || cfg.FirstPort < 0 || cfg.LastPort > 65535 || cfg.LastPort < cfg.FirstPort {
 		return nil, fmt.Errorf("local ASDs: port range %d-%d", cfg.FirstPort, cfg.LastPort)
 	}
-	l := &LocalASDs{cfg: cfg, log: cfg.Logger}
+	l := &LocalSet{cfg: cfg, log: cfg.Logger}
 	for i := range cfg.Count {
 		p := &localASD{index: i, dir: filepath.Join(cfg.Dir, fmt.Sprintf("asd-%d", i))}
 		if err := os.MkdirAll(p.dir, 0o700); err != nil {
@@ -175,7 +177,7 @@ func StartLocalASDs(ctx context.Context, cfg LocalASDsConfig) (*LocalASDs, error
 	return l, nil
 }
 
-func (l *LocalASDs) inRange(port int) bool {
+func (l *LocalSet) inRange(port int) bool {
 	return l.cfg.FirstPort == 0 || port >= l.cfg.FirstPort && port <= l.cfg.LastPort
 }
 
@@ -183,7 +185,7 @@ func (l *LocalASDs) inRange(port int) bool {
 // is free and in the range, else on the next free port of the range. A
 // port held by another process is skipped, never shared: whatever listens
 // there is not this cluster's ASD.
-func (l *LocalASDs) bindAll() error {
+func (l *LocalSet) bindAll() error {
 	taken := map[int]bool{}
 	for _, p := range l.procs {
 		if p.addr == "" {
@@ -268,7 +270,7 @@ func listenFileAddr(addr string) (*os.File, string, error) {
 	return f, ln.Addr().String(), nil
 }
 
-func (l *LocalASDs) closeListeners() {
+func (l *LocalSet) closeListeners() {
 	for _, p := range l.procs {
 		if p.ln != nil {
 			p.ln.Close()
@@ -297,18 +299,18 @@ func readLocalAddr(dir string) (string, error) {
 func writeLocalAddr(dir, addr string) error {
 	path := filepath.Join(dir, "local.json")
 	data, _ := json.Marshal(localASDFile{Addr: addr})
-	tmp := path + tmpPrefix + randomSuffix()
-	if err := writeFileSync(tmp, data); err != nil {
+	tmp := path + fsutil.TmpPrefix + fsutil.RandomSuffix()
+	if err := fsutil.WriteFileSync(tmp, data); err != nil {
 		os.Remove(tmp)
 		return fmt.Errorf("local ASD %s: %w", dir, err)
 	}
 	if err := os.Rename(tmp, path); err != nil {
 		return fmt.Errorf("local ASD %s: %w", dir, err)
 	}
-	return syncDir(dir)
+	return fsutil.SyncDir(dir)
 }
 
-func (l *LocalASDs) args(p *localASD) []string {
+func (l *LocalSet) args(p *localASD) []string {
 	// The socket is the child's fd 3 (its first ExtraFile).
 	args := []string{"asd", "serve", "--dir", p.dir, "--listen-fd", "3", "--node", l.cfg.Node, "--site", l.cfg.Site}
 	if l.cfg.SecretFile != "" {
@@ -324,7 +326,7 @@ func (l *LocalASDs) args(p *localASD) []string {
 }
 
 // supervise runs the ASD, restarting it whenever it exits, until ctx ends.
-func (l *LocalASDs) supervise(ctx context.Context, p *localASD, started chan struct{}) {
+func (l *LocalSet) supervise(ctx context.Context, p *localASD, started chan struct{}) {
 	defer l.wg.Done()
 	delay := l.cfg.RestartDelay
 	for first := true; ; first = false {
@@ -361,7 +363,7 @@ func (l *LocalASDs) supervise(ctx context.Context, p *localASD, started chan str
 	}
 }
 
-func (l *LocalASDs) startOne(p *localASD) error {
+func (l *LocalSet) startOne(p *localASD) error {
 	logf, err := os.OpenFile(filepath.Join(p.dir, "asd.log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
 	if err != nil {
 		return err
@@ -390,7 +392,7 @@ func (l *LocalASDs) startOne(p *localASD) error {
 
 // waitReady waits until every running ASD answers its health check, or
 // for StartTimeout; it fails only if none answers.
-func (l *LocalASDs) waitReady(ctx context.Context) error {
+func (l *LocalSet) waitReady(ctx context.Context) error {
 	ctx, cancel := context.WithTimeout(ctx, l.cfg.StartTimeout)
 	defer cancel()
 	var wg sync.WaitGroup
@@ -401,7 +403,7 @@ func (l *LocalASDs) waitReady(ctx context.Context) error {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			c := NewASDClient(p.addr, l.cfg.HTTPClient)
+			c := NewClient(p.addr, l.cfg.HTTPClient)
 			for {
 				hctx, hcancel := context.WithTimeout(ctx, time.Second)
 				h, err := c.Health(hctx)
@@ -433,11 +435,11 @@ func (l *LocalASDs) waitReady(ctx context.Context) error {
 }
 
 // List describes the supervised ASDs.
-func (l *LocalASDs) List() []LocalASD {
-	out := make([]LocalASD, 0, len(l.procs))
+func (l *LocalSet) List() []LocalInfo {
+	out := make([]LocalInfo, 0, len(l.procs))
 	for _, p := range l.procs {
 		p.mu.Lock()
-		a := LocalASD{Index: p.index, ID: p.id, Dir: p.dir, Addr: p.addr, Restarts: p.restarts, MovedFrom: p.moved, Running: p.ready}
+		a := LocalInfo{Index: p.index, ID: p.id, Dir: p.dir, Addr: p.addr, Restarts: p.restarts, MovedFrom: p.moved, Running: p.ready}
 		if p.cmd != nil && p.cmd.Process != nil {
 			select {
 			case <-p.exited:
@@ -452,7 +454,7 @@ func (l *LocalASDs) List() []LocalASD {
 }
 
 // Pids maps the id of each running ASD to its pid.
-func (l *LocalASDs) Pids() map[string]int {
+func (l *LocalSet) Pids() map[string]int {
 	out := map[string]int{}
 	for _, a := range l.List() {
 		if a.Pid != 0 && a.ID != "" {
@@ -463,7 +465,7 @@ func (l *LocalASDs) Pids() map[string]int {
 }
 
 // Stop stops the ASDs (SIGTERM, then SIGKILL after 10s) and waits for them.
-func (l *LocalASDs) Stop() error {
+func (l *LocalSet) Stop() error {
 	l.cancel()
 	l.wg.Wait()
 	var wg sync.WaitGroup

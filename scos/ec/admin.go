@@ -1,4 +1,4 @@
-package scos
+package ec
 
 import (
 	"bytes"
@@ -12,13 +12,16 @@ import (
 	"sort"
 	"strings"
 	"time"
+
+	"github.com/ovs-storage/ovs/scos"
+	"github.com/ovs-storage/ovs/scos/asd"
 )
 
-// ECAdmin is the administration of an erasure-coded backend: what the
-// `ovs backend` commands do. *ECBackend implements it in-process and
-// *ECAdminClient over HTTP (NewECAdminHandler serves one for the other).
-type ECAdmin interface {
-	Status(ctx context.Context) (ECStatus, error)
+// Admin is the administration of an erasure-coded backend: what the
+// `ovs backend` commands do. *Backend implements it in-process and
+// *AdminClient over HTTP (NewAdminHandler serves one for the other).
+type Admin interface {
+	Status(ctx context.Context) (Status, error)
 	ListASDs(ctx context.Context) ([]ASDStatus, error)
 	AddASD(ctx context.Context, addr string) (ASDStatus, error)
 	DecommissionASD(ctx context.Context, id string) error
@@ -30,8 +33,8 @@ type ECAdmin interface {
 	Rebalance(ctx context.Context) (MaintenanceReport, error)
 }
 
-var _ ECAdmin = (*ECBackend)(nil)
-var _ Backend = (*ECBackend)(nil)
+var _ Admin = (*Backend)(nil)
+var _ scos.Backend = (*Backend)(nil)
 
 // ErrInvalidPreset wraps the reasons a preset is refused.
 var ErrInvalidPreset = errors.New("invalid preset")
@@ -54,8 +57,8 @@ type ASDStatus struct {
 	Pid       int       `json:"pid,omitempty"` // for ASDs run as local child processes
 }
 
-// ECStatus is the state of the backend as `ovs backend status` shows it.
-type ECStatus struct {
+// Status is the state of the backend as `ovs backend status` shows it.
+type Status struct {
 	Objects     int64 `json:"objects"`
 	Bytes       int64 `json:"bytes"`        // logical
 	StoredBytes int64 `json:"stored_bytes"` // fragments
@@ -72,12 +75,12 @@ type ECStatus struct {
 	Free        int64               `json:"free"`
 	Preset      string              `json:"default_preset"`
 	Maintenance MaintenanceProgress `json:"maintenance"`
-	Counters    ECCounters          `json:"counters"`
+	Counters    Counters            `json:"counters"`
 }
 
 // --- the registry ------------------------------------------------------------
 
-func (b *ECBackend) record(ctx context.Context, id string) (ASDRecord, []byte, error) {
+func (b *Backend) record(ctx context.Context, id string) (ASDRecord, []byte, error) {
 	raw, err := b.kv.Get(ctx, kvASD+id)
 	if errors.Is(err, ErrKeyNotFound) {
 		return ASDRecord{}, nil, fmt.Errorf("%w: %s", ErrASDNotFound, id)
@@ -87,13 +90,13 @@ func (b *ECBackend) record(ctx context.Context, id string) (ASDRecord, []byte, e
 	}
 	var r ASDRecord
 	if err := json.Unmarshal(raw, &r); err != nil {
-		return ASDRecord{}, nil, fmt.Errorf("asd record %s: %w: %v", id, ErrCorrupt, err)
+		return ASDRecord{}, nil, fmt.Errorf("asd record %s: %w: %v", id, scos.ErrCorrupt, err)
 	}
 	return r, raw, nil
 }
 
 // updateASD changes a registry record atomically.
-func (b *ECBackend) updateASD(ctx context.Context, id string, fn func(*ASDRecord)) error {
+func (b *Backend) updateASD(ctx context.Context, id string, fn func(*ASDRecord)) error {
 	for {
 		r, raw, err := b.record(ctx, id)
 		if err != nil {
@@ -116,15 +119,15 @@ func (b *ECBackend) updateASD(ctx context.Context, id string, fn func(*ASDRecord
 // come from the daemon). Adding a registered ASD again updates its address
 // and reactivates it if it was decommissioned. New ASDs trigger a
 // rebalance.
-func (b *ECBackend) AddASD(ctx context.Context, addr string) (ASDStatus, error) {
-	c := NewASDClient(addr, b.hc)
+func (b *Backend) AddASD(ctx context.Context, addr string) (ASDStatus, error) {
+	c := asd.NewClient(addr, b.hc)
 	pctx, cancel := context.WithTimeout(ctx, 3*b.cfg.ProbeTimeout)
 	h, err := c.Health(pctx)
 	cancel()
 	if err != nil {
 		return ASDStatus{}, fmt.Errorf("add ASD %s: %w", addr, err)
 	}
-	if !ValidName(h.ID) || len(h.ID) > maxASDIDLen {
+	if !scos.ValidName(h.ID) || len(h.ID) > maxASDIDLen {
 		return ASDStatus{}, fmt.Errorf("add ASD %s: invalid id %q", addr, h.ID)
 	}
 	for {
@@ -174,7 +177,7 @@ func (b *ECBackend) AddASD(ctx context.Context, addr string) (ASDStatus, error) 
 // DecommissionASD drains an ASD: it receives no new fragments and
 // maintenance rebuilds its fragments elsewhere; once empty it is
 // "decommissioned" and can be removed.
-func (b *ECBackend) DecommissionASD(ctx context.Context, id string) error {
+func (b *Backend) DecommissionASD(ctx context.Context, id string) error {
 	err := b.updateASD(ctx, id, func(r *ASDRecord) {
 		if r.State == ASDActive {
 			r.State = ASDDecommissioning
@@ -192,7 +195,7 @@ func (b *ECBackend) DecommissionASD(ctx context.Context, id string) error {
 // RemoveASD drops an ASD from the registry. One that still holds
 // fragments is refused unless force, in which case its fragments are
 // rebuilt from the others by maintenance.
-func (b *ECBackend) RemoveASD(ctx context.Context, id string, force bool) error {
+func (b *Backend) RemoveASD(ctx context.Context, id string, force bool) error {
 	r, raw, err := b.record(ctx, id)
 	if err != nil {
 		return fmt.Errorf("remove %s: %w", id, err)
@@ -226,7 +229,7 @@ func (b *ECBackend) RemoveASD(ctx context.Context, id string, force bool) error 
 	return nil
 }
 
-func (b *ECBackend) asdStatuses() []ASDStatus {
+func (b *Backend) asdStatuses() []ASDStatus {
 	var pids map[string]int
 	if b.cfg.LocalPids != nil {
 		pids = b.cfg.LocalPids()
@@ -262,7 +265,7 @@ func (b *ECBackend) asdStatuses() []ASDStatus {
 }
 
 // ListASDs returns the registered ASDs with their health.
-func (b *ECBackend) ListASDs(ctx context.Context) ([]ASDStatus, error) {
+func (b *Backend) ListASDs(ctx context.Context) ([]ASDStatus, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
@@ -271,8 +274,8 @@ func (b *ECBackend) ListASDs(ctx context.Context) ([]ASDStatus, error) {
 
 // Status counts objects, degraded and unavailable ones (a scan of the
 // manifests), and sums the ASDs' capacity.
-func (b *ECBackend) Status(ctx context.Context) (ECStatus, error) {
-	s := ECStatus{Preset: b.cfg.Preset, Maintenance: b.progress.snapshot(), Counters: b.stats.snapshot()}
+func (b *Backend) Status(ctx context.Context) (Status, error) {
+	s := Status{Preset: b.cfg.Preset, Maintenance: b.progress.snapshot(), Counters: b.stats.snapshot()}
 	views := b.asdViews()
 	sharedFS := map[string]bool{} // node/fs of ASDs sharing a whole filesystem, counted once
 	for _, v := range views {
@@ -336,9 +339,30 @@ func (b *ECBackend) Status(ctx context.Context) (ECStatus, error) {
 
 // --- over HTTP --------------------------------------------------------------------
 
-// NewECAdminHandler serves an ECAdmin over HTTP (JSON), under /v1/:
+// errBadRequest: a request the admin handler cannot parse.
+var errBadRequest = errors.New("bad request")
+
+// apiError is the JSON body of an error answer; the same shape as the
+// ASDs' (see package asd).
+type apiError struct {
+	Error string `json:"error"`
+	Code  string `json:"code"`
+}
+
+func writeError(w http.ResponseWriter, status int, code, msg string) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	_ = json.NewEncoder(w).Encode(apiError{Error: msg, Code: code})
+}
+
+func writeJSON(w http.ResponseWriter, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	_ = json.NewEncoder(w).Encode(v)
+}
+
+// NewAdminHandler serves an Admin over HTTP (JSON), under /v1/:
 //
-//	GET    /v1/status                 ECStatus
+//	GET    /v1/status                 Status
 //	GET    /v1/asds                   []ASDStatus
 //	POST   /v1/asds                   {"addr": "host:port"} -> ASDStatus
 //	POST   /v1/asds/{id}/decommission
@@ -346,7 +370,7 @@ func (b *ECBackend) Status(ctx context.Context) (ECStatus, error) {
 //	GET    /v1/presets                []Preset
 //	POST   /v1/presets                Preset
 //	POST   /v1/repair|scrub|rebalance MaintenanceReport
-func NewECAdminHandler(a ECAdmin) http.Handler {
+func NewAdminHandler(a Admin) http.Handler {
 	mux := http.NewServeMux()
 	reply := func(w http.ResponseWriter, v any, err error) {
 		if err != nil {
@@ -358,19 +382,19 @@ func NewECAdminHandler(a ECAdmin) http.Handler {
 				status, code = http.StatusConflict, "exists"
 			case errors.Is(err, ErrASDInUse):
 				status, code = http.StatusConflict, "in_use"
-			case errors.Is(err, ErrInvalidPreset), errors.Is(err, ErrInvalidName), errors.Is(err, errBadRequest):
+			case errors.Is(err, ErrInvalidPreset), errors.Is(err, scos.ErrInvalidName), errors.Is(err, errBadRequest):
 				status, code = http.StatusBadRequest, "bad_request"
-			case errors.Is(err, ErrASDUnavailable):
+			case errors.Is(err, asd.ErrUnavailable):
 				status, code = http.StatusBadGateway, "unavailable"
 			}
-			writeASDError(w, status, code, err.Error())
+			writeError(w, status, code, err.Error())
 			return
 		}
 		if v == nil {
 			w.WriteHeader(http.StatusNoContent)
 			return
 		}
-		writeJSONResponse(w, v)
+		writeJSON(w, v)
 	}
 	decode := func(r *http.Request, v any) error {
 		if err := json.NewDecoder(io.LimitReader(r.Body, 1<<20)).Decode(v); err != nil {
@@ -424,32 +448,32 @@ func NewECAdminHandler(a ECAdmin) http.Handler {
 		})
 	}
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
-		writeASDError(w, http.StatusNotFound, "not_found", fmt.Sprintf("no such endpoint: %s %s", r.Method, r.URL.Path))
+		writeError(w, http.StatusNotFound, "not_found", fmt.Sprintf("no such endpoint: %s %s", r.Method, r.URL.Path))
 	})
 	return mux
 }
 
-// ECAdminClient is an ECAdmin over HTTP (see NewECAdminHandler).
-type ECAdminClient struct {
+// AdminClient is an Admin over HTTP (see NewAdminHandler).
+type AdminClient struct {
 	base string
 	hc   *http.Client
 }
 
-var _ ECAdmin = (*ECAdminClient)(nil)
+var _ Admin = (*AdminClient)(nil)
 
-// NewECAdminClient talks to the admin handler at base (an http:// URL or
+// NewAdminClient talks to the admin handler at base (an http:// URL or
 // host:port). hc nil uses http.DefaultClient.
-func NewECAdminClient(base string, hc *http.Client) *ECAdminClient {
+func NewAdminClient(base string, hc *http.Client) *AdminClient {
 	if hc == nil {
 		hc = http.DefaultClient
 	}
 	if !strings.Contains(base, "://") {
 		base = "http://" + base
 	}
-	return &ECAdminClient{base: strings.TrimRight(base, "/"), hc: hc}
+	return &AdminClient{base: strings.TrimRight(base, "/"), hc: hc}
 }
 
-func (c *ECAdminClient) call(ctx context.Context, method, path string, in, out any) error {
+func (c *AdminClient) call(ctx context.Context, method, path string, in, out any) error {
 	var body io.Reader
 	if in != nil {
 		b, err := json.Marshal(in)
@@ -472,14 +496,14 @@ func (c *ECAdminClient) call(ctx context.Context, method, path string, in, out a
 	defer resp.Body.Close()
 	if resp.StatusCode >= 300 {
 		data, _ := io.ReadAll(io.LimitReader(resp.Body, 64<<10))
-		var ae asdError
+		var ae apiError
 		msg := strings.TrimSpace(string(data))
 		if json.Unmarshal(data, &ae) == nil && ae.Error != "" {
 			msg = ae.Error
 		}
 		kind := map[string]error{
 			"not_found": ErrASDNotFound, "exists": ErrPresetExists, "in_use": ErrASDInUse,
-			"bad_request": errBadRequest, "unavailable": ErrASDUnavailable,
+			"bad_request": errBadRequest, "unavailable": asd.ErrUnavailable,
 		}[ae.Code]
 		if ae.Code == "not_found" && strings.Contains(msg, ErrPresetNotFound.Error()) {
 			kind = ErrPresetNotFound
@@ -507,26 +531,26 @@ type remoteError struct {
 func (e *remoteError) Error() string { return e.msg }
 func (e *remoteError) Unwrap() error { return e.kind }
 
-func (c *ECAdminClient) Status(ctx context.Context) (ECStatus, error) {
-	var s ECStatus
+func (c *AdminClient) Status(ctx context.Context) (Status, error) {
+	var s Status
 	return s, c.call(ctx, http.MethodGet, "/v1/status", nil, &s)
 }
 
-func (c *ECAdminClient) ListASDs(ctx context.Context) ([]ASDStatus, error) {
+func (c *AdminClient) ListASDs(ctx context.Context) ([]ASDStatus, error) {
 	var l []ASDStatus
 	return l, c.call(ctx, http.MethodGet, "/v1/asds", nil, &l)
 }
 
-func (c *ECAdminClient) AddASD(ctx context.Context, addr string) (ASDStatus, error) {
+func (c *AdminClient) AddASD(ctx context.Context, addr string) (ASDStatus, error) {
 	var s ASDStatus
 	return s, c.call(ctx, http.MethodPost, "/v1/asds", map[string]string{"addr": addr}, &s)
 }
 
-func (c *ECAdminClient) DecommissionASD(ctx context.Context, id string) error {
+func (c *AdminClient) DecommissionASD(ctx context.Context, id string) error {
 	return c.call(ctx, http.MethodPost, "/v1/asds/"+url.PathEscape(id)+"/decommission", nil, nil)
 }
 
-func (c *ECAdminClient) RemoveASD(ctx context.Context, id string, force bool) error {
+func (c *AdminClient) RemoveASD(ctx context.Context, id string, force bool) error {
 	q := ""
 	if force {
 		q = "?force=1"
@@ -534,26 +558,26 @@ func (c *ECAdminClient) RemoveASD(ctx context.Context, id string, force bool) er
 	return c.call(ctx, http.MethodDelete, "/v1/asds/"+url.PathEscape(id)+q, nil, nil)
 }
 
-func (c *ECAdminClient) ListPresets(ctx context.Context) ([]Preset, error) {
+func (c *AdminClient) ListPresets(ctx context.Context) ([]Preset, error) {
 	var l []Preset
 	return l, c.call(ctx, http.MethodGet, "/v1/presets", nil, &l)
 }
 
-func (c *ECAdminClient) AddPreset(ctx context.Context, p Preset) error {
+func (c *AdminClient) AddPreset(ctx context.Context, p Preset) error {
 	return c.call(ctx, http.MethodPost, "/v1/presets", p, nil)
 }
 
-func (c *ECAdminClient) Repair(ctx context.Context) (MaintenanceReport, error) {
+func (c *AdminClient) Repair(ctx context.Context) (MaintenanceReport, error) {
 	var r MaintenanceReport
 	return r, c.call(ctx, http.MethodPost, "/v1/repair", nil, &r)
 }
 
-func (c *ECAdminClient) Scrub(ctx context.Context) (MaintenanceReport, error) {
+func (c *AdminClient) Scrub(ctx context.Context) (MaintenanceReport, error) {
 	var r MaintenanceReport
 	return r, c.call(ctx, http.MethodPost, "/v1/scrub", nil, &r)
 }
 
-func (c *ECAdminClient) Rebalance(ctx context.Context) (MaintenanceReport, error) {
+func (c *AdminClient) Rebalance(ctx context.Context) (MaintenanceReport, error) {
 	var r MaintenanceReport
 	return r, c.call(ctx, http.MethodPost, "/v1/rebalance", nil, &r)
 }

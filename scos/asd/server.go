@@ -1,4 +1,4 @@
-package scos
+package asd
 
 import (
 	"context"
@@ -23,6 +23,9 @@ import (
 	"sync/atomic"
 	"syscall"
 	"time"
+
+	"github.com/ovs-storage/ovs/scos"
+	"github.com/ovs-storage/ovs/scos/internal/fsutil"
 )
 
 // An ASD (ALBA storage daemon) keeps erasure-coded fragments on one local
@@ -35,8 +38,8 @@ import (
 // HTTP API, version 1 (errors are JSON {"error": msg, "code": code} with
 // 400 bad_request, 404 not_found, 416 bad_range, 422 corrupt, 507 full):
 //
-//	GET    /v1/health                        ASDHealth
-//	GET    /v1/capacity                      ASDCapacity
+//	GET    /v1/health                        Health
+//	GET    /v1/capacity                      Capacity
 //	PUT    /v1/fragments/{key}               body = data; X-Ovs-Crc32c (hex, required), X-Ovs-Tag
 //	GET    /v1/fragments/{key}[?offset=&length=]  data; X-Ovs-Size, X-Ovs-Crc32c of the whole fragment
 //	GET    /v1/fragments/{key}/stat          FragmentInfo (header checked, data not read)
@@ -51,8 +54,8 @@ import (
 // another ASD is refused (409 wrong_asd), so that a fragment meant for one
 // ASD is never stored on another that took over its address.
 
-// ASDConfig configures an ASD.
-type ASDConfig struct {
+// Config configures an ASD.
+type Config struct {
 	Dir  string // where the fragments live; created if missing
 	Node string // failure domain: the host
 	Site string // failure domain: the site (data centre)
@@ -84,21 +87,21 @@ const (
 	asdAPIVersion   = 1
 )
 
-// ASDHealth is what GET /v1/health answers.
-type ASDHealth struct {
-	ID         string      `json:"id"`
-	Cluster    string      `json:"cluster,omitempty"`
-	Node       string      `json:"node"`
-	Site       string      `json:"site"`
-	APIVersion int         `json:"api_version"`
-	Fragments  int64       `json:"fragments"`
-	Capacity   ASDCapacity `json:"capacity"`
-	Pid        int         `json:"pid"`
+// Health is what GET /v1/health answers.
+type Health struct {
+	ID         string   `json:"id"`
+	Cluster    string   `json:"cluster,omitempty"`
+	Node       string   `json:"node"`
+	Site       string   `json:"site"`
+	APIVersion int      `json:"api_version"`
+	Fragments  int64    `json:"fragments"`
+	Capacity   Capacity `json:"capacity"`
+	Pid        int      `json:"pid"`
 }
 
-// ASDCapacity is the space of an ASD. Used counts the bytes of its fragment
+// Capacity is the space of an ASD. Used counts the bytes of its fragment
 // files; Free is what it still accepts before the fill limit.
-type ASDCapacity struct {
+type Capacity struct {
 	Capacity  int64   `json:"capacity"`
 	Used      int64   `json:"used"`
 	Free      int64   `json:"free"`
@@ -136,9 +139,9 @@ type asdIdentity struct {
 	Site    string `json:"site"`
 }
 
-// ASDServer is one storage daemon.
-type ASDServer struct {
-	cfg   ASDConfig
+// Server is one storage daemon.
+type Server struct {
+	cfg   Config
 	id    string
 	log   *slog.Logger
 	frags string
@@ -148,11 +151,11 @@ type ASDServer struct {
 	locks [64]sync.Mutex
 }
 
-// OpenASD opens (creating on first use) the ASD in cfg.Dir. Its identity
+// Open opens (creating on first use) the ASD in cfg.Dir. Its identity
 // (a random id, its node and site) is kept in DIR/asd.json; node and site
 // follow the configuration if it changes. Leftovers of interrupted puts are
 // removed.
-func OpenASD(cfg ASDConfig) (*ASDServer, error) {
+func Open(cfg Config) (*Server, error) {
 	if cfg.Dir == "" {
 		return nil, errors.New("asd: no directory")
 	}
@@ -171,7 +174,7 @@ func OpenASD(cfg ASDConfig) (*ASDServer, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
-	s := &ASDServer{cfg: cfg, frags: filepath.Join(cfg.Dir, asdFragmentsDir)}
+	s := &Server{cfg: cfg, frags: filepath.Join(cfg.Dir, asdFragmentsDir)}
 	if err := os.MkdirAll(s.frags, 0o700); err != nil {
 		return nil, fmt.Errorf("asd %s: %w", cfg.Dir, err)
 	}
@@ -185,7 +188,7 @@ func OpenASD(cfg ASDConfig) (*ASDServer, error) {
 			return nil, fmt.Errorf("asd %s: %w", cfg.Dir, err)
 		}
 	}
-	if err := syncDir(s.frags); err != nil {
+	if err := fsutil.SyncDir(s.frags); err != nil {
 		return nil, err
 	}
 	id, err := s.loadIdentity()
@@ -205,7 +208,7 @@ func OpenASD(cfg ASDConfig) (*ASDServer, error) {
 	return s, nil
 }
 
-func (s *ASDServer) loadIdentity() (string, error) {
+func (s *Server) loadIdentity() (string, error) {
 	path := filepath.Join(s.cfg.Dir, asdIdentityFile)
 	var ident asdIdentity
 	data, err := os.ReadFile(path)
@@ -215,9 +218,9 @@ func (s *ASDServer) loadIdentity() (string, error) {
 			return "", fmt.Errorf("asd identity %s: %w", path, err)
 		}
 		if ident.Format != 1 {
-			return "", fmt.Errorf("asd identity %s: %w: format %d", path, ErrUnsupportedFormat, ident.Format)
+			return "", fmt.Errorf("asd identity %s: %w: format %d", path, scos.ErrUnsupportedFormat, ident.Format)
 		}
-		if !ValidName(ident.ID) {
+		if !scos.ValidName(ident.ID) {
 			return "", fmt.Errorf("asd identity %s: invalid id %q", path, ident.ID)
 		}
 		if ident.Cluster != "" && s.cfg.Cluster != "" && ident.Cluster != s.cfg.Cluster {
@@ -237,8 +240,8 @@ func (s *ASDServer) loadIdentity() (string, error) {
 		ident.Cluster = s.cfg.Cluster
 	}
 	out, _ := json.MarshalIndent(ident, "", "  ")
-	tmp := path + tmpPrefix + randomSuffix()
-	if err := writeFileSync(tmp, append(out, '\n')); err != nil {
+	tmp := path + fsutil.TmpPrefix + fsutil.RandomSuffix()
+	if err := fsutil.WriteFileSync(tmp, append(out, '\n')); err != nil {
 		os.Remove(tmp)
 		return "", fmt.Errorf("asd identity: %w", err)
 	}
@@ -246,7 +249,7 @@ func (s *ASDServer) loadIdentity() (string, error) {
 		os.Remove(tmp)
 		return "", fmt.Errorf("asd identity: %w", err)
 	}
-	return ident.ID, syncDir(s.cfg.Dir)
+	return ident.ID, fsutil.SyncDir(s.cfg.Dir)
 }
 
 func newASDID() string {
@@ -255,8 +258,8 @@ func newASDID() string {
 	return "asd-" + hex.EncodeToString(b[:])
 }
 
-// ReadASDIdentity returns the id, node and site kept in an ASD directory.
-func ReadASDIdentity(dir string) (id, node, site string, err error) {
+// ReadIdentity returns the id, node and site kept in an ASD directory.
+func ReadIdentity(dir string) (id, node, site string, err error) {
 	data, err := os.ReadFile(filepath.Join(dir, asdIdentityFile))
 	if err != nil {
 		return "", "", "", err
@@ -269,7 +272,7 @@ func ReadASDIdentity(dir string) (id, node, site string, err error) {
 }
 
 // scan removes leftover temporary files and counts the fragments.
-func (s *ASDServer) scan() error {
+func (s *Server) scan() error {
 	var used, count int64
 	for i := range asdFanout {
 		dir := filepath.Join(s.frags, fmt.Sprintf("%02x", i))
@@ -278,7 +281,7 @@ func (s *ASDServer) scan() error {
 			return fmt.Errorf("asd scan: %w", err)
 		}
 		for _, e := range ents {
-			if strings.HasPrefix(e.Name(), tmpPrefix) {
+			if strings.HasPrefix(e.Name(), fsutil.TmpPrefix) {
 				os.Remove(filepath.Join(dir, e.Name()))
 				continue
 			}
@@ -294,7 +297,7 @@ func (s *ASDServer) scan() error {
 }
 
 // ID returns the ASD's identity.
-func (s *ASDServer) ID() string { return s.id }
+func (s *Server) ID() string { return s.id }
 
 // FragmentPath is where the ASD in dir keeps the fragment key.
 func FragmentPath(dir, key string) string {
@@ -303,19 +306,19 @@ func FragmentPath(dir, key string) string {
 	return filepath.Join(dir, asdFragmentsDir, fmt.Sprintf("%02x", h.Sum32()%asdFanout), key)
 }
 
-func (s *ASDServer) lock(key string) *sync.Mutex {
+func (s *Server) lock(key string) *sync.Mutex {
 	h := fnv.New32a()
 	h.Write([]byte(key))
 	return &s.locks[h.Sum32()%uint32(len(s.locks))]
 }
 
 // Capacity reports the ASD's space.
-func (s *ASDServer) Capacity() (ASDCapacity, error) {
+func (s *Server) Capacity() (Capacity, error) {
 	var st syscall.Statfs_t
 	if err := syscall.Statfs(s.cfg.Dir, &st); err != nil {
-		return ASDCapacity{}, fmt.Errorf("asd %s: statfs: %w", s.id, err)
+		return Capacity{}, fmt.Errorf("asd %s: statfs: %w", s.id, err)
 	}
-	c := ASDCapacity{
+	c := Capacity{
 		FSTotal:   int64(st.Blocks) * int64(st.Bsize),
 		FSFree:    int64(st.Bavail) * int64(st.Bsize),
 		Used:      s.used.Load(),
@@ -342,7 +345,7 @@ func (s *ASDServer) Capacity() (ASDCapacity, error) {
 }
 
 // Handler returns the ASD's HTTP API.
-func (s *ASDServer) Handler() http.Handler {
+func (s *Server) Handler() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /v1/health", s.handleHealth)
 	mux.HandleFunc("GET /v1/capacity", s.handleCapacity)
@@ -369,7 +372,7 @@ func (s *ASDServer) Handler() http.Handler {
 const asdIDHeader = "X-Ovs-Asd"
 
 // Serve serves the API on l until ctx is done, then shuts down gracefully.
-func (s *ASDServer) Serve(ctx context.Context, l net.Listener) error {
+func (s *Server) Serve(ctx context.Context, l net.Listener) error {
 	srv := &http.Server{
 		Handler:           s.Handler(),
 		ReadHeaderTimeout: 10 * time.Second,
@@ -419,17 +422,17 @@ func writeJSONResponse(w http.ResponseWriter, v any) {
 }
 
 // fail answers err with the status its kind calls for.
-func (s *ASDServer) fail(w http.ResponseWriter, r *http.Request, err error) {
+func (s *Server) fail(w http.ResponseWriter, r *http.Request, err error) {
 	switch {
 	case errors.Is(err, ErrFragmentNotFound):
 		writeASDError(w, http.StatusNotFound, "not_found", err.Error())
-	case errors.Is(err, ErrFragmentCorrupt), errors.Is(err, ErrUnsupportedFormat):
+	case errors.Is(err, ErrFragmentCorrupt), errors.Is(err, scos.ErrUnsupportedFormat):
 		s.log.Warn("corrupt fragment", "method", r.Method, "path", r.URL.Path, "err", err)
 		writeASDError(w, http.StatusUnprocessableEntity, "corrupt", err.Error())
-	case errors.Is(err, ErrASDFull):
+	case errors.Is(err, ErrFull):
 		s.log.Warn("write refused", "err", err)
 		writeASDError(w, http.StatusInsufficientStorage, "full", err.Error())
-	case errors.Is(err, ErrInvalidName), errors.Is(err, errBadRequest):
+	case errors.Is(err, scos.ErrInvalidName), errors.Is(err, errBadRequest):
 		writeASDError(w, http.StatusBadRequest, "bad_request", err.Error())
 	case errors.Is(err, errBadRange):
 		writeASDError(w, http.StatusRequestedRangeNotSatisfiable, "bad_range", err.Error())
@@ -444,16 +447,16 @@ var (
 	errBadRange   = errors.New("range outside the fragment")
 )
 
-func (s *ASDServer) health() (ASDHealth, error) {
+func (s *Server) health() (Health, error) {
 	c, err := s.Capacity()
 	if err != nil {
-		return ASDHealth{}, err
+		return Health{}, err
 	}
-	return ASDHealth{ID: s.id, Cluster: s.cfg.Cluster, Node: s.cfg.Node, Site: s.cfg.Site, APIVersion: asdAPIVersion,
+	return Health{ID: s.id, Cluster: s.cfg.Cluster, Node: s.cfg.Node, Site: s.cfg.Site, APIVersion: asdAPIVersion,
 		Fragments: s.count.Load(), Capacity: c, Pid: os.Getpid()}, nil
 }
 
-func (s *ASDServer) handleHealth(w http.ResponseWriter, r *http.Request) {
+func (s *Server) handleHealth(w http.ResponseWriter, r *http.Request) {
 	h, err := s.health()
 	if err != nil {
 		s.fail(w, r, err)
@@ -462,7 +465,7 @@ func (s *ASDServer) handleHealth(w http.ResponseWriter, r *http.Request) {
 	writeJSONResponse(w, h)
 }
 
-func (s *ASDServer) handleCapacity(w http.ResponseWriter, r *http.Request) {
+func (s *Server) handleCapacity(w http.ResponseWriter, r *http.Request) {
 	c, err := s.Capacity()
 	if err != nil {
 		s.fail(w, r, err)
@@ -471,7 +474,7 @@ func (s *ASDServer) handleCapacity(w http.ResponseWriter, r *http.Request) {
 	writeJSONResponse(w, c)
 }
 
-func (s *ASDServer) key(r *http.Request) (string, error) {
+func (s *Server) key(r *http.Request) (string, error) {
 	key := r.PathValue("key")
 	if err := checkFragmentKey(key); err != nil {
 		return "", err
@@ -479,7 +482,7 @@ func (s *ASDServer) key(r *http.Request) (string, error) {
 	return key, nil
 }
 
-func (s *ASDServer) handlePut(w http.ResponseWriter, r *http.Request) {
+func (s *Server) handlePut(w http.ResponseWriter, r *http.Request) {
 	key, err := s.key(r)
 	if err != nil {
 		s.fail(w, r, err)
@@ -523,7 +526,7 @@ func (s *ASDServer) handlePut(w http.ResponseWriter, r *http.Request) {
 
 // put writes the fragment durably: temporary file, fsync, rename, fsync of
 // the directory. An existing fragment of the same key is replaced.
-func (s *ASDServer) put(ctx context.Context, h FragmentHeader, data []byte) error {
+func (s *Server) put(ctx context.Context, h FragmentHeader, data []byte) error {
 	hdr := h.Encode()
 	size := int64(len(hdr)) + int64(len(data))
 	c, err := s.Capacity()
@@ -532,14 +535,14 @@ func (s *ASDServer) put(ctx context.Context, h FragmentHeader, data []byte) erro
 	}
 	if size > c.Free {
 		return fmt.Errorf("%w: asd %s refuses %d bytes: %d of %d bytes used, %d free before the fill limit of %.4g%%",
-			ErrASDFull, s.id, size, c.Used, c.Capacity, c.Free, s.cfg.FillLimit*100)
+			ErrFull, s.id, size, c.Used, c.Capacity, c.Free, s.cfg.FillLimit*100)
 	}
 	if err := ctx.Err(); err != nil {
 		return err
 	}
 	path := FragmentPath(s.cfg.Dir, h.Key)
 	dir := filepath.Dir(path)
-	tmp := filepath.Join(dir, tmpPrefix+h.Key+"-"+randomSuffix())
+	tmp := filepath.Join(dir, fsutil.TmpPrefix+h.Key+"-"+fsutil.RandomSuffix())
 	if err := writeFileParts(tmp, hdr, data); err != nil {
 		os.Remove(tmp)
 		return fmt.Errorf("asd %s: put %s: %w", s.id, h.Key, err)
@@ -555,7 +558,7 @@ func (s *ASDServer) put(ctx context.Context, h FragmentHeader, data []byte) erro
 		os.Remove(tmp)
 		return fmt.Errorf("asd %s: put %s: %w", s.id, h.Key, err)
 	}
-	if err := syncDir(dir); err != nil {
+	if err := fsutil.SyncDir(dir); err != nil {
 		return fmt.Errorf("asd %s: put %s: %w", s.id, h.Key, err)
 	}
 	if old >= 0 {
@@ -569,7 +572,7 @@ func (s *ASDServer) put(ctx context.Context, h FragmentHeader, data []byte) erro
 
 // open opens a fragment and decodes its header, checking that the file is
 // as long as the header says.
-func (s *ASDServer) open(key string) (*os.File, FragmentHeader, error) {
+func (s *Server) open(key string) (*os.File, FragmentHeader, error) {
 	f, err := os.Open(FragmentPath(s.cfg.Dir, key))
 	if err != nil {
 		if errors.Is(err, fs.ErrNotExist) {
@@ -632,7 +635,7 @@ func parseInt64Param(r *http.Request, name string) (int64, bool, error) {
 	return n, true, nil
 }
 
-func (s *ASDServer) handleGet(w http.ResponseWriter, r *http.Request) {
+func (s *Server) handleGet(w http.ResponseWriter, r *http.Request) {
 	key, err := s.key(r)
 	if err != nil {
 		s.fail(w, r, err)
@@ -703,12 +706,12 @@ func readVerified(f *os.File, h FragmentHeader, off, length int64) ([]byte, erro
 	return buf[off-lo : off-lo+length], nil
 }
 
-func (s *ASDServer) info(h FragmentHeader) FragmentInfo {
+func (s *Server) info(h FragmentHeader) FragmentInfo {
 	return FragmentInfo{Key: h.Key, Size: h.DataLen, CRC32C: h.DataCRC, Tag: h.Tag, Created: h.Created,
 		FileSize: int64(h.HeaderLen) + h.DataLen}
 }
 
-func (s *ASDServer) handleStat(w http.ResponseWriter, r *http.Request) {
+func (s *Server) handleStat(w http.ResponseWriter, r *http.Request) {
 	key, err := s.key(r)
 	if err != nil {
 		s.fail(w, r, err)
@@ -723,7 +726,7 @@ func (s *ASDServer) handleStat(w http.ResponseWriter, r *http.Request) {
 	writeJSONResponse(w, s.info(h))
 }
 
-func (s *ASDServer) handleVerify(w http.ResponseWriter, r *http.Request) {
+func (s *Server) handleVerify(w http.ResponseWriter, r *http.Request) {
 	key, err := s.key(r)
 	if err != nil {
 		s.fail(w, r, err)
@@ -746,7 +749,7 @@ func (s *ASDServer) handleVerify(w http.ResponseWriter, r *http.Request) {
 	writeJSONResponse(w, s.info(h))
 }
 
-func (s *ASDServer) handleDelete(w http.ResponseWriter, r *http.Request) {
+func (s *Server) handleDelete(w http.ResponseWriter, r *http.Request) {
 	key, err := s.key(r)
 	if err != nil {
 		s.fail(w, r, err)
@@ -772,7 +775,7 @@ func (s *ASDServer) handleDelete(w http.ResponseWriter, r *http.Request) {
 		s.fail(w, r, fmt.Errorf("asd %s: delete %s: %w", s.id, key, err))
 		return
 	}
-	if err := syncDir(filepath.Dir(path)); err != nil {
+	if err := fsutil.SyncDir(filepath.Dir(path)); err != nil {
 		s.fail(w, r, err)
 		return
 	}
@@ -784,7 +787,7 @@ const (
 	maxListLimit     = 100000
 )
 
-func (s *ASDServer) handleList(w http.ResponseWriter, r *http.Request) {
+func (s *Server) handleList(w http.ResponseWriter, r *http.Request) {
 	q := r.URL.Query()
 	prefix, after := q.Get("prefix"), q.Get("after")
 	limit := int64(defaultListLimit)
@@ -807,7 +810,7 @@ func (s *ASDServer) handleList(w http.ResponseWriter, r *http.Request) {
 		}
 		for _, e := range ents {
 			n := e.Name()
-			if ValidName(n) && strings.HasPrefix(n, prefix) && n > after && e.Type().IsRegular() {
+			if scos.ValidName(n) && strings.HasPrefix(n, prefix) && n > after && e.Type().IsRegular() {
 				names = append(names, n)
 			}
 		}
@@ -833,7 +836,7 @@ func (s *ASDServer) handleList(w http.ResponseWriter, r *http.Request) {
 		case err == nil:
 			f.Close()
 			out.Fragments = append(out.Fragments, s.info(h))
-		case errors.Is(err, ErrFragmentCorrupt), errors.Is(err, ErrUnsupportedFormat):
+		case errors.Is(err, ErrFragmentCorrupt), errors.Is(err, scos.ErrUnsupportedFormat):
 			out.Fragments = append(out.Fragments, FragmentInfo{Key: n, Corrupt: true})
 		}
 	}
