@@ -633,18 +633,14 @@ func TestBackendCLI(t *testing.T) {
 	if testing.Short() {
 		t.Skip("end-to-end test; skipped in -short mode")
 	}
-	data := t.TempDir()
-	sec := newTestSecret(t, data) // DATA/secret, where the CLI finds it
-	ports := freePorts(t, 3)
-	var asds []*asdProc
-	for i, port := range ports {
-		asds = append(asds, startASDProc(t, sec, filepath.Join(t.TempDir(), "asd"), net.JoinHostPort("127.0.0.1", strconv.Itoa(port)),
-			fmt.Sprintf("host%d", i), "dc1"))
-	}
-	ovs := func(args ...string) cliResult {
+	// ovs backend goes through the REST API of a node (--api) with the
+	// backend admin token it derives from the secret in --data.
+	c := startClusterWith(t, "--asds", "3")
+	ovsAt := func(api string, args ...string) cliResult {
 		t.Helper()
-		return runOVS(t, nil, append([]string{"backend", "--data", data}, args...)...)
+		return runOVS(t, nil, append([]string{"--api", api, "backend", "--data", c.Dir}, args...)...)
 	}
+	ovs := func(args ...string) cliResult { t.Helper(); return ovsAt(c.APIURL(), args...) }
 	ok := func(args ...string) string {
 		t.Helper()
 		r := ovs(args...)
@@ -653,25 +649,33 @@ func TestBackendCLI(t *testing.T) {
 		}
 		return r.Stdout
 	}
-	expectCLIError(t, "status without a backend", ovs("status"), "no erasure-coded backend")
-	kv, err := ec.OpenBoltKV(filepath.Join(data, "ec", "meta.db"))
-	if err != nil {
-		t.Fatal(err)
+	expectCLIError(t, "status without a node", ovsAt("http://127.0.0.1:1", "status"), "is the API running")
+	sec := newTestSecret(t, c.Dir) // the cluster's: the ASDs added below serve its holders
+	var asds []*asdProc
+	for i, port := range freePorts(t, 3) {
+		asds = append(asds, startASDProc(t, sec, filepath.Join(t.TempDir(), "asd"), net.JoinHostPort("127.0.0.1", strconv.Itoa(port)),
+			fmt.Sprintf("host%d", i), "dc1"))
 	}
-	kv.Close()
 	for _, a := range asds {
 		if out := ok("asd", "add", a.addr); !strings.Contains(out, a.id) {
 			t.Fatalf("asd add: %q", out)
 		}
 	}
 	var list []ec.ASDStatus
-	if err := json.Unmarshal([]byte(ok("asd", "list", "-o", "json")), &list); err != nil || len(list) != 3 {
+	if err := json.Unmarshal([]byte(ok("asd", "list", "-o", "json")), &list); err != nil || len(list) != 6 {
 		t.Fatalf("asd list -o json: %v %+v", err, list)
 	}
+	pids := 0
 	for _, s := range list {
-		if s.Health != "up" || s.State != "active" || s.Capacity == 0 || s.Site != "dc1" || s.Addr == "" {
+		if s.Health != "up" || s.State != "active" || s.Capacity == 0 || s.Addr == "" {
 			t.Errorf("asd list entry %+v", s)
 		}
+		if s.Pid != 0 {
+			pids++
+		}
+	}
+	if pids != 3 {
+		t.Errorf("want the pids of the node's 3 ASDs: %+v", list)
 	}
 	if out := ok("asd", "list"); !strings.Contains(out, "HEALTH") || !strings.Contains(out, asds[0].id) {
 		t.Errorf("asd list table: %q", out)
@@ -685,68 +689,27 @@ func TestBackendCLI(t *testing.T) {
 		t.Fatalf("preset list: %v %+v", err, presets)
 	}
 	var st ec.Status
-	if err := json.Unmarshal([]byte(ok("status", "-o", "json")), &st); err != nil || st.ASDs != 3 || st.ASDsUp != 3 {
+	if err := json.Unmarshal([]byte(ok("status", "-o", "json")), &st); err != nil || st.ASDs != 6 || st.ASDsUp != 6 {
 		t.Fatalf("status: %v %+v", err, st)
 	}
 	expectCLIError(t, "unknown ASD", ovs("asd", "decommission", "asd-nope"), "not registered")
 
-	// With a backend running on the directory (as ovs up runs it), the
-	// commands go through its admin API: the store is locked.
-	kv, err = ec.OpenBoltKV(filepath.Join(data, "ec", "meta.db"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer kv.Close()
-	b, err := ec.New(context.Background(), ec.Config{KV: kv, MaintenanceInterval: -1, HTTPClient: sec.asdClient(t),
-		LocalPids: func() map[string]int { return map[string]int{asds[0].id: asds[0].cmd.Process.Pid} }})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer b.Close()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv := &http.Server{Handler: ec.NewAdminHandler(b)}
-	go srv.Serve(ln)
-	defer srv.Close()
-	if err := os.WriteFile(filepath.Join(data, "ec", "admin.addr"), []byte(ln.Addr().String()+"\n"), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	if err := b.CreateNamespaceWithPreset(context.Background(), "vol", "small"); err != nil {
-		t.Fatal(err)
-	}
-	if err := b.Put(context.Background(), "vol", "obj", []byte("hello"), false); err != nil {
-		t.Fatal(err)
-	}
-	list = nil
-	if err := json.Unmarshal([]byte(ok("asd", "list", "-o", "json")), &list); err != nil || len(list) != 3 {
-		t.Fatalf("asd list through the admin API: %v %+v", err, list)
-	}
-	pids := 0
-	for _, s := range list {
-		if s.Pid != 0 {
-			pids++
-		}
-	}
-	if pids != 1 {
-		t.Errorf("want the pid of the one local ASD: %+v", list)
-	}
+	// A vdisk's objects (4+2 over the 6 ASDs) are on every ASD.
+	c.create("v", "64MiB")
 	expectCLIError(t, "remove an ASD in use", ovs("asd", "remove", asds[1].id), "decommission")
 	ok("asd", "decommission", asds[1].id)
-	// 2+1 needs all three ASDs: nowhere to drain to, so it stays.
 	if out := ok("repair"); !strings.Contains(out, "repair:") {
 		t.Errorf("repair output %q", out)
 	}
-	if out := ok("scrub"); !strings.Contains(out, "scrubbed 3 fragments") {
+	if out := ok("scrub"); !strings.Contains(out, "scrubbed") {
 		t.Errorf("scrub output %q", out)
 	}
-	if out := ok("status"); !strings.Contains(out, "objects:") || !strings.Contains(out, "1 (5 B") {
+	if out := ok("status"); !strings.Contains(out, "objects:") {
 		t.Errorf("status output %q", out)
 	}
 	ok("asd", "remove", asds[1].id, "--force")
 	var st2 ec.Status
-	if err := json.Unmarshal([]byte(ok("status", "-o", "json")), &st2); err != nil || st2.ASDs != 2 || st2.Degraded != 1 {
+	if err := json.Unmarshal([]byte(ok("status", "-o", "json")), &st2); err != nil || st2.ASDs != 5 {
 		t.Fatalf("status after a forced remove: %v %+v", err, st2)
 	}
 }

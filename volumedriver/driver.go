@@ -16,6 +16,7 @@ import (
 	"os"
 	"path/filepath"
 	"sort"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -351,9 +352,10 @@ func (d *Driver) openVolume(ctx context.Context, cfg volumeConfig, epoch uint64)
 		err = v.restoreLocal(ctx, st)
 	case errors.Is(err, errNewerFormat):
 		return nil, fmt.Errorf("local state of %s: %w", cfg.Name, err)
-	case epoch != 0:
-		// In a cluster, local TLogs without a readable state.json cannot
-		// be told from those of an earlier tenure: never replay them.
+	case epoch != 0 && readEpochFile(v.dir) != epoch:
+		// In a cluster, local TLogs without a readable state.json are
+		// replayed only if the epoch file says they are of this
+		// tenure: those of an earlier one must never be.
 		if !errors.Is(err, fs.ErrNotExist) {
 			d.log.Error("state.json is damaged; restoring the vdisk from the backend (the local files are set aside if they hold anything else)",
 				"vdisk", cfg.Name, "err", err)
@@ -372,6 +374,11 @@ func (d *Driver) openVolume(ctx context.Context, cfg volumeConfig, epoch uint64)
 	if err != nil {
 		v.closeFiles()
 		return nil, err
+	}
+	if epoch != 0 {
+		if err := writeFileAtomic(filepath.Join(v.dir, epochFileName), []byte(strconv.FormatUint(epoch, 10)+"\n")); err != nil {
+			d.log.Warn("could not record the owner epoch beside the local state", "vdisk", cfg.Name, "err", err)
+		}
 	}
 	// From here on, a metadata page that fails verification makes the
 	// volume rebuild its metadata instead of failing reads.

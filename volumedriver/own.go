@@ -7,6 +7,8 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -455,4 +457,23 @@ func holdsUnuploaded(dir string, st *localState) bool {
 		}
 	}
 	return false
+}
+
+// epochFileName is a small file beside state.json holding the owner epoch
+// the local state was written under: if state.json is damaged, it tells
+// this tenure's local TLogs (replayed: nothing acknowledged is lost) from
+// an earlier one's (set aside).
+const epochFileName = "epoch"
+
+// readEpochFile returns the epoch recorded in dir, or 0 if none can be read.
+func readEpochFile(dir string) uint64 {
+	b, err := os.ReadFile(filepath.Join(dir, epochFileName))
+	if err != nil {
+		return 0
+	}
+	e, err := strconv.ParseUint(strings.TrimSpace(string(b)), 10, 64)
+	if err != nil {
+		return 0
+	}
+	return e
 }

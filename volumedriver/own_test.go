@@ -110,7 +110,11 @@ func TestEpochMismatchRestoresFromBackend(t *testing.T) {
 		syncAll     bool   // the local-only writes reach the backend first
 		wantLocal   bool   // the local-only writes read back
 		wantSetAway bool   // the local dir is quarantined
+		damage      bool   // state.json is garbage at the second open
 	}{
+		// The epoch file beside state.json says whose the local TLogs are.
+		{name: "same epoch, state.json damaged", epoch: 1, damage: true, wantLocal: true},
+		{name: "new epoch, state.json damaged", epoch: 2, damage: true, wantLocal: false, wantSetAway: true},
 		{name: "same epoch", epoch: 1, wantLocal: true},
 		{name: "new epoch", epoch: 2, wantLocal: false, wantSetAway: true},
 		{name: "new epoch, all uploaded", epoch: 2, syncAll: true, wantLocal: true},
@@ -139,6 +143,11 @@ func TestEpochMismatchRestoresFromBackend(t *testing.T) {
 				}
 			}
 			crash(d)
+			if tc.damage {
+				if err := os.WriteFile(filepath.Join(e.dir, "ida", "state.json"), []byte("{garbage"), 0o600); err != nil {
+					t.Fatal(err)
+				}
+			}
 
 			e.opts.Owned = ownedBy(map[string]uint64{"ida": tc.epoch})
 			d = e.open()

@@ -67,7 +67,8 @@ type bearerTransport struct {
 func (t bearerTransport) RoundTrip(r *http.Request) (*http.Response, error) {
 	r = r.Clone(r.Context())
 	r.Header.Set("Authorization", "Bearer "+t.token)
-	if r.Body != nil && r.Header.Get("Content-Type") == "" {
+	// The REST API wants JSON on every mutating call, with a body or not.
+	if r.Method != http.MethodGet && r.Method != http.MethodHead && r.Header.Get("Content-Type") == "" {
 		r.Header.Set("Content-Type", "application/json")
 	}
 	return t.next.RoundTrip(r)

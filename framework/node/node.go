@@ -19,6 +19,7 @@ import (
 	"github.com/ovs-storage/ovs/framework/model"
 	"github.com/ovs-storage/ovs/framework/secret"
 	"github.com/ovs-storage/ovs/scos"
+	"github.com/ovs-storage/ovs/scos/asd"
 	"github.com/ovs-storage/ovs/scos/ec"
 	"github.com/ovs-storage/ovs/volumedriver"
 	"github.com/ovs-storage/ovs/volumedriver/nbd"
@@ -137,22 +138,30 @@ func Run(ctx context.Context, cfg Config, ro RunOptions) error {
 	}
 	rt := newRouter(routerConfig{self: cfg.ID, store: store, fencer: fencer, log: log.With("component", "router"),
 		retryWindow: cfg.Driver.ForwardRetryWindow})
-	drv, err := volumedriver.Open(ctx, filepath.Join(cfg.Data, "volumes"), backend, volumedriver.Options{
-		ReadCacheBytes:        int64(cfg.Driver.ReadCache),
-		MetadataCacheBytes:    int64(cfg.Driver.MetadataCache),
-		WriteBufferBytes:      int64(cfg.Driver.WriteBuffer),
-		MaxPendingUploadBytes: int64(cfg.Driver.MaxPendingUpload),
-		AutoSyncInterval:      cfg.Driver.AutoSync,
-		ScrubInterval:         cfg.Driver.ScrubInterval,
-		ScrubGarbageRatio:     cfg.Driver.ScrubGarbageRatio,
-		CloseTimeout:          cfg.Driver.StopTimeout,
-		Failpoint:             ro.Failpoint,
-		Logger:                log,
-		Owned: func(id string) (uint64, bool) {
-			ov, ok := owned[id]
-			return ov.Owner.Epoch, ok
-		},
-		OnFenced: rt.onFenced,
+	// After a restart of several hosts at once, the others' ASDs come
+	// up over some seconds: wait for the backend before reading the
+	// vdisks from it, and try again while it cannot serve them yet.
+	if writable != nil {
+		waitWritable(ctx, writable, cfg.Driver.ReadyTimeout, log)
+	}
+	drv, err := openDriver(ctx, cfg.Driver.ReadyTimeout, log, func() (*volumedriver.Driver, error) {
+		return volumedriver.Open(ctx, filepath.Join(cfg.Data, "volumes"), backend, volumedriver.Options{
+			ReadCacheBytes:        int64(cfg.Driver.ReadCache),
+			MetadataCacheBytes:    int64(cfg.Driver.MetadataCache),
+			WriteBufferBytes:      int64(cfg.Driver.WriteBuffer),
+			MaxPendingUploadBytes: int64(cfg.Driver.MaxPendingUpload),
+			AutoSyncInterval:      cfg.Driver.AutoSync,
+			ScrubInterval:         cfg.Driver.ScrubInterval,
+			ScrubGarbageRatio:     cfg.Driver.ScrubGarbageRatio,
+			CloseTimeout:          cfg.Driver.StopTimeout,
+			Failpoint:             ro.Failpoint,
+			Logger:                log,
+			Owned: func(id string) (uint64, bool) {
+				ov, ok := owned[id]
+				return ov.Owner.Epoch, ok
+			},
+			OnFenced: rt.onFenced,
+		})
 	})
 	if err != nil {
 		return fmt.Errorf("volume driver: %w", err)
@@ -317,6 +326,25 @@ func clusterPresets(c model.Cluster) ([]ec.Preset, error) {
 		p.Policies = append(p.Policies, pol)
 	}
 	return []ec.Preset{p}, p.Validate()
+}
+
+// openDriver opens the volume driver, trying again for up to wait while
+// the backend cannot serve the vdisks' objects yet.
+func openDriver(ctx context.Context, wait time.Duration, log *slog.Logger, open func() (*volumedriver.Driver, error)) (*volumedriver.Driver, error) {
+	deadline := time.Now().Add(wait)
+	for {
+		drv, err := open()
+		if err == nil || time.Now().After(deadline) || ctx.Err() != nil ||
+			!(errors.Is(err, ec.ErrObjectUnavailable) || errors.Is(err, asd.ErrUnavailable) || errors.Is(err, ec.ErrInsufficientASDs)) {
+			return drv, err
+		}
+		log.Warn("the backend cannot serve the vdisks yet; trying again", "err", err)
+		select {
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-time.After(2 * time.Second):
+		}
+	}
 }
 
 // nodeAPIPurpose keys the token nodes present to each other's REST API.
