@@ -11,6 +11,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/ovs-storage/ovs/volumedriver/internal/iopool"
 )
 
 const (
@@ -43,7 +45,7 @@ type conn struct {
 	fastZero    bool
 	st          exportState
 	inflight    sync.WaitGroup
-	limit       *inflightLimit
+	limit       *iopool.InflightLimit
 	releaseOnce sync.Once
 
 	// Reply side: every reply is written whole under wmu. waiting counts
@@ -63,7 +65,7 @@ func newConn(s *Server, ctx context.Context, nc net.Conn) *conn {
 		cancel: cancel,
 		br:     bufio.NewReaderSize(nc, readBufSize),
 		bw:     bufio.NewWriterSize(nc, writeBufSize),
-		limit:  newInflightLimit(s.opts.MaxInFlight, s.opts.MaxInFlightBytes),
+		limit:  iopool.NewInflightLimit(s.opts.MaxInFlight, s.opts.MaxInFlightBytes),
 	}
 	remote := "unknown"
 	if a := nc.RemoteAddr(); a != nil && a.String() != "" {

@@ -9,6 +9,8 @@ import (
 	"sync"
 	"syscall"
 	"time"
+
+	"github.com/ovs-storage/ovs/volumedriver/internal/iopool"
 )
 
 // Defaults for Options.
@@ -84,7 +86,7 @@ type Server struct {
 	exports Exports
 	opts    Options
 	log     *slog.Logger
-	pool    bufPool
+	pool    iopool.BufPool
 
 	base       context.Context // cancelled by Close
 	cancelBase context.CancelFunc

@@ -53,13 +53,13 @@ func (c *conn) transmit() {
 		if errno == 0 && (r.typ == cmdRead || r.typ == cmdWrite) {
 			cost = int64(r.length)
 		}
-		c.limit.acquire(cost)
+		c.limit.Acquire(cost)
 		var buf *[]byte
 		if errno == 0 && r.typ == cmdWrite && r.length > 0 {
-			buf = c.srv.pool.get(int(r.length))
+			buf = c.srv.pool.Get(int(r.length))
 			if _, err := io.ReadFull(c.br, *buf); err != nil {
-				c.srv.pool.put(buf)
-				c.limit.release(cost)
+				c.srv.pool.Put(buf)
+				c.limit.Release(cost)
 				if c.stopping.Load() {
 					graceful = true
 				} else {
@@ -117,7 +117,7 @@ func (c *conn) handle(r request, buf *[]byte, cost int64, errno uint32, msg stri
 	defer c.inflight.Done()
 	if errno != 0 {
 		c.sendError(r.cookie, errno, msg)
-		c.limit.release(cost)
+		c.limit.Release(cost)
 		return
 	}
 	var err error
@@ -125,7 +125,7 @@ func (c *conn) handle(r request, buf *[]byte, cost int64, errno uint32, msg stri
 	n := int64(r.length)
 	switch r.typ {
 	case cmdRead:
-		buf = c.srv.pool.get(int(r.length))
+		buf = c.srv.pool.Get(int(r.length))
 		if n > 0 {
 			err = c.dev.ReadAt(c.ctx, *buf, off)
 		}
@@ -177,8 +177,8 @@ func (c *conn) handle(r request, buf *[]byte, cost int64, errno uint32, msg stri
 	default:
 		c.sendSimple(r.cookie, 0, nil)
 	}
-	c.srv.pool.put(buf)
-	c.limit.release(cost)
+	c.srv.pool.Put(buf)
+	c.limit.Release(cost)
 }
 
 // blockStatus answers NBD_CMD_BLOCK_STATUS for base:allocation. It sends
@@ -192,8 +192,8 @@ func (c *conn) blockStatus(r *request) (uint32, string) {
 	}
 	reqOne := r.flags&cmdFlagReqOne != 0
 	maxN := min(len(exts), maxExtents)
-	bp := c.srv.pool.get(4 + 8*maxN)
-	defer c.srv.pool.put(bp)
+	bp := c.srv.pool.Get(4 + 8*maxN)
+	defer c.srv.pool.Put(bp)
 	p := (*bp)[:0]
 	p = binary.BigEndian.AppendUint32(p, metaAllocationID)
 	var (

@@ -287,8 +287,8 @@ func (cc *cconn) readReply(cl *call, h replyHdr, msg, small []byte) error {
 		}
 		cl.info = in
 	case opBlockStatus:
-		buf := cc.c.pool.get(int(h.dataLen))
-		defer cc.c.pool.put(buf)
+		buf := cc.c.pool.Get(int(h.dataLen))
+		defer cc.c.pool.Put(buf)
 		if _, err := io.ReadFull(cc.br, *buf); err != nil {
 			return fmt.Errorf("read reply data: %w", err)
 		}

@@ -12,6 +12,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/ovs-storage/ovs/volumedriver/internal/iopool"
 )
 
 // Defaults for ClientOptions.
@@ -48,7 +50,7 @@ type Client struct {
 
 	rr    atomic.Uint32
 	calls sync.Pool // *call
-	pool  bufPool
+	pool  iopool.BufPool
 
 	mu     sync.Mutex
 	closed bool

@@ -7,6 +7,8 @@ import (
 	"errors"
 	"io"
 	"testing"
+
+	"github.com/ovs-storage/ovs/volumedriver/internal/iopool"
 )
 
 // FuzzDecodeRequest feeds a byte stream to the server's request reader:
@@ -27,7 +29,7 @@ func FuzzDecodeRequest(f *testing.F) {
 	f.Add(frame(reqHdr{op: opFlush, nameLen: 0, handle: 7}, "", nil))
 	f.Fuzz(func(t *testing.T, in []byte) {
 		br := bufio.NewReader(bytes.NewReader(in))
-		var pool bufPool
+		var pool iopool.BufPool
 		for {
 			var hb [reqHdrSize]byte
 			if _, err := io.ReadFull(br, hb[:]); err != nil {
@@ -43,9 +45,9 @@ func FuzzDecodeRequest(f *testing.F) {
 				if j.h.length > MaxData {
 					t.Fatalf("accepted a write of %d bytes", j.h.length)
 				}
-				buf := pool.get(int(j.h.length))
+				buf := pool.Get(int(j.h.length))
 				if _, err := io.ReadFull(br, *buf); err != nil {
-					pool.put(buf)
+					pool.Put(buf)
 					return
 				}
 				data = *buf

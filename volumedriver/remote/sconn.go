@@ -11,6 +11,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/ovs-storage/ovs/volumedriver/internal/iopool"
 )
 
 const (
@@ -26,7 +28,7 @@ type sconn struct {
 	ctx     context.Context // cancelled when the connection is torn down
 	cancel  context.CancelFunc
 	br      *bufio.Reader
-	limit   *inflightLimit
+	limit   *iopool.InflightLimit
 	overCap bool // set by track: answer the hello with "too many connections"
 
 	inflight sync.WaitGroup
@@ -54,7 +56,7 @@ func newSconn(s *Server, ctx context.Context, nc net.Conn) *sconn {
 		cancel: cancel,
 		br:     bufio.NewReaderSize(nc, serverReadBuf),
 		bw:     bufio.NewWriterSize(nc, serverWriteBuf),
-		limit:  newInflightLimit(s.opts.MaxInFlight, s.opts.MaxInFlightBytes),
+		limit:  iopool.NewInflightLimit(s.opts.MaxInFlight, s.opts.MaxInFlightBytes),
 		devs:   make(map[string]*devEntry),
 	}
 	remote := "unknown"
@@ -203,12 +205,12 @@ func (c *sconn) transmit() {
 		if h.op == opRead || h.op == opWrite {
 			j.cost = int64(h.length)
 		}
-		c.limit.acquire(j.cost)
+		c.limit.Acquire(j.cost)
 		if h.op == opWrite && h.length > 0 {
-			j.buf = c.srv.pool.get(int(h.length))
+			j.buf = c.srv.pool.Get(int(h.length))
 			if _, err := io.ReadFull(c.br, *j.buf); err != nil {
-				c.srv.pool.put(j.buf)
-				c.limit.release(j.cost)
+				c.srv.pool.Put(j.buf)
+				c.limit.Release(j.cost)
 				c.log.Info("remote: read write payload failed; closing connection", "err", err)
 				break
 			}
@@ -247,8 +249,8 @@ func (c *sconn) worker(first job, jobs <-chan job) {
 // handle serves one request and sends its reply.
 func (c *sconn) handle(j *job) {
 	defer c.inflight.Done()
-	defer c.limit.release(j.cost)
-	defer c.srv.pool.put(j.buf)
+	defer c.limit.Release(j.cost)
+	defer c.srv.pool.Put(j.buf)
 	name := j.name[:j.h.nameLen]
 	var err error
 	// A cached device that reports ErrNotOwner may be stale (the vdisk
@@ -312,8 +314,8 @@ func (c *sconn) run(j *job, dev Device) error {
 		c.sendOK(h.handle, appendSizeInfo(b[:0], in))
 		return nil
 	case opRead:
-		buf := c.srv.pool.get(int(n))
-		defer c.srv.pool.put(buf)
+		buf := c.srv.pool.Get(int(n))
+		defer c.srv.pool.Put(buf)
 		if n > 0 {
 			if err := dev.ReadAt(c.ctx, *buf, off); err != nil {
 				return err
@@ -351,8 +353,8 @@ func (c *sconn) run(j *job, dev Device) error {
 		if err != nil {
 			return err
 		}
-		buf := c.srv.pool.get(min(len(exts), MaxExtents) * extentSize)
-		defer c.srv.pool.put(buf)
+		buf := c.srv.pool.Get(min(len(exts), MaxExtents) * extentSize)
+		defer c.srv.pool.Put(buf)
 		b, cnt := appendExtents((*buf)[:0], exts, n)
 		if cnt == 0 {
 			return &reqError{StatusIO, "device returned no extents"}

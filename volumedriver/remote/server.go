@@ -10,6 +10,8 @@ import (
 	"sync"
 	"syscall"
 	"time"
+
+	"github.com/ovs-storage/ovs/volumedriver/internal/iopool"
 )
 
 // Device is one vdisk as the owner serves it. It has the shape of
@@ -124,7 +126,7 @@ type Server struct {
 	target Target
 	opts   ServerOptions
 	log    *slog.Logger
-	pool   bufPool
+	pool   iopool.BufPool
 
 	base       context.Context // cancelled to tear every connection down
 	cancelBase context.CancelFunc

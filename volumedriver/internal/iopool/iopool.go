@@ -1,4 +1,7 @@
-package nbd
+// Package iopool holds what the volume driver's wire servers (NBD and
+// node-to-node forwarding) share on their data path: pooled payload
+// buffers and a per-connection bound on requests in flight.
+package iopool
 
 import (
 	"math/bits"
@@ -10,10 +13,10 @@ const (
 	maxBufShift = 26 // largest pooled buffer: 64 MiB
 )
 
-// bufPool hands out payload buffers in power-of-two size classes so that
+// BufPool hands out payload buffers in power-of-two size classes so that
 // the hot path does not allocate. Buffers are *[]byte to keep sync.Pool
 // from allocating on Put.
-type bufPool struct {
+type BufPool struct {
 	classes [maxBufShift - minBufShift + 1]sync.Pool
 }
 
@@ -24,8 +27,8 @@ func bufClass(n int) int {
 	return bits.Len(uint(n-1)) - minBufShift
 }
 
-// get returns a buffer of length n. Its content is undefined.
-func (p *bufPool) get(n int) *[]byte {
+// Get returns a buffer of length n. Its content is undefined.
+func (p *BufPool) Get(n int) *[]byte {
 	c := bufClass(n)
 	if c >= len(p.classes) {
 		b := make([]byte, n)
@@ -40,8 +43,8 @@ func (p *bufPool) get(n int) *[]byte {
 	return &b
 }
 
-// put gives a buffer back; nil is ignored.
-func (p *bufPool) put(b *[]byte) {
+// Put gives a buffer back; nil is ignored.
+func (p *BufPool) Put(b *[]byte) {
 	if b == nil {
 		return
 	}
@@ -52,10 +55,10 @@ func (p *bufPool) put(b *[]byte) {
 	p.classes[c].Put(b)
 }
 
-// inflightLimit bounds the requests of one connection that are in flight,
+// InflightLimit bounds the requests of one connection that are in flight,
 // both in number and in payload bytes. Only the connection's reader
 // acquires; handlers release.
-type inflightLimit struct {
+type InflightLimit struct {
 	mu       sync.Mutex
 	cond     sync.Cond
 	n        int
@@ -64,15 +67,15 @@ type inflightLimit struct {
 	maxBytes int64
 }
 
-func newInflightLimit(maxN int, maxBytes int64) *inflightLimit {
-	l := &inflightLimit{maxN: maxN, maxBytes: maxBytes}
+func NewInflightLimit(maxN int, maxBytes int64) *InflightLimit {
+	l := &InflightLimit{maxN: maxN, maxBytes: maxBytes}
 	l.cond.L = &l.mu
 	return l
 }
 
-// acquire waits for room for one request with a payload of size bytes. A
+// Acquire waits for room for one request with a payload of size bytes. A
 // request larger than the whole byte budget is let through when it is alone.
-func (l *inflightLimit) acquire(size int64) {
+func (l *InflightLimit) Acquire(size int64) {
 	l.mu.Lock()
 	for l.n >= l.maxN || (l.n > 0 && l.bytes+size > l.maxBytes) {
 		l.cond.Wait()
@@ -82,7 +85,7 @@ func (l *inflightLimit) acquire(size int64) {
 	l.mu.Unlock()
 }
 
-func (l *inflightLimit) release(size int64) {
+func (l *InflightLimit) Release(size int64) {
 	l.mu.Lock()
 	l.n--
 	l.bytes -= size
