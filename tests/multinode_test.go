@@ -209,6 +209,11 @@ func TestClusterOfThreeHosts(t *testing.T) {
 			t.Fatalf("node list lacks %s:\n%s", h.Name, nodes)
 		}
 	}
+	// The forwarding port serves only holders of the cluster secret: a
+	// client without a certificate is dropped before any request.
+	if out, err := exec.Command("curl", "-sS", "-k", "--max-time", "10", "https://"+h1.HostPort(netForwardPort)+"/").CombinedOutput(); err == nil {
+		t.Errorf("the forwarding port answered a client without the cluster's certificate: %s", out)
+	}
 	c.ovsOK(h1, "vdisk", "create", "vm", "--size", "256MiB")
 	if v := c.list(h3)["vm"]; v.Owner != "h1" || v.OwnerEpoch != 1 {
 		t.Fatalf("vm after create, listed through h3: %+v", v)

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -49,6 +50,7 @@ type router struct {
 	clients map[string]*remote.Client // forwarding clients by node id
 	apis    map[string]*api.Client    // REST clients by node id
 	adopts  map[string]*adoptCall     // adoptions in progress by vdisk id
+	moving  map[string]bool           // vdisks this node is handing over, by name
 	closed  bool
 }
 
@@ -79,7 +81,7 @@ type adoptCall struct {
 
 func newRouter(cfg routerConfig) *router {
 	return &router{routerConfig: cfg, routes: map[string]*route{}, clients: map[string]*remote.Client{},
-		apis: map[string]*api.Client{}, adopts: map[string]*adoptCall{}}
+		apis: map[string]*api.Client{}, adopts: map[string]*adoptCall{}, moving: map[string]bool{}}
 }
 
 func (r *router) close() {
@@ -160,6 +162,11 @@ func (r *router) ensureLocal(ctx context.Context, ov model.OwnedVDisk) (*volumed
 		return v, nil
 	}
 	r.mu.Lock()
+	if r.moving[ov.Name] {
+		// Released here, the model not yet changed: not to be taken back.
+		r.mu.Unlock()
+		return nil, fmt.Errorf("%w: %s is being handed over", volumedriver.ErrReleased, ov.Name)
+	}
 	call := r.adopts[ov.ID]
 	leader := call == nil
 	if leader {
@@ -274,7 +281,11 @@ func (r *router) do(ctx context.Context, name string, tenure, epoch uint64, loca
 // forwardAttemptTimeout bounds one try of a forwarded I/O: past it the
 // owner is taken for gone (frozen, partitioned) and the route is read
 // again; a write tried twice writes the same bytes twice.
-const forwardAttemptTimeout = 20 * time.Second
+//
+// It is long on purpose: a write given up on here may still be carried
+// out by the owner later, and the longer the wait, the less likely a
+// newer write to the same blocks overtakes it.
+const forwardAttemptTimeout = 2 * time.Minute
 
 // forwarder returns the forwarding client of node id.
 func (r *router) forwarder(ctx context.Context, id string) (*remote.Client, error) {
@@ -355,6 +366,14 @@ func (r *router) move(ctx context.Context, ov model.OwnedVDisk, to string) (time
 	if err != nil {
 		return 0, err
 	}
+	r.mu.Lock()
+	r.moving[ov.Name] = true
+	r.mu.Unlock()
+	defer func() {
+		r.mu.Lock()
+		delete(r.moving, ov.Name)
+		r.mu.Unlock()
+	}()
 	rt.gate.Lock()
 	defer rt.gate.Unlock()
 	held := time.Now()
@@ -408,8 +427,15 @@ func (r *router) watchOwners(ctx context.Context, every time.Duration) {
 				local[in.Name] = in
 			}
 		}
+		r.mu.Lock()
+		moving := maps.Clone(r.moving)
+		r.mu.Unlock()
 		for _, ov := range all {
 			in, here := local[ov.Name]
+			if moving[ov.Name] {
+				delete(local, ov.Name)
+				continue
+			}
 			delete(local, ov.Name)
 			mine := ov.OwnerRaw != nil && ov.Owner.Node == r.self
 			switch {
