@@ -73,11 +73,14 @@ func TestBenchCluster(t *testing.T) {
 				return
 			}
 			var m struct {
-				Took   time.Duration `json:"took_ns"`
-				HeldIO time.Duration `json:"held_io_ns"`
+				Took    time.Duration `json:"took_ns"`
+				HeldIO  time.Duration `json:"held_io_ns"`
+				Release time.Duration `json:"release_ns"`
+				Adopt   time.Duration `json:"adopt_ns"`
 			}
 			_ = json.Unmarshal([]byte(res), &m)
-			held = append(held, fmt.Sprintf("%s (move took %s)", m.HeldIO.Round(time.Millisecond), m.Took.Round(time.Millisecond)))
+			held = append(held, fmt.Sprintf("%s (last upload %s, restore on the new owner %s; whole move %s)",
+				m.HeldIO.Round(time.Millisecond), m.Release.Round(time.Millisecond), m.Adopt.Round(time.Millisecond), m.Took.Round(time.Millisecond)))
 		}
 		moves <- nil
 	}()

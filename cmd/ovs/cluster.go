@@ -221,8 +221,9 @@ func newVDiskMoveCommand(g *globalOptions) *cobra.Command {
 			_, err = fmt.Fprintf(cmd.OutOrStdout(), "vdisk %s is already on %s\n", res.VDisk, res.To)
 			return err
 		}
-		_, err = fmt.Fprintf(cmd.OutOrStdout(), "vdisk %s moved from %s to %s (epoch %d) in %s; I/O waited %s\n",
-			res.VDisk, res.From, res.To, res.Epoch, res.Took.Round(time.Millisecond), res.HeldIO.Round(time.Millisecond))
+		_, err = fmt.Fprintf(cmd.OutOrStdout(), "vdisk %s moved from %s to %s (epoch %d) in %s; I/O waited %s (last upload %s, restore on %s %s)\n",
+			res.VDisk, res.From, res.To, res.Epoch, res.Took.Round(time.Millisecond), res.HeldIO.Round(time.Millisecond),
+			res.Release.Round(time.Millisecond), res.To, res.Adopt.Round(time.Millisecond))
 		return err
 	}
 	return cmd

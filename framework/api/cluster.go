@@ -53,6 +53,10 @@ type MoveResult struct {
 	// owner while it handed the vdisk over.
 	Took   time.Duration `json:"took_ns"`
 	HeldIO time.Duration `json:"held_io_ns"`
+	// Release is the old owner's last upload, Adopt the new owner's
+	// restore from the backend: most of HeldIO.
+	Release time.Duration `json:"release_ns,omitempty"`
+	Adopt   time.Duration `json:"adopt_ns,omitempty"`
 }
 
 // ErrUnavailable: the call reached a node that cannot serve it now (the

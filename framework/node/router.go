@@ -355,16 +355,25 @@ func (r *router) onFenced(name, id string) {
 // synced while I/O goes on, then I/O is held at the gate while the rest is
 // uploaded, the owner record changes (new epoch) and the new owner adopts
 // it; held I/O then goes to the new owner.
-func (r *router) move(ctx context.Context, ov model.OwnedVDisk, to string) (time.Duration, error) {
+func (r *router) move(ctx context.Context, ov model.OwnedVDisk, to string) (moveTimes, error) {
+	var mt moveTimes
 	if _, err := r.store.Node(ctx, to); err != nil {
-		return 0, fmt.Errorf("%w: target node: %v", volumedriver.ErrInvalidArgument, err)
+		return mt, fmt.Errorf("%w: target node: %v", volumedriver.ErrInvalidArgument, err)
 	}
-	if err := r.drv.Sync(ctx, ov.Name); err != nil {
-		return 0, fmt.Errorf("move %s: sync before the handover: %w", ov.Name, err)
+	// Upload while I/O goes on, so that what is left for the handover
+	// (while I/O waits) is what came in during the last round.
+	for range 3 {
+		start := time.Now()
+		if err := r.drv.Sync(ctx, ov.Name); err != nil {
+			return mt, fmt.Errorf("move %s: sync before the handover: %w", ov.Name, err)
+		}
+		if time.Since(start) < 200*time.Millisecond {
+			break
+		}
 	}
 	rt, err := r.routeOf(ctx, ov.Name)
 	if err != nil {
-		return 0, err
+		return mt, err
 	}
 	r.mu.Lock()
 	r.moving[ov.Name] = true
@@ -378,8 +387,9 @@ func (r *router) move(ctx context.Context, ov model.OwnedVDisk, to string) (time
 	defer rt.gate.Unlock()
 	held := time.Now()
 	if err := r.drv.Release(ctx, ov.Name); err != nil {
-		return 0, fmt.Errorf("move %s: hand over: %w", ov.Name, err)
+		return mt, fmt.Errorf("move %s: hand over: %w", ov.Name, err)
 	}
+	mt.release = time.Since(held)
 	o, _, err := r.store.ChangeOwner(ctx, ov.ID, ov.OwnerRaw, to, false)
 	if err != nil {
 		// The owner did not change: serve it here again.
@@ -387,19 +397,26 @@ func (r *router) move(ctx context.Context, ov model.OwnedVDisk, to string) (time
 			r.log.Error("could not take back a vdisk whose move failed", "vdisk", ov.Name, "err", aerr)
 		}
 		rt.stale = true
-		return 0, fmt.Errorf("move %s: %w", ov.Name, err)
+		return mt, fmt.Errorf("move %s: %w", ov.Name, err)
 	}
 	clearFence(r.fencer, ov.ID)
 	rt.local, rt.owner, rt.epoch, rt.stale = nil, to, o.Epoch, false
 	// Have the new owner bring it up now rather than on the first
 	// forwarded I/O; held I/O waits for that either way.
+	adopt := time.Now()
 	if c, err := r.apiOf(ctx, to); err == nil {
 		if _, err := c.Adopt(ctx, ov.Name); err != nil {
 			r.log.Warn("the new owner did not adopt the vdisk at once; it will on the first I/O", "vdisk", ov.Name, "to", to, "err", err)
 		}
 	}
-	return time.Since(held), nil
+	mt.adopt = time.Since(adopt)
+	mt.held = time.Since(held)
+	return mt, nil
 }
+
+// moveTimes: how long I/O was held in a handover, and its two big parts:
+// the old owner's last upload and the new owner's restore.
+type moveTimes struct{ held, release, adopt time.Duration }
 
 // watchOwners compares, every interval, what this node serves with the
 // model: a vdisk whose owner record changed under it is fenced at once

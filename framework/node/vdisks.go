@@ -337,12 +337,12 @@ func (c *clusterVDisks) Move(ctx context.Context, name, to string, force bool) (
 		if _, err := c.rt.ensureLocal(ctx, ov); err != nil {
 			return res, err
 		}
-		held, err := c.rt.move(ctx, ov, to)
+		mt, err := c.rt.move(ctx, ov, to)
 		if err != nil {
 			return res, err
 		}
 		res.Epoch = ov.Owner.Epoch + 1
-		res.HeldIO = held
+		res.HeldIO, res.Release, res.Adopt = mt.held, mt.release, mt.adopt
 	default:
 		if api.IsForwarded(ctx) {
 			return res, errMoving
@@ -355,7 +355,8 @@ func (c *clusterVDisks) Move(ctx context.Context, name, to string, force bool) (
 	}
 	res.Took = time.Since(start)
 	c.rt.log.Info("vdisk moved", "vdisk", name, "from", res.From, "to", to, "epoch", res.Epoch, "force", force,
-		"took", res.Took.Round(time.Millisecond), "io_held", res.HeldIO.Round(time.Millisecond))
+		"took", res.Took.Round(time.Millisecond), "io_held", res.HeldIO.Round(time.Millisecond),
+		"release", res.Release.Round(time.Millisecond), "adopt", res.Adopt.Round(time.Millisecond))
 	return res, nil
 }
 
