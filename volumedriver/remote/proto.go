@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"math"
+
+	"github.com/ovs-storage/ovs/volumedriver/internal/blockdev"
 )
 
 // Protocol constants shared by both ends.
@@ -373,13 +375,9 @@ func decodeSizeInfo(b []byte) (Info, error) {
 	return Info{Size: int64(size), ReadOnly: flags&infoReadOnly != 0, FastZero: flags&infoFastZero != 0}, nil
 }
 
-// Extent is a run of bytes with one allocation state. It has the shape of
-// volumedriver/nbd.Extent, so one converts to the other.
-type Extent struct {
-	Length int64
-	Hole   bool // reads as zeros and is not allocated
-	Zero   bool // reads as zeros
-}
+// Extent is a run of bytes with one allocation state: the same type as
+// volumedriver/nbd.Extent.
+type Extent = blockdev.Extent
 
 // appendExtents encodes the extents of a BlockStatus reply for a request of
 // want bytes: empty extents are skipped, neighbours with the same flags

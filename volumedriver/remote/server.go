@@ -10,22 +10,14 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/ovs-storage/ovs/volumedriver/internal/blockdev"
 	"github.com/ovs-storage/ovs/volumedriver/internal/connsrv"
 	"github.com/ovs-storage/ovs/volumedriver/internal/iopool"
 )
 
-// Device is one vdisk as the owner serves it. It has the shape of
-// volumedriver/nbd.Device (BlockStatus aside, whose Extent is this
-// package's), so that one adapter serves both.
-type Device interface {
-	Size() int64
-	ReadAt(ctx context.Context, p []byte, off int64) error
-	WriteAt(ctx context.Context, p []byte, off int64, fua bool) error
-	Flush(ctx context.Context) error
-	Trim(ctx context.Context, off, length int64) error
-	WriteZeroes(ctx context.Context, off, length int64, noHole, fua bool) error
-	BlockStatus(ctx context.Context, off, length int64) ([]Extent, error)
-}
+// Device is one vdisk as the owner serves it: the same type as
+// volumedriver/nbd.Device, so that one implementation serves both.
+type Device = blockdev.Device
 
 // ReadOnlyDevice is optionally implemented by devices that refuse writes;
 // the server then answers writes with StatusReadOnly and Size reports it.
