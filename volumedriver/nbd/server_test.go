@@ -418,10 +418,10 @@ func TestCommands(t *testing.T) {
 			if r := c.do(cmdWriteZeroes, cmdFlagNoHole, 12288, 4096, nil); r.errno != 0 {
 				t.Fatalf("write zeroes: %+v", r)
 			}
-			if dev.pages[3] == nil {
+			if dev.Page(3) == nil {
 				t.Fatal("NO_HOLE write zeroes punched a hole")
 			}
-			if r := c.do(cmdWriteZeroes, cmdFlagFUA, 16384, 4096, nil); r.errno != 0 || dev.pages[4] != nil {
+			if r := c.do(cmdWriteZeroes, cmdFlagFUA, 16384, 4096, nil); r.errno != 0 || dev.Page(4) != nil {
 				t.Fatalf("write zeroes: %+v", r)
 			}
 			// The device cannot zero fast: fail at once without touching data.
@@ -461,7 +461,7 @@ func TestFastZero(t *testing.T) {
 	dev.WriteAt(context.Background(), pattern(4096, 3), 0, false)
 	c := dialClient(t, ts.addr)
 	c.connect("disk", true, false)
-	if r := c.do(cmdWriteZeroes, cmdFlagFastZero, 0, 4096, nil); r.errno != 0 || dev.pages[0] != nil {
+	if r := c.do(cmdWriteZeroes, cmdFlagFastZero, 0, 4096, nil); r.errno != 0 || dev.Page(0) != nil {
 		t.Fatalf("fast zero: %+v", r)
 	}
 	dev.setFail("zero", fmt.Errorf("no: %w", syscall.EOPNOTSUPP))
