@@ -7,6 +7,7 @@ import (
 	"net"
 	"syscall"
 
+	"github.com/ovs-storage/ovs/volumedriver/internal/blockdev"
 	"github.com/ovs-storage/ovs/volumedriver/internal/iopool"
 )
 
@@ -169,47 +170,14 @@ func (c *conn) blockStatus(r *request) (uint32, string) {
 		c.log.Warn("nbd: device error", "cmd", "block_status", "offset", r.offset, "length", r.length, "err", err)
 		return errnoFor(c.ctx, err), ""
 	}
-	reqOne := r.flags&cmdFlagReqOne != 0
 	maxN := min(len(exts), maxExtents)
 	bp := c.srv.pool.Get(4 + 8*maxN)
 	defer c.srv.pool.Put(bp)
-	p := (*bp)[:0]
-	p = binary.BigEndian.AppendUint32(p, metaAllocationID)
-	var (
-		n         int
-		lastFlags uint32
-		left      = want
-	)
-	for _, e := range exts {
-		if e.Length <= 0 {
-			continue
-		}
-		var flags uint32
-		if e.Hole {
-			flags |= stateHole
-		}
-		if e.Zero {
-			flags |= stateZero
-		}
-		l := min(e.Length, left)
-		if n > 0 && flags == lastFlags {
-			// Merge with the previous descriptor (sums stay <= want < 2^32).
-			i := len(p) - 8
-			binary.BigEndian.PutUint32(p[i:], binary.BigEndian.Uint32(p[i:])+uint32(l))
-		} else {
-			if reqOne && n == 1 || n == maxN {
-				break
-			}
-			p = binary.BigEndian.AppendUint32(p, uint32(l))
-			p = binary.BigEndian.AppendUint32(p, flags)
-			n++
-			lastFlags = flags
-		}
-		left -= l
-		if left == 0 {
-			break
-		}
+	p := binary.BigEndian.AppendUint32((*bp)[:0], metaAllocationID)
+	if r.flags&cmdFlagReqOne != 0 {
+		maxN = min(maxN, 1)
 	}
+	p, n := blockdev.AppendExtents(p, exts, want, maxN)
 	if n == 0 {
 		c.log.Warn("nbd: device returned no extents", "offset", r.offset, "length", r.length)
 		return errIO, "device returned no extents"
