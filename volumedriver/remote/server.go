@@ -171,8 +171,8 @@ func (s *Server) Shutdown(ctx context.Context) error {
 
 // Close tears every connection down at once; requests in flight fail.
 func (s *Server) Close() error {
-	// A listener that fails to close is of no consequence here: the
-	// forwarding server has always reported nil.
+	// Close reports nil, as it always has: a listener that fails to close
+	// changes nothing for the callers once every connection is down.
 	_ = s.conns.Close()
 	return nil
 }
