@@ -506,7 +506,7 @@ func (e nbdExports) OpenExport(ctx context.Context, name string) (nbd.Device, fu
 		}
 		return nil, nil, err
 	}
-	return nbdDevice{d}, d.release, nil
+	return d, d.release, nil
 }
 
 func (e nbdExports) ListExports(ctx context.Context) ([]string, error) {
@@ -531,7 +531,7 @@ func (t forwardTarget) OpenDevice(ctx context.Context, name string) (remote.Devi
 	if err != nil {
 		return nil, nil, err
 	}
-	return remoteDevice{d}, d.release, nil
+	return d, d.release, nil
 }
 
 // classifyForward maps errors of local I/O onto the forwarding protocol's
@@ -553,7 +553,8 @@ func classifyForward(err error) remote.Status {
 	return remote.DefaultClassify(err)
 }
 
-// routedDevice is one client's view of a vdisk, wherever it lives.
+// routedDevice is one client's view of a vdisk, wherever it lives. It is
+// both an nbd.Device and a remote.Device (one type).
 type routedDevice struct {
 	r         *router
 	name      string
@@ -644,7 +645,7 @@ func (d *routedDevice) WriteZeroes(ctx context.Context, off, length int64, noHol
 		})
 }
 
-func (d *routedDevice) extents(ctx context.Context, off, length int64) ([]remote.Extent, error) {
+func (d *routedDevice) BlockStatus(ctx context.Context, off, length int64) ([]remote.Extent, error) {
 	var out []remote.Extent
 	err := d.run(ctx, func(v *volumedriver.Volume) error {
 		ext, err := v.Extents(ctx, off, length)
@@ -662,26 +663,4 @@ func (d *routedDevice) extents(ctx context.Context, off, length int64) ([]remote
 		return err
 	})
 	return out, err
-}
-
-// nbdDevice and remoteDevice adapt a routed device to the two servers'
-// Device interfaces (they differ only in their extent type).
-type nbdDevice struct{ *routedDevice }
-
-func (d nbdDevice) BlockStatus(ctx context.Context, off, length int64) ([]nbd.Extent, error) {
-	ext, err := d.extents(ctx, off, length)
-	if err != nil {
-		return nil, err
-	}
-	out := make([]nbd.Extent, len(ext))
-	for i, e := range ext {
-		out[i] = nbd.Extent{Length: e.Length, Hole: e.Hole, Zero: e.Zero}
-	}
-	return out, nil
-}
-
-type remoteDevice struct{ *routedDevice }
-
-func (d remoteDevice) BlockStatus(ctx context.Context, off, length int64) ([]remote.Extent, error) {
-	return d.extents(ctx, off, length)
 }

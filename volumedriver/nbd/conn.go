@@ -44,16 +44,12 @@ type conn struct {
 	release     func()
 	fastZero    bool
 	st          exportState
-	inflight    sync.WaitGroup
 	limit       *iopool.InflightLimit
 	releaseOnce sync.Once
 
-	// Reply side: every reply is written whole under wmu. waiting counts
-	// the goroutines queued for wmu so that only the last one flushes.
-	wmu     sync.Mutex
-	bw      *bufio.Writer
-	waiting atomic.Int32
-	werr    error
+	// bw is written by the handshake alone, then by w, reply by reply.
+	bw *bufio.Writer
+	w  *iopool.ReplyWriter
 }
 
 func newConn(s *Server, ctx context.Context, nc net.Conn) *conn {
@@ -72,11 +68,17 @@ func newConn(s *Server, ctx context.Context, nc net.Conn) *conn {
 		remote = a.String()
 	}
 	c.log = s.log.With("remote", remote)
+	c.w = iopool.NewReplyWriter(c.bw, func(err error) {
+		if c.ctx.Err() == nil {
+			c.log.Debug("nbd: write failed; closing connection", "err", err)
+		}
+		c.cancel()
+	})
 	return c
 }
 
-// serve runs the connection to its end.
-func (c *conn) serve() {
+// Serve runs the connection to its end.
+func (c *conn) Serve() {
 	stop := context.AfterFunc(c.ctx, func() { c.nc.Close() })
 	defer func() {
 		stop()
@@ -121,85 +123,35 @@ func (c *conn) releaseDevice() {
 	})
 }
 
-// beginShutdown asks the connection to end gracefully: a connection still
+// Drain asks the connection to end gracefully: a connection still
 // negotiating is closed; one in transmission stops reading requests,
 // answers those in flight and closes.
-func (c *conn) beginShutdown() {
+func (c *conn) Drain() {
 	c.stopping.Store(true)
 	c.nc.SetReadDeadline(time.Now())
 }
 
-// lockW takes the reply lock. It reports false when the connection can no
-// longer be written to.
-func (c *conn) lockW() bool {
-	c.waiting.Add(1)
-	c.wmu.Lock()
-	c.waiting.Add(-1)
-	return c.werr == nil
-}
-
-// unlockW releases the reply lock, flushing the buffered replies unless
-// another reply is queued behind this one (it will flush them).
-func (c *conn) unlockW() {
-	if c.werr == nil && c.waiting.Load() == 0 && c.bw.Buffered() > 0 {
-		if err := c.bw.Flush(); err != nil {
-			c.failWrite(err)
-		}
-	}
-	c.wmu.Unlock()
-}
-
-// failWrite records a write error (wmu held) and tears the connection down.
-func (c *conn) failWrite(err error) {
-	if c.werr != nil {
-		return
-	}
-	c.werr = err
-	if c.ctx.Err() == nil {
-		c.log.Debug("nbd: write failed; closing connection", "err", err)
-	}
+// Close tears the connection down at once.
+func (c *conn) Close() {
 	c.cancel()
-}
-
-// hdr returns an empty slice with room for n bytes in the write buffer
-// (wmu held), flushing it first if needed.
-func (c *conn) hdr(n int) []byte {
-	if c.bw.Available() < n {
-		if err := c.bw.Flush(); err != nil {
-			c.failWrite(err)
-		}
-	}
-	b := c.bw.AvailableBuffer()
-	if cap(b) < n { // only after a failed flush
-		return make([]byte, 0, n)
-	}
-	return b[:0]
-}
-
-func (c *conn) write(b []byte) {
-	if c.werr != nil {
-		return
-	}
-	if _, err := c.bw.Write(b); err != nil {
-		c.failWrite(err)
-	}
+	c.nc.Close()
 }
 
 // sendSimple writes a simple reply, with data for a successful READ.
 func (c *conn) sendSimple(cookie uint64, errno uint32, data []byte) {
-	if !c.lockW() {
-		c.wmu.Unlock()
+	if !c.w.Lock() {
+		c.w.Unlock()
 		return
 	}
-	b := c.hdr(16)
+	b := c.w.Buf(16)
 	b = binary.BigEndian.AppendUint32(b, simpleReplyMagic)
 	b = binary.BigEndian.AppendUint32(b, errno)
 	b = binary.BigEndian.AppendUint64(b, cookie)
-	c.write(b)
+	c.w.Write(b)
 	if errno == 0 && len(data) > 0 {
-		c.write(data)
+		c.w.Write(data)
 	}
-	c.unlockW()
+	c.w.Unlock()
 }
 
 func appendChunkHeader(b []byte, flags, typ uint16, cookie uint64, length uint32) []byte {
@@ -223,17 +175,17 @@ func (c *conn) sendError(cookie uint64, errno uint32, msg string) {
 	if len(msg) > 1024 {
 		msg = msg[:1024]
 	}
-	if !c.lockW() {
-		c.wmu.Unlock()
+	if !c.w.Lock() {
+		c.w.Unlock()
 		return
 	}
-	b := c.hdr(26 + len(msg))
+	b := c.w.Buf(26 + len(msg))
 	b = appendChunkHeader(b, replyFlagDone, replyTypeError, cookie, uint32(6+len(msg)))
 	b = binary.BigEndian.AppendUint32(b, errno)
 	b = binary.BigEndian.AppendUint16(b, uint16(len(msg)))
 	b = append(b, msg...)
-	c.write(b)
-	c.unlockW()
+	c.w.Write(b)
+	c.w.Unlock()
 }
 
 // sendReadData answers a successful READ.
@@ -242,34 +194,34 @@ func (c *conn) sendReadData(cookie, offset uint64, data []byte) {
 		c.sendSimple(cookie, 0, data)
 		return
 	}
-	if !c.lockW() {
-		c.wmu.Unlock()
+	if !c.w.Lock() {
+		c.w.Unlock()
 		return
 	}
 	if len(data) == 0 {
-		b := c.hdr(20)
+		b := c.w.Buf(20)
 		b = appendChunkHeader(b, replyFlagDone, replyTypeNone, cookie, 0)
-		c.write(b)
+		c.w.Write(b)
 	} else {
-		b := c.hdr(28)
+		b := c.w.Buf(28)
 		b = appendChunkHeader(b, replyFlagDone, replyTypeOffsetData, cookie, uint32(8+len(data)))
 		b = binary.BigEndian.AppendUint64(b, offset)
-		c.write(b)
-		c.write(data)
+		c.w.Write(b)
+		c.w.Write(data)
 	}
-	c.unlockW()
+	c.w.Unlock()
 }
 
 // sendBlockStatus answers a successful BLOCK_STATUS; payload holds the
 // context ID and the descriptors.
 func (c *conn) sendBlockStatus(cookie uint64, payload []byte) {
-	if !c.lockW() {
-		c.wmu.Unlock()
+	if !c.w.Lock() {
+		c.w.Unlock()
 		return
 	}
-	b := c.hdr(20)
+	b := c.w.Buf(20)
 	b = appendChunkHeader(b, replyFlagDone, replyTypeBlockStatus, cookie, uint32(len(payload)))
-	c.write(b)
-	c.write(payload)
-	c.unlockW()
+	c.w.Write(b)
+	c.w.Write(payload)
+	c.w.Unlock()
 }

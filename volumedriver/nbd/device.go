@@ -3,32 +3,15 @@ package nbd
 import (
 	"context"
 	"errors"
+
+	"github.com/ovs-storage/ovs/volumedriver/internal/blockdev"
 )
 
-// Device is one export's block device.
-type Device interface {
-	Size() int64
-	// ReadAt fills p from offset off. off/len are within Size (the server checks).
-	ReadAt(ctx context.Context, p []byte, off int64) error
-	// WriteAt writes p at off; with fua the data is durable when it returns.
-	WriteAt(ctx context.Context, p []byte, off int64, fua bool) error
-	// Flush makes every write completed before the call durable (across all connections).
-	Flush(ctx context.Context) error
-	// Trim discards the range; it then reads as zeros.
-	Trim(ctx context.Context, off, length int64) error
-	// WriteZeroes makes the range read as zeros; noHole asks that it stay allocated.
-	WriteZeroes(ctx context.Context, off, length int64, noHole, fua bool) error
-	// BlockStatus describes allocation from off on: extents in order, the first
-	// starting at off, covering at most length bytes (may cover less, never 0).
-	BlockStatus(ctx context.Context, off, length int64) ([]Extent, error)
-}
+// Device is one export's block device (the same type as remote.Device).
+type Device = blockdev.Device
 
 // Extent is a run of bytes with one allocation state (NBD base:allocation).
-type Extent struct {
-	Length int64
-	Hole   bool // NBD_STATE_HOLE
-	Zero   bool // NBD_STATE_ZERO
-}
+type Extent = blockdev.Extent
 
 // ReadOnlyDevice is optionally implemented by devices that refuse writes.
 type ReadOnlyDevice interface{ ReadOnly() bool }

@@ -257,7 +257,7 @@ func FuzzConnection(f *testing.F) {
 		done := make(chan struct{})
 		go func() {
 			defer close(done)
-			c.serve()
+			c.Serve()
 		}()
 		go io.Copy(io.Discard, client)
 		client.Write(stream)

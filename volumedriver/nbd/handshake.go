@@ -177,7 +177,7 @@ func (c *conn) exportErr(name string, err error) *optError {
 	switch {
 	case errors.Is(err, ErrUnknownExport):
 		return &optError{rep: repErrUnknown, msg: fmt.Sprintf("unknown export %q", name)}
-	case c.srv.isStopping() || c.ctx.Err() != nil:
+	case c.srv.conns.Stopping() || c.ctx.Err() != nil:
 		return &optError{rep: repErrShutdown, msg: "server is shutting down"}
 	default:
 		return &optError{rep: repErrPolicy, msg: fmt.Sprintf("export %q is not available: %v", name, err)}

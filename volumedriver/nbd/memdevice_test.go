@@ -6,16 +6,14 @@ import (
 	"slices"
 	"sync"
 	"sync/atomic"
-)
 
-const fakePage = 4096
+	"github.com/ovs-storage/ovs/volumedriver/internal/memdev"
+)
 
 // fakeDevice is an in-memory sparse Device test double. Pages that were
 // never written (or were trimmed) are holes that read as zeros.
 type fakeDevice struct {
-	mu       sync.RWMutex
-	size     int64
-	pages    [][]byte // nil: hole
+	*memdev.Pages
 	readOnly bool
 	fastZero bool
 
@@ -31,7 +29,7 @@ type fakeDevice struct {
 }
 
 func newFakeDevice(size int64) *fakeDevice {
-	return &fakeDevice{size: size, pages: make([][]byte, (size+fakePage-1)/fakePage)}
+	return &fakeDevice{Pages: memdev.New(size)}
 }
 
 func (d *fakeDevice) setFail(op string, err error) {
@@ -65,19 +63,15 @@ func (d *fakeDevice) enter() func() {
 }
 
 func (d *fakeDevice) check(off, n int64) error {
-	if off < 0 || n < 0 || off+n > d.size {
-		return fmt.Errorf("fakeDevice: range %d+%d outside size %d", off, n, d.size)
+	if err := d.Check(off, n); err != nil {
+		return fmt.Errorf("fakeDevice: %w", err)
 	}
 	return nil
 }
 
-func (d *fakeDevice) Size() int64    { return d.size }
 func (d *fakeDevice) ReadOnly() bool { return d.readOnly }
 func (d *fakeDevice) FastZero() bool { return d.fastZero }
-func (d *fakeDevice) String() string { return fmt.Sprintf("fakeDevice(%d)", d.size) }
-func (d *fakeDevice) pageOf(off int64) (int, int) {
-	return int(off / fakePage), int(off % fakePage)
-}
+func (d *fakeDevice) String() string { return fmt.Sprintf("fakeDevice(%d)", d.Size()) }
 
 func (d *fakeDevice) ReadAt(ctx context.Context, p []byte, off int64) error {
 	defer d.enter()()
@@ -93,18 +87,7 @@ func (d *fakeDevice) ReadAt(ctx context.Context, p []byte, off int64) error {
 	if err := d.check(off, int64(len(p))); err != nil {
 		return err
 	}
-	d.mu.RLock()
-	defer d.mu.RUnlock()
-	for len(p) > 0 {
-		pi, po := d.pageOf(off)
-		n := min(len(p), fakePage-po)
-		if pg := d.pages[pi]; pg != nil {
-			copy(p[:n], pg[po:])
-		} else {
-			clear(p[:n])
-		}
-		p, off = p[n:], off+int64(n)
-	}
+	d.Read(p, off)
 	return nil
 }
 
@@ -120,42 +103,13 @@ func (d *fakeDevice) WriteAt(ctx context.Context, p []byte, off int64, fua bool)
 	if err := d.check(off, int64(len(p))); err != nil {
 		return err
 	}
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	for len(p) > 0 {
-		pi, po := d.pageOf(off)
-		n := min(len(p), fakePage-po)
-		if d.pages[pi] == nil {
-			d.pages[pi] = make([]byte, fakePage)
-		}
-		copy(d.pages[pi][po:], p[:n])
-		p, off = p[n:], off+int64(n)
-	}
+	d.Write(p, off)
 	return nil
 }
 
 func (d *fakeDevice) Flush(ctx context.Context) error {
 	d.flushes.Add(1)
 	return d.fail("flush")
-}
-
-// zeroRange zeroes [off, off+n): whole pages become holes unless noHole.
-func (d *fakeDevice) zeroRange(off, n int64, noHole bool) {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	for n > 0 {
-		pi, po := d.pageOf(off)
-		l := min(n, int64(fakePage-po))
-		switch {
-		case po == 0 && l == fakePage && !noHole:
-			d.pages[pi] = nil
-		case d.pages[pi] != nil:
-			clear(d.pages[pi][po : po+int(l)])
-		case noHole:
-			d.pages[pi] = make([]byte, fakePage)
-		}
-		off, n = off+l, n-l
-	}
 }
 
 func (d *fakeDevice) Trim(ctx context.Context, off, length int64) error {
@@ -166,7 +120,7 @@ func (d *fakeDevice) Trim(ctx context.Context, off, length int64) error {
 	if err := d.check(off, length); err != nil {
 		return err
 	}
-	d.zeroRange(off, length, false)
+	d.Zero(off, length, false)
 	return nil
 }
 
@@ -178,7 +132,7 @@ func (d *fakeDevice) WriteZeroes(ctx context.Context, off, length int64, noHole,
 	if err := d.check(off, length); err != nil {
 		return err
 	}
-	d.zeroRange(off, length, noHole)
+	d.Zero(off, length, noHole)
 	return nil
 }
 
@@ -198,29 +152,7 @@ func (d *fakeDevice) BlockStatus(ctx context.Context, off, length int64) ([]Exte
 	if err := d.check(off, length); err != nil {
 		return nil, err
 	}
-	d.mu.RLock()
-	defer d.mu.RUnlock()
-	var exts []Extent
-	for length > 0 {
-		pi, po := d.pageOf(off)
-		l := min(length, int64(fakePage-po))
-		var e Extent
-		switch pg := d.pages[pi]; {
-		case pg == nil:
-			e = Extent{Length: l, Hole: true, Zero: true}
-		case isZero(pg[po : po+int(l)]):
-			e = Extent{Length: l, Zero: true}
-		default:
-			e = Extent{Length: l}
-		}
-		if k := len(exts) - 1; k >= 0 && exts[k].Hole == e.Hole && exts[k].Zero == e.Zero {
-			exts[k].Length += l
-		} else {
-			exts = append(exts, e)
-		}
-		off, length = off+l, length-l
-	}
-	return exts, nil
+	return d.Extents(off, length, true), nil
 }
 
 // fakeExports is an Exports test double over named fakeDevices.

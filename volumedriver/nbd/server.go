@@ -3,13 +3,11 @@ package nbd
 import (
 	"context"
 	"errors"
-	"fmt"
 	"log/slog"
 	"net"
-	"sync"
-	"syscall"
 	"time"
 
+	"github.com/ovs-storage/ovs/volumedriver/internal/connsrv"
 	"github.com/ovs-storage/ovs/volumedriver/internal/iopool"
 )
 
@@ -87,33 +85,26 @@ type Server struct {
 	opts    Options
 	log     *slog.Logger
 	pool    iopool.BufPool
-
-	base       context.Context // cancelled by Close
-	cancelBase context.CancelFunc
-
-	mu        sync.Mutex
-	stopping  bool // Shutdown or Close called: accept nothing new
-	listeners map[net.Listener]struct{}
-	conns     map[*conn]struct{}
-	wg        sync.WaitGroup // Serve calls and connections
-
-	refused     int // connections refused since lastRefusal was logged
-	lastRefusal time.Time
+	conns   *connsrv.Server
 }
 
 // NewServer returns a server for exports.
 func NewServer(exports Exports, opts Options) *Server {
 	opts = opts.withDefaults()
-	base, cancel := context.WithCancel(context.Background())
-	return &Server{
-		exports:    exports,
-		opts:       opts,
-		log:        opts.Logger,
-		base:       base,
-		cancelBase: cancel,
-		listeners:  make(map[net.Listener]struct{}),
-		conns:      make(map[*conn]struct{}),
+	s := &Server{
+		exports: exports,
+		opts:    opts,
+		log:     opts.Logger,
 	}
+	s.conns = connsrv.New(connsrv.Options{
+		Name:      "nbd",
+		Logger:    opts.Logger,
+		MaxConns:  opts.MaxConns,
+		ErrClosed: ErrServerClosed,
+	}, func(ctx context.Context, nc net.Conn, _ bool) connsrv.Conn {
+		return newConn(s, ctx, nc)
+	})
+	return s
 }
 
 // Serve accepts connections on l and serves each in its own goroutines. It
@@ -123,163 +114,14 @@ func NewServer(exports Exports, opts Options) *Server {
 // which lets them finish their requests. The result is nil when ctx, Close
 // or Shutdown stopped it, and the accept error otherwise.
 func (s *Server) Serve(ctx context.Context, l net.Listener) error {
-	s.mu.Lock()
-	if s.stopping {
-		s.mu.Unlock()
-		l.Close()
-		return ErrServerClosed
-	}
-	s.listeners[l] = struct{}{}
-	s.wg.Add(1)
-	s.mu.Unlock()
-	defer s.wg.Done()
-
-	sctx, scancel := context.WithCancel(ctx)
-	defer scancel()
-	stopBase := context.AfterFunc(s.base, scancel)
-	defer stopBase()
-	stopListener := context.AfterFunc(sctx, func() { l.Close() })
-	defer stopListener()
-
-	var conns sync.WaitGroup
-	var result error
-	var delay time.Duration
-	for {
-		nc, err := l.Accept()
-		if err != nil {
-			if sctx.Err() != nil || s.isStopping() {
-				break
-			}
-			if isTemporaryAcceptError(err) {
-				delay = min(max(2*delay, 5*time.Millisecond), time.Second)
-				s.log.Warn("nbd: accept failed; retrying", "addr", l.Addr().String(), "err", err, "delay", delay)
-				select {
-				case <-time.After(delay):
-				case <-sctx.Done():
-				}
-				continue
-			}
-			result = fmt.Errorf("nbd: accept on %s: %w", l.Addr(), err)
-			break
-		}
-		delay = 0
-		if s.full(nc) {
-			nc.Close()
-			continue
-		}
-		c := newConn(s, sctx, nc)
-		if !s.track(c) {
-			nc.Close()
-			c.cancel()
-			break
-		}
-		conns.Add(1)
-		go func() {
-			defer s.wg.Done()
-			defer conns.Done()
-			defer s.untrack(c)
-			c.serve()
-		}()
-	}
-	l.Close()
-	s.mu.Lock()
-	delete(s.listeners, l)
-	graceful := s.stopping && s.base.Err() == nil
-	s.mu.Unlock()
-	if !graceful {
-		scancel()
-	}
-	conns.Wait()
-	return result
-}
-
-func isTemporaryAcceptError(err error) bool {
-	var ne net.Error
-	if errors.As(err, &ne) && ne.Timeout() {
-		return true
-	}
-	for _, e := range []syscall.Errno{syscall.EMFILE, syscall.ENFILE, syscall.ENOBUFS, syscall.ENOMEM, syscall.ECONNABORTED, syscall.EINTR, syscall.EAGAIN} {
-		if errors.Is(err, e) {
-			return true
-		}
-	}
-	return false
-}
-
-func (s *Server) isStopping() bool {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.stopping
-}
-
-// full reports whether the server is at its connection cap, logging the
-// refusal of nc (at most every 10 s, with a count).
-func (s *Server) full(nc net.Conn) bool {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.opts.MaxConns < 0 || len(s.conns) < s.opts.MaxConns {
-		return false
-	}
-	s.refused++
-	if time.Since(s.lastRefusal) >= 10*time.Second {
-		s.log.Warn("nbd: connection refused: at the connection limit", "limit", s.opts.MaxConns,
-			"refused", s.refused, "remote", nc.RemoteAddr().String())
-		s.lastRefusal, s.refused = time.Now(), 0
-	}
-	return true
-}
-
-func (s *Server) track(c *conn) bool {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.stopping {
-		return false
-	}
-	s.conns[c] = struct{}{}
-	s.wg.Add(1)
-	return true
-}
-
-func (s *Server) untrack(c *conn) {
-	s.mu.Lock()
-	delete(s.conns, c)
-	s.mu.Unlock()
-}
-
-// snapshot marks the server stopping and returns its listeners and
-// connections.
-func (s *Server) snapshot() ([]net.Listener, []*conn) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	s.stopping = true
-	ls := make([]net.Listener, 0, len(s.listeners))
-	for l := range s.listeners {
-		ls = append(ls, l)
-	}
-	cs := make([]*conn, 0, len(s.conns))
-	for c := range s.conns {
-		cs = append(cs, c)
-	}
-	return ls, cs
+	return s.conns.Serve(ctx, l)
 }
 
 // Close closes the listeners and every connection at once (in-flight
 // requests see their context cancelled) and waits for all the server's
 // goroutines, including running Serve calls, to end.
 func (s *Server) Close() error {
-	ls, cs := s.snapshot()
-	s.cancelBase()
-	var first error
-	for _, l := range ls {
-		if err := l.Close(); err != nil && !errors.Is(err, net.ErrClosed) && first == nil {
-			first = fmt.Errorf("nbd: close listener %s: %w", l.Addr(), err)
-		}
-	}
-	for _, c := range cs {
-		c.nc.Close()
-	}
-	s.wg.Wait()
-	return first
+	return s.conns.Close()
 }
 
 // Shutdown stops the server gracefully: it closes the listeners, ends
@@ -288,25 +130,5 @@ func (s *Server) Close() error {
 // connection. If ctx ends first, Shutdown falls back to Close and returns
 // ctx's error.
 func (s *Server) Shutdown(ctx context.Context) error {
-	ls, cs := s.snapshot()
-	for _, l := range ls {
-		l.Close()
-	}
-	for _, c := range cs {
-		c.beginShutdown()
-	}
-	done := make(chan struct{})
-	go func() {
-		s.wg.Wait()
-		close(done)
-	}()
-	select {
-	case <-done:
-		s.cancelBase()
-		return nil
-	case <-ctx.Done():
-		s.Close()
-		<-done
-		return ctx.Err()
-	}
+	return s.conns.Shutdown(ctx)
 }

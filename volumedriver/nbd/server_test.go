@@ -418,10 +418,10 @@ func TestCommands(t *testing.T) {
 			if r := c.do(cmdWriteZeroes, cmdFlagNoHole, 12288, 4096, nil); r.errno != 0 {
 				t.Fatalf("write zeroes: %+v", r)
 			}
-			if dev.pages[3] == nil {
+			if dev.Page(3) == nil {
 				t.Fatal("NO_HOLE write zeroes punched a hole")
 			}
-			if r := c.do(cmdWriteZeroes, cmdFlagFUA, 16384, 4096, nil); r.errno != 0 || dev.pages[4] != nil {
+			if r := c.do(cmdWriteZeroes, cmdFlagFUA, 16384, 4096, nil); r.errno != 0 || dev.Page(4) != nil {
 				t.Fatalf("write zeroes: %+v", r)
 			}
 			// The device cannot zero fast: fail at once without touching data.
@@ -461,7 +461,7 @@ func TestFastZero(t *testing.T) {
 	dev.WriteAt(context.Background(), pattern(4096, 3), 0, false)
 	c := dialClient(t, ts.addr)
 	c.connect("disk", true, false)
-	if r := c.do(cmdWriteZeroes, cmdFlagFastZero, 0, 4096, nil); r.errno != 0 || dev.pages[0] != nil {
+	if r := c.do(cmdWriteZeroes, cmdFlagFastZero, 0, 4096, nil); r.errno != 0 || dev.Page(0) != nil {
 		t.Fatalf("fast zero: %+v", r)
 	}
 	dev.setFail("zero", fmt.Errorf("no: %w", syscall.EOPNOTSUPP))
@@ -671,15 +671,15 @@ func TestBlockStatusSanitizing(t *testing.T) {
 		want   [][2]uint32
 		errno  uint32
 	}{
-		{"merges equal neighbours", []Extent{{4096, true, true}, {4096, true, true}, {4096, false, false}}, 0, 12288,
+		{"merges equal neighbours", []Extent{{Length: 4096, Hole: true, Zero: true}, {Length: 4096, Hole: true, Zero: true}, {Length: 4096}}, 0, 12288,
 			[][2]uint32{{8192, hz}, {4096, 0}}, 0},
-		{"drops empty extents", []Extent{{0, false, false}, {-5, false, false}, {4096, false, true}}, 0, 4096,
+		{"drops empty extents", []Extent{{Length: 0}, {Length: -5}, {Length: 4096, Zero: true}}, 0, 4096,
 			[][2]uint32{{4096, stateZero}}, 0},
-		{"clips to the request", []Extent{{1 << 30, true, true}}, 0, 4096, [][2]uint32{{4096, hz}}, 0},
-		{"stops at the request", []Extent{{4096, false, false}, {4096, true, true}, {4096, false, false}}, 0, 6000,
+		{"clips to the request", []Extent{{Length: 1 << 30, Hole: true, Zero: true}}, 0, 4096, [][2]uint32{{4096, hz}}, 0},
+		{"stops at the request", []Extent{{Length: 4096}, {Length: 4096, Hole: true, Zero: true}, {Length: 4096}}, 0, 6000,
 			[][2]uint32{{4096, 0}, {1904, hz}}, 0},
-		{"REQ_ONE", []Extent{{4096, false, false}, {4096, true, true}}, cmdFlagReqOne, 8192, [][2]uint32{{4096, 0}}, 0},
-		{"REQ_ONE clipped", []Extent{{8192, true, true}}, cmdFlagReqOne, 512, [][2]uint32{{512, hz}}, 0},
+		{"REQ_ONE", []Extent{{Length: 4096}, {Length: 4096, Hole: true, Zero: true}}, cmdFlagReqOne, 8192, [][2]uint32{{4096, 0}}, 0},
+		{"REQ_ONE clipped", []Extent{{Length: 8192, Hole: true, Zero: true}}, cmdFlagReqOne, 512, [][2]uint32{{512, hz}}, 0},
 		{"no extents", nil, 0, 4096, nil, errIO},
 	}
 	for _, tc := range cases {

@@ -6,6 +6,9 @@ import (
 	"io"
 	"net"
 	"syscall"
+
+	"github.com/ovs-storage/ovs/volumedriver/internal/blockdev"
+	"github.com/ovs-storage/ovs/volumedriver/internal/iopool"
 )
 
 // transmit runs the transmission phase: this goroutine reads and checks
@@ -15,7 +18,7 @@ import (
 func (c *conn) transmit() {
 	var hb [requestSize]byte
 	graceful := false
-	jobs := make(chan job)
+	workers := iopool.NewWorkers(c.handle)
 	for {
 		if _, err := io.ReadFull(c.br, hb[:]); err != nil {
 			switch {
@@ -68,33 +71,18 @@ func (c *conn) transmit() {
 				break
 			}
 		}
-		c.inflight.Add(1)
-		j := job{r: r, buf: buf, cost: cost, errno: errno, msg: msg}
-		// Hand the request to an idle worker, or start one. Workers live
-		// as long as the connection: a goroutine per request would grow
-		// a fresh stack every time.
-		select {
-		case jobs <- j:
-		default:
-			go c.worker(j, jobs)
-		}
+		workers.Go(job{r: r, buf: buf, cost: cost, errno: errno, msg: msg})
 	}
-	close(jobs)
 	if !graceful {
 		// Hard disconnect: cancel what is in flight.
 		c.cancel()
 	}
-	c.inflight.Wait()
-	c.wmu.Lock()
-	if c.werr == nil {
-		if err := c.bw.Flush(); err != nil {
-			c.failWrite(err)
-		}
-	}
-	c.wmu.Unlock()
+	workers.Wait()
+	c.w.Lock()
+	c.w.Flush()
+	c.w.Unlock()
 }
 
-// handle serves one request and sends its reply.
 // job is one request, parsed and checked, for a worker.
 type job struct {
 	r     request
@@ -104,17 +92,9 @@ type job struct {
 	msg   string
 }
 
-// worker serves first, then whatever the connection hands it, until the
-// connection stops reading requests.
-func (c *conn) worker(first job, jobs <-chan job) {
-	c.handle(first.r, first.buf, first.cost, first.errno, first.msg)
-	for j := range jobs {
-		c.handle(j.r, j.buf, j.cost, j.errno, j.msg)
-	}
-}
-
-func (c *conn) handle(r request, buf *[]byte, cost int64, errno uint32, msg string) {
-	defer c.inflight.Done()
+// handle serves one request and sends its reply.
+func (c *conn) handle(j job) {
+	r, buf, cost, errno, msg := j.r, j.buf, j.cost, j.errno, j.msg
 	if errno != 0 {
 		c.sendError(r.cookie, errno, msg)
 		c.limit.Release(cost)
@@ -190,47 +170,14 @@ func (c *conn) blockStatus(r *request) (uint32, string) {
 		c.log.Warn("nbd: device error", "cmd", "block_status", "offset", r.offset, "length", r.length, "err", err)
 		return errnoFor(c.ctx, err), ""
 	}
-	reqOne := r.flags&cmdFlagReqOne != 0
 	maxN := min(len(exts), maxExtents)
 	bp := c.srv.pool.Get(4 + 8*maxN)
 	defer c.srv.pool.Put(bp)
-	p := (*bp)[:0]
-	p = binary.BigEndian.AppendUint32(p, metaAllocationID)
-	var (
-		n         int
-		lastFlags uint32
-		left      = want
-	)
-	for _, e := range exts {
-		if e.Length <= 0 {
-			continue
-		}
-		var flags uint32
-		if e.Hole {
-			flags |= stateHole
-		}
-		if e.Zero {
-			flags |= stateZero
-		}
-		l := min(e.Length, left)
-		if n > 0 && flags == lastFlags {
-			// Merge with the previous descriptor (sums stay <= want < 2^32).
-			i := len(p) - 8
-			binary.BigEndian.PutUint32(p[i:], binary.BigEndian.Uint32(p[i:])+uint32(l))
-		} else {
-			if reqOne && n == 1 || n == maxN {
-				break
-			}
-			p = binary.BigEndian.AppendUint32(p, uint32(l))
-			p = binary.BigEndian.AppendUint32(p, flags)
-			n++
-			lastFlags = flags
-		}
-		left -= l
-		if left == 0 {
-			break
-		}
+	p := binary.BigEndian.AppendUint32((*bp)[:0], metaAllocationID)
+	if r.flags&cmdFlagReqOne != 0 {
+		maxN = min(maxN, 1)
 	}
+	p, n := blockdev.AppendExtents(p, exts, want, maxN)
 	if n == 0 {
 		c.log.Warn("nbd: device returned no extents", "offset", r.offset, "length", r.length)
 		return errIO, "device returned no extents"

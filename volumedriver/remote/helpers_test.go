@@ -8,16 +8,14 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
-)
 
-const memPage = 4096
+	"github.com/ovs-storage/ovs/volumedriver/internal/memdev"
+)
 
 // memDev is an in-memory sparse Device test double: pages never written (or
 // trimmed) are holes.
 type memDev struct {
-	mu       sync.RWMutex
-	size     int64
-	pages    [][]byte
+	*memdev.Pages
 	readOnly bool
 
 	// hook, when set, runs first in every operation; it may block or fail.
@@ -27,7 +25,7 @@ type memDev struct {
 }
 
 func newMemDev(size int64) *memDev {
-	return &memDev{size: size, pages: make([][]byte, (size+memPage-1)/memPage)}
+	return &memDev{Pages: memdev.New(size)}
 }
 
 func (d *memDev) run(ctx context.Context, op string, off int64) error {
@@ -38,13 +36,12 @@ func (d *memDev) run(ctx context.Context, op string, off int64) error {
 }
 
 func (d *memDev) check(off, n int64) error {
-	if off < 0 || n < 0 || off+n > d.size {
-		return fmt.Errorf("memDev: range %d+%d outside size %d", off, n, d.size)
+	if err := d.Check(off, n); err != nil {
+		return fmt.Errorf("memDev: %w", err)
 	}
 	return nil
 }
 
-func (d *memDev) Size() int64    { return d.size }
 func (d *memDev) ReadOnly() bool { return d.readOnly }
 func (d *memDev) FastZero() bool { return true }
 
@@ -55,18 +52,7 @@ func (d *memDev) ReadAt(ctx context.Context, p []byte, off int64) error {
 	if err := d.check(off, int64(len(p))); err != nil {
 		return err
 	}
-	d.mu.RLock()
-	defer d.mu.RUnlock()
-	for len(p) > 0 {
-		pi, po := int(off/memPage), int(off%memPage)
-		n := min(len(p), memPage-po)
-		if pg := d.pages[pi]; pg != nil {
-			copy(p[:n], pg[po:])
-		} else {
-			clear(p[:n])
-		}
-		p, off = p[n:], off+int64(n)
-	}
+	d.Read(p, off)
 	return nil
 }
 
@@ -81,17 +67,7 @@ func (d *memDev) WriteAt(ctx context.Context, p []byte, off int64, fua bool) err
 	if fua {
 		d.fuaWrites.Add(1)
 	}
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	for len(p) > 0 {
-		pi, po := int(off/memPage), int(off%memPage)
-		n := min(len(p), memPage-po)
-		if d.pages[pi] == nil {
-			d.pages[pi] = make([]byte, memPage)
-		}
-		copy(d.pages[pi][po:], p[:n])
-		p, off = p[n:], off+int64(n)
-	}
+	d.Write(p, off)
 	return nil
 }
 
@@ -103,25 +79,6 @@ func (d *memDev) Flush(ctx context.Context) error {
 	return nil
 }
 
-// zero clears [off, off+n): whole pages become holes unless keep.
-func (d *memDev) zero(off, n int64, keep bool) {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	for n > 0 {
-		pi, po := int(off/memPage), int(off%memPage)
-		l := min(n, int64(memPage-po))
-		switch {
-		case po == 0 && l == memPage && !keep:
-			d.pages[pi] = nil
-		case d.pages[pi] != nil:
-			clear(d.pages[pi][po : po+int(l)])
-		case keep:
-			d.pages[pi] = make([]byte, memPage)
-		}
-		off, n = off+l, n-l
-	}
-}
-
 func (d *memDev) Trim(ctx context.Context, off, length int64) error {
 	if err := d.run(ctx, "trim", off); err != nil {
 		return err
@@ -130,7 +87,7 @@ func (d *memDev) Trim(ctx context.Context, off, length int64) error {
 		return err
 	}
 	d.trims.Add(1)
-	d.zero(off, length, false)
+	d.Zero(off, length, false)
 	return nil
 }
 
@@ -148,7 +105,7 @@ func (d *memDev) WriteZeroes(ctx context.Context, off, length int64, noHole, fua
 	if fua {
 		d.fuaWrites.Add(1)
 	}
-	d.zero(off, length, noHole)
+	d.Zero(off, length, noHole)
 	return nil
 }
 
@@ -159,21 +116,7 @@ func (d *memDev) BlockStatus(ctx context.Context, off, length int64) ([]Extent, 
 	if err := d.check(off, length); err != nil {
 		return nil, err
 	}
-	d.mu.RLock()
-	defer d.mu.RUnlock()
-	var exts []Extent
-	for length > 0 {
-		pi, po := int(off/memPage), int(off%memPage)
-		l := min(length, int64(memPage-po))
-		hole := d.pages[pi] == nil
-		if n := len(exts); n > 0 && exts[n-1].Hole == hole {
-			exts[n-1].Length += l
-		} else {
-			exts = append(exts, Extent{Length: l, Hole: hole, Zero: hole})
-		}
-		off, length = off+l, length-l
-	}
-	return exts, nil
+	return d.Extents(off, length, false), nil
 }
 
 // memTarget serves memDevs by name. A name in notOwned answers

@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"math"
+
+	"github.com/ovs-storage/ovs/volumedriver/internal/blockdev"
 )
 
 // Protocol constants shared by both ends.
@@ -25,7 +27,7 @@ const (
 	reqHdrSize   = 24
 	replyHdrSize = 16
 	sizeInfoSize = 16
-	extentSize   = 8
+	extentSize   = blockdev.DescriptorSize
 )
 
 var helloMagic = [4]byte{'O', 'V', 'S', 'F'}
@@ -96,8 +98,8 @@ const (
 
 // Extent flags of a BlockStatus reply.
 const (
-	extentHole = 1
-	extentZero = 2
+	extentHole = blockdev.FlagHole
+	extentZero = blockdev.FlagZero
 )
 
 // Status is the outcome of a request on the wire.
@@ -373,52 +375,14 @@ func decodeSizeInfo(b []byte) (Info, error) {
 	return Info{Size: int64(size), ReadOnly: flags&infoReadOnly != 0, FastZero: flags&infoFastZero != 0}, nil
 }
 
-// Extent is a run of bytes with one allocation state. It has the shape of
-// volumedriver/nbd.Extent, so one converts to the other.
-type Extent struct {
-	Length int64
-	Hole   bool // reads as zeros and is not allocated
-	Zero   bool // reads as zeros
-}
+// Extent is a run of bytes with one allocation state: the same type as
+// volumedriver/nbd.Extent.
+type Extent = blockdev.Extent
 
-// appendExtents encodes the extents of a BlockStatus reply for a request of
-// want bytes: empty extents are skipped, neighbours with the same flags
-// merged, the total clipped to want, the count to MaxExtents. It returns
-// the buffer and the number of extents encoded.
+// appendExtents encodes the extents of a BlockStatus reply for a request
+// of want bytes; see blockdev.AppendExtents.
 func appendExtents(b []byte, exts []Extent, want int64) ([]byte, int) {
-	n := 0
-	var last uint32
-	start := len(b)
-	for _, e := range exts {
-		if want == 0 {
-			break
-		}
-		if e.Length <= 0 {
-			continue
-		}
-		var flags uint32
-		if e.Hole {
-			flags |= extentHole
-		}
-		if e.Zero {
-			flags |= extentZero
-		}
-		l := min(e.Length, want)
-		if n > 0 && flags == last {
-			i := start + (n-1)*extentSize
-			binary.BigEndian.PutUint32(b[i:], binary.BigEndian.Uint32(b[i:])+uint32(l))
-		} else {
-			if n == MaxExtents {
-				break
-			}
-			b = binary.BigEndian.AppendUint32(b, uint32(l))
-			b = binary.BigEndian.AppendUint32(b, flags)
-			n++
-			last = flags
-		}
-		want -= l
-	}
-	return b, n
+	return blockdev.AppendExtents(b, exts, want, MaxExtents)
 }
 
 // decodeExtents decodes a BlockStatus reply for a request of want bytes.

@@ -9,7 +9,6 @@ import (
 	"log/slog"
 	"net"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/ovs-storage/ovs/volumedriver/internal/iopool"
@@ -29,19 +28,13 @@ type sconn struct {
 	cancel  context.CancelFunc
 	br      *bufio.Reader
 	limit   *iopool.InflightLimit
-	overCap bool // set by track: answer the hello with "too many connections"
-
-	inflight sync.WaitGroup
+	overCap bool // accepted at the cap: answer the hello with "too many connections"
 
 	devMu sync.Mutex
 	devs  map[string]*devEntry
 
-	// Reply side: each reply is written whole under wmu; waiting counts the
-	// workers queued for wmu so that only the last one flushes.
-	wmu        sync.Mutex
-	bw         *bufio.Writer
-	queued     atomic.Int32
-	werr       error
+	// Reply side. The hello and go-away state is guarded by w's lock.
+	w          *iopool.ReplyWriter
 	helloDone  bool // hello sent: replies and go-away may follow
 	goAwayWant bool
 	goAwaySent bool
@@ -55,7 +48,6 @@ func newSconn(s *Server, ctx context.Context, nc net.Conn) *sconn {
 		ctx:    cctx,
 		cancel: cancel,
 		br:     bufio.NewReaderSize(nc, serverReadBuf),
-		bw:     bufio.NewWriterSize(nc, serverWriteBuf),
 		limit:  iopool.NewInflightLimit(s.opts.MaxInFlight, s.opts.MaxInFlightBytes),
 		devs:   make(map[string]*devEntry),
 	}
@@ -64,10 +56,17 @@ func newSconn(s *Server, ctx context.Context, nc net.Conn) *sconn {
 		remote = a.String()
 	}
 	c.log = s.log.With("peer", remote)
+	c.w = iopool.NewReplyWriter(bufio.NewWriterSize(nc, serverWriteBuf), func(err error) {
+		if c.ctx.Err() == nil {
+			c.log.Debug("remote: write failed; closing connection", "err", err)
+		}
+		c.cancel()
+	})
 	return c
 }
 
-func (c *sconn) serve() {
+// Serve runs the connection to its end.
+func (c *sconn) Serve() {
 	stop := context.AfterFunc(c.ctx, func() { c.nc.Close() })
 	defer func() {
 		stop()
@@ -108,7 +107,7 @@ func (c *sconn) hello() error {
 		err = fmt.Errorf("at the connection limit of %d", c.srv.opts.MaxConns)
 		c.log.Warn("remote: connection refused: at the connection limit", "limit", c.srv.opts.MaxConns)
 	}
-	c.wmu.Lock()
+	c.w.Lock()
 	_, werr := c.nc.Write(appendHello(b[:0], hello{version: Version, status: status}))
 	if err == nil && werr == nil {
 		c.helloDone = true
@@ -116,7 +115,7 @@ func (c *sconn) hello() error {
 			c.sendGoAwayLocked()
 		}
 	}
-	c.wmu.Unlock()
+	c.w.Unlock()
 	if err != nil {
 		return err
 	}
@@ -127,26 +126,30 @@ func (c *sconn) hello() error {
 	return nil
 }
 
-// goAway tells the peer to send nothing new on this connection (Shutdown).
-// The peer closes it once its requests are answered.
-func (c *sconn) goAway() {
-	c.wmu.Lock()
-	defer c.wmu.Unlock()
+// Drain tells the peer to go away: to send nothing new on this connection
+// (Shutdown). The peer closes it once its requests are answered.
+func (c *sconn) Drain() {
+	c.w.Lock()
+	defer c.w.Unlock()
 	c.goAwayWant = true
 	if c.helloDone {
 		c.sendGoAwayLocked()
 	}
 }
 
+// Close tears the connection down at once.
+func (c *sconn) Close() {
+	c.cancel()
+	c.nc.Close()
+}
+
 func (c *sconn) sendGoAwayLocked() {
-	if c.goAwaySent || c.werr != nil {
+	if c.goAwaySent || c.w.Err() != nil {
 		return
 	}
 	c.goAwaySent = true
-	c.write(appendReplyHdr(c.hdr(replyHdrSize), replyHdr{handle: 0}))
-	if err := c.bw.Flush(); err != nil {
-		c.failWrite(err)
-	}
+	c.w.Write(appendReplyHdr(c.w.Buf(replyHdrSize), replyHdr{handle: 0}))
+	c.w.Flush()
 }
 
 // job is one decoded request handed to a worker.
@@ -176,7 +179,7 @@ func readRequestRest(br io.Reader, hb []byte, name *[MaxNameLen]byte) (reqHdr, e
 func (c *sconn) transmit() {
 	var hb [reqHdrSize]byte
 	var name [MaxNameLen]byte
-	jobs := make(chan job)
+	workers := iopool.NewWorkers(func(j job) { c.handle(&j) })
 	graceful := false
 	for {
 		if _, err := io.ReadFull(c.br, hb[:]); err != nil {
@@ -215,40 +218,19 @@ func (c *sconn) transmit() {
 				break
 			}
 		}
-		c.inflight.Add(1)
-		// Hand the request to an idle worker or start one; workers live as
-		// long as the connection, so a request does not pay for a new
-		// goroutine's stack.
-		select {
-		case jobs <- j:
-		default:
-			go c.worker(j, jobs)
-		}
+		workers.Go(j)
 	}
-	close(jobs)
 	if !graceful {
 		c.cancel()
 	}
-	c.inflight.Wait()
-	c.wmu.Lock()
-	if c.werr == nil {
-		if err := c.bw.Flush(); err != nil {
-			c.failWrite(err)
-		}
-	}
-	c.wmu.Unlock()
-}
-
-func (c *sconn) worker(first job, jobs <-chan job) {
-	c.handle(&first)
-	for j := range jobs {
-		c.handle(&j)
-	}
+	workers.Wait()
+	c.w.Lock()
+	c.w.Flush()
+	c.w.Unlock()
 }
 
 // handle serves one request and sends its reply.
 func (c *sconn) handle(j *job) {
-	defer c.inflight.Done()
 	defer c.limit.Release(j.cost)
 	defer c.srv.pool.Put(j.buf)
 	name := j.name[:j.h.nameLen]
@@ -393,85 +375,25 @@ func (c *sconn) sendError(j *job, err error) {
 	if len(msg) > MaxMessageLen {
 		msg = msg[:MaxMessageLen]
 	}
-	if !c.lockW() {
-		c.unlockW()
+	if !c.w.Lock() {
+		c.w.Unlock()
 		return
 	}
-	c.write(appendReplyHdr(c.hdr(replyHdrSize), replyHdr{handle: j.h.handle, status: st, msgLen: uint16(len(msg))}))
-	if c.werr == nil {
-		if _, err := c.bw.WriteString(msg); err != nil {
-			c.failWrite(err)
-		}
-	}
-	c.unlockW()
+	c.w.Write(appendReplyHdr(c.w.Buf(replyHdrSize), replyHdr{handle: j.h.handle, status: st, msgLen: uint16(len(msg))}))
+	c.w.WriteString(msg)
+	c.w.Unlock()
 }
 
 // sendOK answers a request successfully with data. Small data goes into the
 // buffered writer with the header; large data is written through.
 func (c *sconn) sendOK(handle uint64, data []byte) {
-	if !c.lockW() {
-		c.unlockW()
+	if !c.w.Lock() {
+		c.w.Unlock()
 		return
 	}
-	c.write(appendReplyHdr(c.hdr(replyHdrSize), replyHdr{handle: handle, dataLen: uint32(len(data))}))
+	c.w.Write(appendReplyHdr(c.w.Buf(replyHdrSize), replyHdr{handle: handle, dataLen: uint32(len(data))}))
 	if len(data) > 0 {
-		c.write(data)
+		c.w.Write(data)
 	}
-	c.unlockW()
-}
-
-// lockW takes the reply lock; it reports false when the connection can no
-// longer be written to.
-func (c *sconn) lockW() bool {
-	c.queued.Add(1)
-	c.wmu.Lock()
-	c.queued.Add(-1)
-	return c.werr == nil
-}
-
-// unlockW releases the reply lock, flushing the buffered replies unless
-// another reply is queued behind this one (it will flush them).
-func (c *sconn) unlockW() {
-	if c.werr == nil && c.queued.Load() == 0 && c.bw.Buffered() > 0 {
-		if err := c.bw.Flush(); err != nil {
-			c.failWrite(err)
-		}
-	}
-	c.wmu.Unlock()
-}
-
-// failWrite records a write error (wmu held) and tears the connection down.
-func (c *sconn) failWrite(err error) {
-	if c.werr != nil {
-		return
-	}
-	c.werr = err
-	if c.ctx.Err() == nil {
-		c.log.Debug("remote: write failed; closing connection", "err", err)
-	}
-	c.cancel()
-}
-
-// hdr returns an empty slice with room for n bytes in the write buffer
-// (wmu held), flushing it first if needed.
-func (c *sconn) hdr(n int) []byte {
-	if c.bw.Available() < n {
-		if err := c.bw.Flush(); err != nil {
-			c.failWrite(err)
-		}
-	}
-	b := c.bw.AvailableBuffer()
-	if cap(b) < n { // only after a failed flush
-		return make([]byte, 0, n)
-	}
-	return b[:0]
-}
-
-func (c *sconn) write(b []byte) {
-	if c.werr != nil {
-		return
-	}
-	if _, err := c.bw.Write(b); err != nil {
-		c.failWrite(err)
-	}
+	c.w.Unlock()
 }

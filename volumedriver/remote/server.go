@@ -7,25 +7,17 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
-	"sync"
 	"syscall"
 	"time"
 
+	"github.com/ovs-storage/ovs/volumedriver/internal/blockdev"
+	"github.com/ovs-storage/ovs/volumedriver/internal/connsrv"
 	"github.com/ovs-storage/ovs/volumedriver/internal/iopool"
 )
 
-// Device is one vdisk as the owner serves it. It has the shape of
-// volumedriver/nbd.Device (BlockStatus aside, whose Extent is this
-// package's), so that one adapter serves both.
-type Device interface {
-	Size() int64
-	ReadAt(ctx context.Context, p []byte, off int64) error
-	WriteAt(ctx context.Context, p []byte, off int64, fua bool) error
-	Flush(ctx context.Context) error
-	Trim(ctx context.Context, off, length int64) error
-	WriteZeroes(ctx context.Context, off, length int64, noHole, fua bool) error
-	BlockStatus(ctx context.Context, off, length int64) ([]Extent, error)
-}
+// Device is one vdisk as the owner serves it: the same type as
+// volumedriver/nbd.Device, so that one implementation serves both.
+type Device = blockdev.Device
 
 // ReadOnlyDevice is optionally implemented by devices that refuse writes;
 // the server then answers writes with StatusReadOnly and Size reports it.
@@ -127,30 +119,33 @@ type Server struct {
 	opts   ServerOptions
 	log    *slog.Logger
 	pool   iopool.BufPool
-
-	base       context.Context // cancelled to tear every connection down
-	cancelBase context.CancelFunc
-
-	mu        sync.Mutex
-	stopping  bool
-	listeners map[net.Listener]struct{}
-	conns     map[*sconn]struct{}
-	wg        sync.WaitGroup // Serve calls and connections
+	conns  *connsrv.Server
 }
 
 // NewServer returns a server for t.
 func NewServer(t Target, opts ServerOptions) *Server {
 	opts = opts.withDefaults()
-	base, cancel := context.WithCancel(context.Background())
-	return &Server{
-		target:     t,
-		opts:       opts,
-		log:        opts.Logger,
-		base:       base,
-		cancelBase: cancel,
-		listeners:  make(map[net.Listener]struct{}),
-		conns:      make(map[*sconn]struct{}),
+	s := &Server{
+		target: t,
+		opts:   opts,
+		log:    opts.Logger,
 	}
+	s.conns = connsrv.New(connsrv.Options{
+		Name:                   "remote",
+		Logger:                 opts.Logger,
+		MaxConns:               opts.MaxConns,
+		KeepOverCap:            true, // the hello tells the peer
+		ServeReturnsOnShutdown: true,
+		ErrClosed:              ErrServerClosed,
+	}, func(ctx context.Context, nc net.Conn, overCap bool) connsrv.Conn {
+		if opts.TLS != nil {
+			nc = tls.Server(nc, opts.TLS)
+		}
+		c := newSconn(s, ctx, nc)
+		c.overCap = overCap
+		return c
+	})
+	return s
 }
 
 // Serve accepts connections on l until ctx ends, Shutdown is called or l
@@ -159,115 +154,7 @@ func NewServer(t Target, opts ServerOptions) *Server {
 // and returns once they have ended; after Shutdown it returns at once and
 // Shutdown waits for them.
 func (s *Server) Serve(ctx context.Context, l net.Listener) error {
-	s.mu.Lock()
-	if s.stopping {
-		s.mu.Unlock()
-		l.Close()
-		return ErrServerClosed
-	}
-	s.listeners[l] = struct{}{}
-	s.wg.Add(1)
-	s.mu.Unlock()
-	defer s.wg.Done()
-
-	// Connections live under sctx: ctx ending or Close tears them down,
-	// while Serve returning because of Shutdown leaves them to finish.
-	sctx, scancel := context.WithCancel(s.base)
-	stopCtx := context.AfterFunc(ctx, scancel)
-	defer stopCtx()
-	stopL := context.AfterFunc(sctx, func() { l.Close() })
-	defer stopL()
-
-	var conns sync.WaitGroup
-	var result error
-	var delay time.Duration
-	for {
-		nc, err := l.Accept()
-		if err != nil {
-			if sctx.Err() != nil || s.isStopping() {
-				break
-			}
-			if isTemporaryAcceptError(err) {
-				delay = min(max(2*delay, 5*time.Millisecond), time.Second)
-				s.log.Warn("remote: accept failed; retrying", "addr", l.Addr().String(), "err", err, "delay", delay)
-				select {
-				case <-time.After(delay):
-				case <-sctx.Done():
-				}
-				continue
-			}
-			result = fmt.Errorf("remote: accept on %s: %w", l.Addr(), err)
-			break
-		}
-		delay = 0
-		if s.opts.TLS != nil {
-			nc = tls.Server(nc, s.opts.TLS)
-		}
-		c := newSconn(s, sctx, nc)
-		if !s.track(c) {
-			nc.Close()
-			c.cancel()
-			break
-		}
-		conns.Add(1)
-		go func() {
-			defer s.wg.Done()
-			defer conns.Done()
-			defer s.untrack(c)
-			c.serve()
-		}()
-	}
-	l.Close()
-	s.mu.Lock()
-	delete(s.listeners, l)
-	graceful := s.stopping
-	s.mu.Unlock()
-	if !graceful {
-		scancel()
-		conns.Wait()
-	}
-	// Otherwise Shutdown waits for the connections to finish and cancels
-	// s.base, and sctx with it, at its end.
-	return result
-}
-
-func isTemporaryAcceptError(err error) bool {
-	var ne net.Error
-	if errors.As(err, &ne) && ne.Timeout() {
-		return true
-	}
-	for _, e := range []syscall.Errno{syscall.EMFILE, syscall.ENFILE, syscall.ENOBUFS, syscall.ENOMEM, syscall.ECONNABORTED, syscall.EINTR, syscall.EAGAIN} {
-		if errors.Is(err, e) {
-			return true
-		}
-	}
-	return false
-}
-
-func (s *Server) isStopping() bool {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.stopping
-}
-
-func (s *Server) track(c *sconn) bool {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.stopping {
-		return false
-	}
-	if s.opts.MaxConns >= 0 && len(s.conns) >= s.opts.MaxConns {
-		c.overCap = true
-	}
-	s.conns[c] = struct{}{}
-	s.wg.Add(1)
-	return true
-}
-
-func (s *Server) untrack(c *sconn) {
-	s.mu.Lock()
-	delete(s.conns, c)
-	s.mu.Unlock()
+	return s.conns.Serve(ctx, l)
 }
 
 // Shutdown stops accepting connections and tells every open one to go
@@ -276,44 +163,16 @@ func (s *Server) untrack(c *sconn) {
 // connection has ended, or tears the rest down when ctx ends first (and
 // returns ctx's error).
 func (s *Server) Shutdown(ctx context.Context) error {
-	s.mu.Lock()
-	s.stopping = true
-	for l := range s.listeners {
-		l.Close()
+	if err := s.conns.Shutdown(ctx); err != nil {
+		return fmt.Errorf("remote: shutdown: %w", err)
 	}
-	conns := make([]*sconn, 0, len(s.conns))
-	for c := range s.conns {
-		conns = append(conns, c)
-	}
-	s.mu.Unlock()
-	for _, c := range conns {
-		c.goAway()
-	}
-	done := make(chan struct{})
-	go func() {
-		s.wg.Wait()
-		close(done)
-	}()
-	select {
-	case <-done:
-		s.cancelBase()
-		return nil
-	case <-ctx.Done():
-		s.cancelBase()
-		<-done
-		return fmt.Errorf("remote: shutdown: %w", ctx.Err())
-	}
+	return nil
 }
 
 // Close tears every connection down at once; requests in flight fail.
 func (s *Server) Close() error {
-	s.mu.Lock()
-	s.stopping = true
-	for l := range s.listeners {
-		l.Close()
-	}
-	s.mu.Unlock()
-	s.cancelBase()
-	s.wg.Wait()
+	// Close reports nil, as it always has: a listener that fails to close
+	// changes nothing for the callers once every connection is down.
+	_ = s.conns.Close()
 	return nil
 }

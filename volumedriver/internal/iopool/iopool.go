@@ -1,6 +1,7 @@
 // Package iopool holds what the volume driver's wire servers (NBD and
 // node-to-node forwarding) share on their data path: pooled payload
-// buffers and a per-connection bound on requests in flight.
+// buffers, a per-connection bound on requests in flight, the workers that
+// serve a connection's requests and the writer that batches its replies.
 package iopool
 
 import (
