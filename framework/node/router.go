@@ -14,6 +14,8 @@ import (
 	"github.com/ovs-storage/ovs/framework/api"
 	"github.com/ovs-storage/ovs/framework/model"
 	"github.com/ovs-storage/ovs/scos"
+	"github.com/ovs-storage/ovs/scos/asd"
+	"github.com/ovs-storage/ovs/scos/ec"
 	"github.com/ovs-storage/ovs/volumedriver"
 	"github.com/ovs-storage/ovs/volumedriver/nbd"
 	"github.com/ovs-storage/ovs/volumedriver/remote"
@@ -127,6 +129,9 @@ func (r *router) resolve(ctx context.Context, rt *route) error {
 	var local *volumedriver.Volume
 	if ov.Owner.Node == r.self {
 		if local, err = r.ensureLocal(ctx, ov); err != nil {
+			if errors.Is(err, ec.ErrObjectUnavailable) || errors.Is(err, asd.ErrUnavailable) || errors.Is(err, ec.ErrInsufficientASDs) {
+				return fmt.Errorf("%w: %w", errAdoptLater, err)
+			}
 			return err
 		}
 	}
@@ -137,6 +142,16 @@ func (r *router) resolve(ctx context.Context, rt *route) error {
 	}
 	rt.gate.Unlock()
 	return nil
+}
+
+// refresh makes the route of name, if there is one, be looked up again.
+func (r *router) refresh(name string) {
+	r.mu.Lock()
+	rt := r.routes[name]
+	r.mu.Unlock()
+	if rt != nil {
+		r.invalidate(rt)
+	}
 }
 
 func (r *router) forget(name string) {
@@ -215,8 +230,14 @@ func (r *router) adopt(ov model.OwnedVDisk) error {
 // owner is unreachable for now).
 func retryable(err error) bool {
 	return errors.Is(err, volumedriver.ErrReleased) || errors.Is(err, volumedriver.ErrClosed) ||
-		errors.Is(err, remote.ErrNotOwner) || errors.Is(err, remote.ErrUnavailable)
+		errors.Is(err, remote.ErrNotOwner) || errors.Is(err, remote.ErrUnavailable) ||
+		errors.Is(err, errAdoptLater)
 }
+
+// errAdoptLater: the backend cannot serve a vdisk's objects yet (a
+// restart of several hosts), so this node could not bring up a vdisk it
+// owns; a moment later it may.
+var errAdoptLater = errors.New("the backend cannot serve the vdisk yet")
 
 // do runs one I/O on the vdisk wherever it lives, following it when it
 // moves, until it succeeds, fails for good, or the retry window closes.

@@ -96,7 +96,7 @@ func (c *clusterVDisks) create(ctx context.Context, name string, make func(id st
 	if err := c.rt.store.SetVDiskState(ctx, name, model.VDiskReady); err != nil {
 		return volumedriver.VolumeInfo{}, err
 	}
-	c.rt.forget(name)
+	c.rt.refresh(name)
 	return withOwner(info, ov), nil
 }
 
@@ -372,7 +372,7 @@ func (c *clusterVDisks) Adopt(ctx context.Context, name string) (volumedriver.Vo
 	if _, err := c.rt.ensureLocal(ctx, ov); err != nil {
 		return volumedriver.VolumeInfo{}, err
 	}
-	c.rt.forget(name)
+	c.rt.refresh(name)
 	in, err := c.rt.drv.Info(ctx, name)
 	return withOwner(in, ov), err
 }
