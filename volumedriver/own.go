@@ -253,6 +253,14 @@ func (d *Driver) Release(ctx context.Context, name string) error {
 		return fmt.Errorf("release %s: %w", name, err)
 	}
 	defer unlock()
+	// A scrub switches the vdisk to rewritten SCOs and TLogs; it must not
+	// do so after the last snapshots.json went up. Waiting for a running
+	// one comes first, while I/O still flows: a handover holds I/O only
+	// for the last upload.
+	if err := lockWithContext(ctx, &v.scrubMu); err != nil {
+		return fmt.Errorf("release %s: waiting for a scrub: %w", name, err)
+	}
+	defer v.scrubMu.Unlock()
 	token := v.gate.shutDown(fmt.Errorf("%s: %w", name, ErrReleased))
 	resume := func(err error) error {
 		v.releasing.Store(false)
@@ -264,12 +272,6 @@ func (d *Driver) Release(ctx context.Context, name string) error {
 	if err := v.gate.wait(ctx); err != nil {
 		return resume(err)
 	}
-	// A scrub switches the vdisk to rewritten SCOs and TLogs; it must not
-	// do so after the last snapshots.json went up.
-	if err := lockWithContext(ctx, &v.scrubMu); err != nil {
-		return resume(fmt.Errorf("waiting for a scrub: %w", err))
-	}
-	defer v.scrubMu.Unlock()
 	if err := v.uploadAll(ctx); err != nil {
 		return resume(err)
 	}

@@ -105,13 +105,18 @@ func (r *router) routeOf(ctx context.Context, name string) (*route, error) {
 		r.routes[name] = rt
 	}
 	r.mu.Unlock()
+	return rt, r.fresh(ctx, rt)
+}
+
+// fresh resolves rt again if it is stale.
+func (r *router) fresh(ctx context.Context, rt *route) error {
 	rt.gate.RLock()
 	stale := rt.stale
 	rt.gate.RUnlock()
 	if !stale {
-		return rt, nil
+		return nil
 	}
-	return rt, r.resolve(ctx, rt)
+	return r.resolve(ctx, rt)
 }
 
 // resolve reads the vdisk's owner from the model and points the route at
@@ -241,12 +246,19 @@ var errAdoptLater = errors.New("the backend cannot serve the vdisk yet")
 
 // do runs one I/O on the vdisk wherever it lives, following it when it
 // moves, until it succeeds, fails for good, or the retry window closes.
-func (r *router) do(ctx context.Context, name string, tenure, epoch uint64, localOnly bool,
+func (r *router) do(ctx context.Context, name string, rt *route, tenure, epoch uint64, localOnly bool,
 	local func(*volumedriver.Volume) error, fwd func(context.Context, *remote.Client) error) error {
 	var deadline time.Time
 	backoff := 5 * time.Millisecond
 	for {
-		rt, err := r.routeOf(ctx, name)
+		// The device's route saves a lookup in the router's map (and its
+		// lock) on every I/O.
+		var err error
+		if rt == nil {
+			rt, err = r.routeOf(ctx, name)
+		} else {
+			err = r.fresh(ctx, rt)
+		}
 		if err != nil && !retryable(err) {
 			return err
 		}
@@ -579,6 +591,7 @@ func classifyForward(err error) remote.Status {
 type routedDevice struct {
 	r         *router
 	name      string
+	rt        *route
 	size      int64
 	tenure    uint64
 	epoch     uint64 // the owner epoch at open
@@ -596,7 +609,7 @@ func (r *router) open(ctx context.Context, name string, localOnly bool) (*routed
 	if err := r.resolve(ctx, rt); err != nil {
 		return nil, err
 	}
-	d := &routedDevice{r: r, name: name, tenure: rt.tenure.Load(), localOnly: localOnly}
+	d := &routedDevice{r: r, name: name, rt: rt, tenure: rt.tenure.Load(), localOnly: localOnly}
 	rt.gate.RLock()
 	v, owner := rt.local, rt.owner
 	d.epoch = rt.epoch
@@ -612,7 +625,7 @@ func (r *router) open(ctx context.Context, name string, localOnly bool) (*routed
 	case localOnly:
 		return nil, fmt.Errorf("%w: %s is served by %s", remote.ErrNotOwner, name, owner)
 	default:
-		err := r.do(ctx, name, d.tenure, d.epoch, false, func(v *volumedriver.Volume) error {
+		err := r.do(ctx, name, rt, d.tenure, d.epoch, false, func(v *volumedriver.Volume) error {
 			d.size = v.Size()
 			return nil
 		}, func(ctx context.Context, c *remote.Client) error {
@@ -634,7 +647,7 @@ func (d *routedDevice) release() {
 }
 
 func (d *routedDevice) run(ctx context.Context, local func(*volumedriver.Volume) error, fwd func(context.Context, *remote.Client) error) error {
-	return d.r.do(ctx, d.name, d.tenure, d.epoch, d.localOnly, local, fwd)
+	return d.r.do(ctx, d.name, d.rt, d.tenure, d.epoch, d.localOnly, local, fwd)
 }
 
 func (d *routedDevice) Size() int64 { return d.size }
