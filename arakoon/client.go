@@ -208,6 +208,20 @@ func (c *Client) Exists(ctx context.Context, key []byte, opts ...ReadOption) (bo
 	return resp.Bool, nil
 }
 
+// PrefixEnd is the smallest key after every key starting with prefix (the
+// exclusive Last of a Range over the prefix), or nil when there is none
+// (the prefix is empty or all 0xff).
+func PrefixEnd(prefix []byte) []byte {
+	b := bytes.Clone(prefix)
+	for i := len(b) - 1; i >= 0; i-- {
+		if b[i] < 0xff {
+			b[i]++
+			return b[:i+1]
+		}
+	}
+	return nil
+}
+
 // Range selects keys in order from First to Last. A nil bound is open;
 // Max > 0 limits the number of keys.
 type Range struct {

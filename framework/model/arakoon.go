@@ -28,7 +28,7 @@ func (a arakoonKV) Range(ctx context.Context, prefix string) ([]Entry, error) {
 	var out []Entry
 	first, inclusive := []byte(prefix), true
 	for {
-		kvs, err := a.c.RangeEntries(ctx, arakoon.Range{First: first, FirstInclusive: inclusive, Last: prefixEnd(prefix), Max: page})
+		kvs, err := a.c.RangeEntries(ctx, arakoon.Range{First: first, FirstInclusive: inclusive, Last: arakoon.PrefixEnd([]byte(prefix)), Max: page})
 		if err != nil {
 			return nil, err
 		}
@@ -87,17 +87,4 @@ func (a arakoonKV) Apply(ctx context.Context, ops ...Op) error {
 		}
 		ops = kept
 	}
-}
-
-// prefixEnd is the smallest key after every key starting with prefix, or
-// nil when there is none.
-func prefixEnd(prefix string) []byte {
-	b := []byte(prefix)
-	for i := len(b) - 1; i >= 0; i-- {
-		if b[i] < 0xff {
-			b[i]++
-			return b[:i+1]
-		}
-	}
-	return nil
 }

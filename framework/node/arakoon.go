@@ -106,7 +106,7 @@ func (a BackendKV) Range(ctx context.Context, prefix, after string, limit int) (
 			n = min(page, limit-len(out))
 		}
 		kvs, err := a.c.RangeEntries(ctx, arakoon.Range{
-			First: first, FirstInclusive: inclusive, Last: prefixEnd(prefix), Max: n,
+			First: first, FirstInclusive: inclusive, Last: arakoon.PrefixEnd([]byte(prefix)), Max: n,
 		})
 		if err != nil {
 			return nil, err
@@ -125,19 +125,6 @@ func (a BackendKV) Range(ctx context.Context, prefix, after string, limit int) (
 // Close does nothing: the client belongs to the embedded cluster, which
 // closes it after everything that uses it has stopped.
 func (a BackendKV) Close() error { return nil }
-
-// prefixEnd is the smallest key after every key starting with prefix, or
-// nil when there is none (the prefix is empty or all 0xff).
-func prefixEnd(prefix string) []byte {
-	b := []byte(prefix)
-	for i := len(b) - 1; i >= 0; i-- {
-		if b[i] < 0xff {
-			b[i]++
-			return b[:i+1]
-		}
-	}
-	return nil
-}
 
 // EmbeddedArakoon is the 1-node arakoon cluster of `ovs up`.
 type EmbeddedArakoon struct {
