@@ -1101,3 +1101,43 @@ func randBytes(seed uint64, n int) []byte {
 	}
 	return b
 }
+
+// TestECBackendHedgeWithCorruptFragment: a read whose hedge fires before
+// its data fragments come (a loaded host; here the hedge fires at once)
+// and that meets a corrupt fragment still decodes from the fragments that
+// come late.
+func TestECBackendHedgeWithCorruptFragment(t *testing.T) {
+	ctx := context.Background()
+	e := newECEnv(t, spreadNodes(6), Config{Presets: []Preset{{Name: "p42", Policies: []Policy{{4, 2, 6, 1}}}}, Preset: "p42",
+		HedgeAfter: time.Nanosecond})
+	b := e.b
+	b.CreateNamespace(ctx, "ns")
+	data := randBytes(3, 2<<20)
+	mustPut(t, b, "ns", "obj", data)
+	m, _ := b.ObjectManifest(ctx, "ns", "obj")
+	for _, i := range []int{1, 4} { // a data and a parity fragment: any more and nothing can decode
+		a := e.asdByID(m.Fragments[i].ASD)
+		path := asd.FragmentPath(a.dir, m.FragmentKey(i))
+		f, err := os.OpenFile(path, os.O_RDWR, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		st, _ := f.Stat()
+		buf := make([]byte, 64)
+		at := st.Size() - m.FragmentSize + 100
+		f.ReadAt(buf, at)
+		for j := range buf {
+			buf[j] ^= 0xff
+		}
+		f.WriteAt(buf, at)
+		f.Close()
+	}
+	for range 5 {
+		checkGet(t, b, "ns", "obj", data)
+		p := make([]byte, 64<<10)
+		off := m.FragmentSize - 4096 // spans fragments 0 and 1
+		if err := b.ReadAt(ctx, "ns", "obj", p, off); err != nil || !bytes.Equal(p, data[off:off+int64(len(p))]) {
+			t.Fatalf("ranged read over a corrupt fragment with the hedge firing at once: %v", err)
+		}
+	}
+}
