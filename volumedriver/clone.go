@@ -95,11 +95,9 @@ func (d *Driver) CloneWith(ctx context.Context, name, parent, snapshot string, o
 	if !validName(name) {
 		return VolumeInfo{}, fmt.Errorf("%w: vdisk name %q", ErrInvalidArgument, name)
 	}
-	id := opts.ID
-	if id == "" {
-		id = newUUID()
-	} else if !validID(id) {
-		return VolumeInfo{}, fmt.Errorf("%w: vdisk id %q", ErrInvalidArgument, id)
+	id, err := chooseID(opts.ID)
+	if err != nil {
+		return VolumeInfo{}, err
 	}
 	// The parent's control lock keeps it, and the snapshot, from going
 	// away (delete, rollback, snapshot delete) until the clone is

@@ -417,11 +417,9 @@ func (d *Driver) Create(ctx context.Context, name string, size int64, opts Creat
 	if err := checkSize(size, opts.ClusterSize); err != nil {
 		return VolumeInfo{}, err
 	}
-	id := opts.ID
-	if id == "" {
-		id = newUUID()
-	} else if !validID(id) {
-		return VolumeInfo{}, fmt.Errorf("%w: vdisk id %q", ErrInvalidArgument, id)
+	id, err := chooseID(opts.ID)
+	if err != nil {
+		return VolumeInfo{}, err
 	}
 	release, err := d.reserveName(name)
 	if err != nil {

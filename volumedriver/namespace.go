@@ -48,3 +48,15 @@ func ListOnBackend(ctx context.Context, backend scos.Backend) ([]Stored, error) 
 
 // ValidName reports whether s can name a vdisk.
 func ValidName(s string) bool { return validName(s) }
+
+// chooseID returns id, checked, or a new random one if id is empty (the
+// control plane may choose a vdisk's namespace id).
+func chooseID(id string) (string, error) {
+	if id == "" {
+		return newUUID(), nil
+	}
+	if !validID(id) {
+		return "", fmt.Errorf("%w: vdisk id %q", ErrInvalidArgument, id)
+	}
+	return id, nil
+}

@@ -157,7 +157,7 @@ func (c *Config) validate() error {
 	}
 	if c.Advertise == "" && c.Bootstrap == nil {
 		for _, a := range []string{c.API, c.NBD, c.Forward} {
-			if host, _, err := splitHostPort(a); err == nil && (host == "" || net.ParseIP(host) != nil && net.ParseIP(host).IsUnspecified()) {
+			if host, _, err := net.SplitHostPort(a); err == nil && (host == "" || net.ParseIP(host) != nil && net.ParseIP(host).IsUnspecified()) {
 				return fmt.Errorf("node config: %s listens on every address; set advertise to the address other nodes reach this one on", a)
 			}
 		}
@@ -209,8 +209,8 @@ func (c *Config) setDefaults() {
 	if c.Forward == "" && c.Bootstrap == nil {
 		// A node of a cluster takes forwarded I/O: without it, what it
 		// owns could be reached only through itself.
-		if host, _, err := splitHostPort(c.API); err == nil {
-			c.Forward = joinHostPort(host, "8820")
+		if host, _, err := net.SplitHostPort(c.API); err == nil {
+			c.Forward = net.JoinHostPort(host, "8820")
 		}
 	}
 	if c.Intervals.Heartbeat <= 0 {
@@ -227,9 +227,9 @@ func (c *Config) advertised(listen string) string {
 	if listen == "" || c.Advertise == "" {
 		return listen
 	}
-	_, port, err := splitHostPort(listen)
+	_, port, err := net.SplitHostPort(listen)
 	if err != nil {
 		return listen
 	}
-	return joinHostPort(c.Advertise, port)
+	return net.JoinHostPort(c.Advertise, port)
 }

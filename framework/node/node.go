@@ -94,7 +94,7 @@ func Run(ctx context.Context, cfg Config, ro RunOptions) error {
 		}
 		host := cfg.Backend.ASDHost
 		if host == "" {
-			host, _, _ = splitHostPort(cfg.API)
+			host, _, _ = net.SplitHostPort(cfg.API)
 		}
 		presets, err := clusterPresets(cluster)
 		if err != nil {
@@ -117,7 +117,7 @@ func Run(ctx context.Context, cfg Config, ro RunOptions) error {
 		writable = nec.Backend.Writable
 		asdIDs = nec.IDs
 	}
-	self, err := registerNode(ctx, cfg, store, asdIDs)
+	self, err := registerNode(ctx, cfg, store, asdIDs, false)
 	if err != nil {
 		return err
 	}
@@ -421,18 +421,20 @@ func ensureCluster(ctx context.Context, cfg Config, store *model.Store, log *slo
 }
 
 // registerNode writes this node's addresses and ASDs into its record. A
-// node of a cluster must have been joined first; a bootstrapping one
-// joins itself.
-func registerNode(ctx context.Context, cfg Config, store *model.Store, asds []string) (model.Node, error) {
+// node of a cluster must have been joined first (joining is what ovs node
+// join does); a bootstrapping one joins itself. Nil asds keep the record's.
+func registerNode(ctx context.Context, cfg Config, store *model.Store, asds []string, joining bool) (model.Node, error) {
 	old, err := store.Node(ctx, cfg.ID)
-	if errors.Is(err, model.ErrNotFound) && cfg.Bootstrap == nil {
+	switch {
+	case errors.Is(err, model.ErrNotFound) && !joining && cfg.Bootstrap == nil:
 		return model.Node{}, fmt.Errorf("node %s is not part of the cluster: run ovs node join --config NODE.yaml first", cfg.ID)
-	}
-	if err != nil && !errors.Is(err, model.ErrNotFound) {
+	case err != nil && !errors.Is(err, model.ErrNotFound):
 		return model.Node{}, err
-	}
-	if err == nil && old.Site != "" && old.Site != cfg.Site {
+	case err == nil && old.Site != "" && old.Site != cfg.Site:
 		return model.Node{}, fmt.Errorf("node %s joined in site %s, its config says %s", cfg.ID, old.Site, cfg.Site)
+	}
+	if asds == nil {
+		asds = old.ASDs
 	}
 	return store.PutNode(ctx, model.Node{ID: cfg.ID, Site: cfg.Site, API: cfg.advertised(cfg.API),
 		NBD: cfg.advertised(cfg.NBD), Forward: cfg.advertised(cfg.Forward), ASDs: asds})
@@ -572,9 +574,6 @@ func ParsePortRange(v string) (first, last int, err error) {
 	return first, last, nil
 }
 
-func splitHostPort(addr string) (string, string, error) { return net.SplitHostPort(addr) }
-func joinHostPort(host, port string) string             { return net.JoinHostPort(host, port) }
-
 // Join registers the node of cfg in the cluster model: its id, site and
 // addresses. The cluster must have been initialised.
 func Join(ctx context.Context, cfg Config) (model.Node, error) {
@@ -597,9 +596,5 @@ func Join(ctx context.Context, cfg Config) (model.Node, error) {
 	if _, err := store.Cluster(ctx); err != nil {
 		return model.Node{}, err
 	}
-	if old, err := store.Node(ctx, cfg.ID); err == nil && old.Site != cfg.Site {
-		return model.Node{}, fmt.Errorf("node %s joined in site %s before; its config says %s", cfg.ID, old.Site, cfg.Site)
-	}
-	return store.PutNode(ctx, model.Node{ID: cfg.ID, Site: cfg.Site, API: cfg.advertised(cfg.API),
-		NBD: cfg.advertised(cfg.NBD), Forward: cfg.advertised(cfg.Forward)})
+	return registerNode(ctx, cfg, store, nil, true)
 }

@@ -98,14 +98,20 @@ func (r *router) close() {
 
 // routeOf returns the vdisk's route, resolved.
 func (r *router) routeOf(ctx context.Context, name string) (*route, error) {
+	rt := r.routeFor(name)
+	return rt, r.fresh(ctx, rt)
+}
+
+// routeFor returns the vdisk's route as it is (a new one is stale).
+func (r *router) routeFor(name string) *route {
 	r.mu.Lock()
+	defer r.mu.Unlock()
 	rt := r.routes[name]
 	if rt == nil {
 		rt = &route{name: name, stale: true}
 		r.routes[name] = rt
 	}
-	r.mu.Unlock()
-	return rt, r.fresh(ctx, rt)
+	return rt
 }
 
 // fresh resolves rt again if it is stale.
@@ -384,15 +390,13 @@ func (r *router) onFenced(name, id string) {
 	}
 }
 
-// Move hands vdisk name, owned by this node, to node to: the volume is
+// move hands vdisk name, owned by this node, to node to (a node of the
+// cluster, checked by the caller): the volume is
 // synced while I/O goes on, then I/O is held at the gate while the rest is
 // uploaded, the owner record changes (new epoch) and the new owner adopts
 // it; held I/O then goes to the new owner.
 func (r *router) move(ctx context.Context, ov model.OwnedVDisk, to string) (moveTimes, error) {
 	var mt moveTimes
-	if _, err := r.store.Node(ctx, to); err != nil {
-		return mt, fmt.Errorf("%w: target node: %v", volumedriver.ErrInvalidArgument, err)
-	}
 	// Upload while I/O goes on, so that what is left for the handover
 	// (while I/O waits) is what came in during the last round.
 	for range 3 {
@@ -600,12 +604,9 @@ type routedDevice struct {
 }
 
 func (r *router) open(ctx context.Context, name string, localOnly bool) (*routedDevice, error) {
-	rt, err := r.routeOf(ctx, name)
-	if err != nil {
-		return nil, err
-	}
 	// A new client starts from the model as it is now, so that it is not
 	// failed for a forced owner change it never wrote across.
+	rt := r.routeFor(name)
 	if err := r.resolve(ctx, rt); err != nil {
 		return nil, err
 	}

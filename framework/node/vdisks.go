@@ -26,7 +26,8 @@ var _ api.Cluster = (*clusterVDisks)(nil)
 // vdisk moved in between); the caller retries.
 var errMoving = fmt.Errorf("%w: the vdisk is moving between nodes; retry", api.ErrUnavailable)
 
-// owner finds where name lives: ok is true when it is served here.
+// owner finds where name lives: a nil client means it is served here
+// (and is brought up if it was not yet).
 func (c *clusterVDisks) owner(ctx context.Context, name string) (model.OwnedVDisk, *api.Client, error) {
 	ov, err := c.rt.store.VDisk(ctx, name)
 	if errors.Is(err, model.ErrNotFound) {
