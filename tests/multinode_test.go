@@ -41,15 +41,17 @@ func (c *netCluster) nbdURI(h *netHost, name string) string {
 }
 
 // startNetCluster makes the hosts, the arakoon, the cluster and its nodes.
-func startNetCluster(t *testing.T, extra string) *netCluster {
+// extra is appended to every node.yaml; initArgs are added to ovs cluster
+// init.
+func startNetCluster(t *testing.T, extra string, initArgs ...string) *netCluster {
 	t.Helper()
 	needPython(t)
 	hosts := newNetHosts(t, 3)
 	c := &netCluster{t: t, hosts: hosts, nodes: map[*netHost]*netProc{}, extra: extra}
 	c.ara = startNetArakoon(t, hosts.Hosts)
 	h1 := hosts.Hosts[0]
-	c.ovsOK(h1, "cluster", "init", "--arakoon", c.ara.CfgPath(h1), "--secret-file", filepath.Join(h1.Dir, "secret"),
-		"--id", "netns")
+	c.ovsOK(h1, append([]string{"cluster", "init", "--arakoon", c.ara.CfgPath(h1), "--secret-file", filepath.Join(h1.Dir, "secret"),
+		"--id", "netns"}, initArgs...)...)
 	for _, h := range hosts.Hosts {
 		cfg := fmt.Sprintf(`id: %s
 site: dc1
