@@ -80,7 +80,18 @@ type Options struct {
 	// called), from a goroutine of its own with no lock of the driver
 	// held.
 	OnFenced func(name, id string)
-	Logger   *slog.Logger
+	// DTL, if set, places each vdisk's DTL on another node (dtl.go);
+	// nil: no DTL (a single host).
+	DTL DTLPlacer
+	// DTLMode, if set, gives a vdisk's DTL mode when it is brought up
+	// (default sync when DTL is set); SetDTLMode changes it later.
+	DTLMode func(id string) DTLMode
+	// Lease, if set, returns nil while no other node can have taken
+	// this node's vdisks over (its liveness record is current), and an
+	// error once that is not sure. A sync-mode flush with no DTL session
+	// is acknowledged only under the lease.
+	Lease  func(ctx context.Context) error
+	Logger *slog.Logger
 }
 
 func (o *Options) setDefaults() {
@@ -323,6 +334,12 @@ func (d *Driver) newVolume(cfg volumeConfig, epoch uint64) *Volume {
 		uploaderDone: make(chan struct{}),
 		ctl:          make(chan struct{}, 1),
 	}
+	v.dtl.mode, v.dtl.kick = DTLSync, make(chan struct{})
+	if d.opts.DTLMode != nil {
+		if m, err := ParseDTLMode(string(d.opts.DTLMode(cfg.ID))); err == nil {
+			v.dtl.mode = m
+		}
+	}
 	v.backend = &fencingBackend{Backend: d.backend, v: v}
 	v.committed = sync.NewCond(&v.mu)
 	v.size.Store(cfg.Size)
@@ -390,8 +407,9 @@ func (d *Driver) openVolume(ctx context.Context, cfg volumeConfig, epoch uint64)
 		return err
 	}
 	uctx, cancel := context.WithCancel(context.Background())
-	v.wg.Add(2)
+	v.wg.Add(3)
 	go v.uploader(uctx)
+	go v.dtlKeeper()
 	go func() {
 		defer v.wg.Done()
 		<-v.stop

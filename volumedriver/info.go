@@ -47,6 +47,11 @@ type VolumeInfo struct {
 	// its tenure (set by the cluster layer; the driver leaves them empty).
 	Owner      string `json:"owner,omitempty"`
 	OwnerEpoch uint64 `json:"owner_epoch,omitempty"`
+	// DTLMode is sync, async or none; DTLState one of the DTLState*
+	// constants; DTLNode the node holding the DTL (empty without one).
+	DTLMode  string `json:"dtl_mode,omitempty"`
+	DTLState string `json:"dtl_state,omitempty"`
+	DTLNode  string `json:"dtl_node,omitempty"`
 }
 
 // CreateOptions are the per-vdisk layout choices, fixed at creation.

@@ -223,9 +223,17 @@ func (v *Volume) Rollback(ctx context.Context, name string) error {
 	v.state.Checkpoint = 0
 	v.state.Garbage = append(v.state.Garbage, *discarded)
 	next := v.state
+	// The DTL's groups are all of the discarded past (the open TLog's
+	// is the newest): they go, and the new TLog starts the DTL afresh.
+	// The kept TLogs not on the backend yet are in no DTL now: the
+	// state is catching up until they are.
+	if s := v.dtl.sess; s != nil {
+		s.Drop(openName)
+	}
 	if err := v.startTLogLocked(&next); err != nil { // writes state.json: the switch
 		return v.failLocked(err)
 	}
+	v.dtl.barrier = len(v.state.Sealed)
 	v.drv.failpoint("rollback-after-switch")
 	doomed = append(doomed, v.tlogPath(openName))
 	v.uploadedCount = min(v.uploadedCount, sn.TLogCount)

@@ -189,6 +189,9 @@ func (v *Volume) uploadNext(ctx context.Context) (done bool, err error) {
 	}
 	v.mu.Lock()
 	v.publishedCount = max(v.publishedCount, covered)
+	if covered > 0 && covered <= len(v.state.Sealed) {
+		v.dtlPublishedLocked(v.state.Sealed[covered-1].Name)
+	}
 	v.evictLocked()
 	v.removeOldTLogsLocked()
 	v.requestScrubIfDueLocked() // a scrub sees only what is published

@@ -128,6 +128,9 @@ type Volume struct {
 	countChanges bool   // off while a replay redoes changes already counted
 	scrubFloor   int64  // garbage the last scrub left
 
+	// dtl: the vdisk's DTL session (dtl.go), under mu.
+	dtl dtlLink
+
 	kick     chan struct{}
 	stop     chan struct{}
 	stopOnce sync.Once
@@ -278,7 +281,7 @@ func (v *Volume) WriteAt(ctx context.Context, p []byte, off int64, fua bool) err
 		p, off = p[n:], off+n
 	}
 	if fua {
-		return v.flush()
+		return v.flush(ctx)
 	}
 	return nil
 }
@@ -484,6 +487,7 @@ func (v *Volume) appendClustersLocked(addr uint64, data []byte, crcs []uint32) e
 				return v.failLocked(err)
 			}
 		}
+		v.dtlWriteLocked(a, crcs[i:i+k], data[i*cs:(i+k)*cs])
 		sco.clusters += k
 		bytes := int64(k) * int64(cs)
 		v.tlog.scoBytes += bytes
@@ -709,19 +713,25 @@ func (v *Volume) Flush(ctx context.Context) error {
 		return err
 	}
 	defer v.gate.exit()
-	return v.flush()
+	return v.flush(ctx)
 }
 
-func (v *Volume) flush() error {
+// flush makes every change so far durable here, then (dtlFlush) on the
+// DTL as its mode asks.
+func (v *Volume) flush(ctx context.Context) error {
 	v.mu.Lock()
-	defer v.mu.Unlock()
 	if err := v.writableLocked(); err != nil {
+		v.mu.Unlock()
 		return err
 	}
 	if err := v.flushLocked(); err != nil {
-		return v.ioErrLocked(err)
+		err = v.ioErrLocked(err)
+		v.mu.Unlock()
+		return err
 	}
-	return nil
+	s, pos, mode := v.dtl.sess, v.dtl.pos, v.dtl.mode
+	v.mu.Unlock()
+	return v.dtlFlush(ctx, s, pos, mode)
 }
 
 // flushLocked: fdatasync the SCOs, then append a sync record and make the
@@ -865,6 +875,7 @@ func (v *Volume) startTLogLocked(next *localState) error {
 	}
 	v.state = *next
 	v.tlog = &openTLog{name: name, f: f, size: tlogHeaderSize, opened: time.Now()}
+	v.dtlBeginLocked()
 	return nil
 }
 
@@ -923,7 +934,7 @@ func (v *Volume) WriteZeroes(ctx context.Context, off, length int64, noHole, fua
 		return err
 	}
 	if fua {
-		return v.flush()
+		return v.flush(ctx)
 	}
 	return nil
 }
@@ -986,6 +997,7 @@ func (v *Volume) zero(ctx context.Context, off, length int64, noHole bool) error
 	v.seq++
 	v.tlog.buf = appendRecord(v.tlog.buf, tlogRecord{Type: recTrim, Addr: addr, Count: count})
 	v.tlog.records++
+	v.dtlTrimLocked(addr, count)
 	if err := v.md.trim(addr, count, v.seq); err != nil {
 		return v.failLocked(err)
 	}
@@ -1288,6 +1300,12 @@ func (v *Volume) info() VolumeInfo {
 		Snapshots:          len(v.state.Snapshots),
 		StoredBytes:        v.storedBytes,
 		GarbageBytes:       v.garbageBytes,
+		DTLMode:            string(v.dtl.mode),
+		DTLState:           v.dtlStateLocked(),
+		DTLNode:            v.dtl.node,
+	}
+	if v.dtl.sess == nil {
+		info.DTLNode = ""
 	}
 	if len(c.Ancestors) > 0 {
 		info.Parent = c.Ancestors[0].Name + "@" + c.Ancestors[0].Snapshot

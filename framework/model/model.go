@@ -11,6 +11,7 @@
 //	ovs/alive/<id>           Heartbeat (JSON), rewritten by a running node
 //	ovs/vdisk/<name>         VDisk (JSON)
 //	ovs/owner/<vdisk id>     Owner (JSON); the fence of the vdisk's namespace
+//	ovs/dtl/<vdisk id>       DTLPlacement (JSON): the node holding its DTL
 //
 // The owner record is kept apart from the vdisk record so that it changes
 // only when the owner does: the backend asserts its exact bytes on every
@@ -81,6 +82,7 @@ const (
 	keyAlive   = "ovs/alive/"
 	keyVDisk   = "ovs/vdisk/"
 	keyOwner   = "ovs/owner/"
+	keyDTL     = "ovs/dtl/"
 )
 
 // OwnerKey is the key of the owner record of the vdisk with namespace id
@@ -107,6 +109,9 @@ type VPool struct {
 	Name          string `json:"name"`
 	ClusterSize   int    `json:"cluster_size,omitempty"`
 	SCOMultiplier int    `json:"sco_multiplier,omitempty"`
+	// DTLMode is the DTL mode of vdisks that do not set one: sync (the
+	// default when empty), async or none.
+	DTLMode string `json:"dtl_mode,omitempty"`
 }
 
 // Node is a storage router: one host running `ovs node serve`.
@@ -117,6 +122,7 @@ type Node struct {
 	API     string `json:"api"`               // REST API, host:port
 	NBD     string `json:"nbd,omitempty"`     // NBD, host:port
 	Forward string `json:"forward,omitempty"` // I/O forwarding, host:port
+	DTL     string `json:"dtl,omitempty"`     // DTL server, host:port
 	// ASDs are the ids of the storage daemons on this host.
 	ASDs   []string  `json:"asds,omitempty"`
 	Joined time.Time `json:"joined"`
@@ -141,6 +147,16 @@ type VDisk struct {
 	ID      string    `json:"id"` // backend namespace "vd-<id>"
 	State   string    `json:"state"`
 	Created time.Time `json:"created"`
+	// DTLMode overrides the vpool's DTL mode ("": the vpool's).
+	DTLMode string `json:"dtl_mode,omitempty"`
+}
+
+// DTLPlacement says which node holds a vdisk's DTL, placed by the owner
+// of epoch Epoch. A node taking the vdisk over reads it back from there.
+type DTLPlacement struct {
+	Node  string    `json:"node"`
+	Epoch uint64    `json:"epoch"`
+	Since time.Time `json:"since"`
 }
 
 // Owner says which node serves a vdisk, under which epoch. The epoch
@@ -161,6 +177,8 @@ type OwnedVDisk struct {
 	VDisk
 	Owner    Owner
 	OwnerRaw []byte
+	// DTL is where its DTL is (zero: none placed).
+	DTL DTLPlacement
 }
 
 var idPattern = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$`)
@@ -343,7 +361,56 @@ func (s *Store) DeleteVDisk(ctx context.Context, name string) error {
 	if err != nil {
 		return err
 	}
-	return s.kv.Apply(ctx, del(keyVDisk+name), del(OwnerKey(v.ID)))
+	return s.kv.Apply(ctx, del(keyVDisk+name), del(OwnerKey(v.ID)), del(keyDTL+v.ID))
+}
+
+// SetVDiskDTLMode sets a vdisk's DTL mode ("": the vpool's).
+func (s *Store) SetVDiskDTLMode(ctx context.Context, name, mode string) error {
+	for {
+		v, raw, err := getJSON[VDisk](ctx, s.kv, keyVDisk+name)
+		if errors.Is(err, ErrNotFound) {
+			return fmt.Errorf("vdisk %q: %w", name, ErrNotFound)
+		}
+		if err != nil {
+			return err
+		}
+		v.DTLMode = mode
+		out, _ := json.Marshal(v)
+		err = s.kv.Apply(ctx, assert(keyVDisk+name, raw), set(keyVDisk+name, out))
+		if errors.Is(err, ErrConflict) {
+			continue
+		}
+		if err != nil {
+			return fmt.Errorf("vdisk %s: %w", name, err)
+		}
+		return nil
+	}
+}
+
+// PlaceDTL records that node holds the DTL of the vdisk with namespace id,
+// placed by its owner whose record is exactly owner (as read): it fails
+// with ErrConflict if the owner changed since.
+func (s *Store) PlaceDTL(ctx context.Context, id string, owner []byte, node string) (DTLPlacement, error) {
+	var o Owner
+	if err := json.Unmarshal(owner, &o); err != nil {
+		return DTLPlacement{}, fmt.Errorf("owner of %s: %w", id, err)
+	}
+	p := DTLPlacement{Node: node, Epoch: o.Epoch, Since: time.Now().UTC()}
+	raw, _ := json.Marshal(p)
+	if err := s.kv.Apply(ctx, assert(OwnerKey(id), owner), set(keyDTL+id, raw)); err != nil {
+		return DTLPlacement{}, fmt.Errorf("place the DTL of %s on %s: %w", id, node, err)
+	}
+	return p, nil
+}
+
+// DTL returns where the DTL of the vdisk with namespace id is (zero and
+// no error if none was placed).
+func (s *Store) DTL(ctx context.Context, id string) (DTLPlacement, error) {
+	p, _, err := getJSON[DTLPlacement](ctx, s.kv, keyDTL+id)
+	if errors.Is(err, ErrNotFound) {
+		return DTLPlacement{}, nil
+	}
+	return p, err
 }
 
 // VDisk returns one vdisk with its owner.
@@ -359,7 +426,11 @@ func (s *Store) VDisk(ctx context.Context, name string) (OwnedVDisk, error) {
 	if err != nil {
 		return OwnedVDisk{}, fmt.Errorf("owner of vdisk %s: %w", name, err)
 	}
-	return OwnedVDisk{VDisk: v, Owner: o, OwnerRaw: raw}, nil
+	p, err := s.DTL(ctx, v.ID)
+	if err != nil {
+		return OwnedVDisk{}, fmt.Errorf("DTL of vdisk %s: %w", name, err)
+	}
+	return OwnedVDisk{VDisk: v, Owner: o, OwnerRaw: raw, DTL: p}, nil
 }
 
 // VDisks returns every vdisk with its owner, by name.
@@ -376,13 +447,24 @@ func (s *Store) VDisks(ctx context.Context) ([]OwnedVDisk, error) {
 	for _, e := range oents {
 		owners[strings.TrimPrefix(e.Key, keyOwner)] = e.Value
 	}
+	dents, err := s.kv.Range(ctx, keyDTL)
+	if err != nil {
+		return nil, fmt.Errorf("list DTL placements: %w", err)
+	}
+	dtls := make(map[string]DTLPlacement, len(dents))
+	for _, e := range dents {
+		var p DTLPlacement
+		if json.Unmarshal(e.Value, &p) == nil {
+			dtls[strings.TrimPrefix(e.Key, keyDTL)] = p
+		}
+	}
 	out := make([]OwnedVDisk, 0, len(vents))
 	for _, e := range vents {
 		var v VDisk
 		if err := json.Unmarshal(e.Value, &v); err != nil {
 			return nil, fmt.Errorf("model: %s: %w", e.Key, err)
 		}
-		ov := OwnedVDisk{VDisk: v, OwnerRaw: owners[v.ID]}
+		ov := OwnedVDisk{VDisk: v, OwnerRaw: owners[v.ID], DTL: dtls[v.ID]}
 		if ov.OwnerRaw != nil {
 			if err := json.Unmarshal(ov.OwnerRaw, &ov.Owner); err != nil {
 				return nil, fmt.Errorf("model: owner of %s: %w", v.Name, err)

@@ -1,0 +1,533 @@
+package volumedriver
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math"
+	"time"
+)
+
+// The DTL (distributed transaction log).
+//
+// The owner of a vdisk ships every change it records in its open TLog (a
+// run of written clusters with their CRCs, or a trim) to a DTL on another
+// node, in TLog order, grouped by TLog: a new TLog begins a new group named
+// after it. Once a TLog is on the backend (snapshots.json names it) the DTL
+// drops its group and every group before it. So the backend plus the DTL
+// hold every change, and a node that takes the vdisk over after its owner
+// died restores the backend's state and replays the DTL's groups that the
+// backend does not name (ReplayDTL).
+//
+// Modes: in sync mode a flush is acknowledged once the DTL has made every
+// change before it durable too; in async mode the changes are shipped in
+// the background and a flush does not wait; none ships nothing.
+//
+// A session that breaks (the DTL host died, is unreachable, or too slow to
+// keep up) leaves the vdisk degraded: it serves on, standalone, while a
+// keeper places a new DTL. A new session starts with a fresh TLog (the
+// open one is sealed), so the new DTL holds every change from the TLog on;
+// the TLogs before it reach the backend in the background, and until they
+// have, the state is catching up.
+
+// DTLMode is a vdisk's DTL mode.
+type DTLMode string
+
+// DTL modes.
+const (
+	DTLSync  DTLMode = "sync"
+	DTLAsync DTLMode = "async"
+	DTLNone  DTLMode = "none"
+)
+
+// ParseDTLMode checks a mode given by a user ("a_sync" is Open vStorage's
+// spelling of async).
+func ParseDTLMode(s string) (DTLMode, error) {
+	switch s {
+	case "sync":
+		return DTLSync, nil
+	case "async", "a_sync":
+		return DTLAsync, nil
+	case "none", "no_sync":
+		return DTLNone, nil
+	}
+	return "", fmt.Errorf("%w: DTL mode %q (use sync, async or none)", ErrInvalidArgument, s)
+}
+
+// DTL states, as vdisk info shows them.
+const (
+	// DTLStateOK: the DTL holds every change the backend does not.
+	DTLStateOK = "ok"
+	// DTLStateCatchingUp: a new DTL session holds every change from some
+	// TLog on; older TLogs are not on the backend yet.
+	DTLStateCatchingUp = "catching_up"
+	// DTLStateDegraded: no DTL session (its host was lost or is slow); a
+	// new one is being placed.
+	DTLStateDegraded = "degraded"
+	// DTLStateStandalone: no other node can hold the DTL.
+	DTLStateStandalone = "standalone"
+	// DTLStateDisabled: mode none.
+	DTLStateDisabled = "disabled"
+)
+
+// DTLSession is one shipping session to a DTL server (the control plane
+// adapts volumedriver/dtl's Shipper). Begin, AppendWrite, AppendTrim,
+// Sync and Drop are called under the volume's write lock: they only queue,
+// never block. They return the position of what they queued, or 0 once the
+// session is broken.
+type DTLSession interface {
+	Begin(tlog, prev string) uint64
+	AppendWrite(addr uint64, crcs []uint32, data []byte) uint64
+	AppendTrim(addr uint64, count uint32) uint64
+	// Sync asks the DTL to make everything up to pos durable.
+	Sync(pos uint64)
+	// WaitDurable returns once everything up to pos is durable on the
+	// DTL, or an error: one satisfying errors.Is(err, ErrFenced) if the
+	// DTL refused this owner's epoch (another node took the vdisk over).
+	WaitDurable(ctx context.Context, pos uint64) error
+	// Drop: the group named tlog and every one before it are on the
+	// backend.
+	Drop(tlog string)
+	// Done is closed once the session broke; Err tells why.
+	Done() <-chan struct{}
+	Err() error
+	Close()
+}
+
+// DTLPlacer is the control plane's DTL placement: it opens a session for
+// vdisk id under owner epoch epoch on a node other than this one (in
+// another failure domain where there is one), avoiding the nodes in avoid
+// where it can, and returns the node it chose. ErrNoDTLNode: no other node
+// can hold it.
+type DTLPlacer interface {
+	PlaceDTL(ctx context.Context, id string, epoch uint64, avoid []string) (DTLSession, string, error)
+}
+
+// ErrNoDTLNode is returned by a DTLPlacer when no other node can hold a DTL.
+var ErrNoDTLNode = errors.New("no other node can hold the DTL")
+
+// dtlLink is a volume's side of its DTL. Guarded by the volume's mu.
+type dtlLink struct {
+	mode DTLMode
+	sess DTLSession
+	node string
+	// pos is the position of the newest change queued in sess.
+	pos uint64
+	// barrier: sess holds every change after Sealed[:barrier]; the state
+	// is ok once the backend has those (publishedCount >= barrier).
+	barrier int
+	// lastErr: why there is no session (placement failed or it broke).
+	lastErr error
+	since   time.Time
+	// kick wakes the keeper (the mode changed).
+	kick chan struct{}
+}
+
+func (v *Volume) dtlStateLocked() string {
+	switch {
+	case v.dtl.mode == DTLNone || v.state.Config.Template:
+		return DTLStateDisabled
+	case v.drv.opts.DTL == nil || (v.dtl.sess == nil && errors.Is(v.dtl.lastErr, ErrNoDTLNode)):
+		return DTLStateStandalone
+	case v.dtl.sess == nil:
+		return DTLStateDegraded
+	case v.publishedCount < v.dtl.barrier || v.snapshotsDirty:
+		// snapshotsDirty: snapshots.json on the backend may still name
+		// TLogs a rollback discarded.
+		return DTLStateCatchingUp
+	}
+	return DTLStateOK
+}
+
+// dtlWriteLocked ships clusters just recorded in the open TLog.
+func (v *Volume) dtlWriteLocked(addr uint64, crcs []uint32, data []byte) {
+	if s := v.dtl.sess; s != nil {
+		v.dtl.pos = s.AppendWrite(addr, crcs, data)
+	}
+}
+
+// dtlTrimLocked ships a trim just recorded in the open TLog.
+func (v *Volume) dtlTrimLocked(addr, count uint64) {
+	s := v.dtl.sess
+	if s == nil {
+		return
+	}
+	for count > 0 {
+		n := min(count, math.MaxUint32)
+		v.dtl.pos = s.AppendTrim(addr, uint32(n))
+		addr, count = addr+n, count-n
+	}
+}
+
+// dtlBeginLocked starts the DTL group of the TLog just opened.
+func (v *Volume) dtlBeginLocked() {
+	if s := v.dtl.sess; s != nil {
+		v.dtl.pos = s.Begin(v.tlog.name, v.prevTLogLocked())
+	}
+}
+
+// prevTLogLocked names the TLog before the open one.
+func (v *Volume) prevTLogLocked() string {
+	if n := len(v.state.Sealed); n > 0 {
+		return v.state.Sealed[n-1].Name
+	}
+	return ""
+}
+
+// dtlPublishedLocked: the backend now names the TLog called name and
+// every one before it.
+func (v *Volume) dtlPublishedLocked(name string) {
+	if s := v.dtl.sess; s != nil {
+		s.Drop(name)
+	}
+}
+
+// dtlFlush is the DTL's part of a flush whose local part is done: in sync
+// mode it waits until the DTL has everything up to the flush durable.
+// Without a DTL session in sync mode the flush is acknowledged only while
+// this node's lease (Options.Lease) says no other node can have taken the
+// vdisk over: a partitioned owner must not acknowledge a write the new
+// owner will not have.
+func (v *Volume) dtlFlush(ctx context.Context, s DTLSession, pos uint64, mode DTLMode) error {
+	if v.drv.opts.DTL == nil || mode == DTLNone {
+		return nil
+	}
+	if s != nil && mode == DTLAsync {
+		s.Sync(pos)
+		return nil
+	}
+	if s != nil && mode == DTLSync {
+		err := s.WaitDurable(ctx, pos)
+		switch {
+		case err == nil:
+			return nil
+		case errors.Is(err, ErrFenced):
+			v.fence(err)
+			return v.fencedErr()
+		case ctx.Err() != nil:
+			return fmt.Errorf("%s: flush: waiting for the DTL: %w", v.name(), ctx.Err())
+		}
+		// The session broke; the keeper places a new one. This flush is
+		// durable here only.
+	}
+	if mode == DTLSync && v.drv.opts.Lease != nil {
+		if err := v.drv.opts.Lease(ctx); err != nil {
+			return fmt.Errorf("%s: flush: no DTL holds the data and this node's lease is not current: %w", v.name(), err)
+		}
+	}
+	return nil
+}
+
+// dtlKeeper keeps the volume's DTL session: it places one when there is
+// none, replaces one that broke (avoiding the node that failed), and
+// closes it when the mode becomes none or the volume stops.
+func (v *Volume) dtlKeeper() {
+	defer v.wg.Done()
+	placer := v.drv.opts.DTL
+	if placer == nil || v.state.Config.Template {
+		return
+	}
+	var avoid []string
+	retry := time.Second
+	for {
+		v.mu.Lock()
+		mode, sess, kick := v.dtl.mode, v.dtl.sess, v.dtl.kick
+		v.mu.Unlock()
+		switch {
+		case mode == DTLNone && sess != nil:
+			v.detachDTL(sess, nil)
+			continue
+		case mode == DTLNone:
+			select {
+			case <-kick:
+			case <-v.stop:
+				return
+			}
+			continue
+		case sess == nil:
+			ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+			go func() {
+				select {
+				case <-v.stop:
+					cancel()
+				case <-ctx.Done():
+				}
+			}()
+			s, node, err := placer.PlaceDTL(ctx, v.id, v.epoch, avoid)
+			cancel()
+			if err == nil {
+				err = v.attachDTL(s, node)
+				if err != nil {
+					s.Close()
+				}
+			}
+			if err != nil {
+				if errors.Is(err, ErrFenced) {
+					v.fence(err)
+					return
+				}
+				v.mu.Lock()
+				if v.dtl.lastErr == nil || v.dtl.lastErr.Error() != err.Error() {
+					v.log.Warn("no DTL for the vdisk; it serves standalone meanwhile", "vdisk", v.name(), "err", err)
+				}
+				v.dtl.lastErr = err
+				v.mu.Unlock()
+				select {
+				case <-time.After(retry):
+				case <-kick:
+				case <-v.stop:
+					return
+				}
+				retry = min(2*retry, 10*time.Second)
+				avoid = nil // the avoided node may be the only one left
+				continue
+			}
+			retry = time.Second
+			continue
+		}
+		select {
+		case <-sess.Done():
+			err := sess.Err()
+			if errors.Is(err, ErrFenced) {
+				v.detachDTL(sess, err)
+				v.fence(err)
+				return
+			}
+			v.mu.Lock()
+			node := v.dtl.node
+			v.mu.Unlock()
+			v.log.Warn("the vdisk's DTL session broke; it is degraded until a new DTL is placed",
+				"vdisk", v.name(), "dtl_node", node, "err", err)
+			v.detachDTL(sess, err)
+			avoid = []string{node}
+		case <-kick:
+		case <-v.stop:
+			v.detachDTL(sess, nil)
+			return
+		}
+	}
+}
+
+// attachDTL makes s the volume's DTL session. Everything in the open TLog
+// so far is not in s, so the open TLog is sealed first (unless empty): s
+// starts with a group of its own and holds every change from there on.
+func (v *Volume) attachDTL(s DTLSession, node string) error {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	if err := v.writableLocked(); err != nil {
+		return err
+	}
+	if v.dtl.mode == DTLNone {
+		return errors.New("DTL mode changed to none")
+	}
+	// A batch being written outside mu may hold records not shipped to
+	// s; sealing waits for it (settle).
+	v.dtl.sess = s
+	if v.tlog.records > 0 || len(v.tlog.scos) > 0 {
+		if err := v.sealTLogLocked(); err != nil {
+			v.dtl.sess = nil
+			return fmt.Errorf("seal the open TLog for a new DTL session: %w", v.ioErrLocked(err))
+		}
+	} else {
+		v.dtlBeginLocked()
+	}
+	v.dtl.node = node
+	v.dtl.barrier = len(v.state.Sealed)
+	v.dtl.lastErr = nil
+	v.dtl.since = time.Now()
+	v.log.Info("DTL session started", "vdisk", v.name(), "dtl_node", node, "mode", v.dtl.mode,
+		"catching_up_tlogs", max(0, v.dtl.barrier-v.publishedCount))
+	return nil
+}
+
+// detachDTL ends session s if it is still the volume's.
+func (v *Volume) detachDTL(s DTLSession, cause error) {
+	v.mu.Lock()
+	if v.dtl.sess == s {
+		v.dtl.sess = nil
+		v.dtl.lastErr = cause
+		v.dtl.pos = 0
+		v.dtl.since = time.Now()
+	}
+	v.mu.Unlock()
+	s.Close()
+}
+
+// SetDTLMode changes vdisk name's DTL mode.
+func (d *Driver) SetDTLMode(name string, mode DTLMode) error {
+	if _, err := ParseDTLMode(string(mode)); err != nil {
+		return err
+	}
+	v, err := d.Volume(name)
+	if err != nil {
+		return err
+	}
+	v.mu.Lock()
+	changed := v.dtl.mode != mode
+	v.dtl.mode = mode
+	if changed {
+		close(v.dtl.kick)
+		v.dtl.kick = make(chan struct{})
+	}
+	v.mu.Unlock()
+	if changed {
+		v.log.Info("DTL mode changed", "vdisk", name, "mode", mode)
+	}
+	return nil
+}
+
+// DTLGroup describes one group of changes a DTL holds: the changes the
+// owner recorded in TLog TLog, whose predecessor was Prev.
+type DTLGroup struct {
+	TLog, Prev string
+	Entries    int
+	Bytes      int64
+}
+
+// DTLEntry is one change read back from a DTL: Count clusters written at
+// Addr (Data, with one CRC per cluster), or trimmed.
+type DTLEntry struct {
+	Trim  bool
+	Addr  uint64
+	Count uint32
+	CRCs  []uint32
+	Data  []byte
+}
+
+// DTLSource reads back what a DTL holds for one vdisk.
+type DTLSource interface {
+	Groups(ctx context.Context) ([]DTLGroup, error)
+	// Read calls fn for every entry of the groups from group from on, in
+	// the order they were shipped.
+	Read(ctx context.Context, from string, fn func(group string, e DTLEntry) error) error
+}
+
+// errReplayEnd stops reading a DTL at the first group not listed before.
+var errReplayEnd = errors.New("end of the listed groups")
+
+// ReplayResult reports a DTL replay.
+type ReplayResult struct {
+	// Groups, Entries and Bytes replayed; From is the first group.
+	Groups  int    `json:"groups"`
+	Entries int    `json:"entries"`
+	Bytes   int64  `json:"bytes"`
+	From    string `json:"from,omitempty"`
+	// Gap: the DTL's groups do not join up with what the backend holds
+	// (the DTL was catching up, or was lost): changes in between are lost.
+	Gap  bool          `json:"gap,omitempty"`
+	Took time.Duration `json:"took_ns"`
+}
+
+// ReplayDTL applies to vdisk name, just adopted from the backend, the
+// changes a DTL holds that the backend does not: the groups after the last
+// one whose TLog the backend names, in order, as new writes. The caller
+// serves no I/O of the vdisk until it returns (the changes must come
+// before any new write).
+func (d *Driver) ReplayDTL(ctx context.Context, name string, src DTLSource) (ReplayResult, error) {
+	v, err := d.Volume(name)
+	if err != nil {
+		return ReplayResult{}, err
+	}
+	return v.replayDTL(ctx, src)
+}
+
+func (v *Volume) replayDTL(ctx context.Context, src DTLSource) (ReplayResult, error) {
+	start := time.Now()
+	var res ReplayResult
+	groups, err := src.Groups(ctx)
+	if err != nil {
+		return res, fmt.Errorf("%s: list the DTL's groups: %w", v.name(), err)
+	}
+	v.mu.Lock()
+	known := make(map[string]bool, len(v.state.Sealed))
+	for _, t := range v.state.Sealed {
+		known[t.Name] = true
+	}
+	last := v.prevTLogLocked()
+	if v.tlog.records > 0 {
+		last = v.tlog.name
+		known[last] = true
+	}
+	v.mu.Unlock()
+	first := -1
+	for i := len(groups) - 1; i >= 0; i-- {
+		if known[groups[i].TLog] {
+			first = i + 1
+			break
+		}
+	}
+	if first < 0 {
+		first = 0
+		res.Gap = len(groups) > 0 && groups[0].Prev != last && !known[groups[0].Prev]
+	}
+	todo := groups[first:]
+	for i := 1; i < len(todo); i++ {
+		if todo[i].Prev != todo[i-1].TLog {
+			res.Gap = true
+		}
+	}
+	if len(todo) == 0 {
+		res.Took = time.Since(start)
+		return res, nil
+	}
+	res.From = todo[0].TLog
+	// Only the groups listed now: the new owner's own session may be
+	// shipping to the same DTL behind them.
+	listed := make(map[string]bool, len(todo))
+	for _, g := range todo {
+		listed[g.TLog] = true
+	}
+	seen := ""
+	cs := uint64(v.clusterSize)
+	sizeClusters := uint64(v.Size()) / cs
+	err = src.Read(ctx, res.From, func(group string, e DTLEntry) error {
+		if group != seen {
+			if !listed[group] {
+				return errReplayEnd
+			}
+			seen = group
+			res.Groups++
+		}
+		if e.Addr > sizeClusters || uint64(e.Count) > sizeClusters-e.Addr {
+			return fmt.Errorf("DTL entry at cluster %d (+%d) beyond the vdisk's %d clusters", e.Addr, e.Count, sizeClusters)
+		}
+		if e.Trim {
+			if err := v.zero(ctx, int64(e.Addr*cs), int64(uint64(e.Count)*cs), false); err != nil {
+				return err
+			}
+		} else {
+			if len(e.Data) != int(e.Count)*int(cs) || len(e.CRCs) != int(e.Count) {
+				return fmt.Errorf("DTL entry at cluster %d: %d bytes and %d CRCs for %d clusters", e.Addr, len(e.Data), len(e.CRCs), e.Count)
+			}
+			for i, c := range e.CRCs {
+				if crc32c(e.Data[i*int(cs):(i+1)*int(cs)]) != c {
+					return fmt.Errorf("DTL entry at cluster %d: CRC mismatch", e.Addr+uint64(i))
+				}
+			}
+			if err := v.writeClusters(ctx, e.Addr, e.Data); err != nil {
+				return err
+			}
+		}
+		res.Entries++
+		res.Bytes += int64(len(e.Data))
+		return nil
+	})
+	if err != nil && !errors.Is(err, errReplayEnd) {
+		return res, fmt.Errorf("%s: replay the DTL from %s: %w", v.name(), res.From, err)
+	}
+	if err := v.flush(ctx); err != nil {
+		return res, fmt.Errorf("%s: replay the DTL: %w", v.name(), err)
+	}
+	res.Took = time.Since(start)
+	v.log.Info("replayed the DTL", "vdisk", v.name(), "groups", res.Groups, "entries", res.Entries,
+		"bytes", res.Bytes, "gap", res.Gap, "took", res.Took.Round(time.Millisecond))
+	if res.Gap {
+		names := make([]string, len(groups))
+		for i, g := range groups {
+			names[i] = g.TLog
+		}
+		v.log.Error("the DTL's changes do not join up with the backend's: changes between them are lost",
+			"vdisk", v.name(), "backend_last_tlog", last, "dtl_groups", names)
+	}
+	return res, nil
+}
