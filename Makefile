@@ -6,7 +6,7 @@ OVS_DATA ?= $(HOME)/.ovs
 FUZZTIME ?= 30s
 # Budgets: all of `make test` should stay under ~15 minutes on 2 cores.
 UNIT_TIMEOUT ?= 15m
-E2E_TIMEOUT  ?= 20m
+E2E_TIMEOUT  ?= 30m
 
 # Unit tests: every package but the end-to-end tests, with the race detector.
 UNIT_PKGS = $$($(GO) list ./... | grep -v '/tests$$')
