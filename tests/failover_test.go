@@ -583,8 +583,15 @@ func TestDTLHostLoss(t *testing.T) {
 	after, seen := c.waitInfo(a, "dtlloss", "the DTL to move to "+rest.Name, 2*time.Minute, func(v haInfo) bool {
 		return v.DTLNode == rest.Name && v.DTLState == "ok"
 	})
-	t.Logf("DTL back to ok on %s %v after the kill of %s: %s", rest.Name, time.Since(killAt).Round(time.Millisecond),
-		d.Name, strings.Join(seen, " -> "))
+	running := "still running"
+	select {
+	case err := <-done:
+		done <- err
+		running = "had ended"
+	default:
+	}
+	t.Logf("DTL back to ok on %s %v after the kill of %s (fio %s then): %s", rest.Name,
+		time.Since(killAt).Round(time.Millisecond), d.Name, running, strings.Join(seen, " -> "))
 	if after.Owner != a.Name {
 		t.Errorf("the owner changed when only the DTL host died: %v", after)
 	}
