@@ -3,6 +3,7 @@ package volumedriver
 import (
 	"context"
 	"errors"
+	"fmt"
 	"math/rand/v2"
 	"path/filepath"
 	"slices"
@@ -307,16 +308,21 @@ func TestFailoverReplaysDTL(t *testing.T) {
 			held.setFence(2)
 			dtl.setFence(2)
 
-			d2, err := Open(ctx, filepath.Join(t.TempDir(), "volumes"), e.backend, Options{Owned: ownedBy(nil)})
+			var res ReplayResult
+			recover := func(ctx context.Context, name, id string, epoch uint64, restored bool, replay func(DTLSource) (ReplayResult, error)) error {
+				if !restored || epoch != 2 {
+					return fmt.Errorf("recover %s epoch %d restored %v", name, epoch, restored)
+				}
+				var err error
+				res, err = replay(held)
+				return err
+			}
+			d2, err := Open(ctx, filepath.Join(t.TempDir(), "volumes"), e.backend, Options{Owned: ownedBy(nil), Recover: recover})
 			if err != nil {
 				t.Fatal(err)
 			}
 			defer d2.Close()
 			if _, err := d2.Adopt(ctx, "ida", 2); err != nil {
-				t.Fatal(err)
-			}
-			res, err := d2.ReplayDTL(ctx, "a", held)
-			if err != nil {
 				t.Fatal(err)
 			}
 			t.Logf("replayed %+v", res)
@@ -399,21 +405,21 @@ func TestDTLReplayGap(t *testing.T) {
 	src := &fakeDTL{groups: []*fakeGroup{{tlog: "tlog_x", prev: "tlog_unknown", entries: []DTLEntry{
 		{Addr: 2, Count: 2, CRCs: []uint32{crc32c(data[:4096]), crc32c(data[4096:])}, Data: data},
 	}}}}
-	res, err := d.ReplayDTL(ctx, "a", src)
+	v, _ := d.Volume("a")
+	res, err := v.replayDTL(ctx, src)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if !res.Gap || res.Entries != 1 || res.From != "tlog_x" {
 		t.Fatalf("replay: %+v", res)
 	}
-	v, _ := d.Volume("a")
 	m := &model{data: make([]byte, 1<<20)}
 	m.write(data, 8192)
 	check(t, v, m)
 
 	// A corrupt entry is refused, not applied.
 	bad := &fakeDTL{groups: []*fakeGroup{{tlog: "tlog_y", entries: []DTLEntry{{Addr: 0, Count: 1, CRCs: []uint32{1}, Data: make([]byte, 4096)}}}}}
-	if _, err := d.ReplayDTL(ctx, "a", bad); err == nil {
+	if _, err := v.replayDTL(ctx, bad); err == nil {
 		t.Fatal("a corrupt DTL entry was replayed")
 	}
 	check(t, v, m)
