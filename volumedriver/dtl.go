@@ -106,6 +106,10 @@ type DTLPlacer interface {
 // ErrNoDTLNode is returned by a DTLPlacer when no other node can hold a DTL.
 var ErrNoDTLNode = errors.New("no other node can hold the DTL")
 
+// dtlSyncTimeout: a sync-mode flush waits this long for the DTL before the
+// session is given up as too slow.
+const dtlSyncTimeout = 5 * time.Second
+
 // dtlLink is a volume's side of its DTL. Guarded by the volume's mu.
 type dtlLink struct {
 	mode DTLMode
@@ -212,7 +216,9 @@ func (v *Volume) dtlFlush(ctx context.Context, s DTLSession, pos uint64, missed 
 		return nil
 	}
 	if s != nil && mode == DTLSync {
-		err := s.WaitDurable(ctx, pos)
+		wctx, cancel := context.WithTimeout(ctx, dtlSyncTimeout)
+		err := s.WaitDurable(wctx, pos)
+		cancel()
 		switch {
 		case err == nil:
 			return nil
@@ -221,6 +227,12 @@ func (v *Volume) dtlFlush(ctx context.Context, s DTLSession, pos uint64, missed 
 			return v.fencedErr()
 		case ctx.Err() != nil:
 			return fmt.Errorf("%s: flush: waiting for the DTL: %w", v.name(), ctx.Err())
+		case wctx.Err() != nil:
+			// A DTL that does not answer (its host is cut off, or too
+			// slow) must not hold the vdisk's flushes: it is dropped,
+			// and the keeper places another.
+			v.log.Warn("the DTL did not make a flush durable in time; dropping it", "vdisk", v.name(), "timeout", dtlSyncTimeout)
+			v.detachDTL(s, fmt.Errorf("a flush waited %s for the DTL", dtlSyncTimeout))
 		}
 		// The session broke; the keeper places a new one. This flush is
 		// durable here only.

@@ -24,8 +24,9 @@ type fakeDTL struct {
 	groups   []*fakeGroup
 	fence    uint64
 	sessions []*fakeSession
-	// refuse makes PlaceDTL fail (no node can hold it).
-	refuse atomic.Bool
+	// refuse makes PlaceDTL fail (no node can hold it); stall makes
+	// WaitDurable hang (a DTL host cut off without a reset).
+	refuse, stall atomic.Bool
 }
 
 type fakeGroup struct {
@@ -164,6 +165,13 @@ func (s *fakeSession) Sync(uint64) {}
 
 func (s *fakeSession) WaitDurable(ctx context.Context, pos uint64) error {
 	s.waits.Add(1)
+	if s.d.stall.Load() {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-s.done:
+		}
+	}
 	if s.broken.Load() {
 		if errors.Is(s.err, ErrFenced) {
 			return s.err
@@ -421,6 +429,46 @@ func TestDTLReplayGap(t *testing.T) {
 	bad := &fakeDTL{groups: []*fakeGroup{{tlog: "tlog_y", entries: []DTLEntry{{Addr: 0, Count: 1, CRCs: []uint32{1}, Data: make([]byte, 4096)}}}}}
 	if _, err := v.replayDTL(ctx, bad); err == nil {
 		t.Fatal("a corrupt DTL entry was replayed")
+	}
+	check(t, v, m)
+}
+
+// TestDTLStalled: a DTL that stops answering holds a sync flush only for
+// dtlSyncTimeout; the session is dropped and another one placed.
+func TestDTLStalled(t *testing.T) {
+	ctx := context.Background()
+	e := newTestEnv(t)
+	dtl := &fakeDTL{}
+	var leases atomic.Int32
+	e.opts.Owned = ownedBy(nil)
+	e.opts.DTL = dtl
+	e.opts.Lease = func(context.Context) error { leases.Add(1); return nil }
+	d := e.open()
+	defer d.Close()
+	if _, err := d.Create(ctx, "a", 16<<20, CreateOptions{ID: "ida", Epoch: 1}); err != nil {
+		t.Fatal(err)
+	}
+	waitDTLState(t, d, "a", DTLStateOK)
+	v, _ := d.Volume("a")
+	m := &model{data: make([]byte, 16<<20)}
+	rng := rand.New(rand.NewPCG(3, 4))
+	randomWrites(t, v, m, rng, 20, 100_000)
+	dtl.stall.Store(true)
+	start := time.Now()
+	if err := v.Flush(ctx); err != nil {
+		t.Fatalf("flush with a stalled DTL: %v", err)
+	}
+	t.Logf("the flush waited %s for a stalled DTL", time.Since(start).Round(time.Millisecond))
+	if leases.Load() == 0 {
+		t.Fatal("a flush no DTL holds was acknowledged without the lease")
+	}
+	dtl.stall.Store(false)
+	waitDTLState(t, d, "a", DTLStateOK)
+	dtl.mu.Lock()
+	n := len(dtl.sessions)
+	dtl.mu.Unlock()
+	if n < 2 {
+		t.Fatalf("%d sessions: the stalled one was not replaced", n)
 	}
 	check(t, v, m)
 }
