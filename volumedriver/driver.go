@@ -86,6 +86,12 @@ type Options struct {
 	// DTLMode, if set, gives a vdisk's DTL mode when it is brought up
 	// (default sync when DTL is set); SetDTLMode changes it later.
 	DTLMode func(id string) DTLMode
+	// Recover, if set, is called for every vdisk brought up (Open,
+	// Adopt) before it serves I/O: restored says its state came from the
+	// backend alone (no local state of this owner epoch), so what the
+	// backend lacks may be in a DTL, which Recover applies with replay.
+	// An error leaves the vdisk down (Adopt fails; Open counts it broken).
+	Recover func(ctx context.Context, name, id string, epoch uint64, restored bool, replay func(DTLSource) (ReplayResult, error)) error
 	// Lease, if set, returns nil while no other node can have taken
 	// this node's vdisks over (its liveness record is current), and an
 	// error once that is not sure. A sync-mode flush with no DTL session
@@ -359,12 +365,16 @@ func (d *Driver) newVolume(cfg volumeConfig, epoch uint64) *Volume {
 func (d *Driver) openVolume(ctx context.Context, cfg volumeConfig, epoch uint64) (*Volume, error) {
 	v := d.newVolume(cfg, epoch)
 	st, err := readLocalState(v.dir)
+	// restored: the state comes from the backend alone; what the backend
+	// lacks may be in a DTL (Options.Recover).
+	restored := false
 	switch {
 	case err == nil && st.Epoch != epoch:
 		d.log.Warn("local state of the vdisk is from another owner epoch; restoring it from the backend",
 			"vdisk", cfg.Name, "local_epoch", st.Epoch, "epoch", epoch)
 		d.setAsideEarlierTenure(v, &st, fmt.Sprintf("local state of owner epoch %d (now %d) with writes the backend does not have", st.Epoch, epoch))
 		err = v.restoreFromBackend(ctx)
+		restored = true
 	case err == nil:
 		err = v.restoreLocal(ctx, st)
 	case errors.Is(err, errNewerFormat):
@@ -379,6 +389,7 @@ func (d *Driver) openVolume(ctx context.Context, cfg volumeConfig, epoch uint64)
 		}
 		d.setAsideEarlierTenure(v, nil, "local state without a readable state.json (owner epoch unknown)")
 		err = v.restoreFromBackend(ctx)
+		restored = true
 	default:
 		if !errors.Is(err, fs.ErrNotExist) {
 			// What the local TLogs and SCOs hold is recovered as if
@@ -407,14 +418,22 @@ func (d *Driver) openVolume(ctx context.Context, cfg volumeConfig, epoch uint64)
 		return err
 	}
 	uctx, cancel := context.WithCancel(context.Background())
-	v.wg.Add(3)
+	v.wg.Add(2)
 	go v.uploader(uctx)
-	go v.dtlKeeper()
 	go func() {
 		defer v.wg.Done()
 		<-v.stop
 		cancel()
 	}()
+	if rec := d.opts.Recover; rec != nil && !cfg.Template {
+		replay := func(src DTLSource) (ReplayResult, error) { return v.replayDTL(ctx, src) }
+		if err := rec(ctx, cfg.Name, cfg.ID, epoch, restored, replay); err != nil {
+			v.discard()
+			return nil, fmt.Errorf("recover %s: %w", cfg.Name, err)
+		}
+	}
+	v.wg.Add(1)
+	go v.dtlKeeper()
 	return v, nil
 }
 

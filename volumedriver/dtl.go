@@ -106,13 +106,19 @@ type DTLPlacer interface {
 // ErrNoDTLNode is returned by a DTLPlacer when no other node can hold a DTL.
 var ErrNoDTLNode = errors.New("no other node can hold the DTL")
 
+// dtlSyncTimeout: a sync-mode flush waits this long for the DTL before the
+// session is given up as too slow.
+const dtlSyncTimeout = 5 * time.Second
+
 // dtlLink is a volume's side of its DTL. Guarded by the volume's mu.
 type dtlLink struct {
 	mode DTLMode
 	sess DTLSession
 	node string
-	// pos is the position of the newest change queued in sess.
-	pos uint64
+	// pos is the position of the newest change queued in sess; missed:
+	// sess refused a change (it broke), so it lacks something.
+	pos    uint64
+	missed bool
 	// barrier: sess holds every change after Sealed[:barrier]; the state
 	// is ok once the backend has those (publishedCount >= barrier).
 	barrier int
@@ -142,8 +148,18 @@ func (v *Volume) dtlStateLocked() string {
 // dtlWriteLocked ships clusters just recorded in the open TLog.
 func (v *Volume) dtlWriteLocked(addr uint64, crcs []uint32, data []byte) {
 	if s := v.dtl.sess; s != nil {
-		v.dtl.pos = s.AppendWrite(addr, crcs, data)
+		v.dtl.queuedLocked(s.AppendWrite(addr, crcs, data))
 	}
+}
+
+// queuedLocked records the position of what was just queued; 0 means the
+// session broke and did not take it.
+func (l *dtlLink) queuedLocked(pos uint64) {
+	if pos == 0 {
+		l.missed = true
+		return
+	}
+	l.pos = pos
 }
 
 // dtlTrimLocked ships a trim just recorded in the open TLog.
@@ -154,7 +170,7 @@ func (v *Volume) dtlTrimLocked(addr, count uint64) {
 	}
 	for count > 0 {
 		n := min(count, math.MaxUint32)
-		v.dtl.pos = s.AppendTrim(addr, uint32(n))
+		v.dtl.queuedLocked(s.AppendTrim(addr, uint32(n)))
 		addr, count = addr+n, count-n
 	}
 }
@@ -162,7 +178,7 @@ func (v *Volume) dtlTrimLocked(addr, count uint64) {
 // dtlBeginLocked starts the DTL group of the TLog just opened.
 func (v *Volume) dtlBeginLocked() {
 	if s := v.dtl.sess; s != nil {
-		v.dtl.pos = s.Begin(v.tlog.name, v.prevTLogLocked())
+		v.dtl.queuedLocked(s.Begin(v.tlog.name, v.prevTLogLocked()))
 	}
 }
 
@@ -188,16 +204,21 @@ func (v *Volume) dtlPublishedLocked(name string) {
 // this node's lease (Options.Lease) says no other node can have taken the
 // vdisk over: a partitioned owner must not acknowledge a write the new
 // owner will not have.
-func (v *Volume) dtlFlush(ctx context.Context, s DTLSession, pos uint64, mode DTLMode) error {
+func (v *Volume) dtlFlush(ctx context.Context, s DTLSession, pos uint64, missed bool, mode DTLMode) error {
 	if v.drv.opts.DTL == nil || mode == DTLNone {
 		return nil
+	}
+	if missed {
+		s = nil // it broke: it does not hold everything
 	}
 	if s != nil && mode == DTLAsync {
 		s.Sync(pos)
 		return nil
 	}
 	if s != nil && mode == DTLSync {
-		err := s.WaitDurable(ctx, pos)
+		wctx, cancel := context.WithTimeout(ctx, dtlSyncTimeout)
+		err := s.WaitDurable(wctx, pos)
+		cancel()
 		switch {
 		case err == nil:
 			return nil
@@ -206,6 +227,12 @@ func (v *Volume) dtlFlush(ctx context.Context, s DTLSession, pos uint64, mode DT
 			return v.fencedErr()
 		case ctx.Err() != nil:
 			return fmt.Errorf("%s: flush: waiting for the DTL: %w", v.name(), ctx.Err())
+		case wctx.Err() != nil:
+			// A DTL that does not answer (its host is cut off, or too
+			// slow) must not hold the vdisk's flushes: it is dropped,
+			// and the keeper places another.
+			v.log.Warn("the DTL did not make a flush durable in time; dropping it", "vdisk", v.name(), "timeout", dtlSyncTimeout)
+			v.detachDTL(s, fmt.Errorf("a flush waited %s for the DTL", dtlSyncTimeout))
 		}
 		// The session broke; the keeper places a new one. This flush is
 		// durable here only.
@@ -322,7 +349,7 @@ func (v *Volume) attachDTL(s DTLSession, node string) error {
 	}
 	// A batch being written outside mu may hold records not shipped to
 	// s; sealing waits for it (settle).
-	v.dtl.sess = s
+	v.dtl.sess, v.dtl.missed = s, false
 	if v.tlog.records > 0 || len(v.tlog.scos) > 0 {
 		if err := v.sealTLogLocked(); err != nil {
 			v.dtl.sess = nil
@@ -338,6 +365,30 @@ func (v *Volume) attachDTL(s DTLSession, node string) error {
 	v.log.Info("DTL session started", "vdisk", v.name(), "dtl_node", node, "mode", v.dtl.mode,
 		"catching_up_tlogs", max(0, v.dtl.barrier-v.publishedCount))
 	return nil
+}
+
+// placeDTLNow places a DTL session at once (the keeper, not running yet,
+// retries if it fails).
+func (v *Volume) placeDTLNow(ctx context.Context) {
+	v.mu.Lock()
+	mode := v.dtl.mode
+	v.mu.Unlock()
+	placer := v.drv.opts.DTL
+	if placer == nil || mode == DTLNone || v.state.Config.Template {
+		return
+	}
+	s, node, err := placer.PlaceDTL(ctx, v.id, v.epoch, nil)
+	if err == nil {
+		if err = v.attachDTL(s, node); err != nil {
+			s.Close()
+		}
+	}
+	if err != nil {
+		v.mu.Lock()
+		v.dtl.lastErr = err
+		v.mu.Unlock()
+		v.log.Warn("no DTL for the replayed changes yet", "vdisk", v.name(), "err", err)
+	}
 }
 
 // detachDTL ends session s if it is still the volume's.
@@ -418,19 +469,11 @@ type ReplayResult struct {
 	Took time.Duration `json:"took_ns"`
 }
 
-// ReplayDTL applies to vdisk name, just adopted from the backend, the
-// changes a DTL holds that the backend does not: the groups after the last
-// one whose TLog the backend names, in order, as new writes. The caller
-// serves no I/O of the vdisk until it returns (the changes must come
-// before any new write).
-func (d *Driver) ReplayDTL(ctx context.Context, name string, src DTLSource) (ReplayResult, error) {
-	v, err := d.Volume(name)
-	if err != nil {
-		return ReplayResult{}, err
-	}
-	return v.replayDTL(ctx, src)
-}
-
+// replayDTL applies to the volume, just restored from the backend, the
+// changes a DTL holds that the backend does not: the groups after the
+// last one whose TLog the backend names, in order, as new writes. It runs
+// before the volume serves I/O (Options.Recover): the changes must come
+// before any new write.
 func (v *Volume) replayDTL(ctx context.Context, src DTLSource) (ReplayResult, error) {
 	start := time.Now()
 	var res ReplayResult
@@ -461,6 +504,13 @@ func (v *Volume) replayDTL(ctx context.Context, src DTLSource) (ReplayResult, er
 		res.Gap = len(groups) > 0 && groups[0].Prev != last && !known[groups[0].Prev]
 	}
 	todo := groups[first:]
+	if len(todo) > 0 {
+		// The replayed changes go to the vdisk's new DTL as they are
+		// applied, so that it holds them before the vdisk serves. The
+		// groups were listed first: if the new DTL is on the same node,
+		// its own groups come after them.
+		v.placeDTLNow(ctx)
+	}
 	for i := 1; i < len(todo); i++ {
 		if todo[i].Prev != todo[i-1].TLog {
 			res.Gap = true

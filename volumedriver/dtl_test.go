@@ -3,6 +3,7 @@ package volumedriver
 import (
 	"context"
 	"errors"
+	"fmt"
 	"math/rand/v2"
 	"path/filepath"
 	"slices"
@@ -23,8 +24,9 @@ type fakeDTL struct {
 	groups   []*fakeGroup
 	fence    uint64
 	sessions []*fakeSession
-	// refuse makes PlaceDTL fail (no node can hold it).
-	refuse atomic.Bool
+	// refuse makes PlaceDTL fail (no node can hold it); stall makes
+	// WaitDurable hang (a DTL host cut off without a reset).
+	refuse, stall atomic.Bool
 }
 
 type fakeGroup struct {
@@ -163,6 +165,13 @@ func (s *fakeSession) Sync(uint64) {}
 
 func (s *fakeSession) WaitDurable(ctx context.Context, pos uint64) error {
 	s.waits.Add(1)
+	if s.d.stall.Load() {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-s.done:
+		}
+	}
 	if s.broken.Load() {
 		if errors.Is(s.err, ErrFenced) {
 			return s.err
@@ -307,16 +316,21 @@ func TestFailoverReplaysDTL(t *testing.T) {
 			held.setFence(2)
 			dtl.setFence(2)
 
-			d2, err := Open(ctx, filepath.Join(t.TempDir(), "volumes"), e.backend, Options{Owned: ownedBy(nil)})
+			var res ReplayResult
+			recover := func(ctx context.Context, name, id string, epoch uint64, restored bool, replay func(DTLSource) (ReplayResult, error)) error {
+				if !restored || epoch != 2 {
+					return fmt.Errorf("recover %s epoch %d restored %v", name, epoch, restored)
+				}
+				var err error
+				res, err = replay(held)
+				return err
+			}
+			d2, err := Open(ctx, filepath.Join(t.TempDir(), "volumes"), e.backend, Options{Owned: ownedBy(nil), Recover: recover})
 			if err != nil {
 				t.Fatal(err)
 			}
 			defer d2.Close()
 			if _, err := d2.Adopt(ctx, "ida", 2); err != nil {
-				t.Fatal(err)
-			}
-			res, err := d2.ReplayDTL(ctx, "a", held)
-			if err != nil {
 				t.Fatal(err)
 			}
 			t.Logf("replayed %+v", res)
@@ -399,22 +413,62 @@ func TestDTLReplayGap(t *testing.T) {
 	src := &fakeDTL{groups: []*fakeGroup{{tlog: "tlog_x", prev: "tlog_unknown", entries: []DTLEntry{
 		{Addr: 2, Count: 2, CRCs: []uint32{crc32c(data[:4096]), crc32c(data[4096:])}, Data: data},
 	}}}}
-	res, err := d.ReplayDTL(ctx, "a", src)
+	v, _ := d.Volume("a")
+	res, err := v.replayDTL(ctx, src)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if !res.Gap || res.Entries != 1 || res.From != "tlog_x" {
 		t.Fatalf("replay: %+v", res)
 	}
-	v, _ := d.Volume("a")
 	m := &model{data: make([]byte, 1<<20)}
 	m.write(data, 8192)
 	check(t, v, m)
 
 	// A corrupt entry is refused, not applied.
 	bad := &fakeDTL{groups: []*fakeGroup{{tlog: "tlog_y", entries: []DTLEntry{{Addr: 0, Count: 1, CRCs: []uint32{1}, Data: make([]byte, 4096)}}}}}
-	if _, err := d.ReplayDTL(ctx, "a", bad); err == nil {
+	if _, err := v.replayDTL(ctx, bad); err == nil {
 		t.Fatal("a corrupt DTL entry was replayed")
+	}
+	check(t, v, m)
+}
+
+// TestDTLStalled: a DTL that stops answering holds a sync flush only for
+// dtlSyncTimeout; the session is dropped and another one placed.
+func TestDTLStalled(t *testing.T) {
+	ctx := context.Background()
+	e := newTestEnv(t)
+	dtl := &fakeDTL{}
+	var leases atomic.Int32
+	e.opts.Owned = ownedBy(nil)
+	e.opts.DTL = dtl
+	e.opts.Lease = func(context.Context) error { leases.Add(1); return nil }
+	d := e.open()
+	defer d.Close()
+	if _, err := d.Create(ctx, "a", 16<<20, CreateOptions{ID: "ida", Epoch: 1}); err != nil {
+		t.Fatal(err)
+	}
+	waitDTLState(t, d, "a", DTLStateOK)
+	v, _ := d.Volume("a")
+	m := &model{data: make([]byte, 16<<20)}
+	rng := rand.New(rand.NewPCG(3, 4))
+	randomWrites(t, v, m, rng, 20, 100_000)
+	dtl.stall.Store(true)
+	start := time.Now()
+	if err := v.Flush(ctx); err != nil {
+		t.Fatalf("flush with a stalled DTL: %v", err)
+	}
+	t.Logf("the flush waited %s for a stalled DTL", time.Since(start).Round(time.Millisecond))
+	if leases.Load() == 0 {
+		t.Fatal("a flush no DTL holds was acknowledged without the lease")
+	}
+	dtl.stall.Store(false)
+	waitDTLState(t, d, "a", DTLStateOK)
+	dtl.mu.Lock()
+	n := len(dtl.sessions)
+	dtl.mu.Unlock()
+	if n < 2 {
+		t.Fatalf("%d sessions: the stalled one was not replaced", n)
 	}
 	check(t, v, m)
 }

@@ -729,9 +729,9 @@ func (v *Volume) flush(ctx context.Context) error {
 		v.mu.Unlock()
 		return err
 	}
-	s, pos, mode := v.dtl.sess, v.dtl.pos, v.dtl.mode
+	s, pos, missed, mode := v.dtl.sess, v.dtl.pos, v.dtl.missed, v.dtl.mode
 	v.mu.Unlock()
-	return v.dtlFlush(ctx, s, pos, mode)
+	return v.dtlFlush(ctx, s, pos, missed, mode)
 }
 
 // flushLocked: fdatasync the SCOs, then append a sync record and make the

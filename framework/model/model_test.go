@@ -189,3 +189,47 @@ func TestChangeOwnerRace(t *testing.T) {
 		t.Fatalf("%d winners, epoch %d", won, o.Epoch)
 	}
 }
+
+// TestDTLPlacement: the owner records where its DTL is, under its owner
+// record: a stale owner cannot move the DTL; the placement shows in
+// VDisk and VDisks and goes with the vdisk.
+func TestDTLPlacement(t *testing.T) {
+	ctx := context.Background()
+	s := New(startArakoon(t))
+	ov, err := s.ReserveVDisk(ctx, "vm1", "id1", "a", 1, VDiskReady)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p, err := s.DTL(ctx, "id1"); err != nil || p.Node != "" {
+		t.Fatalf("no placement yet: %+v %v", p, err)
+	}
+	if p, err := s.PlaceDTL(ctx, "id1", ov.OwnerRaw, "b"); err != nil || p.Node != "b" || p.Epoch != 1 {
+		t.Fatalf("PlaceDTL: %+v %v", p, err)
+	}
+	if _, _, err := s.ChangeOwner(ctx, "id1", ov.OwnerRaw, "c", true); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.PlaceDTL(ctx, "id1", ov.OwnerRaw, "d"); !errors.Is(err, ErrConflict) {
+		t.Fatalf("PlaceDTL by a stale owner: %v, want ErrConflict", err)
+	}
+	if err := s.SetVDiskDTLMode(ctx, "vm1", "async"); err != nil {
+		t.Fatal(err)
+	}
+	got, err := s.VDisk(ctx, "vm1")
+	if err != nil || got.DTL.Node != "b" || got.DTL.Epoch != 1 || got.DTLMode != "async" || got.Owner.Node != "c" {
+		t.Fatalf("VDisk = %+v, %v", got, err)
+	}
+	all, err := s.VDisks(ctx)
+	if err != nil || len(all) != 1 || all[0].DTL.Node != "b" {
+		t.Fatalf("VDisks = %+v, %v", all, err)
+	}
+	if err := s.SetVDiskDTLMode(ctx, "nosuch", "sync"); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("mode of a missing vdisk: %v", err)
+	}
+	if err := s.DeleteVDisk(ctx, "vm1"); err != nil {
+		t.Fatal(err)
+	}
+	if p, err := s.DTL(ctx, "id1"); err != nil || p.Node != "" {
+		t.Fatalf("placement after delete: %+v %v", p, err)
+	}
+}
