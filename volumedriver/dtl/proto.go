@@ -527,13 +527,17 @@ func entryBodyLen(e *Entry) int {
 
 // appendEntryBody appends e's body; e must have passed checkEntry.
 func appendEntryBody(b []byte, e *Entry) []byte {
+	return append(appendEntryHead(b, e), e.Data...)
+}
+
+// appendEntryHead appends e's body but for the data.
+func appendEntryHead(b []byte, e *Entry) []byte {
 	b = binary.BigEndian.AppendUint64(b, e.Addr)
 	b = binary.BigEndian.AppendUint32(b, e.Count)
 	if e.Kind == Write {
 		for _, c := range e.CRCs {
 			b = binary.BigEndian.AppendUint32(b, c)
 		}
-		b = append(b, e.Data...)
 	}
 	return b
 }

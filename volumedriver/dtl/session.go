@@ -8,7 +8,6 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
-	"sync"
 	"syscall"
 )
 
@@ -31,10 +30,7 @@ type session struct {
 	count uint64   // positions received: Begin, Write and Trim frames
 	dead  bool     // ended by a newer session, a fence or Forget
 
-	smu     sync.Mutex
-	sTarget uint64     // the position the next ack covers
-	sFiles  []*os.File // files to fdatasync before it
-	sDir    bool       // and the directory
+	syncReq uint64 // the highest position a sync asked for (vd.mu)
 	sWake   chan struct{}
 }
 
@@ -256,8 +252,10 @@ func (s *session) flush() error {
 	return nil
 }
 
-// sync hands every file written since the last sync to the syncer, which
-// acknowledges pos once they are durable.
+// sync records that the peer wants everything up to pos durable and wakes
+// the syncer. The syncer itself pushes the buffered appends to the files
+// before its fdatasync, so that a burst of sync requests (QD32 flushes)
+// costs one write and one fdatasync, not one of each per request.
 func (s *session) sync(pos uint64) error {
 	vd := s.vd
 	vd.mu.Lock()
@@ -269,30 +267,8 @@ func (s *session) sync(pos uint64) error {
 		vd.mu.Unlock()
 		return fmt.Errorf("%w: sync at position %d, the server has %d", errProtocol, pos, s.count)
 	}
-	if g := s.cur; g != nil {
-		if err := g.w.Flush(); err != nil {
-			vd.mu.Unlock()
-			return storageErr(fmt.Errorf("write %s: %w", g.path, err))
-		}
-	}
-	// Files stay open until their group is dropped or the session ends,
-	// so that none closes between here and its fdatasync.
-	var files []*os.File
-	for _, g := range s.open {
-		if g.f != nil && g.dirty {
-			files = append(files, g.f)
-			g.dirty = false
-		}
-	}
-	dir := vd.dirDirty
-	vd.dirDirty = false
+	s.syncReq = pos
 	vd.mu.Unlock()
-
-	s.smu.Lock()
-	s.sTarget = pos
-	s.sFiles = append(s.sFiles, files...)
-	s.sDir = s.sDir || dir
-	s.smu.Unlock()
 	select {
 	case s.sWake <- struct{}{}:
 	default:
@@ -300,25 +276,33 @@ func (s *session) sync(pos uint64) error {
 	return nil
 }
 
-// syncer fdatasyncs what sync handed it and acknowledges the position,
-// until the connection ends.
+// syncer makes the requested positions durable and acknowledges them,
+// until the connection ends. One round answers every request that came in
+// while the previous round ran (group commit).
 func (s *session) syncer() {
+	var acked uint64
 	for {
 		select {
 		case <-s.sWake:
 		case <-s.c.ctx.Done():
 			return
 		}
-		s.smu.Lock()
-		target, files, dir := s.sTarget, s.sFiles, s.sDir
-		s.sFiles, s.sDir = nil, false
-		s.smu.Unlock()
-		if err := s.syncFiles(files, dir); err != nil {
+		target, files, dir, err := s.syncBatch(acked)
+		if err == nil && target > acked {
+			err = s.syncFiles(files, dir)
+		}
+		if errors.Is(err, errSessionEnded) {
+			return
+		}
+		if err != nil {
 			s.log.Error("dtl: sync failed", "err", err)
 			s.vd.mu.Lock()
 			s.end(statusIO, err.Error())
 			s.vd.mu.Unlock()
 			return
+		}
+		if target <= acked {
+			continue
 		}
 		s.vd.mu.Lock()
 		dead := s.dead
@@ -330,7 +314,38 @@ func (s *session) syncer() {
 			s.c.cancel()
 			return
 		}
+		acked = target
 	}
+}
+
+// syncBatch pushes the buffered appends to the files and collects what
+// the next fdatasync round must cover. Files stay open until their group
+// is dropped or the session ends, so none closes before its fdatasync
+// (a dropped one may: its fdatasync is then skipped).
+func (s *session) syncBatch(acked uint64) (target uint64, files []*os.File, dir bool, err error) {
+	vd := s.vd
+	vd.mu.Lock()
+	defer vd.mu.Unlock()
+	if s.dead {
+		return 0, nil, false, errSessionEnded
+	}
+	if s.syncReq <= acked {
+		return s.syncReq, nil, false, nil
+	}
+	if g := s.cur; g != nil {
+		if err := g.w.Flush(); err != nil {
+			return 0, nil, false, storageErr(fmt.Errorf("write %s: %w", g.path, err))
+		}
+	}
+	for _, g := range s.open {
+		if g.f != nil && g.dirty {
+			files = append(files, g.f)
+			g.dirty = false
+		}
+	}
+	dir = vd.dirDirty
+	vd.dirDirty = false
+	return s.syncReq, files, dir, nil
 }
 
 func (s *session) syncFiles(files []*os.File, dir bool) error {

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"slices"
 	"sync"
 	"time"
 )
@@ -17,9 +18,9 @@ const (
 	DefaultMaxQueued   = 64 << 20
 	DefaultClusterSize = 4096
 	DefaultTimeout     = 10 * time.Second
-	// spareKeep is the largest send buffer kept for reuse once written;
-	// a larger one (after a burst) goes back to the GC.
-	spareKeep = 4 << 20
+	// resultGrace is how long a failed send waits for the server's
+	// reason to arrive.
+	resultGrace = 2 * time.Second
 )
 
 // ShipperConfig configures a Shipper.
@@ -54,10 +55,10 @@ type Shipper struct {
 	state     State
 	err       error
 	nc        net.Conn
-	pos       uint64 // last position handed out
-	pending   []byte // encoded frames the writer has not taken yet
-	spare     []byte // the writer's last buffer, for reuse
-	writing   int    // bytes the writer is sending now
+	pos       uint64    // last position handed out
+	q         sendQueue // encoded frames the writer has not taken yet
+	scratch   []byte    // frame encoding scratch
+	writing   int       // bytes the writer is sending now
 	wake      chan struct{}
 	requested uint64        // highest position a sync request was queued for
 	durable   uint64        // highest position the server acknowledged durable
@@ -126,7 +127,7 @@ func (s *Shipper) Begin(tlog, prev string) uint64 {
 	if !s.roomLocked(frameHdrSize + 2 + len(tlog) + len(prev)) {
 		return 0
 	}
-	s.pending = appendBegin(s.pending, tlog, prev)
+	s.queueLocked(appendBegin(s.scratch[:0], tlog, prev))
 	s.pos++
 	s.kickLocked()
 	return s.pos
@@ -151,8 +152,8 @@ func (s *Shipper) Append(e Entry) uint64 {
 		if !s.roomLocked(frameHdrSize + entryFixed) {
 			return 0
 		}
-		s.pending = appendFrameHdr(s.pending, ftTrim, entryFixed)
-		s.pending = appendEntryBody(s.pending, &e)
+		b := appendFrameHdr(s.scratch[:0], ftTrim, entryFixed)
+		s.queueLocked(appendEntryHead(b, &e))
 		s.pos++
 		s.kickLocked()
 		return s.pos
@@ -166,8 +167,9 @@ func (s *Shipper) Append(e Entry) uint64 {
 		part.Count = min(e.Count, maxCount)
 		part.CRCs = e.CRCs[:part.Count]
 		part.Data = e.Data[:int(part.Count)*s.cfg.ClusterSize]
-		s.pending = appendFrameHdr(s.pending, ftWrite, entryBodyLen(&part))
-		s.pending = appendEntryBody(s.pending, &part)
+		b := appendFrameHdr(s.scratch[:0], ftWrite, entryBodyLen(&part))
+		s.queueLocked(appendEntryHead(b, &part))
+		s.q.write(part.Data)
 		s.pos++
 		e.Addr += uint64(part.Count)
 		e.Count -= part.Count
@@ -193,7 +195,7 @@ func (s *Shipper) Drop(tlog string) {
 	if !s.roomLocked(frameHdrSize + 1 + len(tlog)) {
 		return
 	}
-	s.pending = appendName(s.pending, ftDrop, tlog)
+	s.queueLocked(appendName(s.scratch[:0], ftDrop, tlog))
 	s.kickLocked()
 }
 
@@ -269,11 +271,18 @@ func (s *Shipper) Close() {
 // shipper when they do not: a DTL that cannot keep up must not grow the
 // owner's memory without bound.
 func (s *Shipper) roomLocked(n int) bool {
-	if int64(len(s.pending)+s.writing+n) <= s.cfg.MaxQueued {
+	if int64(s.q.size+s.writing+n) <= s.cfg.MaxQueued {
 		return true
 	}
 	s.failLocked(fmt.Errorf("%w: send queue over its limit of %d bytes (the DTL does not keep up)", ErrBroken, s.cfg.MaxQueued))
 	return false
+}
+
+// queueLocked queues an encoded frame (or its head) and keeps the
+// scratch buffer it was encoded in.
+func (s *Shipper) queueLocked(b []byte) {
+	s.q.write(b)
+	s.scratch = b[:0]
 }
 
 func (s *Shipper) kickLocked() {
@@ -297,7 +306,7 @@ func (s *Shipper) requestSyncLocked(pos uint64) {
 		// timeout.
 		s.nc.SetReadDeadline(time.Now().Add(s.cfg.Timeout))
 	}
-	s.pending = appendU64Frame(s.pending, ftSync, s.pos)
+	s.queueLocked(appendU64Frame(s.scratch[:0], ftSync, s.pos))
 	s.requested = s.pos
 	s.kickLocked()
 }
@@ -325,7 +334,7 @@ func (s *Shipper) failLocked(err error) {
 	if s.nc != nil {
 		s.nc.Close()
 	}
-	s.pending, s.spare = nil, nil
+	s.q.reset()
 	if !errors.Is(err, errClosed) {
 		s.log.Warn("dtl: shipper stopped", "state", s.state.String(), "err", err)
 	}
@@ -362,14 +371,16 @@ func (s *Shipper) run() {
 	}
 	s.mu.Unlock()
 	s.log.Debug("dtl: shipper connected")
+	readDone := make(chan struct{})
 	s.wg.Add(1)
 	go func() {
 		defer s.wg.Done()
+		defer close(readDone)
 		s.readLoop(br)
 	}()
 	for {
 		s.mu.Lock()
-		for len(s.pending) == 0 && s.state == Connected {
+		for s.q.size == 0 && s.state == Connected {
 			s.mu.Unlock()
 			select {
 			case <-s.wake:
@@ -381,21 +392,29 @@ func (s *Shipper) run() {
 			s.mu.Unlock()
 			return
 		}
-		buf := s.pending
-		s.pending, s.spare = s.spare[:0], nil
-		s.writing = len(buf)
+		s.writing = s.q.size
+		chunks := s.q.take()
 		s.mu.Unlock()
 
 		nc.SetWriteDeadline(time.Now().Add(s.cfg.Timeout))
-		_, err := nc.Write(buf)
+		bufs := net.Buffers(slices.Clone(chunks)) // WriteTo consumes its slice
+		_, err := bufs.WriteTo(nc)
 
 		s.mu.Lock()
 		s.writing = 0
-		if cap(buf) <= spareKeep && s.state == Connected {
-			s.spare = buf[:0]
+		if s.state == Connected {
+			s.q.put(chunks)
 		}
 		s.mu.Unlock()
 		if err != nil {
+			// A server that ends the session (a fence) says why in a
+			// result before it closes; a send failing on the closed
+			// connection must not hide it, so give the reader a moment
+			// to get there first.
+			select {
+			case <-readDone:
+			case <-time.After(resultGrace):
+			}
 			s.fail(fmt.Errorf("%w: send to %s: %w", ErrBroken, s.cfg.Addr, err))
 			return
 		}
