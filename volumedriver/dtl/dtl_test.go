@@ -775,3 +775,61 @@ func TestVersionMismatch(t *testing.T) {
 		t.Fatalf("hello reply: version %d status %d, %v", v, st, err)
 	}
 }
+
+// A fence while the owner streams: the shipper ends Fenced (not merely
+// Broken by the closed connection), and every entry it had acknowledged
+// durable is in what the new owner reads.
+func TestFenceWhileStreaming(t *testing.T) {
+	ts := startServer(t, "")
+	s := ts.shipper("vd", 1)
+	s.Begin("tlog_a", "")
+	for i := uint64(0); i < 50; i++ {
+		s.Append(writeEntry(i, 1, byte(i)))
+	}
+	var durable uint64
+	stop := make(chan struct{})
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for i := uint64(50); ; i++ {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			pos := s.Append(writeEntry(i, 1, byte(i)))
+			if pos == 0 {
+				return
+			}
+			if i%16 == 0 {
+				if s.WaitDurable(context.Background(), pos) != nil {
+					return
+				}
+				durable = pos
+			}
+		}
+	}()
+	waitDurable(t, s, 50)
+	if err := Fence(ctx30(t), ts.addr, nil, "vd", 2); err != nil {
+		t.Fatal(err)
+	}
+	waitDone(t, s)
+	close(stop)
+	<-done
+	if s.State() != Fenced {
+		t.Fatalf("state %s after a fence: %v", s.State(), s.Err())
+	}
+	got, err := readAll(t, ts.addr, "vd", 2, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Positions: 1 is the Begin, entry i is position i+2.
+	if uint64(len(got))+1 < durable {
+		t.Fatalf("read %d entries, but position %d was acknowledged durable", len(got), durable)
+	}
+	for i, g := range got {
+		if g.e.Addr != uint64(i) {
+			t.Fatalf("entry %d at %d: out of order", i, g.e.Addr)
+		}
+	}
+}

@@ -30,7 +30,8 @@ type session struct {
 	count uint64   // positions received: Begin, Write and Trim frames
 	dead  bool     // ended by a newer session, a fence or Forget
 
-	syncReq uint64 // the highest position a sync asked for (vd.mu)
+	syncReq uint64        // the highest position a sync asked for (vd.mu)
+	endDone chan struct{} // closed once end told the peer why
 	sWake   chan struct{}
 }
 
@@ -51,6 +52,7 @@ func (c *conn) ship(body []byte) {
 		epoch:       req.epoch,
 		clusterSize: int(req.clusterSize),
 		sWake:       make(chan struct{}, 1),
+		endDone:     make(chan struct{}),
 	}
 	vd, err := c.srv.lookup(req.vdisk, true)
 	if err != nil {
@@ -107,6 +109,9 @@ func (c *conn) ship(body []byte) {
 		case err == nil:
 			continue
 		case errors.Is(err, errSessionEnded):
+			// Let the result saying why go out before the connection
+			// closes.
+			<-s.endDone
 		case errors.Is(err, errProtocol):
 			c.protocolError(err)
 		case errors.Is(err, ErrCorrupt):
@@ -431,6 +436,7 @@ func (s *session) end(st status, msg string) {
 	}
 	s.log.Info("dtl: session ended", "why", msg)
 	go func() {
+		defer close(s.endDone)
 		s.c.result(st, msg)
 		s.c.cancel()
 	}()
