@@ -204,6 +204,7 @@ func (s *Shipper) Drop(tlog string) {
 func (s *Shipper) Sync(pos uint64) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	pos = min(pos, s.pos) // nothing beyond what was handed out
 	if s.state < Broken && s.durable < pos {
 		s.requestSyncLocked(pos)
 	}
