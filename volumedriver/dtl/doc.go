@@ -52,6 +52,7 @@
 //	64 Result  u8 status | u8 reserved (0) | u16 message length (<= 1024) | message
 //	65 SyncAck u64 position
 //	66 Group   u64 epoch | u32 entries | u64 bytes | tlog | prev
+//	67 RecvAck u64 position                             everything up to here is in the server's files
 //	3, 4       Write and Trim as above (the entries of a Read)
 //
 // Result statuses: 0 ok, 1 fenced (the epoch is below the vdisk's fence),
@@ -73,7 +74,11 @@
 // last frame before it, and the server answers SyncAck with that position
 // once everything up to it is on disk and fdatasynced. Many Syncs may be
 // in flight; one fdatasync answers all that arrived while the previous ran
-// (group commit). The server sends nothing else on a healthy session. When
+// (group commit). Whenever it has read all that arrived and written it to
+// its files (the kernel: it survives the owner's host, and the server's
+// process), the server sends RecvAck with its position, if it grew: an
+// owner in sync mode acknowledges a write once the DTL has it. The server
+// sends nothing else on a healthy session. When
 // it ends the session (a bad frame, a corrupt entry, a disk error, a fence
 // by a newer epoch, a newer session of the same vdisk, Forget) it sends a
 // Result saying why and closes.

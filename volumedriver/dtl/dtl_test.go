@@ -833,3 +833,41 @@ func TestFenceWhileStreaming(t *testing.T) {
 		}
 	}
 }
+
+// TestWaitReceived: the server says how far it has the entries in its
+// files without a sync being asked; what it said it has, a Read sees, even
+// after its session ended without a sync (the owner died).
+func TestWaitReceived(t *testing.T) {
+	ts := startServer(t, "")
+	s := ts.shipper("vd", 1)
+	s.Begin("tlog_a", "")
+	var want []shipped
+	var pos uint64
+	for i := 0; i < 200; i++ {
+		e := writeEntry(uint64(i), 1, byte(i))
+		pos = s.Append(e)
+		want = append(want, shipped{"tlog_a", e})
+	}
+	if err := s.WaitReceived(ctx30(t), pos); err != nil {
+		t.Fatal(err)
+	}
+	s.mu.Lock()
+	requested := s.requested
+	s.mu.Unlock()
+	if requested != 0 {
+		t.Fatalf("WaitReceived asked for a sync (up to %d)", requested)
+	}
+	s.Close() // the owner is gone, nothing synced
+	got, err := readAll(t, ts.addr, "vd", 1, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	checkShipped(t, got, want)
+	// A broken shipper never says a position it did not get to is received.
+	if err := s.WaitReceived(ctx30(t), pos+1); !errors.Is(err, ErrBroken) {
+		t.Fatalf("WaitReceived on a closed shipper: %v", err)
+	}
+	if err := s.WaitReceived(ctx30(t), 0); !errors.Is(err, ErrBroken) {
+		t.Fatalf("WaitReceived(0) on a closed shipper: %v", err)
+	}
+}

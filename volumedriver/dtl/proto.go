@@ -69,6 +69,7 @@ const (
 	ftResult  frameType = 64 // server: outcome of a request
 	ftSyncAck frameType = 65 // server: durable up to a position
 	ftGroup   frameType = 66 // server: one group (Groups, and before its entries on Read)
+	ftRecvAck frameType = 67 // server: in the server's files (its kernel) up to a position
 )
 
 func (t frameType) String() string {
@@ -99,6 +100,8 @@ func (t frameType) String() string {
 		return "sync-ack"
 	case ftGroup:
 		return "group"
+	case ftRecvAck:
+		return "recv-ack"
 	}
 	return fmt.Sprintf("frame(%d)", uint8(t))
 }
@@ -118,7 +121,7 @@ func maxBody(t frameType) int {
 		return maxEntryBody
 	case ftTrim:
 		return entryFixed
-	case ftSync, ftSyncAck:
+	case ftSync, ftSyncAck, ftRecvAck:
 		return 8
 	case ftDrop:
 		return 1 + MaxGroupLen
@@ -238,7 +241,7 @@ func decodeFrameHdr(b []byte, allowed func(frameType) bool) (frameHdr, error) {
 
 func clientFrame(t frameType) bool { return t >= ftShip && t <= ftForget }
 func serverFrame(t frameType) bool {
-	return t == ftResult || t == ftSyncAck || t == ftGroup || t == ftWrite || t == ftTrim
+	return t == ftResult || t == ftSyncAck || t == ftRecvAck || t == ftGroup || t == ftWrite || t == ftTrim
 }
 
 // Names. vdisk ids and group names become file and directory names, so

@@ -28,7 +28,9 @@ type session struct {
 	cur   *group   // the group entries go to; nil before the first Begin
 	open  []*group // groups whose files this session opened
 	count uint64   // positions received: Begin, Write and Trim frames
-	dead  bool     // ended by a newer session, a fence or Forget
+	// recvAcked: the last position sent in a RecvAck (the read loop's).
+	recvAcked uint64
+	dead      bool // ended by a newer session, a fence or Forget
 
 	syncReq uint64        // the highest position a sync asked for (vd.mu)
 	endDone chan struct{} // closed once end told the peer why
@@ -102,8 +104,11 @@ func (c *conn) ship(body []byte) {
 		}
 		if err == nil && c.br.Buffered() < frameHdrSize {
 			// Nothing more to read at once: push the buffered
-			// appends to the files before blocking.
+			// appends to the files before blocking, and say so.
 			err = s.flush()
+			if err == nil {
+				err = s.ackReceived()
+			}
 		}
 		switch {
 		case err == nil:
@@ -241,6 +246,19 @@ func (s *session) begin(tlog, prev string) error {
 	s.open = append(s.open, g)
 	s.count++
 	return nil
+}
+
+// ackReceived tells the owner how far its changes are in the files, if
+// that grew since the last time.
+func (s *session) ackReceived() error {
+	s.vd.mu.Lock()
+	pos, dead := s.count, s.dead
+	s.vd.mu.Unlock()
+	if dead || pos == s.recvAcked {
+		return nil
+	}
+	s.recvAcked = pos
+	return s.c.write(appendU64Frame(nil, ftRecvAck, pos), true)
 }
 
 // flush pushes the current group's buffered appends to its file.

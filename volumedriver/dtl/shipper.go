@@ -62,6 +62,7 @@ type Shipper struct {
 	wake      chan struct{}
 	requested uint64        // highest position a sync request was queued for
 	durable   uint64        // highest position the server acknowledged durable
+	received  uint64        // highest position the server said is in its files
 	durCh     chan struct{} // closed (and replaced) when durable or the state changes
 }
 
@@ -471,6 +472,16 @@ func (s *Shipper) readLoop(br *bufio.Reader) {
 				s.fail(err)
 				return
 			}
+		case ftRecvAck:
+			pos, err := decodeU64(body)
+			if err != nil {
+				s.fail(fmt.Errorf("%w: from %s: %w", ErrBroken, s.cfg.Addr, err))
+				return
+			}
+			if err := s.receivedUpTo(pos); err != nil {
+				s.fail(err)
+				return
+			}
 		case ftResult:
 			st, msg, err := decodeResult(body)
 			if err != nil {
@@ -482,6 +493,51 @@ func (s *Shipper) readLoop(br *bufio.Reader) {
 		default:
 			s.fail(fmt.Errorf("%w: from %s: %w: unexpected %s frame", ErrBroken, s.cfg.Addr, errProtocol, t))
 			return
+		}
+	}
+}
+
+// receivedUpTo records that the server has everything up to pos in its
+// files and wakes the waiters.
+func (s *Shipper) receivedUpTo(pos uint64) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if pos > s.pos || pos < s.received {
+		return fmt.Errorf("%w: %s received position %d (sent %d, received before %d)", ErrBroken, s.cfg.Addr, pos, s.pos, s.received)
+	}
+	s.received = pos
+	close(s.durCh)
+	s.durCh = make(chan struct{})
+	return nil
+}
+
+// WaitReceived returns once the server has every entry up to pos in its
+// files (written, maybe not fdatasynced: it survives the loss of the
+// owner's host and of the server's process), or an error as WaitDurable.
+// The caller bounds the wait with ctx.
+func (s *Shipper) WaitReceived(ctx context.Context, pos uint64) error {
+	for {
+		s.mu.Lock()
+		got := max(s.received, s.durable)
+		switch {
+		case s.state >= Broken && (pos == 0 || pos > got):
+			err := s.err
+			s.mu.Unlock()
+			return err
+		case pos <= got:
+			s.mu.Unlock()
+			return nil
+		case pos > s.pos:
+			last := s.pos
+			s.mu.Unlock()
+			return fmt.Errorf("dtl: wait for position %d, beyond the last one handed out (%d)", pos, last)
+		}
+		ch := s.durCh
+		s.mu.Unlock()
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			return ctx.Err()
 		}
 	}
 }
