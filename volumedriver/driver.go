@@ -340,7 +340,7 @@ func (d *Driver) newVolume(cfg volumeConfig, epoch uint64) *Volume {
 		uploaderDone: make(chan struct{}),
 		ctl:          make(chan struct{}, 1),
 	}
-	v.dtl.mode, v.dtl.kick = DTLSync, make(chan struct{})
+	v.dtl.mode, v.dtl.kick, v.dtl.recCh = DTLSync, make(chan struct{}), make(chan struct{})
 	if d.opts.DTLMode != nil {
 		if m, err := ParseDTLMode(string(d.opts.DTLMode(cfg.ID))); err == nil {
 			v.dtl.mode = m

@@ -79,6 +79,10 @@ type DTLSession interface {
 	Begin(tlog, prev string) uint64
 	AppendWrite(addr uint64, crcs []uint32, data []byte) uint64
 	AppendTrim(addr uint64, count uint32) uint64
+	// WaitReceived returns once the DTL has everything up to pos (in
+	// its host's kernel: it survives the owner's host), or an error as
+	// WaitDurable.
+	WaitReceived(ctx context.Context, pos uint64) error
 	// Sync asks the DTL to make everything up to pos durable.
 	Sync(pos uint64)
 	// WaitDurable returns once everything up to pos is durable on the
@@ -99,8 +103,15 @@ type DTLSession interface {
 // another failure domain where there is one), avoiding the nodes in avoid
 // where it can, and returns the node it chose. ErrNoDTLNode: no other node
 // can hold it.
+//
+// RecordDTL tells the cluster whether the DTL on node holds every change
+// of the vdisk the backend does not (complete), for the node that takes
+// the vdisk over should this one die: an incomplete DTL means its clients
+// must be told that acknowledged writes may be gone. PlaceDTL records its
+// node as not complete yet.
 type DTLPlacer interface {
 	PlaceDTL(ctx context.Context, id string, epoch uint64, avoid []string) (DTLSession, string, error)
+	RecordDTL(ctx context.Context, id string, epoch uint64, node string, complete bool) error
 }
 
 // ErrNoDTLNode is returned by a DTLPlacer when no other node can hold a DTL.
@@ -125,8 +136,35 @@ type dtlLink struct {
 	// lastErr: why there is no session (placement failed or it broke).
 	lastErr error
 	since   time.Time
-	// kick wakes the keeper (the mode changed).
+	// kick wakes the keeper (the mode changed, or the session was
+	// dropped).
 	kick chan struct{}
+	// recorded is what the cluster was told of this tenure's DTL (see
+	// DTLPlacer.RecordDTL); recCh is closed and replaced when it changes.
+	recorded dtlRecord
+	recCh    chan struct{}
+}
+
+// dtlRecord is what the cluster knows of a vdisk's DTL.
+type dtlRecord int
+
+const (
+	recordUnknown    dtlRecord = iota // not told since the last change: not safe
+	recordIncomplete                  // told: the DTL does not have everything
+	recordComplete                    // told: the DTL has everything
+)
+
+func (v *Volume) setRecordedLocked(r dtlRecord) {
+	if v.dtl.recorded != r {
+		v.dtl.recorded = r
+		close(v.dtl.recCh)
+		v.dtl.recCh = make(chan struct{})
+	}
+}
+
+func (v *Volume) kickDTLLocked() {
+	close(v.dtl.kick)
+	v.dtl.kick = make(chan struct{})
 }
 
 func (v *Volume) dtlStateLocked() string {
@@ -198,6 +236,67 @@ func (v *Volume) dtlPublishedLocked(name string) {
 	}
 }
 
+// dtlReceived is the DTL's part of acknowledging a write in sync mode: the
+// DTL has received it, so the owner's host may die without losing it. A
+// write no DTL has is acknowledged only once the cluster knows this
+// tenure's DTL is incomplete (a node taking the vdisk over then tells
+// its clients that acknowledged writes may be gone).
+func (v *Volume) dtlReceived(ctx context.Context, s DTLSession, pos uint64, missed bool, mode DTLMode) error {
+	if v.drv.opts.DTL == nil || mode != DTLSync {
+		return nil
+	}
+	if s != nil && !missed {
+		wctx, cancel := context.WithTimeout(ctx, dtlSyncTimeout)
+		err := s.WaitReceived(wctx, pos)
+		cancel()
+		switch {
+		case err == nil:
+			return nil
+		case errors.Is(err, ErrFenced):
+			v.fence(err)
+			return v.fencedErr()
+		case ctx.Err() != nil:
+			return fmt.Errorf("%s: write: waiting for the DTL: %w", v.name(), ctx.Err())
+		case wctx.Err() != nil:
+			v.log.Warn("the DTL did not take a write in time; dropping it", "vdisk", v.name(), "timeout", dtlSyncTimeout)
+			v.detachDTL(s, fmt.Errorf("a write waited %s for the DTL", dtlSyncTimeout))
+		}
+	}
+	return v.waitRecordedIncomplete(ctx)
+}
+
+// waitRecordedIncomplete returns once the cluster knows that this
+// tenure's DTL is incomplete (the keeper tells it).
+func (v *Volume) waitRecordedIncomplete(ctx context.Context) error {
+	timeout := time.NewTimer(dtlRecordTimeout)
+	defer timeout.Stop()
+	for {
+		v.mu.Lock()
+		rec, ch := v.dtl.recorded, v.dtl.recCh
+		if rec != recordIncomplete && v.dtl.sess == nil {
+			v.kickDTLLocked()
+		}
+		v.mu.Unlock()
+		if rec == recordIncomplete {
+			return nil
+		}
+		if v.fenced.Load() {
+			return v.fencedErr()
+		}
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-timeout.C:
+			return fmt.Errorf("%s: no DTL holds the write and the cluster could not be told so within %s", v.name(), dtlRecordTimeout)
+		}
+	}
+}
+
+// dtlRecordTimeout bounds how long a write waits for the cluster to learn
+// that the vdisk's DTL is incomplete.
+const dtlRecordTimeout = 30 * time.Second
+
 // dtlFlush is the DTL's part of a flush whose local part is done: in sync
 // mode it waits until the DTL has everything up to the flush durable.
 // Without a DTL session in sync mode the flush is acknowledged only while
@@ -246,8 +345,9 @@ func (v *Volume) dtlFlush(ctx context.Context, s DTLSession, pos uint64, missed 
 }
 
 // dtlKeeper keeps the volume's DTL session: it places one when there is
-// none, replaces one that broke (avoiding the node that failed), and
-// closes it when the mode becomes none or the volume stops.
+// none, replaces one that broke (avoiding the node that failed), closes it
+// when the mode becomes none or the volume stops, and tells the cluster
+// whether the DTL is complete (see DTLPlacer.RecordDTL).
 func (v *Volume) dtlKeeper() {
 	defer v.wg.Done()
 	placer := v.drv.opts.DTL
@@ -256,9 +356,12 @@ func (v *Volume) dtlKeeper() {
 	}
 	var avoid []string
 	retry := time.Second
+	tick := time.NewTicker(500 * time.Millisecond)
+	defer tick.Stop()
 	for {
 		v.mu.Lock()
-		mode, sess, kick := v.dtl.mode, v.dtl.sess, v.dtl.kick
+		mode, sess, kick, node, rec := v.dtl.mode, v.dtl.sess, v.dtl.kick, v.dtl.node, v.dtl.recorded
+		ok := sess != nil && v.dtlStateLocked() == DTLStateOK
 		v.mu.Unlock()
 		switch {
 		case mode == DTLNone && sess != nil:
@@ -272,6 +375,12 @@ func (v *Volume) dtlKeeper() {
 			}
 			continue
 		case sess == nil:
+			// Writes without a DTL wait until the cluster knows.
+			if rec != recordIncomplete && !v.recordDTL(placer, nil, node, false) {
+				if v.fenced.Load() {
+					return
+				}
+			}
 			ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
 			go func() {
 				select {
@@ -311,6 +420,8 @@ func (v *Volume) dtlKeeper() {
 			}
 			retry = time.Second
 			continue
+		case ok && rec != recordComplete:
+			v.recordDTL(placer, sess, node, true)
 		}
 		select {
 		case <-sess.Done():
@@ -320,19 +431,44 @@ func (v *Volume) dtlKeeper() {
 				v.fence(err)
 				return
 			}
-			v.mu.Lock()
-			node := v.dtl.node
-			v.mu.Unlock()
 			v.log.Warn("the vdisk's DTL session broke; it is degraded until a new DTL is placed",
 				"vdisk", v.name(), "dtl_node", node, "err", err)
 			v.detachDTL(sess, err)
 			avoid = []string{node}
 		case <-kick:
+		case <-tick.C:
 		case <-v.stop:
 			v.detachDTL(sess, nil)
 			return
 		}
 	}
+}
+
+// recordDTL tells the cluster whether the DTL (session sess, on node) is
+// complete, and notes it if sess is still the volume's session.
+func (v *Volume) recordDTL(placer DTLPlacer, sess DTLSession, node string, complete bool) bool {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	err := placer.RecordDTL(ctx, v.id, v.epoch, node, complete)
+	if errors.Is(err, ErrFenced) {
+		v.fence(err)
+		return false
+	}
+	if err != nil {
+		v.log.Warn("could not record the DTL's state in the cluster", "vdisk", v.name(), "complete", complete, "err", err)
+		return false
+	}
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	if v.dtl.sess != sess {
+		return false
+	}
+	if complete {
+		v.setRecordedLocked(recordComplete)
+	} else {
+		v.setRecordedLocked(recordIncomplete)
+	}
+	return true
 }
 
 // attachDTL makes s the volume's DTL session. Everything in the open TLog
@@ -359,6 +495,7 @@ func (v *Volume) attachDTL(s DTLSession, node string) error {
 		v.dtlBeginLocked()
 	}
 	v.dtl.node = node
+	v.setRecordedLocked(recordIncomplete) // PlaceDTL recorded it so
 	v.dtl.barrier = len(v.state.Sealed)
 	v.dtl.lastErr = nil
 	v.dtl.since = time.Now()
@@ -399,6 +536,10 @@ func (v *Volume) detachDTL(s DTLSession, cause error) {
 		v.dtl.lastErr = cause
 		v.dtl.pos = 0
 		v.dtl.since = time.Now()
+		// The cluster may believe the DTL complete: until the keeper
+		// tells it otherwise, no write goes without one.
+		v.setRecordedLocked(recordUnknown)
+		v.kickDTLLocked()
 	}
 	v.mu.Unlock()
 	s.Close()
@@ -417,8 +558,7 @@ func (d *Driver) SetDTLMode(name string, mode DTLMode) error {
 	changed := v.dtl.mode != mode
 	v.dtl.mode = mode
 	if changed {
-		close(v.dtl.kick)
-		v.dtl.kick = make(chan struct{})
+		v.kickDTLLocked()
 	}
 	v.mu.Unlock()
 	if changed {

@@ -27,6 +27,9 @@ type fakeDTL struct {
 	// refuse makes PlaceDTL fail (no node can hold it); stall makes
 	// WaitDurable hang (a DTL host cut off without a reset).
 	refuse, stall atomic.Bool
+	// complete is what RecordDTL was told last; records counts the calls.
+	complete bool
+	records  int
 }
 
 type fakeGroup struct {
@@ -47,6 +50,17 @@ func (f *fakeDTL) PlaceDTL(ctx context.Context, id string, epoch uint64, avoid [
 	s := &fakeSession{d: f, epoch: epoch, done: make(chan struct{})}
 	f.sessions = append(f.sessions, s)
 	return s, "peer", nil
+}
+
+func (f *fakeDTL) RecordDTL(ctx context.Context, id string, epoch uint64, node string, complete bool) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if epoch < f.fence {
+		return ErrFenced
+	}
+	f.complete = complete
+	f.records++
+	return nil
 }
 
 func (f *fakeDTL) setFence(epoch uint64) {
@@ -107,6 +121,8 @@ type fakeSession struct {
 	done   chan struct{}
 	once   sync.Once
 	waits  atomic.Int64
+	// received counts the writes that waited for the DTL.
+	received atomic.Int64
 }
 
 func (s *fakeSession) add(fn func(f *fakeDTL) bool) uint64 {
@@ -162,6 +178,11 @@ func (s *fakeSession) AppendTrim(addr uint64, count uint32) uint64 {
 }
 
 func (s *fakeSession) Sync(uint64) {}
+
+func (s *fakeSession) WaitReceived(ctx context.Context, pos uint64) error {
+	s.received.Add(1)
+	return s.WaitDurable(ctx, pos)
+}
 
 func (s *fakeSession) WaitDurable(ctx context.Context, pos uint64) error {
 	s.waits.Add(1)
@@ -306,8 +327,16 @@ func TestFailoverReplaysDTL(t *testing.T) {
 			if info.DTLState != DTLStateOK || info.DTLNode != "peer" {
 				t.Fatalf("DTL state %q node %q", info.DTLState, info.DTLNode)
 			}
-			if mode == DTLSync && dtl.sessions[0].waits.Load() == 0 {
-				t.Fatal("sync mode flushes never waited for the DTL")
+			if mode == DTLSync && (dtl.sessions[0].waits.Load() == 0 || dtl.sessions[0].received.Load() == 0) {
+				t.Fatal("sync mode writes or flushes never waited for the DTL")
+			}
+			// (The keeper tells the cluster within a tick of the state
+			// going ok; the writes above took longer than that.)
+			dtl.mu.Lock()
+			complete := dtl.complete
+			dtl.mu.Unlock()
+			if !complete {
+				t.Fatal("the cluster was never told the DTL is complete")
 			}
 			// The owner dies: the backend is cut off from it and the DTL
 			// is what it held at that moment.
@@ -385,10 +414,26 @@ func TestDTLSessionLoss(t *testing.T) {
 	if err := v.Flush(ctx); err != nil {
 		t.Fatalf("flush without a DTL: %v", err)
 	}
+	dtl.mu.Lock()
+	complete := dtl.complete
+	dtl.mu.Unlock()
+	if complete {
+		t.Fatal("writes no DTL holds were acknowledged while the cluster believed the DTL complete")
+	}
 	dtl.refuse.Store(false)
 	info := waitDTLState(t, d, "a", DTLStateOK)
-	if len(dtl.sessions) != 2 {
-		t.Fatalf("%d sessions", len(dtl.sessions))
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		dtl.mu.Lock()
+		n, complete := len(dtl.sessions), dtl.complete
+		dtl.mu.Unlock()
+		if n == 2 && complete {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d sessions, complete %v", n, complete)
+		}
+		time.Sleep(10 * time.Millisecond)
 	}
 	if info.PendingUploadBytes != 0 {
 		// ok only once what the new session lacks is on the backend

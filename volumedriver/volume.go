@@ -317,14 +317,28 @@ func (v *Volume) writeClusters(ctx context.Context, addr uint64, data []byte) er
 		return err
 	}
 	v.mu.Lock()
-	defer v.mu.Unlock()
 	if err := v.writableLocked(); err != nil {
+		v.mu.Unlock()
 		return err
 	}
 	if err := v.appendClustersLocked(addr, data, crcs); err != nil {
-		return v.ioErrLocked(err)
+		err = v.ioErrLocked(err)
+		v.mu.Unlock()
+		return err
 	}
-	return v.commitLocked(v.seq)
+	return v.commitAndShipLocked(ctx)
+}
+
+// commitAndShipLocked returns once every change so far is in the kernel
+// and, in DTL sync mode, on the DTL (dtlReceived). It releases mu.
+func (v *Volume) commitAndShipLocked(ctx context.Context) error {
+	err := v.commitLocked(v.seq)
+	s, pos, missed, mode := v.dtl.sess, v.dtl.pos, v.dtl.missed, v.dtl.mode
+	v.mu.Unlock()
+	if err != nil {
+		return err
+	}
+	return v.dtlReceived(ctx, s, pos, missed, mode)
 }
 
 // commitLocked returns once every change up to seq is in the kernel,
@@ -977,8 +991,8 @@ func (v *Volume) zero(ctx context.Context, off, length int64, noHole bool) error
 		return nil
 	}
 	v.mu.Lock()
-	defer v.mu.Unlock()
 	if err := v.writableLocked(); err != nil {
+		v.mu.Unlock()
 		return err
 	}
 	addr, count := uint64(off/cs), uint64((end-off)/cs)
@@ -991,7 +1005,9 @@ func (v *Volume) zero(ctx context.Context, off, length int64, noHole bool) error
 		}
 		no = next
 		if _, err := v.md.page(no); err != nil {
-			return v.ioErrLocked(err)
+			err = v.ioErrLocked(err)
+			v.mu.Unlock()
+			return err
 		}
 	}
 	v.seq++
@@ -999,9 +1015,11 @@ func (v *Volume) zero(ctx context.Context, off, length int64, noHole bool) error
 	v.tlog.records++
 	v.dtlTrimLocked(addr, count)
 	if err := v.md.trim(addr, count, v.seq); err != nil {
-		return v.failLocked(err)
+		err = v.failLocked(err)
+		v.mu.Unlock()
+		return err
 	}
-	return v.commitLocked(v.seq)
+	return v.commitAndShipLocked(ctx)
 }
 
 // ---------------------------------------------------------------------------

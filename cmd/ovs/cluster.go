@@ -13,6 +13,7 @@ import (
 	"github.com/ovs-storage/ovs/framework/node"
 	"github.com/ovs-storage/ovs/framework/secret"
 	"github.com/ovs-storage/ovs/scos/ec"
+	"github.com/ovs-storage/ovs/volumedriver"
 )
 
 // newClusterCommand: `ovs cluster init` writes the cluster model.
@@ -29,9 +30,9 @@ func newClusterCommand() *cobra.Command {
 
 func newClusterInitCommand() *cobra.Command {
 	var (
-		arakoonFile, secretFile, id, preset, vpool string
-		policies                                   []string
-		maxPerSite                                 int
+		arakoonFile, secretFile, id, preset, vpool, dtlMode string
+		policies                                            []string
+		maxPerSite                                          int
 	)
 	cmd := &cobra.Command{
 		Use:   "init --arakoon CLUSTER.yaml --secret-file SECRET",
@@ -49,7 +50,12 @@ func newClusterInitCommand() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			c := model.Cluster{ID: id, Preset: preset, Policies: policies, MaxPerSite: maxPerSite, VPool: model.VPool{Name: vpool}}
+			mode, err := volumedriver.ParseDTLMode(dtlMode)
+			if err != nil {
+				return fmt.Errorf("--dtl-mode: %w", err)
+			}
+			c := model.Cluster{ID: id, Preset: preset, Policies: policies, MaxPerSite: maxPerSite,
+				VPool: model.VPool{Name: vpool, DTLMode: string(mode)}}
 			// The preset is checked here, not at the first node's start.
 			p := ec.Preset{Name: preset, MaxPerSite: maxPerSite}
 			for _, s := range policies {
@@ -74,7 +80,7 @@ func newClusterInitCommand() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			_, err = fmt.Fprintf(cmd.OutOrStdout(), "cluster %s initialised: vpool %s, preset %s %v\n", got.ID, got.VPool.Name, got.Preset, got.Policies)
+			_, err = fmt.Fprintf(cmd.OutOrStdout(), "cluster %s initialised: vpool %s (DTL %s), preset %s %v\n", got.ID, got.VPool.Name, got.VPool.DTLMode, got.Preset, got.Policies)
 			return err
 		},
 	}
@@ -83,6 +89,7 @@ func newClusterInitCommand() *cobra.Command {
 	f.StringVar(&secretFile, "secret-file", "", "file holding the cluster secret (required; ovs secret files are made by ovs up or ansible)")
 	f.StringVar(&id, "id", "ovs", "cluster id")
 	f.StringVar(&vpool, "vpool", "default", "name of the vpool")
+	f.StringVar(&dtlMode, "dtl-mode", "sync", "the vpool's DTL mode: sync (a flush waits for the DTL on another node), async or none")
 	f.StringVar(&preset, "preset", ec.DefaultPresetName, "name of the backend preset new vdisks use")
 	f.StringSliceVar(&policies, "policy", []string{"4,2,6,2", "2,2,4,2"}, "policies of the preset, k,m,c,x (data, parity, fragments stored before a write is acknowledged, at most per node), first preferred")
 	f.IntVar(&maxPerSite, "max-per-site", 0, "at most this many fragments of an object in one site (0: no bound; a geo preset sets it to at most m)")
@@ -227,4 +234,41 @@ func newVDiskMoveCommand(g *globalOptions) *cobra.Command {
 		return err
 	}
 	return cmd
+}
+
+func newVDiskSetDTLCommand(g *globalOptions) *cobra.Command {
+	var mode string
+	cmd := &cobra.Command{
+		Use:   "set-dtl NAME --mode sync|async|none",
+		Short: "Set a vdisk's DTL mode",
+		Long: "The DTL mirrors every write of a vdisk to another node until it is on\n" +
+			"the backend, so that the vdisk fails over with nothing lost when its\n" +
+			"owner's host dies. sync: a flush is acknowledged once the DTL has\n" +
+			"everything before it on disk too (nothing flushed is lost); async: writes\n" +
+			"are shipped in the background (what was in flight may be lost); none:\n" +
+			"no DTL (what is not on the backend yet is lost with the host).",
+		Args: oneName,
+	}
+	cmd.Flags().StringVar(&mode, "mode", "", "sync, async or none (required)")
+	_ = cmd.MarkFlagRequired("mode")
+	output := addOutputFlag(cmd)
+	cmd.RunE = func(cmd *cobra.Command, args []string) error {
+		in, err := g.client().SetDTL(cmd.Context(), args[0], mode)
+		if err != nil {
+			return err
+		}
+		if *output == outputJSON {
+			return writeJSON(cmd.OutOrStdout(), in)
+		}
+		_, err = fmt.Fprintf(cmd.OutOrStdout(), "vdisk %s: DTL %s, %s%s\n", in.Name, in.DTLMode, in.DTLState, onNode(in.DTLNode))
+		return err
+	}
+	return cmd
+}
+
+func onNode(n string) string {
+	if n == "" {
+		return ""
+	}
+	return " on " + n
 }

@@ -48,6 +48,7 @@ func newVDiskCommand(g *globalOptions) *cobra.Command {
 		newVDiskSetTemplateCommand(g),
 		newVDiskScrubCommand(g),
 		newVDiskMoveCommand(g),
+		newVDiskSetDTLCommand(g),
 	)
 	g.addClientFlags(cmd)
 	return cmd
@@ -175,6 +176,13 @@ func ownerText(v volumedriver.VolumeInfo) string {
 	return fmt.Sprintf("%s (epoch %d)", v.Owner, v.OwnerEpoch)
 }
 
+func dtlText(v volumedriver.VolumeInfo) string {
+	if v.DTLMode == "" {
+		return "-"
+	}
+	return v.DTLMode + ", " + v.DTLState + onNode(v.DTLNode)
+}
+
 // writeInfo prints a vdisk as aligned "key: value" lines.
 func writeInfo(w io.Writer, v volumedriver.VolumeInfo) error {
 	parent := v.Parent
@@ -193,6 +201,7 @@ func writeInfo(w io.Writer, v volumedriver.VolumeInfo) error {
 		{"id", v.ID},
 		{"owner", ownerText(v)},
 		{"state", dash(v.State)},
+		{"DTL", dtlText(v)},
 		{"size", bytesAndSize(v.Size)},
 		{"cluster size", api.FormatSize(int64(v.ClusterSize))},
 		{"SCO size", api.FormatSize(v.SCOSize)},

@@ -21,6 +21,13 @@ type Cluster interface {
 	Adopt(ctx context.Context, name string) (volumedriver.VolumeInfo, error)
 	// ListLocal lists the vdisks this node serves itself.
 	ListLocal(ctx context.Context) ([]volumedriver.VolumeInfo, error)
+	// SetDTL sets a vdisk's DTL mode (sync, async or none).
+	SetDTL(ctx context.Context, name, mode string) (volumedriver.VolumeInfo, error)
+}
+
+// DTLRequest is the body of POST /api/v1/vdisks/{name}/dtl.
+type DTLRequest struct {
+	Mode string `json:"mode"`
 }
 
 // NodeInfo is a node (storage router) as GET /api/v1/nodes lists it.
@@ -84,6 +91,26 @@ func (s *Server) clusterRoutes() {
 	s.mux.HandleFunc("GET /api/v1/nodes", s.listNodes)
 	s.mux.HandleFunc("POST /api/v1/vdisks/{name}/move", s.moveVDisk)
 	s.mux.HandleFunc("POST /api/v1/vdisks/{name}/adopt", s.adoptVDisk)
+	s.mux.HandleFunc("POST /api/v1/vdisks/{name}/dtl", s.setDTL)
+}
+
+func (s *Server) setDTL(w http.ResponseWriter, r *http.Request) {
+	name := r.PathValue("name")
+	if s.cluster == nil {
+		s.writeError(w, r, &httpError{http.StatusNotFound, CodeUnknownRoute, "this server is not part of a cluster"}, "")
+		return
+	}
+	var req DTLRequest
+	if err := s.decodeBody(w, r, &req); err != nil {
+		s.writeError(w, r, err, name)
+		return
+	}
+	in, err := s.cluster.SetDTL(r.Context(), name, req.Mode)
+	if err != nil {
+		s.writeError(w, r, err, name)
+		return
+	}
+	s.writeJSON(w, http.StatusOK, in)
 }
 
 func (s *Server) listNodes(w http.ResponseWriter, r *http.Request) {
@@ -169,6 +196,13 @@ func (c *Client) Move(ctx context.Context, name, to string, force bool) (MoveRes
 // Adopt asks the node to bring up a vdisk the model gives it.
 func (c *Client) Adopt(ctx context.Context, name string) (volumedriver.VolumeInfo, error) {
 	return c.postInfo(ctx, name, "/adopt")
+}
+
+// SetDTL sets vdisk name's DTL mode.
+func (c *Client) SetDTL(ctx context.Context, name, mode string) (volumedriver.VolumeInfo, error) {
+	var out volumedriver.VolumeInfo
+	err := c.do(ctx, http.MethodPost, vdiskPath(name)+"/dtl", nil, DTLRequest{Mode: mode}, &out)
+	return out, err
 }
 
 // ListLocal lists the vdisks the node serves itself.

@@ -157,6 +157,10 @@ type DTLPlacement struct {
 	Node  string    `json:"node"`
 	Epoch uint64    `json:"epoch"`
 	Since time.Time `json:"since"`
+	// Complete: the owner of Epoch says the DTL holds every change the
+	// backend does not, so a node taking the vdisk over loses nothing
+	// acknowledged (otherwise it tells the vdisk's clients).
+	Complete bool `json:"complete,omitempty"`
 }
 
 // Owner says which node serves a vdisk, under which epoch. The epoch
@@ -387,15 +391,15 @@ func (s *Store) SetVDiskDTLMode(ctx context.Context, name, mode string) error {
 	}
 }
 
-// PlaceDTL records that node holds the DTL of the vdisk with namespace id,
-// placed by its owner whose record is exactly owner (as read): it fails
-// with ErrConflict if the owner changed since.
-func (s *Store) PlaceDTL(ctx context.Context, id string, owner []byte, node string) (DTLPlacement, error) {
+// PlaceDTL records that node holds the DTL of the vdisk with namespace id
+// ("": none), complete or not, placed by its owner whose record is exactly
+// owner (as read): it fails with ErrConflict if the owner changed since.
+func (s *Store) PlaceDTL(ctx context.Context, id string, owner []byte, node string, complete bool) (DTLPlacement, error) {
 	var o Owner
 	if err := json.Unmarshal(owner, &o); err != nil {
 		return DTLPlacement{}, fmt.Errorf("owner of %s: %w", id, err)
 	}
-	p := DTLPlacement{Node: node, Epoch: o.Epoch, Since: time.Now().UTC()}
+	p := DTLPlacement{Node: node, Epoch: o.Epoch, Since: time.Now().UTC(), Complete: complete}
 	raw, _ := json.Marshal(p)
 	if err := s.kv.Apply(ctx, assert(OwnerKey(id), owner), set(keyDTL+id, raw)); err != nil {
 		return DTLPlacement{}, fmt.Errorf("place the DTL of %s on %s: %w", id, node, err)

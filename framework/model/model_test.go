@@ -203,20 +203,20 @@ func TestDTLPlacement(t *testing.T) {
 	if p, err := s.DTL(ctx, "id1"); err != nil || p.Node != "" {
 		t.Fatalf("no placement yet: %+v %v", p, err)
 	}
-	if p, err := s.PlaceDTL(ctx, "id1", ov.OwnerRaw, "b"); err != nil || p.Node != "b" || p.Epoch != 1 {
+	if p, err := s.PlaceDTL(ctx, "id1", ov.OwnerRaw, "b", true); err != nil || p.Node != "b" || p.Epoch != 1 {
 		t.Fatalf("PlaceDTL: %+v %v", p, err)
 	}
 	if _, _, err := s.ChangeOwner(ctx, "id1", ov.OwnerRaw, "c", true); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := s.PlaceDTL(ctx, "id1", ov.OwnerRaw, "d"); !errors.Is(err, ErrConflict) {
+	if _, err := s.PlaceDTL(ctx, "id1", ov.OwnerRaw, "d", false); !errors.Is(err, ErrConflict) {
 		t.Fatalf("PlaceDTL by a stale owner: %v, want ErrConflict", err)
 	}
 	if err := s.SetVDiskDTLMode(ctx, "vm1", "async"); err != nil {
 		t.Fatal(err)
 	}
 	got, err := s.VDisk(ctx, "vm1")
-	if err != nil || got.DTL.Node != "b" || got.DTL.Epoch != 1 || got.DTLMode != "async" || got.Owner.Node != "c" {
+	if err != nil || got.DTL.Node != "b" || got.DTL.Epoch != 1 || !got.DTL.Complete || got.DTLMode != "async" || got.Owner.Node != "c" {
 		t.Fatalf("VDisk = %+v, %v", got, err)
 	}
 	all, err := s.VDisks(ctx)

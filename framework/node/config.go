@@ -38,6 +38,7 @@ type Config struct {
 	NBD       string `yaml:"nbd"`        // NBD over TCP ("" disables)
 	NBDSocket string `yaml:"nbd_socket"` // NBD unix socket (default DATA/nbd.sock; "none" disables)
 	Forward   string `yaml:"forward"`    // I/O forwarding from other nodes (default: the API's host, port 8820)
+	DTL       string `yaml:"dtl"`        // DTL server for other nodes' vdisks (default: the API's host, port 8810)
 	Advertise string `yaml:"advertise"`
 
 	// Arakoon is the cluster file (arakoon cluster.yaml) of the cluster's
@@ -50,6 +51,12 @@ type Config struct {
 	Limits          LimitsConfig     `yaml:"limits"`
 	Intervals       IntervalsConfig  `yaml:"intervals"`
 	Bootstrap       *BootstrapConfig `yaml:"-"`
+	// FailoverTimeout: a node whose heartbeats stop for this long is
+	// taken for dead and its vdisks fail over (default 15s).
+	FailoverTimeout time.Duration `yaml:"failover_timeout"`
+	// DTLReadWait: how long a node taking a vdisk over keeps trying to
+	// read its DTL when the DTL's node does not answer (default 30s).
+	DTLReadWait time.Duration `yaml:"dtl_read_wait"`
 }
 
 // EmbeddedConfig is the 1-node arakoon of ovs up.
@@ -156,7 +163,7 @@ func (c *Config) validate() error {
 		return fmt.Errorf("node config: no arakoon cluster file")
 	}
 	if c.Advertise == "" && c.Bootstrap == nil {
-		for _, a := range []string{c.API, c.NBD, c.Forward} {
+		for _, a := range []string{c.API, c.NBD, c.Forward, c.DTL} {
 			if host, _, err := net.SplitHostPort(a); err == nil && (host == "" || net.ParseIP(host) != nil && net.ParseIP(host).IsUnspecified()) {
 				return fmt.Errorf("node config: %s listens on every address; set advertise to the address other nodes reach this one on", a)
 			}
@@ -212,6 +219,17 @@ func (c *Config) setDefaults() {
 		if host, _, err := net.SplitHostPort(c.API); err == nil {
 			c.Forward = net.JoinHostPort(host, "8820")
 		}
+	}
+	if c.DTL == "" && c.Bootstrap == nil {
+		if host, _, err := net.SplitHostPort(c.API); err == nil {
+			c.DTL = net.JoinHostPort(host, "8810")
+		}
+	}
+	if c.FailoverTimeout <= 0 {
+		c.FailoverTimeout = 15 * time.Second
+	}
+	if c.DTLReadWait <= 0 {
+		c.DTLReadWait = 30 * time.Second
 	}
 	if c.Intervals.Heartbeat <= 0 {
 		c.Intervals.Heartbeat = 2 * time.Second

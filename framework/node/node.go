@@ -2,6 +2,7 @@ package node
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -22,6 +23,7 @@ import (
 	"github.com/ovs-storage/ovs/scos/asd"
 	"github.com/ovs-storage/ovs/scos/ec"
 	"github.com/ovs-storage/ovs/volumedriver"
+	"github.com/ovs-storage/ovs/volumedriver/dtl"
 	"github.com/ovs-storage/ovs/volumedriver/nbd"
 	"github.com/ovs-storage/ovs/volumedriver/remote"
 )
@@ -122,6 +124,14 @@ func Run(ctx context.Context, cfg Config, ro RunOptions) error {
 		return err
 	}
 
+	// Heartbeats start now, before the vdisks are brought up (which may
+	// take a while): the other nodes must not take a starting node for
+	// dead and fail its vdisks over.
+	beatCtx, stopBeat := context.WithCancel(ctx)
+	defer stopBeat()
+	live := newLiveness(cfg.FailoverTimeout)
+	go heartbeat(beatCtx, store, cfg.ID, live, cfg.Intervals.Heartbeat, log)
+
 	// What this node serves: the vdisks the model says it owns. Their
 	// fences go up before the driver touches their namespaces.
 	if cfg.Bootstrap != nil {
@@ -137,7 +147,21 @@ func Run(ctx context.Context, cfg Config, ro RunOptions) error {
 		setFence(fencer, ov)
 	}
 	rt := newRouter(routerConfig{self: cfg.ID, store: store, fencer: fencer, log: log.With("component", "router"),
-		retryWindow: cfg.Driver.ForwardRetryWindow})
+		retryWindow: cfg.Driver.ForwardRetryWindow, cluster: cluster, dtlReadWait: cfg.DTLReadWait,
+		live: live})
+	nodeClientTLS, err := sec.ClientTLS(secret.RoleNode, cfg.ID, secret.RoleNode)
+	if err != nil {
+		return err
+	}
+	rt.forwardTLS = nodeClientTLS
+	// A cluster of one (ovs up) has no other node for a DTL.
+	var placer volumedriver.DTLPlacer
+	var lease func(context.Context) error
+	if cfg.Bootstrap == nil {
+		placer = &dtlPlacer{self: cfg.ID, site: cfg.Site, store: store, live: rt.live, tls: nodeClientTLS,
+			log: log.With("component", "dtl")}
+		lease = rt.live.lease
+	}
 	// After a restart of several hosts at once, the others' ASDs come
 	// up over some seconds: wait for the backend before reading the
 	// vdisks from it, and try again while it cannot serve them yet.
@@ -161,6 +185,10 @@ func Run(ctx context.Context, cfg Config, ro RunOptions) error {
 				return ov.Owner.Epoch, ok
 			},
 			OnFenced: rt.onFenced,
+			DTL:      placer,
+			DTLMode:  rt.dtlMode,
+			Recover:  rt.recoverDTL,
+			Lease:    lease,
 		})
 	})
 	if err != nil {
@@ -172,12 +200,7 @@ func Run(ctx context.Context, cfg Config, ro RunOptions) error {
 		}
 	}()
 	rt.drv = drv
-
-	nodeClientTLS, err := sec.ClientTLS(secret.RoleNode, cfg.ID, secret.RoleNode)
-	if err != nil {
-		return err
-	}
-	rt.forwardTLS = nodeClientTLS
+	close(rt.drvReady)
 	rt.apiToken = sec.Token(nodeAPIPurpose)
 
 	// Listen on everything before serving anything, so that a port in
@@ -219,6 +242,12 @@ func Run(ctx context.Context, cfg Config, ro RunOptions) error {
 			return err
 		}
 	}
+	var dtlL net.Listener
+	if cfg.DTL != "" {
+		if dtlL, err = ls.listen("tcp", cfg.DTL, "DTL"); err != nil {
+			return err
+		}
+	}
 
 	nbdSrv := nbd.NewServer(nbdExports{rt}, nbd.Options{Logger: log.With("frontend", "nbd"),
 		MaxConns: cfg.Limits.NBDMaxConns, HandshakeTimeout: cfg.Limits.NBDHandshake})
@@ -230,6 +259,18 @@ func Run(ctx context.Context, cfg Config, ro RunOptions) error {
 		}
 		fwdSrv = remote.NewServer(forwardTarget{rt}, remote.ServerOptions{Logger: log.With("component", "forward"),
 			TLS: tc, Classify: classifyForward})
+	}
+	var dtlSrv *dtl.Server
+	if dtlL != nil {
+		tc, err := sec.ServerTLS(secret.RoleNode, cfg.ID, secret.RoleNode)
+		if err != nil {
+			return err
+		}
+		if dtlSrv, err = dtl.NewServer(dtl.ServerConfig{Dir: filepath.Join(cfg.Data, "dtl"), Log: log.With("component", "dtl-server")}); err != nil {
+			return fmt.Errorf("DTL server: %w", err)
+		}
+		defer dtlSrv.Close()
+		dtlL = tls.NewListener(dtlL, tc)
 	}
 	apiOpts, err := apiOptions(cfg, apiL.Addr(), log)
 	if err != nil {
@@ -264,6 +305,13 @@ func Run(ctx context.Context, cfg Config, ro RunOptions) error {
 			}
 		}()
 	}
+	if dtlSrv != nil {
+		go func() {
+			if err := dtlSrv.Serve(ctx, dtlL); err != nil && ctx.Err() == nil {
+				errc <- fmt.Errorf("DTL server: %w", err)
+			}
+		}()
+	}
 	go func() {
 		err := httpSrv.Serve(apiSrv.Listener(apiL))
 		if errors.Is(err, http.ErrServerClosed) {
@@ -273,14 +321,16 @@ func Run(ctx context.Context, cfg Config, ro RunOptions) error {
 	}()
 	bg, stopBG := context.WithCancel(ctx)
 	defer stopBG()
-	go rt.heartbeat(bg, time.Now(), cfg.Intervals.Heartbeat)
 	go rt.watchOwners(bg, cfg.Intervals.OwnerCheck)
+	if cfg.Bootstrap == nil {
+		go rt.watchFailover(bg, time.Second)
+	}
 	if writable != nil {
 		waitWritable(ctx, writable, cfg.Driver.ReadyTimeout, log)
 	}
 	apiSrv.SetReady(true)
 	log.Info("node is ready", "api", "http://"+apiL.Addr().String(), "nbd", cfg.NBD, "nbd_socket", sock,
-		"forward", cfg.Forward, "vdisks", len(drv.Names()), "advertised_api", self.API)
+		"forward", cfg.Forward, "dtl", cfg.DTL, "vdisks", len(drv.Names()), "advertised_api", self.API)
 	if ro.Ready != nil {
 		ro.Ready()
 	}
@@ -294,6 +344,7 @@ func Run(ctx context.Context, cfg Config, ro RunOptions) error {
 	}
 	apiSrv.SetReady(false)
 	stopBG()
+	stopBeat()
 	shutCtx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	if err := nbdSrv.Shutdown(shutCtx); err != nil {
@@ -437,7 +488,7 @@ func registerNode(ctx context.Context, cfg Config, store *model.Store, asds []st
 		asds = old.ASDs
 	}
 	return store.PutNode(ctx, model.Node{ID: cfg.ID, Site: cfg.Site, API: cfg.advertised(cfg.API),
-		NBD: cfg.advertised(cfg.NBD), Forward: cfg.advertised(cfg.Forward), ASDs: asds})
+		NBD: cfg.advertised(cfg.NBD), Forward: cfg.advertised(cfg.Forward), DTL: cfg.advertised(cfg.DTL), ASDs: asds})
 }
 
 // ownedBy returns the vdisks the model says node owns, by namespace id.

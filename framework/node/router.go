@@ -39,11 +39,15 @@ type routerConfig struct {
 	fencer      scos.Fencer
 	log         *slog.Logger
 	retryWindow time.Duration
+	cluster     model.Cluster
+	dtlReadWait time.Duration
+	live        *liveness
 }
 
 type router struct {
 	routerConfig
 	drv        *volumedriver.Driver
+	drvReady   chan struct{} // closed once drv is set
 	forwardTLS *tls.Config
 	apiToken   string
 
@@ -82,7 +86,7 @@ type adoptCall struct {
 }
 
 func newRouter(cfg routerConfig) *router {
-	return &router{routerConfig: cfg, routes: map[string]*route{}, clients: map[string]*remote.Client{},
+	return &router{routerConfig: cfg, drvReady: make(chan struct{}), routes: map[string]*route{}, clients: map[string]*remote.Client{},
 		apis: map[string]*api.Client{}, adopts: map[string]*adoptCall{}, moving: map[string]bool{}}
 }
 
@@ -184,16 +188,21 @@ func (r *router) invalidate(rt *route) {
 // moved or failed over to this node). Adoptions of one vdisk are done
 // once, whoever asks.
 func (r *router) ensureLocal(ctx context.Context, ov model.OwnedVDisk) (*volumedriver.Volume, error) {
-	if v, err := r.drv.Volume(ov.Name); err == nil {
-		return v, nil
-	}
 	r.mu.Lock()
+	// An adoption in progress registers the volume before it replays
+	// the DTL: the volume is not to be served until it is done.
+	call := r.adopts[ov.ID]
+	if call == nil {
+		if v, err := r.drv.Volume(ov.Name); err == nil {
+			r.mu.Unlock()
+			return v, nil
+		}
+	}
 	if r.moving[ov.Name] {
 		// Released here, the model not yet changed: not to be taken back.
 		r.mu.Unlock()
 		return nil, fmt.Errorf("%w: %s is being handed over", volumedriver.ErrReleased, ov.Name)
 	}
-	call := r.adopts[ov.ID]
 	leader := call == nil
 	if leader {
 		call = &adoptCall{done: make(chan struct{})}
@@ -233,6 +242,7 @@ func (r *router) adopt(ov model.OwnedVDisk) error {
 		clearFence(r.fencer, ov.ID)
 		return fmt.Errorf("adopt vdisk %s: %w", ov.Name, err)
 	}
+
 	r.log.Info("vdisk adopted", "vdisk", ov.Name, "epoch", ov.Owner.Epoch, "took", time.Since(start).Round(time.Millisecond))
 	return nil
 }
@@ -508,24 +518,6 @@ func (r *router) watchOwners(ctx context.Context, every time.Duration) {
 		for name := range local {
 			// Served here, gone from the model: deleted or taken.
 			r.drv.Fence(name)
-		}
-	}
-}
-
-// heartbeat tells the model every interval that this node runs.
-func (r *router) heartbeat(ctx context.Context, started time.Time, every time.Duration) {
-	t := time.NewTicker(every)
-	defer t.Stop()
-	for {
-		bctx, cancel := context.WithTimeout(ctx, every)
-		if err := r.store.Beat(bctx, r.self, started); err != nil && ctx.Err() == nil {
-			r.log.Warn("heartbeat", "err", err)
-		}
-		cancel()
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
 		}
 	}
 }

@@ -377,3 +377,26 @@ func (c *clusterVDisks) Adopt(ctx context.Context, name string) (volumedriver.Vo
 	in, err := c.rt.drv.Info(ctx, name)
 	return withOwner(in, ov), err
 }
+
+// SetDTL records vdisk name's DTL mode in the model and has its owner
+// switch to it.
+func (c *clusterVDisks) SetDTL(ctx context.Context, name, mode string) (volumedriver.VolumeInfo, error) {
+	m, err := volumedriver.ParseDTLMode(mode)
+	if err != nil {
+		return volumedriver.VolumeInfo{}, err
+	}
+	if !api.IsForwarded(ctx) {
+		if err := c.rt.store.SetVDiskDTLMode(ctx, name, string(m)); err != nil {
+			if errors.Is(err, model.ErrNotFound) {
+				return volumedriver.VolumeInfo{}, fmt.Errorf("%w: %s", volumedriver.ErrNotFound, name)
+			}
+			return volumedriver.VolumeInfo{}, err
+		}
+	}
+	return onOwner(c, ctx, name, func() (volumedriver.VolumeInfo, error) {
+		if err := c.rt.drv.SetDTLMode(name, m); err != nil {
+			return volumedriver.VolumeInfo{}, err
+		}
+		return c.Info(ctx, name)
+	}, func(cl *api.Client) (volumedriver.VolumeInfo, error) { return cl.SetDTL(ctx, name, string(m)) })
+}
