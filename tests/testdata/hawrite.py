@@ -189,6 +189,8 @@ class History:
         self.block_of = {}
         self.acked = set()
         self.issued = 0
+        self.failed = 0             # writes that failed (E)
+        self.flushes_failed = 0     # flushes that failed (X)
         covers = {}         # flush -> how many acks were seen before it was sent
         order = []          # acks in the order seen
         done = set()
@@ -209,6 +211,10 @@ class History:
                     covers[int(w[1])] = len(order)
                 elif w[0] == "D":
                     done.add(int(w[1]))
+                elif w[0] == "E":
+                    self.failed += 1
+                elif w[0] == "X":
+                    self.flushes_failed += 1
         # A flush covers the writes acknowledged before it was sent; the
         # union over completed flushes is what the newest of them covers.
         n = max((covers[f] for f in done), default=0)
@@ -282,9 +288,11 @@ def check(uri, seed, base, nblocks, logpath, strict):
                 counts["unflushed"] += 1
         off += n
     h.shutdown()
-    out("SUMMARY issued=%d acked=%d covered=%d flushes=%d blocks_covered_ok=%d "
-        "blocks_later=%d blocks_unflushed=%d blocks_zero=%d lost=%d wrong=%d acked_lost=%d" % (
-            hist.issued, len(hist.acked), len(hist.covered), hist.flushes_done,
+    out("SUMMARY issued=%d acked=%d failed=%d covered=%d flushes=%d flushes_failed=%d "
+        "blocks_covered_ok=%d blocks_later=%d blocks_unflushed=%d blocks_zero=%d lost=%d wrong=%d "
+        "acked_lost=%d" % (
+            hist.issued, len(hist.acked), hist.failed, len(hist.covered), hist.flushes_done,
+            hist.flushes_failed,
             counts["covered"], counts["later"], counts["unflushed"], counts["zeros"],
             counts["lost"], counts["wrong"], acked_lost))
     sys.exit(1 if counts["wrong"] or (strict and counts["lost"]) else 0)
