@@ -518,7 +518,7 @@ func runHATrials(t *testing.T, c *netCluster, n int, base haTrial) []haResult {
 	}
 	slices.Sort(times)
 	if len(times) > 0 {
-		t.Logf("%d/%d trials clean; failover times: min %v, median %v, max %v", len(res), n,
+		t.Logf("%d/%d trials passed; failover times: min %v, median %v, max %v", len(res), n,
 			times[0].Round(time.Millisecond), times[len(times)/2].Round(time.Millisecond), times[len(times)-1].Round(time.Millisecond))
 	}
 	return res
