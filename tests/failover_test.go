@@ -1,6 +1,7 @@
 package tests
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -432,7 +433,7 @@ func (c *netCluster) runHATrial(t *testing.T, tr haTrial) haResult {
 	endFlush, _ := w.out.last("FLUSHED")
 	stopped, _ := w.out.last("STOPPED")
 	t.Logf("%s: DTL on %s; kill %v after the first flush (last flush seen before it: %q, at the end: %q%s); %s",
-		tr.name, before.DTLNode, delay.Round(time.Millisecond), lastFlush, endFlush, strings.TrimSuffix(", writer "+stopped, ", writer "),
+		tr.name, cmp.Or(before.DTLNode, "no node"), delay.Round(time.Millisecond), lastFlush, endFlush, strings.TrimSuffix(", writer "+stopped, ", writer "),
 		strings.Join(seen, " -> "))
 
 	var sum map[string]int
@@ -554,8 +555,10 @@ func TestFailoverAsyncReportsLoss(t *testing.T) {
 	c := startNetCluster(t, haExtra, "--dtl-mode", "async")
 	res := runHATrials(t, c, envInt("OVS_FAILOVER_ASYNC_TRIALS", 2), haTrial{name: "async", wantMode: "async"})
 	for i, r := range res {
-		t.Logf("async trial %d: %d of %d covered writes' blocks lost (went back to zeros or an older write), "+
-			"%d acknowledged writes gone", i+1, r.sum["lost"], r.sum["covered"], r.sum["acked_lost"])
+		// A block with a covered write holds it, a later write, or is lost.
+		covered := r.sum["blocks_covered_ok"] + r.sum["blocks_later"] + r.sum["lost"]
+		t.Logf("async trial %d: %d of the %d blocks that a completed flush covered went back in time (zeros or "+
+			"an older write); %d blocks lost an acknowledged write", i+1, r.sum["lost"], covered, r.sum["acked_lost"])
 	}
 }
 
