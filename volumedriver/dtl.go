@@ -246,23 +246,37 @@ func (v *Volume) dtlReceived(ctx context.Context, s DTLSession, pos uint64, miss
 		return nil
 	}
 	if s != nil && !missed {
-		wctx, cancel := context.WithTimeout(ctx, dtlSyncTimeout)
-		err := s.WaitReceived(wctx, pos)
-		cancel()
-		switch {
-		case err == nil:
-			return nil
-		case errors.Is(err, ErrFenced):
-			v.fence(err)
-			return v.fencedErr()
-		case ctx.Err() != nil:
-			return fmt.Errorf("%s: write: waiting for the DTL: %w", v.name(), ctx.Err())
-		case wctx.Err() != nil:
-			v.log.Warn("the DTL did not take a write in time; dropping it", "vdisk", v.name(), "timeout", dtlSyncTimeout)
-			v.detachDTL(s, fmt.Errorf("a write waited %s for the DTL", dtlSyncTimeout))
+		held, err := v.dtlWait(ctx, s, "take a write", func(ctx context.Context) error { return s.WaitReceived(ctx, pos) })
+		if held || err != nil {
+			return err
 		}
 	}
 	return v.waitRecordedIncomplete(ctx)
+}
+
+// dtlWait waits (wait) for session s to hold a change: held says it
+// does; err is a failure of the operation (the vdisk was fenced, ctx
+// ended). Neither: the session broke and the caller goes on without it. A
+// DTL that does not answer within dtlSyncTimeout (its host is cut off, or
+// too slow) must not hold the vdisk's I/O: it is dropped, and the keeper
+// places another.
+func (v *Volume) dtlWait(ctx context.Context, s DTLSession, what string, wait func(context.Context) error) (held bool, err error) {
+	wctx, cancel := context.WithTimeout(ctx, dtlSyncTimeout)
+	err = wait(wctx)
+	cancel()
+	switch {
+	case err == nil:
+		return true, nil
+	case errors.Is(err, ErrFenced):
+		v.fence(err)
+		return false, v.fencedErr()
+	case ctx.Err() != nil:
+		return false, fmt.Errorf("%s: waiting for the DTL to %s: %w", v.name(), what, ctx.Err())
+	case wctx.Err() != nil:
+		v.log.Warn("the DTL did not answer in time; dropping it", "vdisk", v.name(), "to", what, "timeout", dtlSyncTimeout)
+		v.detachDTL(s, fmt.Errorf("waited %s for the DTL to %s", dtlSyncTimeout, what))
+	}
+	return false, nil
 }
 
 // waitRecordedIncomplete returns once the cluster knows that this
@@ -315,23 +329,9 @@ func (v *Volume) dtlFlush(ctx context.Context, s DTLSession, pos uint64, missed 
 		return nil
 	}
 	if s != nil && mode == DTLSync {
-		wctx, cancel := context.WithTimeout(ctx, dtlSyncTimeout)
-		err := s.WaitDurable(wctx, pos)
-		cancel()
-		switch {
-		case err == nil:
-			return nil
-		case errors.Is(err, ErrFenced):
-			v.fence(err)
-			return v.fencedErr()
-		case ctx.Err() != nil:
-			return fmt.Errorf("%s: flush: waiting for the DTL: %w", v.name(), ctx.Err())
-		case wctx.Err() != nil:
-			// A DTL that does not answer (its host is cut off, or too
-			// slow) must not hold the vdisk's flushes: it is dropped,
-			// and the keeper places another.
-			v.log.Warn("the DTL did not make a flush durable in time; dropping it", "vdisk", v.name(), "timeout", dtlSyncTimeout)
-			v.detachDTL(s, fmt.Errorf("a flush waited %s for the DTL", dtlSyncTimeout))
+		held, err := v.dtlWait(ctx, s, "make a flush durable", func(ctx context.Context) error { return s.WaitDurable(ctx, pos) })
+		if held || err != nil {
+			return err
 		}
 		// The session broke; the keeper places a new one. This flush is
 		// durable here only.

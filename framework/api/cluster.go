@@ -38,6 +38,7 @@ type NodeInfo struct {
 	API      string    `json:"api"`
 	NBD      string    `json:"nbd,omitempty"`
 	Forward  string    `json:"forward,omitempty"`
+	DTL      string    `json:"dtl,omitempty"`
 	ASDs     []string  `json:"asds,omitempty"`
 	VDisks   int       `json:"vdisks"` // vdisks it owns
 	Joined   time.Time `json:"joined"`

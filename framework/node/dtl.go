@@ -408,9 +408,7 @@ func (r *router) recoverDTL(ctx context.Context, name, id string, epoch uint64, 
 			if err == nil {
 				r.log.Info("DTL recovered", "vdisk", name, "dtl_node", p.Node, "groups", res.Groups,
 					"entries", res.Entries, "bytes", res.Bytes, "gap", res.Gap, "took", res.Took.Round(time.Millisecond))
-				if res.Entries > 0 {
-					go r.forgetOldDTL(name, id, epoch, p.Node, n.DTL)
-				}
+				go r.forgetOldDTL(name, id, epoch, p.Node, n.DTL)
 				return nil
 			}
 		}

@@ -462,24 +462,17 @@ func (s *Shipper) readLoop(br *bufio.Reader) {
 			return
 		}
 		switch t {
-		case ftSyncAck:
+		case ftSyncAck, ftRecvAck:
 			pos, err := decodeU64(body)
+			if err == nil {
+				if t == ftSyncAck {
+					err = s.acked(pos)
+				} else {
+					err = s.receivedUpTo(pos)
+				}
+			}
 			if err != nil {
 				s.fail(fmt.Errorf("%w: from %s: %w", ErrBroken, s.cfg.Addr, err))
-				return
-			}
-			if err := s.acked(pos); err != nil {
-				s.fail(err)
-				return
-			}
-		case ftRecvAck:
-			pos, err := decodeU64(body)
-			if err != nil {
-				s.fail(fmt.Errorf("%w: from %s: %w", ErrBroken, s.cfg.Addr, err))
-				return
-			}
-			if err := s.receivedUpTo(pos); err != nil {
-				s.fail(err)
 				return
 			}
 		case ftResult:
