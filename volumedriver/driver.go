@@ -429,6 +429,14 @@ func (d *Driver) openVolume(ctx context.Context, cfg volumeConfig, epoch uint64)
 		replay := func(src DTLSource) (ReplayResult, error) { return v.replayDTL(ctx, src) }
 		if err := rec(ctx, cfg.Name, cfg.ID, epoch, restored, replay); err != nil {
 			v.discard()
+			if restored {
+				// What is here came from the backend (and part of a
+				// replay nobody was told of): the next try restores
+				// and recovers again rather than trust it.
+				if rerr := os.RemoveAll(v.dir); rerr != nil {
+					d.log.Error("removing the local state of a vdisk whose recovery failed", "vdisk", cfg.Name, "err", rerr)
+				}
+			}
 			return nil, fmt.Errorf("recover %s: %w", cfg.Name, err)
 		}
 	}

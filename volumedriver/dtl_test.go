@@ -517,3 +517,44 @@ func TestDTLStalled(t *testing.T) {
 	}
 	check(t, v, m)
 }
+
+// TestRecoverFailureRetries: a vdisk whose recovery failed is not served,
+// and the next adoption restores it from the backend and recovers again
+// (it does not trust what the failed attempt left).
+func TestRecoverFailureRetries(t *testing.T) {
+	ctx := context.Background()
+	e, d1, _ := twoHosts(t)
+	if _, err := d1.Create(ctx, "a", 8<<20, CreateOptions{ID: "ida", Epoch: 1}); err != nil {
+		t.Fatal(err)
+	}
+	if err := d1.Sync(ctx, "a"); err != nil {
+		t.Fatal(err)
+	}
+	var calls []bool
+	fail := true
+	recover := func(ctx context.Context, name, id string, epoch uint64, restored bool, replay func(DTLSource) (ReplayResult, error)) error {
+		calls = append(calls, restored)
+		if fail {
+			return errors.New("the DTL does not answer")
+		}
+		return nil
+	}
+	d2, err := Open(ctx, filepath.Join(t.TempDir(), "volumes"), e.backend, Options{Owned: ownedBy(nil), Recover: recover})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d2.Close()
+	if _, err := d2.Adopt(ctx, "ida", 2); err == nil {
+		t.Fatal("adopted a vdisk whose recovery failed")
+	}
+	if _, err := d2.Volume("a"); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("a vdisk whose recovery failed is served: %v", err)
+	}
+	fail = false
+	if _, err := d2.Adopt(ctx, "ida", 2); err != nil {
+		t.Fatal(err)
+	}
+	if len(calls) != 2 || !calls[0] || !calls[1] {
+		t.Fatalf("recover calls (restored): %v, want two restored", calls)
+	}
+}

@@ -169,11 +169,28 @@ type Owner struct {
 	Node  string    `json:"node"`
 	Epoch uint64    `json:"epoch"`
 	Since time.Time `json:"since"`
-	// Forced: the owner changed without a handover from the previous one
-	// (it was down or frozen); what it had not uploaded is not here, and
-	// clients that were writing through it must be told.
-	Forced bool `json:"forced,omitempty"`
+	// Takeover: the owner changed without a handover from the previous
+	// one (it was dead, down or frozen): what the backend lacks is in
+	// the vdisk's DTL. Forced: and not all of what it acknowledged may be
+	// there (no complete sync DTL): clients that were writing through it
+	// must be told.
+	Takeover bool `json:"takeover,omitempty"`
+	Forced   bool `json:"forced,omitempty"`
 }
+
+// Change is how the owner of a vdisk changes.
+type Change int
+
+const (
+	// Handover: the old owner uploaded everything and let go.
+	Handover Change = iota
+	// Takeover: the old owner is dead; its complete sync DTL holds what
+	// it acknowledged and the backend lacks. Its clients go on.
+	Takeover
+	// ForcedTakeover: without the old owner and without a complete DTL:
+	// what it acknowledged may be lost, and its clients are told.
+	ForcedTakeover
+)
 
 // OwnedVDisk is a vdisk with its owner, and the owner record's exact bytes
 // (the fence value).
@@ -481,15 +498,15 @@ func (s *Store) VDisks(ctx context.Context) ([]OwnedVDisk, error) {
 }
 
 // ChangeOwner hands the vdisk with namespace id from the owner whose
-// record is exactly from (as read) to node, with the next epoch; forced
-// says the old owner did not hand it over. It fails
-// with ErrConflict if the owner changed since from was read.
-func (s *Store) ChangeOwner(ctx context.Context, id string, from []byte, node string, forced bool) (Owner, []byte, error) {
+// record is exactly from (as read) to node, with the next epoch, in the
+// way how says. It fails with ErrConflict if the owner changed since from
+// was read.
+func (s *Store) ChangeOwner(ctx context.Context, id string, from []byte, node string, how Change) (Owner, []byte, error) {
 	var old Owner
 	if err := json.Unmarshal(from, &old); err != nil {
 		return Owner{}, nil, fmt.Errorf("owner of %s: %w", id, err)
 	}
-	o := Owner{Node: node, Epoch: old.Epoch + 1, Since: time.Now().UTC(), Forced: forced}
+	o := Owner{Node: node, Epoch: old.Epoch + 1, Since: time.Now().UTC(), Takeover: how != Handover, Forced: how == ForcedTakeover}
 	raw, _ := json.Marshal(o)
 	if err := s.kv.Apply(ctx, assert(OwnerKey(id), from), set(OwnerKey(id), raw)); err != nil {
 		return Owner{}, nil, fmt.Errorf("change owner of %s to %s: %w", id, node, err)

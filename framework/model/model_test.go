@@ -116,15 +116,15 @@ func TestOwnership(t *testing.T) {
 	}
 	// Each change of owner bumps the epoch; a change from a stale record
 	// is refused (two nodes racing to take a vdisk: one wins).
-	o2, raw2, err := s.ChangeOwner(ctx, "id1", ov.OwnerRaw, "b", false)
+	o2, raw2, err := s.ChangeOwner(ctx, "id1", ov.OwnerRaw, "b", Handover)
 	if err != nil || o2.Epoch != 2 || o2.Node != "b" {
 		t.Fatalf("ChangeOwner: %+v %v", o2, err)
 	}
-	if _, _, err := s.ChangeOwner(ctx, "id1", ov.OwnerRaw, "c", false); !errors.Is(err, ErrConflict) {
+	if _, _, err := s.ChangeOwner(ctx, "id1", ov.OwnerRaw, "c", Handover); !errors.Is(err, ErrConflict) {
 		t.Fatalf("ChangeOwner from a stale record: %v, want ErrConflict", err)
 	}
-	o3, _, err := s.ChangeOwner(ctx, "id1", raw2, "c", true)
-	if err != nil || o3.Epoch != 3 || !o3.Forced {
+	o3, _, err := s.ChangeOwner(ctx, "id1", raw2, "c", ForcedTakeover)
+	if err != nil || o3.Epoch != 3 || !o3.Forced || !o3.Takeover {
 		t.Fatalf("third owner: %+v %v", o3, err)
 	}
 	if _, err := s.ReserveVDisk(ctx, "vm0", "id0", "a", 0, VDiskReady); err != nil {
@@ -170,7 +170,7 @@ func TestChangeOwnerRace(t *testing.T) {
 	errs := make(chan error, n)
 	for i := range n {
 		go func() {
-			_, _, err := s.ChangeOwner(ctx, "id", ov.OwnerRaw, fmt.Sprintf("n%d", i), false)
+			_, _, err := s.ChangeOwner(ctx, "id", ov.OwnerRaw, fmt.Sprintf("n%d", i), Handover)
 			errs <- err
 		}()
 	}
@@ -206,7 +206,7 @@ func TestDTLPlacement(t *testing.T) {
 	if p, err := s.PlaceDTL(ctx, "id1", ov.OwnerRaw, "b", true); err != nil || p.Node != "b" || p.Epoch != 1 {
 		t.Fatalf("PlaceDTL: %+v %v", p, err)
 	}
-	if _, _, err := s.ChangeOwner(ctx, "id1", ov.OwnerRaw, "c", true); err != nil {
+	if _, _, err := s.ChangeOwner(ctx, "id1", ov.OwnerRaw, "c", Takeover); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := s.PlaceDTL(ctx, "id1", ov.OwnerRaw, "d", false); !errors.Is(err, ErrConflict) {

@@ -384,9 +384,13 @@ func (r *router) recoverDTL(ctx context.Context, name, id string, epoch uint64, 
 	if p.Node == "" {
 		return nil
 	}
-	forced := true
+	// After a handover the backend has everything: the DTL is read if
+	// it answers. After a forced takeover what it holds is read if it
+	// can be (clients were told). After a takeover it must be read:
+	// the clients go on, trusting every write that was acknowledged.
+	takeover, forced := true, true
 	if o, _, err := r.store.Owner(ctx, id); err == nil && o.Epoch == epoch {
-		forced = o.Forced
+		takeover, forced = o.Takeover, o.Forced
 	}
 	n, err := r.store.Node(ctx, p.Node)
 	if err != nil || n.DTL == "" {
@@ -396,7 +400,7 @@ func (r *router) recoverDTL(ctx context.Context, name, id string, epoch uint64, 
 	}
 	src := dtlSource{addr: n.DTL, tls: r.forwardTLS, vdisk: id, epoch: epoch}
 	wait := 5 * time.Second
-	if forced {
+	if takeover {
 		wait = r.dtlReadWait
 	}
 	deadline := time.Now().Add(wait)
@@ -419,12 +423,16 @@ func (r *router) recoverDTL(ctx context.Context, name, id string, epoch uint64, 
 			return fmt.Errorf("replay the DTL of %s from %s: %w", name, p.Node, err)
 		}
 		if time.Now().After(deadline) {
-			level := slog.LevelWarn
-			if forced {
-				level = slog.LevelError
+			switch {
+			case takeover && !forced:
+				return fmt.Errorf("the DTL of %s on %s cannot be read (%w); the vdisk stays down until it can, or until an operator forces it over with `ovs vdisk move --force` (losing what only the DTL holds)",
+					name, p.Node, err)
+			case forced:
+				r.log.Error("could not read the vdisk's DTL; it is served from the backend alone (changes that were only in the DTL are lost)",
+					"vdisk", name, "dtl_node", p.Node, "err", err)
+			default:
+				r.log.Warn("could not read the vdisk's DTL after a handover; the backend has everything", "vdisk", name, "dtl_node", p.Node, "err", err)
 			}
-			r.log.Log(ctx, level, "could not read the vdisk's DTL; it is served from the backend alone (changes that were only in the DTL are lost)",
-				"vdisk", name, "dtl_node", p.Node, "err", err)
 			return nil
 		}
 		select {
@@ -534,7 +542,11 @@ func (r *router) failover(ctx context.Context, ov model.OwnedVDisk) {
 	// fail) unless a sync DTL holds what it acknowledged.
 	forced := dtlModeOf(ov, r.cluster) != volumedriver.DTLSync || ov.DTL.Node == "" || !ov.DTL.Complete ||
 		ov.DTL.Epoch != ov.Owner.Epoch
-	o, raw, err := r.store.ChangeOwner(ctx, ov.ID, ov.OwnerRaw, r.self, forced)
+	how := model.Takeover
+	if forced {
+		how = model.ForcedTakeover
+	}
+	o, raw, err := r.store.ChangeOwner(ctx, ov.ID, ov.OwnerRaw, r.self, how)
 	if err != nil {
 		if !errors.Is(err, model.ErrConflict) {
 			r.log.Warn("failover: taking the vdisk", "vdisk", ov.Name, "err", err)

@@ -437,7 +437,7 @@ func (r *router) move(ctx context.Context, ov model.OwnedVDisk, to string) (move
 		return mt, fmt.Errorf("move %s: hand over: %w", ov.Name, err)
 	}
 	mt.release = time.Since(held)
-	o, _, err := r.store.ChangeOwner(ctx, ov.ID, ov.OwnerRaw, to, false)
+	o, _, err := r.store.ChangeOwner(ctx, ov.ID, ov.OwnerRaw, to, model.Handover)
 	if err != nil {
 		// The owner did not change: serve it here again.
 		if _, aerr := r.drv.Adopt(context.WithoutCancel(ctx), ov.ID, ov.Owner.Epoch); aerr != nil {

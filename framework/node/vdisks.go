@@ -324,7 +324,7 @@ func (c *clusterVDisks) Move(ctx context.Context, name, to string, force bool) (
 	start := time.Now()
 	switch {
 	case force:
-		o, _, err := c.rt.store.ChangeOwner(ctx, ov.ID, ov.OwnerRaw, to, true)
+		o, _, err := c.rt.store.ChangeOwner(ctx, ov.ID, ov.OwnerRaw, to, model.ForcedTakeover)
 		if err != nil {
 			return res, err
 		}
