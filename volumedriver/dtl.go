@@ -245,6 +245,11 @@ func (v *Volume) dtlReceived(ctx context.Context, s DTLSession, pos uint64, miss
 	if v.drv.opts.DTL == nil || mode != DTLSync {
 		return nil
 	}
+	if (s == nil || missed) && v.replaying.Load() {
+		// A DTL replay's writes are no client's: nothing was
+		// acknowledged for them yet.
+		return nil
+	}
 	if s != nil && !missed {
 		held, err := v.dtlWait(ctx, s, "take a write", func(ctx context.Context) error { return s.WaitReceived(ctx, pos) })
 		if held || err != nil {
@@ -661,6 +666,8 @@ func (v *Volume) replayDTL(ctx context.Context, src DTLSource) (ReplayResult, er
 		return res, nil
 	}
 	res.From = todo[0].TLog
+	v.replaying.Store(true)
+	defer v.replaying.Store(false)
 	// Only the groups listed now: the new owner's own session may be
 	// shipping to the same DTL behind them.
 	listed := make(map[string]bool, len(todo))

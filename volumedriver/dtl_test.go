@@ -354,7 +354,12 @@ func TestFailoverReplaysDTL(t *testing.T) {
 				res, err = replay(held)
 				return err
 			}
-			d2, err := Open(ctx, filepath.Join(t.TempDir(), "volumes"), e.backend, Options{Owned: ownedBy(nil), Recover: recover})
+			// No node can hold the new owner's DTL (the last one
+			// standing): the replay goes on without one.
+			none := &fakeDTL{}
+			none.refuse.Store(true)
+			d2, err := Open(ctx, filepath.Join(t.TempDir(), "volumes"), e.backend, Options{Owned: ownedBy(nil), Recover: recover,
+				DTL: none, DTLMode: func(string) DTLMode { return mode }})
 			if err != nil {
 				t.Fatal(err)
 			}

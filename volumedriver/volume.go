@@ -130,6 +130,8 @@ type Volume struct {
 
 	// dtl: the vdisk's DTL session (dtl.go), under mu.
 	dtl dtlLink
+	// replaying: a DTL replay is writing (before the volume serves).
+	replaying atomic.Bool
 
 	kick     chan struct{}
 	stop     chan struct{}
