@@ -169,6 +169,7 @@ func TestCLI(t *testing.T) {
 				"id:             00000000-0000-0000-0000-000000000001\n" +
 				"owner:          -\n" +
 				"state:          ok\n" +
+				"DTL:            -\n" +
 				"size:           1 GiB (1073741824 bytes)\n" +
 				"cluster size:   4 KiB\n" +
 				"SCO size:       4 MiB\n" +
