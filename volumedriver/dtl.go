@@ -609,7 +609,9 @@ type ReplayResult struct {
 	Bytes   int64  `json:"bytes"`
 	From    string `json:"from,omitempty"`
 	// Gap: the DTL's groups do not join up with what the backend holds
-	// (the DTL was catching up, or was lost): changes in between are lost.
+	// by name (the DTL was catching up, or was lost: changes in between
+	// are lost; or a scrub renamed the backend's TLog the first group
+	// follows, which loses nothing: the check cannot tell).
 	Gap  bool          `json:"gap,omitempty"`
 	Took time.Duration `json:"took_ns"`
 }
@@ -723,7 +725,7 @@ func (v *Volume) replayDTL(ctx context.Context, src DTLSource) (ReplayResult, er
 		for i, g := range groups {
 			names[i] = g.TLog
 		}
-		v.log.Error("the DTL's changes do not join up with the backend's: changes between them are lost",
+		v.log.Error("the DTL's changes do not join up with the backend's by name: changes between them are lost, unless a scrub renamed the TLog the DTL follows",
 			"vdisk", v.name(), "backend_last_tlog", last, "dtl_groups", names)
 	}
 	return res, nil

@@ -2,7 +2,6 @@ package node
 
 import (
 	"context"
-	"net"
 	"path/filepath"
 	"sync"
 	"testing"
@@ -10,7 +9,6 @@ import (
 
 	"github.com/ovs-storage/ovs/scos"
 	"github.com/ovs-storage/ovs/volumedriver"
-	"github.com/ovs-storage/ovs/volumedriver/dtl"
 )
 
 // BenchmarkDTLWrites: 4 KiB writes from 32 goroutines to a volume whose
@@ -20,24 +18,13 @@ func BenchmarkDTLWrites(b *testing.B) {
 		b.Run(string(mode), func(b *testing.B) {
 			ctx := context.Background()
 			root := b.TempDir()
-			srv, err := dtl.NewServer(dtl.ServerConfig{Dir: filepath.Join(root, "dtl")})
-			if err != nil {
-				b.Fatal(err)
-			}
-			defer srv.Close()
-			ln, err := net.Listen("tcp", "127.0.0.1:0")
-			if err != nil {
-				b.Fatal(err)
-			}
-			sctx, stop := context.WithCancel(ctx)
-			defer stop()
-			go srv.Serve(sctx, ln)
+			addr := startDTLServer(b, root)
 			backend, err := scos.NewLocalDir(filepath.Join(root, "backend"))
 			if err != nil {
 				b.Fatal(err)
 			}
 			d, err := volumedriver.Open(ctx, filepath.Join(root, "a"), backend, volumedriver.Options{
-				Owned: func(string) (uint64, bool) { return 1, true }, DTL: realPlacer{ln.Addr().String()},
+				Owned: func(string) (uint64, bool) { return 1, true }, DTL: realPlacer{addr},
 				DTLMode: func(string) volumedriver.DTLMode { return mode }, ScrubInterval: -1, ScrubGarbageRatio: -1})
 			if err != nil {
 				b.Fatal(err)

@@ -3,10 +3,12 @@ package node
 import (
 	"bytes"
 	"context"
+	"errors"
 	"math/rand/v2"
 	"net"
 	"path/filepath"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -26,6 +28,48 @@ func (p realPlacer) RecordDTL(ctx context.Context, id string, epoch uint64, node
 	return nil
 }
 
+// cutOff is a backend that refuses every change once off: the host that
+// used it died.
+type cutOff struct {
+	scos.Backend
+	off atomic.Bool
+}
+
+func (c *cutOff) Put(ctx context.Context, ns, name string, data []byte, overwrite bool) error {
+	if c.off.Load() {
+		return errors.New("this host is dead")
+	}
+	return c.Backend.Put(ctx, ns, name, data, overwrite)
+}
+
+func (c *cutOff) Delete(ctx context.Context, ns, name string) error {
+	if c.off.Load() {
+		return errors.New("this host is dead")
+	}
+	return c.Backend.Delete(ctx, ns, name)
+}
+
+// startDTLServer runs a DTL server on loopback (plain TCP) in dir/dtl
+// until the test ends and returns its address.
+func startDTLServer(t testing.TB, dir string) string {
+	t.Helper()
+	srv, err := dtl.NewServer(dtl.ServerConfig{Dir: filepath.Join(dir, "dtl")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, stop := context.WithCancel(context.Background())
+	go srv.Serve(ctx, ln)
+	t.Cleanup(func() {
+		stop()
+		srv.Close()
+	})
+	return ln.Addr().String()
+}
+
 // TestDTLShipAndReplayReal: a volume ships to a real DTL server while
 // concurrent writers write and flush; the owner then vanishes without a
 // word (its backend cut off, its process state abandoned) and another
@@ -34,26 +78,15 @@ func (p realPlacer) RecordDTL(ctx context.Context, id string, epoch uint64, node
 func TestDTLShipAndReplayReal(t *testing.T) {
 	ctx := context.Background()
 	root := t.TempDir()
-	srv, err := dtl.NewServer(dtl.ServerConfig{Dir: filepath.Join(root, "dtl")})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer srv.Close()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	sctx, stop := context.WithCancel(ctx)
-	defer stop()
-	go srv.Serve(sctx, ln)
-	addr := ln.Addr().String()
+	addr := startDTLServer(t, root)
 
 	backend, err := scos.NewLocalDir(filepath.Join(root, "backend"))
 	if err != nil {
 		t.Fatal(err)
 	}
 	owned := func(string) (uint64, bool) { return 1, true }
-	d1, err := volumedriver.Open(ctx, filepath.Join(root, "a"), backend, volumedriver.Options{
+	cut := &cutOff{Backend: backend}
+	d1, err := volumedriver.Open(ctx, filepath.Join(root, "a"), cut, volumedriver.Options{
 		Owned: owned, DTL: realPlacer{addr}, AutoSyncInterval: time.Hour, ScrubInterval: -1, CloseTimeout: time.Second})
 	if err != nil {
 		t.Fatal(err)
@@ -120,8 +153,10 @@ func TestDTLShipAndReplayReal(t *testing.T) {
 		}()
 	}
 	wg.Wait()
-	// The owner is gone: nothing more of it reaches the backend.
-	d1 = nil
+	// The owner is gone: nothing more of it reaches the backend (its
+	// goroutines run on, refused, until the test ends).
+	cut.off.Store(true)
+	defer d1.Close()
 	backend2, err := scos.NewLocalDir(filepath.Join(root, "backend"))
 	if err != nil {
 		t.Fatal(err)

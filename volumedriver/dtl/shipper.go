@@ -217,16 +217,22 @@ func (s *Shipper) Sync(pos uint64) {
 // ctx.Err() on cancel. Waiters share sync requests: one covers every
 // position queued before it.
 func (s *Shipper) WaitDurable(ctx context.Context, pos uint64) error {
+	return s.waitFor(ctx, pos, func() uint64 { return s.durable }, true)
+}
+
+// waitFor waits until reached() (read under mu) is at pos, asking the
+// server for a sync on the way if sync is set.
+func (s *Shipper) waitFor(ctx context.Context, pos uint64, reached func() uint64, sync bool) error {
 	for {
 		s.mu.Lock()
-		switch {
-		case s.state >= Broken && (pos == 0 || pos > s.durable):
+		switch got := reached(); {
+		case s.state >= Broken && (pos == 0 || pos > got):
 			// Position 0 is what Append returns on a broken shipper:
 			// it must not pass for durable.
 			err := s.err
 			s.mu.Unlock()
 			return err
-		case pos <= s.durable:
+		case pos <= got:
 			s.mu.Unlock()
 			return nil
 		case pos > s.pos:
@@ -234,7 +240,9 @@ func (s *Shipper) WaitDurable(ctx context.Context, pos uint64) error {
 			s.mu.Unlock()
 			return fmt.Errorf("dtl: wait for position %d, beyond the last one handed out (%d)", pos, last)
 		}
-		s.requestSyncLocked(pos)
+		if sync {
+			s.requestSyncLocked(pos)
+		}
 		ch := s.durCh
 		s.mu.Unlock()
 		select {
@@ -509,30 +517,7 @@ func (s *Shipper) receivedUpTo(pos uint64) error {
 // owner's host and of the server's process), or an error as WaitDurable.
 // The caller bounds the wait with ctx.
 func (s *Shipper) WaitReceived(ctx context.Context, pos uint64) error {
-	for {
-		s.mu.Lock()
-		got := max(s.received, s.durable)
-		switch {
-		case s.state >= Broken && (pos == 0 || pos > got):
-			err := s.err
-			s.mu.Unlock()
-			return err
-		case pos <= got:
-			s.mu.Unlock()
-			return nil
-		case pos > s.pos:
-			last := s.pos
-			s.mu.Unlock()
-			return fmt.Errorf("dtl: wait for position %d, beyond the last one handed out (%d)", pos, last)
-		}
-		ch := s.durCh
-		s.mu.Unlock()
-		select {
-		case <-ch:
-		case <-ctx.Done():
-			return ctx.Err()
-		}
-	}
+	return s.waitFor(ctx, pos, func() uint64 { return max(s.received, s.durable) }, false)
 }
 
 // acked records that the server made everything up to pos durable and
