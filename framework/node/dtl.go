@@ -565,3 +565,56 @@ func (r *router) failover(ctx context.Context, ov model.OwnedVDisk) {
 	}
 	r.log.Warn("failover done", "vdisk", ov.Name, "epoch", o.Epoch, "took", time.Since(start).Round(time.Millisecond))
 }
+
+// The DTL janitor. A node that was some vdisk's DTL and was replaced (it
+// was down, or too slow, or the vdisk moved or was deleted) keeps what it
+// held: nobody reads it any more (a new owner reads the DTL the model
+// names), but it takes space. Once a vdisk's DTL data here has not
+// changed for dtlStaleAfter, no session ships to it and the model names
+// another node (or no such vdisk), it is forgotten.
+
+// dtlStaleAfter: how long DTL data nobody ships to must sit unchanged
+// before the janitor may drop it.
+const dtlStaleAfter = 10 * time.Minute
+
+// staleDTLs names the vdisks whose DTL data on node self can go.
+func staleDTLs(held []dtl.VDiskInfo, vdisks []model.OwnedVDisk, self string, now time.Time) []dtl.VDiskInfo {
+	placed := make(map[string]string, len(vdisks))
+	for _, ov := range vdisks {
+		placed[ov.ID] = ov.DTL.Node
+	}
+	var out []dtl.VDiskInfo
+	for _, h := range held {
+		node, known := placed[h.VDisk]
+		if h.Session || now.Sub(h.Changed) < dtlStaleAfter || (known && node == self) {
+			continue
+		}
+		out = append(out, h)
+	}
+	return out
+}
+
+// dtlJanitor drops stale DTL data every interval.
+func (r *router) dtlJanitor(ctx context.Context, srv *dtl.Server, addr string, every time.Duration) {
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		all, err := r.store.VDisks(ctx)
+		if err != nil {
+			continue
+		}
+		for _, h := range staleDTLs(srv.VDisks(), all, r.self, time.Now()) {
+			if err := dtl.Forget(ctx, addr, r.forwardTLS, h.VDisk, h.Epoch); err != nil {
+				r.log.Warn("dropping stale DTL data", "vdisk_id", h.VDisk, "err", err)
+				continue
+			}
+			r.log.Info("dropped stale DTL data (another node holds this vdisk's DTL, or the vdisk is gone)",
+				"vdisk_id", h.VDisk, "groups", h.Groups, "bytes", h.Bytes)
+		}
+	}
+}

@@ -2,10 +2,12 @@ package node
 
 import (
 	"context"
+	"strings"
 	"testing"
 	"time"
 
 	"github.com/ovs-storage/ovs/framework/model"
+	"github.com/ovs-storage/ovs/volumedriver/dtl"
 )
 
 func TestLiveness(t *testing.T) {
@@ -139,5 +141,30 @@ func TestTakeover(t *testing.T) {
 	}
 	if got := takeover(ov, nil, alive); got != "" {
 		t.Fatalf("takeover with no live node: %q", got)
+	}
+}
+
+func TestStaleDTLs(t *testing.T) {
+	now := time.Now()
+	old := now.Add(-time.Hour)
+	vdisks := []model.OwnedVDisk{
+		{VDisk: model.VDisk{ID: "here"}, DTL: model.DTLPlacement{Node: "me"}},
+		{VDisk: model.VDisk{ID: "moved"}, DTL: model.DTLPlacement{Node: "other"}},
+		{VDisk: model.VDisk{ID: "busy"}, DTL: model.DTLPlacement{Node: "other"}},
+		{VDisk: model.VDisk{ID: "fresh"}, DTL: model.DTLPlacement{Node: "other"}},
+	}
+	held := []dtl.VDiskInfo{
+		{VDisk: "here", Changed: old},                    // the model names this node: kept
+		{VDisk: "moved", Changed: old},                   // another node's now: dropped
+		{VDisk: "busy", Changed: old, Session: true},     // an owner ships to it: kept
+		{VDisk: "fresh", Changed: now.Add(-time.Minute)}, // changed lately: kept
+		{VDisk: "deleted", Changed: old},                 // no such vdisk: dropped
+	}
+	var got []string
+	for _, h := range staleDTLs(held, vdisks, "me", now) {
+		got = append(got, h.VDisk)
+	}
+	if strings.Join(got, ",") != "moved,deleted" {
+		t.Fatalf("stale: %v, want moved, deleted", got)
 	}
 }

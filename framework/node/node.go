@@ -325,6 +325,9 @@ func Run(ctx context.Context, cfg Config, ro RunOptions) error {
 	if cfg.Bootstrap == nil {
 		go rt.watchFailover(bg, time.Second)
 	}
+	if dtlSrv != nil {
+		go rt.dtlJanitor(bg, dtlSrv, self.DTL, time.Minute)
+	}
 	if writable != nil {
 		waitWritable(ctx, writable, cfg.Driver.ReadyTimeout, log)
 	}

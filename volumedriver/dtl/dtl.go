@@ -1,5 +1,7 @@
 package dtl
 
+import "time"
+
 import "fmt"
 
 // Kind is the kind of an Entry.
@@ -79,4 +81,8 @@ type VDiskInfo struct {
 	Epoch  uint64 // the fence
 	Groups int
 	Bytes  int64
+	// Session: an owner ships to it now. Changed: the last time a
+	// session changed what the server holds (or the server loaded it).
+	Session bool
+	Changed time.Time
 }

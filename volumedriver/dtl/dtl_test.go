@@ -857,7 +857,17 @@ func TestWaitReceived(t *testing.T) {
 	if requested != 0 {
 		t.Fatalf("WaitReceived asked for a sync (up to %d)", requested)
 	}
+	if vs := ts.srv.VDisks(); len(vs) != 1 || !vs[0].Session || time.Since(vs[0].Changed) > time.Minute || vs[0].Groups != 1 {
+		t.Fatalf("VDisks while shipping: %+v", vs)
+	}
 	s.Close() // the owner is gone, nothing synced
+	deadline := time.Now().Add(10 * time.Second)
+	for vs := ts.srv.VDisks(); len(vs) != 1 || vs[0].Session; vs = ts.srv.VDisks() {
+		if time.Now().After(deadline) {
+			t.Fatalf("VDisks after the shipper closed: %+v", vs)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
 	got, err := readAll(t, ts.addr, "vd", 1, "")
 	if err != nil {
 		t.Fatal(err)

@@ -60,7 +60,8 @@ type vdisk struct {
 
 	mu       sync.Mutex
 	fence    uint64
-	groups   []*group // in ship order
+	changed  time.Time // the last change by a session
+	groups   []*group  // in ship order
 	nextSeq  uint64
 	dirDirty bool     // files created or removed since the directory was last fsynced
 	session  *session // the shipping session, nil if none
@@ -139,7 +140,7 @@ func NewServer(cfg ServerConfig) (*Server, error) {
 // loadVDisk loads one vdisk directory. Only I/O errors that make the whole
 // directory unreadable fail it; damage is logged and handled.
 func (s *Server) loadVDisk(name string) (*vdisk, error) {
-	vd := &vdisk{name: name, dir: filepath.Join(s.dir, name), nextSeq: 1}
+	vd := &vdisk{name: name, dir: filepath.Join(s.dir, name), nextSeq: 1, changed: time.Now()}
 	log := s.log.With("vdisk", name)
 	fence, err := readFence(vd.dir)
 	if err != nil {
@@ -244,7 +245,7 @@ func (s *Server) VDisks() []VDiskInfo {
 	for _, vd := range vds {
 		vd.mu.Lock()
 		if !vd.removed {
-			in := VDiskInfo{VDisk: vd.name, Epoch: vd.fence, Groups: len(vd.groups)}
+			in := VDiskInfo{VDisk: vd.name, Epoch: vd.fence, Groups: len(vd.groups), Session: vd.session != nil, Changed: vd.changed}
 			for _, g := range vd.groups {
 				in.Bytes += g.size
 			}
@@ -268,7 +269,7 @@ func (s *Server) lookup(name string, create bool) (*vdisk, error) {
 				s.mu.Unlock()
 				return nil, nil
 			}
-			vd = &vdisk{name: name, dir: filepath.Join(s.dir, name), nextSeq: 1}
+			vd = &vdisk{name: name, dir: filepath.Join(s.dir, name), nextSeq: 1, changed: time.Now()}
 			err := os.MkdirAll(vd.dir, 0o755)
 			if err == nil {
 				err = syncDir(s.dir)

@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"slices"
 	"syscall"
+	"time"
 )
 
 // session is the server side of one Shipper: it appends the entries it
@@ -200,6 +201,7 @@ func (s *session) appendEntry(k Kind, body []byte) error {
 	g.size += int64(len(s.hdr) + len(body))
 	g.dirty = true
 	s.count++
+	vd.changed = time.Now()
 	return nil
 }
 
@@ -245,6 +247,7 @@ func (s *session) begin(tlog, prev string) error {
 	s.cur = g
 	s.open = append(s.open, g)
 	s.count++
+	vd.changed = time.Now()
 	return nil
 }
 
