@@ -5,7 +5,10 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"os"
 	"time"
+
+	"github.com/ovs-storage/ovs/scos"
 )
 
 // The DTL (distributed transaction log).
@@ -488,25 +491,121 @@ func (v *Volume) attachDTL(s DTLSession, node string) error {
 	if v.dtl.mode == DTLNone {
 		return errors.New("DTL mode changed to none")
 	}
-	// A batch being written outside mu may hold records not shipped to
-	// s; sealing waits for it (settle).
 	v.dtl.sess, v.dtl.missed = s, false
-	if v.tlog.records > 0 || len(v.tlog.scos) > 0 {
-		if err := v.sealTLogLocked(); err != nil {
-			v.dtl.sess = nil
-			return fmt.Errorf("seal the open TLog for a new DTL session: %w", v.ioErrLocked(err))
-		}
+	// The new session gets a copy of what the backend does not have yet
+	// from the write buffer, so it holds everything at once. When that is
+	// too much to copy (or cannot be read), it starts at a fresh TLog
+	// instead and catches up as the TLogs before it reach the backend.
+	copied, err := v.copyUnpublishedLocked(s)
+	switch {
+	case err != nil:
+		v.log.Warn("could not copy what the backend lacks to the new DTL; it catches up through the backend", "vdisk", v.name(), "err", err)
+	}
+	if copied {
+		v.dtl.barrier = v.publishedCount
 	} else {
-		v.dtlBeginLocked()
+		// A batch being written outside mu may hold records not
+		// shipped to s; sealing waits for it (settle).
+		if v.tlog.records > 0 || len(v.tlog.scos) > 0 {
+			if err := v.sealTLogLocked(); err != nil {
+				v.dtl.sess = nil
+				return fmt.Errorf("seal the open TLog for a new DTL session: %w", v.ioErrLocked(err))
+			}
+		} else {
+			v.dtlBeginLocked()
+		}
+		v.dtl.barrier = len(v.state.Sealed)
 	}
 	v.dtl.node = node
 	v.setRecordedLocked(recordIncomplete) // PlaceDTL recorded it so
-	v.dtl.barrier = len(v.state.Sealed)
 	v.dtl.lastErr = nil
 	v.dtl.since = time.Now()
 	v.log.Info("DTL session started", "vdisk", v.name(), "dtl_node", node, "mode", v.dtl.mode,
-		"catching_up_tlogs", max(0, v.dtl.barrier-v.publishedCount))
+		"copied", copied, "catching_up_tlogs", max(0, v.dtl.barrier-v.publishedCount))
 	return nil
+}
+
+// dtlCopyMax bounds what a new DTL session gets copied from the write
+// buffer (the shipper queues it all at once, and writes wait meanwhile).
+const dtlCopyMax = 32 << 20
+
+// copyUnpublishedLocked ships to s, a new session, the changes the backend
+// does not have yet: those of the sealed TLogs snapshots.json does not
+// name and of the open TLog, read back from the write buffer, each TLog
+// as its group. It does nothing (false) when there is more than
+// dtlCopyMax of it; an error leaves part of it shipped, harmless: the
+// caller then starts the session at a fresh TLog.
+func (v *Volume) copyUnpublishedLocked(s DTLSession) (bool, error) {
+	if v.pendingUpload+int64(len(v.tlog.buf)) > dtlCopyMax {
+		return false, nil
+	}
+	// Everything recorded so far into the files: the pending batch, the
+	// open SCO's gathered clusters, the buffered TLog records.
+	if err := v.writeTLogBufLocked(); err != nil {
+		return false, err
+	}
+	names := make([]string, 0, len(v.state.Sealed)-v.publishedCount+1)
+	for _, t := range v.state.Sealed[v.publishedCount:] {
+		names = append(names, t.Name)
+	}
+	names = append(names, v.tlog.name)
+	files := map[uint32]*os.File{}
+	defer func() {
+		for _, f := range files {
+			f.Close()
+		}
+	}()
+	cs := v.clusterSize
+	prev := ""
+	if v.publishedCount > 0 {
+		prev = v.state.Sealed[v.publishedCount-1].Name
+	}
+	for _, name := range names {
+		b, err := os.ReadFile(v.tlogPath(name))
+		if err != nil {
+			return false, fmt.Errorf("read TLog %s: %w", name, err)
+		}
+		recs, _, err := decodeTLog(b)
+		if err != nil {
+			return false, fmt.Errorf("TLog %s: %w", name, err)
+		}
+		v.dtl.queuedLocked(s.Begin(name, prev))
+		prev = name
+		for _, r := range recs {
+			switch r.Type {
+			case recWrite:
+				loc := scos.UnpackLocation(r.Loc)
+				if loc.SCO.CloneID != 0 || loc.SCO.Version != 0 {
+					return false, fmt.Errorf("TLog %s: a write to %s, not an SCO of the write buffer", name, loc)
+				}
+				f := files[loc.SCO.Number]
+				if f == nil {
+					if f, err = os.Open(v.scoPath(loc.SCO.Number)); err != nil {
+						return false, fmt.Errorf("TLog %s: %w", name, err)
+					}
+					files[loc.SCO.Number] = f
+				}
+				data := make([]byte, cs)
+				if _, err := f.ReadAt(data, int64(loc.Offset)*int64(cs)); err != nil {
+					return false, fmt.Errorf("TLog %s: read %s: %w", name, loc, err)
+				}
+				if crc32c(data) != r.DataCRC {
+					return false, fmt.Errorf("TLog %s: %s does not match its CRC", name, loc)
+				}
+				v.dtl.queuedLocked(s.AppendWrite(r.Addr, []uint32{r.DataCRC}, data))
+			case recTrim:
+				for addr, count := r.Addr, r.Count; count > 0; {
+					n := min(count, math.MaxUint32)
+					v.dtl.queuedLocked(s.AppendTrim(addr, uint32(n)))
+					addr, count = addr+n, count-n
+				}
+			}
+		}
+	}
+	if v.dtl.missed {
+		return false, errors.New("the session broke while the copy was queued")
+	}
+	return true, nil
 }
 
 // placeDTLNow places a DTL session at once (the keeper, not running yet,
