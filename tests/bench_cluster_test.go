@@ -18,11 +18,7 @@ import (
 // longest I/O pause fio sees while the vdisk moves between nodes. It
 // asserts nothing about the figures.
 func TestBenchCluster(t *testing.T) {
-	out := os.Getenv("OVS_BENCH_CLUSTER")
-	if out == "" {
-		t.Skip("a benchmark: set OVS_BENCH_CLUSTER=FILE to run it (make bench does)")
-	}
-	needFio(t)
+	out := clusterBenchOutput(t)
 	runtime := envInt("BENCH_RUNTIME", 20)
 	c := startNetCluster(t, "")
 	h1, h2, h3 := c.hosts.Hosts[0], c.hosts.Hosts[1], c.hosts.Hosts[2]
@@ -161,4 +157,16 @@ func envInt(name string, def int) int {
 		return def
 	}
 	return v
+}
+
+// clusterBenchOutput is the file a cluster bench appends its figures to
+// (OVS_BENCH_CLUSTER); without it the bench is skipped.
+func clusterBenchOutput(t *testing.T) string {
+	t.Helper()
+	out := os.Getenv("OVS_BENCH_CLUSTER")
+	if out == "" {
+		t.Skip("a benchmark: set OVS_BENCH_CLUSTER=FILE to run it (make bench does)")
+	}
+	needFio(t)
+	return out
 }

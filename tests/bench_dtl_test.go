@@ -21,11 +21,7 @@ import (
 // write+flush+read that succeeds through another node), over a few
 // trials. It asserts nothing about the figures.
 func TestBenchClusterDTL(t *testing.T) {
-	out := os.Getenv("OVS_BENCH_CLUSTER")
-	if out == "" {
-		t.Skip("a benchmark: set OVS_BENCH_CLUSTER=FILE to run it (make bench does)")
-	}
-	needFio(t)
+	out := clusterBenchOutput(t)
 	runtime := envInt("BENCH_RUNTIME", 20)
 	trials := envInt("BENCH_FAILOVER_TRIALS", 5)
 	c := startNetCluster(t, haExtra)

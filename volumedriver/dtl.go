@@ -397,25 +397,13 @@ func (v *Volume) dtlKeeper() {
 				case <-ctx.Done():
 				}
 			}()
-			s, node, err := placer.PlaceDTL(ctx, v.id, v.epoch, avoid)
+			err := v.placeDTL(ctx, avoid)
 			cancel()
-			if err == nil {
-				err = v.attachDTL(s, node)
-				if err != nil {
-					s.Close()
-				}
-			}
 			if err != nil {
 				if errors.Is(err, ErrFenced) {
 					v.fence(err)
 					return
 				}
-				v.mu.Lock()
-				if v.dtl.lastErr == nil || v.dtl.lastErr.Error() != err.Error() {
-					v.log.Warn("no DTL for the vdisk; it serves standalone meanwhile", "vdisk", v.name(), "err", err)
-				}
-				v.dtl.lastErr = err
-				v.mu.Unlock()
 				select {
 				case <-time.After(retry):
 				case <-kick:
@@ -529,10 +517,10 @@ func (v *Volume) attachDTL(s DTLSession, node string) error {
 // buffer (the shipper queues it all at once, and writes wait meanwhile).
 const dtlCopyMax = 32 << 20
 
-// copyUnpublishedLocked ships to s, a new session, the changes the backend
-// does not have yet: those of the sealed TLogs snapshots.json does not
-// name and of the open TLog, read back from the write buffer, each TLog
-// as its group. It does nothing (false) when there is more than
+// copyUnpublishedLocked ships to s, the new session (already the volume's),
+// the changes the backend does not have yet: those of the sealed TLogs
+// snapshots.json does not name and of the open TLog, read back from the
+// write buffer, each TLog as its group. It does nothing (false) when there is more than
 // dtlCopyMax of it; an error leaves part of it shipped, harmless: the
 // caller then starts the session at a fresh TLog.
 func (v *Volume) copyUnpublishedLocked(s DTLSession) (bool, error) {
@@ -592,13 +580,9 @@ func (v *Volume) copyUnpublishedLocked(s DTLSession) (bool, error) {
 				if crc32c(data) != r.DataCRC {
 					return false, fmt.Errorf("TLog %s: %s does not match its CRC", name, loc)
 				}
-				v.dtl.queuedLocked(s.AppendWrite(r.Addr, []uint32{r.DataCRC}, data))
+				v.dtlWriteLocked(r.Addr, []uint32{r.DataCRC}, data)
 			case recTrim:
-				for addr, count := r.Addr, r.Count; count > 0; {
-					n := min(count, math.MaxUint32)
-					v.dtl.queuedLocked(s.AppendTrim(addr, uint32(n)))
-					addr, count = addr+n, count-n
-				}
+				v.dtlTrimLocked(r.Addr, r.Count)
 			}
 		}
 	}
@@ -614,11 +598,17 @@ func (v *Volume) placeDTLNow(ctx context.Context) {
 	v.mu.Lock()
 	mode := v.dtl.mode
 	v.mu.Unlock()
-	placer := v.drv.opts.DTL
-	if placer == nil || mode == DTLNone || v.state.Config.Template {
+	if v.drv.opts.DTL == nil || mode == DTLNone || v.state.Config.Template {
 		return
 	}
-	s, node, err := placer.PlaceDTL(ctx, v.id, v.epoch, nil)
+	v.placeDTL(ctx, nil)
+}
+
+// placeDTL has the control plane place a DTL session and attaches it; on
+// failure the vdisk goes on without one, and the error is noted (and
+// logged when it is a new one).
+func (v *Volume) placeDTL(ctx context.Context, avoid []string) error {
+	s, node, err := v.drv.opts.DTL.PlaceDTL(ctx, v.id, v.epoch, avoid)
 	if err == nil {
 		if err = v.attachDTL(s, node); err != nil {
 			s.Close()
@@ -626,10 +616,13 @@ func (v *Volume) placeDTLNow(ctx context.Context) {
 	}
 	if err != nil {
 		v.mu.Lock()
+		if v.dtl.lastErr == nil || v.dtl.lastErr.Error() != err.Error() {
+			v.log.Warn("no DTL for the vdisk; it serves standalone meanwhile", "vdisk", v.name(), "err", err)
+		}
 		v.dtl.lastErr = err
 		v.mu.Unlock()
-		v.log.Warn("no DTL for the replayed changes yet", "vdisk", v.name(), "err", err)
 	}
+	return err
 }
 
 // detachDTL ends session s if it is still the volume's.

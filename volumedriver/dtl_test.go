@@ -243,6 +243,52 @@ func (b *cutBackend) Delete(ctx context.Context, ns, name string) error {
 	return b.Backend.Delete(ctx, ns, name)
 }
 
+// ownerWithDTL opens a driver of e whose DTLs dtl places, and creates
+// vdisk a (id ida, epoch 1, 16 MiB) on it, its DTL ok.
+func ownerWithDTL(t *testing.T, e *testEnv, dtl *fakeDTL) (*Driver, *Volume) {
+	t.Helper()
+	e.opts.Owned = ownedBy(nil)
+	e.opts.DTL = dtl
+	d := e.open()
+	t.Cleanup(func() { d.Close() })
+	if _, err := d.Create(context.Background(), "a", 16<<20, CreateOptions{ID: "ida", Epoch: 1}); err != nil {
+		t.Fatal(err)
+	}
+	waitDTLState(t, d, "a", DTLStateOK)
+	v, _ := d.Volume("a")
+	return d, v
+}
+
+// adoptReplaying has another host (a driver with opts, in a directory of
+// its own) adopt vdisk ida under epoch 2, replaying src as its recovery,
+// and returns the volume and what the replay did.
+func adoptReplaying(t *testing.T, backend scos.Backend, src DTLSource, opts Options) (*Volume, ReplayResult) {
+	t.Helper()
+	var res ReplayResult
+	opts.Owned = ownedBy(nil)
+	opts.Recover = func(ctx context.Context, name, id string, epoch uint64, restored bool, replay func(DTLSource) (ReplayResult, error)) error {
+		if !restored || epoch != 2 {
+			return fmt.Errorf("recover %s epoch %d restored %v", name, epoch, restored)
+		}
+		var err error
+		res, err = replay(src)
+		return err
+	}
+	d, err := Open(context.Background(), filepath.Join(t.TempDir(), "volumes"), backend, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { d.Close() })
+	if _, err := d.Adopt(context.Background(), "ida", 2); err != nil {
+		t.Fatal(err)
+	}
+	v, err := d.Volume("a")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return v, res
+}
+
 func waitState(t *testing.T, d *Driver, name, want string) {
 	t.Helper()
 	deadline := time.Now().Add(20 * time.Second)
@@ -347,33 +393,15 @@ func TestFailoverReplaysDTL(t *testing.T) {
 			held.setFence(2)
 			dtl.setFence(2)
 
-			var res ReplayResult
-			recover := func(ctx context.Context, name, id string, epoch uint64, restored bool, replay func(DTLSource) (ReplayResult, error)) error {
-				if !restored || epoch != 2 {
-					return fmt.Errorf("recover %s epoch %d restored %v", name, epoch, restored)
-				}
-				var err error
-				res, err = replay(held)
-				return err
-			}
 			// No node can hold the new owner's DTL (the last one
 			// standing): the replay goes on without one.
 			none := &fakeDTL{}
 			none.refuse.Store(true)
-			d2, err := Open(ctx, filepath.Join(t.TempDir(), "volumes"), e.backend, Options{Owned: ownedBy(nil), Recover: recover,
-				DTL: none, DTLMode: func(string) DTLMode { return mode }})
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer d2.Close()
-			if _, err := d2.Adopt(ctx, "ida", 2); err != nil {
-				t.Fatal(err)
-			}
+			v2, res := adoptReplaying(t, e.backend, held, Options{DTL: none, DTLMode: func(string) DTLMode { return mode }})
 			t.Logf("replayed %+v", res)
 			if res.Gap {
 				t.Fatal("replay reports a gap")
 			}
-			v2, _ := d2.Volume("a")
 			check(t, v2, m)
 			// The old owner's DTL session is refused once the new epoch
 			// fenced it: a flush there fails in sync mode.
@@ -400,16 +428,8 @@ func TestDTLSessionLoss(t *testing.T) {
 	ctx := context.Background()
 	e := newTestEnv(t)
 	dtl := &fakeDTL{}
-	e.opts.Owned = ownedBy(nil)
-	e.opts.DTL = dtl
 	e.opts.AutoSyncInterval = time.Hour
-	d := e.open()
-	defer d.Close()
-	if _, err := d.Create(ctx, "a", 16<<20, CreateOptions{ID: "ida", Epoch: 1}); err != nil {
-		t.Fatal(err)
-	}
-	waitDTLState(t, d, "a", DTLStateOK)
-	v, _ := d.Volume("a")
+	d, v := ownerWithDTL(t, e, dtl)
 	m := &model{data: make([]byte, 16<<20)}
 	rng := rand.New(rand.NewPCG(1, 2))
 	randomWrites(t, v, m, rng, 50, 100_000)
@@ -453,20 +473,8 @@ func TestDTLSessionLoss(t *testing.T) {
 	for held == nil || len(held.groups) == 0 {
 		held = dtl.snapshot()
 	}
-	recover := func(ctx context.Context, name, id string, epoch uint64, restored bool, replay func(DTLSource) (ReplayResult, error)) error {
-		res, err := replay(held)
-		t.Logf("replayed %+v", res)
-		return err
-	}
-	d2, err := Open(ctx, filepath.Join(t.TempDir(), "volumes"), e.backend, Options{Owned: ownedBy(nil), Recover: recover})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer d2.Close()
-	if _, err := d2.Adopt(ctx, "ida", 2); err != nil {
-		t.Fatal(err)
-	}
-	v2, _ := d2.Volume("a")
+	v2, res := adoptReplaying(t, e.backend, held, Options{})
+	t.Logf("replayed %+v", res)
 	check(t, v2, m)
 }
 
@@ -513,16 +521,8 @@ func TestDTLStalled(t *testing.T) {
 	e := newTestEnv(t)
 	dtl := &fakeDTL{}
 	var leases atomic.Int32
-	e.opts.Owned = ownedBy(nil)
-	e.opts.DTL = dtl
 	e.opts.Lease = func(context.Context) error { leases.Add(1); return nil }
-	d := e.open()
-	defer d.Close()
-	if _, err := d.Create(ctx, "a", 16<<20, CreateOptions{ID: "ida", Epoch: 1}); err != nil {
-		t.Fatal(err)
-	}
-	waitDTLState(t, d, "a", DTLStateOK)
-	v, _ := d.Volume("a")
+	d, v := ownerWithDTL(t, e, dtl)
 	m := &model{data: make([]byte, 16<<20)}
 	rng := rand.New(rand.NewPCG(3, 4))
 	randomWrites(t, v, m, rng, 20, 100_000)

@@ -170,13 +170,6 @@ type dtlPlacer struct {
 // there is one, holding the fewest DTLs, records it in the model under
 // the vdisk's owner record (so a stale owner cannot), and opens a session.
 func (p *dtlPlacer) PlaceDTL(ctx context.Context, id string, epoch uint64, avoid []string) (volumedriver.DTLSession, string, error) {
-	o, raw, err := p.store.Owner(ctx, id)
-	if err != nil {
-		return nil, "", err
-	}
-	if o.Node != p.self || o.Epoch != epoch {
-		return nil, "", fmt.Errorf("%w: owner of %s is %s (epoch %d)", volumedriver.ErrFenced, id, o.Node, o.Epoch)
-	}
 	nodes, err := p.store.Nodes(ctx)
 	if err != nil {
 		return nil, "", err
@@ -186,17 +179,21 @@ func (p *dtlPlacer) PlaceDTL(ctx context.Context, id string, epoch uint64, avoid
 		return nil, "", err
 	}
 	load := map[string]int{}
+	var prev string
 	for _, ov := range all {
-		if ov.DTL.Node != "" && ov.ID != id {
+		switch {
+		case ov.ID == id:
+			prev = ov.DTL.Node
+		case ov.DTL.Node != "":
 			load[ov.DTL.Node]++
 		}
 	}
 	cands := chooseDTLNodes(nodes, p.self, p.site, avoid, p.live.alive, load, id)
 	// The node that held it before, if it still can: it has the groups
 	// of the TLogs not on the backend yet (an owner restarting here).
-	if prev, err := p.store.DTL(ctx, id); err == nil && prev.Node != "" && !slices.Contains(avoid, prev.Node) {
+	if prev != "" && !slices.Contains(avoid, prev) {
 		for i, n := range cands {
-			if n.ID == prev.Node {
+			if n.ID == prev {
 				cands[0], cands[i] = cands[i], cands[0]
 				break
 			}
@@ -206,10 +203,7 @@ func (p *dtlPlacer) PlaceDTL(ctx context.Context, id string, epoch uint64, avoid
 		return nil, "", volumedriver.ErrNoDTLNode
 	}
 	n := cands[0]
-	if _, err := p.store.PlaceDTL(ctx, id, raw, n.ID, false); err != nil {
-		if errors.Is(err, model.ErrConflict) {
-			return nil, "", fmt.Errorf("%w: %w", volumedriver.ErrFenced, err)
-		}
+	if err := p.RecordDTL(ctx, id, epoch, n.ID, false); err != nil {
 		return nil, "", err
 	}
 	s := dtl.NewShipper(dtl.ShipperConfig{Addr: n.DTL, TLS: p.tls, VDisk: id, Epoch: epoch,
@@ -473,14 +467,8 @@ func (r *router) forgetOldDTL(name, id string, epoch uint64, node, addr string) 
 	}
 }
 
-func isNetErr(err error) bool {
-	var ne interface{ Timeout() bool }
-	return errors.As(err, &ne)
-}
-
-// watchFailover reads every node's heartbeat each interval, and takes
-// over the vdisks of owners that are dead whose choice falls on this node.
-func (r *router) watchFailover(ctx context.Context, every time.Duration) {
+// tick calls fn every interval until ctx ends.
+func tick(ctx context.Context, every time.Duration, fn func()) {
 	t := time.NewTicker(every)
 	defer t.Stop()
 	for {
@@ -489,14 +477,27 @@ func (r *router) watchFailover(ctx context.Context, every time.Duration) {
 			return
 		case <-t.C:
 		}
+		fn()
+	}
+}
+
+func isNetErr(err error) bool {
+	var ne interface{ Timeout() bool }
+	return errors.As(err, &ne)
+}
+
+// watchFailover reads every node's heartbeat each interval, and takes
+// over the vdisks of owners that are dead whose choice falls on this node.
+func (r *router) watchFailover(ctx context.Context, every time.Duration) {
+	tick(ctx, every, func() {
 		beats, err := r.store.Heartbeats(ctx)
 		if err != nil {
-			continue
+			return
 		}
 		r.live.observe(beats, every)
 		all, err := r.store.VDisks(ctx)
 		if err != nil {
-			continue
+			return
 		}
 		var nodes []string
 		for id := range beats {
@@ -514,7 +515,7 @@ func (r *router) watchFailover(ctx context.Context, every time.Duration) {
 			}
 			r.failover(ctx, ov)
 		}
-	}
+	})
 }
 
 // takeover is the node that takes over vdisk ov from its dead owner: its
@@ -596,17 +597,10 @@ func staleDTLs(held []dtl.VDiskInfo, vdisks []model.OwnedVDisk, self string, now
 
 // dtlJanitor drops stale DTL data every interval.
 func (r *router) dtlJanitor(ctx context.Context, srv *dtl.Server, addr string, every time.Duration) {
-	t := time.NewTicker(every)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-		}
+	tick(ctx, every, func() {
 		all, err := r.store.VDisks(ctx)
 		if err != nil {
-			continue
+			return
 		}
 		for _, h := range staleDTLs(srv.VDisks(), all, r.self, time.Now()) {
 			if err := dtl.Forget(ctx, addr, r.forwardTLS, h.VDisk, h.Epoch); err != nil {
@@ -616,5 +610,5 @@ func (r *router) dtlJanitor(ctx context.Context, srv *dtl.Server, addr string, e
 			r.log.Info("dropped stale DTL data (another node holds this vdisk's DTL, or the vdisk is gone)",
 				"vdisk_id", h.VDisk, "groups", h.Groups, "bytes", h.Bytes)
 		}
-	}
+	})
 }

@@ -470,20 +470,13 @@ type moveTimes struct{ held, release, adopt time.Duration }
 // (its next backend write would be refused anyway), and one the model
 // gave to this node is brought up.
 func (r *router) watchOwners(ctx context.Context, every time.Duration) {
-	t := time.NewTicker(every)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-		}
+	tick(ctx, every, func() {
 		all, err := r.store.VDisks(ctx)
 		if err != nil {
 			if ctx.Err() == nil {
 				r.log.Warn("owner check: reading the model", "err", err)
 			}
-			continue
+			return
 		}
 		local := map[string]volumedriver.VolumeInfo{}
 		if infos, err := r.drv.List(ctx); err == nil {
@@ -519,7 +512,7 @@ func (r *router) watchOwners(ctx context.Context, every time.Duration) {
 			// Served here, gone from the model: deleted or taken.
 			r.drv.Fence(name)
 		}
-	}
+	})
 }
 
 // --- frontends
