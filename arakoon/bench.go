@@ -7,7 +7,6 @@ import (
 	"io"
 	"log/slog"
 	"math/rand/v2"
-	"net"
 	"os"
 	"path/filepath"
 	"runtime"
@@ -16,6 +15,8 @@ import (
 	"sync/atomic"
 	"text/tabwriter"
 	"time"
+
+	"github.com/ovs-storage/ovs/internal/freeport"
 
 	"go.etcd.io/bbolt"
 )
@@ -185,22 +186,13 @@ func benchCluster(ctx context.Context, o BenchOptions, n int, value []byte) (Ben
 		res.Name += "s"
 	}
 	cfg := &Config{Cluster: "bench"}
-	var ls []net.Listener
-	for i := range n {
-		var addrs [2]string
-		for j := range addrs {
-			l, err := net.Listen("tcp", "127.0.0.1:0")
-			if err != nil {
-				return res, err
-			}
-			ls = append(ls, l)
-			addrs[j] = l.Addr().String()
-		}
-		id := "b" + strconv.Itoa(i+1)
-		cfg.Nodes = append(cfg.Nodes, NodeConfig{ID: id, Client: addrs[0], Raft: addrs[1], Data: filepath.Join(o.Dir, fmt.Sprintf("c%d-%s", n, id))})
+	addrs, err := freeport.Addrs(2 * n)
+	if err != nil {
+		return res, err
 	}
-	for _, l := range ls {
-		l.Close()
+	for i := range n {
+		id := "b" + strconv.Itoa(i+1)
+		cfg.Nodes = append(cfg.Nodes, NodeConfig{ID: id, Client: addrs[2*i], Raft: addrs[2*i+1], Data: filepath.Join(o.Dir, fmt.Sprintf("c%d-%s", n, id))})
 	}
 	cfg.Tuning = Tuning{HeartbeatTimeout: Duration(500 * time.Millisecond), ElectionTimeout: Duration(500 * time.Millisecond)}
 	if err := cfg.Validate(); err != nil {
@@ -246,7 +238,6 @@ func benchCluster(ctx context.Context, o BenchOptions, n int, value []byte) (Ben
 		}
 	}
 	written := make([]atomic.Int64, o.Clients)
-	var err error
 	res.Sets, err = phase(ctx, o, func(ctx context.Context, wk, i int) error {
 		err := clients[wk%nc].Set(ctx, benchKey(wk, i), value)
 		if err == nil {

@@ -15,23 +15,16 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/ovs-storage/ovs/internal/freeport"
 )
 
 // freeAddrs returns n distinct 127.0.0.1 addresses that were free a moment ago.
 func freeAddrs(t testing.TB, n int) []string {
 	t.Helper()
-	var out []string
-	var ls []net.Listener
-	for range n {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		ls = append(ls, l)
-		out = append(out, l.Addr().String())
-	}
-	for _, l := range ls {
-		l.Close()
+	out, err := freeport.Addrs(n)
+	if err != nil {
+		t.Fatal(err)
 	}
 	return out
 }

@@ -19,6 +19,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ovs-storage/ovs/internal/freeport"
+
 	"github.com/anishathalye/porcupine"
 	"gopkg.in/yaml.v3"
 
@@ -75,14 +77,9 @@ func (n *araNode) running() bool {
 // araFreeAddrs returns n distinct 127.0.0.1 addresses free a moment ago.
 func araFreeAddrs(t *testing.T, n int) []string {
 	t.Helper()
-	var out []string
-	for range n {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer l.Close()
-		out = append(out, l.Addr().String())
+	out, err := freeport.Addrs(n)
+	if err != nil {
+		t.Fatal(err)
 	}
 	return out
 }

@@ -588,7 +588,7 @@ func TestDTLHostLoss(t *testing.T) {
 	defer cancel()
 	fio := exec.CommandContext(ctx, "fio", "--name=dtlloss", "--ioengine=nbd", "--uri="+c.nbdURI(a, "dtlloss"),
 		"--rw=randwrite", "--bs=4k", "--iodepth=16", "--size=64m", "--loops=3", "--fsync=64",
-		"--verify=crc32c", "--verify_fatal=1")
+		"--verify=crc32c", "--verify_fatal=1", "--verify_state_save=0")
 	out := &lineLog{}
 	fio.Stdout, fio.Stderr = out, out
 	if err := fio.Start(); err != nil {

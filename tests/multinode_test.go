@@ -227,14 +227,14 @@ func TestClusterOfThreeHosts(t *testing.T) {
 		defer cancel()
 		fio := exec.CommandContext(ctx, "fio", "--name=move", "--ioengine=nbd", "--uri="+uri,
 			"--rw=randwrite", "--bs=4k", "--iodepth=16", "--size=128m", "--loops=2",
-			"--verify=crc32c", "--verify_fatal=1", "--lat_percentiles=1")
+			"--verify=crc32c", "--verify_fatal=1", "--verify_state_save=0", "--lat_percentiles=1")
 		var out bytes.Buffer
 		fio.Stdout, fio.Stderr = &out, &out
 		// A second client is connected to the owner itself: after the
 		// handover its I/O goes on through the old owner, forwarded.
 		fioOwner := exec.CommandContext(ctx, "fio", "--name=owner", "--ioengine=nbd", "--uri="+c.nbdURI(h1, "vm"),
 			"--rw=randwrite", "--bs=4k", "--iodepth=8", "--offset=160m", "--size=32m", "--loops=3",
-			"--verify=crc32c", "--verify_fatal=1")
+			"--verify=crc32c", "--verify_fatal=1", "--verify_state_save=0")
 		var ownerOut bytes.Buffer
 		fioOwner.Stdout, fioOwner.Stderr = &ownerOut, &ownerOut
 		if err := fio.Start(); err != nil {
@@ -276,7 +276,7 @@ func TestClusterOfThreeHosts(t *testing.T) {
 		defer cancel()
 		fio := exec.CommandContext(ctx, "fio", "--name=kill", "--ioengine=nbd", "--uri="+uri,
 			"--rw=randwrite", "--bs=4k", "--iodepth=16", "--size=64m", "--offset=128m", "--loops=2",
-			"--verify=crc32c", "--verify_fatal=1")
+			"--verify=crc32c", "--verify_fatal=1", "--verify_state_save=0")
 		var out bytes.Buffer
 		fio.Stdout, fio.Stderr = &out, &out
 		if err := fio.Start(); err != nil {

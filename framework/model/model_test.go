@@ -4,10 +4,11 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"net"
 	"path/filepath"
 	"testing"
 	"time"
+
+	"github.com/ovs-storage/ovs/internal/freeport"
 
 	"github.com/ovs-storage/ovs/arakoon"
 )
@@ -16,15 +17,11 @@ import (
 // the model's KV over it.
 func startArakoon(t *testing.T) KV {
 	t.Helper()
-	free := func() string {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer l.Close()
-		return l.Addr().String()
+	addrs, err := freeport.Addrs(2)
+	if err != nil {
+		t.Fatal(err)
 	}
-	cfg := &arakoon.Config{Cluster: "test", Nodes: []arakoon.NodeConfig{{ID: "n1", Client: free(), Raft: free(), Data: filepath.Join(t.TempDir(), "n1")}},
+	cfg := &arakoon.Config{Cluster: "test", Nodes: []arakoon.NodeConfig{{ID: "n1", Client: addrs[0], Raft: addrs[1], Data: filepath.Join(t.TempDir(), "n1")}},
 		Tuning: arakoon.Tuning{HeartbeatTimeout: arakoon.Duration(200 * time.Millisecond), ElectionTimeout: arakoon.Duration(200 * time.Millisecond),
 			LeaderLeaseTimeout: arakoon.Duration(100 * time.Millisecond), CommitTimeout: arakoon.Duration(5 * time.Millisecond)}}
 	srv, err := arakoon.Start(cfg, "n1", arakoon.ServerOptions{})
