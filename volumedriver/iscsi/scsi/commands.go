@@ -31,7 +31,7 @@ func (lu *LU) inquiry(cdb []byte) Result {
 		b[2] = 0x06 // SPC-4
 		b[3] = 0x02 // response data format 2
 		b[4] = 36 - 5
-		b[5] = 0x08 // 3PC no; PROTECT no; TPGS 0
+		b[5] = 0x00 // no 3PC, PROTECT or TPGS
 		b[7] = 0x02 // CMDQUE
 		copy(b[8:16], vendorID)
 		copy(b[16:32], padded(lu.Product, 16))
