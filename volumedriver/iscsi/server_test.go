@@ -3,6 +3,7 @@ package iscsi
 import (
 	"context"
 	"net"
+	"os"
 	"os/exec"
 	"strings"
 	"testing"
@@ -86,4 +87,18 @@ func TestLibiscsiClients(t *testing.T) {
 		t.Fatalf("iscsi-inq: %v\n%s", err, out)
 	}
 	t.Logf("iscsi-inq:\n%s", out)
+}
+
+// TestIscsiTestCU runs libiscsi's test suite against the target when
+// OVS_ISCSI_CU is set (it takes minutes; the end-to-end test runs it
+// against a real vdisk and Linux tgt).
+func TestIscsiTestCU(t *testing.T) {
+	if os.Getenv("OVS_ISCSI_CU") == "" {
+		t.Skip("OVS_ISCSI_CU not set")
+	}
+	s, addr := startTarget(t)
+	cmd := exec.Command(needTool(t, "iscsi-test-cu"), "--dataloss", "--test="+os.Getenv("OVS_ISCSI_CU"),
+		"iscsi://"+addr+"/"+s.IQN("vd1")+"/0")
+	out, _ := cmd.CombinedOutput()
+	t.Logf("%s", out)
 }
