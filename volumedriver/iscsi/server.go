@@ -101,6 +101,7 @@ const (
 	defaultMaxData   = 8192 // RFC 7143 default MaxRecvDataSegmentLength
 	maxBurst         = 1 << 20
 	cmdWindow        = 64
+	maxWriteData     = 8 << 20 // the largest write taken (scsi's transfer limit is 4 MiB)
 	reservedTag      = 0xFFFFFFFF
 	statusGood       = 0x00
 	loginStageSec    = 0
@@ -191,6 +192,11 @@ func (c *conn) noteCmdSN(p *pdu) {
 	if sn := p.u32(24); sn == c.expCmdSN {
 		c.expCmdSN++
 	}
+}
+
+// inWindow: sn is in [ExpCmdSN, MaxCmdSN] (serial number arithmetic).
+func (c *conn) inWindow(sn uint32) bool {
+	return sn-c.expCmdSN < cmdWindow
 }
 
 // login runs the login phase up to the full feature phase.
@@ -376,6 +382,11 @@ func (c *conn) handle(ctx context.Context, p *pdu) error {
 		c.noteCmdSN(p)
 		return c.text(ctx, p)
 	case opSCSICommand:
+		if !p.immediate() && !c.inWindow(p.u32(24)) {
+			// RFC 7143 3.2.2.1: outside the window, silently ignored.
+			c.log.Debug("iscsi: command outside the CmdSN window dropped", "cmdsn", p.u32(24), "exp", c.expCmdSN)
+			return nil
+		}
 		c.noteCmdSN(p)
 		if c.lu == nil {
 			return fmt.Errorf("%w: a SCSI command in a discovery session", errProtocol)
@@ -460,10 +471,12 @@ func (c *conn) command(ctx context.Context, p *pdu) error {
 		cdb = append(cdb, p.ahs[4:]...)
 	}
 	var out []byte
+	if write && edtl > maxWriteData {
+		// Too big to take: refused without asking for its data (what
+		// came as immediate data is dropped).
+		return c.respond(p, scsi.Result{Status: scsi.StatusCheckCondition, Sense: scsi.InvalidCDB(0)}, 0, 0)
+	}
 	if write && edtl > 0 {
-		if edtl > maxBurst*8 {
-			return fmt.Errorf("%w: a write of %d bytes", errProtocol, edtl)
-		}
 		out = make([]byte, 0, edtl)
 		out = append(out, p.data[:min(len(p.data), edtl)]...)
 		for len(out) < edtl {
@@ -557,6 +570,11 @@ func (c *conn) command(ctx context.Context, p *pdu) error {
 	if collapse && len(data) > 0 {
 		return nil
 	}
+	return c.respond(p, res, rflags, residual)
+}
+
+// respond sends the SCSI Response of command p.
+func (c *conn) respond(p *pdu, res scsi.Result, rflags byte, residual uint32) error {
 	r := &pdu{}
 	r.bhs[0], r.bhs[1] = opSCSIResponse, 0x80|rflags
 	r.bhs[3] = byte(res.Status)

@@ -97,8 +97,11 @@ func TestIscsiTestCU(t *testing.T) {
 		t.Skip("OVS_ISCSI_CU not set")
 	}
 	s, addr := startTarget(t)
-	cmd := exec.Command(needTool(t, "iscsi-test-cu"), "--dataloss", "--test="+os.Getenv("OVS_ISCSI_CU"),
-		"iscsi://"+addr+"/"+s.IQN("vd1")+"/0")
+	args := []string{"--test=" + os.Getenv("OVS_ISCSI_CU"), "iscsi://" + addr + "/" + s.IQN("vd1") + "/0"}
+	if os.Getenv("OVS_ISCSI_CU_DATALOSS") != "" {
+		args = append([]string{"--dataloss"}, args...)
+	}
+	cmd := exec.Command(needTool(t, "iscsi-test-cu"), args...)
 	out, _ := cmd.CombinedOutput()
 	t.Logf("%s", out)
 }

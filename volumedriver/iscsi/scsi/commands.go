@@ -213,6 +213,9 @@ func (lu *LU) verify(ctx context.Context, cdb []byte, out []byte) Result {
 	if s != nil {
 		return check(s)
 	}
+	if s := noProtection(cdb); s != nil {
+		return check(s)
+	}
 	r := lu.read(ctx, lba, n)
 	if r.Status != StatusGood {
 		return r

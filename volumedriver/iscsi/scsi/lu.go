@@ -125,11 +125,17 @@ func (lu *LU) Execute(ctx context.Context, cdb []byte, out []byte) Result {
 		if s != nil {
 			return check(s)
 		}
+		if s := noProtection(cdb); s != nil {
+			return check(s)
+		}
 		return lu.read(ctx, lba, n)
 	case opWrite6, opWrite10, opWrite12, opWrite16,
 		opWriteVerify10, opWriteVerify12, opWriteVerify16:
 		lba, n, s := rwExtent(cdb)
 		if s != nil {
+			return check(s)
+		}
+		if s := noProtection(cdb); s != nil {
 			return check(s)
 		}
 		fua := op != opWrite6 && cdb[1]&0x08 != 0
@@ -178,6 +184,20 @@ func rwExtent(cdb []byte) (lba, n uint64, s *Sense) {
 		}
 		return be64(cdb[2:10]), be32(cdb[10:14]), nil
 	}
+}
+
+// noProtection refuses a RDPROTECT/WRPROTECT/VRPROTECT field (bits 7-5
+// of byte 1 of the 10-, 12- and 16-byte commands): the LU is formatted
+// without protection information.
+func noProtection(cdb []byte) *Sense {
+	switch cdb[0] {
+	case opRead6, opWrite6:
+		return nil
+	}
+	if cdb[1]&0xE0 != 0 {
+		return invalidCDB(1, 7)
+	}
+	return nil
 }
 
 // inRange checks [lba, lba+n) against the capacity.

@@ -116,3 +116,7 @@ func (s Sense) Fixed() []byte {
 	}
 	return b
 }
+
+// InvalidCDB is the sense of a command refused for a bad field at byte
+// field of its CDB.
+func InvalidCDB(field int) *Sense { return invalidCDB(field, -1) }
