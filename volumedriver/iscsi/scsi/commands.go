@@ -186,9 +186,10 @@ func (lu *LU) modeSense(cdb []byte) Result {
 	default:
 		return check(invalidCDB(2, 5))
 	}
-	wp := byte(0)
+	// Device-specific parameter: DPOFUA (DPO and FUA are honoured), WP.
+	wp := byte(0x10)
 	if lu.ReadOnly {
-		wp = 0x80
+		wp |= 0x80
 	}
 	var b []byte
 	var alloc int
