@@ -531,8 +531,14 @@ func (c *conn) command(ctx context.Context, p *pdu) error {
 		case len(data) < edtl:
 			residual, rflags = uint32(edtl-len(data)), 0x02 // underflow
 		}
-	} else if write && len(out) < edtl {
-		residual, rflags = uint32(edtl-len(out)), 0x02
+	} else if write {
+		switch want := res.Expected; {
+		case want == 0:
+		case edtl > want:
+			residual, rflags = uint32(edtl-want), 0x02 // underflow: less used than expected
+		case edtl < want:
+			residual, rflags = uint32(want-edtl), 0x04 // overflow: the CDB wanted more
+		}
 	}
 	if !read {
 		data = nil

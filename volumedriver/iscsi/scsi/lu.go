@@ -77,6 +77,10 @@ type Result struct {
 	Status Status
 	Data   []byte
 	Sense  *Sense
+	// Expected is the Data-Out the command asked for (its transfer
+	// length), when it differs from what the initiator sent: the
+	// transport reports the difference as a residual.
+	Expected int
 }
 
 func good(data []byte) Result         { return Result{Status: StatusGood, Data: data} }
@@ -243,16 +247,20 @@ func (lu *LU) write(ctx context.Context, lba, n uint64, out []byte, fua bool) Re
 	if n > maxTransferBlocks {
 		return check(invalidCDB(7, -1))
 	}
-	if uint64(len(out)) != n*BlockSize {
-		// The transport delivers exactly the expected length; anything
-		// else is the initiator's mismatch.
-		return check(invalidCDB(7, -1))
-	}
-	if n == 0 {
-		return good(nil)
+	// The initiator may send more or less than the CDB asks for (the
+	// transport reports the difference as a residual): more, and the
+	// CDB rules; less, and only the whole blocks sent are written.
+	want := int(n * BlockSize)
+	out = out[:min(len(out), want)/BlockSize*BlockSize]
+	r := good(nil)
+	r.Expected = want
+	if len(out) == 0 {
+		return r
 	}
 	if err := lu.Dev.WriteAt(ctx, out, int64(lba*BlockSize), fua); err != nil {
-		return check(ioSense(err, ascWriteError))
+		r := check(ioSense(err, ascWriteError))
+		r.Expected = want
+		return r
 	}
-	return good(nil)
+	return r
 }
