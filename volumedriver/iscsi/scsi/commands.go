@@ -26,11 +26,15 @@ func (lu *LU) inquiry(cdb []byte) Result {
 		if cdb[2] != 0 {
 			return check(invalidCDB(2, -1))
 		}
-		b := make([]byte, 36)
+		b := make([]byte, 66)
 		b[0] = 0x00 // connected direct-access block device
 		b[2] = 0x06 // SPC-4
 		b[3] = 0x02 // response data format 2
-		b[4] = 36 - 5
+		b[4] = byte(len(b) - 5)
+		// Version descriptors: SAM-5, iSCSI, SPC-4, SBC-3.
+		for i, v := range []uint16{0x00A0, 0x0960, 0x0460, 0x04C0} {
+			binary.BigEndian.PutUint16(b[58+2*i:], v)
+		}
 		b[5] = 0x00 // no 3PC, PROTECT or TPGS
 		b[7] = 0x02 // CMDQUE
 		copy(b[8:16], vendorID)
@@ -294,6 +298,9 @@ func (lu *LU) writeSame(ctx context.Context, cdb []byte, out []byte) Result {
 	if lu.ReadOnly {
 		return check(senseOf(SenseDataProtect, ascWriteProtected))
 	}
+	if s := noProtection(cdb); s != nil {
+		return check(s)
+	}
 	var lba, n uint64
 	if cdb[0] == opWriteSame10 {
 		if len(cdb) < 10 {
@@ -357,6 +364,9 @@ func (lu *LU) compareAndWrite(ctx context.Context, cdb []byte, out []byte) Resul
 	}
 	if len(cdb) < 16 {
 		return check(invalidCDB(0, -1))
+	}
+	if s := noProtection(cdb); s != nil {
+		return check(s)
 	}
 	lba, n := be64(cdb[2:10]), uint64(cdb[13])
 	if n == 0 {

@@ -107,7 +107,7 @@ func TestInquiryAndCapacity(t *testing.T) {
 	ctx := context.Background()
 	lu, _ := newLU()
 	r := lu.Execute(ctx, []byte{opInquiry, 0, 0, 0, 96, 0}, nil)
-	if r.Status != StatusGood || len(r.Data) != 36 || string(r.Data[8:16]) != vendorID || r.Data[0] != 0 {
+	if r.Status != StatusGood || len(r.Data) != 66 || string(r.Data[8:16]) != vendorID || r.Data[0] != 0 {
 		t.Fatalf("standard INQUIRY: %+v", r)
 	}
 	for _, page := range []byte{0x00, 0x80, 0x83, 0xB0, 0xB1, 0xB2} {
