@@ -1,0 +1,395 @@
+package scsi
+
+import (
+	"bytes"
+	"context"
+	"encoding/binary"
+)
+
+// Identification strings of INQUIRY.
+const (
+	vendorID        = "OVS     " // 8 bytes
+	productRevision = "0001"     // 4 bytes
+)
+
+func padded(s string, n int) []byte {
+	b := bytes.Repeat([]byte{' '}, n)
+	copy(b, s)
+	return b
+}
+
+// inquiry answers the standard INQUIRY data or a VPD page.
+func (lu *LU) inquiry(cdb []byte) Result {
+	alloc := int(be16(cdb[3:5]))
+	evpd := cdb[1]&0x01 != 0
+	if !evpd {
+		if cdb[2] != 0 {
+			return check(invalidCDB(2, -1))
+		}
+		b := make([]byte, 66)
+		b[0] = 0x00 // connected direct-access block device
+		b[2] = 0x06 // SPC-4
+		b[3] = 0x02 // response data format 2
+		b[4] = byte(len(b) - 5)
+		// Version descriptors: SAM-5, iSCSI, SPC-4, SBC-3.
+		for i, v := range []uint16{0x00A0, 0x0960, 0x0460, 0x04C0} {
+			binary.BigEndian.PutUint16(b[58+2*i:], v)
+		}
+		b[5] = 0x00 // no 3PC, PROTECT or TPGS
+		b[7] = 0x02 // CMDQUE
+		copy(b[8:16], vendorID)
+		copy(b[16:32], padded(lu.Product, 16))
+		copy(b[32:36], productRevision)
+		return good(clip(b, alloc))
+	}
+	var page []byte
+	switch code := cdb[2]; code {
+	case 0x00: // supported VPD pages
+		page = []byte{0x00, 0x80, 0x83, 0xB0, 0xB1, 0xB2}
+	case 0x80: // unit serial number
+		page = []byte(lu.Serial)
+	case 0x83: // device identification: NAA and a T10 vendor id
+		naa := append([]byte{0x01, 0x03, 0x00, 8}, lu.ID[:]...)
+		t10 := append([]byte{0x02, 0x01, 0x00, 0}, append([]byte(vendorID), []byte(lu.Serial)...)...)
+		t10[3] = byte(len(t10) - 4)
+		page = append(naa, t10...)
+	case 0xB0: // block limits
+		page = make([]byte, 60)
+		page[1] = 1 // COMPARE AND WRITE: one block at a time
+		binary.BigEndian.PutUint16(page[2:4], 1<<physExp)
+		binary.BigEndian.PutUint32(page[4:8], maxTransferBlocks)
+		binary.BigEndian.PutUint32(page[8:12], maxTransferBlocks)
+		binary.BigEndian.PutUint32(page[16:20], maxWriteSameBlocks) // max unmap LBA count
+		binary.BigEndian.PutUint32(page[20:24], maxUnmapDescs)
+		binary.BigEndian.PutUint32(page[24:28], 1<<physExp) // unmap granularity
+		binary.BigEndian.PutUint64(page[32:40], maxWriteSameBlocks)
+	case 0xB1: // block device characteristics
+		page = make([]byte, 60)
+		page[1] = 0x01 // non-rotating medium
+	case 0xB2: // logical block provisioning
+		page = make([]byte, 4)
+		page[1] = 0xE0 // LBPU, LBPWS, LBPWS10
+		page[2] = 0x02 // provisioning type: thin
+	default:
+		return check(invalidCDB(2, -1))
+	}
+	b := make([]byte, 4, 4+len(page))
+	b[1] = cdb[2]
+	binary.BigEndian.PutUint16(b[2:4], uint16(len(page)))
+	return good(clip(append(b, page...), alloc))
+}
+
+// reportLUNs: LUN 0 only.
+func (lu *LU) reportLUNs(cdb []byte) Result {
+	if len(cdb) < 12 {
+		return check(invalidCDB(0, -1))
+	}
+	alloc := int(be32(cdb[6:10]))
+	if alloc < 16 {
+		return check(invalidCDB(6, -1))
+	}
+	b := make([]byte, 16)
+	binary.BigEndian.PutUint32(b[0:4], 8)
+	return good(clip(b, alloc))
+}
+
+func (lu *LU) readCapacity10() Result {
+	b := make([]byte, 8)
+	last := lu.blocks() - 1
+	if last > 0xFFFFFFFF {
+		last = 0xFFFFFFFF // the initiator must use READ CAPACITY 16
+	}
+	binary.BigEndian.PutUint32(b[0:4], uint32(last))
+	binary.BigEndian.PutUint32(b[4:8], BlockSize)
+	return good(b)
+}
+
+func (lu *LU) readCapacity16(cdb []byte) Result {
+	if len(cdb) < 16 {
+		return check(invalidCDB(0, -1))
+	}
+	alloc := int(be32(cdb[10:14]))
+	b := make([]byte, 32)
+	binary.BigEndian.PutUint64(b[0:8], lu.blocks()-1)
+	binary.BigEndian.PutUint32(b[8:12], BlockSize)
+	b[13] = physExp
+	b[14] = 0x80 | 0x40 // LBPME (thin, unmap), LBPRZ (unmapped reads as zeros)
+	return good(clip(b, alloc))
+}
+
+// getLBAStatus describes allocation from an LBA on (mapped or
+// deallocated), from the vdisk's extents.
+func (lu *LU) getLBAStatus(ctx context.Context, cdb []byte) Result {
+	if len(cdb) < 16 {
+		return check(invalidCDB(0, -1))
+	}
+	lba := be64(cdb[2:10])
+	alloc := int(be32(cdb[10:14]))
+	if lba >= lu.blocks() {
+		return check(senseOf(SenseIllegalRequest, ascLBAOutOfRange))
+	}
+	const maxDescs = 64
+	off := int64(lba * BlockSize)
+	exts, err := lu.Dev.BlockStatus(ctx, off, lu.Dev.Size()-off)
+	if err != nil {
+		return check(ioSense(err, ascUnrecoveredRead))
+	}
+	b := make([]byte, 8, 8+16*maxDescs)
+	at := lba
+	for _, e := range exts {
+		if len(b) == 8+16*maxDescs || e.Length <= 0 {
+			break
+		}
+		n := uint64(e.Length) / BlockSize
+		if n == 0 {
+			break
+		}
+		d := make([]byte, 16)
+		binary.BigEndian.PutUint64(d[0:8], at)
+		binary.BigEndian.PutUint32(d[8:12], uint32(min(n, 0xFFFFFFFF)))
+		if e.Hole {
+			d[12] = 0x01 // deallocated
+		}
+		b = append(b, d...)
+		at += n
+	}
+	binary.BigEndian.PutUint32(b[0:4], uint32(len(b)-4))
+	return good(clip(b, alloc))
+}
+
+// modeSense answers the caching (0x08) and control (0x0A) pages, or all
+// of them (0x3F).
+func (lu *LU) modeSense(cdb []byte) Result {
+	ten := cdb[0] == opModeSense10
+	if ten && len(cdb) < 10 {
+		return check(invalidCDB(0, -1))
+	}
+	pc := cdb[2] >> 6
+	if pc == 3 {
+		return check(senseOf(SenseIllegalRequest, ascSavingUnsupported))
+	}
+	caching := make([]byte, 20)
+	caching[0], caching[1] = 0x08, 18
+	if pc != 1 { // changeable values: none
+		caching[2] = 0x04 // WCE: writes are cached until a flush
+	}
+	control := make([]byte, 12)
+	control[0], control[1] = 0x0A, 10
+	if pc != 1 {
+		control[2] = 0x00
+		control[3] = 0x10 // QUEUE ALGORITHM MODIFIER 1: unrestricted
+	}
+	var pages []byte
+	switch code := cdb[2] & 0x3F; code {
+	case 0x08:
+		pages = caching
+	case 0x0A:
+		pages = control
+	case 0x3F:
+		pages = append(caching, control...)
+	default:
+		return check(invalidCDB(2, 5))
+	}
+	// Device-specific parameter: DPOFUA (DPO and FUA are honoured), WP.
+	wp := byte(0x10)
+	if lu.ReadOnly {
+		wp |= 0x80
+	}
+	var b []byte
+	var alloc int
+	if ten {
+		alloc = int(be16(cdb[7:9]))
+		b = make([]byte, 8)
+		binary.BigEndian.PutUint16(b[0:2], uint16(6+len(pages)))
+		b[3] = wp
+	} else {
+		alloc = int(cdb[4])
+		b = make([]byte, 4)
+		b[0] = byte(3 + len(pages))
+		b[2] = wp
+	}
+	return good(clip(append(b, pages...), alloc))
+}
+
+// verify checks a range: with BYTCHK the initiator's data is compared
+// with what is stored, else the range is only read.
+func (lu *LU) verify(ctx context.Context, cdb []byte, out []byte) Result {
+	lba, n, s := rwExtent(cdb)
+	if s != nil {
+		return check(s)
+	}
+	if s := noProtection(cdb); s != nil {
+		return check(s)
+	}
+	r := lu.read(ctx, lba, n)
+	if r.Status != StatusGood {
+		return r
+	}
+	switch bytchk := cdb[1] >> 1 & 0x03; bytchk {
+	case 0:
+		return good(nil)
+	case 1:
+		if uint64(len(out)) != n*BlockSize {
+			return check(invalidCDB(1, 2))
+		}
+		if i := mismatch(r.Data, out); i >= 0 {
+			s := senseOf(SenseMiscompare, ascMiscompareVerify)
+			s.InfoValid, s.Info = true, uint32(i)
+			return check(s)
+		}
+		return good(nil)
+	}
+	return check(invalidCDB(1, 2))
+}
+
+// mismatch returns the first offset where a and b differ, or -1.
+func mismatch(a, b []byte) int {
+	for i := range a {
+		if a[i] != b[i] {
+			return i
+		}
+	}
+	return -1
+}
+
+// unmap trims the ranges of the parameter list.
+func (lu *LU) unmap(ctx context.Context, cdb []byte, out []byte) Result {
+	if lu.ReadOnly {
+		return check(senseOf(SenseDataProtect, ascWriteProtected))
+	}
+	if len(cdb) < 10 {
+		return check(invalidCDB(0, -1))
+	}
+	if len(out) == 0 {
+		return good(nil)
+	}
+	if len(out) < 8 {
+		return check(senseOf(SenseIllegalRequest, ascParamListLength))
+	}
+	bdl := int(be16(out[2:4]))
+	if bdl%16 != 0 || 8+bdl > len(out) {
+		return check(senseOf(SenseIllegalRequest, ascParamListLength))
+	}
+	if bdl/16 > maxUnmapDescs {
+		return check(invalidParam(2))
+	}
+	descs := out[8 : 8+bdl]
+	for i := 0; i < len(descs); i += 16 {
+		lba, n := be64(descs[i:i+8]), be32(descs[i+8:i+12])
+		if s := lu.inRange(lba, n); s != nil {
+			return check(s)
+		}
+	}
+	for i := 0; i < len(descs); i += 16 {
+		lba, n := be64(descs[i:i+8]), be32(descs[i+8:i+12])
+		if n == 0 {
+			continue
+		}
+		if err := lu.Dev.Trim(ctx, int64(lba*BlockSize), int64(n*BlockSize)); err != nil {
+			return check(ioSense(err, ascWriteError))
+		}
+	}
+	return good(nil)
+}
+
+// writeSame writes one block over a range; with UNMAP and a block of
+// zeros, the range is trimmed instead.
+func (lu *LU) writeSame(ctx context.Context, cdb []byte, out []byte) Result {
+	if lu.ReadOnly {
+		return check(senseOf(SenseDataProtect, ascWriteProtected))
+	}
+	if s := noProtection(cdb); s != nil {
+		return check(s)
+	}
+	var lba, n uint64
+	if cdb[0] == opWriteSame10 {
+		if len(cdb) < 10 {
+			return check(invalidCDB(0, -1))
+		}
+		lba, n = be32(cdb[2:6]), be16(cdb[7:9])
+	} else {
+		if len(cdb) < 16 {
+			return check(invalidCDB(0, -1))
+		}
+		lba, n = be64(cdb[2:10]), be32(cdb[10:14])
+	}
+	unmap, ndob := cdb[1]&0x08 != 0, cdb[0] == opWriteSame16 && cdb[1]&0x01 != 0
+	if n == 0 {
+		n = lu.blocks() - min(lba, lu.blocks()) // 0: to the end (SBC-4, WSNZ=0)
+	}
+	if s := lu.inRange(lba, n); s != nil {
+		return check(s)
+	}
+	if n > maxWriteSameBlocks {
+		return check(invalidCDB(7, -1))
+	}
+	block := make([]byte, BlockSize)
+	if !ndob {
+		if len(out) != BlockSize {
+			return check(invalidCDB(0, -1))
+		}
+		copy(block, out)
+	}
+	off, length := int64(lba*BlockSize), int64(n*BlockSize)
+	if mismatch(block, make([]byte, BlockSize)) < 0 {
+		var err error
+		if unmap {
+			err = lu.Dev.Trim(ctx, off, length)
+		} else {
+			err = lu.Dev.WriteZeroes(ctx, off, length, true, false)
+		}
+		if err != nil {
+			return check(ioSense(err, ascWriteError))
+		}
+		return good(nil)
+	}
+	const chunk = 1 << 20
+	buf := bytes.Repeat(block, int(min(uint64(chunk/BlockSize), n)))
+	for off < int64((lba+n)*BlockSize) {
+		m := min(int64(len(buf)), int64((lba+n)*BlockSize)-off)
+		if err := lu.Dev.WriteAt(ctx, buf[:m], off, false); err != nil {
+			return check(ioSense(err, ascWriteError))
+		}
+		off += m
+	}
+	return good(nil)
+}
+
+// compareAndWrite compares NUMBER OF LOGICAL BLOCKS blocks with the
+// first half of the data and, if equal, writes the second half (VMware's
+// ATS locking). The caller runs it exclusive of other writes to the LU.
+func (lu *LU) compareAndWrite(ctx context.Context, cdb []byte, out []byte) Result {
+	if lu.ReadOnly {
+		return check(senseOf(SenseDataProtect, ascWriteProtected))
+	}
+	if len(cdb) < 16 {
+		return check(invalidCDB(0, -1))
+	}
+	if s := noProtection(cdb); s != nil {
+		return check(s)
+	}
+	lba, n := be64(cdb[2:10]), uint64(cdb[13])
+	if n == 0 {
+		return good(nil)
+	}
+	if n > 1 {
+		return check(invalidCDB(13, -1))
+	}
+	if s := lu.inRange(lba, n); s != nil {
+		return check(s)
+	}
+	if uint64(len(out)) != 2*n*BlockSize {
+		return check(invalidCDB(13, -1))
+	}
+	r := lu.read(ctx, lba, n)
+	if r.Status != StatusGood {
+		return r
+	}
+	if i := mismatch(r.Data, out[:n*BlockSize]); i >= 0 {
+		s := senseOf(SenseMiscompare, ascMiscompareVerify)
+		s.InfoValid, s.Info = true, uint32(i)
+		return check(s)
+	}
+	fua := cdb[1]&0x08 != 0
+	return lu.write(ctx, lba, n, out[n*BlockSize:], fua)
+}

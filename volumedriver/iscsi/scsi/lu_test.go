@@ -1,0 +1,192 @@
+package scsi
+
+import (
+	"bytes"
+	"context"
+	"encoding/binary"
+	"testing"
+
+	"github.com/ovs-storage/ovs/volumedriver/internal/blockdev"
+	"github.com/ovs-storage/ovs/volumedriver/internal/memdev"
+)
+
+// memDev is an in-memory block device (the LU's unit tests; the iSCSI
+// target's end-to-end tests run libiscsi against a real vdisk).
+type memDev struct {
+	*memdev.Pages
+	flushes int
+}
+
+func (d *memDev) ReadAt(_ context.Context, p []byte, off int64) error { d.Read(p, off); return nil }
+func (d *memDev) WriteAt(_ context.Context, p []byte, off int64, _ bool) error {
+	d.Write(p, off)
+	return nil
+}
+func (d *memDev) Flush(context.Context) error { d.flushes++; return nil }
+func (d *memDev) Trim(_ context.Context, off, n int64) error {
+	d.Zero(off, n, false)
+	return nil
+}
+func (d *memDev) WriteZeroes(_ context.Context, off, n int64, noHole, _ bool) error {
+	d.Zero(off, n, noHole)
+	return nil
+}
+func (d *memDev) BlockStatus(_ context.Context, off, n int64) ([]blockdev.Extent, error) {
+	return d.Extents(off, n, false), nil
+}
+
+const testSize = 8 << 20
+
+func newLU() (*LU, *memDev) {
+	d := &memDev{Pages: memdev.New(testSize)}
+	return &LU{Dev: d, Product: "vdisk", Serial: "abc123", ID: [8]byte{0x60, 1, 2, 3, 4, 5, 6, 7}}, d
+}
+
+func cdb10(op byte, flags byte, lba uint32, n uint16) []byte {
+	c := make([]byte, 10)
+	c[0], c[1] = op, flags
+	binary.BigEndian.PutUint32(c[2:6], lba)
+	binary.BigEndian.PutUint16(c[7:9], n)
+	return c
+}
+
+func cdb16(op byte, flags byte, lba uint64, n uint32) []byte {
+	c := make([]byte, 16)
+	c[0], c[1] = op, flags
+	binary.BigEndian.PutUint64(c[2:10], lba)
+	binary.BigEndian.PutUint32(c[10:14], n)
+	return c
+}
+
+func wantSense(t *testing.T, r Result, key, asc uint8) {
+	t.Helper()
+	if r.Status != StatusCheckCondition || r.Sense == nil || r.Sense.Key != key || r.Sense.ASC != asc {
+		t.Fatalf("result %+v (sense %+v), want CHECK CONDITION key 0x%x asc 0x%02x", r, r.Sense, key, asc)
+	}
+}
+
+func TestReadWrite(t *testing.T) {
+	ctx := context.Background()
+	lu, d := newLU()
+	data := bytes.Repeat([]byte("0123456789abcdef"), 3*BlockSize/16)
+	for _, tc := range []struct {
+		name  string
+		write []byte
+		read  []byte
+	}{
+		{"10", cdb10(opWrite10, 0x08, 5, 3), cdb10(opRead10, 0, 5, 3)},
+		{"16", cdb16(opWrite16, 0, 100, 3), cdb16(opRead16, 0, 100, 3)},
+		{"6", []byte{opWrite6, 0, 0, 9, 3, 0}, []byte{opRead6, 0, 0, 9, 3, 0}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if r := lu.Execute(ctx, tc.write, data); r.Status != StatusGood {
+				t.Fatalf("write: %+v", r)
+			}
+			r := lu.Execute(ctx, tc.read, nil)
+			if r.Status != StatusGood || !bytes.Equal(r.Data, data) {
+				t.Fatalf("read back: status %v, %d bytes", r.Status, len(r.Data))
+			}
+		})
+	}
+	// Beyond the end, wrong data length, read-only.
+	wantSense(t, lu.Execute(ctx, cdb16(opRead16, 0, testSize/BlockSize-1, 2), nil), SenseIllegalRequest, 0x21)
+	// Less data than the CDB asks for: the whole blocks sent are
+	// written, and the transport is told what was expected.
+	if r := lu.Execute(ctx, cdb10(opWrite10, 0, 0, 2), data[:BlockSize]); r.Status != StatusGood || r.Expected != 2*BlockSize {
+		t.Fatalf("short write: %+v", r)
+	}
+	if r := lu.Execute(ctx, cdb10(opSyncCache10, 0, 0, 0), nil); r.Status != StatusGood || d.flushes != 1 {
+		t.Fatalf("SYNCHRONIZE CACHE: %+v, %d flushes", r, d.flushes)
+	}
+	lu.ReadOnly = true
+	wantSense(t, lu.Execute(ctx, cdb10(opWrite10, 0, 0, 1), data[:BlockSize]), SenseDataProtect, 0x27)
+	wantSense(t, lu.Execute(ctx, []byte{0xFF, 0, 0, 0, 0, 0}, nil), SenseIllegalRequest, 0x20)
+}
+
+func TestInquiryAndCapacity(t *testing.T) {
+	ctx := context.Background()
+	lu, _ := newLU()
+	r := lu.Execute(ctx, []byte{opInquiry, 0, 0, 0, 96, 0}, nil)
+	if r.Status != StatusGood || len(r.Data) != 66 || string(r.Data[8:16]) != vendorID || r.Data[0] != 0 {
+		t.Fatalf("standard INQUIRY: %+v", r)
+	}
+	for _, page := range []byte{0x00, 0x80, 0x83, 0xB0, 0xB1, 0xB2} {
+		r := lu.Execute(ctx, []byte{opInquiry, 1, page, 0, 255, 0}, nil)
+		if r.Status != StatusGood || r.Data[1] != page || int(binary.BigEndian.Uint16(r.Data[2:4])) != len(r.Data)-4 {
+			t.Fatalf("VPD 0x%02x: %+v", page, r)
+		}
+	}
+	r = lu.Execute(ctx, []byte{opInquiry, 1, 0x83, 0, 255, 0}, nil)
+	if !bytes.Contains(r.Data, lu.ID[:]) {
+		t.Fatalf("VPD 0x83 lacks the NAA id: %x", r.Data)
+	}
+	wantSense(t, lu.Execute(ctx, []byte{opInquiry, 1, 0x42, 0, 255, 0}, nil), SenseIllegalRequest, 0x24)
+	// The allocation length clips.
+	if r := lu.Execute(ctx, []byte{opInquiry, 0, 0, 0, 5, 0}, nil); len(r.Data) != 5 {
+		t.Fatalf("INQUIRY clipped to 5: %d bytes", len(r.Data))
+	}
+	r = lu.Execute(ctx, cdb10(opReadCapacity10, 0, 0, 0), nil)
+	if be32(r.Data[0:4]) != testSize/BlockSize-1 || be32(r.Data[4:8]) != BlockSize {
+		t.Fatalf("READ CAPACITY 10: %x", r.Data)
+	}
+	c := cdb16(opServiceActionIn, saReadCapacity16, 0, 32)
+	r = lu.Execute(ctx, c, nil)
+	if be64(r.Data[0:8]) != testSize/BlockSize-1 || r.Data[13] != physExp || r.Data[14]&0x80 == 0 {
+		t.Fatalf("READ CAPACITY 16: %x", r.Data)
+	}
+	for _, page := range []byte{0x08, 0x0A, 0x3F} {
+		r := lu.Execute(ctx, []byte{opModeSense6, 0, page, 0, 255, 0}, nil)
+		if r.Status != StatusGood || int(r.Data[0]) != len(r.Data)-1 {
+			t.Fatalf("MODE SENSE 6 page 0x%02x: %+v", page, r)
+		}
+	}
+}
+
+func TestUnmapWriteSameCompareAndWrite(t *testing.T) {
+	ctx := context.Background()
+	lu, _ := newLU()
+	ones := bytes.Repeat([]byte{0xAB}, BlockSize)
+	// WRITE SAME of a non-zero block over 16 blocks.
+	if r := lu.Execute(ctx, cdb16(opWriteSame16, 0, 32, 16), ones); r.Status != StatusGood {
+		t.Fatalf("WRITE SAME: %+v", r)
+	}
+	r := lu.Execute(ctx, cdb16(opRead16, 0, 32, 16), nil)
+	if !bytes.Equal(r.Data, bytes.Repeat(ones, 16)) {
+		t.Fatal("WRITE SAME did not write every block")
+	}
+	// UNMAP 8 of them.
+	param := make([]byte, 24)
+	binary.BigEndian.PutUint16(param[0:2], 22)
+	binary.BigEndian.PutUint16(param[2:4], 16)
+	binary.BigEndian.PutUint64(param[8:16], 32)
+	binary.BigEndian.PutUint32(param[16:20], 8)
+	if r := lu.Execute(ctx, cdb10(opUnmap, 0, 0, 24), param); r.Status != StatusGood {
+		t.Fatalf("UNMAP: %+v", r)
+	}
+	r = lu.Execute(ctx, cdb16(opRead16, 0, 32, 16), nil)
+	if !bytes.Equal(r.Data, append(make([]byte, 8*BlockSize), bytes.Repeat(ones, 8)...)) {
+		t.Fatal("UNMAP did not zero the range")
+	}
+	// A malformed parameter list is refused.
+	wantSense(t, lu.Execute(ctx, cdb10(opUnmap, 0, 0, 10), param[:10]), SenseIllegalRequest, 0x1A)
+	// COMPARE AND WRITE: a match writes, a miscompare does not.
+	caw := cdb16(opCompareAndWrite, 0, 40, 0)
+	caw[13] = 1
+	newer := bytes.Repeat([]byte{0xCD}, BlockSize)
+	if r := lu.Execute(ctx, caw, append(append([]byte{}, ones...), newer...)); r.Status != StatusGood {
+		t.Fatalf("COMPARE AND WRITE (match): %+v", r)
+	}
+	wantSense(t, lu.Execute(ctx, caw, append(append([]byte{}, ones...), ones...)), SenseMiscompare, 0x1D)
+	r = lu.Execute(ctx, cdb16(opRead16, 0, 40, 1), nil)
+	if !bytes.Equal(r.Data, newer) {
+		t.Fatal("COMPARE AND WRITE: the block is not the new data")
+	}
+}
+
+func TestSenseFixedFormat(t *testing.T) {
+	s := invalidCDB(7, 3)
+	b := s.Fixed()
+	if b[0] != 0x70 || b[2] != SenseIllegalRequest || b[7] != 10 || b[12] != 0x24 || b[15] != 0xCB || b[17] != 7 {
+		t.Fatalf("sense % x", b)
+	}
+}
