@@ -121,6 +121,7 @@ type conn struct {
 
 	discovery bool
 	target    string
+	nexus     scsi.Nexus
 	lu        *scsi.LU
 	release   func()
 	// Negotiated.
@@ -289,6 +290,9 @@ func (c *conn) login(ctx context.Context) error {
 			return fmt.Errorf("login refused (status 0x%02x%02x) for %q", status[0], status[1], params["TargetName"])
 		}
 		if transit && nsg == loginStageFull {
+			c.nexus = scsi.Nexus{InitiatorName: params["InitiatorName"],
+				InitiatorPort: fmt.Sprintf("%s,i,0x%x", params["InitiatorName"], c.isid[:]),
+				TargetPort:    c.srv.IQN(c.target) + ",t,0x1", RelativePort: 1}
 			c.log.Info("iscsi: logged in", "initiator", params["InitiatorName"], "target", c.target, "discovery", c.discovery)
 			return nil
 		}
@@ -519,7 +523,7 @@ func (c *conn) command(ctx context.Context, p *pdu) error {
 			}
 		}
 	}
-	res := c.lu.Execute(ctx, cdb, out)
+	res := c.lu.Execute(ctx, c.nexus, cdb, out)
 	data := res.Data
 	var residual uint32
 	var rflags byte

@@ -68,6 +68,23 @@ type LU struct {
 	Product string
 	Serial  string
 	ID      [8]byte
+	// PR is the vdisk's persistent reservation state, shared by every
+	// LU of the vdisk (every session on every node). Nil: PERSISTENT
+	// RESERVE is not supported.
+	PR *Reservations
+}
+
+// Nexus names the I_T nexus a command arrived on (SAM-5): the initiator
+// port and the target port. Persistent reservations are held by nexus.
+type Nexus struct {
+	// InitiatorName is the iSCSI initiator name; InitiatorPort its
+	// port name, InitiatorName + ",i,0x" + ISID in hex (RFC 7143 §4.2.7).
+	InitiatorName string
+	InitiatorPort string
+	// TargetPort is the target port name: TargetName + ",t,0x" + TPGT.
+	TargetPort string
+	// RelativePort is the relative target port identifier (VPD 0x83).
+	RelativePort uint16
 }
 
 // Result is the outcome of a command: its status, the data for the
@@ -91,9 +108,10 @@ func be32(b []byte) uint64            { return uint64(binary.BigEndian.Uint32(b)
 func be64(b []byte) uint64            { return binary.BigEndian.Uint64(b) }
 func clip(b []byte, alloc int) []byte { return b[:min(len(b), alloc)] }
 
-// Execute runs one command. cdb is the command descriptor block; out is
-// the data the initiator sent with it (Data-Out), already complete.
-func (lu *LU) Execute(ctx context.Context, cdb []byte, out []byte) Result {
+// Execute runs one command that arrived on nexus nx. cdb is the command
+// descriptor block; out is the data the initiator sent with it
+// (Data-Out), already complete.
+func (lu *LU) Execute(ctx context.Context, nx Nexus, cdb []byte, out []byte) Result {
 	if len(cdb) < 6 {
 		return check(invalidCDB(0, -1))
 	}

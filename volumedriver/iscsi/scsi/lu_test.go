@@ -37,6 +37,10 @@ func (d *memDev) BlockStatus(_ context.Context, off, n int64) ([]blockdev.Extent
 
 const testSize = 8 << 20
 
+// testNexus is the I_T nexus of the tests' commands.
+var testNexus = Nexus{InitiatorName: "iqn.2026-12.test:init", InitiatorPort: "iqn.2026-12.test:init,i,0x400001370000",
+	TargetPort: "iqn.2026-11.io.ovs:test,t,0x1", RelativePort: 1}
+
 func newLU() (*LU, *memDev) {
 	d := &memDev{Pages: memdev.New(testSize)}
 	return &LU{Dev: d, Product: "vdisk", Serial: "abc123", ID: [8]byte{0x60, 1, 2, 3, 4, 5, 6, 7}}, d
@@ -79,63 +83,63 @@ func TestReadWrite(t *testing.T) {
 		{"6", []byte{opWrite6, 0, 0, 9, 3, 0}, []byte{opRead6, 0, 0, 9, 3, 0}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			if r := lu.Execute(ctx, tc.write, data); r.Status != StatusGood {
+			if r := lu.Execute(ctx, testNexus, tc.write, data); r.Status != StatusGood {
 				t.Fatalf("write: %+v", r)
 			}
-			r := lu.Execute(ctx, tc.read, nil)
+			r := lu.Execute(ctx, testNexus, tc.read, nil)
 			if r.Status != StatusGood || !bytes.Equal(r.Data, data) {
 				t.Fatalf("read back: status %v, %d bytes", r.Status, len(r.Data))
 			}
 		})
 	}
 	// Beyond the end, wrong data length, read-only.
-	wantSense(t, lu.Execute(ctx, cdb16(opRead16, 0, testSize/BlockSize-1, 2), nil), SenseIllegalRequest, 0x21)
+	wantSense(t, lu.Execute(ctx, testNexus, cdb16(opRead16, 0, testSize/BlockSize-1, 2), nil), SenseIllegalRequest, 0x21)
 	// Less data than the CDB asks for: the whole blocks sent are
 	// written, and the transport is told what was expected.
-	if r := lu.Execute(ctx, cdb10(opWrite10, 0, 0, 2), data[:BlockSize]); r.Status != StatusGood || r.Expected != 2*BlockSize {
+	if r := lu.Execute(ctx, testNexus, cdb10(opWrite10, 0, 0, 2), data[:BlockSize]); r.Status != StatusGood || r.Expected != 2*BlockSize {
 		t.Fatalf("short write: %+v", r)
 	}
-	if r := lu.Execute(ctx, cdb10(opSyncCache10, 0, 0, 0), nil); r.Status != StatusGood || d.flushes != 1 {
+	if r := lu.Execute(ctx, testNexus, cdb10(opSyncCache10, 0, 0, 0), nil); r.Status != StatusGood || d.flushes != 1 {
 		t.Fatalf("SYNCHRONIZE CACHE: %+v, %d flushes", r, d.flushes)
 	}
 	lu.ReadOnly = true
-	wantSense(t, lu.Execute(ctx, cdb10(opWrite10, 0, 0, 1), data[:BlockSize]), SenseDataProtect, 0x27)
-	wantSense(t, lu.Execute(ctx, []byte{0xFF, 0, 0, 0, 0, 0}, nil), SenseIllegalRequest, 0x20)
+	wantSense(t, lu.Execute(ctx, testNexus, cdb10(opWrite10, 0, 0, 1), data[:BlockSize]), SenseDataProtect, 0x27)
+	wantSense(t, lu.Execute(ctx, testNexus, []byte{0xFF, 0, 0, 0, 0, 0}, nil), SenseIllegalRequest, 0x20)
 }
 
 func TestInquiryAndCapacity(t *testing.T) {
 	ctx := context.Background()
 	lu, _ := newLU()
-	r := lu.Execute(ctx, []byte{opInquiry, 0, 0, 0, 96, 0}, nil)
+	r := lu.Execute(ctx, testNexus, []byte{opInquiry, 0, 0, 0, 96, 0}, nil)
 	if r.Status != StatusGood || len(r.Data) != 66 || string(r.Data[8:16]) != vendorID || r.Data[0] != 0 {
 		t.Fatalf("standard INQUIRY: %+v", r)
 	}
 	for _, page := range []byte{0x00, 0x80, 0x83, 0xB0, 0xB1, 0xB2} {
-		r := lu.Execute(ctx, []byte{opInquiry, 1, page, 0, 255, 0}, nil)
+		r := lu.Execute(ctx, testNexus, []byte{opInquiry, 1, page, 0, 255, 0}, nil)
 		if r.Status != StatusGood || r.Data[1] != page || int(binary.BigEndian.Uint16(r.Data[2:4])) != len(r.Data)-4 {
 			t.Fatalf("VPD 0x%02x: %+v", page, r)
 		}
 	}
-	r = lu.Execute(ctx, []byte{opInquiry, 1, 0x83, 0, 255, 0}, nil)
+	r = lu.Execute(ctx, testNexus, []byte{opInquiry, 1, 0x83, 0, 255, 0}, nil)
 	if !bytes.Contains(r.Data, lu.ID[:]) {
 		t.Fatalf("VPD 0x83 lacks the NAA id: %x", r.Data)
 	}
-	wantSense(t, lu.Execute(ctx, []byte{opInquiry, 1, 0x42, 0, 255, 0}, nil), SenseIllegalRequest, 0x24)
+	wantSense(t, lu.Execute(ctx, testNexus, []byte{opInquiry, 1, 0x42, 0, 255, 0}, nil), SenseIllegalRequest, 0x24)
 	// The allocation length clips.
-	if r := lu.Execute(ctx, []byte{opInquiry, 0, 0, 0, 5, 0}, nil); len(r.Data) != 5 {
+	if r := lu.Execute(ctx, testNexus, []byte{opInquiry, 0, 0, 0, 5, 0}, nil); len(r.Data) != 5 {
 		t.Fatalf("INQUIRY clipped to 5: %d bytes", len(r.Data))
 	}
-	r = lu.Execute(ctx, cdb10(opReadCapacity10, 0, 0, 0), nil)
+	r = lu.Execute(ctx, testNexus, cdb10(opReadCapacity10, 0, 0, 0), nil)
 	if be32(r.Data[0:4]) != testSize/BlockSize-1 || be32(r.Data[4:8]) != BlockSize {
 		t.Fatalf("READ CAPACITY 10: %x", r.Data)
 	}
 	c := cdb16(opServiceActionIn, saReadCapacity16, 0, 32)
-	r = lu.Execute(ctx, c, nil)
+	r = lu.Execute(ctx, testNexus, c, nil)
 	if be64(r.Data[0:8]) != testSize/BlockSize-1 || r.Data[13] != physExp || r.Data[14]&0x80 == 0 {
 		t.Fatalf("READ CAPACITY 16: %x", r.Data)
 	}
 	for _, page := range []byte{0x08, 0x0A, 0x3F} {
-		r := lu.Execute(ctx, []byte{opModeSense6, 0, page, 0, 255, 0}, nil)
+		r := lu.Execute(ctx, testNexus, []byte{opModeSense6, 0, page, 0, 255, 0}, nil)
 		if r.Status != StatusGood || int(r.Data[0]) != len(r.Data)-1 {
 			t.Fatalf("MODE SENSE 6 page 0x%02x: %+v", page, r)
 		}
@@ -147,10 +151,10 @@ func TestUnmapWriteSameCompareAndWrite(t *testing.T) {
 	lu, _ := newLU()
 	ones := bytes.Repeat([]byte{0xAB}, BlockSize)
 	// WRITE SAME of a non-zero block over 16 blocks.
-	if r := lu.Execute(ctx, cdb16(opWriteSame16, 0, 32, 16), ones); r.Status != StatusGood {
+	if r := lu.Execute(ctx, testNexus, cdb16(opWriteSame16, 0, 32, 16), ones); r.Status != StatusGood {
 		t.Fatalf("WRITE SAME: %+v", r)
 	}
-	r := lu.Execute(ctx, cdb16(opRead16, 0, 32, 16), nil)
+	r := lu.Execute(ctx, testNexus, cdb16(opRead16, 0, 32, 16), nil)
 	if !bytes.Equal(r.Data, bytes.Repeat(ones, 16)) {
 		t.Fatal("WRITE SAME did not write every block")
 	}
@@ -160,24 +164,24 @@ func TestUnmapWriteSameCompareAndWrite(t *testing.T) {
 	binary.BigEndian.PutUint16(param[2:4], 16)
 	binary.BigEndian.PutUint64(param[8:16], 32)
 	binary.BigEndian.PutUint32(param[16:20], 8)
-	if r := lu.Execute(ctx, cdb10(opUnmap, 0, 0, 24), param); r.Status != StatusGood {
+	if r := lu.Execute(ctx, testNexus, cdb10(opUnmap, 0, 0, 24), param); r.Status != StatusGood {
 		t.Fatalf("UNMAP: %+v", r)
 	}
-	r = lu.Execute(ctx, cdb16(opRead16, 0, 32, 16), nil)
+	r = lu.Execute(ctx, testNexus, cdb16(opRead16, 0, 32, 16), nil)
 	if !bytes.Equal(r.Data, append(make([]byte, 8*BlockSize), bytes.Repeat(ones, 8)...)) {
 		t.Fatal("UNMAP did not zero the range")
 	}
 	// A malformed parameter list is refused.
-	wantSense(t, lu.Execute(ctx, cdb10(opUnmap, 0, 0, 10), param[:10]), SenseIllegalRequest, 0x1A)
+	wantSense(t, lu.Execute(ctx, testNexus, cdb10(opUnmap, 0, 0, 10), param[:10]), SenseIllegalRequest, 0x1A)
 	// COMPARE AND WRITE: a match writes, a miscompare does not.
 	caw := cdb16(opCompareAndWrite, 0, 40, 0)
 	caw[13] = 1
 	newer := bytes.Repeat([]byte{0xCD}, BlockSize)
-	if r := lu.Execute(ctx, caw, append(append([]byte{}, ones...), newer...)); r.Status != StatusGood {
+	if r := lu.Execute(ctx, testNexus, caw, append(append([]byte{}, ones...), newer...)); r.Status != StatusGood {
 		t.Fatalf("COMPARE AND WRITE (match): %+v", r)
 	}
-	wantSense(t, lu.Execute(ctx, caw, append(append([]byte{}, ones...), ones...)), SenseMiscompare, 0x1D)
-	r = lu.Execute(ctx, cdb16(opRead16, 0, 40, 1), nil)
+	wantSense(t, lu.Execute(ctx, testNexus, caw, append(append([]byte{}, ones...), ones...)), SenseMiscompare, 0x1D)
+	r = lu.Execute(ctx, testNexus, cdb16(opRead16, 0, 40, 1), nil)
 	if !bytes.Equal(r.Data, newer) {
 		t.Fatal("COMPARE AND WRITE: the block is not the new data")
 	}
