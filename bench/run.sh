@@ -122,7 +122,7 @@ wait_nbd() {
 free_ports() {
 	"$PY" -c '
 import socket
-ss = [socket.socket() for _ in range(4)]
+ss = [socket.socket() for _ in range(5)]
 for s in ss: s.bind(("127.0.0.1", 0))
 print(" ".join(str(s.getsockname()[1]) for s in ss))'
 }
@@ -154,15 +154,16 @@ fi
 OVS_API=
 
 # start_ovs DIR [ARGS...]: `ovs up` on free ports with the NBD socket
-# DIR.sock and extra ARGS; sets OVS_API and OVS_SOCK.
+# DIR.sock and extra ARGS; sets OVS_API, OVS_SOCK and OVS_ISCSI.
 start_ovs() {
 	local dir=$1 ports i
 	shift
 	read -r -a ports <<<"$(free_ports)"
 	OVS_API=http://127.0.0.1:${ports[0]}
+	OVS_ISCSI=127.0.0.1:${ports[4]}
 	OVS_SOCK=$dir.sock
 	start_server "$dir.log" "$OVS" up --data "$dir" --api "127.0.0.1:${ports[0]}" \
-		--nbd "127.0.0.1:${ports[1]}" --nbd-socket "$OVS_SOCK" \
+		--nbd "127.0.0.1:${ports[1]}" --nbd-socket "$OVS_SOCK" --iscsi "$OVS_ISCSI" \
 		--arakoon-client "127.0.0.1:${ports[2]}" --arakoon-raft "127.0.0.1:${ports[3]}" "$@"
 	for ((i = 0; i < 900; i++)); do
 		if "$PY" -c 'import sys, urllib.request; urllib.request.urlopen(sys.argv[1], timeout=2)' \

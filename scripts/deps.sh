@@ -16,6 +16,11 @@
 #                   (reconnect-delay) under a real Linux kernel, whose
 #                   initramfs the test builds from busybox and the kernel's
 #                   /lib/modules
+#   libiscsi-bin    iscsi-inq, iscsi-ls, iscsi-test-cu (the iSCSI target's
+#                   tests: libiscsi's own conformance suite)
+#   tgt             Linux tgt, the reference target iscsi-test-cu is also
+#                   run against in the same test
+#   qemu-block-extra  qemu-img's iscsi:// driver
 #   gcc, libc6-dev  cgo, which `go test -race` needs
 #   make, git, ca-certificates   building, module downloads
 #
@@ -25,6 +30,7 @@ set -euo pipefail
 packages=(
 	libnbd-bin python3-libnbd python3 nbdkit qemu-utils fio
 	qemu-system-x86 linux-image-cloud-amd64 busybox-static e2fsprogs
+	libiscsi-bin tgt qemu-block-extra
 	gcc libc6-dev make git ca-certificates
 )
 # shellcheck disable=SC2206
@@ -58,7 +64,7 @@ fi
 # its tool is not what PATH finds.
 fail=0
 for tool in nbdinfo nbdcopy nbdsh nbdkit qemu-img qemu-io qemu-nbd fio python3 gcc \
-	qemu-system-x86_64 busybox; do
+	qemu-system-x86_64 busybox iscsi-inq iscsi-ls iscsi-test-cu tgtd tgtadm; do
 	if ! command -v "$tool" >/dev/null; then
 		echo "deps: $tool not found in PATH" >&2
 		fail=1

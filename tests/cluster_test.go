@@ -35,6 +35,8 @@ type cluster struct {
 	Socket  string // NBD unix socket
 	APIAddr string // host:port of the REST API
 	NBDAddr string // host:port of the NBD TCP server
+	// ISCSIAddr is the iSCSI target's portal, host:port.
+	ISCSIAddr string
 	// The embedded arakoon's client and raft addresses.
 	AraClient, AraRaft string
 	logPath            string
@@ -86,11 +88,12 @@ func newCluster(t *testing.T, dir string) *cluster {
 		t.Cleanup(func() { os.RemoveAll(sd) })
 		c.Socket = filepath.Join(sd, "nbd.sock")
 	}
-	ports := freePorts(t, 4)
+	ports := freePorts(t, 5)
 	c.APIAddr = net.JoinHostPort("127.0.0.1", strconv.Itoa(ports[0]))
 	c.NBDAddr = net.JoinHostPort("127.0.0.1", strconv.Itoa(ports[1]))
 	c.AraClient = net.JoinHostPort("127.0.0.1", strconv.Itoa(ports[2]))
 	c.AraRaft = net.JoinHostPort("127.0.0.1", strconv.Itoa(ports[3]))
+	c.ISCSIAddr = net.JoinHostPort("127.0.0.1", strconv.Itoa(ports[4]))
 	c.logPath = filepath.Join(t.TempDir(), "ovs-up.log")
 	t.Cleanup(func() {
 		c.stop()
@@ -147,7 +150,7 @@ func (c *cluster) start() {
 	if err != nil {
 		t.Fatal(err)
 	}
-	args := []string{"up", "--data", c.Dir, "--api", c.APIAddr, "--nbd", c.NBDAddr,
+	args := []string{"up", "--data", c.Dir, "--api", c.APIAddr, "--nbd", c.NBDAddr, "--iscsi", c.ISCSIAddr,
 		"--arakoon-client", c.AraClient, "--arakoon-raft", c.AraRaft}
 	if c.Socket != filepath.Join(c.Dir, "nbd.sock") {
 		args = append(args, "--nbd-socket", c.Socket)

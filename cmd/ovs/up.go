@@ -27,6 +27,7 @@ type upOptions struct {
 	data          string
 	apiAddr       string
 	nbdAddr       string
+	iscsiAddr     string
 	nbdSocket     string
 	readCache     sizeValue
 	metadataCache sizeValue
@@ -72,6 +73,7 @@ func newUpCommand() *cobra.Command {
 	f.StringVar(&o.data, "data", filepath.Join(home, ".ovs"), "directory holding all of this cluster's state")
 	f.StringVar(&o.apiAddr, "api", "127.0.0.1:8800", "REST API listen address")
 	f.StringVar(&o.nbdAddr, "nbd", "127.0.0.1:10809", "NBD listen address (TCP); empty disables it")
+	f.StringVar(&o.iscsiAddr, "iscsi", "127.0.0.1:3260", "iSCSI target listen address (a target per vdisk, LUN 0); empty disables it")
 	f.StringVar(&o.nbdSocket, "nbd-socket", "", "NBD unix socket (default DATA/nbd.sock); \"none\" disables it")
 	o.readCache = 64 << 20
 	o.metadataCache = 64 << 20
@@ -136,6 +138,7 @@ func runUp(ctx context.Context, o *upOptions) error {
 		Data:            o.data,
 		API:             o.apiAddr,
 		NBD:             o.nbdAddr,
+		ISCSI:           o.iscsiAddr,
 		NBDSocket:       o.nbdSocket,
 		EmbeddedArakoon: &node.EmbeddedConfig{Client: o.arakoonClient, Raft: o.arakoonRaft},
 		Bootstrap:       &node.BootstrapConfig{ClusterID: "ovs"},

@@ -39,6 +39,7 @@ type NodeInfo struct {
 	NBD      string    `json:"nbd,omitempty"`
 	Forward  string    `json:"forward,omitempty"`
 	DTL      string    `json:"dtl,omitempty"`
+	ISCSI    string    `json:"iscsi,omitempty"`
 	ASDs     []string  `json:"asds,omitempty"`
 	VDisks   int       `json:"vdisks"` // vdisks it owns
 	Joined   time.Time `json:"joined"`

@@ -83,6 +83,8 @@ const (
 	keyVDisk   = "ovs/vdisk/"
 	keyOwner   = "ovs/owner/"
 	keyDTL     = "ovs/dtl/"
+	keyPR      = "ovs/iscsi/pr/"   // + vdisk id: SCSI persistent reservations
+	keyCHAP    = "ovs/iscsi/chap/" // + vdisk id; keyDiscoveryCHAP for discovery
 )
 
 // OwnerKey is the key of the owner record of the vdisk with namespace id
@@ -123,6 +125,7 @@ type Node struct {
 	NBD     string `json:"nbd,omitempty"`     // NBD, host:port
 	Forward string `json:"forward,omitempty"` // I/O forwarding, host:port
 	DTL     string `json:"dtl,omitempty"`     // DTL server, host:port
+	ISCSI   string `json:"iscsi,omitempty"`   // iSCSI target portal, host:port
 	// ASDs are the ids of the storage daemons on this host.
 	ASDs   []string  `json:"asds,omitempty"`
 	Joined time.Time `json:"joined"`
@@ -382,7 +385,7 @@ func (s *Store) DeleteVDisk(ctx context.Context, name string) error {
 	if err != nil {
 		return err
 	}
-	return s.kv.Apply(ctx, del(keyVDisk+name), del(OwnerKey(v.ID)), del(keyDTL+v.ID))
+	return s.kv.Apply(ctx, del(keyVDisk+name), del(OwnerKey(v.ID)), del(keyDTL+v.ID), del(keyPR+v.ID), del(keyCHAP+v.ID))
 }
 
 // SetVDiskDTLMode sets a vdisk's DTL mode ("": the vpool's).

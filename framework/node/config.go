@@ -39,6 +39,7 @@ type Config struct {
 	NBDSocket string `yaml:"nbd_socket"` // NBD unix socket (default DATA/nbd.sock; "none" disables)
 	Forward   string `yaml:"forward"`    // I/O forwarding from other nodes (default: the API's host, port 8820)
 	DTL       string `yaml:"dtl"`        // DTL server for other nodes' vdisks (default: the API's host, port 8810)
+	ISCSI     string `yaml:"iscsi"`      // iSCSI target (default: the API's host, port 3260; "none" disables)
 	Advertise string `yaml:"advertise"`
 
 	// Arakoon is the cluster file (arakoon cluster.yaml) of the cluster's
@@ -163,7 +164,7 @@ func (c *Config) validate() error {
 		return fmt.Errorf("node config: no arakoon cluster file")
 	}
 	if c.Advertise == "" && c.Bootstrap == nil {
-		for _, a := range []string{c.API, c.NBD, c.Forward, c.DTL} {
+		for _, a := range []string{c.API, c.NBD, c.Forward, c.DTL, c.ISCSI} {
 			if host, _, err := net.SplitHostPort(a); err == nil && (host == "" || net.ParseIP(host) != nil && net.ParseIP(host).IsUnspecified()) {
 				return fmt.Errorf("node config: %s listens on every address; set advertise to the address other nodes reach this one on", a)
 			}
@@ -224,6 +225,14 @@ func (c *Config) setDefaults() {
 		if host, _, err := net.SplitHostPort(c.API); err == nil {
 			c.DTL = net.JoinHostPort(host, "8810")
 		}
+	}
+	if c.ISCSI == "" && c.Bootstrap == nil {
+		if host, _, err := net.SplitHostPort(c.API); err == nil {
+			c.ISCSI = net.JoinHostPort(host, "3260")
+		}
+	}
+	if c.ISCSI == "none" {
+		c.ISCSI = ""
 	}
 	if c.FailoverTimeout <= 0 {
 		c.FailoverTimeout = 15 * time.Second

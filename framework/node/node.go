@@ -24,6 +24,7 @@ import (
 	"github.com/ovs-storage/ovs/scos/ec"
 	"github.com/ovs-storage/ovs/volumedriver"
 	"github.com/ovs-storage/ovs/volumedriver/dtl"
+	"github.com/ovs-storage/ovs/volumedriver/iscsi"
 	"github.com/ovs-storage/ovs/volumedriver/nbd"
 	"github.com/ovs-storage/ovs/volumedriver/remote"
 )
@@ -242,6 +243,12 @@ func Run(ctx context.Context, cfg Config, ro RunOptions) error {
 			return err
 		}
 	}
+	var iscsiL net.Listener
+	if cfg.ISCSI != "" {
+		if iscsiL, err = ls.listen("tcp", cfg.ISCSI, "iSCSI"); err != nil {
+			return err
+		}
+	}
 	var dtlL net.Listener
 	if cfg.DTL != "" {
 		if dtlL, err = ls.listen("tcp", cfg.DTL, "DTL"); err != nil {
@@ -283,6 +290,10 @@ func Run(ctx context.Context, cfg Config, ro RunOptions) error {
 	}
 	vd := &clusterVDisks{rt: rt}
 	apiOpts.Cluster = vd
+	var iscsiSrv *iscsi.Server
+	if iscsiL != nil {
+		iscsiSrv = iscsi.NewServer(newISCSITargets(rt, vd), iscsi.Options{Logger: log.With("frontend", "iscsi")})
+	}
 	apiSrv := api.NewServer(vd, apiOpts)
 	httpSrv := apiSrv.HTTPServer()
 
@@ -302,6 +313,13 @@ func Run(ctx context.Context, cfg Config, ro RunOptions) error {
 		go func() {
 			if err := fwdSrv.Serve(ctx, fwdL); err != nil && !errors.Is(err, remote.ErrServerClosed) {
 				errc <- fmt.Errorf("I/O forwarding: %w", err)
+			}
+		}()
+	}
+	if iscsiSrv != nil {
+		go func() {
+			if err := iscsiSrv.Serve(ctx, iscsiL); err != nil && ctx.Err() == nil {
+				errc <- fmt.Errorf("iSCSI on %s: %w", iscsiL.Addr(), err)
 			}
 		}()
 	}
@@ -333,7 +351,7 @@ func Run(ctx context.Context, cfg Config, ro RunOptions) error {
 	}
 	apiSrv.SetReady(true)
 	log.Info("node is ready", "api", "http://"+apiL.Addr().String(), "nbd", cfg.NBD, "nbd_socket", sock,
-		"forward", cfg.Forward, "dtl", cfg.DTL, "vdisks", len(drv.Names()), "advertised_api", self.API)
+		"forward", cfg.Forward, "dtl", cfg.DTL, "iscsi", cfg.ISCSI, "vdisks", len(drv.Names()), "advertised_api", self.API)
 	if ro.Ready != nil {
 		ro.Ready()
 	}
@@ -491,7 +509,8 @@ func registerNode(ctx context.Context, cfg Config, store *model.Store, asds []st
 		asds = old.ASDs
 	}
 	return store.PutNode(ctx, model.Node{ID: cfg.ID, Site: cfg.Site, API: cfg.advertised(cfg.API),
-		NBD: cfg.advertised(cfg.NBD), Forward: cfg.advertised(cfg.Forward), DTL: cfg.advertised(cfg.DTL), ASDs: asds})
+		NBD: cfg.advertised(cfg.NBD), Forward: cfg.advertised(cfg.Forward), DTL: cfg.advertised(cfg.DTL),
+		ISCSI: cfg.advertised(cfg.ISCSI), ASDs: asds})
 }
 
 // ownedBy returns the vdisks the model says node owns, by namespace id.

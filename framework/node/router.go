@@ -532,17 +532,7 @@ func (e nbdExports) OpenExport(ctx context.Context, name string) (nbd.Device, fu
 }
 
 func (e nbdExports) ListExports(ctx context.Context) ([]string, error) {
-	all, err := e.r.store.VDisks(ctx)
-	if err != nil {
-		return nil, err
-	}
-	names := make([]string, 0, len(all))
-	for _, v := range all {
-		if v.State == model.VDiskReady {
-			names = append(names, v.Name)
-		}
-	}
-	return names, nil
+	return readyVDisks(ctx, e.r.store)
 }
 
 // forwardTarget serves other nodes' forwarded I/O: local vdisks only.

@@ -286,7 +286,7 @@ func (c *clusterVDisks) Nodes(ctx context.Context) ([]api.NodeInfo, error) {
 	}
 	out := make([]api.NodeInfo, 0, len(nodes))
 	for _, n := range nodes {
-		in := api.NodeInfo{ID: n.ID, Site: n.Site, API: n.API, NBD: n.NBD, Forward: n.Forward, DTL: n.DTL, ASDs: n.ASDs,
+		in := api.NodeInfo{ID: n.ID, Site: n.Site, API: n.API, NBD: n.NBD, Forward: n.Forward, DTL: n.DTL, ISCSI: n.ISCSI, ASDs: n.ASDs,
 			Joined: n.Joined, VDisks: owned[n.ID], State: "down"}
 		if b, ok := beats[n.ID]; ok {
 			in.LastSeen = b.At
