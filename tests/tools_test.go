@@ -27,6 +27,12 @@ var toolPackage = map[string]string{
 	"nbdkit":   "nbdkit",
 
 	"qemu-system-x86_64": "qemu-system-x86",
+
+	"iscsi-inq":     "libiscsi-bin",
+	"iscsi-ls":      "libiscsi-bin",
+	"iscsi-test-cu": "libiscsi-bin",
+	"tgtd":          "tgt",
+	"tgtadm":        "tgt",
 }
 
 // missingTool skips the test, or fails it when OVS_REQUIRE_TOOLS=1.

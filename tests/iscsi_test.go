@@ -1,0 +1,275 @@
+package tests
+
+import (
+	"bufio"
+	"fmt"
+	"math/rand/v2"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// ovsBaseIQN prefixes the target name of every vdisk (BaseIQN:vdisk).
+const ovsBaseIQN = "iqn.2026-11.io.ovs"
+
+// ISCSIURL is libiscsi's URL of vdisk name's LUN 0 (qemu-img takes it too).
+func (c *cluster) ISCSIURL(name string) string {
+	return "iscsi://" + c.ISCSIAddr + "/" + ovsBaseIQN + ":" + name + "/0"
+}
+
+// cuStatus is the outcome of one iscsi-test-cu test.
+type cuStatus string
+
+const (
+	cuPass cuStatus = "pass"
+	cuSkip cuStatus = "skip" // CUnit counts it as passed; we do not
+	cuFail cuStatus = "fail"
+)
+
+// parseCU reads iscsi-test-cu's verbose output ("Suite: S", "  Test: T
+// ...passed" or "...FAILED", with "[SKIPPED]" lines in between) into
+// SUITE.TEST -> status.
+func parseCU(out string) map[string]cuStatus {
+	res := map[string]cuStatus{}
+	var suite, test string
+	skipped := false
+	sc := bufio.NewScanner(strings.NewReader(out))
+	sc.Buffer(make([]byte, 1<<20), 1<<20)
+	for sc.Scan() {
+		line := sc.Text()
+		trimmed := strings.TrimSpace(line)
+		if s, ok := strings.CutPrefix(trimmed, "Suite: "); ok && !strings.HasPrefix(line, " ") {
+			suite, test = strings.TrimSpace(s), ""
+			continue
+		}
+		if rest, ok := strings.CutPrefix(trimmed, "Test: "); ok {
+			test, skipped = strings.TrimSpace(strings.SplitN(rest, " ...", 2)[0]), false
+		}
+		if test == "" {
+			continue
+		}
+		if strings.Contains(line, "[SKIPPED]") {
+			skipped = true
+		}
+		switch {
+		case strings.HasSuffix(trimmed, "passed"):
+			st := cuPass
+			if skipped {
+				st = cuSkip
+			}
+			res[suite+"."+test] = st
+			test = ""
+		case strings.HasSuffix(trimmed, "FAILED"):
+			res[suite+"."+test] = cuFail
+			test = ""
+		}
+	}
+	return res
+}
+
+func countCU(res map[string]cuStatus) (pass, skip, fail int) {
+	for _, s := range res {
+		switch s {
+		case cuPass:
+			pass++
+		case cuSkip:
+			skip++
+		case cuFail:
+			fail++
+		}
+	}
+	return
+}
+
+func TestParseCU(t *testing.T) {
+	out := `Suite: CompareAndWrite
+  Test: Simple ...passed
+  Test: Miscompare ...
+    [FAILED] wrong sense
+FAILED
+Suite: Unmap
+  Test: VPD ...    [SKIPPED] --dataloss flag is not set. Skipping test.
+passed
+  Test: Simple ...
+    some chatter
+passed
+`
+	got := parseCU(out)
+	want := map[string]cuStatus{"CompareAndWrite.Simple": cuPass, "CompareAndWrite.Miscompare": cuFail,
+		"Unmap.VPD": cuSkip, "Unmap.Simple": cuPass}
+	if len(got) != len(want) {
+		t.Fatalf("parseCU = %v, want %v", got, want)
+	}
+	for k, v := range want {
+		if got[k] != v {
+			t.Errorf("%s = %q, want %q", k, got[k], v)
+		}
+	}
+}
+
+// runCU runs libiscsi's conformance suite (every test, destructive ones
+// too) against url, with url again as the second path of the multipath
+// tests, and returns its results and output.
+func runCU(t *testing.T, url string) (map[string]cuStatus, string) {
+	t.Helper()
+	dir := t.TempDir() // CUnit writes its XML files into the working directory
+	out, err := run(t, 10*time.Minute, dir, "iscsi-test-cu", "--dataloss", "--test=ALL", url, url)
+	if err != nil {
+		t.Fatalf("iscsi-test-cu %s: %v (a crash or hang of the target?)\n%s", url, err, tail(out, 4000))
+	}
+	res := parseCU(out)
+	if len(res) < 200 {
+		t.Fatalf("iscsi-test-cu %s: only %d results parsed\n%s", url, len(res), tail(out, 4000))
+	}
+	return res, out
+}
+
+func tail(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	return "..." + s[len(s)-n:]
+}
+
+// startTgt runs Linux tgt (tgtd, Debian tgt) on a free port with one
+// target whose LUN 1 is a file of size bytes, and returns its URL.
+func startTgt(t *testing.T, size int64) string {
+	t.Helper()
+	needTools(t, "tgtd", "tgtadm")
+	dir := t.TempDir()
+	img := filepath.Join(dir, "tgt.img")
+	f, err := os.Create(img)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := f.Truncate(size); err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
+	port := freePorts(t, 1)[0]
+	// tgtd's control socket is /var/run/tgtd/socket.N for -C N: a number
+	// of our own, so that a tgtd of the host or another test is not ours.
+	ctl := strconv.Itoa(1000 + rand.IntN(30000)) // tgtd takes up to 32767
+	cmd := exec.Command("tgtd", "-f", "-C", ctl, "--iscsi", fmt.Sprintf("portal=127.0.0.1:%d", port))
+	logf, err := os.Create(filepath.Join(dir, "tgtd.log"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd.Stdout, cmd.Stderr = logf, logf
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		cmd.Process.Kill()
+		cmd.Wait()
+		logf.Close()
+		os.Remove("/var/run/tgtd/socket." + ctl)
+		os.Remove("/var/run/tgtd/socket." + ctl + ".lock")
+	})
+	iqn := "iqn.2026-12.test.tgt:conformance"
+	adm := func(args ...string) error {
+		out, err := exec.Command("tgtadm", append([]string{"-C", ctl, "--lld", "iscsi"}, args...)...).CombinedOutput()
+		if err != nil {
+			return fmt.Errorf("tgtadm %s: %v: %s", strings.Join(args, " "), err, out)
+		}
+		return nil
+	}
+	var setupErr error
+	waitFor(t, 10*time.Second, "tgtd to take commands", func() bool {
+		setupErr = adm("--op", "new", "--mode", "target", "--tid", "1", "-T", iqn)
+		return setupErr == nil
+	})
+	for _, args := range [][]string{
+		{"--op", "new", "--mode", "logicalunit", "--tid", "1", "--lun", "1", "-b", img},
+		{"--op", "bind", "--mode", "target", "--tid", "1", "-I", "ALL"},
+	} {
+		if err := adm(args...); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return fmt.Sprintf("iscsi://127.0.0.1:%d/%s/1", port, iqn)
+}
+
+// requiredSuite: the suites the issue names, which OVS must pass in full
+// (no failure, no skip) whatever tgt does.
+func requiredSuite(suite string) bool {
+	for _, p := range []string{"CompareAndWrite", "Unmap", "WriteSame10", "WriteSame16", "Prin", "Prout",
+		"Read6", "Read10", "Read12", "Read16", "Write10", "Write12", "Write16", "WriteVerify",
+		"SynchronizeCache", "ReportSupportedOpcodes"} {
+		if strings.HasPrefix(suite, p) {
+			return true
+		}
+	}
+	return false
+}
+
+// TestISCSIConformance runs libiscsi's iscsi-test-cu against a vdisk and,
+// in the same run, against Linux tgt with a file: every test tgt passes,
+// OVS must pass, and the suites the issue names must pass in full.
+func TestISCSIConformance(t *testing.T) {
+	needTools(t, "iscsi-test-cu", "iscsi-ls", "iscsi-inq")
+	const size = 256 * MiB
+	tgtURL := startTgt(t, size)
+	c := startCluster(t)
+	c.create("cu", "256MiB")
+
+	tgt, _ := runCU(t, tgtURL)
+	ovs, ovsOut := runCU(t, c.ISCSIURL("cu"))
+
+	var worse, required []string
+	for name, st := range tgt {
+		if st == cuPass && ovs[name] != cuPass {
+			worse = append(worse, fmt.Sprintf("%s (tgt pass, OVS %s)", name, ovs[name]))
+		}
+	}
+	for name, st := range ovs {
+		if requiredSuite(name) && st != cuPass {
+			required = append(required, fmt.Sprintf("%s: %s", name, st))
+		}
+	}
+	slices.Sort(worse)
+	slices.Sort(required)
+	tp, ts, tf := countCU(tgt)
+	op, os_, of := countCU(ovs)
+	report := fmt.Sprintf("iscsi-test-cu --dataloss ALL (multipath: a second session to the same LU)\n"+
+		"  OVS vdisk:       %3d passed, %3d skipped, %3d failed of %d\n"+
+		"  Linux tgt, file: %3d passed, %3d skipped, %3d failed of %d\n",
+		op, os_, of, len(ovs), tp, ts, tf, len(tgt))
+	var rest []string
+	for name, st := range ovs {
+		if st != cuPass {
+			rest = append(rest, fmt.Sprintf("%s: %s (tgt: %s)", name, st, tgt[name]))
+		}
+	}
+	slices.Sort(rest)
+	report += "  not passed on OVS: " + strings.Join(rest, ", ") + "\n"
+	t.Log(report)
+	writeReport(t, "iscsi-conformance", report)
+	if len(worse) > 0 || len(required) > 0 {
+		t.Errorf("tests tgt passes that OVS does not:\n  %s\nrequired suites not passed in full:\n  %s\n%s",
+			strings.Join(worse, "\n  "), strings.Join(required, "\n  "), tail(ovsOut, 20000))
+	}
+}
+
+// writeReport appends a figure for the make test log (OVS_REPORT, set by
+// the Makefile, which prints the file after the tests).
+func writeReport(t *testing.T, what, text string) {
+	path := os.Getenv("OVS_REPORT")
+	if path == "" {
+		return
+	}
+	f, err := os.OpenFile(path, os.O_APPEND|os.O_CREATE|os.O_WRONLY, 0o644)
+	if err != nil {
+		t.Logf("report %s: %v", what, err)
+		return
+	}
+	defer f.Close()
+	fmt.Fprintf(f, "== %s (%s)\n%s\n", what, t.Name(), text)
+}
