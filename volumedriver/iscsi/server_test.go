@@ -51,7 +51,8 @@ func (m memTargets) OpenLU(_ context.Context, name string) (*scsi.LU, func(), er
 
 func startTarget(t *testing.T) (*Server, string) {
 	t.Helper()
-	targets := memTargets{"vd1": {Dev: memDev{memdev.New(64 << 20)}, Product: "vd1", Serial: "vd1serial", ID: [8]byte{0x60, 1}}}
+	targets := memTargets{"vd1": {Dev: memDev{memdev.New(64 << 20)}, Product: "vd1", Serial: "vd1serial", ID: [8]byte{0x60, 1},
+		PR: scsi.NewReservations(&scsi.MemPRStore{})}}
 	s := NewServer(targets, Options{})
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -100,6 +101,9 @@ func TestIscsiTestCU(t *testing.T) {
 	args := []string{"--test=" + os.Getenv("OVS_ISCSI_CU"), "iscsi://" + addr + "/" + s.IQN("vd1") + "/0"}
 	if os.Getenv("OVS_ISCSI_CU_DATALOSS") != "" {
 		args = append([]string{"--dataloss"}, args...)
+	}
+	if extra := os.Getenv("OVS_ISCSI_CU_ARGS"); extra != "" { // e.g. -V
+		args = append(strings.Fields(extra), args...)
 	}
 	cmd := exec.Command(needTool(t, "iscsi-test-cu"), args...)
 	out, _ := cmd.CombinedOutput()

@@ -59,7 +59,7 @@ func (lu *LU) inquiry(cdb []byte) Result {
 		binary.BigEndian.PutUint16(page[2:4], 1<<physExp)
 		binary.BigEndian.PutUint32(page[4:8], maxTransferBlocks)
 		binary.BigEndian.PutUint32(page[8:12], maxTransferBlocks)
-		binary.BigEndian.PutUint32(page[16:20], maxWriteSameBlocks) // max unmap LBA count
+		binary.BigEndian.PutUint32(page[16:20], maxUnmapBlocks) // max unmap LBA count
 		binary.BigEndian.PutUint32(page[20:24], maxUnmapDescs)
 		binary.BigEndian.PutUint32(page[24:28], 1<<physExp) // unmap granularity
 		binary.BigEndian.PutUint64(page[32:40], maxWriteSameBlocks)
@@ -274,10 +274,14 @@ func (lu *LU) unmap(ctx context.Context, cdb []byte, out []byte) Result {
 		return check(invalidParam(2))
 	}
 	descs := out[8 : 8+bdl]
+	total := uint64(0)
 	for i := 0; i < len(descs); i += 16 {
 		lba, n := be64(descs[i:i+8]), be32(descs[i+8:i+12])
 		if s := lu.inRange(lba, n); s != nil {
 			return check(s)
+		}
+		if total += n; total > maxUnmapBlocks {
+			return check(invalidParam(8 + i + 8))
 		}
 	}
 	for i := 0; i < len(descs); i += 16 {
@@ -313,6 +317,9 @@ func (lu *LU) writeSame(ctx context.Context, cdb []byte, out []byte) Result {
 		}
 		lba, n = be64(cdb[2:10]), be32(cdb[10:14])
 	}
+	if cdb[1]&0x10 != 0 { // ANCHOR: anchored blocks are not supported (ANC_SUP 0)
+		return check(invalidCDB(1, 4))
+	}
 	unmap, ndob := cdb[1]&0x08 != 0, cdb[0] == opWriteSame16 && cdb[1]&0x01 != 0
 	if n == 0 {
 		n = lu.blocks() - min(lba, lu.blocks()) // 0: to the end (SBC-4, WSNZ=0)
@@ -331,14 +338,16 @@ func (lu *LU) writeSame(ctx context.Context, cdb []byte, out []byte) Result {
 		copy(block, out)
 	}
 	off, length := int64(lba*BlockSize), int64(n*BlockSize)
-	if mismatch(block, make([]byte, BlockSize)) < 0 {
-		var err error
-		if unmap {
-			err = lu.Dev.Trim(ctx, off, length)
-		} else {
-			err = lu.Dev.WriteZeroes(ctx, off, length, true, false)
+	// UNMAP: the range is deallocated whatever the block holds; it
+	// then reads as zeros (LBPRZ), as libiscsi and Linux expect.
+	if unmap {
+		if err := lu.Dev.Trim(ctx, off, length); err != nil {
+			return check(ioSense(err, ascWriteError))
 		}
-		if err != nil {
+		return good(nil)
+	}
+	if mismatch(block, make([]byte, BlockSize)) < 0 {
+		if err := lu.Dev.WriteZeroes(ctx, off, length, true, false); err != nil {
 			return check(ioSense(err, ascWriteError))
 		}
 		return good(nil)
@@ -369,17 +378,20 @@ func (lu *LU) compareAndWrite(ctx context.Context, cdb []byte, out []byte) Resul
 		return check(s)
 	}
 	lba, n := be64(cdb[2:10]), uint64(cdb[13])
-	if n == 0 {
-		return good(nil)
-	}
 	if n > 1 {
 		return check(invalidCDB(13, -1))
 	}
-	if s := lu.inRange(lba, n); s != nil {
-		return check(s)
-	}
+	// The Data-Out must be what the CDB says (LIO refuses a mismatch
+	// the same way): libiscsi asks for 256 blocks, which a one-byte
+	// field wraps to 0, with 256 blocks of data.
 	if uint64(len(out)) != 2*n*BlockSize {
 		return check(invalidCDB(13, -1))
+	}
+	if n == 0 {
+		return good(nil)
+	}
+	if s := lu.inRange(lba, n); s != nil {
+		return check(s)
 	}
 	r := lu.read(ctx, lba, n)
 	if r.Status != StatusGood {

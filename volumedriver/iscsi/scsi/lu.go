@@ -47,6 +47,7 @@ const (
 	saGetLBAStatus     = 0x12
 	maxTransferBlocks  = 1 << 13 // 4 MiB of 512-byte blocks per command
 	maxUnmapDescs      = 256
+	maxUnmapBlocks     = 1 << 20 // 512 MiB per UNMAP
 	maxWriteSameBlocks = 1 << 21 // 1 GiB per WRITE SAME
 )
 
@@ -115,68 +116,56 @@ func (lu *LU) Execute(ctx context.Context, nx Nexus, cdb []byte, out []byte) Res
 	if len(cdb) < 6 {
 		return check(invalidCDB(0, -1))
 	}
-	switch op := cdb[0]; op {
-	case opTestUnitReady, opStartStopUnit, opPreventAllow:
-		return good(nil)
-	case opRequestSense:
-		return good(clip(Sense{}.Fixed(), int(cdb[4])))
-	case opInquiry:
-		return lu.inquiry(cdb)
-	case opReportLUNs:
-		return lu.reportLUNs(cdb)
-	case opReadCapacity10:
-		return lu.readCapacity10()
-	case opServiceActionIn:
-		switch cdb[1] & 0x1F {
-		case saReadCapacity16:
-			return lu.readCapacity16(cdb)
-		case saGetLBAStatus:
-			return lu.getLBAStatus(ctx, cdb)
-		}
-		return check(invalidCDB(1, 4))
-	case opModeSense6, opModeSense10:
-		return lu.modeSense(cdb)
-	case opModeSelect6, opModeSelect10:
-		// The caching page is accepted as it is; saving is not.
-		if cdb[1]&0x01 != 0 {
-			return check(senseOf(SenseIllegalRequest, ascSavingUnsupported))
-		}
-		return good(nil)
-	case opRead6, opRead10, opRead12, opRead16:
-		lba, n, s := rwExtent(cdb)
-		if s != nil {
-			return check(s)
-		}
-		if s := noProtection(cdb); s != nil {
-			return check(s)
-		}
-		return lu.read(ctx, lba, n)
-	case opWrite6, opWrite10, opWrite12, opWrite16,
-		opWriteVerify10, opWriteVerify12, opWriteVerify16:
-		lba, n, s := rwExtent(cdb)
-		if s != nil {
-			return check(s)
-		}
-		if s := noProtection(cdb); s != nil {
-			return check(s)
-		}
-		fua := op != opWrite6 && cdb[1]&0x08 != 0
-		return lu.write(ctx, lba, n, out, fua)
-	case opVerify10, opVerify12, opVerify16:
-		return lu.verify(ctx, cdb, out)
-	case opSyncCache10, opSyncCache16:
-		if err := lu.Dev.Flush(ctx); err != nil {
-			return check(ioSense(err, ascWriteError))
-		}
-		return good(nil)
-	case opUnmap:
-		return lu.unmap(ctx, cdb, out)
-	case opWriteSame10, opWriteSame16:
-		return lu.writeSame(ctx, cdb, out)
-	case opCompareAndWrite:
-		return lu.compareAndWrite(ctx, cdb, out)
+	c, s := lu.lookup(cdb)
+	if s != nil {
+		return check(s)
 	}
-	return check(senseOf(SenseIllegalRequest, ascInvalidOpcode))
+	if len(cdb) < len(c.usage) {
+		return check(invalidCDB(0, -1))
+	}
+	if lu.PR != nil {
+		a := c.access
+		if c.accessOf != nil {
+			a = c.accessOf(cdb)
+		}
+		conflict, err := lu.PR.conflict(ctx, nx, a)
+		if err != nil {
+			return prStoreFailure(err)
+		}
+		if conflict {
+			return Result{Status: StatusReservationConflict}
+		}
+	}
+	return c.run(lu, ctx, nx, cdb, out)
+}
+
+// readCmd runs READ (6, 10, 12, 16).
+func (lu *LU) readCmd(ctx context.Context, cdb []byte) Result {
+	lba, n, s := rwExtent(cdb)
+	if s != nil {
+		return check(s)
+	}
+	if s := noProtection(cdb); s != nil {
+		return check(s)
+	}
+	return lu.read(ctx, lba, n)
+}
+
+// writeCmd runs WRITE (6, 10, 12, 16) and WRITE AND VERIFY (10, 12, 16).
+// WRITE AND VERIFY verifies what is on the medium, so it writes through
+// (FUA); what is written is what is read back, so that is the verify.
+func (lu *LU) writeCmd(ctx context.Context, cdb, out []byte) Result {
+	lba, n, s := rwExtent(cdb)
+	if s != nil {
+		return check(s)
+	}
+	if s := noProtection(cdb); s != nil {
+		return check(s)
+	}
+	op := cdb[0]
+	fua := op == opWriteVerify10 || op == opWriteVerify12 || op == opWriteVerify16 ||
+		op != opWrite6 && cdb[1]&0x08 != 0
+	return lu.write(ctx, lba, n, out, fua)
 }
 
 // rwExtent decodes the LBA and transfer length of a READ/WRITE/VERIFY of
