@@ -1,8 +1,12 @@
 package iscsi
 
 import (
+	"bytes"
 	"context"
+	"errors"
+	"log/slog"
 	"net"
+	"sort"
 	"os"
 	"os/exec"
 	"strings"
@@ -31,28 +35,51 @@ func (d memDev) BlockStatus(_ context.Context, off, n int64) ([]blockdev.Extent,
 	return d.Extents(off, n, false), nil
 }
 
-type memTargets map[string]*scsi.LU
+// memTargets serves in-memory LUs, with CHAP secrets by target name
+// ("" for discovery).
+type memTargets struct {
+	lus  map[string]*scsi.LU
+	chap map[string]CHAP
+}
 
-func (m memTargets) ListTargets(context.Context) ([]string, error) {
+func (m *memTargets) ListTargets(context.Context) ([]string, error) {
 	var out []string
-	for n := range m {
+	for n := range m.lus {
 		out = append(out, n)
 	}
+	sort.Strings(out)
 	return out, nil
 }
 
-func (m memTargets) OpenLU(_ context.Context, name string) (*scsi.LU, func(), error) {
-	lu, ok := m[name]
+func (m *memTargets) OpenLU(_ context.Context, name string) (*scsi.LU, func(), error) {
+	lu, ok := m.lus[name]
 	if !ok {
-		return nil, nil, net.ErrClosed
+		return nil, nil, errors.New("no such vdisk")
 	}
 	return lu, func() {}, nil
 }
 
+func (m *memTargets) CHAP(_ context.Context, target string) (CHAP, error) {
+	return m.chap[target], nil
+}
+
+func newMemLU(dev blockdev.Device) *scsi.LU {
+	return &scsi.LU{Dev: dev, Product: "vd1", Serial: "vd1serial", ID: [8]byte{0x60, 1}}
+}
+
 func startTarget(t *testing.T) (*Server, string) {
 	t.Helper()
-	targets := memTargets{"vd1": {Dev: memDev{memdev.New(64 << 20)}, Product: "vd1", Serial: "vd1serial", ID: [8]byte{0x60, 1}}}
-	s := NewServer(targets, Options{})
+	return startTargetWith(t, &memTargets{lus: map[string]*scsi.LU{"vd1": newMemLU(memDev{memdev.New(64 << 20)})}}, Options{})
+}
+
+// startTargetWith serves targets on a free loopback port until the test
+// ends.
+func startTargetWith(t *testing.T, targets Targets, opts Options) (*Server, string) {
+	t.Helper()
+	if opts.Logger == nil {
+		opts.Logger = slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelInfo}))
+	}
+	s := NewServer(targets, opts)
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -62,6 +89,14 @@ func startTarget(t *testing.T) (*Server, string) {
 	go func() { s.Serve(ctx, ln); close(done) }()
 	t.Cleanup(func() { cancel(); <-done })
 	return s, ln.Addr().String()
+}
+
+// testWriter sends the server's logs to the test's log.
+type testWriter struct{ t *testing.T }
+
+func (w testWriter) Write(b []byte) (int, error) {
+	w.t.Logf("%s", bytes.TrimRight(b, "\n"))
+	return len(b), nil
 }
 
 func needTool(t *testing.T, name string) string {
