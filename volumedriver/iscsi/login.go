@@ -41,7 +41,9 @@ type loginError struct {
 	msg    string
 }
 
-func (e *loginError) Error() string { return fmt.Sprintf("login refused (status 0x%04x): %s", e.status, e.msg) }
+func (e *loginError) Error() string {
+	return fmt.Sprintf("login refused (status 0x%04x): %s", e.status, e.msg)
+}
 
 func refuse(status uint16, format string, args ...any) *loginError {
 	return &loginError{status: status, msg: fmt.Sprintf(format, args...)}

@@ -6,9 +6,9 @@ import (
 	"errors"
 	"log/slog"
 	"net"
-	"sort"
 	"os"
 	"os/exec"
+	"sort"
 	"strings"
 	"testing"
 

@@ -368,21 +368,21 @@ func (t *task) respond(res scsi.Result, rflags byte, residual uint32, data []byt
 
 // TMF functions and responses (RFC 7143 11.5, 11.6).
 const (
-	tmfAbortTask        = 1
-	tmfAbortTaskSet     = 2
-	tmfClearACA         = 3
-	tmfClearTaskSet     = 4
-	tmfLUNReset         = 5
-	tmfTargetWarmReset  = 6
-	tmfTargetColdReset  = 7
-	tmfTaskReassign     = 8
-	tmfComplete         = 0
-	tmfNoTask           = 1
-	tmfNoLUN            = 2
-	tmfNoReassign       = 4
-	tmfNotSupported     = 5
-	tmfNotAuthorized    = 6
-	lunFieldOf      int = 8
+	tmfAbortTask           = 1
+	tmfAbortTaskSet        = 2
+	tmfClearACA            = 3
+	tmfClearTaskSet        = 4
+	tmfLUNReset            = 5
+	tmfTargetWarmReset     = 6
+	tmfTargetColdReset     = 7
+	tmfTaskReassign        = 8
+	tmfComplete            = 0
+	tmfNoTask              = 1
+	tmfNoLUN               = 2
+	tmfNoReassign          = 4
+	tmfNotSupported        = 5
+	tmfNotAuthorized       = 6
+	lunFieldOf         int = 8
 )
 
 // taskMgmt serves a Task Management Function Request: the tasks it
