@@ -92,15 +92,17 @@ type conn struct {
 	textTTT  uint32
 	textReq  []byte
 
-	mu        sync.Mutex
-	expCmdSN  uint32
-	running   int              // commands taken in CmdSN order and not answered
-	immTasks  int              // immediate commands running
-	pending   map[uint32]*pdu  // commands ahead of ExpCmdSN, by CmdSN; skipPDU: a CmdSN taken without a command
-	tasks     map[uint32]*task // by ITT
-	nextTTT   uint32
-	budget    byteBudget
-	tasksDone sync.WaitGroup // task and task management goroutines
+	mu       sync.Mutex
+	expCmdSN uint32
+	running  int              // commands taken in CmdSN order and not answered
+	immTasks int              // immediate commands running
+	pending  map[uint32]*pdu  // commands ahead of ExpCmdSN, by CmdSN; skipPDU: a CmdSN taken without a command
+	tasks    map[uint32]*task // by ITT
+	nextTTT  uint32
+	budget   byteBudget
+	// unitAttention is the nexus's pending unit attention (a reset).
+	unitAttention *scsi.Sense
+	tasksDone     sync.WaitGroup // task and task management goroutines
 }
 
 // skipPDU marks a CmdSN in pending that is taken without running a

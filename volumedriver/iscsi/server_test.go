@@ -134,7 +134,9 @@ func TestIscsiTestCU(t *testing.T) {
 		t.Skip("OVS_ISCSI_CU not set")
 	}
 	s, addr := startTarget(t)
-	args := []string{"--test=" + os.Getenv("OVS_ISCSI_CU"), "iscsi://" + addr + "/" + s.IQN("vd1") + "/0"}
+	url := "iscsi://" + addr + "/" + s.IQN("vd1") + "/0"
+	// The URL twice: the multipath tests use two sessions at once.
+	args := []string{"--test=" + os.Getenv("OVS_ISCSI_CU"), url, url}
 	if os.Getenv("OVS_ISCSI_CU_DATALOSS") != "" {
 		args = append([]string{"--dataloss"}, args...)
 	}

@@ -31,6 +31,8 @@ type task struct {
 	responded bool // its response is queued: too late to abort
 	aborted   bool // aborted: ends without a response
 	accounted bool // taken off the session's counts
+	// unitAttention, if set, is reported instead of running the command.
+	unitAttention *scsi.Sense
 }
 
 // r2tSeq is the data sequence an R2T asked for.
@@ -99,7 +101,7 @@ func (c *conn) start(p *pdu) {
 	}
 	ctx, cancel := context.WithCancel(c.ctx)
 	t := &task{c: c, cmd: p, itt: itt, immediate: p.immediate(), ctx: ctx, cancel: cancel,
-		done: make(chan struct{}), r2ts: map[uint32]*r2tSeq{}}
+		done: make(chan struct{}), r2ts: map[uint32]*r2tSeq{}, unitAttention: c.takeUnitAttention(p.bhs[32])}
 	c.tasks[itt] = t
 	if t.immediate {
 		c.immTasks++
@@ -167,7 +169,9 @@ func (t *task) run() {
 	dataErr := t.dataErr
 	c.mu.Unlock()
 	var res scsi.Result
-	if dataErr {
+	if t.unitAttention != nil {
+		res = scsi.Result{Status: scsi.StatusCheckCondition, Sense: t.unitAttention}
+	} else if dataErr {
 		// RFC 7143 7.8 b: protocol service CRC error.
 		res = scsi.Result{Status: scsi.StatusCheckCondition,
 			Sense: &scsi.Sense{Key: scsi.SenseAbortedCommand, ASC: 0x47, ASCQ: 0x05}}
@@ -407,9 +411,13 @@ func (c *conn) taskMgmt(p *pdu) {
 			victims = c.abortAll()
 		default:
 			// The LU has one task set for every I_T nexus: clearing it
-			// or resetting the LU ends the tasks of every session.
+			// or resetting the LU ends the tasks of every session; a
+			// reset leaves every nexus a unit attention (SAM-5 6.3).
 			for _, s := range c.srv.sessionsOf(c.target) {
 				victims = append(victims, s.abortAll()...)
+				if fn == tmfLUNReset {
+					s.setUnitAttention(ascBusDeviceReset)
+				}
 			}
 		}
 	case tmfTargetWarmReset, tmfTargetColdReset:
@@ -419,6 +427,7 @@ func (c *conn) taskMgmt(p *pdu) {
 		}
 		for _, s := range c.srv.sessionsOf(c.target) {
 			victims = append(victims, s.abortAll()...)
+			s.setUnitAttention(ascResetOccurred)
 			if fn == tmfTargetColdReset {
 				cold = append(cold, s)
 			}
@@ -459,6 +468,35 @@ func (c *conn) taskMgmt(p *pdu) {
 			s.Close()
 		}
 	}()
+}
+
+// Unit attentions a reset leaves (SPC-5 4.4.8): POWER ON, RESET, OR
+// BUS DEVICE RESET OCCURRED, and BUS DEVICE RESET FUNCTION OCCURRED.
+var (
+	ascResetOccurred  = [2]byte{0x29, 0x00}
+	ascBusDeviceReset = [2]byte{0x29, 0x03}
+)
+
+// setUnitAttention leaves the session's nexus a unit attention: its next
+// command gets it as CHECK CONDITION instead of running. (The reset is
+// the transport's; the LU keeps no per-nexus state of its own for it.)
+func (c *conn) setUnitAttention(asc [2]byte) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.unitAttention = &scsi.Sense{Key: scsi.SenseUnitAttention, ASC: asc[0], ASCQ: asc[1]}
+}
+
+// takeUnitAttention returns the pending unit attention that the command
+// with operation code op reports, clearing it: INQUIRY, REPORT LUNS and
+// REQUEST SENSE run regardless and leave it (SPC-5 5.14). c.mu held.
+func (c *conn) takeUnitAttention(op byte) *scsi.Sense {
+	switch op {
+	case 0x12, 0xA0, 0x03:
+		return nil
+	}
+	ua := c.unitAttention
+	c.unitAttention = nil
+	return ua
 }
 
 // abortTask finds the task ABORT TASK names (RFC 7143 11.5.1): running,

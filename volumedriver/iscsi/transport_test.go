@@ -269,8 +269,10 @@ func TestTaskManagement(t *testing.T) {
 		t.Fatalf("ABORT TASK of no task: %v response %d", err, r)
 	}
 
-	// LUN RESET and ABORT TASK SET end every command in flight.
-	for _, fn := range []byte{tmfLUNReset, tmfAbortTaskSet, tmfClearTaskSet} {
+	// ABORT TASK SET, CLEAR TASK SET and LUN RESET end every command in
+	// flight.
+	other := login(t, addr, loginOpts{isid: [6]byte{0x80, 0, 0, 0, 0, 9}})
+	for _, fn := range []byte{tmfAbortTaskSet, tmfClearTaskSet, tmfLUNReset} {
 		before := dev.cancelled.Load()
 		var chans []chan *pdu
 		for range 2 {
@@ -290,6 +292,18 @@ func TestTaskManagement(t *testing.T) {
 		}
 		for _, ch := range chans {
 			noAnswer(t, in, ch)
+		}
+	}
+	// The LUN RESET left every session a unit attention, reported once.
+	tur := make([]byte, 6)
+	for _, s := range []*testInitiator{in, other} {
+		res, err := s.command(tur, nil, 0)
+		if err != nil || res.status != byte(scsi.StatusCheckCondition) || len(res.sense) < 14 ||
+			res.sense[2]&0x0F != scsi.SenseUnitAttention || res.sense[12] != 0x29 {
+			t.Fatalf("TEST UNIT READY after LUN RESET: %v status 0x%x sense % x", err, res.status, res.sense)
+		}
+		if res, err := s.command(tur, nil, 0); err != nil || res.status != 0 {
+			t.Fatalf("TEST UNIT READY after the unit attention: %v status 0x%x", err, res.status)
 		}
 	}
 
