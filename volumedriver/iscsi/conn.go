@@ -233,12 +233,16 @@ func (c *conn) askLogout() {
 }
 
 // send queues p for the writer.
-func (c *conn) send(p *pdu, status bool) error {
+func (c *conn) send(p *pdu, status bool) error { return c.sendCtx(c.ctx, p, status) }
+
+// sendCtx queues p for the writer unless ctx (a task's: it may be
+// aborted while the writer is stuck) ends first.
+func (c *conn) sendCtx(ctx context.Context, p *pdu, status bool) error {
 	select {
 	case c.out <- outPDU{p: p, status: status}:
 		return nil
-	case <-c.ctx.Done():
-		return c.ctx.Err()
+	case <-ctx.Done():
+		return ctx.Err()
 	}
 }
 

@@ -239,7 +239,7 @@ func (t *task) collect(edtl int) ([]byte, bool) {
 			r.putU32(36, r2tsn)
 			r.putU32(40, uint32(next))
 			r.putU32(44, uint32(n))
-			if c.send(r, false) != nil {
+			if c.sendCtx(t.ctx, r, false) != nil {
 				return nil, false
 			}
 			r2tsn++
@@ -408,13 +408,13 @@ func (c *conn) taskMgmt(p *pdu) {
 		case tmfAbortTask:
 			victims, resp = c.abortTask(p.u32(20), p.u32(32), p.u32(24))
 		case tmfAbortTaskSet:
-			victims = c.abortAll()
+			victims = c.abortAll(true)
 		default:
 			// The LU has one task set for every I_T nexus: clearing it
 			// or resetting the LU ends the tasks of every session; a
 			// reset leaves every nexus a unit attention (SAM-5 6.3).
 			for _, s := range c.srv.sessionsOf(c.target) {
-				victims = append(victims, s.abortAll()...)
+				victims = append(victims, s.abortAll(s == c)...)
 				if fn == tmfLUNReset {
 					s.setUnitAttention(ascBusDeviceReset)
 				}
@@ -426,7 +426,7 @@ func (c *conn) taskMgmt(p *pdu) {
 			break
 		}
 		for _, s := range c.srv.sessionsOf(c.target) {
-			victims = append(victims, s.abortAll()...)
+			victims = append(victims, s.abortAll(s == c)...)
 			s.setUnitAttention(ascResetOccurred)
 			if fn == tmfTargetColdReset {
 				cold = append(cold, s)
@@ -535,14 +535,18 @@ func (c *conn) abortTask(rtt, refCmdSN, cmdSN uint32) ([]*task, byte) {
 }
 
 // abortAll aborts every task of the session, those waiting for their
-// CmdSN included, and returns those running.
-func (c *conn) abortAll() []*task {
+// CmdSN included, and returns those to wait for: the aborted ones and,
+// if responding (the session of the TMF: its response must follow
+// theirs), those already answering.
+func (c *conn) abortAll(responding bool) []*task {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	var out []*task
 	for _, t := range c.tasks {
 		if t.responded || t.aborted {
-			out = append(out, t) // answering: the TMF response follows its end
+			if responding {
+				out = append(out, t)
+			}
 			continue
 		}
 		t.aborted = true
