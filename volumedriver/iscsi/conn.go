@@ -368,10 +368,19 @@ func (c *conn) handle(p *pdu) (done bool, err error) {
 		c.logout(p)
 		return true, nil
 	case opSNACK:
-		return false, c.reject(p, 0x04) // ErrorRecoveryLevel 0: no SNACK
+		return false, c.reject(p, rejectProtocolError) // ErrorRecoveryLevel 0: no SNACK
 	}
-	return false, c.reject(p, 0x04) // command not supported
+	return false, c.reject(p, rejectNotSupported)
 }
+
+// Reject reasons (RFC 7143 11.17.1).
+const (
+	rejectDataDigest     = 0x02
+	rejectProtocolError  = 0x04
+	rejectNotSupported   = 0x05
+	rejectTooManyImm     = 0x06
+	rejectTaskInProgress = 0x07
+)
 
 // reject answers a PDU this target does not take (RFC 7143 11.17).
 func (c *conn) reject(p *pdu, reason byte) error {
@@ -388,7 +397,7 @@ func (c *conn) reject(p *pdu, reason byte) error {
 // taken, so that the initiator may send it again).
 func (c *conn) dataDigestError(p *pdu) error {
 	c.log.Warn("iscsi: data digest error", "opcode", p.opcode(), "itt", p.itt())
-	if err := c.reject(p, 0x02); err != nil {
+	if err := c.reject(p, rejectDataDigest); err != nil {
 		return err
 	}
 	if p.opcode() == opDataOut {

@@ -51,7 +51,7 @@ func (c *conn) command(p *pdu) {
 	defer c.mu.Unlock()
 	if p.immediate() {
 		if c.immTasks >= maxImmediateTasks {
-			go c.reject(p, 0x05) // immediate command reject
+			go c.reject(p, rejectTooManyImm)
 			return
 		}
 		c.start(p)
@@ -96,7 +96,7 @@ func (c *conn) start(p *pdu) {
 		// RFC 7143 11.17.1: a tag still in use is "task in progress".
 		// (One that has answered may be sending its last PDUs: the
 		// initiator may reuse its tag as soon as it has the status.)
-		go c.reject(p, 0x06)
+		go c.reject(p, rejectTaskInProgress)
 		return
 	}
 	ctx, cancel := context.WithCancel(c.ctx)
@@ -175,6 +175,8 @@ func (t *task) run() {
 		// RFC 7143 7.8 b: protocol service CRC error.
 		res = scsi.Result{Status: scsi.StatusCheckCondition,
 			Sense: &scsi.Sense{Key: scsi.SenseAbortedCommand, ASC: 0x47, ASCQ: 0x05}}
+	} else if lun := binary.BigEndian.Uint64(p.bhs[8:16]); lun != 0 {
+		res = c.noSuchLUN(t.ctx, cdb)
 	} else {
 		res = c.lu.Execute(t.ctx, c.nexus, cdb, out)
 	}
@@ -202,6 +204,33 @@ func (t *task) run() {
 		data = nil
 	}
 	t.respond(res, rflags, residual, data)
+}
+
+// noSuchLUN answers a command to a LUN other than 0 (SPC-5 4.8):
+// REPORT LUNS lists LUN 0, INQUIRY says no device is there (peripheral
+// qualifier 011b), REQUEST SENSE tells why, and the rest is refused
+// with LOGICAL UNIT NOT SUPPORTED.
+func (c *conn) noSuchLUN(ctx context.Context, cdb []byte) scsi.Result {
+	notSupported := &scsi.Sense{Key: scsi.SenseIllegalRequest, ASC: 0x25}
+	switch cdb[0] {
+	case 0xA0: // REPORT LUNS
+		return c.lu.Execute(ctx, c.nexus, cdb, nil)
+	case 0x12: // INQUIRY
+		r := c.lu.Execute(ctx, c.nexus, cdb, nil)
+		if r.Status == scsi.StatusGood && len(r.Data) > 0 {
+			r.Data = append([]byte(nil), r.Data...)
+			r.Data[0] = 0x7F
+		}
+		return r
+	case 0x03: // REQUEST SENSE
+		alloc := 252
+		if len(cdb) > 4 {
+			alloc = int(cdb[4])
+		}
+		d := notSupported.Fixed()
+		return scsi.Result{Status: scsi.StatusGood, Data: d[:min(len(d), alloc)]}
+	}
+	return scsi.Result{Status: scsi.StatusCheckCondition, Sense: notSupported}
 }
 
 // collect gathers the edtl bytes of a write: the immediate data, then

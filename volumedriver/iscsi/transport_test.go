@@ -432,7 +432,7 @@ func TestDigests(t *testing.T) {
 	}
 	select {
 	case r := <-in.other:
-		if r.opcode() != opReject || r.bhs[2] != 0x02 {
+		if r.opcode() != opReject || r.bhs[2] != rejectDataDigest {
 			t.Fatalf("opcode 0x%x reason 0x%x, want a Reject for a data digest error", r.opcode(), r.bhs[2])
 		}
 	case <-time.After(30 * time.Second):
@@ -598,5 +598,34 @@ func TestSendTargets(t *testing.T) {
 	}
 	if len(names) != 400 {
 		t.Fatalf("%d targets, want 400", len(names))
+	}
+}
+
+// TestOtherLUN: only LUN 0 exists; INQUIRY of another says so (peripheral
+// qualifier 011b), other commands are refused with LOGICAL UNIT NOT
+// SUPPORTED.
+func TestOtherLUN(t *testing.T) {
+	_, addr := startGated(t, -1)
+	in := login(t, addr, loginOpts{})
+	run := func(cdb []byte, readLen int) scsiResult {
+		t.Helper()
+		itt, cmdSN, ch := in.newTask(false)
+		defer in.done(itt)
+		p := in.cmdPDU(itt, cmdSN, cdb, nil, readLen)
+		p.bhs[9] = 1 // LUN 1
+		if err := in.send(p); err != nil {
+			t.Fatal(err)
+		}
+		res, err := in.await(itt, ch, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return res
+	}
+	if res := run(make([]byte, 6), 0); res.status != byte(scsi.StatusCheckCondition) || len(res.sense) < 14 || res.sense[12] != 0x25 {
+		t.Fatalf("TEST UNIT READY of LUN 1: status 0x%x sense % x", res.status, res.sense)
+	}
+	if res := run([]byte{0x12, 0, 0, 0, 96, 0}, 96); res.status != 0 || len(res.data) == 0 || res.data[0] != 0x7F {
+		t.Fatalf("INQUIRY of LUN 1: status 0x%x data % x", res.status, res.data)
 	}
 }
