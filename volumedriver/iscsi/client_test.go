@@ -55,6 +55,7 @@ type loginOpts struct {
 	dataDigest   bool
 	noImmediate  bool
 	maxR2T       int
+	maxRecv      int // our MaxRecvDataSegmentLength (default 256 KiB)
 	isid         [6]byte
 	name         string
 	// skipSecurity starts at the operational stage even with a user.
@@ -199,9 +200,13 @@ func (in *testInitiator) login(o loginOpts) error {
 		imm = "No"
 	}
 	maxR2T := max(o.maxR2T, 1)
+	maxRecv := o.maxRecv
+	if maxRecv == 0 {
+		maxRecv = 262144
+	}
 	ops := append(names,
 		kv{"HeaderDigest", digest(o.headerDigest)}, kv{"DataDigest", digest(o.dataDigest)},
-		kv{"MaxRecvDataSegmentLength", "262144"}, kv{"ImmediateData", imm}, kv{"InitialR2T", "Yes"},
+		kv{"MaxRecvDataSegmentLength", strconv.Itoa(maxRecv)}, kv{"ImmediateData", imm}, kv{"InitialR2T", "Yes"},
 		kv{"MaxOutstandingR2T", strconv.Itoa(maxR2T)}, kv{"MaxBurstLength", "262144"},
 		kv{"FirstBurstLength", "65536"}, kv{"ErrorRecoveryLevel", "0"})
 	m, r, err := in.loginPDU(loginStageOp, loginStageFull, true, ops...)

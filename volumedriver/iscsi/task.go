@@ -356,7 +356,7 @@ func (t *task) respond(res scsi.Result, rflags byte, residual uint32, data []byt
 	seg := max(1, min(c.theirMaxData, c.maxBurst))
 	var dataSN uint32
 	for off := 0; off < len(data); {
-		n := min(len(data)-off, seg)
+		n := min(len(data)-off, seg, c.maxBurst-off%c.maxBurst)
 		d := &pdu{data: data[off : off+n]}
 		d.bhs[0] = opDataIn
 		last := off+n == len(data)
@@ -386,10 +386,8 @@ func (t *task) respond(res scsi.Result, rflags byte, residual uint32, data []byt
 	r.bhs[0], r.bhs[1] = opSCSIResponse, 0x80|rflags
 	r.bhs[3] = byte(res.Status)
 	r.putU32(16, t.itt)
-	r.putU32(36, 0) // ExpDataSN: Data-In sent before
-	if dataSN > 0 {
-		r.putU32(36, dataSN)
-	}
+	r.putU32(36, dataSN) // ExpDataSN: the Data-In PDUs sent before
+
 	r.putU32(44, residual)
 	if res.Sense != nil {
 		sense := res.Sense.Fixed()

@@ -629,3 +629,46 @@ func TestOtherLUN(t *testing.T) {
 		t.Fatalf("INQUIRY of LUN 1: status 0x%x data % x", res.status, res.data)
 	}
 }
+
+// TestDataInSequences: Data-In PDUs fit the initiator's
+// MaxRecvDataSegmentLength, number DataSN from 0, and end a sequence (F)
+// at least every MaxBurstLength bytes, even when the two do not divide.
+func TestDataInSequences(t *testing.T) {
+	_, addr := startGated(t, -1)
+	in := login(t, addr, loginOpts{maxRecv: 100000})
+	data := pattern(11, 1<<20)
+	if res, err := in.command(write10(0, 2048), data, 0); err != nil || res.status != 0 {
+		t.Fatalf("write: %v", err)
+	}
+	itt, cmdSN, ch := in.newTask(false)
+	defer in.done(itt)
+	if err := in.send(in.cmdPDU(itt, cmdSN, read10(0, 2048), nil, len(data))); err != nil {
+		t.Fatal(err)
+	}
+	var got []byte
+	seq, sn := 0, uint32(0)
+	for {
+		p := <-ch
+		if p == nil || p.opcode() != opDataIn {
+			t.Fatalf("want Data-In, got %v", p)
+		}
+		if len(p.data) > 100000 || p.u32(36) != sn || int(p.u32(40)) != len(got) {
+			t.Fatalf("Data-In of %d bytes, DataSN %d (want %d), offset %d (want %d)", len(p.data), p.u32(36), sn, p.u32(40), len(got))
+		}
+		sn++
+		got = append(got, p.data...)
+		seq += len(p.data)
+		if seq > 262144 {
+			t.Fatalf("a Data-In sequence of %d bytes, over MaxBurstLength", seq)
+		}
+		if p.final() {
+			seq = 0
+		}
+		if p.bhs[1]&0x01 != 0 {
+			break
+		}
+	}
+	if !bytes.Equal(got, data) {
+		t.Fatal("read back differs")
+	}
+}
