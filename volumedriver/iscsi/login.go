@@ -186,6 +186,9 @@ func (l *loginState) step(p *pdu) (reply []kv, final, transit bool, err error) {
 	} else if !l.authenticated() {
 		return nil, false, false, refuse(loginAuthFailed, "operational stage without authentication")
 	}
+	if err := l.open(); err != nil {
+		return nil, false, false, err
+	}
 	reply = append(reply, c.negotiate(pairs)...)
 	transit = wantTransit
 	if csg == loginStageSec && transit && !l.authenticated() {
@@ -203,6 +206,9 @@ func (l *loginState) step(p *pdu) (reply []kv, final, transit bool, err error) {
 		l.sentMaxRDS = true
 	}
 	if transit && nsg == loginStageFull {
+		if !c.discovery && c.lu == nil {
+			return nil, false, false, refuse(loginAuthFailed, "full feature phase without authentication")
+		}
 		if err := l.finish(); err != nil {
 			return nil, false, false, err
 		}
@@ -238,12 +244,7 @@ func (l *loginState) begin(pairs []kv, tsih uint16) error {
 		if !ok || name == "" {
 			return refuse(loginNotFound, "no target %q", tn)
 		}
-		lu, release, err := c.srv.targets.OpenLU(l.ctx, name)
-		if err != nil {
-			c.log.Debug("iscsi: login to a target that cannot be opened", "target", tn, "err", err)
-			return refuse(loginNotFound, "target %q: %v", tn, err)
-		}
-		c.lu, c.release, c.target = lu, release, name
+		c.target = name // opened once the initiator has authenticated
 	default:
 		return refuse(loginInitiatorError, "SessionType %q", params["SessionType"])
 	}
@@ -266,6 +267,22 @@ func (l *loginState) begin(pairs []kv, tsih uint16) error {
 	if cfg.MutualSecret != "" && len(cfg.MutualSecret) < minSecretLen {
 		c.log.Warn("iscsi: mutual CHAP secret shorter than RFC 7143's 12 bytes", "target", c.target)
 	}
+	return l.open()
+}
+
+// open opens the target's LU once the initiator has authenticated (or
+// needs not): an initiator without the secret opens no vdisk.
+func (l *loginState) open() error {
+	c := l.c
+	if c.discovery || c.lu != nil || !l.authenticated() {
+		return nil
+	}
+	lu, release, err := c.srv.targets.OpenLU(l.ctx, c.target)
+	if err != nil {
+		c.log.Debug("iscsi: login to a target that cannot be opened", "target", c.target, "err", err)
+		return refuse(loginNotFound, "target %q: %v", c.srv.IQN(c.target), err)
+	}
+	c.lu, c.release = lu, release
 	return nil
 }
 

@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"sort"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -40,8 +41,9 @@ func (d memDev) BlockStatus(_ context.Context, off, n int64) ([]blockdev.Extent,
 // memTargets serves in-memory LUs, with CHAP secrets by target name
 // ("" for discovery).
 type memTargets struct {
-	lus  map[string]*scsi.LU
-	chap map[string]CHAP
+	lus    map[string]*scsi.LU
+	chap   map[string]CHAP
+	opened atomic.Int32 // OpenLU calls
 }
 
 func (m *memTargets) ListTargets(context.Context) ([]string, error) {
@@ -54,6 +56,7 @@ func (m *memTargets) ListTargets(context.Context) ([]string, error) {
 }
 
 func (m *memTargets) OpenLU(_ context.Context, name string) (*scsi.LU, func(), error) {
+	m.opened.Add(1)
 	lu, ok := m.lus[name]
 	if !ok {
 		return nil, nil, errors.New("no such vdisk")

@@ -371,6 +371,7 @@ func TestCHAP(t *testing.T) {
 		{"discovery, none", loginOpts{}, loginAuthFailed},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
+			opened := targets.opened.Load()
 			in, err := dialInitiator(t, addr, tc.o)
 			if tc.status == 0 {
 				if err != nil {
@@ -386,6 +387,9 @@ func TestCHAP(t *testing.T) {
 			se, ok := err.(*loginStatusError)
 			if !ok || se.status != tc.status {
 				t.Fatalf("login: %v, want status 0x%04x", err, tc.status)
+			}
+			if n := targets.opened.Load() - opened; n != 0 {
+				t.Fatalf("a refused login opened the vdisk %d times", n)
 			}
 		})
 	}
