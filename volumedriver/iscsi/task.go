@@ -153,6 +153,11 @@ func (t *task) run() {
 		t.respond(scsi.Result{Status: scsi.StatusCheckCondition, Sense: scsi.InvalidCDB(0)}, 0, 0, nil)
 		return
 	}
+	if t.unitAttention != nil {
+		// Reported without asking for the data.
+		t.respond(scsi.Result{Status: scsi.StatusCheckCondition, Sense: t.unitAttention}, 0, 0, nil)
+		return
+	}
 	var out []byte
 	if write && edtl > 0 {
 		if err := c.budget.acquire(t.ctx, int64(edtl)); err != nil {
@@ -169,9 +174,7 @@ func (t *task) run() {
 	dataErr := t.dataErr
 	c.mu.Unlock()
 	var res scsi.Result
-	if t.unitAttention != nil {
-		res = scsi.Result{Status: scsi.StatusCheckCondition, Sense: t.unitAttention}
-	} else if dataErr {
+	if dataErr {
 		// RFC 7143 7.8 b: protocol service CRC error.
 		res = scsi.Result{Status: scsi.StatusCheckCondition,
 			Sense: &scsi.Sense{Key: scsi.SenseAbortedCommand, ASC: 0x47, ASCQ: 0x05}}
