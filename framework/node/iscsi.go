@@ -10,6 +10,7 @@ import (
 
 	"github.com/ovs-storage/ovs/framework/model"
 	"github.com/ovs-storage/ovs/volumedriver"
+	"github.com/ovs-storage/ovs/volumedriver/iscsi"
 	"github.com/ovs-storage/ovs/volumedriver/iscsi/scsi"
 )
 
@@ -59,6 +60,27 @@ func (t *iscsiTargets) OpenLU(ctx context.Context, name string) (*scsi.LU, func(
 	lu := &scsi.LU{Dev: d, ReadOnly: info.Template, Product: "OVS vdisk", Serial: ov.ID,
 		ID: naaLocal(ov.ID), PR: t.reservations(ov.ID)}
 	return lu, d.release, nil
+}
+
+// CHAP returns the secrets a login to target must prove (discovery for
+// ""): the vdisk's, kept in the model by its namespace id.
+func (t *iscsiTargets) CHAP(ctx context.Context, target string) (iscsi.CHAP, error) {
+	id := ""
+	if target != "" {
+		ov, err := t.r.store.VDisk(ctx, target)
+		if errors.Is(err, model.ErrNotFound) {
+			return iscsi.CHAP{}, fmt.Errorf("%w: %s", ErrUnknownTarget, target)
+		}
+		if err != nil {
+			return iscsi.CHAP{}, err
+		}
+		id = ov.ID
+	}
+	c, err := t.r.store.CHAP(ctx, id)
+	if err != nil {
+		return iscsi.CHAP{}, err
+	}
+	return iscsi.CHAP{User: c.User, Secret: c.Secret, MutualUser: c.MutualUser, MutualSecret: c.MutualSecret}, nil
 }
 
 // reservations returns the one Reservations of vdisk id on this node, so

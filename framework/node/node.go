@@ -292,7 +292,8 @@ func Run(ctx context.Context, cfg Config, ro RunOptions) error {
 	apiOpts.Cluster = vd
 	var iscsiSrv *iscsi.Server
 	if iscsiL != nil {
-		iscsiSrv = iscsi.NewServer(newISCSITargets(rt, vd), iscsi.Options{Logger: log.With("frontend", "iscsi")})
+		iscsiSrv = iscsi.NewServer(newISCSITargets(rt, vd), iscsi.Options{Logger: log.With("frontend", "iscsi"),
+			Portal: cfg.advertised(iscsiL.Addr().String()) + ",1"})
 	}
 	apiSrv := api.NewServer(vd, apiOpts)
 	httpSrv := apiSrv.HTTPServer()
@@ -318,7 +319,7 @@ func Run(ctx context.Context, cfg Config, ro RunOptions) error {
 	}
 	if iscsiSrv != nil {
 		go func() {
-			if err := iscsiSrv.Serve(ctx, iscsiL); err != nil && ctx.Err() == nil {
+			if err := iscsiSrv.Serve(ctx, iscsiL); err != nil && !errors.Is(err, iscsi.ErrServerClosed) && ctx.Err() == nil {
 				errc <- fmt.Errorf("iSCSI on %s: %w", iscsiL.Addr(), err)
 			}
 		}()
@@ -370,6 +371,11 @@ func Run(ctx context.Context, cfg Config, ro RunOptions) error {
 	defer cancel()
 	if err := nbdSrv.Shutdown(shutCtx); err != nil {
 		log.Warn("NBD shutdown", "err", err)
+	}
+	if iscsiSrv != nil {
+		if err := iscsiSrv.Shutdown(shutCtx); err != nil {
+			log.Warn("iSCSI shutdown", "err", err)
+		}
 	}
 	if fwdSrv != nil {
 		if err := fwdSrv.Shutdown(shutCtx); err != nil {

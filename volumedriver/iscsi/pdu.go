@@ -50,6 +50,11 @@ var castagnoli = crc32.MakeTable(crc32.Castagnoli)
 // errProtocol marks a PDU that cannot be accepted: the connection ends.
 var errProtocol = errors.New("iscsi protocol error")
 
+// errDataDigest marks a PDU whose header is sound but whose data segment
+// does not match its digest: readPDU returns the PDU with it, for the
+// target to reject that PDU and go on (RFC 7143 7.8).
+var errDataDigest = errors.New("iscsi data digest mismatch")
+
 // pdu is one PDU.
 type pdu struct {
 	bhs  [bhsLen]byte
@@ -80,8 +85,9 @@ func pad4(n int) int { return (4 - n%4) % 4 }
 
 // readPDU reads one PDU. A data segment longer than maxData (the
 // negotiated MaxRecvDataSegmentLength; during login, the login limit) or
-// a digest that does not match is a protocol error, found before anything
-// the header claims is allocated.
+// a header digest that does not match is a protocol error, found before
+// anything the header claims is allocated. A data digest that does not
+// match returns the PDU with errDataDigest.
 func readPDU(r io.Reader, headerDigest, dataDigest bool, maxData int) (*pdu, error) {
 	p := &pdu{}
 	if _, err := io.ReadFull(r, p.bhs[:]); err != nil {
@@ -120,7 +126,7 @@ func readPDU(r io.Reader, headerDigest, dataDigest bool, maxData int) (*pdu, err
 				return nil, unexpectedEOF(err)
 			}
 			if binary.LittleEndian.Uint32(d[:]) != crc32.Checksum(buf, castagnoli) {
-				return nil, fmt.Errorf("%w: data digest mismatch", errProtocol)
+				return p, errDataDigest
 			}
 		}
 	}
@@ -213,4 +219,39 @@ func clipString(b []byte) string {
 		b = b[:64]
 	}
 	return string(b)
+}
+
+// writePDU writes p to w like appendPDU, without copying its data
+// segment: Data-In carries the LU's buffer as it is. scratch is reused
+// for the header and returned for the next call.
+func writePDU(w io.Writer, p *pdu, headerDigest, dataDigest bool, scratch []byte) ([]byte, error) {
+	p.setDataLen(len(p.data))
+	p.bhs[4] = byte(len(p.ahs) / 4)
+	b := append(scratch[:0], p.bhs[:]...)
+	b = append(b, p.ahs...)
+	if headerDigest {
+		b = binary.LittleEndian.AppendUint32(b, crc32.Checksum(b, castagnoli))
+	}
+	if _, err := w.Write(b); err != nil {
+		return b, err
+	}
+	if len(p.data) == 0 {
+		return b, nil
+	}
+	if _, err := w.Write(p.data); err != nil {
+		return b, err
+	}
+	var tail [8]byte
+	pad := tail[:pad4(len(p.data))]
+	t := pad
+	if dataDigest {
+		sum := crc32.Update(crc32.Checksum(p.data, castagnoli), castagnoli, pad)
+		t = binary.LittleEndian.AppendUint32(pad, sum)
+	}
+	if len(t) > 0 {
+		if _, err := w.Write(t); err != nil {
+			return b, err
+		}
+	}
+	return b, nil
 }

@@ -42,10 +42,18 @@ func TestPDURoundTrip(t *testing.T) {
 				!bytes.Equal(got.data, tc.data) || len(got.ahs) != len(tc.ahs) {
 				t.Fatalf("read back %+v", got)
 			}
-			if tc.hd || tc.dd {
+			if tc.hd {
+				h := append([]byte(nil), b...)
+				h[bhsLen+len(tc.ahs)] ^= 1
+				if _, err := readPDU(bytes.NewReader(h), tc.hd, tc.dd, 1<<20); !errors.Is(err, errProtocol) {
+					t.Fatalf("a corrupt header digest: %v", err)
+				}
+			}
+			if tc.dd {
 				b[len(b)-1] ^= 1
-				if _, err := readPDU(bytes.NewReader(b), tc.hd, tc.dd, 1<<20); !errors.Is(err, errProtocol) {
-					t.Fatalf("a corrupt digest: %v", err)
+				got, err := readPDU(bytes.NewReader(b), tc.hd, tc.dd, 1<<20)
+				if !errors.Is(err, errDataDigest) || got == nil || got.itt() != 0xdeadbeef {
+					t.Fatalf("a corrupt data digest: %v", err)
 				}
 			}
 		})
