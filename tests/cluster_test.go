@@ -422,6 +422,7 @@ func (c *cluster) ovsOK(args ...string) string {
 // vdiskInfo is the part of `ovs vdisk info -o json` the contract fixes.
 type vdiskInfo struct {
 	Name               string `json:"name"`
+	ID                 string `json:"id"`
 	Size               int64  `json:"size"`
 	Clients            int    `json:"clients"`
 	PendingUploadBytes int64  `json:"pending_upload_bytes"`

@@ -291,3 +291,102 @@ func writeReport(t *testing.T, what, text string) {
 	defer f.Close()
 	fmt.Fprintf(f, "== %s (%s)\n%s\n", what, t.Name(), text)
 }
+
+// TestISCSIClients: what an operator does with the target, through
+// libiscsi's tools and qemu-img's iscsi driver: discovery, an image
+// copied in and compared over iSCSI and over NBD, CHAP (one-way, mutual,
+// discovery) set with the CLI, a template write protected, and a deleted
+// vdisk's target gone.
+func TestISCSIClients(t *testing.T) {
+	needTools(t, "iscsi-ls", "iscsi-inq", "qemu-img", "qemu-io")
+	c := startCluster(t)
+	c.create("vm1", "64MiB")
+	portal := "iscsi://" + c.ISCSIAddr
+	iqn := ovsBaseIQN + ":vm1"
+
+	out := mustRun(t, time.Minute, "iscsi-ls", "-s", portal)
+	if !strings.Contains(out, "Target:"+iqn+" Portal:"+c.ISCSIAddr+",1") || !strings.Contains(out, "DIRECT_ACCESS") {
+		t.Fatalf("iscsi-ls does not show the vdisk's target:\n%s", out)
+	}
+	out = mustRun(t, time.Minute, "iscsi-inq", "-e", "1", "-c", "128", c.ISCSIURL("vm1")) // VPD 0x80
+
+	id := c.info("vm1").ID
+	if !strings.Contains(out, id) {
+		t.Errorf("unit serial number is not the vdisk id %s:\n%s", id, out)
+	}
+
+	// An image in, over iSCSI; the same bytes out over iSCSI and NBD.
+	img := filepath.Join(t.TempDir(), "src.img")
+	makeImage(t, img, 64*MiB, 7)
+	mustRun(t, 5*time.Minute, "qemu-img", "convert", "-n", "-f", "raw", "-O", "raw", img, c.ISCSIURL("vm1"))
+	mustRun(t, 5*time.Minute, "qemu-img", "compare", "-f", "raw", "-F", "raw", img, c.ISCSIURL("vm1"))
+	mustRun(t, 5*time.Minute, "qemu-img", "compare", "-f", "raw", "-F", "raw", img, c.TCPURI("vm1"))
+
+	// CHAP, one-way then mutual; the secrets go in by file.
+	dir := t.TempDir()
+	secret := func(name, s string) string {
+		p := filepath.Join(dir, name)
+		if err := os.WriteFile(p, []byte(s+"\n"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	login := func(url string) error {
+		_, err := run(t, time.Minute, "", "iscsi-inq", url)
+		return err
+	}
+	withUser := func(user, pass, query string) string {
+		return "iscsi://" + user + "%" + pass + "@" + c.ISCSIAddr + "/" + iqn + "/0" + query
+	}
+	expectCLIError(t, "a short secret", c.cli("vdisk", "set-chap", "vm1", "--user", "esx", "--secret-file", secret("short", "tooshort")), "12")
+	c.ovsOK("vdisk", "set-chap", "vm1", "--user", "esx", "--secret-file", secret("init", "initiator-secret-1"))
+	if login(c.ISCSIURL("vm1")) == nil {
+		t.Error("login without CHAP succeeded on a target that requires it")
+	}
+	if login(withUser("esx", "wrong-secret-000", "")) == nil {
+		t.Error("login with a wrong CHAP secret succeeded")
+	}
+	if err := login(withUser("esx", "initiator-secret-1", "")); err != nil {
+		t.Errorf("login with the CHAP secret: %v", err)
+	}
+	c.ovsOK("vdisk", "set-chap", "vm1", "--user", "esx", "--secret-file", secret("init", "initiator-secret-1"),
+		"--mutual-user", "ovs", "--mutual-secret-file", secret("target", "target-secret-22"))
+	if err := login(withUser("esx", "initiator-secret-1", "?target_user=ovs&target_password=target-secret-22")); err != nil {
+		t.Errorf("login with mutual CHAP: %v", err)
+	}
+	if login(withUser("esx", "initiator-secret-1", "?target_user=ovs&target_password=not-the-target")) == nil {
+		t.Error("mutual CHAP: the initiator accepted a target with the wrong secret")
+	}
+	// Discovery CHAP guards SendTargets (iscsi-ls without -s only
+	// discovers: it does not log in to the targets it finds).
+	c.ovsOK("vdisk", "set-chap", "--discovery", "--user", "disc", "--secret-file", secret("disc", "discovery-secret"))
+	if _, err := run(t, time.Minute, "", "iscsi-ls", portal); err == nil {
+		t.Error("discovery without CHAP succeeded while discovery needs it")
+	}
+	if out, err := run(t, time.Minute, "", "iscsi-ls", "iscsi://disc%discovery-secret@"+c.ISCSIAddr); err != nil || !strings.Contains(out, iqn) {
+		t.Errorf("discovery with CHAP: %v\n%s", err, out)
+	}
+	c.ovsOK("vdisk", "set-chap", "--discovery", "--none")
+	c.ovsOK("vdisk", "set-chap", "vm1", "--none")
+	if err := login(c.ISCSIURL("vm1")); err != nil {
+		t.Errorf("login after CHAP was removed: %v", err)
+	}
+
+	// A template is write protected; reads go on.
+	c.ovsOK("vdisk", "set-template", "vm1")
+	if out, err := run(t, time.Minute, "", "qemu-io", "-f", "raw", "-c", "write -P 0x55 0 4k", c.ISCSIURL("vm1")); err == nil && !strings.Contains(out, "rror") {
+		t.Errorf("a write to a template over iSCSI succeeded:\n%s", out)
+	}
+	mustRun(t, 5*time.Minute, "qemu-img", "compare", "-f", "raw", "-F", "raw", img, c.ISCSIURL("vm1"))
+
+	// A deleted vdisk's target is gone from discovery and logins.
+	c.create("gone", "16MiB")
+	c.ovsOK("vdisk", "delete", "gone")
+	out = mustRun(t, time.Minute, "iscsi-ls", "-s", portal)
+	if strings.Contains(out, ovsBaseIQN+":gone") {
+		t.Errorf("iscsi-ls still shows a deleted vdisk:\n%s", out)
+	}
+	if login(c.ISCSIURL("gone")) == nil {
+		t.Error("login to a deleted vdisk's target succeeded")
+	}
+}

@@ -49,6 +49,7 @@ func newVDiskCommand(g *globalOptions) *cobra.Command {
 		newVDiskScrubCommand(g),
 		newVDiskMoveCommand(g),
 		newVDiskSetDTLCommand(g),
+		newVDiskSetCHAPCommand(g),
 	)
 	g.addClientFlags(cmd)
 	return cmd

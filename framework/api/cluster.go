@@ -23,6 +23,42 @@ type Cluster interface {
 	ListLocal(ctx context.Context) ([]volumedriver.VolumeInfo, error)
 	// SetDTL sets a vdisk's DTL mode (sync, async or none).
 	SetDTL(ctx context.Context, name, mode string) (volumedriver.VolumeInfo, error)
+	// SetCHAP sets the iSCSI CHAP secrets of vdisk name's target, or of
+	// discovery sessions for name "" (User "": none).
+	SetCHAP(ctx context.Context, name string, c CHAPRequest) error
+}
+
+// CHAPRequest is the body of PUT /api/v1/vdisks/{name}/iscsi-chap and
+// PUT /api/v1/iscsi/discovery-chap. User/Secret are what the initiator
+// proves; MutualUser/MutualSecret, if set, what the target proves. An
+// empty User removes CHAP. The secrets are never returned.
+type CHAPRequest struct {
+	User         string `json:"user"`
+	Secret       string `json:"secret"`
+	MutualUser   string `json:"mutual_user,omitempty"`
+	MutualSecret string `json:"mutual_secret,omitempty"`
+}
+
+// Validate checks the secrets as initiators need them: RFC 7143 asks for
+// at least 96 bits of secret (12 bytes), Windows' initiator takes 12 to 16
+// characters; the two directions must differ (a target that reused the
+// initiator's secret would let a reflection attack through).
+func (c CHAPRequest) Validate() error {
+	switch {
+	case c.User == "" && (c.Secret != "" || c.MutualUser != "" || c.MutualSecret != ""):
+		return badRequest("CHAP: a secret without a user name")
+	case c.User == "":
+		return nil
+	case len(c.Secret) < 12 || len(c.Secret) > 255:
+		return badRequest("CHAP: the secret must be 12 to 255 bytes (RFC 7143: at least 96 bits), not %d", len(c.Secret))
+	case (c.MutualUser == "") != (c.MutualSecret == ""):
+		return badRequest("CHAP: mutual CHAP needs both a user name and a secret")
+	case c.MutualUser != "" && (len(c.MutualSecret) < 12 || len(c.MutualSecret) > 255):
+		return badRequest("CHAP: the mutual secret must be 12 to 255 bytes, not %d", len(c.MutualSecret))
+	case c.MutualUser != "" && c.MutualSecret == c.Secret:
+		return badRequest("CHAP: the mutual secret must differ from the initiator's")
+	}
+	return nil
 }
 
 // DTLRequest is the body of POST /api/v1/vdisks/{name}/dtl.
@@ -94,6 +130,30 @@ func (s *Server) clusterRoutes() {
 	s.mux.HandleFunc("POST /api/v1/vdisks/{name}/move", s.moveVDisk)
 	s.mux.HandleFunc("POST /api/v1/vdisks/{name}/adopt", s.adoptVDisk)
 	s.mux.HandleFunc("POST /api/v1/vdisks/{name}/dtl", s.setDTL)
+	s.mux.HandleFunc("PUT /api/v1/vdisks/{name}/iscsi-chap", s.setCHAP)
+	s.mux.HandleFunc("PUT /api/v1/iscsi/discovery-chap", s.setCHAP)
+}
+
+func (s *Server) setCHAP(w http.ResponseWriter, r *http.Request) {
+	name := r.PathValue("name") // "" for discovery
+	if s.cluster == nil {
+		s.writeError(w, r, &httpError{http.StatusNotFound, CodeUnknownRoute, "this server is not part of a cluster"}, "")
+		return
+	}
+	var req CHAPRequest
+	if err := s.decodeBody(w, r, &req); err != nil {
+		s.writeError(w, r, err, name)
+		return
+	}
+	if err := req.Validate(); err != nil {
+		s.writeError(w, r, err, name)
+		return
+	}
+	if err := s.cluster.SetCHAP(r.Context(), name, req); err != nil {
+		s.writeError(w, r, err, name)
+		return
+	}
+	w.WriteHeader(http.StatusNoContent)
 }
 
 func (s *Server) setDTL(w http.ResponseWriter, r *http.Request) {
@@ -205,6 +265,16 @@ func (c *Client) SetDTL(ctx context.Context, name, mode string) (volumedriver.Vo
 	var out volumedriver.VolumeInfo
 	err := c.do(ctx, http.MethodPost, vdiskPath(name)+"/dtl", nil, DTLRequest{Mode: mode}, &out)
 	return out, err
+}
+
+// SetCHAP sets the iSCSI CHAP secrets of vdisk name's target (name "":
+// of discovery); a zero c removes them.
+func (c *Client) SetCHAP(ctx context.Context, name string, chap CHAPRequest) error {
+	path := "/api/v1/iscsi/discovery-chap"
+	if name != "" {
+		path = vdiskPath(name) + "/iscsi-chap"
+	}
+	return c.do(ctx, http.MethodPut, path, nil, chap, nil)
 }
 
 // ListLocal lists the vdisks the node serves itself.

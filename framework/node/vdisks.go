@@ -400,3 +400,21 @@ func (c *clusterVDisks) SetDTL(ctx context.Context, name, mode string) (volumedr
 		return c.Info(ctx, name)
 	}, func(cl *api.Client) (volumedriver.VolumeInfo, error) { return cl.SetDTL(ctx, name, string(m)) })
 }
+
+// SetCHAP keeps a target's CHAP secrets in the model, where every node's
+// iSCSI target reads them at login.
+func (c *clusterVDisks) SetCHAP(ctx context.Context, name string, req api.CHAPRequest) error {
+	id := ""
+	if name != "" {
+		ov, err := c.rt.store.VDisk(ctx, name)
+		if errors.Is(err, model.ErrNotFound) {
+			return fmt.Errorf("%w: %s", volumedriver.ErrNotFound, name)
+		}
+		if err != nil {
+			return err
+		}
+		id = ov.ID
+	}
+	return c.rt.store.SetCHAP(ctx, id, model.CHAP{User: req.User, Secret: req.Secret,
+		MutualUser: req.MutualUser, MutualSecret: req.MutualSecret})
+}
