@@ -390,3 +390,88 @@ func TestISCSIClients(t *testing.T) {
 		t.Error("login to a deleted vdisk's target succeeded")
 	}
 }
+
+// TestISCSIKillNine: qemu's iSCSI client (qemu-nbd serving the vdisk's
+// iSCSI LUN, so that libnbd's writer can drive it and count flushes)
+// keeps writing with a SYNCHRONIZE CACHE every 32 writes while ovs up is
+// killed with SIGKILL and started again. qemu's libiscsi reconnects and
+// carries on; afterwards every write acknowledged before the last
+// completed flush is on the vdisk, read back over NBD.
+func TestISCSIKillNine(t *testing.T) {
+	needTools(t, "qemu-nbd")
+	py := needPython(t)
+	c := startCluster(t)
+	c.create("crash", "64MiB")
+	sock := filepath.Join(filepath.Dir(c.Socket), "qemu-iscsi.sock")
+	qnbd := exec.Command("qemu-nbd", "-f", "raw", "--cache=none", "-k", sock, c.ISCSIURL("crash"))
+	var qlog strings.Builder
+	qnbd.Stdout, qnbd.Stderr = &qlog, &qlog
+	qnbd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	if err := qnbd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	qdone := make(chan struct{})
+	go func() { qnbd.Wait(); close(qdone) }()
+	defer func() { qnbd.Process.Kill(); <-qdone }()
+	waitFor(t, 30*time.Second, "qemu-nbd's socket", func() bool {
+		_, err := os.Stat(sock)
+		return err == nil
+	})
+
+	w := &crashWriter{seed: 303, base: 0, nblocks: 8192}
+	wr := exec.Command(py, nbdioScript(t), "crash-write", "nbd+unix:///?socket="+sock,
+		fmt.Sprint(w.seed), fmt.Sprint(w.base), fmt.Sprint(w.nblocks), fmt.Sprint(crashFlushEvery))
+	lines, wErr, stopWriter := streamLines(t, wr)
+	defer stopWriter()
+	flushes := 0
+	stopped := ""
+	parse := func(line string) {
+		f := strings.Fields(line)
+		switch {
+		case len(f) == 2 && f[0] == "FLUSHED":
+			w.flushed, _ = strconv.ParseInt(f[1], 10, 64)
+			flushes++
+		case len(f) == 2 && f[0] == "ISSUED":
+			w.issued, _ = strconv.ParseInt(f[1], 10, 64)
+		case len(f) > 0 && f[0] == "STOPPED":
+			stopped = line
+		}
+	}
+	// waitFlushes reads the writer until it has completed n more flushes.
+	waitFlushes := func(n int, within time.Duration, what string) {
+		t.Helper()
+		goal, deadline := flushes+n, time.After(within)
+		for flushes < goal {
+			select {
+			case line, ok := <-lines:
+				if !ok {
+					t.Fatalf("%s: the writer ended after %d flushes (%s): %s\nqemu-nbd: %s",
+						what, flushes, stopped, wErr.String(), qlog.String())
+				}
+				parse(line)
+			case <-deadline:
+				t.Fatalf("%s: %d of %d flushes in %v\nqemu-nbd: %s", what, flushes, goal, within, qlog.String())
+			}
+		}
+	}
+	w.issued = -1
+	waitFlushes(crashMinFlushes, 3*time.Minute, "before the crash")
+	c.kill9()
+	before := w.flushed
+	c.start()
+	waitFlushes(crashMinFlushes, 2*time.Minute, "after the restart (did qemu's iSCSI client reconnect?)")
+	t.Logf("the writer carried on across the crash: %d writes flushed before it, %d after", before, w.flushed)
+
+	// Stop the writer by taking its NBD server away; it reports what it
+	// issued.
+	qnbd.Process.Kill()
+	<-qdone
+	for line := range lines {
+		parse(line)
+	}
+	wr.Wait()
+	if w.issued < w.flushed {
+		t.Fatalf("writer did not report what it issued (flushed %d, issued %d): %s", w.flushed, w.issued, wErr.String())
+	}
+	w.check(t, py, c.UnixURI("crash"))
+}
