@@ -58,7 +58,7 @@ bench: build
 	@{ echo; echo '## Erasure-coded backend (ovs backend bench)'; echo; echo '```'; \
 	   ./$(BIN) backend bench; echo '```'; } | tee -a bench/results.md
 	OVS_BENCH_CLUSTER=$(CURDIR)/bench/results.md OVS_BIN=$(CURDIR)/$(BIN) \
-	   $(GO) test -count=1 -timeout 45m -run '^TestBenchCluster(DTL)?$$' ./tests/
+	   $(GO) test -count=1 -timeout 45m -run '^TestBench(Cluster(DTL)?|ISCSI)$$' ./tests/
 
 demo: build
 	./$(BIN) up --data "$(OVS_DATA)"

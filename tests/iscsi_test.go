@@ -402,24 +402,12 @@ func TestISCSIKillNine(t *testing.T) {
 	py := needPython(t)
 	c := startCluster(t)
 	c.create("crash", "64MiB")
-	sock := filepath.Join(filepath.Dir(c.Socket), "qemu-iscsi.sock")
-	qnbd := exec.Command("qemu-nbd", "-f", "raw", "--cache=none", "-k", sock, c.ISCSIURL("crash"))
-	var qlog strings.Builder
-	qnbd.Stdout, qnbd.Stderr = &qlog, &qlog
-	qnbd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	if err := qnbd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	qdone := make(chan struct{})
-	go func() { qnbd.Wait(); close(qdone) }()
-	defer func() { qnbd.Process.Kill(); <-qdone }()
-	waitFor(t, 30*time.Second, "qemu-nbd's socket", func() bool {
-		_, err := os.Stat(sock)
-		return err == nil
-	})
+	bridge := startQemuNBD(t, c.ISCSIURL("crash"), filepath.Dir(c.Socket))
+	defer bridge.stop()
+	qlog := bridge.log
 
 	w := &crashWriter{seed: 303, base: 0, nblocks: 8192}
-	wr := exec.Command(py, nbdioScript(t), "crash-write", "nbd+unix:///?socket="+sock,
+	wr := exec.Command(py, nbdioScript(t), "crash-write", bridge.uri,
 		fmt.Sprint(w.seed), fmt.Sprint(w.base), fmt.Sprint(w.nblocks), fmt.Sprint(crashFlushEvery))
 	lines, wErr, stopWriter := streamLines(t, wr)
 	defer stopWriter()
@@ -464,8 +452,7 @@ func TestISCSIKillNine(t *testing.T) {
 
 	// Stop the writer by taking its NBD server away; it reports what it
 	// issued.
-	qnbd.Process.Kill()
-	<-qdone
+	bridge.stop()
 	for line := range lines {
 		parse(line)
 	}
@@ -474,4 +461,40 @@ func TestISCSIKillNine(t *testing.T) {
 		t.Fatalf("writer did not report what it issued (flushed %d, issued %d): %s", w.flushed, w.issued, wErr.String())
 	}
 	w.check(t, py, c.UnixURI("crash"))
+}
+
+// qemuNBD is qemu-nbd serving a qemu block URL (here iscsi://) as NBD on
+// a unix socket: how libnbd's tools and fio, which speak NBD, drive
+// qemu's iSCSI client.
+type qemuNBD struct {
+	uri  string
+	log  *strings.Builder
+	cmd  *exec.Cmd
+	done chan struct{}
+}
+
+func startQemuNBD(t *testing.T, source, dir string) *qemuNBD {
+	t.Helper()
+	sock := filepath.Join(dir, fmt.Sprintf("qemu-nbd-%d.sock", rand.IntN(1<<30)))
+	q := &qemuNBD{uri: "nbd+unix:///?socket=" + sock, log: &strings.Builder{}, done: make(chan struct{})}
+	// --persistent, --shared: fio and libnbd open connections one after another.
+	q.cmd = exec.Command("qemu-nbd", "-f", "raw", "--cache=none", "--aio=threads", "--persistent", "--shared=8", "-k", sock, source)
+	q.cmd.Stdout, q.cmd.Stderr = q.log, q.log
+	q.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	if err := q.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() { q.cmd.Wait(); close(q.done) }()
+	t.Cleanup(q.stop)
+	waitFor(t, 30*time.Second, "qemu-nbd's socket", func() bool {
+		_, err := os.Stat(sock)
+		return err == nil
+	})
+	return q
+}
+
+// stop kills qemu-nbd (its clients see their connection end).
+func (q *qemuNBD) stop() {
+	q.cmd.Process.Kill()
+	<-q.done
 }
