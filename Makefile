@@ -46,8 +46,13 @@ test-unit:
 
 # The end-to-end tests drive $(BIN) with real clients; -race would only
 # slow the driver, not the binary under test.
+# Tests that measure something for the log (the iSCSI conformance counts)
+# append it to tests/report.txt, printed at the end, pass or fail.
 test-e2e: build
-	OVS_REQUIRE_TOOLS=1 OVS_BIN=$(CURDIR)/$(BIN) $(GO) test -count=1 -timeout $(E2E_TIMEOUT) ./tests/
+	@rm -f tests/report.txt
+	@OVS_REPORT=$(CURDIR)/tests/report.txt OVS_REQUIRE_TOOLS=1 OVS_BIN=$(CURDIR)/$(BIN) \
+	   $(GO) test -count=1 -timeout $(E2E_TIMEOUT) ./tests/; rc=$$?; \
+	   if [ -f tests/report.txt ]; then cat tests/report.txt; fi; exit $$rc
 
 bench: build
 	OVS_BIN=$(CURDIR)/$(BIN) bench/run.sh
