@@ -221,6 +221,8 @@ func TestClusterOfThreeHosts(t *testing.T) {
 		t.Fatalf("vm after create, listed through h3: %+v", v)
 	}
 
+	t.Run("iSCSI through every node", func(t *testing.T) { iscsiAcrossNodes(t, c, h1, h2, h3) })
+
 	t.Run("move under fio through a forwarding node", func(t *testing.T) {
 		uri := c.nbdURI(h2, "vm")
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
