@@ -145,6 +145,12 @@ func (c *conn) Serve() {
 		c.cancel()
 		c.nc.Close()
 		c.tasksDone.Wait()
+		if c.lu != nil {
+			// Logout, connection loss and reinstatement (which
+			// waits for this) all end the I_T nexus: the LU drops
+			// what it held for it (an SPC-2 reservation).
+			c.lu.NexusLost(c.nexus)
+		}
 		if c.key != (sessionKey{}) {
 			c.srv.unregister(c)
 		}

@@ -428,6 +428,7 @@ func (c *conn) taskMgmt(p *pdu) {
 	resp := byte(tmfComplete)
 	var victims []*task
 	var cold []*conn
+	reset := false // the LU is reset once the victims have ended
 	switch fn {
 	case tmfAbortTask, tmfAbortTaskSet, tmfClearTaskSet, tmfLUNReset:
 		if c.lu == nil || lun != 0 {
@@ -449,6 +450,7 @@ func (c *conn) taskMgmt(p *pdu) {
 					s.setUnitAttention(ascBusDeviceReset)
 				}
 			}
+			reset = fn == tmfLUNReset
 		}
 	case tmfTargetWarmReset, tmfTargetColdReset:
 		if c.lu == nil {
@@ -462,6 +464,7 @@ func (c *conn) taskMgmt(p *pdu) {
 				cold = append(cold, s)
 			}
 		}
+		reset = true
 	case tmfClearACA:
 		resp = tmfNotSupported // NACA is not supported: there is no ACA
 	case tmfTaskReassign:
@@ -478,6 +481,12 @@ func (c *conn) taskMgmt(p *pdu) {
 		defer c.tasksDone.Done()
 		for _, t := range victims {
 			<-t.done
+		}
+		if reset {
+			// After the victims: a RESERVE that was running
+			// cannot outlive the reset. The LU's reset state is
+			// shared by every session of the target (the vdisk).
+			c.lu.Reset()
 		}
 		if len(cold) == 0 {
 			c.send(r, true)

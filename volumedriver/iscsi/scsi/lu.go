@@ -36,7 +36,7 @@ const (
 	opWriteVerify16    = 0x8E
 	opVerify16         = 0x8F
 	opSyncCache16      = 0x91
-	opWriteSame16      = 0x93
+	opWriteSame16      = 0x93 // ORWRITE (16) is 0x8B: opcodes.go
 	opServiceActionIn  = 0x9E // READ CAPACITY 16 (0x10), GET LBA STATUS (0x12)
 	opReportLUNs       = 0xA0
 	opRead12           = 0xA8
@@ -73,6 +73,9 @@ type LU struct {
 	// LU of the vdisk (every session on every node). Nil: PERSISTENT
 	// RESERVE is not supported.
 	PR *Reservations
+
+	// own is the node-local shared state when PR is nil (see local).
+	own localState
 }
 
 // Nexus names the I_T nexus a command arrived on (SAM-5): the initiator
@@ -122,6 +125,9 @@ func (lu *LU) Execute(ctx context.Context, nx Nexus, cdb []byte, out []byte) Res
 	}
 	if len(cdb) < len(c.usage) {
 		return check(invalidCDB(0, -1))
+	}
+	if lu.local().spc2Conflict(nx, c) {
+		return Result{Status: StatusReservationConflict}
 	}
 	if lu.PR != nil {
 		a := c.access
@@ -260,14 +266,23 @@ func (lu *LU) write(ctx context.Context, lba, n uint64, out []byte, fua bool) Re
 	want := int(n * BlockSize)
 	out = out[:min(len(out), want)/BlockSize*BlockSize]
 	r := good(nil)
+	if len(out) > 0 {
+		unlock, err := lu.local().extents.lock(ctx, lba, uint64(len(out))/BlockSize, false)
+		if err != nil {
+			return abortedBy(err)
+		}
+		defer unlock()
+		if err := lu.Dev.WriteAt(ctx, out, int64(lba*BlockSize), fua); err != nil {
+			r = check(ioSense(err, ascWriteError))
+		}
+	}
 	r.Expected = want
-	if len(out) == 0 {
-		return r
-	}
-	if err := lu.Dev.WriteAt(ctx, out, int64(lba*BlockSize), fua); err != nil {
-		r := check(ioSense(err, ascWriteError))
-		r.Expected = want
-		return r
-	}
 	return r
+}
+
+// abortedBy is the result of a command whose context ended while it
+// waited (it was aborted: the initiator sees no response, or the
+// connection is gone).
+func abortedBy(error) Result {
+	return check(senseOf(SenseAbortedCommand, [2]byte{0x00, 0x00}))
 }

@@ -194,3 +194,62 @@ func TestSenseFixedFormat(t *testing.T) {
 		t.Fatalf("sense % x", b)
 	}
 }
+
+// TestORWrite: ORWRITE (16) writes the OR of the medium and the data, and
+// checks its CDB like WRITE (16).
+func TestORWrite(t *testing.T) {
+	ctx := context.Background()
+	last := uint64(testSize/BlockSize - 1)
+	lo, hi := bytes.Repeat([]byte{0x0F}, 2*BlockSize), bytes.Repeat([]byte{0xA0}, 2*BlockSize)
+	for _, tc := range []struct {
+		name     string
+		cdb      []byte
+		out      []byte
+		readOnly bool
+		key, asc uint8 // 0: GOOD
+		expected int
+	}{
+		{"or", cdb16(opORWrite16, 0, 10, 2), hi, false, 0, 0, 2 * BlockSize},
+		{"fua and dpo", cdb16(opORWrite16, 0x18, 10, 2), hi, false, 0, 0, 2 * BlockSize},
+		{"at the end", cdb16(opORWrite16, 0, last-1, 2), hi, false, 0, 0, 2 * BlockSize},
+		{"no blocks", cdb16(opORWrite16, 0, 0, 0), nil, false, 0, 0, 0},
+		{"short data: the whole blocks sent", cdb16(opORWrite16, 0, 10, 4), hi, false, 0, 0, 4 * BlockSize},
+		{"beyond the end", cdb16(opORWrite16, 0, last, 2), hi, false, SenseIllegalRequest, 0x21, 0},
+		{"no blocks beyond the end", cdb16(opORWrite16, 0, last+2, 0), nil, false, SenseIllegalRequest, 0x21, 0},
+		{"LBA 2^63", cdb16(opORWrite16, 0, 1<<63, 1), hi[:BlockSize], false, SenseIllegalRequest, 0x21, 0},
+		{"ORPROTECT", cdb16(opORWrite16, 0x20, 10, 1), hi[:BlockSize], false, SenseIllegalRequest, 0x24, 0},
+		{"too long", cdb16(opORWrite16, 0, 0, maxTransferBlocks+1), nil, false, SenseIllegalRequest, 0x24, 0},
+		{"read-only", cdb16(opORWrite16, 0, 10, 2), hi, true, SenseDataProtect, 0x27, 0},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			lu, d := newLU()
+			lu.ReadOnly = tc.readOnly
+			lba := be64(tc.cdb[2:10])
+			if tc.key == 0 && len(tc.out) > 0 {
+				d.Write(lo, int64(lba*BlockSize))
+			}
+			r := lu.Execute(ctx, testNexus, tc.cdb, tc.out)
+			if tc.key != 0 {
+				wantSense(t, r, tc.key, tc.asc)
+				return
+			}
+			if r.Status != StatusGood || r.Expected != tc.expected {
+				t.Fatalf("ORWRITE: %+v", r)
+			}
+			if len(tc.out) == 0 {
+				return
+			}
+			got := make([]byte, len(tc.out))
+			d.Read(got, int64(lba*BlockSize))
+			if !bytes.Equal(got, bytes.Repeat([]byte{0xAF}, len(tc.out))) {
+				t.Fatalf("blocks hold % x..., want af", got[:4])
+			}
+		})
+	}
+	// REPORT SUPPORTED OPERATION CODES has it, with DPO and FUA.
+	lu, _ := newLU()
+	r := lu.Execute(ctx, testNexus, rsocCDB(1, opORWrite16, 0, false), nil)
+	if r.Status != StatusGood || r.Data[1]&0x07 != 0x03 || len(r.Data) < 6 || r.Data[5]&0x18 != 0x18 {
+		t.Fatalf("REPORT SUPPORTED OPERATION CODES for ORWRITE: %+v", r)
+	}
+}
