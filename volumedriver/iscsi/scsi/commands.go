@@ -58,7 +58,7 @@ func (lu *LU) inquiry(cdb []byte) Result {
 		page[1] = 1 // COMPARE AND WRITE: one block at a time
 		binary.BigEndian.PutUint16(page[2:4], 1<<physExp)
 		binary.BigEndian.PutUint32(page[4:8], maxTransferBlocks)
-		binary.BigEndian.PutUint32(page[8:12], maxTransferBlocks)
+		binary.BigEndian.PutUint32(page[8:12], optTransferBlocks)
 		binary.BigEndian.PutUint32(page[16:20], maxUnmapBlocks) // max unmap LBA count
 		binary.BigEndian.PutUint32(page[20:24], maxUnmapDescs)
 		binary.BigEndian.PutUint32(page[24:28], 1<<physExp) // unmap granularity
@@ -221,25 +221,37 @@ func (lu *LU) verify(ctx context.Context, cdb []byte, out []byte) Result {
 	if s := noProtection(cdb); s != nil {
 		return check(s)
 	}
-	r := lu.read(ctx, lba, n)
-	if r.Status != StatusGood {
-		return r
+	if s := lu.inRange(lba, n); s != nil {
+		return check(s)
 	}
-	switch bytchk := cdb[1] >> 1 & 0x03; bytchk {
-	case 0:
-		return good(nil)
-	case 1:
-		if uint64(len(out)) != n*BlockSize {
-			return check(invalidCDB(1, 2))
-		}
-		if i := mismatch(r.Data, out); i >= 0 {
-			s := senseOf(SenseMiscompare, ascMiscompareVerify)
-			s.InfoValid, s.Info = true, uint32(i)
-			return check(s)
-		}
-		return good(nil)
+	if n > maxTransferBlocks {
+		return check(invalidCDB(7, -1))
 	}
-	return check(invalidCDB(1, 2))
+	bytchk := cdb[1] >> 1 & 0x03
+	switch {
+	case bytchk > 1:
+		return check(invalidCDB(1, 2))
+	case bytchk == 1 && uint64(len(out)) != n*BlockSize:
+		return check(invalidCDB(1, 2))
+	}
+	// In pieces: a VERIFY has no Data-In, so nothing budgets a buffer
+	// of its whole range.
+	for done := uint64(0); done < n; {
+		m := min(n-done, optTransferBlocks)
+		r := lu.read(ctx, lba+done, m)
+		if r.Status != StatusGood {
+			return r
+		}
+		if bytchk == 1 {
+			if i := mismatch(r.Data, out[done*BlockSize:]); i >= 0 {
+				s := senseOf(SenseMiscompare, ascMiscompareVerify)
+				s.InfoValid, s.Info = true, uint32(done*BlockSize)+uint32(i)
+				return check(s)
+			}
+		}
+		done += m
+	}
+	return good(nil)
 }
 
 // mismatch returns the first offset where a and b differ, or -1.
