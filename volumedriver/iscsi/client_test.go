@@ -307,6 +307,10 @@ type scsiResult struct {
 	status byte
 	data   []byte
 	sense  []byte
+	// rflags are the O and U bits of the status (overflow 0x04,
+	// underflow 0x02), residual the residual count.
+	rflags   byte
+	residual uint32
 }
 
 // cmdPDU builds a SCSI Command PDU.
@@ -367,6 +371,7 @@ func (in *testInitiator) await(itt uint32, ch chan *pdu, out []byte) (scsiResult
 			copy(res.data[off:], p.data)
 			if p.bhs[1]&0x01 != 0 {
 				res.status = p.bhs[3]
+				res.rflags, res.residual = p.bhs[1]&0x06, p.u32(44)
 				return res, nil
 			}
 		case opR2T:
@@ -375,6 +380,7 @@ func (in *testInitiator) await(itt uint32, ch chan *pdu, out []byte) (scsiResult
 			}
 		case opSCSIResponse:
 			res.status = p.bhs[3]
+			res.rflags, res.residual = p.bhs[1]&0x06, p.u32(44)
 			if len(p.data) >= 2 {
 				n := int(binary.BigEndian.Uint16(p.data))
 				res.sense = p.data[2:min(len(p.data), 2+n)]

@@ -31,10 +31,12 @@ const (
 	cmdWindow = 32
 	// maxImmediateTasks caps immediate commands (outside the window).
 	maxImmediateTasks = 8
-	maxWriteData      = 8 << 20 // the largest write taken (scsi's transfer limit is 4 MiB)
-	// writeBudget caps the write buffers a session holds at once (a
-	// single larger write still passes alone).
+	maxCmdData        = 32 << 20 // the largest command data either way (scsi's transfer limit)
+	// writeBudget caps the write buffers a session holds at once,
+	// readBudget the read buffers (a single larger one still passes
+	// alone); the LU allocates no more for a read than its EDTL.
 	writeBudget      = 64 << 20
+	readBudget       = 64 << 20
 	reservedTag      = 0xFFFFFFFF
 	loginStageSec    = 0
 	loginStageOp     = 1
@@ -99,7 +101,8 @@ type conn struct {
 	pending  map[uint32]*pdu  // commands ahead of ExpCmdSN, by CmdSN; skipPDU: a CmdSN taken without a command
 	tasks    map[uint32]*task // by ITT
 	nextTTT  uint32
-	budget   byteBudget
+	budget   byteBudget // write buffers
+	inBudget byteBudget // read buffers
 	// unitAttention is the nexus's pending unit attention (a reset).
 	unitAttention *scsi.Sense
 	tasksDone     sync.WaitGroup // task and task management goroutines
@@ -133,6 +136,7 @@ func newConn(ctx context.Context, s *Server, nc net.Conn) *conn {
 		theirMaxData: defaultMaxData, maxBurst: 256 << 10, firstBurst: ourFirstBurst, maxR2T: 1, immediate: true,
 	}
 	c.budget.max = writeBudget
+	c.inBudget.max = readBudget
 	return c
 }
 
@@ -145,6 +149,12 @@ func (c *conn) Serve() {
 		c.cancel()
 		c.nc.Close()
 		c.tasksDone.Wait()
+		if c.lu != nil {
+			// Logout, connection loss and reinstatement (which
+			// waits for this) all end the I_T nexus: the LU drops
+			// what it held for it (an SPC-2 reservation).
+			c.lu.NexusLost(c.nexus)
+		}
 		if c.key != (sessionKey{}) {
 			c.srv.unregister(c)
 		}
@@ -538,7 +548,7 @@ func (c *conn) sendText(p *pdu, data []byte) error {
 	return c.send(r, true)
 }
 
-// byteBudget bounds the bytes of write buffers a session holds.
+// byteBudget bounds the bytes of buffers a session holds.
 type byteBudget struct {
 	mu   sync.Mutex
 	used int64

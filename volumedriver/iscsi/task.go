@@ -147,7 +147,7 @@ func (t *task) run() {
 	if len(p.ahs) >= 4 && p.ahs[2] == 0x01 { // extended CDB AHS
 		cdb = append(cdb, p.ahs[4:]...)
 	}
-	if write && edtl > maxWriteData {
+	if write && edtl > maxCmdData {
 		// Too big to take: refused without asking for its data (what
 		// came as immediate data is dropped).
 		t.respond(scsi.Result{Status: scsi.StatusCheckCondition, Sense: scsi.InvalidCDB(0)}, 0, 0, nil)
@@ -169,6 +169,14 @@ func (t *task) run() {
 			return
 		}
 	}
+	maxIn := 0 // Data-In the initiator takes: what the LU may allocate
+	if read {
+		maxIn = min(edtl, maxCmdData) // no command reads more
+		if err := c.inBudget.acquire(t.ctx, int64(maxIn)); err != nil {
+			return
+		}
+		defer c.inBudget.release(int64(maxIn)) // after the response: it holds the data
+	}
 	c.mu.Lock()
 	t.executing = true
 	dataErr := t.dataErr
@@ -181,18 +189,18 @@ func (t *task) run() {
 	} else if lun := binary.BigEndian.Uint64(p.bhs[8:16]); lun != 0 {
 		res = c.noSuchLUN(t.ctx, cdb)
 	} else {
-		res = c.lu.Execute(t.ctx, c.nexus, cdb, out)
+		res = c.lu.ExecuteIn(t.ctx, c.nexus, cdb, out, maxIn)
 	}
 	var residual uint32
 	var rflags byte
 	data := res.Data
 	if read {
-		switch {
-		case len(data) > edtl:
-			residual, rflags = uint32(len(data)-edtl), 0x04 // overflow
-			data = data[:edtl]
-		case len(data) < edtl:
-			residual, rflags = uint32(edtl-len(data)), 0x02 // underflow
+		switch n := max(len(data), res.DataLength); {
+		case n > edtl:
+			residual, rflags = uint32(n-edtl), 0x04 // overflow
+			data = data[:min(len(data), edtl)]
+		case n < edtl:
+			residual, rflags = uint32(edtl-n), 0x02 // underflow
 		}
 	} else if write {
 		switch want := res.Expected; {
@@ -428,6 +436,7 @@ func (c *conn) taskMgmt(p *pdu) {
 	resp := byte(tmfComplete)
 	var victims []*task
 	var cold []*conn
+	reset := false // the LU is reset once the victims have ended
 	switch fn {
 	case tmfAbortTask, tmfAbortTaskSet, tmfClearTaskSet, tmfLUNReset:
 		if c.lu == nil || lun != 0 {
@@ -449,6 +458,7 @@ func (c *conn) taskMgmt(p *pdu) {
 					s.setUnitAttention(ascBusDeviceReset)
 				}
 			}
+			reset = fn == tmfLUNReset
 		}
 	case tmfTargetWarmReset, tmfTargetColdReset:
 		if c.lu == nil {
@@ -462,6 +472,7 @@ func (c *conn) taskMgmt(p *pdu) {
 				cold = append(cold, s)
 			}
 		}
+		reset = true
 	case tmfClearACA:
 		resp = tmfNotSupported // NACA is not supported: there is no ACA
 	case tmfTaskReassign:
@@ -478,6 +489,12 @@ func (c *conn) taskMgmt(p *pdu) {
 		defer c.tasksDone.Done()
 		for _, t := range victims {
 			<-t.done
+		}
+		if reset {
+			// After the victims: a RESERVE that was running
+			// cannot outlive the reset. The LU's reset state is
+			// shared by every session of the target (the vdisk).
+			c.lu.Reset()
 		}
 		if len(cold) == 0 {
 			c.send(r, true)

@@ -676,3 +676,119 @@ func TestDataInSequences(t *testing.T) {
 		t.Fatal("read back differs")
 	}
 }
+
+// TestSPC2ReservationNexusLoss: an SPC-2 reservation (RESERVE (6)) of one
+// session keeps another out until the holder's I_T nexus ends (logout,
+// connection loss, reinstatement) or a LUN or target reset releases it.
+func TestSPC2ReservationNexusLoss(t *testing.T) {
+	reserve6, release6 := []byte{0x16, 0, 0, 0, 0, 0}, []byte{0x17, 0, 0, 0, 0, 0}
+	holderISID := [6]byte{0x80, 0, 0, 0, 0, 1}
+	for _, tc := range []struct {
+		name string
+		// end ends the reservation of holder; other may send TMFs.
+		end func(t *testing.T, addr string, holder, other *testInitiator)
+	}{
+		{"logout", func(t *testing.T, _ string, holder, _ *testInitiator) {
+			if err := holder.logout(); err != nil {
+				t.Fatal(err)
+			}
+		}},
+		{"connection loss", func(t *testing.T, _ string, holder, _ *testInitiator) { holder.nc.Close() }},
+		{"reinstatement", func(t *testing.T, addr string, holder, _ *testInitiator) {
+			login(t, addr, loginOpts{isid: holderISID})
+			holder.waitClosed(t)
+		}},
+		{"LUN reset", func(t *testing.T, _ string, _, other *testInitiator) {
+			if r, err := other.tmf(tmfLUNReset, reservedTag, 0); err != nil || r != tmfComplete {
+				t.Fatalf("LUN RESET: %v response %d", err, r)
+			}
+		}},
+		{"target warm reset", func(t *testing.T, _ string, _, other *testInitiator) {
+			if r, err := other.tmf(tmfTargetWarmReset, reservedTag, 0); err != nil || r != tmfComplete {
+				t.Fatalf("TARGET WARM RESET: %v response %d", err, r)
+			}
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, addr := startGated(t, -1)
+			holder := login(t, addr, loginOpts{isid: holderISID})
+			other := login(t, addr, loginOpts{isid: [6]byte{0x80, 0, 0, 0, 0, 2}})
+			for i, want := range []byte{0, 0} { // twice: the holder may reserve again
+				if res, err := holder.command(reserve6, nil, 0); err != nil || res.status != want {
+					t.Fatalf("RESERVE %d: %v status 0x%x", i, err, res.status)
+				}
+			}
+			conflict := byte(scsi.StatusReservationConflict)
+			for _, cdb := range [][]byte{reserve6, read10(0, 1)} {
+				if res, err := other.command(cdb, nil, 512); err != nil || res.status != conflict {
+					t.Fatalf("op 0x%02x of the other session: %v status 0x%x", cdb[0], err, res.status)
+				}
+			}
+			// RELEASE of a non-holder does nothing; INQUIRY passes.
+			if res, err := other.command(release6, nil, 0); err != nil || res.status != 0 {
+				t.Fatalf("RELEASE of the other session: %v status 0x%x", err, res.status)
+			}
+			inquiry := []byte{0x12, 0, 0, 0, 96, 0}
+			if res, err := other.command(inquiry, nil, 96); err != nil || res.status != 0 {
+				t.Fatalf("INQUIRY of the other session: %v status 0x%x", err, res.status)
+			}
+			if res, err := other.command(reserve6, nil, 0); err != nil || res.status != conflict {
+				t.Fatalf("RESERVE of the other session after its RELEASE: %v status 0x%x", err, res.status)
+			}
+
+			tc.end(t, addr, holder, other)
+
+			// The target learns of a lost connection or logout after
+			// the initiator does: retry until the reservation goes
+			// (a reset's unit attention comes first, once).
+			deadline := time.Now().Add(30 * time.Second)
+			for {
+				res, err := other.command(reserve6, nil, 0)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if res.status == 0 {
+					break
+				}
+				if time.Now().After(deadline) {
+					t.Fatalf("RESERVE after the nexus ended: status 0x%x sense % x", res.status, res.sense)
+				}
+				time.Sleep(10 * time.Millisecond)
+			}
+			if res, err := other.command(read10(0, 1), nil, 512); err != nil || res.status != 0 {
+				t.Fatalf("read of the new holder: %v status 0x%x", err, res.status)
+			}
+			if res, err := other.command(release6, nil, 0); err != nil || res.status != 0 {
+				t.Fatalf("RELEASE: %v status 0x%x", err, res.status)
+			}
+		})
+	}
+}
+
+// TestLargeTransfers: a 32 MiB WRITE (16) and READ (16), the most a
+// command moves; a READ into a smaller buffer than its CDB asks for
+// gets what fits and an overflow residual.
+func TestLargeTransfers(t *testing.T) {
+	_, addr := startGated(t, -1)
+	in := login(t, addr, loginOpts{})
+	const blocks = 65536
+	data := pattern(4, blocks*512)
+	rw16 := func(op byte) []byte {
+		c := make([]byte, 16)
+		c[0] = op
+		binary.BigEndian.PutUint32(c[10:14], blocks)
+		return c
+	}
+	if res, err := in.command(rw16(0x8A), data, 0); err != nil || res.status != 0 {
+		t.Fatalf("WRITE (16) of 32 MiB: %v status 0x%x sense % x", err, res.status, res.sense)
+	}
+	res, err := in.command(rw16(0x88), nil, len(data))
+	if err != nil || res.status != 0 || !bytes.Equal(res.data, data) {
+		t.Fatalf("READ (16) of 32 MiB: %v status 0x%x, %d bytes", err, res.status, len(res.data))
+	}
+	res, err = in.command(read10(0, 4), nil, 1000)
+	if err != nil || res.status != 0 || !bytes.Equal(res.data, data[:1000]) || res.rflags != 0x04 || res.residual != 4*512-1000 {
+		t.Fatalf("READ (10) of 4 blocks into 1000 bytes: %v status 0x%x, %d bytes, flags 0x%x residual %d",
+			err, res.status, len(res.data), res.rflags, res.residual)
+	}
+}

@@ -58,7 +58,7 @@ func (lu *LU) inquiry(cdb []byte) Result {
 		page[1] = 1 // COMPARE AND WRITE: one block at a time
 		binary.BigEndian.PutUint16(page[2:4], 1<<physExp)
 		binary.BigEndian.PutUint32(page[4:8], maxTransferBlocks)
-		binary.BigEndian.PutUint32(page[8:12], maxTransferBlocks)
+		binary.BigEndian.PutUint32(page[8:12], optTransferBlocks)
 		binary.BigEndian.PutUint32(page[16:20], maxUnmapBlocks) // max unmap LBA count
 		binary.BigEndian.PutUint32(page[20:24], maxUnmapDescs)
 		binary.BigEndian.PutUint32(page[24:28], 1<<physExp) // unmap granularity
@@ -221,25 +221,37 @@ func (lu *LU) verify(ctx context.Context, cdb []byte, out []byte) Result {
 	if s := noProtection(cdb); s != nil {
 		return check(s)
 	}
-	r := lu.read(ctx, lba, n)
-	if r.Status != StatusGood {
-		return r
+	if s := lu.inRange(lba, n); s != nil {
+		return check(s)
 	}
-	switch bytchk := cdb[1] >> 1 & 0x03; bytchk {
-	case 0:
-		return good(nil)
-	case 1:
-		if uint64(len(out)) != n*BlockSize {
-			return check(invalidCDB(1, 2))
-		}
-		if i := mismatch(r.Data, out); i >= 0 {
-			s := senseOf(SenseMiscompare, ascMiscompareVerify)
-			s.InfoValid, s.Info = true, uint32(i)
-			return check(s)
-		}
-		return good(nil)
+	if n > maxTransferBlocks {
+		return check(invalidCDB(7, -1))
 	}
-	return check(invalidCDB(1, 2))
+	bytchk := cdb[1] >> 1 & 0x03
+	switch {
+	case bytchk > 1:
+		return check(invalidCDB(1, 2))
+	case bytchk == 1 && uint64(len(out)) != n*BlockSize:
+		return check(invalidCDB(1, 2))
+	}
+	// In pieces: a VERIFY has no Data-In, so nothing budgets a buffer
+	// of its whole range.
+	for done := uint64(0); done < n; {
+		m := min(n-done, optTransferBlocks)
+		r := lu.read(ctx, lba+done, m)
+		if r.Status != StatusGood {
+			return r
+		}
+		if bytchk == 1 {
+			if i := mismatch(r.Data, out[done*BlockSize:]); i >= 0 {
+				s := senseOf(SenseMiscompare, ascMiscompareVerify)
+				s.InfoValid, s.Info = true, uint32(done*BlockSize)+uint32(i)
+				return check(s)
+			}
+		}
+		done += m
+	}
+	return good(nil)
 }
 
 // mismatch returns the first offset where a and b differ, or -1.
@@ -289,11 +301,27 @@ func (lu *LU) unmap(ctx context.Context, cdb []byte, out []byte) Result {
 		if n == 0 {
 			continue
 		}
-		if err := lu.Dev.Trim(ctx, int64(lba*BlockSize), int64(n*BlockSize)); err != nil {
-			return check(ioSense(err, ascWriteError))
+		if r, ok := lu.locked(ctx, lba, n, false, func() Result {
+			if err := lu.Dev.Trim(ctx, int64(lba*BlockSize), int64(n*BlockSize)); err != nil {
+				return check(ioSense(err, ascWriteError))
+			}
+			return good(nil)
+		}); !ok || r.Status != StatusGood {
+			return r
 		}
 	}
 	return good(nil)
+}
+
+// locked runs fn with blocks [lba, lba+n) locked (see extentLocks),
+// exclusively or not. ok is false when ctx ended while it waited.
+func (lu *LU) locked(ctx context.Context, lba, n uint64, exclusive bool, fn func() Result) (r Result, ok bool) {
+	unlock, err := lu.local().extents.lock(ctx, lba, n, exclusive)
+	if err != nil {
+		return abortedBy(err), false
+	}
+	defer unlock()
+	return fn(), true
 }
 
 // writeSame writes one block over a range; with UNMAP and a block of
@@ -337,6 +365,13 @@ func (lu *LU) writeSame(ctx context.Context, cdb []byte, out []byte) Result {
 		}
 		copy(block, out)
 	}
+	r, _ := lu.locked(ctx, lba, n, false, func() Result { return lu.writeSameLocked(ctx, lba, n, block, unmap) })
+	return r
+}
+
+// writeSameLocked writes block over [lba, lba+n), or trims the range
+// (unmap); the caller holds the range locked.
+func (lu *LU) writeSameLocked(ctx context.Context, lba, n uint64, block []byte, unmap bool) Result {
 	off, length := int64(lba*BlockSize), int64(n*BlockSize)
 	// UNMAP: the range is deallocated whatever the block holds; it
 	// then reads as zeros (LBPRZ), as libiscsi and Linux expect.
@@ -366,7 +401,9 @@ func (lu *LU) writeSame(ctx context.Context, cdb []byte, out []byte) Result {
 
 // compareAndWrite compares NUMBER OF LOGICAL BLOCKS blocks with the
 // first half of the data and, if equal, writes the second half (VMware's
-// ATS locking). The caller runs it exclusive of other writes to the LU.
+// ATS locking). The blocks are locked exclusively meanwhile: no other
+// write to them through this node comes between the compare and the
+// write (see localState for other nodes).
 func (lu *LU) compareAndWrite(ctx context.Context, cdb []byte, out []byte) Result {
 	if lu.ReadOnly {
 		return check(senseOf(SenseDataProtect, ascWriteProtected))
@@ -393,15 +430,64 @@ func (lu *LU) compareAndWrite(ctx context.Context, cdb []byte, out []byte) Resul
 	if s := lu.inRange(lba, n); s != nil {
 		return check(s)
 	}
-	r := lu.read(ctx, lba, n)
-	if r.Status != StatusGood {
-		return r
+	fua := cdb[1]&0x08 != 0
+	r, _ := lu.locked(ctx, lba, n, true, func() Result {
+		r := lu.read(ctx, lba, n)
+		if r.Status != StatusGood {
+			return r
+		}
+		if i := mismatch(r.Data, out[:n*BlockSize]); i >= 0 {
+			s := senseOf(SenseMiscompare, ascMiscompareVerify)
+			s.InfoValid, s.Info = true, uint32(i)
+			return check(s)
+		}
+		if err := lu.Dev.WriteAt(ctx, out[n*BlockSize:], int64(lba*BlockSize), fua); err != nil {
+			return check(ioSense(err, ascWriteError))
+		}
+		return good(nil)
+	})
+	return r
+}
+
+// orWrite runs ORWRITE (16) (SBC-4 5.9): what is written is the bitwise
+// OR of the blocks on the medium and the Data-Out. Like COMPARE AND
+// WRITE, its read and write are one atomic step: the blocks are locked
+// exclusively between them. As for WRITE, a Data-Out short of the
+// transfer length updates the whole blocks sent (the residual says so).
+func (lu *LU) orWrite(ctx context.Context, cdb, out []byte) Result {
+	if lu.ReadOnly {
+		return check(senseOf(SenseDataProtect, ascWriteProtected))
 	}
-	if i := mismatch(r.Data, out[:n*BlockSize]); i >= 0 {
-		s := senseOf(SenseMiscompare, ascMiscompareVerify)
-		s.InfoValid, s.Info = true, uint32(i)
+	if s := noProtection(cdb); s != nil { // ORPROTECT
 		return check(s)
 	}
+	lba, n := be64(cdb[2:10]), be32(cdb[10:14])
+	if s := lu.inRange(lba, n); s != nil {
+		return check(s)
+	}
+	if n > maxTransferBlocks {
+		return check(invalidCDB(10, -1))
+	}
+	want := int(n * BlockSize)
+	out = out[:min(len(out), want)/BlockSize*BlockSize]
 	fua := cdb[1]&0x08 != 0
-	return lu.write(ctx, lba, n, out[n*BlockSize:], fua)
+	r, _ := lu.locked(ctx, lba, uint64(len(out))/BlockSize, true, func() Result {
+		if len(out) == 0 {
+			return good(nil)
+		}
+		buf := make([]byte, len(out))
+		off := int64(lba * BlockSize)
+		if err := lu.Dev.ReadAt(ctx, buf, off); err != nil {
+			return check(ioSense(err, ascUnrecoveredRead))
+		}
+		for i := range buf {
+			buf[i] |= out[i]
+		}
+		if err := lu.Dev.WriteAt(ctx, buf, off, fua); err != nil {
+			return check(ioSense(err, ascWriteError))
+		}
+		return good(nil)
+	})
+	r.Expected = want
+	return r
 }

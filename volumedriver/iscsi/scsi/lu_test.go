@@ -194,3 +194,117 @@ func TestSenseFixedFormat(t *testing.T) {
 		t.Fatalf("sense % x", b)
 	}
 }
+
+// TestORWrite: ORWRITE (16) writes the OR of the medium and the data, and
+// checks its CDB like WRITE (16).
+func TestORWrite(t *testing.T) {
+	ctx := context.Background()
+	last := uint64(testSize/BlockSize - 1)
+	lo, hi := bytes.Repeat([]byte{0x0F}, 2*BlockSize), bytes.Repeat([]byte{0xA0}, 2*BlockSize)
+	for _, tc := range []struct {
+		name     string
+		cdb      []byte
+		out      []byte
+		readOnly bool
+		key, asc uint8 // 0: GOOD
+		expected int
+	}{
+		{"or", cdb16(opORWrite16, 0, 10, 2), hi, false, 0, 0, 2 * BlockSize},
+		{"fua and dpo", cdb16(opORWrite16, 0x18, 10, 2), hi, false, 0, 0, 2 * BlockSize},
+		{"at the end", cdb16(opORWrite16, 0, last-1, 2), hi, false, 0, 0, 2 * BlockSize},
+		{"no blocks", cdb16(opORWrite16, 0, 0, 0), nil, false, 0, 0, 0},
+		{"short data: the whole blocks sent", cdb16(opORWrite16, 0, 10, 4), hi, false, 0, 0, 4 * BlockSize},
+		{"beyond the end", cdb16(opORWrite16, 0, last, 2), hi, false, SenseIllegalRequest, 0x21, 0},
+		{"no blocks beyond the end", cdb16(opORWrite16, 0, last+2, 0), nil, false, SenseIllegalRequest, 0x21, 0},
+		{"LBA 2^63", cdb16(opORWrite16, 0, 1<<63, 1), hi[:BlockSize], false, SenseIllegalRequest, 0x21, 0},
+		{"ORPROTECT", cdb16(opORWrite16, 0x20, 10, 1), hi[:BlockSize], false, SenseIllegalRequest, 0x24, 0},
+		{"read-only", cdb16(opORWrite16, 0, 10, 2), hi, true, SenseDataProtect, 0x27, 0},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			lu, d := newLU()
+			lu.ReadOnly = tc.readOnly
+			lba := be64(tc.cdb[2:10])
+			if tc.key == 0 && len(tc.out) > 0 {
+				d.Write(lo, int64(lba*BlockSize))
+			}
+			r := lu.Execute(ctx, testNexus, tc.cdb, tc.out)
+			if tc.key != 0 {
+				wantSense(t, r, tc.key, tc.asc)
+				return
+			}
+			if r.Status != StatusGood || r.Expected != tc.expected {
+				t.Fatalf("ORWRITE: %+v", r)
+			}
+			if len(tc.out) == 0 {
+				return
+			}
+			got := make([]byte, len(tc.out))
+			d.Read(got, int64(lba*BlockSize))
+			if !bytes.Equal(got, bytes.Repeat([]byte{0xAF}, len(tc.out))) {
+				t.Fatalf("blocks hold % x..., want af", got[:4])
+			}
+		})
+	}
+	// REPORT SUPPORTED OPERATION CODES has it, with DPO and FUA.
+	lu, _ := newLU()
+	r := lu.Execute(ctx, testNexus, rsocCDB(1, opORWrite16, 0, false), nil)
+	if r.Status != StatusGood || r.Data[1]&0x07 != 0x03 || len(r.Data) < 6 || r.Data[5]&0x18 != 0x18 {
+		t.Fatalf("REPORT SUPPORTED OPERATION CODES for ORWRITE: %+v", r)
+	}
+}
+
+// TestTransferLimits: READ/WRITE/ORWRITE up to MAXIMUM TRANSFER LENGTH
+// (which the Block Limits page reports, with a smaller optimal length),
+// a READ cut to the initiator's buffer (ExecuteIn), and a long VERIFY.
+func TestTransferLimits(t *testing.T) {
+	ctx := context.Background()
+	const size = 64 << 20
+	d := &memDev{Pages: memdev.New(size)}
+	lu := &LU{Dev: d}
+	r := lu.Execute(ctx, testNexus, []byte{opInquiry, 1, 0xB0, 0, 255, 0}, nil)
+	if be32(r.Data[8:12]) != maxTransferBlocks || be32(r.Data[12:16]) != optTransferBlocks || optTransferBlocks >= maxTransferBlocks {
+		t.Fatalf("Block Limits: maximum %d optimal %d", be32(r.Data[8:12]), be32(r.Data[12:16]))
+	}
+	big := pattern(maxTransferBlocks * BlockSize)
+	if r := lu.Execute(ctx, testNexus, cdb16(opWrite16, 0, 0, maxTransferBlocks), big); r.Status != StatusGood {
+		t.Fatalf("WRITE of the maximum: %+v", r)
+	}
+	if r := lu.Execute(ctx, testNexus, cdb16(opRead16, 0, 0, maxTransferBlocks), nil); r.Status != StatusGood || !bytes.Equal(r.Data, big) {
+		t.Fatalf("READ of the maximum: status %v, %d bytes", r.Status, len(r.Data))
+	}
+	for _, op := range []byte{opRead16, opWrite16, opORWrite16, opVerify16} {
+		wantSense(t, lu.Execute(ctx, testNexus, cdb16(op, 0, 0, maxTransferBlocks+1), nil), SenseIllegalRequest, 0x24)
+	}
+	// The initiator's buffer bounds a READ; the CDB's length is told.
+	for _, maxIn := range []int{0, 1000, 2048, 4096} {
+		r := lu.ExecuteIn(ctx, testNexus, cdb10(opRead10, 0, 0, 4), nil, maxIn)
+		want := min(maxIn, 4*BlockSize)
+		if r.Status != StatusGood || !bytes.Equal(r.Data, big[:want]) {
+			t.Fatalf("READ of 4 blocks into %d bytes: status %v, %d bytes", maxIn, r.Status, len(r.Data))
+		}
+		if wantLen := 4 * BlockSize; maxIn < wantLen && r.DataLength != wantLen {
+			t.Fatalf("READ into %d bytes: DataLength %d, want %d", maxIn, r.DataLength, wantLen)
+		}
+	}
+	// VERIFY in pieces finds a difference past the first piece.
+	n := uint32(optTransferBlocks + 100)
+	out := bytes.Clone(big[:n*BlockSize])
+	if r := lu.Execute(ctx, testNexus, cdb16(opVerify16, 0x02, 0, n), out); r.Status != StatusGood {
+		t.Fatalf("VERIFY of equal data: %+v", r)
+	}
+	at := (optTransferBlocks+50)*BlockSize + 7
+	out[at] ^= 0xFF
+	r = lu.Execute(ctx, testNexus, cdb16(opVerify16, 0x02, 0, n), out)
+	wantSense(t, r, SenseMiscompare, 0x1D)
+	if !r.Sense.InfoValid || r.Sense.Info != uint32(at) {
+		t.Fatalf("miscompare at %d, want %d", r.Sense.Info, at)
+	}
+}
+
+func pattern(n int) []byte {
+	b := make([]byte, n)
+	for i := range b {
+		b[i] = byte(i*7 + i>>9)
+	}
+	return b
+}

@@ -23,7 +23,12 @@ type command struct {
 	// another I_T nexus; accessOf, if set, decides from the CDB.
 	access   prAccess
 	accessOf func(cdb []byte) prAccess
-	// pr: a PERSISTENT RESERVE command, offered when the LU has a PR.
+	// spc2Allowed: the command runs under an SPC-2 reservation of
+	// another I_T nexus (SPC-2 5.5.1); the others meet RESERVATION
+	// CONFLICT.
+	spc2Allowed bool
+	// pr: the command needs LU.PR (PERSISTENT RESERVE, and RESERVE and
+	// RELEASE, whose state lives there); offered when the LU has one.
 	pr  bool
 	run handler
 }
@@ -35,6 +40,7 @@ const (
 	opPrefetch10           = 0x34
 	opPrefetch16           = 0x90
 	opMaintenanceIn        = 0xA3
+	opORWrite16            = 0x8B
 	saReportOpcodes        = 0x0C
 )
 
@@ -80,18 +86,20 @@ func init() {
 	prOut := func(lu *LU, ctx context.Context, nx Nexus, cdb, out []byte) Result {
 		return lu.persistentReserveOut(ctx, nx, cdb, out)
 	}
+	reserve := func(lu *LU, ctx context.Context, nx Nexus, cdb, _ []byte) Result { return lu.spc2Reserve(ctx, nx, cdb) }
+	release := func(lu *LU, ctx context.Context, nx Nexus, cdb, _ []byte) Result { return lu.spc2Release(ctx, nx, cdb) }
 	prInUsage := cdbUsage(opPersistentReserveIn, 0, 0, 0, 0, 0, 0, 0xFF, 0xFF, 0x00)
 	prOutUsage := cdbUsage(opPersistentReserveOut, 0, 0xFF, 0, 0, 0xFF, 0xFF, 0xFF, 0xFF, 0x00)
 
 	commands = []command{
 		{op: opTestUnitReady, usage: cdbUsage(opTestUnitReady, 0, 0, 0, 0, 0), run: nothing},
-		{op: opRequestSense, usage: cdbUsage(opRequestSense, 0, 0, 0, 0xFF, 0),
+		{op: opRequestSense, usage: cdbUsage(opRequestSense, 0, 0, 0, 0xFF, 0), spc2Allowed: true,
 			run: func(_ *LU, _ context.Context, _ Nexus, cdb, _ []byte) Result {
 				return good(clip(Sense{}.Fixed(), int(cdb[4])))
 			}},
-		{op: opInquiry, usage: cdbUsage(opInquiry, 0x01, 0xFF, 0xFF, 0xFF, 0),
+		{op: opInquiry, usage: cdbUsage(opInquiry, 0x01, 0xFF, 0xFF, 0xFF, 0), spc2Allowed: true,
 			run: func(lu *LU, _ context.Context, _ Nexus, cdb, _ []byte) Result { return lu.inquiry(cdb) }},
-		{op: opReportLUNs, usage: cdbUsage(opReportLUNs, 0, 0, 0, 0, 0, 0xFF, 0xFF, 0xFF, 0xFF, 0, 0),
+		{op: opReportLUNs, usage: cdbUsage(opReportLUNs, 0, 0, 0, 0, 0, 0xFF, 0xFF, 0xFF, 0xFF, 0, 0), spc2Allowed: true,
 			run: func(lu *LU, _ context.Context, _ Nexus, cdb, _ []byte) Result { return lu.reportLUNs(cdb) }},
 		{op: opMaintenanceIn, sa: saReportOpcodes, hasSA: true,
 			usage: cdbUsage(opMaintenanceIn, saReportOpcodes, 0x87, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0, 0),
@@ -151,6 +159,12 @@ func init() {
 			run: func(lu *LU, ctx context.Context, _ Nexus, cdb, out []byte) Result {
 				return lu.compareAndWrite(ctx, cdb, out)
 			}},
+		{op: opORWrite16, usage: cdbUsage(opORWrite16, append([]byte{0x18}, rw16...)...), access: prWrite,
+			run: func(lu *LU, ctx context.Context, _ Nexus, cdb, out []byte) Result { return lu.orWrite(ctx, cdb, out) }},
+		{op: opReserve6, usage: cdbUsage(opReserve6, 0, 0, 0, 0, 0), pr: true, run: reserve},
+		{op: opRelease6, usage: cdbUsage(opRelease6, 0, 0, 0, 0, 0), pr: true, spc2Allowed: true, run: release},
+		{op: opReserve10, usage: cdbUsage(opReserve10, 0, 0, 0, 0, 0, 0, 0, 0, 0), pr: true, run: reserve},
+		{op: opRelease10, usage: cdbUsage(opRelease10, 0, 0, 0, 0, 0, 0, 0, 0, 0), pr: true, spc2Allowed: true, run: release},
 	}
 	for sa := byte(saReadKeys); sa <= saReadFullStatus; sa++ {
 		u := append([]byte(nil), prInUsage...)

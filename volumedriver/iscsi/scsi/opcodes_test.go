@@ -56,8 +56,9 @@ func TestReportOpcodesMatchesExecute(t *testing.T) {
 	without := allOpcodes(t, lu, false)
 	lu.PR = NewReservations(&MemPRStore{})
 	with := allOpcodes(t, lu, true)
-	if len(with) != len(without)+4+8 {
-		t.Fatalf("%d commands with PR, %d without: want the 4 PR IN and 8 PR OUT service actions more", len(with), len(without))
+	if len(with) != len(without)+4+8+4 {
+		t.Fatalf("%d commands with PR, %d without: want the 4 PR IN and 8 PR OUT service actions, RESERVE and RELEASE (6, 10) more",
+			len(with), len(without))
 	}
 	for _, d := range with {
 		cdb := make([]byte, d.cdbN)

@@ -240,6 +240,11 @@ func (s *prState) conflicts(nx Nexus, a prAccess) bool {
 // refreshed from the store at most every refresh interval; PERSISTENT
 // RESERVE commands always read the store and update it by
 // compare-and-swap. It is safe for concurrent use.
+//
+// A node must make one Reservations per vdisk and give it to every LU of
+// the vdisk it opens: besides the cache, it holds the state those LUs
+// share on this node alone (SPC-2 reservations, the extent locks of
+// COMPARE AND WRITE and ORWRITE; see localState).
 type Reservations struct {
 	store   PRStore
 	refresh time.Duration
@@ -248,6 +253,11 @@ type Reservations struct {
 
 	mu    sync.Mutex // serialises refreshes of cache
 	cache atomic.Pointer[prCache]
+
+	// local is the vdisk's state on this node only (the SPC-2
+	// reservation, extent locks), shared by the LUs of the vdisk here
+	// as they share this Reservations.
+	local localState
 }
 
 // prCache is a decoded state, the bytes it came from, and when.
