@@ -105,7 +105,11 @@ type conn struct {
 	inBudget byteBudget // read buffers
 	// unitAttention is the nexus's pending unit attention (a reset).
 	unitAttention *scsi.Sense
-	tasksDone     sync.WaitGroup // task and task management goroutines
+	// seenResets is the vdisk's reset count (scsi.LU.ResetCount) this
+	// session has reported: a larger count is a reset through another
+	// node, reported as a unit attention.
+	seenResets uint64
+	tasksDone  sync.WaitGroup // task and task management goroutines
 }
 
 // skipPDU marks a CmdSN in pending that is taken without running a

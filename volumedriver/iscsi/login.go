@@ -283,6 +283,10 @@ func (l *loginState) open() error {
 		return refuse(loginNotFound, "target %q: %v", c.srv.IQN(c.target), err)
 	}
 	c.lu, c.release = lu, release
+	// Resets before the login are none of this session's business.
+	if n, err := lu.ResetCount(l.ctx, true); err == nil {
+		c.seenResets = n
+	}
 	return nil
 }
 

@@ -153,6 +153,9 @@ func (t *task) run() {
 		t.respond(scsi.Result{Status: scsi.StatusCheckCondition, Sense: scsi.InvalidCDB(0)}, 0, 0, nil)
 		return
 	}
+	if t.unitAttention == nil && !exemptFromUA(cdb[0]) && c.lu != nil {
+		t.unitAttention = c.remoteResetAttention(t.ctx, cdb[0])
+	}
 	if t.unitAttention != nil {
 		// Reported without asking for the data.
 		t.respond(scsi.Result{Status: scsi.StatusCheckCondition, Sense: t.unitAttention}, 0, 0, nil)
@@ -494,7 +497,10 @@ func (c *conn) taskMgmt(p *pdu) {
 			// After the victims: a RESERVE that was running
 			// cannot outlive the reset. The LU's reset state is
 			// shared by every session of the target (the vdisk).
-			c.lu.Reset()
+			n := c.lu.Reset(c.ctx)
+			for _, s := range c.srv.sessionsOf(c.target) {
+				s.noteResets(n) // their unit attention is set already
+			}
 		}
 		if len(cold) == 0 {
 			c.send(r, true)
@@ -537,13 +543,44 @@ func (c *conn) setUnitAttention(asc [2]byte) {
 // with operation code op reports, clearing it: INQUIRY, REPORT LUNS and
 // REQUEST SENSE run regardless and leave it (SPC-5 5.14). c.mu held.
 func (c *conn) takeUnitAttention(op byte) *scsi.Sense {
-	switch op {
-	case 0x12, 0xA0, 0x03:
+	if exemptFromUA(op) {
 		return nil
 	}
 	ua := c.unitAttention
 	c.unitAttention = nil
 	return ua
+}
+
+// exemptFromUA: INQUIRY, REPORT LUNS and REQUEST SENSE run with a unit
+// attention pending and leave it (SPC-5 5.14).
+func exemptFromUA(op byte) bool {
+	return op == 0x12 || op == 0xA0 || op == 0x03
+}
+
+// remoteResetAttention returns the unit attention of a reset made
+// through another node that this session has not reported yet (nil if
+// none). TEST UNIT READY reads the shared state fresh; other commands use
+// the LU's cached copy (at most about a second old).
+func (c *conn) remoteResetAttention(ctx context.Context, op byte) *scsi.Sense {
+	n, err := c.lu.ResetCount(ctx, op == 0x00)
+	if err != nil {
+		return nil // the reset shows once the state can be read again
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if n <= c.seenResets {
+		return nil
+	}
+	c.seenResets = n
+	return &scsi.Sense{Key: scsi.SenseUnitAttention, ASC: ascBusDeviceReset[0], ASCQ: ascBusDeviceReset[1]}
+}
+
+// noteResets records that the session's unit attention covers the
+// vdisk's resets up to n (a reset through this node).
+func (c *conn) noteResets(n uint64) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.seenResets = max(c.seenResets, n)
 }
 
 // abortTask finds the task ABORT TASK names (RFC 7143 11.5.1): running,

@@ -792,3 +792,57 @@ func TestLargeTransfers(t *testing.T) {
 			err, res.status, len(res.data), res.rflags, res.residual)
 	}
 }
+
+// A LUN reset through one node is a unit attention for the sessions of
+// the same vdisk on another node: two servers (two nodes) whose LUs
+// share one persistent state, as the nodes share arakoon.
+func TestResetAcrossNodes(t *testing.T) {
+	shared := &scsi.MemPRStore{}
+	dev := memDev{memdev.New(64 << 20)}
+	node := func() string {
+		lu := newMemLU(dev)
+		lu.PR = scsi.NewReservations(shared)
+		_, addr := startTargetWith(t, &memTargets{lus: map[string]*scsi.LU{"vd1": lu}}, Options{})
+		return addr
+	}
+	a, b := node(), node()
+	onA := login(t, a, loginOpts{isid: [6]byte{0x80, 0, 0, 0, 0, 1}})
+	onB := login(t, b, loginOpts{isid: [6]byte{0x80, 0, 0, 0, 0, 2}})
+	tur := []byte{0, 0, 0, 0, 0, 0}
+	status := func(in *testInitiator, what string) byte {
+		t.Helper()
+		res, err := in.command(tur, nil, 0)
+		if err != nil {
+			t.Fatalf("%s: %v", what, err)
+		}
+		if res.status == 2 && (len(res.sense) < 13 || res.sense[2]&0x0F != byte(scsi.SenseUnitAttention) || res.sense[12] != 0x29) {
+			t.Fatalf("%s: CHECK CONDITION with sense % x, want a reset unit attention", what, res.sense)
+		}
+		return res.status
+	}
+	if s := status(onB, "TUR on B before any reset"); s != 0 {
+		t.Fatalf("TUR on B before any reset: status 0x%x", s)
+	}
+	if r, err := onA.tmf(tmfLUNReset, reservedTag, 0); err != nil || r != tmfComplete {
+		t.Fatalf("LUN RESET on A: %v response %d", err, r)
+	}
+	for _, c := range []struct {
+		in   *testInitiator
+		what string
+		want byte
+	}{
+		{onA, "TUR on A after its reset", 2},
+		{onA, "TUR on A again", 0},
+		{onB, "TUR on B after the reset through A", 2},
+		{onB, "TUR on B again", 0},
+	} {
+		if s := status(c.in, c.what); s != c.want {
+			t.Errorf("%s: status 0x%x, want 0x%x", c.what, s, c.want)
+		}
+	}
+	// A session that logs in after the reset has nothing to report.
+	late := login(t, b, loginOpts{isid: [6]byte{0x80, 0, 0, 0, 0, 3}})
+	if s := status(late, "TUR of a later login"); s != 0 {
+		t.Errorf("TUR of a session that logged in after the reset: status 0x%x", s)
+	}
+}

@@ -50,12 +50,54 @@ func (lu *LU) NexusLost(nx Nexus) {
 }
 
 // Reset tells the LU of a LOGICAL UNIT RESET or a target reset: the
-// SPC-2 reservation is released (SAM-5 6.3); persistent ones stay.
-func (lu *LU) Reset() {
+// SPC-2 reservation is released (SAM-5 6.3); persistent ones stay. The
+// vdisk's reset count grows in the shared state, so that sessions on
+// other nodes report the reset too (ResetCount); Reset returns the new
+// count (0 without shared state, or when it could not be stored: the
+// reset is then this node's alone).
+func (lu *LU) Reset(ctx context.Context) uint64 {
 	l := lu.local()
 	l.mu.Lock()
-	defer l.mu.Unlock()
 	l.spc2 = nil
+	l.mu.Unlock()
+	if lu.PR == nil {
+		return 0
+	}
+	var n uint64
+	_, err := lu.PR.update(ctx, func(s *prState) (Result, bool) {
+		s.Resets++
+		n = s.Resets
+		return Result{}, true
+	})
+	if err != nil {
+		lu.PR.log.Warn("scsi: the reset could not be recorded for the other nodes", "err", err)
+		return 0
+	}
+	return n
+}
+
+// ResetCount returns how many LUN and target resets the vdisk has had
+// on any node: from the state cached for conflict checks (at most about a
+// second old), or read from the store when fresh is set. The transport
+// reads it fresh for TEST UNIT READY, the command multipath path checkers
+// poll with, so that a reset through another node shows at once there.
+func (lu *LU) ResetCount(ctx context.Context, fresh bool) (uint64, error) {
+	if lu.PR == nil {
+		return 0, nil
+	}
+	var (
+		s   *prState
+		err error
+	)
+	if fresh {
+		s, err = lu.PR.current(ctx)
+	} else {
+		s, err = lu.PR.cached(ctx)
+	}
+	if err != nil {
+		return 0, err
+	}
+	return s.Resets, nil
 }
 
 // sameNexus compares I_T nexuses by their port names (case-insensitive

@@ -113,6 +113,10 @@ type prState struct {
 	Generation uint32  `json:"generation"`
 	Regs       []prReg `json:"registrations,omitempty"`
 	Res        *prRes  `json:"reservation,omitempty"`
+	// Resets counts the LUN and target resets of the vdisk on any node:
+	// a session that sees it grow reports a unit attention, also when
+	// the reset came through another node.
+	Resets uint64 `json:"resets,omitempty"`
 }
 
 // samePort compares port names: iSCSI names are case-insensitive.

@@ -72,7 +72,7 @@ func TestSPC2Reservations(t *testing.T) {
 		}},
 		{"released by a reset", []spc2Step{
 			{nx: nxA, cdb: reserve6CDB, want: sGood},
-			{do: func(lu *LU) { lu.Reset() }},
+			{do: func(lu *LU) { lu.Reset(context.Background()) }},
 			{nx: nxB, lu: 1, cdb: reserve6CDB, want: sGood},
 		}},
 		{"keeps PERSISTENT RESERVE out, even the holder's (SPC-2 5.5.1)", []spc2Step{
