@@ -1,6 +1,3 @@
-// Package iscsi is the volume driver's iSCSI target (RFC 7143): every
-// vdisk is a target with one LUN, served by package scsi.
-//
 // This file is the PDU layer: the 48-byte basic header segment, the
 // additional header segments, the data segment padded to 4 bytes, and
 // the optional CRC-32C header and data digests.
