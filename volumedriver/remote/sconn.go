@@ -11,7 +11,6 @@ import (
 	"sync"
 	"time"
 
-	"github.com/ovs-storage/ovs/volumedriver/internal/blockdev"
 	"github.com/ovs-storage/ovs/volumedriver/internal/iopool"
 )
 
@@ -340,7 +339,7 @@ func (c *sconn) run(j *job, dev Device) error {
 			}
 		}
 	case opCompareAndWrite:
-		cw, ok := dev.(blockdev.CompareAndWriter)
+		cw, ok := dev.(CompareAndWriter)
 		if !ok {
 			return &reqError{StatusInvalid, "the vdisk's device does not compare and write"}
 		}
