@@ -339,6 +339,7 @@ func (d *Driver) newVolume(cfg volumeConfig, epoch uint64) *Volume {
 		draining:     make(chan struct{}),
 		uploaderDone: make(chan struct{}),
 		ctl:          make(chan struct{}, 1),
+		caw:          make(chan struct{}, 1),
 	}
 	v.dtl.mode, v.dtl.kick, v.dtl.recCh = DTLSync, make(chan struct{}), make(chan struct{})
 	if d.opts.DTLMode != nil {

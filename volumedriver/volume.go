@@ -57,6 +57,9 @@ type Volume struct {
 	// rmwMu serialises read-modify-write of partial clusters, so two
 	// unaligned writes to different bytes of one cluster both land.
 	rmwMu sync.Mutex
+	// caw serialises CompareAndWrite (caw.go): a channel so that waiting
+	// for it honours the caller's context.
+	caw chan struct{}
 
 	mu         sync.Mutex
 	closed     bool
@@ -262,6 +265,11 @@ func (v *Volume) WriteAt(ctx context.Context, p []byte, off int64, fua bool) err
 		return err
 	}
 	defer v.gate.exit()
+	return v.writeAt(ctx, p, off, fua)
+}
+
+// writeAt is WriteAt inside the gate.
+func (v *Volume) writeAt(ctx context.Context, p []byte, off int64, fua bool) error {
 	if err := v.checkRange(off, int64(len(p))); err != nil {
 		return err
 	}
@@ -1033,6 +1041,11 @@ func (v *Volume) ReadAt(ctx context.Context, p []byte, off int64) error {
 		return err
 	}
 	defer v.gate.exit()
+	return v.readAt(ctx, p, off)
+}
+
+// readAt is ReadAt inside the gate.
+func (v *Volume) readAt(ctx context.Context, p []byte, off int64) error {
 	if err := v.checkRange(off, int64(len(p))); err != nil {
 		return err
 	}

@@ -566,7 +566,10 @@ func classifyForward(err error) remote.Status {
 }
 
 // routedDevice is one client's view of a vdisk, wherever it lives. It is
-// both an nbd.Device and a remote.Device (one type).
+// both an nbd.Device and a remote.Device (one type), and compares and
+// writes at the owner.
+var _ remote.CompareAndWriter = (*routedDevice)(nil)
+
 type routedDevice struct {
 	r         *router
 	name      string
@@ -653,6 +656,32 @@ func (d *routedDevice) WriteZeroes(ctx context.Context, off, length int64, noHol
 		func(ctx context.Context, c *remote.Client) error {
 			return c.WriteZeroes(ctx, d.name, off, length, noHole, fua)
 		})
+}
+
+// CompareAndWrite is SCSI COMPARE AND WRITE (ATS) wherever the vdisk
+// lives: always carried out at the owner, under the Volume's lock, so that
+// CompareAndWrites from every node's frontends are serialised there.
+//
+// The router retries a forwarded one whose reply was lost (owner gone,
+// attempt timed out) like any I/O. A retry compares again: if the first
+// attempt wrote, the second finds the new data and reports a miscompare
+// although this caller's data is what the vdisk holds. That is what SCSI
+// allows after a lost command status, and initiators re-read on a
+// miscompare (VMware re-reads the lock record and finds it holds its own
+// lock). The opposite, two callers both told they won, cannot happen: every
+// attempt compares against what the owner holds at that moment.
+func (d *routedDevice) CompareAndWrite(ctx context.Context, off int64, cmp, data []byte, fua bool) (int64, error) {
+	var m int64
+	err := d.run(ctx, func(v *volumedriver.Volume) error {
+		var err error
+		m, err = v.CompareAndWrite(ctx, off, cmp, data, fua)
+		return err
+	}, func(ctx context.Context, c *remote.Client) error {
+		var err error
+		m, err = c.CompareAndWrite(ctx, d.name, off, cmp, data, fua)
+		return err
+	})
+	return m, err
 }
 
 func (d *routedDevice) BlockStatus(ctx context.Context, off, length int64) ([]remote.Extent, error) {

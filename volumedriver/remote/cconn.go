@@ -25,6 +25,7 @@ type cconn struct {
 	nc         net.Conn
 	br         *bufio.Reader
 	readerDone chan struct{}
+	version    uint16 // agreed in the hello
 
 	// dead: broken or told to go away; pick another connection.
 	dead atomic.Bool
@@ -42,10 +43,11 @@ type cconn struct {
 	draining bool  // the server said go away: close when pending is empty
 }
 
-func newCconn(c *Client, nc net.Conn) *cconn {
+func newCconn(c *Client, nc net.Conn, version uint16) *cconn {
 	cc := &cconn{
 		c:          c,
 		nc:         nc,
+		version:    version,
 		br:         bufio.NewReaderSize(nc, clientReadBuf),
 		bw:         bufio.NewWriterSize(nc, clientWriteBuf),
 		sem:        make(chan struct{}, 1),
@@ -161,9 +163,11 @@ func (cc *cconn) writeReq(cl *call) error {
 	if _, err := cc.bw.Write(b); err != nil {
 		return err
 	}
-	if len(cl.wdata) > 0 {
-		if _, err := cc.bw.Write(cl.wdata); err != nil {
-			return err
+	for _, p := range [...][]byte{cl.wdata, cl.wdata2} {
+		if len(p) > 0 {
+			if _, err := cc.bw.Write(p); err != nil {
+				return err
+			}
 		}
 	}
 	return nil
@@ -297,6 +301,16 @@ func (cc *cconn) readReply(cl *call, h replyHdr, msg, small []byte) error {
 			return err
 		}
 		cl.exts = exts
+	case opCompareAndWrite:
+		b := small[:cawReplySize]
+		if _, err := io.ReadFull(cc.br, b); err != nil {
+			return fmt.Errorf("read reply data: %w", err)
+		}
+		m, err := decodeCAWReply(b, int64(cl.length/2))
+		if err != nil {
+			return err
+		}
+		cl.miscompare = m
 	}
 	return nil
 }

@@ -13,6 +13,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/ovs-storage/ovs/volumedriver/internal/blockdev"
 	"github.com/ovs-storage/ovs/volumedriver/internal/iopool"
 )
 
@@ -198,6 +199,36 @@ func (c *Client) conn(ctx context.Context) (*cconn, error) {
 func (c *Client) dial() (*cconn, error) {
 	ctx, cancel := context.WithTimeout(c.base, c.opts.DialTimeout)
 	defer cancel()
+	nc, err := c.connect(ctx)
+	if err != nil {
+		return nil, err
+	}
+	version := uint16(Version)
+	for {
+		peer, err := clientHello(ctx, nc, version)
+		if err == nil {
+			break
+		}
+		nc.Close()
+		// A node of an older version we speak refused ours: greet it
+		// again, on a new connection (it closed this one), in its own.
+		// Dials are rare, so the newest version is always tried first: a
+		// peer upgraded since is spoken to in it.
+		if !errors.Is(err, ErrVersion) || peer >= version || peer < MinVersion {
+			return nil, fmt.Errorf("%w: %s: %w", ErrUnavailable, c.addr, err)
+		}
+		c.log.Debug("remote: the node speaks an older protocol version", "version", peer)
+		version = peer
+		if nc, err = c.connect(ctx); err != nil {
+			return nil, err
+		}
+	}
+	c.log.Debug("remote: connected", "version", version)
+	return newCconn(c, nc, version), nil
+}
+
+// connect dials the node and does the TLS handshake, if any.
+func (c *Client) connect(ctx context.Context) (net.Conn, error) {
 	var d net.Dialer
 	nc, err := d.DialContext(ctx, "tcp", c.addr)
 	if err != nil {
@@ -211,44 +242,40 @@ func (c *Client) dial() (*cconn, error) {
 		}
 		nc = tc
 	}
-	if err := clientHello(ctx, nc); err != nil {
-		nc.Close()
-		return nil, fmt.Errorf("%w: %s: %w", ErrUnavailable, c.addr, err)
-	}
-	c.log.Debug("remote: connected")
-	return newCconn(c, nc), nil
+	return nc, nil
 }
 
-// clientHello sends our hello and checks the server's.
-func clientHello(ctx context.Context, nc net.Conn) error {
+// clientHello sends our hello in version v and checks the server's. It
+// returns the version the server answered with (also on an error).
+func clientHello(ctx context.Context, nc net.Conn, v uint16) (uint16, error) {
 	if dl, ok := ctx.Deadline(); ok {
 		nc.SetDeadline(dl)
 	}
 	stop := context.AfterFunc(ctx, func() { nc.SetDeadline(time.Now()) })
 	defer stop()
 	var b [helloSize]byte
-	if _, err := nc.Write(appendHello(b[:0], hello{version: Version})); err != nil {
-		return fmt.Errorf("send hello: %w", err)
+	if _, err := nc.Write(appendHello(b[:0], hello{version: v})); err != nil {
+		return 0, fmt.Errorf("send hello: %w", err)
 	}
 	if _, err := io.ReadFull(nc, b[:]); err != nil {
-		return fmt.Errorf("read hello: %w", err)
+		return 0, fmt.Errorf("read hello: %w", err)
 	}
 	h, err := decodeHello(b[:])
 	if err != nil {
-		return err
+		return 0, err
 	}
-	if h.version != Version {
-		return fmt.Errorf("%w: the node speaks protocol version %d, this node speaks %d", ErrVersion, h.version, Version)
+	if h.version != v {
+		return h.version, fmt.Errorf("%w: the node speaks protocol version %d, this node speaks %d", ErrVersion, h.version, v)
 	}
 	switch h.status {
 	case helloOK:
 	case helloTooManyConn:
-		return errors.New("the node is at its connection limit")
+		return h.version, errors.New("the node is at its connection limit")
 	default:
-		return fmt.Errorf("%w: the node refused the hello (status %d)", errProtocol, h.status)
+		return h.version, fmt.Errorf("%w: the node refused the hello (status %d)", errProtocol, h.status)
 	}
 	nc.SetDeadline(time.Time{})
-	return nil
+	return h.version, nil
 }
 
 // call is one request in flight, pooled.
@@ -259,7 +286,8 @@ type call struct {
 	name   string
 	off    int64
 	length uint32
-	wdata  []byte // Write payload
+	wdata  []byte // Write payload (CompareAndWrite: the bytes to compare)
+	wdata2 []byte // sent after wdata (CompareAndWrite: the bytes to write)
 	rbuf   []byte // Read destination
 
 	done   chan struct{} // one send per completion
@@ -267,7 +295,9 @@ type call struct {
 	msg    string
 	info   Info
 	exts   []Extent
-	err    error // connection-level failure
+	// miscompare: a CompareAndWrite's answer.
+	miscompare int64
+	err        error // connection-level failure
 }
 
 func (c *Client) getCall(o op, name string, off int64, length uint32, flags uint8) *call {
@@ -291,6 +321,10 @@ func (c *Client) roundTrip(ctx context.Context, cl *call) error {
 		cc, err := c.conn(ctx)
 		if err != nil {
 			return err
+		}
+		if cl.op > maxOp(cc.version) {
+			// Sending it would have the node close the connection.
+			return c.invalid(cl, fmt.Sprintf("the node speaks protocol version %d, which has no %s", cc.version, cl.op))
 		}
 		err = cc.roundTrip(ctx, cl)
 		if errors.Is(err, errConnGone) && attempt < 3 {
@@ -432,4 +466,34 @@ func (c *Client) BlockStatus(ctx context.Context, name string, off, length int64
 		return nil, err
 	}
 	return cl.exts, nil
+}
+
+// CompareAndWrite writes data to the vdisk at off if it holds cmp there
+// (len(cmp) == len(data) <= blockdev.MaxCompareAndWrite), as one step
+// serialised at the owner with every other CompareAndWrite of the vdisk;
+// otherwise it writes nothing and returns the offset, from off, of the
+// first byte that differs. It returns -1 when it wrote; with fua the data
+// is durable then. A node of protocol version 1 cannot: the call fails
+// with ErrInvalid, sending nothing.
+//
+// An error wrapping ErrUnavailable leaves open whether the node wrote; a
+// retry then compares against what it holds now.
+func (c *Client) CompareAndWrite(ctx context.Context, name string, off int64, cmp, data []byte, fua bool) (int64, error) {
+	var flags uint8
+	if fua {
+		flags = flagFUA
+	}
+	cl := c.getCall(opCompareAndWrite, name, off, uint32(2*len(cmp)), flags)
+	defer c.putCall(cl)
+	if err := blockdev.CheckCompareAndWrite(cmp, data); err != nil {
+		return 0, c.invalid(cl, err.Error())
+	}
+	if !checkRange(off, 2*int64(len(cmp))) {
+		return 0, c.invalid(cl, "bad range")
+	}
+	cl.wdata, cl.wdata2 = cmp, data
+	if err := c.roundTrip(ctx, cl); err != nil {
+		return 0, err
+	}
+	return cl.miscompare, nil
 }

@@ -21,7 +21,7 @@ type memDev struct {
 	// hook, when set, runs first in every operation; it may block or fail.
 	hook func(ctx context.Context, op string, off int64) error
 
-	writes, fuaWrites, flushes, trims, zeroes, noHoleZeroes atomic.Int64
+	writes, fuaWrites, flushes, trims, zeroes, noHoleZeroes, caws atomic.Int64
 }
 
 func newMemDev(size int64) *memDev {
@@ -69,6 +69,21 @@ func (d *memDev) WriteAt(ctx context.Context, p []byte, off int64, fua bool) err
 	}
 	d.Write(p, off)
 	return nil
+}
+
+func (d *memDev) CompareAndWrite(ctx context.Context, off int64, cmp, data []byte, fua bool) (int64, error) {
+	if err := d.run(ctx, "caw", off); err != nil {
+		return 0, err
+	}
+	d.caws.Add(1)
+	if fua {
+		d.fuaWrites.Add(1)
+	}
+	m, err := d.Pages.CompareAndWrite(ctx, off, cmp, data, fua)
+	if err != nil {
+		return 0, fmt.Errorf("memDev: %w", err)
+	}
+	return m, nil
 }
 
 func (d *memDev) Flush(ctx context.Context) error {
@@ -125,12 +140,13 @@ type memTarget struct {
 	mu       sync.Mutex
 	devs     map[string]*memDev
 	notOwned map[string]bool
+	noCAW    map[string]bool // served as a Device without CompareAndWrite
 	opens    map[string]int
 	releases atomic.Int64
 }
 
 func newMemTarget() *memTarget {
-	return &memTarget{devs: map[string]*memDev{}, notOwned: map[string]bool{}, opens: map[string]int{}}
+	return &memTarget{devs: map[string]*memDev{}, notOwned: map[string]bool{}, noCAW: map[string]bool{}, opens: map[string]int{}}
 }
 
 func (t *memTarget) add(name string, d *memDev) {
@@ -162,7 +178,11 @@ func (t *memTarget) OpenDevice(ctx context.Context, name string) (Device, func()
 		return nil, nil, ErrNotFound
 	}
 	t.opens[name]++
-	return d, func() { t.releases.Add(1) }, nil
+	var dev Device = d
+	if t.noCAW[name] {
+		dev = struct{ Device }{d}
+	}
+	return dev, func() { t.releases.Add(1) }, nil
 }
 
 // trackingListener records the connections it accepts.

@@ -11,8 +11,14 @@ import (
 
 // Protocol constants shared by both ends.
 const (
-	// Version is the protocol version this package speaks.
-	Version = 1
+	// Version is the newest protocol version this package speaks: 2 added
+	// CompareAndWrite.
+	Version = 2
+	// MinVersion is the oldest version it speaks, with peers that predate
+	// the newest (a cluster mid-upgrade): a v1 server refuses a v2 hello,
+	// and would close a connection on the unknown op rather than refuse
+	// just the request, so the version is negotiated in the hello.
+	MinVersion = 1
 	// MaxData is the largest Read or Write payload of one request. The
 	// client splits larger I/O.
 	MaxData = 32 << 20
@@ -27,6 +33,7 @@ const (
 	reqHdrSize   = 24
 	replyHdrSize = 16
 	sizeInfoSize = 16
+	cawReplySize = 8
 	extentSize   = blockdev.DescriptorSize
 )
 
@@ -50,8 +57,17 @@ const (
 	opTrim
 	opWriteZeroes
 	opBlockStatus
-	opMax = opBlockStatus
+	opCompareAndWrite // version 2
+	opMax             = opCompareAndWrite
 )
+
+// maxOp is the last op of protocol version v.
+func maxOp(v uint16) op {
+	if v < 2 {
+		return opBlockStatus
+	}
+	return opCompareAndWrite
+}
 
 func (o op) String() string {
 	switch o {
@@ -69,6 +85,8 @@ func (o op) String() string {
 		return "write_zeroes"
 	case opBlockStatus:
 		return "block_status"
+	case opCompareAndWrite:
+		return "compare_and_write"
 	}
 	return fmt.Sprintf("op(%d)", uint8(o))
 }
@@ -82,7 +100,7 @@ const (
 // allowedFlags lists the flags each op may carry.
 func allowedFlags(o op) uint8 {
 	switch o {
-	case opWrite:
+	case opWrite, opCompareAndWrite:
 		return flagFUA
 	case opWriteZeroes:
 		return flagFUA | flagNoHole
@@ -242,9 +260,10 @@ func appendReqHdr(b []byte, h reqHdr) []byte {
 	return binary.BigEndian.AppendUint64(b, h.offset)
 }
 
-// decodeReqHdr decodes and checks a request header. Every length the rest
-// of the frame depends on is checked here, before anything is allocated.
-func decodeReqHdr(b []byte) (reqHdr, error) {
+// decodeReqHdr decodes and checks a request header of a connection that
+// speaks protocol version v. Every length the rest of the frame depends on
+// is checked here, before anything is allocated.
+func decodeReqHdr(b []byte, v uint16) (reqHdr, error) {
 	if len(b) < reqHdrSize {
 		return reqHdr{}, fmt.Errorf("%w: short request header", errProtocol)
 	}
@@ -257,7 +276,7 @@ func decodeReqHdr(b []byte) (reqHdr, error) {
 		offset:  binary.BigEndian.Uint64(b[16:]),
 	}
 	switch {
-	case h.op == 0 || h.op > opMax:
+	case h.op == 0 || h.op > maxOp(v):
 		return h, fmt.Errorf("%w: unknown op %d", errProtocol, h.op)
 	case b[3] != 0:
 		return h, fmt.Errorf("%w: reserved request byte set", errProtocol)
@@ -276,6 +295,10 @@ func decodeReqHdr(b []byte) (reqHdr, error) {
 	case opSize, opFlush:
 		if h.length != 0 || h.offset != 0 {
 			return h, fmt.Errorf("%w: %s with an offset or length", errProtocol, h.op)
+		}
+	case opCompareAndWrite:
+		if h.length%2 != 0 || h.length/2 > blockdev.MaxCompareAndWrite {
+			return h, fmt.Errorf("%w: %s payload of %d bytes: not two halves of at most %d", errProtocol, h.op, h.length, blockdev.MaxCompareAndWrite)
 		}
 	}
 	return h, nil
@@ -334,6 +357,8 @@ func checkReplyData(o op, reqLen uint32, dataLen uint32) error {
 		ok = dataLen == sizeInfoSize
 	case opBlockStatus:
 		ok = dataLen > 0 && dataLen%extentSize == 0 && dataLen/extentSize <= MaxExtents
+	case opCompareAndWrite:
+		ok = dataLen == cawReplySize
 	default:
 		ok = dataLen == 0
 	}
@@ -405,4 +430,23 @@ func decodeExtents(b []byte, want int64) ([]Extent, error) {
 		exts = append(exts, Extent{Length: l, Hole: flags&extentHole != 0, Zero: flags&extentZero != 0})
 	}
 	return exts, nil
+}
+
+// appendCAWReply encodes a CompareAndWrite reply: the offset of the first
+// byte that differed, or -1 when the data was written.
+func appendCAWReply(b []byte, miscompare int64) []byte {
+	return binary.BigEndian.AppendUint64(b, uint64(miscompare))
+}
+
+// decodeCAWReply decodes a CompareAndWrite reply to a request comparing n
+// bytes: -1, or an offset within them.
+func decodeCAWReply(b []byte, n int64) (int64, error) {
+	if len(b) != cawReplySize {
+		return 0, fmt.Errorf("%w: compare and write reply of %d bytes", errProtocol, len(b))
+	}
+	m := int64(binary.BigEndian.Uint64(b))
+	if m < -1 || m >= n {
+		return 0, fmt.Errorf("%w: miscompare at %d of a %d-byte compare and write", errProtocol, m, n)
+	}
+	return m, nil
 }

@@ -29,6 +29,9 @@ type sconn struct {
 	br      *bufio.Reader
 	limit   *iopool.InflightLimit
 	overCap bool // accepted at the cap: answer the hello with "too many connections"
+	// version is the protocol version agreed in the hello: the peer's,
+	// which may be older than ours.
+	version uint16
 
 	devMu sync.Mutex
 	devs  map[string]*devEntry
@@ -97,18 +100,22 @@ func (c *sconn) hello() error {
 	if err != nil {
 		return err
 	}
-	status := uint8(helloOK)
+	// A peer of an older version we still speak is answered in its
+	// version (which it checks); a newer one is refused with ours, so that
+	// it can try again in it.
+	status, reply := uint8(helloOK), h.version
 	switch {
-	case h.version != Version:
-		status = helloBadVersion
-		err = fmt.Errorf("%w: peer speaks protocol version %d, this server speaks %d", ErrVersion, h.version, Version)
+	case h.version < MinVersion || h.version > Version:
+		status, reply = helloBadVersion, Version
+		err = fmt.Errorf("%w: peer speaks protocol version %d, this server speaks %d to %d", ErrVersion, h.version, MinVersion, Version)
 	case c.overCap:
 		status = helloTooManyConn
 		err = fmt.Errorf("at the connection limit of %d", c.srv.opts.MaxConns)
 		c.log.Warn("remote: connection refused: at the connection limit", "limit", c.srv.opts.MaxConns)
 	}
 	c.w.Lock()
-	_, werr := c.nc.Write(appendHello(b[:0], hello{version: Version, status: status}))
+	_, werr := c.nc.Write(appendHello(b[:0], hello{version: reply, status: status}))
+	c.version = reply
 	if err == nil && werr == nil {
 		c.helloDone = true
 		if c.goAwayWant {
@@ -156,15 +163,15 @@ func (c *sconn) sendGoAwayLocked() {
 type job struct {
 	h    reqHdr
 	name [MaxNameLen]byte
-	buf  *[]byte // Write payload
+	buf  *[]byte // Write payload; CompareAndWrite's compare then write halves
 	cost int64
 }
 
-// readRequestRest decodes the request header hb and reads the name that
-// follows into j. The Write payload is left for the caller to read once it
-// has room for it.
-func readRequestRest(br io.Reader, hb []byte, name *[MaxNameLen]byte) (reqHdr, error) {
-	h, err := decodeReqHdr(hb)
+// readRequestRest decodes the request header hb of a connection speaking
+// version v and reads the name that follows into j. The payload is left
+// for the caller to read once it has room for it.
+func readRequestRest(br io.Reader, hb []byte, name *[MaxNameLen]byte, v uint16) (reqHdr, error) {
+	h, err := decodeReqHdr(hb, v)
 	if err != nil {
 		return h, err
 	}
@@ -193,7 +200,7 @@ func (c *sconn) transmit() {
 			}
 			break
 		}
-		h, err := readRequestRest(c.br, hb[:], &name)
+		h, err := readRequestRest(c.br, hb[:], &name, c.version)
 		if err != nil {
 			if errors.Is(err, errProtocol) {
 				c.log.Warn("remote: bad request; closing connection", "err", err)
@@ -205,11 +212,12 @@ func (c *sconn) transmit() {
 		// j stays on the stack: the name is copied out of the buffer
 		// that the reader shares with io.ReadFull.
 		j := job{h: h, name: name}
-		if h.op == opRead || h.op == opWrite {
+		hasPayload := h.op == opWrite || h.op == opCompareAndWrite
+		if h.op == opRead || hasPayload {
 			j.cost = int64(h.length)
 		}
 		c.limit.Acquire(j.cost)
-		if h.op == opWrite && h.length > 0 {
+		if hasPayload && h.length > 0 {
 			j.buf = c.srv.pool.Get(int(h.length))
 			if _, err := io.ReadFull(c.br, *j.buf); err != nil {
 				c.srv.pool.Put(j.buf)
@@ -270,6 +278,9 @@ func (e *reqError) Error() string { return e.msg }
 func (c *sconn) run(j *job, dev Device) error {
 	h := &j.h
 	off, n := int64(h.offset), int64(h.length)
+	if h.op == opCompareAndWrite {
+		n /= 2 // the payload carries the bytes to compare, then those to write
+	}
 	if h.op != opSize && h.op != opFlush && off+n > dev.Size() {
 		if h.op == opRead || h.op == opBlockStatus {
 			return &reqError{StatusInvalid, "range beyond the end of the vdisk"}
@@ -277,7 +288,7 @@ func (c *sconn) run(j *job, dev Device) error {
 		return &reqError{StatusNoSpace, "range beyond the end of the vdisk"}
 	}
 	switch h.op {
-	case opWrite, opTrim, opWriteZeroes:
+	case opWrite, opTrim, opWriteZeroes, opCompareAndWrite:
 		if ro, ok := dev.(ReadOnlyDevice); ok && ro.ReadOnly() {
 			return &reqError{StatusReadOnly, "vdisk is read-only"}
 		}
@@ -327,6 +338,24 @@ func (c *sconn) run(j *job, dev Device) error {
 				return err
 			}
 		}
+	case opCompareAndWrite:
+		cw, ok := dev.(CompareAndWriter)
+		if !ok {
+			return &reqError{StatusInvalid, "the vdisk's device does not compare and write"}
+		}
+		miscompare := int64(-1)
+		if n > 0 {
+			var err error
+			if miscompare, err = cw.CompareAndWrite(c.ctx, off, (*j.buf)[:n], (*j.buf)[n:], fua); err != nil {
+				return err
+			}
+			if miscompare < -1 || miscompare >= n {
+				return &reqError{StatusIO, fmt.Sprintf("device reported a miscompare at %d of %d bytes", miscompare, n)}
+			}
+		}
+		var b [cawReplySize]byte
+		c.sendOK(h.handle, appendCAWReply(b[:0], miscompare))
+		return nil
 	case opBlockStatus:
 		if n == 0 {
 			return &reqError{StatusInvalid, "block status of an empty range"}

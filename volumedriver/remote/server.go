@@ -19,6 +19,11 @@ import (
 // volumedriver/nbd.Device, so that one implementation serves both.
 type Device = blockdev.Device
 
+// CompareAndWriter is optionally implemented by devices that compare and
+// write as one step (blockdev.CompareAndWriter); the server answers
+// CompareAndWrite on others with StatusInvalid.
+type CompareAndWriter = blockdev.CompareAndWriter
+
 // ReadOnlyDevice is optionally implemented by devices that refuse writes;
 // the server then answers writes with StatusReadOnly and Size reports it.
 type ReadOnlyDevice interface{ ReadOnly() bool }

@@ -7,6 +7,8 @@ package blockdev
 import (
 	"context"
 	"encoding/binary"
+	"fmt"
+	"syscall"
 )
 
 // Device is one vdisk as a server sees it.
@@ -25,6 +27,56 @@ type Device interface {
 	// BlockStatus describes allocation from off on: extents in order, the first
 	// starting at off, covering at most length bytes (may cover less, never 0).
 	BlockStatus(ctx context.Context, off, length int64) ([]Extent, error)
+}
+
+// CompareAndWriter is a Device that compares and writes as one operation,
+// serialised with every other CompareAndWrite on the vdisk (at its owner):
+// SCSI COMPARE AND WRITE, which VMware's ATS locking is built on. Two
+// initiators racing for one lock block must not both see their compare
+// succeed, which a read, compare and write done by the frontend cannot
+// promise once several connections (or nodes) serve the vdisk.
+type CompareAndWriter interface {
+	// CompareAndWrite writes data at off if the device holds cmp there
+	// (len(cmp) == len(data) <= MaxCompareAndWrite); otherwise it writes
+	// nothing and returns the offset, from off, of the first byte that
+	// differs. It returns -1 when it wrote (also for empty slices). With
+	// fua the data is durable when it returns. Range errors are those of
+	// WriteAt; bad lengths fail with an error matching syscall.EINVAL.
+	CompareAndWrite(ctx context.Context, off int64, cmp, data []byte, fua bool) (int64, error)
+}
+
+// MaxCompareAndWrite bounds the bytes one CompareAndWrite compares (and
+// writes). ATS uses one 512-byte block; SCSI allows 255 blocks, and the
+// operation is held under a per-vdisk lock, so it stays small.
+const MaxCompareAndWrite = 1 << 20
+
+// CheckCompareAndWrite reports lengths that CompareAndWrite refuses: cmp
+// and data of different lengths, or longer than MaxCompareAndWrite. The
+// error matches syscall.EINVAL.
+func CheckCompareAndWrite(cmp, data []byte) error {
+	switch {
+	case len(cmp) != len(data):
+		return fmt.Errorf("compare and write: %d bytes to compare, %d to write: %w", len(cmp), len(data), syscall.EINVAL)
+	case len(cmp) > MaxCompareAndWrite:
+		return fmt.Errorf("compare and write of %d bytes exceeds the limit of %d: %w", len(cmp), MaxCompareAndWrite, syscall.EINVAL)
+	}
+	return nil
+}
+
+// Mismatch returns the offset of the first byte where a and b differ (the
+// shorter one's length if one is a prefix of the other), or -1 when they
+// are equal.
+func Mismatch(a, b []byte) int64 {
+	n := min(len(a), len(b))
+	for i := range n {
+		if a[i] != b[i] {
+			return int64(i)
+		}
+	}
+	if len(a) != len(b) {
+		return int64(n)
+	}
+	return -1
 }
 
 // Extent is a run of bytes with one allocation state (NBD base:allocation).

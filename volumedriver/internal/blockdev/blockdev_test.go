@@ -2,7 +2,9 @@ package blockdev
 
 import (
 	"encoding/binary"
+	"errors"
 	"slices"
+	"syscall"
 	"testing"
 )
 
@@ -32,6 +34,43 @@ func TestAppendExtents(t *testing.T) {
 		}
 		if b[0] != 0xff || n != len(got) || (len(b)-1)%DescriptorSize != 0 || !slices.Equal(got, tc.out) {
 			t.Errorf("%s: %d descriptors %v (%d bytes), want %v", tc.name, n, got, len(b), tc.out)
+		}
+	}
+}
+
+func TestMismatch(t *testing.T) {
+	for _, tc := range []struct {
+		a, b string
+		want int64
+	}{
+		{"", "", -1},
+		{"abc", "abc", -1},
+		{"abc", "xbc", 0},
+		{"abc", "abx", 2},
+		{"ab", "abc", 2},
+		{"abc", "a", 1},
+	} {
+		if got := Mismatch([]byte(tc.a), []byte(tc.b)); got != tc.want {
+			t.Errorf("Mismatch(%q, %q) = %d, want %d", tc.a, tc.b, got, tc.want)
+		}
+	}
+}
+
+func TestCheckCompareAndWrite(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		cmp, wr int
+		ok      bool
+	}{
+		{"one block", 512, 512, true},
+		{"empty", 0, 0, true},
+		{"the limit", MaxCompareAndWrite, MaxCompareAndWrite, true},
+		{"over the limit", MaxCompareAndWrite + 1, MaxCompareAndWrite + 1, false},
+		{"lengths differ", 512, 1024, false},
+	} {
+		err := CheckCompareAndWrite(make([]byte, tc.cmp), make([]byte, tc.wr))
+		if (err == nil) != tc.ok || err != nil && !errors.Is(err, syscall.EINVAL) {
+			t.Errorf("%s: %v", tc.name, err)
 		}
 	}
 }

@@ -5,6 +5,7 @@
 package memdev
 
 import (
+	"context"
 	"fmt"
 	"sync"
 
@@ -48,6 +49,10 @@ func (s *Pages) Check(off, n int64) error {
 func (s *Pages) Read(p []byte, off int64) {
 	s.mu.RLock()
 	defer s.mu.RUnlock()
+	s.readLocked(p, off)
+}
+
+func (s *Pages) readLocked(p []byte, off int64) {
 	for len(p) > 0 {
 		pi, po := int(off/PageSize), int(off%PageSize)
 		n := min(len(p), PageSize-po)
@@ -64,6 +69,10 @@ func (s *Pages) Read(p []byte, off int64) {
 func (s *Pages) Write(p []byte, off int64) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	s.writeLocked(p, off)
+}
+
+func (s *Pages) writeLocked(p []byte, off int64) {
 	for len(p) > 0 {
 		pi, po := int(off/PageSize), int(off%PageSize)
 		n := min(len(p), PageSize-po)
@@ -73,6 +82,28 @@ func (s *Pages) Write(p []byte, off int64) {
 		copy(s.pages[pi][po:], p[:n])
 		p, off = p[n:], off+int64(n)
 	}
+}
+
+// CompareAndWrite writes data at off if the store holds cmp there, as one
+// step under the store's lock, so concurrent callers never both succeed
+// (blockdev.CompareAndWriter; devices that embed *Pages implement it). It
+// returns the offset of the first differing byte, or -1 when it wrote.
+func (s *Pages) CompareAndWrite(_ context.Context, off int64, cmp, data []byte, _ bool) (int64, error) {
+	if err := blockdev.CheckCompareAndWrite(cmp, data); err != nil {
+		return 0, err
+	}
+	if err := s.Check(off, int64(len(cmp))); err != nil {
+		return 0, err
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	cur := make([]byte, len(cmp))
+	s.readLocked(cur, off)
+	if i := blockdev.Mismatch(cur, cmp); i >= 0 {
+		return i, nil
+	}
+	s.writeLocked(data, off)
+	return -1, nil
 }
 
 // Zero clears [off, off+n): whole pages become holes unless keep.
