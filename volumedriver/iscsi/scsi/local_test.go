@@ -6,6 +6,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/ovs-storage/ovs/volumedriver/internal/blockdev"
 )
 
 // cancelled is a context already done: a lock taken with it succeeds
@@ -102,10 +104,27 @@ type gatedReadDev struct {
 
 func (d *gatedReadDev) ReadAt(ctx context.Context, p []byte, off int64) error {
 	if off == 0 {
-		d.entered <- struct{}{}
+		select {
+		case d.entered <- struct{}{}:
+		default: // signalled already (ORWRITE reads twice)
+		}
 		<-d.open
 	}
 	return d.memDev.ReadAt(ctx, p, off)
+}
+
+// CompareAndWrite goes through the gated read and the logged write (and
+// is atomic only through the LU's extent lock, which is what the test
+// shows).
+func (d *gatedReadDev) CompareAndWrite(ctx context.Context, off int64, cmp, data []byte, fua bool) (int64, error) {
+	cur := make([]byte, len(cmp))
+	if err := d.ReadAt(ctx, cur, off); err != nil {
+		return 0, err
+	}
+	if i := blockdev.Mismatch(cur, cmp); i >= 0 {
+		return i, nil
+	}
+	return -1, d.WriteAt(ctx, data, off, fua)
 }
 
 func (d *gatedReadDev) WriteAt(ctx context.Context, p []byte, off int64, fua bool) error {
