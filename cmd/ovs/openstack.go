@@ -31,7 +31,7 @@ func newOpenStackCommand(g *globalOptions) *cobra.Command {
 		RunE: func(cmd *cobra.Command, _ []string) error { return cmd.Help() },
 	}
 	cmd.PersistentFlags().StringVar(&o.cinder, "cinder", "", "Cinder endpoint with auth_strategy = noauth, e.g. http://host:8776/v3 (default: Keystone from OS_*)")
-	cmd.PersistentFlags().StringVar(&o.project, "project", "admin", "project for a noauth Cinder")
+	cmd.PersistentFlags().StringVar(&o.project, "project", cinder.NoAuthProject, "project id (hex) for a noauth Cinder")
 	g.addClientFlags(cmd)
 
 	var name, backend string

@@ -25,15 +25,20 @@ import (
 // Cinder backend (volume_backend_name in the backend's cinder.conf section).
 const BackendSpec = "volume_backend_name"
 
+// NoAuthProject is the project a noauth client works in by default.
+// Cinder routes /v3/<project>/... only for a project id of hex digits and
+// dashes (as Keystone makes them), so a name such as "admin" would get 404.
+const NoAuthProject = "00000000000000000000000000000000"
+
 // Connect returns a Cinder (block-storage v3) client. With endpoint set
 // ("http://host:8776/v3/"), it talks to a Cinder with auth_strategy =
-// noauth as user admin of project; without it, it authenticates with
+// noauth as user admin of project (default NoAuthProject); without it, it authenticates with
 // Keystone from the OS_* environment variables (OS_AUTH_URL,
 // OS_USERNAME, ...) and finds Cinder in the catalog.
 func Connect(ctx context.Context, endpoint, project string) (*gophercloud.ServiceClient, error) {
 	if endpoint != "" {
 		if project == "" {
-			project = "admin"
+			project = NoAuthProject
 		}
 		pc, err := noauth.NewClient(gophercloud.AuthOptions{Username: "admin", TenantName: project})
 		if err != nil {
