@@ -11,7 +11,7 @@ E2E_TIMEOUT  ?= 30m
 # Unit tests: every package but the end-to-end tests, with the race detector.
 UNIT_PKGS = $$($(GO) list ./... | grep -v '/tests$$')
 
-.PHONY: all help deps build test test-unit test-e2e lint bench demo fuzz clean
+.PHONY: all help deps build test test-unit test-cinder test-e2e lint bench demo fuzz clean
 
 all: build
 
@@ -20,6 +20,7 @@ help:
 	@echo 'make build      build $(BIN)'
 	@echo 'make test       lint, unit tests with -race, end-to-end tests (tests/) against $(BIN)'
 	@echo 'make lint       gofmt check and go vet'
+	@echo 'make test-cinder  flake8 and unit tests of the Cinder driver (plugins/cinder)'
 	@echo 'make bench      fio: ovs against nbdkit and qemu-nbd, written to bench/results.md'
 	@echo 'make demo       build and run `ovs up --data $$OVS_DATA` (default ~/.ovs) in the foreground'
 	@echo 'make fuzz       run every Go fuzz target for FUZZTIME (default 30s) each'
@@ -39,10 +40,16 @@ lint:
 	fi
 	$(GO) vet ./...
 
-test: deps build lint test-unit test-e2e
+test: deps build lint test-unit test-cinder test-e2e
 
 test-unit:
 	OVS_REQUIRE_TOOLS=1 $(GO) test -race -timeout $(UNIT_TIMEOUT) $(UNIT_PKGS)
+
+# The Cinder driver (Python, Debian's python3-cinder): flake8 and its unit
+# tests on Cinder's test base (unittest: Cinder's base class does not run
+# under pytest).
+test-cinder:
+	cd plugins/cinder && flake8 . && /usr/bin/python3 -W ignore -m unittest discover -s tests -t .
 
 # The end-to-end tests drive $(BIN) with real clients; -race would only
 # slow the driver, not the binary under test.

@@ -21,6 +21,15 @@
 #   tgt             Linux tgt, the reference target iscsi-test-cu is also
 #                   run against in the same test
 #   qemu-block-extra  qemu-img's iscsi:// driver
+#   python3-cinder, cinder-api, cinder-scheduler, cinder-volume
+#                   OpenStack Cinder (21.x) for the OVS Cinder driver
+#                   (plugins/cinder): its unit tests on Cinder's own test base,
+#                   and tests/cinder_test.go, which runs the three services
+#   rabbitmq-server the message bus between the Cinder services (the test
+#                   starts its own on free ports; the package's service is
+#                   not used)
+#   flake8          lint of plugins/cinder
+#   python3-requests  the driver's HTTP client (a dependency of Cinder too)
 #   gcc, libc6-dev  cgo, which `go test -race` needs
 #   make, git, ca-certificates   building, module downloads
 #
@@ -31,6 +40,8 @@ packages=(
 	libnbd-bin python3-libnbd python3 nbdkit qemu-utils fio
 	qemu-system-x86 linux-image-cloud-amd64 busybox-static e2fsprogs
 	libiscsi-bin tgt qemu-block-extra
+	python3-cinder cinder-api cinder-scheduler cinder-volume rabbitmq-server
+	flake8 python3-requests
 	gcc libc6-dev make git ca-certificates
 )
 # shellcheck disable=SC2206
@@ -56,6 +67,8 @@ if [ "${#missing[@]}" -gt 0 ]; then
 		sudo=(sudo)
 	fi
 	export DEBIAN_FRONTEND=noninteractive
+	# The cinder and rabbitmq packages start their services on install
+	# where an init system runs; the tests start their own, on free ports.
 	"${sudo[@]}" apt-get update -q
 	"${sudo[@]}" apt-get install -y -q --no-install-recommends "${missing[@]}"
 fi
@@ -64,7 +77,8 @@ fi
 # its tool is not what PATH finds.
 fail=0
 for tool in nbdinfo nbdcopy nbdsh nbdkit qemu-img qemu-io qemu-nbd fio python3 gcc \
-	qemu-system-x86_64 busybox iscsi-inq iscsi-ls iscsi-test-cu tgtd tgtadm; do
+	qemu-system-x86_64 busybox iscsi-inq iscsi-ls iscsi-test-cu tgtd tgtadm \
+	cinder-api cinder-scheduler cinder-volume cinder-manage flake8; do
 	if ! command -v "$tool" >/dev/null; then
 		echo "deps: $tool not found in PATH" >&2
 		fail=1
@@ -79,6 +93,10 @@ fi
 # matters to nbdsh: the tests call /usr/bin/python3 directly).
 if ! /usr/bin/python3 -c 'import nbd' 2>/dev/null; then
 	echo "deps: /usr/bin/python3 cannot import nbd (python3-libnbd)" >&2
+	fail=1
+fi
+if ! /usr/bin/python3 -c 'import cinder.volume.driver, requests' 2>/dev/null; then
+	echo "deps: /usr/bin/python3 cannot import cinder (python3-cinder)" >&2
 	fail=1
 fi
 [ "$fail" -eq 0 ] || exit 1

@@ -140,6 +140,7 @@ func newRootCommand(stdout, stderr io.Writer) *cobra.Command {
 		newTokenCommand(),
 		newClusterCommand(),
 		newNodeCommand(g),
+		newOpenStackCommand(g),
 	)
 	markRuntimeErrors(root)
 	return root

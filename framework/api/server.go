@@ -23,6 +23,8 @@
 //	POST   /api/v1/vdisks/{name}/template              200 VolumeInfo
 //	POST   /api/v1/vdisks/{name}/scrub                 200 ScrubResult
 //
+//	GET    /api/v1/capacity              200 CapacityResponse (Options.Capacity; 404 without it)
+//
 // Sizes in request bodies are a JSON integer (bytes) or a string in the
 // ParseSize syntax ("10GiB"). Every error is a JSON ErrorResponse.
 //
@@ -145,6 +147,9 @@ type Options struct {
 	// Cluster, if set, serves the node routes (list nodes, move a vdisk)
 	// and lists only this node's vdisks for ?scope=node.
 	Cluster Cluster
+	// Capacity, if set, reports the backend's space for GET
+	// /api/v1/capacity (404 without it).
+	Capacity func(ctx context.Context) (BackendSpace, error)
 }
 
 // CreateRequest is the body of POST /api/v1/vdisks. The server also
@@ -210,6 +215,7 @@ type Server struct {
 	readyCheck                        func(context.Context) error
 	mounts                            map[string]http.Handler
 	cluster                           Cluster
+	capacityFn                        func(context.Context) (BackendSpace, error)
 }
 
 func orDefault[T comparable](v, def T) T {
@@ -241,6 +247,7 @@ func NewServer(vdisks VDisks, opts Options) *Server {
 		readyCheck:        opts.Ready,
 		mounts:            opts.Mounts,
 		cluster:           opts.Cluster,
+		capacityFn:        opts.Capacity,
 	}
 	if s.log == nil {
 		s.log = slog.Default()
@@ -264,6 +271,7 @@ func NewServer(vdisks VDisks, opts Options) *Server {
 	s.mux.HandleFunc("POST /api/v1/vdisks/{name}/flatten", s.flattenVDisk)
 	s.mux.HandleFunc("POST /api/v1/vdisks/{name}/template", s.setTemplate)
 	s.mux.HandleFunc("POST /api/v1/vdisks/{name}/scrub", s.scrubVDisk)
+	s.mux.HandleFunc("GET /api/v1/capacity", s.capacity)
 	s.clusterRoutes()
 	s.handler = s.logRequests(s.recoverPanics(s.guard(http.HandlerFunc(s.route))))
 	return s

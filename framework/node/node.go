@@ -84,12 +84,14 @@ func Run(ctx context.Context, cfg Config, ro RunOptions) error {
 	var fencer scos.Fencer
 	var backendAdmin http.Handler
 	var writable func(context.Context) error
+	var space func(context.Context) (api.BackendSpace, error)
 	var asdIDs []string
 	switch cfg.Backend.Kind {
 	case "local":
 		if backend, err = scos.NewLocalDir(filepath.Join(cfg.Data, "backend")); err != nil {
 			return err
 		}
+		space = localSpace(filepath.Join(cfg.Data, "backend"))
 	case "ec":
 		first, last, err := ParsePortRange(cfg.Backend.ASDPorts)
 		if err != nil {
@@ -118,6 +120,7 @@ func Run(ctx context.Context, cfg Config, ro RunOptions) error {
 		backend, fencer = nec.Backend, nec.Backend
 		backendAdmin = ec.NewAdminHandler(nec.Backend)
 		writable = nec.Backend.Writable
+		space = ecSpace(nec.Backend)
 		asdIDs = nec.IDs
 	}
 	self, err := registerNode(ctx, cfg, store, asdIDs, false)
@@ -284,6 +287,7 @@ func Run(ctx context.Context, cfg Config, ro RunOptions) error {
 		return err
 	}
 	apiOpts.Ready = writable
+	apiOpts.Capacity = space
 	apiOpts.Tokens = anyToken{apiOpts.Tokens, sec, []string{nodeAPIPurpose, backendAdminPurpose}}
 	if backendAdmin != nil {
 		apiOpts.Mounts = map[string]http.Handler{"/api/v1/backend/": backendAdminMount(backendAdmin, sec)}

@@ -277,28 +277,7 @@ func (b *Backend) ListASDs(ctx context.Context) ([]ASDStatus, error) {
 func (b *Backend) Status(ctx context.Context) (Status, error) {
 	s := Status{Preset: b.cfg.Preset, Maintenance: b.progress.snapshot(), Counters: b.stats.snapshot()}
 	views := b.asdViews()
-	sharedFS := map[string]bool{} // node/fs of ASDs sharing a whole filesystem, counted once
-	for _, v := range views {
-		s.ASDs++
-		if !v.up {
-			continue
-		}
-		s.ASDsUp++
-		if v.rec.State != ASDActive {
-			continue
-		}
-		c := v.health.Capacity
-		s.Used += c.Used
-		if c.Capacity == c.FSTotal && c.FSID != "" {
-			key := v.rec.Node + "/" + c.FSID
-			if sharedFS[key] {
-				continue
-			}
-			sharedFS[key] = true
-		}
-		s.Capacity += c.Capacity
-		s.Free += c.Free
-	}
+	s.ASDs, s.ASDsUp, s.Capacity, s.Used, s.Free = sumCapacity(views)
 	flagged := map[string]bool{}
 	if err := kvRangeAll(ctx, b.kv, kvDegraded, func(e KV) (bool, error) {
 		flagged[e.Key[len(kvDegraded):]] = true
@@ -580,4 +559,56 @@ func (c *AdminClient) Scrub(ctx context.Context) (MaintenanceReport, error) {
 func (c *AdminClient) Rebalance(ctx context.Context) (MaintenanceReport, error) {
 	var r MaintenanceReport
 	return r, c.call(ctx, http.MethodPost, "/v1/rebalance", nil, &r)
+}
+
+// sumCapacity counts the ASDs and those up, and sums the raw space of the
+// active ones that are up. ASDs that share a whole filesystem on a node
+// count its capacity and free space once.
+func sumCapacity(views map[string]asdView) (asds, up int, capacity, used, free int64) {
+	sharedFS := map[string]bool{} // node/fs of ASDs sharing a whole filesystem, counted once
+	for _, v := range views {
+		asds++
+		if !v.up {
+			continue
+		}
+		up++
+		if v.rec.State != ASDActive {
+			continue
+		}
+		c := v.health.Capacity
+		used += c.Used
+		if c.Capacity == c.FSTotal && c.FSID != "" {
+			key := v.rec.Node + "/" + c.FSID
+			if sharedFS[key] {
+				continue
+			}
+			sharedFS[key] = true
+		}
+		capacity += c.Capacity
+		free += c.Free
+	}
+	return asds, up, capacity, used, free
+}
+
+// Space is the backend's raw space (as Status sums it) and the shape of
+// the default preset's first policy, which tells how much of it data can
+// use: k/(k+m).
+type Space struct {
+	Capacity, Used, Free int64
+	K, M                 int
+}
+
+// Space sums the ASDs' space without Status's scan of every manifest, so
+// that it is cheap enough to poll (a cloud's scheduler asks every minute).
+func (b *Backend) Space(ctx context.Context) (Space, error) {
+	var s Space
+	_, _, s.Capacity, s.Used, s.Free = sumCapacity(b.asdViews())
+	p, err := b.preset(ctx, b.cfg.Preset)
+	if err != nil {
+		return s, err
+	}
+	if len(p.Policies) > 0 {
+		s.K, s.M = p.Policies[0].K, p.Policies[0].M
+	}
+	return s, nil
 }
