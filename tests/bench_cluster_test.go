@@ -94,15 +94,7 @@ func TestBenchCluster(t *testing.T) {
 	fmt.Fprintf(&b, "| no move | %.0f | %s | %s |\n", base.IOPS, base.P99, base.Max)
 	fmt.Fprintf(&b, "| two moves | %.0f | %s | %s |\n", moving.IOPS, moving.P99, moving.Max)
 	fmt.Fprintf(&b, "\nI/O held at the old owner per move: %s.\n", strings.Join(held, ", "))
-	t.Log(b.String())
-	f, err := os.OpenFile(out, os.O_APPEND|os.O_CREATE|os.O_WRONLY, 0o644)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	if _, err := f.WriteString(b.String()); err != nil {
-		t.Fatal(err)
-	}
+	benchResults(t, out, b.String())
 }
 
 type fioFigures struct {
@@ -161,6 +153,29 @@ func envInt(name string, def int) int {
 
 // clusterBenchOutput is the file a cluster bench appends its figures to
 // (OVS_BENCH_CLUSTER); without it the bench is skipped.
+// benchResults logs a bench's report and appends it to the results
+// file out.
+func benchResults(t *testing.T, out, report string) {
+	t.Helper()
+	t.Log(report)
+	if err := appendFile(out, report); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// appendFile appends text to the file at path, creating it.
+func appendFile(path, text string) error {
+	f, err := os.OpenFile(path, os.O_APPEND|os.O_CREATE|os.O_WRONLY, 0o644)
+	if err != nil {
+		return err
+	}
+	if _, err := f.WriteString(text); err != nil {
+		f.Close()
+		return err
+	}
+	return f.Close()
+}
+
 func clusterBenchOutput(t *testing.T) string {
 	t.Helper()
 	out := os.Getenv("OVS_BENCH_CLUSTER")

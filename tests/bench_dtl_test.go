@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"os"
 	"os/exec"
 	"slices"
 	"strings"
@@ -110,15 +109,7 @@ func TestBenchClusterDTL(t *testing.T) {
 			"(which forwards to the new owner): median %v, max %v over %d trials.\n",
 			times[len(times)/2].Round(10*time.Millisecond), times[len(times)-1].Round(10*time.Millisecond), len(times))
 	}
-	t.Log(b.String())
-	f, err := os.OpenFile(out, os.O_APPEND|os.O_CREATE|os.O_WRONLY, 0o644)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	if _, err := f.WriteString(b.String()); err != nil {
-		t.Fatal(err)
-	}
+	benchResults(t, out, b.String())
 }
 
 // fioSyncFigures are a write+flush job's figures: IOPS of the writes (one

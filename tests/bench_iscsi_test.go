@@ -2,7 +2,6 @@ package tests
 
 import (
 	"fmt"
-	"os"
 	"strings"
 	"testing"
 	"time"
@@ -54,13 +53,5 @@ func TestBenchISCSI(t *testing.T) {
 		fmt.Fprintf(&b, "| %s | %.0f | %v | %.0f | %v | %.2f | %.2f |\n", tg.name, got[i].w.IOPS, got[i].w.P99,
 			got[i].r.IOPS, got[i].r.P99, got[i].w.IOPS/got[1].w.IOPS, got[i].r.IOPS/got[1].r.IOPS)
 	}
-	t.Log(b.String())
-	f, err := os.OpenFile(out, os.O_APPEND|os.O_CREATE|os.O_WRONLY, 0o644)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	if _, err := f.WriteString(b.String()); err != nil {
-		t.Fatal(err)
-	}
+	benchResults(t, out, b.String())
 }

@@ -408,13 +408,10 @@ func crashRound(t *testing.T, c *cluster, py string, w *crashWriter) {
 	w.flushed, w.issued = 0, -1
 	flushes := 0
 	parse := func(line string) {
-		f := strings.Fields(line)
-		switch {
-		case len(f) == 2 && f[0] == "FLUSHED":
-			w.flushed, _ = strconv.ParseInt(f[1], 10, 64)
+		switch w.parse(line) {
+		case "FLUSHED":
 			flushes++
-		case len(f) == 2 && f[0] == "ISSUED":
-			w.issued, _ = strconv.ParseInt(f[1], 10, 64)
+		case "ISSUED":
 		default:
 			t.Logf("writer: %s", line)
 		}
@@ -470,6 +467,22 @@ drain:
 	}
 	t.Logf("crash after %d flushes: writes 0..%d acknowledged before the last completed flush, %d issued",
 		flushes, w.flushed-1, w.issued)
+}
+
+// parse takes in a line of the writer's report (FLUSHED n, ISSUED n,
+// STOPPED why, ...) and returns its keyword.
+func (w *crashWriter) parse(line string) string {
+	f := strings.Fields(line)
+	if len(f) == 0 {
+		return ""
+	}
+	switch {
+	case len(f) == 2 && f[0] == "FLUSHED":
+		w.flushed, _ = strconv.ParseInt(f[1], 10, 64)
+	case len(f) == 2 && f[0] == "ISSUED":
+		w.issued, _ = strconv.ParseInt(f[1], 10, 64)
+	}
+	return f[0]
 }
 
 // check verifies the writer's region after a restart.

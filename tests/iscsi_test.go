@@ -283,13 +283,9 @@ func writeReport(t *testing.T, what, text string) {
 	if path == "" {
 		return
 	}
-	f, err := os.OpenFile(path, os.O_APPEND|os.O_CREATE|os.O_WRONLY, 0o644)
-	if err != nil {
+	if err := appendFile(path, fmt.Sprintf("== %s (%s)\n%s\n", what, t.Name(), text)); err != nil {
 		t.Logf("report %s: %v", what, err)
-		return
 	}
-	defer f.Close()
-	fmt.Fprintf(f, "== %s (%s)\n%s\n", what, t.Name(), text)
 }
 
 // TestISCSIClients: what an operator does with the target, through
@@ -414,14 +410,10 @@ func TestISCSIKillNine(t *testing.T) {
 	flushes := 0
 	stopped := ""
 	parse := func(line string) {
-		f := strings.Fields(line)
-		switch {
-		case len(f) == 2 && f[0] == "FLUSHED":
-			w.flushed, _ = strconv.ParseInt(f[1], 10, 64)
+		switch w.parse(line) {
+		case "FLUSHED":
 			flushes++
-		case len(f) == 2 && f[0] == "ISSUED":
-			w.issued, _ = strconv.ParseInt(f[1], 10, 64)
-		case len(f) > 0 && f[0] == "STOPPED":
+		case "STOPPED":
 			stopped = line
 		}
 	}

@@ -13,6 +13,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/ovs-storage/ovs/volumedriver/internal/connsrv"
 	"github.com/ovs-storage/ovs/volumedriver/iscsi/scsi"
 )
 
@@ -173,10 +174,7 @@ func (c *conn) Serve() {
 		return
 	}
 	if err := c.login(); err != nil {
-		level := slog.LevelInfo
-		if errors.Is(err, io.EOF) || errors.Is(err, net.ErrClosed) || c.ctx.Err() != nil {
-			level = slog.LevelDebug
-		}
+		level := connsrv.HandshakeEndLevel(c.ctx, err)
 		c.log.Log(context.Background(), level, "iscsi: login ended", "err", err)
 		return
 	}

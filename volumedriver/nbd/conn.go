@@ -4,14 +4,13 @@ import (
 	"bufio"
 	"context"
 	"encoding/binary"
-	"errors"
-	"io"
 	"log/slog"
 	"net"
 	"sync"
 	"sync/atomic"
 	"time"
 
+	"github.com/ovs-storage/ovs/volumedriver/internal/connsrv"
 	"github.com/ovs-storage/ovs/volumedriver/internal/iopool"
 )
 
@@ -94,10 +93,7 @@ func (c *conn) Serve() {
 		return
 	}
 	if err := c.handshake(); err != nil {
-		level := slog.LevelInfo
-		if errors.Is(err, io.EOF) || errors.Is(err, net.ErrClosed) || c.ctx.Err() != nil {
-			level = slog.LevelDebug
-		}
+		level := connsrv.HandshakeEndLevel(c.ctx, err)
 		c.log.Log(c.ctx, level, "nbd: handshake ended", "err", err)
 		return
 	}

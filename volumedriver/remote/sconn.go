@@ -11,6 +11,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/ovs-storage/ovs/volumedriver/internal/connsrv"
 	"github.com/ovs-storage/ovs/volumedriver/internal/iopool"
 )
 
@@ -78,10 +79,7 @@ func (c *sconn) Serve() {
 		c.releaseAll()
 	}()
 	if err := c.hello(); err != nil {
-		level := slog.LevelInfo
-		if errors.Is(err, io.EOF) || errors.Is(err, net.ErrClosed) || c.ctx.Err() != nil {
-			level = slog.LevelDebug
-		}
+		level := connsrv.HandshakeEndLevel(c.ctx, err)
 		c.log.Log(context.Background(), level, "remote: connection refused in hello", "err", err)
 		return
 	}

@@ -8,6 +8,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"sync"
@@ -293,4 +294,15 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		<-done
 		return ctx.Err()
 	}
+}
+
+// HandshakeEndLevel is the level at which a server logs a connection that
+// ended before its handshake (login, hello) completed: Debug when the
+// peer just went away or the server is stopping (ctx ended), Info for a
+// refusal worth an operator's eye.
+func HandshakeEndLevel(ctx context.Context, err error) slog.Level {
+	if errors.Is(err, io.EOF) || errors.Is(err, net.ErrClosed) || ctx.Err() != nil {
+		return slog.LevelDebug
+	}
+	return slog.LevelInfo
 }

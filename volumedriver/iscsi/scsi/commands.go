@@ -216,18 +216,9 @@ func (lu *LU) modeSense(cdb []byte) Result {
 // verify checks a range: with BYTCHK the initiator's data is compared
 // with what is stored, else the range is only read.
 func (lu *LU) verify(ctx context.Context, cdb []byte, out []byte) Result {
-	lba, n, s := rwExtent(cdb)
+	lba, n, s := lu.transferExtent(cdb)
 	if s != nil {
 		return check(s)
-	}
-	if s := noProtection(cdb); s != nil {
-		return check(s)
-	}
-	if s := lu.inRange(lba, n); s != nil {
-		return check(s)
-	}
-	if n > maxTransferBlocks {
-		return check(invalidCDB(7, -1))
 	}
 	bytchk := cdb[1] >> 1 & 0x03
 	switch {

@@ -170,18 +170,9 @@ func (lu *LU) ExecuteIn(ctx context.Context, nx Nexus, cdb, out []byte, maxIn in
 
 // readCmd runs READ (6, 10, 12, 16).
 func (lu *LU) readCmd(ctx context.Context, cdb []byte) Result {
-	lba, n, s := rwExtent(cdb)
+	lba, n, s := lu.transferExtent(cdb)
 	if s != nil {
 		return check(s)
-	}
-	if s := noProtection(cdb); s != nil {
-		return check(s)
-	}
-	if s := lu.inRange(lba, n); s != nil {
-		return check(s)
-	}
-	if n > maxTransferBlocks {
-		return check(invalidCDB(7, -1))
 	}
 	maxIn, ok := ctx.Value(maxInKey{}).(int)
 	if !ok || uint64(maxIn) >= n*BlockSize {
@@ -210,6 +201,25 @@ func (lu *LU) writeCmd(ctx context.Context, cdb, out []byte) Result {
 	fua := op == opWriteVerify10 || op == opWriteVerify12 || op == opWriteVerify16 ||
 		op != opWrite6 && cdb[1]&0x08 != 0
 	return lu.write(ctx, lba, n, out, fua)
+}
+
+// transferExtent decodes and checks the extent of a READ or VERIFY of
+// any size: no protection information, within the vdisk, within the
+// transfer limit.
+func (lu *LU) transferExtent(cdb []byte) (lba, n uint64, s *Sense) {
+	if lba, n, s = rwExtent(cdb); s != nil {
+		return 0, 0, s
+	}
+	if s = noProtection(cdb); s != nil {
+		return 0, 0, s
+	}
+	if s = lu.inRange(lba, n); s != nil {
+		return 0, 0, s
+	}
+	if n > maxTransferBlocks {
+		return 0, 0, invalidCDB(7, -1)
+	}
+	return lba, n, nil
 }
 
 // rwExtent decodes the LBA and transfer length of a READ/WRITE/VERIFY of
