@@ -69,6 +69,14 @@ if [ "${#missing[@]}" -gt 0 ]; then
 	export DEBIAN_FRONTEND=noninteractive
 	# The cinder and rabbitmq packages start their services on install
 	# where an init system runs; the tests start their own, on free ports.
+	#
+	# cinder-common's post-install script fails when the host's own name
+	# does not resolve (a chroot, some minimal images): give it the line
+	# Debian's installer writes, 127.0.1.1 NAME, and say so.
+	if ! getent hosts "$(hostname)" >/dev/null 2>&1; then
+		echo "deps: $(hostname) does not resolve; adding '127.0.1.1 $(hostname)' to /etc/hosts (cinder-common needs it)"
+		echo "127.0.1.1 $(hostname)" | "${sudo[@]}" tee -a /etc/hosts >/dev/null
+	fi
 	"${sudo[@]}" apt-get update -q
 	"${sudo[@]}" apt-get install -y -q --no-install-recommends "${missing[@]}"
 fi
