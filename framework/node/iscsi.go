@@ -83,6 +83,20 @@ func (t *iscsiTargets) CHAP(ctx context.Context, target string) (iscsi.CHAP, err
 	return iscsi.CHAP{User: c.User, Secret: c.Secret, MutualUser: c.MutualUser, MutualSecret: c.MutualSecret}, nil
 }
 
+// dropGone ends the iSCSI sessions whose vdisk is gone from the model
+// (all): deleted, no longer ready, or deleted and made again under the
+// same name (another id), so that an old session never reaches another
+// vdisk.
+func dropGone(srv *iscsi.Server, all []model.OwnedVDisk) {
+	ids := make(map[string]string, len(all))
+	for _, v := range all {
+		if v.State == model.VDiskReady {
+			ids[v.Name] = v.ID
+		}
+	}
+	srv.DropSessions(func(target string, lu *scsi.LU) bool { return ids[target] != lu.Serial })
+}
+
 // reservations returns the one Reservations of vdisk id on this node, so
 // that its sessions here share one cached state.
 func (t *iscsiTargets) reservations(id string) *scsi.Reservations {

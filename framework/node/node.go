@@ -344,6 +344,9 @@ func Run(ctx context.Context, cfg Config, ro RunOptions) error {
 	}()
 	bg, stopBG := context.WithCancel(ctx)
 	defer stopBG()
+	if iscsiSrv != nil {
+		rt.sawVDisks = func(all []model.OwnedVDisk) { dropGone(iscsiSrv, all) }
+	}
 	go rt.watchOwners(bg, cfg.Intervals.OwnerCheck)
 	if cfg.Bootstrap == nil {
 		go rt.watchFailover(bg, time.Second)

@@ -58,6 +58,11 @@ type router struct {
 	adopts  map[string]*adoptCall     // adoptions in progress by vdisk id
 	moving  map[string]bool           // vdisks this node is handing over, by name
 	closed  bool
+
+	// sawVDisks, if set before watchOwners starts, is given every list
+	// of the vdisks the owner check reads (the frontends drop what is
+	// gone).
+	sawVDisks func([]model.OwnedVDisk)
 }
 
 // route is where one vdisk's I/O goes.
@@ -511,6 +516,9 @@ func (r *router) watchOwners(ctx context.Context, every time.Duration) {
 		for name := range local {
 			// Served here, gone from the model: deleted or taken.
 			r.drv.Fence(name)
+		}
+		if r.sawVDisks != nil {
+			r.sawVDisks(all)
 		}
 	})
 }

@@ -189,6 +189,26 @@ func (s *Server) sessionsOf(target string) []*conn {
 	return out
 }
 
+// DropSessions ends every session (not discovery) whose target and LU
+// gone reports, and returns how many: the node drops the sessions of a
+// vdisk deleted, or deleted and made again under the same name, so that
+// an initiator's old session never writes to another vdisk.
+func (s *Server) DropSessions(gone func(target string, lu *scsi.LU) bool) int {
+	var drop []*conn
+	s.mu.Lock()
+	for k, c := range s.sessions {
+		if !k.discovery && c.lu != nil && gone(k.target, c.lu) {
+			drop = append(drop, c)
+		}
+	}
+	s.mu.Unlock()
+	for _, c := range drop {
+		c.log.Info("iscsi: session ended: its vdisk is gone", "target", c.target)
+		c.Close()
+	}
+	return len(drop)
+}
+
 // hasSession reports whether a session has TSIH tsih.
 func (s *Server) hasSession(tsih uint16) bool {
 	s.mu.Lock()

@@ -846,3 +846,22 @@ func TestResetAcrossNodes(t *testing.T) {
 		t.Errorf("TUR of a session that logged in after the reset: status 0x%x", s)
 	}
 }
+
+// DropSessions ends the sessions its predicate names (a vdisk deleted
+// under them) and leaves the others.
+func TestDropSessions(t *testing.T) {
+	targets := &memTargets{lus: map[string]*scsi.LU{
+		"vd1": newMemLU(memDev{memdev.New(1 << 20)}),
+		"vd2": newMemLU(memDev{memdev.New(1 << 20)}),
+	}}
+	srv, addr := startTargetWith(t, targets, Options{})
+	gone := login(t, addr, loginOpts{target: srv.IQN("vd1"), isid: [6]byte{0x80, 0, 0, 0, 0, 1}})
+	kept := login(t, addr, loginOpts{target: srv.IQN("vd2"), isid: [6]byte{0x80, 0, 0, 0, 0, 2}})
+	if n := srv.DropSessions(func(target string, _ *scsi.LU) bool { return target == "vd1" }); n != 1 {
+		t.Fatalf("DropSessions dropped %d sessions, want 1", n)
+	}
+	gone.waitClosed(t)
+	if res, err := kept.command([]byte{0, 0, 0, 0, 0, 0}, nil, 0); err != nil || res.status != 0 {
+		t.Fatalf("the other target's session after the drop: %v status 0x%x", err, res.status)
+	}
+}
