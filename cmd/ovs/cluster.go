@@ -114,9 +114,9 @@ func newNodeServeCommand() *cobra.Command {
 	var configPath, logLevel string
 	cmd := &cobra.Command{
 		Use:   "serve --config NODE.yaml",
-		Short: "Run a node: volume driver, NBD, I/O forwarding, REST API and the host's ASDs",
+		Short: "Run a node: volume driver, NBD, iSCSI, I/O forwarding, REST API and the host's ASDs",
 		Long: "Run what one host of a cluster runs: the volume driver serving the vdisks\n" +
-			"this node owns, NBD exporting every vdisk of the cluster (I/O for a vdisk\n" +
+			"this node owns, NBD and iSCSI exporting every vdisk of the cluster (I/O for a vdisk\n" +
 			"owned elsewhere is forwarded to its owner), the forwarding server other\n" +
 			"nodes send I/O to, the REST API, and the host's ASDs as supervised child\n" +
 			"processes. The node must have been joined (ovs node join). It stops on\n" +
@@ -183,13 +183,13 @@ func newNodeListCommand(g *globalOptions) *cobra.Command {
 			return writeJSON(w, nodes)
 		}
 		tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
-		fmt.Fprintln(tw, "ID\tSITE\tSTATE\tVDISKS\tASDS\tAPI\tNBD\tLAST SEEN")
+		fmt.Fprintln(tw, "ID\tSITE\tSTATE\tVDISKS\tASDS\tAPI\tNBD\tISCSI\tLAST SEEN")
 		for _, n := range nodes {
 			seen := "-"
 			if !n.LastSeen.IsZero() {
 				seen = time.Since(n.LastSeen).Round(time.Second).String() + " ago"
 			}
-			fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%d\t%s\t%s\t%s\n", n.ID, n.Site, n.State, n.VDisks, len(n.ASDs), n.API, dash(n.NBD), seen)
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%d\t%s\t%s\t%s\t%s\n", n.ID, n.Site, n.State, n.VDisks, len(n.ASDs), n.API, dash(n.NBD), dash(n.ISCSI), seen)
 		}
 		return tw.Flush()
 	}
