@@ -8,7 +8,6 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
-	"math/rand/v2"
 	"net"
 	"net/http"
 	"os"
@@ -21,6 +20,7 @@ import (
 	"time"
 
 	"github.com/ovs-storage/ovs/framework/secret"
+	"github.com/ovs-storage/ovs/internal/freeport"
 	"github.com/ovs-storage/ovs/scos/asd"
 	"github.com/ovs-storage/ovs/scos/ec"
 )
@@ -118,27 +118,11 @@ func (f *foreignListener) check(t *testing.T) {
 // (below the ephemeral range, so that the kernel does not hand them out).
 func freeRange(t *testing.T, n int) int {
 	t.Helper()
-	for range 200 {
-		base := 20000 + rand.IntN(10000)
-		var held []net.Listener
-		ok := true
-		for p := base; p < base+n; p++ {
-			l, err := net.Listen("tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(p)))
-			if err != nil {
-				ok = false
-				break
-			}
-			held = append(held, l)
-		}
-		for _, l := range held {
-			l.Close()
-		}
-		if ok {
-			return base
-		}
+	base, err := freeport.Range(n)
+	if err != nil {
+		t.Fatal(err)
 	}
-	t.Fatal("no range of free ports")
-	return 0
+	return base
 }
 
 func (c *cluster) asdStatuses() []ec.ASDStatus {
