@@ -104,7 +104,7 @@ func (t *iscsiTargets) reservations(id string) *scsi.Reservations {
 	defer t.mu.Unlock()
 	r, ok := t.prs[id]
 	if !ok {
-		r = scsi.NewReservations(modelPRStore{t.r.store, id})
+		r = scsi.NewReservations(modelPRStore{t.r.store, id}).WithLogger(t.r.log.With("frontend", "iscsi", "vdisk_id", id))
 		t.prs[id] = r
 	}
 	return r
