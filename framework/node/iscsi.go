@@ -86,15 +86,24 @@ func (t *iscsiTargets) CHAP(ctx context.Context, target string) (iscsi.CHAP, err
 // dropGone ends the iSCSI sessions whose vdisk is gone from the model
 // (all): deleted, no longer ready, or deleted and made again under the
 // same name (another id), so that an old session never reaches another
-// vdisk.
-func dropGone(srv *iscsi.Server, all []model.OwnedVDisk) {
+// vdisk. The reservation state of vdisks gone goes too.
+func (t *iscsiTargets) dropGone(srv *iscsi.Server, all []model.OwnedVDisk) {
 	ids := make(map[string]string, len(all))
+	live := make(map[string]bool, len(all))
 	for _, v := range all {
+		live[v.ID] = true
 		if v.State == model.VDiskReady {
 			ids[v.Name] = v.ID
 		}
 	}
 	srv.DropSessions(func(target string, lu *scsi.LU) bool { return ids[target] != lu.Serial })
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	for id := range t.prs {
+		if !live[id] {
+			delete(t.prs, id)
+		}
+	}
 }
 
 // reservations returns the one Reservations of vdisk id on this node, so

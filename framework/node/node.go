@@ -294,9 +294,13 @@ func Run(ctx context.Context, cfg Config, ro RunOptions) error {
 	}
 	vd := &clusterVDisks{rt: rt}
 	apiOpts.Cluster = vd
-	var iscsiSrv *iscsi.Server
+	var (
+		iscsiSrv     *iscsi.Server
+		iscsiTargets *iscsiTargets
+	)
 	if iscsiL != nil {
-		iscsiSrv = iscsi.NewServer(newISCSITargets(rt, vd), iscsi.Options{Logger: log.With("frontend", "iscsi"),
+		iscsiTargets = newISCSITargets(rt, vd)
+		iscsiSrv = iscsi.NewServer(iscsiTargets, iscsi.Options{Logger: log.With("frontend", "iscsi"),
 			Portal: cfg.advertised(iscsiL.Addr().String()) + ",1"})
 	}
 	apiSrv := api.NewServer(vd, apiOpts)
@@ -345,7 +349,7 @@ func Run(ctx context.Context, cfg Config, ro RunOptions) error {
 	bg, stopBG := context.WithCancel(ctx)
 	defer stopBG()
 	if iscsiSrv != nil {
-		rt.sawVDisks = func(all []model.OwnedVDisk) { dropGone(iscsiSrv, all) }
+		rt.sawVDisks = func(all []model.OwnedVDisk) { iscsiTargets.dropGone(iscsiSrv, all) }
 	}
 	go rt.watchOwners(bg, cfg.Intervals.OwnerCheck)
 	if cfg.Bootstrap == nil {
