@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"context"
 	"encoding/binary"
+	"errors"
+	"fmt"
 
 	"github.com/ovs-storage/ovs/volumedriver/internal/blockdev"
 )
@@ -441,23 +443,17 @@ func (lu *LU) compareAndWrite(ctx context.Context, cdb []byte, out []byte) Resul
 }
 
 // compareAndWrite1 writes data at off if the vdisk holds cmp there, and
-// returns -1, or the offset of the first byte that differs. A vdisk
-// device does it at the vdisk's owner, serialised with every other
-// node's (blockdev.CompareAndWriter): the extent lock the caller holds
-// covers this node's sessions only. A device without it (a test's) is
-// served by this node alone, where the extent lock is enough.
+// returns -1, or the offset of the first byte that differs. The device
+// does it at the vdisk's owner, serialised with every other node's
+// (blockdev.CompareAndWriter): the extent lock the caller holds covers
+// this node's sessions only. Every device the node serves, and the test
+// devices, implement it.
 func (lu *LU) compareAndWrite1(ctx context.Context, off int64, cmp, data []byte, fua bool) (int64, error) {
-	if cw, ok := lu.Dev.(blockdev.CompareAndWriter); ok {
-		return cw.CompareAndWrite(ctx, off, cmp, data, fua)
+	cw, ok := lu.Dev.(blockdev.CompareAndWriter)
+	if !ok {
+		return 0, fmt.Errorf("scsi: the device cannot compare and write: %w", errors.ErrUnsupported)
 	}
-	cur := make([]byte, len(cmp))
-	if err := lu.Dev.ReadAt(ctx, cur, off); err != nil {
-		return 0, err
-	}
-	if i := blockdev.Mismatch(cur, cmp); i >= 0 {
-		return i, nil
-	}
-	return -1, lu.Dev.WriteAt(ctx, data, off, fua)
+	return cw.CompareAndWrite(ctx, off, cmp, data, fua)
 }
 
 // orWrite runs ORWRITE (16) (SBC-4 5.9): what is written is the bitwise
