@@ -315,9 +315,9 @@ func (c *conn) optInfoGo(h optHeader) (bool, error) {
 		return false, c.optErrReply(h.opt, c.exportErr(req.name, err))
 	}
 	flags, ro, fz := c.transmissionFlags(dev)
-	ok := false
+	held := true
 	defer func() {
-		if !ok || h.opt == optInfo {
+		if held {
 			release()
 		}
 	}()
@@ -350,13 +350,18 @@ func (c *conn) optInfoGo(h optHeader) (bool, error) {
 			break
 		}
 	}
+	if h.opt == optInfo {
+		// INFO holds the export only while answering: it is released
+		// before the final ACK so that a client that has seen the ACK
+		// sees the export released too.
+		held = false
+		release()
+		return false, c.optReply(h.opt, repAck, nil)
+	}
 	if err := c.optReply(h.opt, repAck, nil); err != nil {
 		return false, err
 	}
-	if h.opt == optInfo {
-		return false, nil
-	}
-	ok = true
+	held = false
 	c.enter(req.name, resolved, dev, release, flags, ro, fz)
 	return true, nil
 }
