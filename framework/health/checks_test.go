@@ -77,8 +77,8 @@ type fakeBackend struct {
 }
 
 func (f fakeBackend) ListASDs(context.Context) ([]ec.ASDStatus, error) { return f.asds, f.err }
-func (f fakeBackend) Writable(context.Context) error                  { return f.writable }
-func (f fakeBackend) Status(context.Context) (ec.Status, error)       { return f.status, f.err }
+func (f fakeBackend) Writable(context.Context) error                   { return f.writable }
+func (f fakeBackend) Status(context.Context) (ec.Status, error)        { return f.status, f.err }
 
 func asds(health ...string) []ec.ASDStatus {
 	out := make([]ec.ASDStatus, len(health))

@@ -222,4 +222,3 @@ func runOne(ctx context.Context, c Check, timeout time.Duration) CheckResult {
 	}
 	return CheckResult{Name: c.Name, Result: res, TookMS: time.Since(start).Milliseconds()}
 }
-

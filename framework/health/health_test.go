@@ -46,7 +46,10 @@ func result(s Status, msg string) func(context.Context) Result {
 }
 
 func TestRunner(t *testing.T) {
-	block := func(ctx context.Context) Result { <-ctx.Done(); return Result{Status: Error, Message: ctx.Err().Error()} }
+	block := func(ctx context.Context) Result {
+		<-ctx.Done()
+		return Result{Status: Error, Message: ctx.Err().Error()}
+	}
 	release := make(chan struct{})
 	t.Cleanup(func() { close(release) })
 	ignore := func(context.Context) Result { <-release; return Result{Status: OK} }
