@@ -430,8 +430,9 @@ type Clocks interface {
 // round trip. It judges the least skew the measurement proves (|offset|
 // minus half the round trip), so a slow answer never raises a false
 // alarm: warning above 1s, error above 5s. A node that does not answer
-// is a warning. now is this node's clock (time.Now if nil).
-func ClockSkew(c Clocks, now func() time.Time) Check {
+// is a warning; each gets probe to answer. now is this node's clock
+// (time.Now if nil).
+func ClockSkew(c Clocks, probe time.Duration, now func() time.Time) Check {
 	if now == nil {
 		now = time.Now
 	}
@@ -453,8 +454,10 @@ func ClockSkew(c Clocks, now func() time.Time) Check {
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
+				pctx, cancel := context.WithTimeout(ctx, probe)
+				defer cancel()
 				t0 := now()
-				t, err := c.Time(ctx, p)
+				t, err := c.Time(pctx, p)
 				t1 := now()
 				if err != nil {
 					ms[i].err = err

@@ -290,7 +290,7 @@ func TestClockSkew(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			clock := &fakeClock{t: time.Date(2024, 1, 1, 0, 0, 0, 0, time.UTC)}
 			f := fakeClocks{clock: clock, offsets: tc.offsets, rtt: tc.rtt, down: tc.down}
-			expect(t, ClockSkew(f, clock.now), tc.want, tc.subs...)
+			expect(t, ClockSkew(f, time.Second, clock.now), tc.want, tc.subs...)
 		})
 	}
 }
