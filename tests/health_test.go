@@ -2,6 +2,7 @@ package tests
 
 import (
 	"encoding/json"
+	"fmt"
 	"strings"
 	"syscall"
 	"testing"
@@ -122,4 +123,100 @@ func TestHealthASDStopped(t *testing.T) {
 	if rep := c.healthJSON(); rep.Status != "ok" {
 		t.Fatalf("ovs health -o json after the ASD came back: %+v", rep)
 	}
+}
+
+// health runs `ovs health -o json` on host h against its own node.
+func (c *netCluster) health(h *netHost) healthReport {
+	c.t.Helper()
+	out, _ := c.ovs(h, "health", "-o", "json") // exit 1 or 2 is a verdict
+	var rep healthReport
+	if err := json.Unmarshal([]byte(out), &rep); err != nil {
+		c.t.Fatalf("ovs health -o json on %s: %v: %s", h.Name, err, out)
+	}
+	return rep
+}
+
+func logReport(t *testing.T, what string, rep healthReport) {
+	t.Helper()
+	var b strings.Builder
+	for _, ch := range rep.Checks {
+		fmt.Fprintf(&b, "  %-16s %-7s %s\n", ch.Name, ch.Status, ch.Message)
+	}
+	t.Logf("ovs health with %s: %s\n%s", what, rep.Status, b.String())
+}
+
+// checkOf returns the status and message of check name in rep.
+func checkOf(rep healthReport, name string) (status, message string) {
+	for _, ch := range rep.Checks {
+		if ch.Name == name {
+			return ch.Status, ch.Message
+		}
+	}
+	return "", ""
+}
+
+// TestHealthClusterOfThree: on three hosts every check is ok, the clock
+// check measured against the two other nodes; a frozen arakoon node turns
+// the arakoon check to warning (the other two keep the quorum) and a
+// frozen storage router the nodes and clock-skew checks.
+func TestHealthClusterOfThree(t *testing.T) {
+	c := startNetCluster(t, "")
+	h1, h3 := c.hosts.Hosts[0], c.hosts.Hosts[2]
+	var rep healthReport
+	waitFor(t, 60*time.Second, "ovs health to be ok on h1", func() bool {
+		rep = c.health(h1)
+		return rep.Status == "ok"
+	})
+	if st, msg := checkOf(rep, "arakoon"); st != "ok" || !strings.Contains(msg, "3 of 3 voters") {
+		t.Errorf("arakoon: %s %q", st, msg)
+	}
+	if st, msg := checkOf(rep, "nodes"); st != "ok" || !strings.Contains(msg, "3 of 3 nodes") {
+		t.Errorf("nodes: %s %q", st, msg)
+	}
+	if st, msg := checkOf(rep, "clock-skew"); st != "ok" || !strings.Contains(msg, "2 other nodes") {
+		t.Errorf("clock-skew: %s %q", st, msg)
+	}
+
+	ara3 := c.ara.Procs[h3]
+	ara3.Freeze()
+	frozen := true
+	t.Cleanup(func() {
+		if frozen {
+			ara3.Thaw()
+		}
+	})
+	waitFor(t, 60*time.Second, "the arakoon check to warn about a3", func() bool {
+		rep = c.health(h1)
+		st, msg := checkOf(rep, "arakoon")
+		return st == "warning" && strings.Contains(msg, "unreachable: a3")
+	})
+	logReport(t, "a3 frozen", rep)
+	ara3.Thaw()
+	frozen = false
+	waitFor(t, 60*time.Second, "the arakoon check to be ok again", func() bool {
+		st, _ := checkOf(c.health(h1), "arakoon")
+		return st == "ok"
+	})
+
+	node3 := c.nodes[h3]
+	node3.Freeze()
+	nodeFrozen := true
+	t.Cleanup(func() {
+		if nodeFrozen {
+			node3.Thaw()
+		}
+	})
+	waitFor(t, 60*time.Second, "the nodes and clock-skew checks to warn about h3", func() bool {
+		rep = c.health(h1)
+		nst, nmsg := checkOf(rep, "nodes")
+		cst, cmsg := checkOf(rep, "clock-skew")
+		return nst == "warning" && strings.Contains(nmsg, "h3") && cst == "warning" && strings.Contains(cmsg, "not answering: h3")
+	})
+	logReport(t, "h3's node frozen", rep)
+	if rep.Status != "warning" {
+		t.Errorf("overall %s with h3 frozen: %+v", rep.Status, rep)
+	}
+	node3.Thaw()
+	nodeFrozen = false
+	waitFor(t, 60*time.Second, "ovs health to be ok again", func() bool { return c.health(h1).Status == "ok" })
 }

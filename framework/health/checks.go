@@ -471,7 +471,7 @@ func ClockSkew(c Clocks, probe time.Duration, now func() time.Time) Check {
 		status := OK
 		per := map[string]any{}
 		var bad, unreachable []string
-		var worst time.Duration
+		var worst, worstOffset, worstRTT time.Duration
 		for i, p := range peers {
 			m := ms[i]
 			if m.err != nil {
@@ -482,6 +482,9 @@ func ClockSkew(c Clocks, probe time.Duration, now func() time.Time) Check {
 			}
 			skew := max(absDur(m.offset)-m.rtt/2, 0)
 			worst = max(worst, skew)
+			if absDur(m.offset) >= worstOffset {
+				worstOffset, worstRTT = absDur(m.offset), m.rtt
+			}
 			per[p] = map[string]any{"offset_ms": m.offset.Milliseconds(), "rtt_ms": m.rtt.Milliseconds()}
 			s := OK
 			switch {
@@ -504,7 +507,8 @@ func ClockSkew(c Clocks, probe time.Duration, now func() time.Time) Check {
 			msg = append(msg, "not answering: "+strings.Join(unreachable, ", "))
 		}
 		if status == OK {
-			return Result{Status: OK, Message: fmt.Sprintf("%d other nodes, largest skew %s", len(peers), worst.Round(time.Millisecond)), Details: details}
+			return Result{Status: OK, Message: fmt.Sprintf("%d other nodes, largest offset %s (±%s)", len(peers),
+				worstOffset.Round(time.Millisecond), (worstRTT / 2).Round(time.Millisecond)), Details: details}
 		}
 		return Result{Status: status, Message: strings.Join(msg, "; "), Details: details}
 	}}

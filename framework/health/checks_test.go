@@ -279,7 +279,7 @@ func TestClockSkew(t *testing.T) {
 		subs    []string
 	}{
 		{"alone", nil, 0, nil, OK, []string{"no other node"}},
-		{"in sync", map[string]time.Duration{"n2": 200 * time.Millisecond}, time.Millisecond, nil, OK, []string{"largest skew 200ms"}},
+		{"in sync", map[string]time.Duration{"n2": 200 * time.Millisecond}, 2 * time.Millisecond, nil, OK, []string{"largest offset 200ms (±1ms)"}},
 		{"ahead", map[string]time.Duration{"n2": 2 * time.Second}, time.Millisecond, nil, Warning, []string{"n2 +2.0s"}},
 		{"behind", map[string]time.Duration{"n2": -3 * time.Second}, time.Millisecond, nil, Warning, []string{"n2 -3.0s"}},
 		{"far off", map[string]time.Duration{"n2": -6 * time.Second}, time.Millisecond, nil, Error, []string{"n2 -6.0s"}},
