@@ -42,6 +42,13 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "ovs: %v\n\n%s", err, cmd.UsageString())
 		return 1
 	}
+	var ee exitError
+	if errors.As(err, &ee) {
+		if ee.err != nil {
+			fmt.Fprintf(stderr, "ovs: %v\n", ee.err)
+		}
+		return ee.code
+	}
 	if errors.Is(err, context.Canceled) && ctx.Err() != nil {
 		fmt.Fprintln(stderr, "ovs: interrupted")
 		return 1
@@ -141,6 +148,7 @@ func newRootCommand(stdout, stderr io.Writer) *cobra.Command {
 		newClusterCommand(),
 		newNodeCommand(g),
 		newOpenStackCommand(g),
+		newHealthCommand(g),
 	)
 	markRuntimeErrors(root)
 	return root

@@ -6,6 +6,8 @@
 //
 //	GET    /api/v1/health                200 {"status":"ok"} once ready (the backend can take a
 //	                                     new vdisk's data), 503 before and while it cannot
+//	GET    /api/v1/health/checks         200 health.Report (Options.HealthChecks; 404 without it)
+//	GET    /api/v1/health/clock          200 ClockResponse: this node's time (clock-skew check)
 //	POST   /api/v1/vdisks                201 VolumeInfo; body CreateRequest
 //	GET    /api/v1/vdisks                200 [VolumeInfo...] sorted by name
 //	GET    /api/v1/vdisks/{name}         200 VolumeInfo
@@ -53,6 +55,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/ovs-storage/ovs/framework/health"
 	"github.com/ovs-storage/ovs/volumedriver"
 )
 
@@ -150,6 +153,9 @@ type Options struct {
 	// Capacity, if set, reports the backend's space for GET
 	// /api/v1/capacity (404 without it).
 	Capacity func(ctx context.Context) (BackendSpace, error)
+	// HealthChecks, if set, runs the health checks for GET
+	// /api/v1/health/checks (404 without it).
+	HealthChecks func(ctx context.Context) health.Report
 }
 
 // CreateRequest is the body of POST /api/v1/vdisks. The server also
@@ -216,6 +222,7 @@ type Server struct {
 	mounts                            map[string]http.Handler
 	cluster                           Cluster
 	capacityFn                        func(context.Context) (BackendSpace, error)
+	healthChecksFn                    func(context.Context) health.Report
 }
 
 func orDefault[T comparable](v, def T) T {
@@ -248,6 +255,7 @@ func NewServer(vdisks VDisks, opts Options) *Server {
 		mounts:            opts.Mounts,
 		cluster:           opts.Cluster,
 		capacityFn:        opts.Capacity,
+		healthChecksFn:    opts.HealthChecks,
 	}
 	if s.log == nil {
 		s.log = slog.Default()
@@ -256,6 +264,8 @@ func NewServer(vdisks VDisks, opts Options) *Server {
 		s.maxBody = DefaultMaxBodyBytes
 	}
 	s.mux.HandleFunc("GET /api/v1/health", s.health)
+	s.mux.HandleFunc("GET /api/v1/health/checks", s.healthChecks)
+	s.mux.HandleFunc("GET /api/v1/health/clock", s.clock)
 	s.mux.HandleFunc("GET /api/v1/vdisks", s.listVDisks)
 	s.mux.HandleFunc("POST /api/v1/vdisks", s.createVDisk)
 	s.mux.HandleFunc("GET /api/v1/vdisks/{name}", s.getVDisk)

@@ -86,6 +86,7 @@ func Run(ctx context.Context, cfg Config, ro RunOptions) error {
 	var writable func(context.Context) error
 	var space func(context.Context) (api.BackendSpace, error)
 	var asdIDs []string
+	var ecBackend *ec.Backend
 	switch cfg.Backend.Kind {
 	case "local":
 		if backend, err = scos.NewLocalDir(filepath.Join(cfg.Data, "backend")); err != nil {
@@ -122,6 +123,7 @@ func Run(ctx context.Context, cfg Config, ro RunOptions) error {
 		writable = nec.Backend.Writable
 		space = ecSpace(nec.Backend)
 		asdIDs = nec.IDs
+		ecBackend = nec.Backend
 	}
 	self, err := registerNode(ctx, cfg, store, asdIDs, false)
 	if err != nil {
@@ -294,6 +296,8 @@ func Run(ctx context.Context, cfg Config, ro RunOptions) error {
 	}
 	vd := &clusterVDisks{rt: rt}
 	apiOpts.Cluster = vd
+	apiOpts.HealthChecks = newHealthRunner(healthDeps{self: cfg.ID, ara: ara, backend: ecBackend, vdisks: vd, rt: rt,
+		maxPendingUpload: int64(cfg.Driver.MaxPendingUpload), heartbeat: cfg.Intervals.Heartbeat}).Run
 	var (
 		iscsiSrv     *iscsi.Server
 		iscsiTargets *iscsiTargets
