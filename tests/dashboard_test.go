@@ -430,5 +430,22 @@ func TestDashboardLiveIOPS(t *testing.T) {
 	b.waitText("#ov-iops", "100 / 50")
 	b.waitText("#ov-bw", "400 KiB/s read, 200 KiB/s written")
 	b.screenshot("overview-iops")
+
+	// Data is text: snapshot metadata (free text) holding markup shows as
+	// that text, and nothing in it runs or loads.
+	const hostile = `<img src=x onerror="document.title='owned'"><script>document.title='owned'</script>`
+	c.ovsOK("vdisk", "snapshot", "create", "busy", "tagged", "--metadata", hostile)
+	b.run("opening the vdisk", chromedp.Navigate(srv.URL+"/ui/#/vdisk/busy"),
+		chromedp.WaitVisible(chromedp.CSS(`#snap-table tr[data-snapshot="tagged"]`)))
+	if got := b.text(`#snap-table tr[data-snapshot="tagged"] td:nth-child(5)`); got != hostile {
+		t.Errorf("metadata cell reads %q, want the metadata as text %q", got, hostile)
+	}
+	if n := b.eval(`String(document.querySelectorAll('#snap-table img, #snap-table script').length)`); n != "0" {
+		t.Errorf("the metadata became %s elements", n)
+	}
+	if title := b.eval(`document.title`); title != "OVS · busy" {
+		t.Errorf("page title %q: something ran", title)
+	}
+	b.screenshot("metadata-as-text")
 	b.checkProblems()
 }

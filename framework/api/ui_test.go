@@ -36,7 +36,7 @@ func TestUIRoutes(t *testing.T) {
 		{name: "root redirects", srv: withUI, method: "GET", path: "/", wantStatus: 302, wantLocation: "/ui/"},
 		{name: "no slash redirects", srv: withUI, method: "GET", path: "/ui", wantStatus: 307, wantLocation: "/ui/"},
 		{name: "typed in the address bar", srv: withUI, method: "GET", path: "/ui/",
-			header: map[string]string{"Sec-Fetch-Site": "none", "Sec-Fetch-Mode": "navigate", "Sec-Fetch-Dest": "document"},
+			header:     map[string]string{"Sec-Fetch-Site": "none", "Sec-Fetch-Mode": "navigate", "Sec-Fetch-Dest": "document"},
 			wantStatus: 200, wantUI: "/ui/"},
 		{name: "link from another site", srv: withUI, method: "GET", path: "/ui/", header: navigate, wantStatus: 200, wantUI: "/ui/"},
 		{name: "link from another site to the root", srv: withUI, method: "GET", path: "/", header: navigate,

@@ -141,8 +141,8 @@ function ask({ title, message: msg, input, force, ok = 'OK', danger = false }) {
 async function askToken(why) {
   const r = await ask({
     title: 'API token',
-    message: (why ? why + ' ' : '') + 'Paste a token: `ovs token create` makes one for vdisk actions; ' +
-      'the cluster admin token (`ovs backend token`) also opens the backend view. It is kept in this tab only.',
+    message: why + ' `ovs token create` makes a token for vdisk actions; the cluster admin token ' +
+      '(`ovs backend token`) also opens the backend view. The page keeps it in this tab only.',
     input: { label: 'Token', type: 'password', value: '' },
     ok: 'Use token',
   });
@@ -157,7 +157,7 @@ function updateTokenButton() {
 }
 
 $('token-button').addEventListener('click', async () => {
-  await askToken('');
+  await askToken('Paste an API token.');
   refresh();
 });
 
@@ -170,7 +170,8 @@ async function mutate(what, fn) {
     return r;
   } catch (err) {
     if (err instanceof APIError && err.status === 401) {
-      if (await askToken(err.message)) {
+      const why = getToken() ? 'The API refused the token this page has.' : 'This action needs an API token.';
+      if (await askToken(why)) {
         try {
           const r = await fn();
           refresh();
@@ -267,7 +268,7 @@ function showHealth(h) {
     setText('ov-health', fmt.DASH);
     setText('ov-health-detail', '');
     setText('health-note', 'This node does not serve health checks.');
-    syncRows(tbody, [], () => '', () => [], 'data-check');
+    $('health-table').hidden = true;
     return;
   }
   const overall = h.status || h.worst || h.overall || '';
@@ -277,6 +278,7 @@ function showHealth(h) {
   const bad = checks.filter((c) => (c.status || '') !== 'ok').length;
   setText('ov-health-detail', `${checks.length} checks, ${bad} not ok`);
   setText('health-note', '');
+  $('health-table').hidden = false;
   syncRows(tbody, checks, (c) => String(c.name), (c) => [
     String(c.name), state(String(c.status || '')), String(c.message || c.msg || ''),
   ], 'data-check');
@@ -405,7 +407,11 @@ async function showBackend() {
   setText('be-free', fmt.size(status.free));
   setText('be-space', `${fmt.size(status.used)} used of ${fmt.size(status.capacity)}`);
   setText('be-preset', status.default_preset || fmt.DASH);
-  syncRows($('asd-table').tBodies[0], asds || [], (a) => a.id, (a) => [
+  // The API lists ASDs in no fixed order; a stable one keeps rows still.
+  const sorted = (asds || []).slice().sort((x, y) =>
+    (x.node || '').localeCompare(y.node || '') || (x.addr || '').localeCompare(y.addr || '', 'en', { numeric: true }) ||
+    x.id.localeCompare(y.id));
+  syncRows($('asd-table').tBodies[0], sorted, (a) => a.id, (a) => [
     a.id, a.node || fmt.DASH, a.site || fmt.DASH, a.addr || fmt.DASH, state(a.state),
     state(a.health + (a.error ? ': ' + a.error : '')), num(fmt.size(a.used)), num(fmt.size(a.capacity)),
     num(fmt.count(a.fragments)), fmt.time(a.last_seen),
