@@ -78,8 +78,14 @@ func startBrowser(t *testing.T) *browser {
 	t.Cleanup(func() {
 		// Everything the browser started, and anything else using its
 		// profile (a helper that double-forked away from it).
-		ps := append(descendants(pid), procByPid(pid))
-		ps = append(ps, procsWithArg(profile)...)
+		seen := map[proc]bool{}
+		var ps []proc
+		for _, p := range append(append(descendants(pid), procByPid(pid)), procsWithArg(profile)...) {
+			if !seen[p] {
+				seen[p] = true
+				ps = append(ps, p)
+			}
+		}
 		cancelCtx()
 		cancelAlloc() // kills the browser and waits for it
 		deadline := time.Now().Add(15 * time.Second)
@@ -91,6 +97,7 @@ func startBrowser(t *testing.T) *browser {
 				}
 			}
 			if len(left) == 0 {
+				t.Logf("chromium: its %d processes are gone", len(ps))
 				break
 			}
 			if time.Now().After(deadline) {
