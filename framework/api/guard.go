@@ -117,7 +117,9 @@ func checkOrigin(r *http.Request) error {
 	switch site := r.Header.Get("Sec-Fetch-Site"); site {
 	case "", "same-origin", "none":
 	default:
-		return forbidden("cross-origin request refused (Sec-Fetch-Site: %s)", site)
+		if !isPageLoad(r) {
+			return forbidden("cross-origin request refused (Sec-Fetch-Site: %s)", site)
+		}
 	}
 	origin := r.Header.Get("Origin")
 	if origin == "" {
@@ -128,6 +130,17 @@ func checkOrigin(r *http.Request) error {
 		return forbidden("cross-origin request from %q refused: the API serves only its own origin", origin)
 	}
 	return nil
+}
+
+// isPageLoad tells a top-level page load of the dashboard (a link to it
+// on another site, say) from a request a page makes: the load only
+// shows the page, whose own calls are then same-origin. A frame is not a
+// page load (the dashboard also refuses to be framed), nor is anything
+// under /api/.
+func isPageLoad(r *http.Request) bool {
+	return (r.Method == http.MethodGet || r.Method == http.MethodHead) &&
+		r.Header.Get("Sec-Fetch-Mode") == "navigate" && r.Header.Get("Sec-Fetch-Dest") == "document" &&
+		!strings.HasPrefix(r.URL.Path, "/api/")
 }
 
 // checkContentType requires application/json on every request with a body

@@ -26,6 +26,7 @@
 //	POST   /api/v1/vdisks/{name}/scrub                 200 ScrubResult
 //
 //	GET    /api/v1/capacity              200 CapacityResponse (Options.Capacity; 404 without it)
+//	GET    /ui/...                       the web dashboard (Options.UI); GET / redirects to /ui/
 //
 // Sizes in request bodies are a JSON integer (bytes) or a string in the
 // ParseSize syntax ("10GiB"). Every error is a JSON ErrorResponse.
@@ -156,6 +157,9 @@ type Options struct {
 	// HealthChecks, if set, runs the health checks for GET
 	// /api/v1/health/checks (404 without it).
 	HealthChecks func(ctx context.Context) health.Report
+	// UI, if set, is the web dashboard: served for GET /ui/..., and GET /
+	// redirects there.
+	UI http.Handler
 }
 
 // CreateRequest is the body of POST /api/v1/vdisks. The server also
@@ -283,6 +287,10 @@ func NewServer(vdisks VDisks, opts Options) *Server {
 	s.mux.HandleFunc("POST /api/v1/vdisks/{name}/scrub", s.scrubVDisk)
 	s.mux.HandleFunc("GET /api/v1/capacity", s.capacity)
 	s.clusterRoutes()
+	if opts.UI != nil {
+		s.mux.Handle("GET /ui/", opts.UI)
+		s.mux.Handle("GET /{$}", http.RedirectHandler("/ui/", http.StatusFound))
+	}
 	s.handler = s.logRequests(s.recoverPanics(s.guard(http.HandlerFunc(s.route))))
 	return s
 }

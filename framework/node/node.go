@@ -17,6 +17,7 @@ import (
 
 	"github.com/ovs-storage/ovs/arakoon"
 	"github.com/ovs-storage/ovs/framework/api"
+	"github.com/ovs-storage/ovs/framework/dashboard"
 	"github.com/ovs-storage/ovs/framework/model"
 	"github.com/ovs-storage/ovs/framework/secret"
 	"github.com/ovs-storage/ovs/scos"
@@ -290,6 +291,9 @@ func Run(ctx context.Context, cfg Config, ro RunOptions) error {
 	}
 	apiOpts.Ready = writable
 	apiOpts.Capacity = space
+	if apiOpts.UI, err = dashboard.New(); err != nil {
+		return err
+	}
 	apiOpts.Tokens = anyToken{apiOpts.Tokens, sec, []string{nodeAPIPurpose, backendAdminPurpose}}
 	if backendAdmin != nil {
 		apiOpts.Mounts = map[string]http.Handler{"/api/v1/backend/": backendAdminMount(backendAdmin, sec)}
