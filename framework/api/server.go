@@ -25,6 +25,13 @@
 //
 //	GET    /api/v1/capacity              200 CapacityResponse (Options.Capacity; 404 without it)
 //
+//	GET    /api/v1/jobs                  200 [Job...] oldest first
+//	GET    /api/v1/jobs/{id}             200 Job
+//
+// flatten, scrub, move and the backend's repair, scrub, rebalance and
+// decommission take ?async=true: they run as a job and answer 202 Job at
+// once (see jobs.go).
+//
 // Sizes in request bodies are a JSON integer (bytes) or a string in the
 // ParseSize syntax ("10GiB"). Every error is a JSON ErrorResponse.
 //
@@ -150,6 +157,9 @@ type Options struct {
 	// Capacity, if set, reports the backend's space for GET
 	// /api/v1/capacity (404 without it).
 	Capacity func(ctx context.Context) (BackendSpace, error)
+	// Jobs runs the ?async=true calls; nil makes one that lives as long
+	// as the process.
+	Jobs *JobStore
 }
 
 // CreateRequest is the body of POST /api/v1/vdisks. The server also
@@ -216,6 +226,7 @@ type Server struct {
 	mounts                            map[string]http.Handler
 	cluster                           Cluster
 	capacityFn                        func(context.Context) (BackendSpace, error)
+	jobs                              *JobStore
 }
 
 func orDefault[T comparable](v, def T) T {
@@ -248,12 +259,16 @@ func NewServer(vdisks VDisks, opts Options) *Server {
 		mounts:            opts.Mounts,
 		cluster:           opts.Cluster,
 		capacityFn:        opts.Capacity,
+		jobs:              opts.Jobs,
 	}
 	if s.log == nil {
 		s.log = slog.Default()
 	}
 	if s.maxBody <= 0 {
 		s.maxBody = DefaultMaxBodyBytes
+	}
+	if s.jobs == nil {
+		s.jobs = NewJobStore(context.Background(), JobOptions{Logger: s.log})
 	}
 	s.mux.HandleFunc("GET /api/v1/health", s.health)
 	s.mux.HandleFunc("GET /api/v1/vdisks", s.listVDisks)
@@ -273,6 +288,7 @@ func NewServer(vdisks VDisks, opts Options) *Server {
 	s.mux.HandleFunc("POST /api/v1/vdisks/{name}/scrub", s.scrubVDisk)
 	s.mux.HandleFunc("GET /api/v1/capacity", s.capacity)
 	s.clusterRoutes()
+	s.jobRoutes()
 	s.handler = s.logRequests(s.recoverPanics(s.guard(http.HandlerFunc(s.route))))
 	return s
 }
@@ -574,6 +590,9 @@ func (s *Server) cloneVDisk(w http.ResponseWriter, r *http.Request) {
 
 func (s *Server) flattenVDisk(w http.ResponseWriter, r *http.Request) {
 	name := r.PathValue("name")
+	if s.asJob(w, r, "flatten", name, func(ctx context.Context) (any, error) { return s.vdisks.Flatten(ctx, name) }) {
+		return
+	}
 	info, err := s.vdisks.Flatten(r.Context(), name)
 	if err != nil {
 		s.writeError(w, r, err, name)
@@ -594,6 +613,9 @@ func (s *Server) setTemplate(w http.ResponseWriter, r *http.Request) {
 
 func (s *Server) scrubVDisk(w http.ResponseWriter, r *http.Request) {
 	name := r.PathValue("name")
+	if s.asJob(w, r, "scrub", name, func(ctx context.Context) (any, error) { return s.vdisks.Scrub(ctx, name) }) {
+		return
+	}
 	res, err := s.vdisks.Scrub(r.Context(), name)
 	if err != nil {
 		s.writeError(w, r, err, name)
