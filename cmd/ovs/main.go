@@ -141,6 +141,7 @@ func newRootCommand(stdout, stderr io.Writer) *cobra.Command {
 		newClusterCommand(),
 		newNodeCommand(g),
 		newOpenStackCommand(g),
+		newJobCommand(g),
 	)
 	markRuntimeErrors(root)
 	return root
