@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"time"
 
+	"github.com/ovs-storage/ovs/internal/progress"
 	"github.com/ovs-storage/ovs/scos"
 )
 
@@ -295,6 +296,7 @@ func (d *Driver) Flatten(ctx context.Context, name string) (VolumeInfo, error) {
 	}
 	// Everything it needs must be in its own namespace before the chain
 	// is cut.
+	progress.From(ctx).Start("sync", "", 0)
 	if err := v.Sync(ctx); err != nil {
 		return VolumeInfo{}, fmt.Errorf("flatten %s: %w", name, err)
 	}
@@ -303,6 +305,7 @@ func (d *Driver) Flatten(ctx context.Context, name string) (VolumeInfo, error) {
 		return VolumeInfo{}, err
 	}
 	defer unlock()
+	progress.From(ctx).Start("detach", "", 0)
 	if err := v.updateConfig(ctx, func(c *volumeConfig) { c.Ancestors = nil }); err != nil {
 		return VolumeInfo{}, err
 	}
@@ -312,10 +315,20 @@ func (d *Driver) Flatten(ctx context.Context, name string) (VolumeInfo, error) {
 
 // copyInherited rewrites, page by page, the clusters whose location is in
 // an ancestor as the volume's own writes.
+//
+// Its progress is in bytes of the mapped address range looked at: the
+// pages with entries are counted up front (a bitmap), the inherited
+// clusters among them are not known until each page is read.
 func (v *Volume) copyInherited(ctx context.Context) (int64, error) {
 	cs := v.clusterSize
 	var copied int64
 	buf := make([]byte, cs)
+	pt := progress.From(ctx)
+	pageBytes := int64(pageEntries) * int64(cs)
+	v.mu.Lock()
+	pages := v.md.allocated.count()
+	v.mu.Unlock()
+	pt.Start("copy", "bytes", int64(pages)*pageBytes)
 	for page := uint64(0); ; page++ {
 		if err := ctx.Err(); err != nil {
 			return copied, err
@@ -357,6 +370,7 @@ func (v *Volume) copyInherited(ctx context.Context) (int64, error) {
 			}
 			copied += int64(cs)
 		}
+		pt.Add(pageBytes)
 	}
 }
 

@@ -715,6 +715,15 @@ func (b *bitset) clear(i uint64) {
 	}
 }
 
+// count returns how many bits are set.
+func (b *bitset) count() uint64 {
+	var n int
+	for _, w := range b.words {
+		n += bits.OnesCount64(w)
+	}
+	return uint64(n)
+}
+
 // nextSet returns the first set bit >= i.
 func (b *bitset) nextSet(i uint64) (uint64, bool) {
 	for i < b.n {

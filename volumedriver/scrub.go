@@ -10,6 +10,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/ovs-storage/ovs/internal/progress"
 	"github.com/ovs-storage/ovs/scos"
 )
 
@@ -103,6 +104,8 @@ func (v *Volume) scrub(ctx context.Context, bounded bool) (ScrubResult, error) {
 		}
 		return false
 	}
+	pt := progress.From(ctx)
+	pt.Start("read tlogs", "tlogs", int64(len(names)))
 	current := map[uint64]mapping{}
 	uses := map[uint32]*scoUse{}
 	tlogRecs := make([][]tlogRecord, u)
@@ -118,6 +121,7 @@ func (v *Volume) scrub(ctx context.Context, bounded bool) (ScrubResult, error) {
 			return res, err
 		}
 		tlogRecs[j] = recs
+		pt.Add(1)
 		for _, r := range recs {
 			switch r.Type {
 			case recWrite:
@@ -225,6 +229,11 @@ func (v *Volume) scrub(ctx context.Context, bounded bool) (ScrubResult, error) {
 	}
 
 	// Write the new SCO versions: only their live clusters, verified.
+	var rewriteBytes int64
+	for _, use := range rewrite {
+		rewriteBytes += int64(len(use.live)) * cs
+	}
+	pt.Start("rewrite scos", "bytes", rewriteBytes)
 	var newObjects []string
 	abort := func(err error) (ScrubResult, error) {
 		for _, o := range newObjects {
@@ -260,13 +269,16 @@ func (v *Volume) scrub(ctx context.Context, bounded bool) (ScrubResult, error) {
 			return abort(fmt.Errorf("scrub: write %s: %w", newName, err))
 		}
 		newObjects = append(newObjects, newName.String())
+		pt.Add(int64(len(out)))
 	}
 
 	// 3. Rewrite the TLogs that name a changed SCO. Records of dropped
 	// clusters go: no replay at any snapshot or now ends on them.
 	newNames := append([]string(nil), names...)
 	var oldTLogs []string
+	pt.Start("rewrite tlogs", "tlogs", int64(len(tlogRecs)))
 	for j, recs := range tlogRecs {
+		pt.Add(1)
 		changed := false
 		out := tlogHeader()
 		for _, r := range recs {
@@ -301,6 +313,7 @@ func (v *Volume) scrub(ctx context.Context, bounded bool) (ScrubResult, error) {
 
 	// 4. The switch.
 	v.drv.failpoint("scrub-before-switch")
+	pt.Start("switch", "", 0)
 	v.uploadMu.Lock()
 	v.mu.Lock()
 	if v.closed || len(v.state.Sealed) < u || !sameNames(v.state.Sealed[:u], names) {

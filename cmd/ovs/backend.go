@@ -246,6 +246,9 @@ func newBackendASDCommand(o *backendOptions) *cobra.Command {
 		Args: oneArg("ASD ID"),
 	}
 	decom.RunE = func(cmd *cobra.Command, args []string) error {
+		if _, ok := progressTerminal(cmd, outputTable); ok {
+			return o.drainWithProgress(cmd, args[0])
+		}
 		return o.withAdmin(cmd, func(a ec.Admin) error {
 			if err := a.DecommissionASD(cmd.Context(), args[0]); err != nil {
 				return err
@@ -369,7 +372,15 @@ func newBackendMaintenanceCommand(o *backendOptions, name, short, long string,
 	output := addOutputFlag(cmd)
 	cmd.RunE = func(cmd *cobra.Command, _ []string) error {
 		return o.withAdmin(cmd, func(a ec.Admin) error {
-			rep, err := fn(cmd.Context(), a)
+			jc, err := o.jobClient()
+			if err != nil {
+				return err
+			}
+			rep, err := withProgress(cmd, *output, "backend "+name, jc,
+				func(ctx context.Context) (api.Job, error) {
+					return jc.StartJob(ctx, "/api/v1/backend/v1/"+name, nil, nil)
+				},
+				func(ctx context.Context) (ec.MaintenanceReport, error) { return fn(ctx, a) })
 			if err != nil {
 				return err
 			}
@@ -377,21 +388,26 @@ func newBackendMaintenanceCommand(o *backendOptions, name, short, long string,
 			if *output == outputJSON {
 				return writeJSON(w, rep)
 			}
-			fmt.Fprintf(w, "%s: %d objects looked at, %d flagged, %d repaired (%d fragments rebuilt, %d moved, %d upgraded), %d still degraded, %d failed\n",
-				name, rep.Objects, rep.Flagged, rep.Repaired, rep.FragmentsRebuilt, rep.FragmentsMoved, rep.Upgraded, rep.Remaining, rep.Failed)
-			if rep.Scrubbed > 0 || rep.Orphans > 0 {
-				fmt.Fprintf(w, "scrubbed %d fragments: %d corrupt, %d missing; %d orphans deleted\n", rep.Scrubbed, rep.Corrupt, rep.Missing, rep.Orphans)
-			}
-			for _, id := range rep.Drained {
-				fmt.Fprintf(w, "ASD %s is drained (decommissioned)\n", id)
-			}
-			for _, e := range rep.Errors {
-				fmt.Fprintf(w, "error: %s\n", e)
-			}
+			writeMaintenanceReport(w, name, rep)
 			return nil
 		})
 	}
 	return cmd
+}
+
+// writeMaintenanceReport prints what a maintenance call did.
+func writeMaintenanceReport(w io.Writer, name string, rep ec.MaintenanceReport) {
+	fmt.Fprintf(w, "%s: %d objects looked at, %d flagged, %d repaired (%d fragments rebuilt, %d moved, %d upgraded), %d still degraded, %d failed\n",
+		name, rep.Objects, rep.Flagged, rep.Repaired, rep.FragmentsRebuilt, rep.FragmentsMoved, rep.Upgraded, rep.Remaining, rep.Failed)
+	if rep.Scrubbed > 0 || rep.Orphans > 0 {
+		fmt.Fprintf(w, "scrubbed %d fragments: %d corrupt, %d missing; %d orphans deleted\n", rep.Scrubbed, rep.Corrupt, rep.Missing, rep.Orphans)
+	}
+	for _, id := range rep.Drained {
+		fmt.Fprintf(w, "ASD %s is drained (decommissioned)\n", id)
+	}
+	for _, e := range rep.Errors {
+		fmt.Fprintf(w, "error: %s\n", e)
+	}
 }
 
 // --- ovs backend bench

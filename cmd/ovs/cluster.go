@@ -9,6 +9,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/ovs-storage/ovs/framework/api"
 	"github.com/ovs-storage/ovs/framework/model"
 	"github.com/ovs-storage/ovs/framework/node"
 	"github.com/ovs-storage/ovs/framework/secret"
@@ -217,7 +218,10 @@ func newVDiskMoveCommand(g *globalOptions) *cobra.Command {
 	_ = cmd.MarkFlagRequired("to")
 	output := addOutputFlag(cmd)
 	cmd.RunE = func(cmd *cobra.Command, args []string) error {
-		res, err := g.client().Move(cmd.Context(), args[0], to, force)
+		c := g.client()
+		res, err := withProgress(cmd, *output, "move "+args[0]+" to "+to, c,
+			func(ctx context.Context) (api.Job, error) { return c.MoveJob(ctx, args[0], to, force) },
+			func(ctx context.Context) (api.MoveResult, error) { return c.Move(ctx, args[0], to, force) })
 		if err != nil {
 			return err
 		}

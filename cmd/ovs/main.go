@@ -149,6 +149,7 @@ func newRootCommand(stdout, stderr io.Writer) *cobra.Command {
 		newNodeCommand(g),
 		newOpenStackCommand(g),
 		newHealthCommand(g),
+		newJobCommand(g),
 	)
 	markRuntimeErrors(root)
 	return root

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"strings"
@@ -246,7 +247,10 @@ func newVDiskFlattenCommand(g *globalOptions) *cobra.Command {
 	}
 	output := addOutputFlag(cmd)
 	cmd.RunE = func(cmd *cobra.Command, args []string) error {
-		info, err := g.client().Flatten(cmd.Context(), args[0])
+		c := g.client()
+		info, err := withProgress(cmd, *output, "flatten "+args[0], c,
+			func(ctx context.Context) (api.Job, error) { return c.FlattenJob(ctx, args[0]) },
+			func(ctx context.Context) (volumedriver.VolumeInfo, error) { return c.Flatten(ctx, args[0]) })
 		if err != nil {
 			return err
 		}

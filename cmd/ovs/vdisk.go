@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -304,7 +305,10 @@ func newVDiskScrubCommand(g *globalOptions) *cobra.Command {
 	}
 	output := addOutputFlag(cmd)
 	cmd.RunE = func(cmd *cobra.Command, args []string) error {
-		res, err := g.client().Scrub(cmd.Context(), args[0])
+		c := g.client()
+		res, err := withProgress(cmd, *output, "scrub "+args[0], c,
+			func(ctx context.Context) (api.Job, error) { return c.ScrubJob(ctx, args[0]) },
+			func(ctx context.Context) (volumedriver.ScrubResult, error) { return c.Scrub(ctx, args[0]) })
 		if err != nil {
 			return err
 		}

@@ -206,6 +206,9 @@ func (s *Server) moveVDisk(w http.ResponseWriter, r *http.Request) {
 		s.writeError(w, r, badRequest("move: no target node (\"to\")"), name)
 		return
 	}
+	if s.asJob(w, r, "move", name, func(ctx context.Context) (any, error) { return s.cluster.Move(ctx, name, req.To, req.Force) }) {
+		return
+	}
 	res, err := s.cluster.Move(r.Context(), name, req.To, req.Force)
 	if err != nil {
 		s.writeError(w, r, err, name)

@@ -28,6 +28,13 @@
 //	GET    /api/v1/capacity              200 CapacityResponse (Options.Capacity; 404 without it)
 //	GET    /ui/...                       the web dashboard (Options.UI); GET / redirects to /ui/
 //
+//	GET    /api/v1/jobs                  200 [Job...] oldest first
+//	GET    /api/v1/jobs/{id}             200 Job
+//
+// flatten, scrub, move and the backend's repair, scrub, rebalance and
+// decommission take ?async=true: they run as a job and answer 202 Job at
+// once (see jobs.go).
+//
 // Sizes in request bodies are a JSON integer (bytes) or a string in the
 // ParseSize syntax ("10GiB"). Every error is a JSON ErrorResponse.
 //
@@ -160,6 +167,9 @@ type Options struct {
 	// UI, if set, is the web dashboard: served for GET /ui/..., and GET /
 	// redirects there.
 	UI http.Handler
+	// Jobs runs the ?async=true calls; nil makes one that lives as long
+	// as the process.
+	Jobs *JobStore
 }
 
 // CreateRequest is the body of POST /api/v1/vdisks. The server also
@@ -227,6 +237,7 @@ type Server struct {
 	cluster                           Cluster
 	capacityFn                        func(context.Context) (BackendSpace, error)
 	healthChecksFn                    func(context.Context) health.Report
+	jobs                              *JobStore
 }
 
 func orDefault[T comparable](v, def T) T {
@@ -260,12 +271,16 @@ func NewServer(vdisks VDisks, opts Options) *Server {
 		cluster:           opts.Cluster,
 		capacityFn:        opts.Capacity,
 		healthChecksFn:    opts.HealthChecks,
+		jobs:              opts.Jobs,
 	}
 	if s.log == nil {
 		s.log = slog.Default()
 	}
 	if s.maxBody <= 0 {
 		s.maxBody = DefaultMaxBodyBytes
+	}
+	if s.jobs == nil {
+		s.jobs = NewJobStore(context.Background(), JobOptions{Logger: s.log})
 	}
 	s.mux.HandleFunc("GET /api/v1/health", s.health)
 	s.mux.HandleFunc("GET /api/v1/health/checks", s.healthChecks)
@@ -291,6 +306,7 @@ func NewServer(vdisks VDisks, opts Options) *Server {
 		s.mux.Handle("GET /ui/", opts.UI)
 		s.mux.Handle("GET /{$}", http.RedirectHandler("/ui/", http.StatusFound))
 	}
+	s.jobRoutes()
 	s.handler = s.logRequests(s.recoverPanics(s.guard(http.HandlerFunc(s.route))))
 	return s
 }
@@ -592,6 +608,9 @@ func (s *Server) cloneVDisk(w http.ResponseWriter, r *http.Request) {
 
 func (s *Server) flattenVDisk(w http.ResponseWriter, r *http.Request) {
 	name := r.PathValue("name")
+	if s.asJob(w, r, "flatten", name, func(ctx context.Context) (any, error) { return s.vdisks.Flatten(ctx, name) }) {
+		return
+	}
 	info, err := s.vdisks.Flatten(r.Context(), name)
 	if err != nil {
 		s.writeError(w, r, err, name)
@@ -612,6 +631,9 @@ func (s *Server) setTemplate(w http.ResponseWriter, r *http.Request) {
 
 func (s *Server) scrubVDisk(w http.ResponseWriter, r *http.Request) {
 	name := r.PathValue("name")
+	if s.asJob(w, r, "scrub", name, func(ctx context.Context) (any, error) { return s.vdisks.Scrub(ctx, name) }) {
+		return
+	}
 	res, err := s.vdisks.Scrub(r.Context(), name)
 	if err != nil {
 		s.writeError(w, r, err, name)

@@ -295,8 +295,11 @@ func Run(ctx context.Context, cfg Config, ro RunOptions) error {
 		return err
 	}
 	apiOpts.Tokens = anyToken{apiOpts.Tokens, sec, []string{nodeAPIPurpose, backendAdminPurpose}}
+	// ?async=true calls run as jobs for the node's lifetime.
+	jobs := api.NewJobStore(ctx, api.JobOptions{Logger: log})
+	apiOpts.Jobs = jobs
 	if backendAdmin != nil {
-		apiOpts.Mounts = map[string]http.Handler{"/api/v1/backend/": backendAdminMount(backendAdmin, sec)}
+		apiOpts.Mounts = map[string]http.Handler{"/api/v1/backend/": backendAdminMount(jobs.Async("backend", backendAdmin), sec)}
 	}
 	vd := &clusterVDisks{rt: rt}
 	apiOpts.Cluster = vd
@@ -403,6 +406,9 @@ func Run(ctx context.Context, cfg Config, ro RunOptions) error {
 	}
 	if err := httpSrv.Shutdown(shutCtx); err != nil {
 		log.Warn("API shutdown", "err", err)
+	}
+	if err := jobs.Close(shutCtx); err != nil {
+		log.Warn("API jobs", "err", err)
 	}
 	rt.close()
 	return runErr

@@ -13,6 +13,7 @@ import (
 
 	"github.com/ovs-storage/ovs/framework/api"
 	"github.com/ovs-storage/ovs/framework/model"
+	"github.com/ovs-storage/ovs/internal/progress"
 	"github.com/ovs-storage/ovs/scos"
 	"github.com/ovs-storage/ovs/scos/asd"
 	"github.com/ovs-storage/ovs/scos/ec"
@@ -412,6 +413,8 @@ func (r *router) onFenced(name, id string) {
 // it; held I/O then goes to the new owner.
 func (r *router) move(ctx context.Context, ov model.OwnedVDisk, to string) (moveTimes, error) {
 	var mt moveTimes
+	pt := progress.From(ctx)
+	pt.Start("sync", "steps", 3)
 	// Upload while I/O goes on, so that what is left for the handover
 	// (while I/O waits) is what came in during the last round.
 	for range 3 {
@@ -438,6 +441,8 @@ func (r *router) move(ctx context.Context, ov model.OwnedVDisk, to string) (move
 	rt.gate.Lock()
 	defer rt.gate.Unlock()
 	held := time.Now()
+	pt.SetStage("release")
+	pt.Add(1)
 	if err := r.drv.Release(ctx, ov.Name); err != nil {
 		return mt, fmt.Errorf("move %s: hand over: %w", ov.Name, err)
 	}
@@ -456,6 +461,8 @@ func (r *router) move(ctx context.Context, ov model.OwnedVDisk, to string) (move
 	// Have the new owner bring it up now rather than on the first
 	// forwarded I/O; held I/O waits for that either way.
 	adopt := time.Now()
+	pt.SetStage("adopt")
+	pt.Add(1)
 	if c, err := r.apiOf(ctx, to); err == nil {
 		if _, err := c.Adopt(ctx, ov.Name); err != nil {
 			r.log.Warn("the new owner did not adopt the vdisk at once; it will on the first I/O", "vdisk", ov.Name, "to", to, "err", err)
@@ -463,6 +470,7 @@ func (r *router) move(ctx context.Context, ov model.OwnedVDisk, to string) (move
 	}
 	mt.adopt = time.Since(adopt)
 	mt.held = time.Since(held)
+	pt.Add(1)
 	return mt, nil
 }
 

@@ -11,6 +11,7 @@ import (
 
 	"github.com/ovs-storage/ovs/framework/api"
 	"github.com/ovs-storage/ovs/framework/model"
+	"github.com/ovs-storage/ovs/internal/progress"
 	"github.com/ovs-storage/ovs/volumedriver"
 )
 
@@ -190,12 +191,14 @@ func (c *clusterVDisks) Delete(ctx context.Context, name string, force bool) err
 // the owner's API.
 func onOwner[T any](c *clusterVDisks, ctx context.Context, name string,
 	local func() (T, error), remote func(*api.Client) (T, error)) (T, error) {
-	_, cl, err := c.owner(ctx, name)
+	ov, cl, err := c.owner(ctx, name)
 	if err != nil {
 		var zero T
 		return zero, err
 	}
 	if cl != nil {
+		// Its progress is on the owner; a job here only says where.
+		progress.From(ctx).Start("on node "+ov.Owner.Node, "", 0)
 		return remote(cl)
 	}
 	return local()
@@ -352,6 +355,7 @@ func (c *clusterVDisks) Move(ctx context.Context, name, to string, force bool) (
 		if err != nil {
 			return res, err
 		}
+		progress.From(ctx).Start("on node "+ov.Owner.Node, "", 0)
 		return cl.Move(ctx, name, to, false)
 	}
 	res.Took = time.Since(start)

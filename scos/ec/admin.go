@@ -344,7 +344,7 @@ func writeJSON(w http.ResponseWriter, v any) {
 //	GET    /v1/status                 Status
 //	GET    /v1/asds                   []ASDStatus
 //	POST   /v1/asds                   {"addr": "host:port"} -> ASDStatus
-//	POST   /v1/asds/{id}/decommission
+//	POST   /v1/asds/{id}/decommission  [?wait=true: once drained -> MaintenanceReport]
 //	DELETE /v1/asds/{id}[?force=1]
 //	GET    /v1/presets                []Preset
 //	POST   /v1/presets                Preset
@@ -401,7 +401,19 @@ func NewAdminHandler(a Admin) http.Handler {
 		reply(w, s, err)
 	})
 	mux.HandleFunc("POST /v1/asds/{id}/decommission", func(w http.ResponseWriter, r *http.Request) {
-		reply(w, nil, a.DecommissionASD(r.Context(), r.PathValue("id")))
+		id := r.PathValue("id")
+		if err := a.DecommissionASD(r.Context(), id); err != nil || r.URL.Query().Get("wait") != "true" {
+			reply(w, nil, err)
+			return
+		}
+		// ?wait=true: answer once drained, with what it took.
+		d, ok := a.(Drainer)
+		if !ok {
+			reply(w, nil, fmt.Errorf("%w: this admin cannot wait for a drain", errBadRequest))
+			return
+		}
+		rep, err := d.WaitDrained(r.Context(), id)
+		reply(w, rep, err)
 	})
 	mux.HandleFunc("DELETE /v1/asds/{id}", func(w http.ResponseWriter, r *http.Request) {
 		reply(w, nil, a.RemoveASD(r.Context(), r.PathValue("id"), r.URL.Query().Get("force") == "1"))

@@ -11,6 +11,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	jobprogress "github.com/ovs-storage/ovs/internal/progress"
 	"github.com/ovs-storage/ovs/scos"
 	"github.com/ovs-storage/ovs/scos/asd"
 )
@@ -67,6 +68,9 @@ type progress struct {
 	started   time.Time
 	lastScrub time.Time
 	lastPass  time.Time
+	// tracker is the caller's (progress.From), nil if none: a
+	// maintenance call run as an API job reports into it too.
+	tracker *jobprogress.Tracker
 }
 
 // MaintenanceProgress shows the maintenance task under way, if any.
@@ -79,21 +83,26 @@ type MaintenanceProgress struct {
 	LastScrub time.Time `json:"last_scrub,omitzero"`
 }
 
-func (p *progress) start(task string, total int64) {
+func (p *progress) start(ctx context.Context, task string, total int64) {
 	p.mu.Lock()
 	p.task, p.done, p.total, p.started = task, 0, total, time.Now().UTC()
+	p.tracker = jobprogress.From(ctx)
 	p.mu.Unlock()
+	p.tracker.Start(task, "objects", total)
 }
 
 func (p *progress) step() {
 	p.mu.Lock()
 	p.done++
+	t := p.tracker
 	p.mu.Unlock()
+	t.Add(1)
 }
 
 func (p *progress) finish() {
 	p.mu.Lock()
 	p.task = ""
+	p.tracker = nil
 	p.mu.Unlock()
 }
 
@@ -309,7 +318,7 @@ func (b *Backend) sweep(ctx context.Context, rep *MaintenanceReport) error {
 	views := b.asdViews()
 	refs := map[string]int{}
 	presets := map[string]*Preset{}
-	b.progress.start("sweep", b.countObjects(ctx))
+	b.progress.start(ctx, "sweep", b.countObjects(ctx))
 	defer b.progress.finish()
 	err := b.forEachManifest(ctx, func(ns, name string, m *Manifest, _ []byte) error {
 		b.progress.step()
@@ -404,7 +413,7 @@ func (b *Backend) repairFlagged(ctx context.Context, rep *MaintenanceReport) err
 	if len(flagged) == 0 {
 		return nil
 	}
-	b.progress.start("repair", int64(len(flagged)))
+	b.progress.start(ctx, "repair", int64(len(flagged)))
 	defer b.progress.finish()
 	for _, e := range flagged {
 		if err := ctx.Err(); err != nil {
@@ -691,7 +700,7 @@ func (b *Backend) Scrub(ctx context.Context) (MaintenanceReport, error) {
 	defer b.maintMu.Unlock()
 	var rep MaintenanceReport
 	b.stats.scrubs.Add(1)
-	b.progress.start("scrub", b.countObjects(ctx))
+	b.progress.start(ctx, "scrub", b.countObjects(ctx))
 	start := time.Now()
 	refs := map[string]map[string]bool{} // ASD -> fragment keys the manifests place there
 	type job struct {
@@ -904,7 +913,7 @@ func (b *Backend) Rebalance(ctx context.Context) (MaintenanceReport, error) {
 	}
 	views := b.asdViews()
 	presets := map[string]int{}
-	b.progress.start("rebalance", b.countObjects(ctx))
+	b.progress.start(ctx, "rebalance", b.countObjects(ctx))
 	defer b.progress.finish()
 	errStop := errors.New("balanced")
 	err := b.forEachManifest(ctx, func(ns, name string, m *Manifest, raw []byte) error {
