@@ -150,6 +150,9 @@ type Options struct {
 	// Capacity, if set, reports the backend's space for GET
 	// /api/v1/capacity (404 without it).
 	Capacity func(ctx context.Context) (BackendSpace, error)
+	// Schedules, if set, serves the snapshot and scrub schedules
+	// (schedule.go; 404 without it).
+	Schedules Schedules
 }
 
 // CreateRequest is the body of POST /api/v1/vdisks. The server also
@@ -216,6 +219,7 @@ type Server struct {
 	mounts                            map[string]http.Handler
 	cluster                           Cluster
 	capacityFn                        func(context.Context) (BackendSpace, error)
+	schedules                         Schedules
 }
 
 func orDefault[T comparable](v, def T) T {
@@ -248,6 +252,7 @@ func NewServer(vdisks VDisks, opts Options) *Server {
 		mounts:            opts.Mounts,
 		cluster:           opts.Cluster,
 		capacityFn:        opts.Capacity,
+		schedules:         opts.Schedules,
 	}
 	if s.log == nil {
 		s.log = slog.Default()
@@ -273,6 +278,7 @@ func NewServer(vdisks VDisks, opts Options) *Server {
 	s.mux.HandleFunc("POST /api/v1/vdisks/{name}/scrub", s.scrubVDisk)
 	s.mux.HandleFunc("GET /api/v1/capacity", s.capacity)
 	s.clusterRoutes()
+	s.scheduleRoutes()
 	s.handler = s.logRequests(s.recoverPanics(s.guard(http.HandlerFunc(s.route))))
 	return s
 }

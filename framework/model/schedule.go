@@ -5,11 +5,13 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 )
 
-// keyScrubbed + vdisk id: when the scheduler last scrubbed it, so that a
-// daily scrub stays daily across restarts and moves of the vdisk.
+// keyScrubbed + vdisk id: when the scheduler last scrubbed it (or first
+// saw it), so that a daily scrub stays daily across restarts and moves of
+// the vdisk.
 const keyScrubbed = "ovs/scrubbed/"
 
 // Schedule is when automatic snapshots and scrubs of vdisks happen, as
@@ -98,4 +100,21 @@ func (s *Store) SetScrubbed(ctx context.Context, id string, owner []byte, t time
 		return fmt.Errorf("record the scrub of %s: %w", id, err)
 	}
 	return nil
+}
+
+// ScrubbedAll returns the last scheduled scrub of every vdisk that had
+// one, by namespace id.
+func (s *Store) ScrubbedAll(ctx context.Context) (map[string]time.Time, error) {
+	ents, err := s.kv.Range(ctx, keyScrubbed)
+	if err != nil {
+		return nil, fmt.Errorf("last scrubs: %w", err)
+	}
+	out := make(map[string]time.Time, len(ents))
+	for _, e := range ents {
+		var t time.Time
+		if json.Unmarshal(e.Value, &t) == nil {
+			out[strings.TrimPrefix(e.Key, keyScrubbed)] = t
+		}
+	}
+	return out, nil
 }

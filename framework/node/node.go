@@ -179,7 +179,7 @@ func Run(ctx context.Context, cfg Config, ro RunOptions) error {
 			WriteBufferBytes:      int64(cfg.Driver.WriteBuffer),
 			MaxPendingUploadBytes: int64(cfg.Driver.MaxPendingUpload),
 			AutoSyncInterval:      cfg.Driver.AutoSync,
-			ScrubInterval:         cfg.Driver.ScrubInterval,
+			ScrubInterval:         -1, // the scheduler runs the interval scrubs (schedule.go)
 			ScrubGarbageRatio:     cfg.Driver.ScrubGarbageRatio,
 			CloseTimeout:          cfg.Driver.StopTimeout,
 			Failpoint:             ro.Failpoint,
@@ -294,6 +294,7 @@ func Run(ctx context.Context, cfg Config, ro RunOptions) error {
 	}
 	vd := &clusterVDisks{rt: rt}
 	apiOpts.Cluster = vd
+	apiOpts.Schedules = &schedules{store: store, defaultScrub: defaultScrubEvery(cfg)}
 	var (
 		iscsiSrv     *iscsi.Server
 		iscsiTargets *iscsiTargets
@@ -352,6 +353,7 @@ func Run(ctx context.Context, cfg Config, ro RunOptions) error {
 		rt.sawVDisks = func(all []model.OwnedVDisk) { iscsiTargets.dropGone(iscsiSrv, all) }
 	}
 	go rt.watchOwners(bg, cfg.Intervals.OwnerCheck)
+	defer startScheduler(bg, cfg, store, drv, log)() // stopped before the driver closes
 	if cfg.Bootstrap == nil {
 		go rt.watchFailover(bg, time.Second)
 	}

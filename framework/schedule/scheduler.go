@@ -27,7 +27,8 @@ type Volumes interface {
 type Target struct {
 	Name string
 	Plan Plan
-	// Scrubbed is when it was last scrubbed on schedule (zero: never).
+	// Scrubbed is when it was last scrubbed on schedule, or when its
+	// scrub schedule started (zero: not yet).
 	Scrubbed time.Time
 	// Ref is the Source's own, handed back to SetScrubbed (the node: the
 	// owner record, so that only the owner records a scrub).
@@ -41,7 +42,8 @@ type Source interface {
 	// Owned lists the vdisks this node owns. A vdisk whose schedule
 	// cannot be read is left out (and logged by the Source).
 	Owned(ctx context.Context) ([]Target, error)
-	// SetScrubbed records that t.Name was scrubbed on schedule at at.
+	// SetScrubbed records that t.Name was scrubbed on schedule at at
+	// (or that its scrub schedule starts at at).
 	SetScrubbed(ctx context.Context, t Target, at time.Time) error
 }
 
@@ -252,19 +254,28 @@ func taken(autos []Snap, now time.Time, every time.Duration) bool {
 	return false
 }
 
-// scrub scrubs t if its scrub is due: never scrubbed on schedule, its
-// period passed since the last one, or the last one is in the future
-// (the clock jumped back: waiting for it to catch up could take long).
+// scrub scrubs t if its scrub is due: its period passed since the last
+// one, or the last one is in the future (the clock jumped back: waiting
+// for it to catch up could take long). A vdisk seen for the first time
+// starts its first period now, as the driver's interval scrubber did: a
+// new vdisk has nothing to scrub, and a node started after an upgrade
+// does not scrub every vdisk at once.
 func (s *Scheduler) scrub(ctx context.Context, t Target, now time.Time) {
 	every := t.Plan.ScrubEvery
 	if every <= 0 {
 		return
 	}
+	key := t.Name + "/scrub"
 	last := t.Scrubbed
-	if !last.IsZero() && !last.After(now) && now.Sub(last) < every {
+	if last.IsZero() {
+		if err := s.src.SetScrubbed(ctx, t, now); err != nil {
+			s.fail(key, "could not start the scrub schedule", err)
+		}
 		return
 	}
-	key := t.Name + "/scrub"
+	if !last.After(now) && now.Sub(last) < every {
+		return
+	}
 	res, err := s.vols.Scrub(ctx, t.Name)
 	if err != nil {
 		if ctx.Err() == nil {

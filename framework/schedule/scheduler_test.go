@@ -233,7 +233,7 @@ func TestSchedulerOverDriver(t *testing.T) {
 		t.Fatalf("the template got %d automatic snapshots", got)
 	}
 	var wantScrubs []time.Time
-	for at := start; !at.After(now); at = at.Add(24 * time.Hour) {
+	for at := start.Add(24 * time.Hour); !at.After(now); at = at.Add(24 * time.Hour) {
 		wantScrubs = append(wantScrubs, at)
 	}
 	for _, n := range []string{"a", "b"} {
@@ -241,7 +241,7 @@ func TestSchedulerOverDriver(t *testing.T) {
 			t.Fatalf("%s was scrubbed at %v\nwant %v", n, rec.scrubs[n], wantScrubs)
 		}
 	}
-	if r := rec.results["b"][1]; r.BackendBytesAfter >= r.BackendBytesBefore || r.SCOsRewritten+r.SCOsDeleted == 0 {
+	if r := rec.results["b"][0]; r.BackendBytesAfter >= r.BackendBytesBefore || r.SCOsRewritten+r.SCOsDeleted == 0 {
 		t.Fatalf("b's scheduled scrub after the overwrite gave nothing back: %+v", r)
 	}
 	if len(rec.scrubs["tmpl"]) != 0 {
