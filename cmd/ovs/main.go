@@ -141,6 +141,7 @@ func newRootCommand(stdout, stderr io.Writer) *cobra.Command {
 		newClusterCommand(),
 		newNodeCommand(g),
 		newOpenStackCommand(g),
+		newScheduleCommand(g),
 	)
 	markRuntimeErrors(root)
 	return root
