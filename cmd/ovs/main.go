@@ -150,6 +150,7 @@ func newRootCommand(stdout, stderr io.Writer) *cobra.Command {
 		newOpenStackCommand(g),
 		newHealthCommand(g),
 		newJobCommand(g),
+		newScheduleCommand(g),
 	)
 	markRuntimeErrors(root)
 	return root

@@ -87,7 +87,7 @@ func newUpCommand() *cobra.Command {
 	f.StringVar(&o.backend, "backend", "", "ec (erasure-coded over local ASD processes, the default for a new DATA) or local (a plain directory); DATA remembers its choice")
 	f.IntVar(&o.asds, "asds", 6, "ASD processes of the erasure-coded backend (4+2 needs 6)")
 	f.StringVar(&o.asdPorts, "asd-ports", "8600-8699", "port range of the ASDs (FIRST-LAST; 0: ports the kernel picks); an ASD whose port another process holds moves to the next free one")
-	f.DurationVar(&o.scrubEvery, "scrub-interval", time.Hour, "scrub every vdisk this often in the background (0 disables)")
+	f.DurationVar(&o.scrubEvery, "scrub-interval", time.Hour, "scrub every vdisk this often, where the vpool's schedule (ovs schedule) sets no period (0 disables)")
 	f.Float64Var(&o.scrubGarbage, "scrub-garbage-ratio", volumedriver.DefaultScrubGarbageRatio,
 		"also scrub a vdisk as soon as its garbage (overwritten data no snapshot sees) exceeds this fraction of its live data (0 disables)")
 	f.DurationVar(&o.stopTimeout, "stop-timeout", 30*time.Second,

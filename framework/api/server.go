@@ -170,6 +170,9 @@ type Options struct {
 	// Jobs runs the ?async=true calls; nil makes one that lives as long
 	// as the process.
 	Jobs *JobStore
+	// Schedules, if set, serves the snapshot and scrub schedules
+	// (schedule.go; 404 without it).
+	Schedules Schedules
 }
 
 // CreateRequest is the body of POST /api/v1/vdisks. The server also
@@ -238,6 +241,7 @@ type Server struct {
 	capacityFn                        func(context.Context) (BackendSpace, error)
 	healthChecksFn                    func(context.Context) health.Report
 	jobs                              *JobStore
+	schedules                         Schedules
 }
 
 func orDefault[T comparable](v, def T) T {
@@ -272,6 +276,7 @@ func NewServer(vdisks VDisks, opts Options) *Server {
 		capacityFn:        opts.Capacity,
 		healthChecksFn:    opts.HealthChecks,
 		jobs:              opts.Jobs,
+		schedules:         opts.Schedules,
 	}
 	if s.log == nil {
 		s.log = slog.Default()
@@ -307,6 +312,7 @@ func NewServer(vdisks VDisks, opts Options) *Server {
 		s.mux.Handle("GET /{$}", http.RedirectHandler("/ui/", http.StatusFound))
 	}
 	s.jobRoutes()
+	s.scheduleRoutes()
 	s.handler = s.logRequests(s.recoverPanics(s.guard(http.HandlerFunc(s.route))))
 	return s
 }

@@ -12,6 +12,7 @@
 //	ovs/vdisk/<name>         VDisk (JSON)
 //	ovs/owner/<vdisk id>     Owner (JSON); the fence of the vdisk's namespace
 //	ovs/dtl/<vdisk id>       DTLPlacement (JSON): the node holding its DTL
+//	ovs/scrubbed/<vdisk id>  time of its last scheduled scrub (schedule.go)
 //
 // The owner record is kept apart from the vdisk record so that it changes
 // only when the owner does: the backend asserts its exact bytes on every
@@ -114,6 +115,9 @@ type VPool struct {
 	// DTLMode is the DTL mode of vdisks that do not set one: sync (the
 	// default when empty), async or none.
 	DTLMode string `json:"dtl_mode,omitempty"`
+	// Schedule is the automatic snapshot and scrub schedule of vdisks
+	// that do not override it (see schedule.go).
+	Schedule Schedule `json:"schedule,omitzero"`
 }
 
 // Node is a storage router: one host running `ovs node serve`.
@@ -152,6 +156,8 @@ type VDisk struct {
 	Created time.Time `json:"created"`
 	// DTLMode overrides the vpool's DTL mode ("": the vpool's).
 	DTLMode string `json:"dtl_mode,omitempty"`
+	// Schedule overrides the fields of the vpool's schedule it sets.
+	Schedule Schedule `json:"schedule,omitzero"`
 }
 
 // DTLPlacement says which node holds a vdisk's DTL, placed by the owner
@@ -385,7 +391,8 @@ func (s *Store) DeleteVDisk(ctx context.Context, name string) error {
 	if err != nil {
 		return err
 	}
-	return s.kv.Apply(ctx, del(keyVDisk+name), del(OwnerKey(v.ID)), del(keyDTL+v.ID), del(keyPR+v.ID), del(keyCHAP+v.ID))
+	return s.kv.Apply(ctx, del(keyVDisk+name), del(OwnerKey(v.ID)), del(keyDTL+v.ID), del(keyPR+v.ID), del(keyCHAP+v.ID),
+		del(keyScrubbed+v.ID))
 }
 
 // SetVDiskDTLMode sets a vdisk's DTL mode ("": the vpool's).

@@ -96,7 +96,7 @@ type DriverConfig struct {
 	WriteBuffer        Size          `yaml:"write_buffer"`
 	MaxPendingUpload   Size          `yaml:"max_pending_upload"`
 	AutoSync           time.Duration `yaml:"auto_sync"`
-	ScrubInterval      time.Duration `yaml:"scrub_interval"`      // negative: off
+	ScrubInterval      time.Duration `yaml:"scrub_interval"`      // scrub period where the vpool's schedule sets none; negative: off
 	ScrubGarbageRatio  float64       `yaml:"scrub_garbage_ratio"` // negative: off
 	StopTimeout        time.Duration `yaml:"stop_timeout"`
 	ReadyTimeout       time.Duration `yaml:"ready_timeout"`

@@ -182,7 +182,7 @@ func Run(ctx context.Context, cfg Config, ro RunOptions) error {
 			WriteBufferBytes:      int64(cfg.Driver.WriteBuffer),
 			MaxPendingUploadBytes: int64(cfg.Driver.MaxPendingUpload),
 			AutoSyncInterval:      cfg.Driver.AutoSync,
-			ScrubInterval:         cfg.Driver.ScrubInterval,
+			ScrubInterval:         -1, // the scheduler runs the interval scrubs (schedule.go)
 			ScrubGarbageRatio:     cfg.Driver.ScrubGarbageRatio,
 			CloseTimeout:          cfg.Driver.StopTimeout,
 			Failpoint:             ro.Failpoint,
@@ -305,6 +305,7 @@ func Run(ctx context.Context, cfg Config, ro RunOptions) error {
 	apiOpts.Cluster = vd
 	apiOpts.HealthChecks = newHealthRunner(healthDeps{self: cfg.ID, ara: ara, backend: ecBackend, vdisks: vd, rt: rt,
 		maxPendingUpload: int64(cfg.Driver.MaxPendingUpload), heartbeat: cfg.Intervals.Heartbeat}).Run
+	apiOpts.Schedules = &schedules{store: store, defaultScrub: defaultScrubEvery(cfg)}
 	var (
 		iscsiSrv     *iscsi.Server
 		iscsiTargets *iscsiTargets
@@ -363,6 +364,7 @@ func Run(ctx context.Context, cfg Config, ro RunOptions) error {
 		rt.sawVDisks = func(all []model.OwnedVDisk) { iscsiTargets.dropGone(iscsiSrv, all) }
 	}
 	go rt.watchOwners(bg, cfg.Intervals.OwnerCheck)
+	defer startScheduler(bg, cfg, store, drv, log)() // stopped before the driver closes
 	if cfg.Bootstrap == nil {
 		go rt.watchFailover(bg, time.Second)
 	}
