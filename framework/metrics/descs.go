@@ -50,11 +50,11 @@ var (
 	descBackendASDsUp      = desc("ovs_backend_asds_up", "ASDs of the backend that answer.")
 	descMaintRunning       = desc("ovs_backend_maintenance_running",
 		"1 while the backend's maintenance task (repair, scrub, rebalance) is under way.", "task")
-	descMaintDone  = desc("ovs_backend_maintenance_done", "Objects done by the maintenance task under way (or the last one).")
-	descMaintTotal = desc("ovs_backend_maintenance_total", "Objects the maintenance task under way (or the last one) has to do.")
+	descMaintDone     = desc("ovs_backend_maintenance_done", "Objects done by the maintenance task under way (or the last one).")
+	descMaintTotal    = desc("ovs_backend_maintenance_total", "Objects the maintenance task under way (or the last one) has to do.")
 	descMaintLastPass = desc("ovs_backend_maintenance_last_pass_timestamp_seconds",
 		"When the last full maintenance pass (repair of every object) finished.")
-	descMaintLastScrub = desc("ovs_backend_last_scrub_timestamp_seconds", "When the last scrub of the backend finished.")
+	descMaintLastScrub   = desc("ovs_backend_last_scrub_timestamp_seconds", "When the last scrub of the backend finished.")
 	descObjectsRepaired  = desc("ovs_backend_objects_repaired_total", "Objects the backend repaired since this node started.")
 	descFragmentsRebuilt = desc("ovs_backend_fragments_rebuilt_total", "Fragments rewritten where they were.")
 	descFragmentsMoved   = desc("ovs_backend_fragments_moved_total", "Fragments rebuilt or copied onto another ASD.")
