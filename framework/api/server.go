@@ -150,6 +150,10 @@ type Options struct {
 	// Capacity, if set, reports the backend's space for GET
 	// /api/v1/capacity (404 without it).
 	Capacity func(ctx context.Context) (BackendSpace, error)
+	// IOStats, if set, gives GET /api/v1/stats its per-vdisk counters
+	// (stats.go); Metrics, if set, serves GET /metrics (404 without).
+	IOStats func() map[string]volumedriver.IOStats
+	Metrics http.Handler
 }
 
 // CreateRequest is the body of POST /api/v1/vdisks. The server also
@@ -216,6 +220,8 @@ type Server struct {
 	mounts                            map[string]http.Handler
 	cluster                           Cluster
 	capacityFn                        func(context.Context) (BackendSpace, error)
+	ioStats                           func() map[string]volumedriver.IOStats
+	metricsHandler                    http.Handler
 }
 
 func orDefault[T comparable](v, def T) T {
@@ -248,6 +254,8 @@ func NewServer(vdisks VDisks, opts Options) *Server {
 		mounts:            opts.Mounts,
 		cluster:           opts.Cluster,
 		capacityFn:        opts.Capacity,
+		ioStats:           opts.IOStats,
+		metricsHandler:    opts.Metrics,
 	}
 	if s.log == nil {
 		s.log = slog.Default()
@@ -272,6 +280,8 @@ func NewServer(vdisks VDisks, opts Options) *Server {
 	s.mux.HandleFunc("POST /api/v1/vdisks/{name}/template", s.setTemplate)
 	s.mux.HandleFunc("POST /api/v1/vdisks/{name}/scrub", s.scrubVDisk)
 	s.mux.HandleFunc("GET /api/v1/capacity", s.capacity)
+	s.mux.HandleFunc("GET /api/v1/stats", s.stats)
+	s.mux.HandleFunc("GET /metrics", s.metrics)
 	s.clusterRoutes()
 	s.handler = s.logRequests(s.recoverPanics(s.guard(http.HandlerFunc(s.route))))
 	return s

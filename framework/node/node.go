@@ -86,6 +86,7 @@ func Run(ctx context.Context, cfg Config, ro RunOptions) error {
 	var writable func(context.Context) error
 	var space func(context.Context) (api.BackendSpace, error)
 	var asdIDs []string
+	var ecBackend *ec.Backend
 	switch cfg.Backend.Kind {
 	case "local":
 		if backend, err = scos.NewLocalDir(filepath.Join(cfg.Data, "backend")); err != nil {
@@ -122,6 +123,7 @@ func Run(ctx context.Context, cfg Config, ro RunOptions) error {
 		writable = nec.Backend.Writable
 		space = ecSpace(nec.Backend)
 		asdIDs = nec.IDs
+		ecBackend = nec.Backend
 	}
 	self, err := registerNode(ctx, cfg, store, asdIDs, false)
 	if err != nil {
@@ -288,6 +290,8 @@ func Run(ctx context.Context, cfg Config, ro RunOptions) error {
 	}
 	apiOpts.Ready = writable
 	apiOpts.Capacity = space
+	apiOpts.IOStats = drv.IOStats
+	apiOpts.Metrics = metricsHandler(drv, ecBackend, ara, log)
 	apiOpts.Tokens = anyToken{apiOpts.Tokens, sec, []string{nodeAPIPurpose, backendAdminPurpose}}
 	if backendAdmin != nil {
 		apiOpts.Mounts = map[string]http.Handler{"/api/v1/backend/": backendAdminMount(backendAdmin, sec)}
