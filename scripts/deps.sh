@@ -29,6 +29,8 @@
 #                   starts its own on free ports; the package's service is
 #                   not used)
 #   flake8          lint of plugins/cinder
+#   prometheus      the real Prometheus server tests/metrics_test.go runs
+#                   to scrape `ovs up` (the package's service is not used)
 #   python3-requests  the driver's HTTP client (a dependency of Cinder too)
 #   gcc, libc6-dev  cgo, which `go test -race` needs
 #   make, git, ca-certificates   building, module downloads
@@ -41,7 +43,7 @@ packages=(
 	qemu-system-x86 linux-image-cloud-amd64 busybox-static e2fsprogs
 	libiscsi-bin tgt qemu-block-extra
 	python3-cinder cinder-api cinder-scheduler cinder-volume rabbitmq-server
-	flake8 python3-requests
+	flake8 python3-requests prometheus
 	gcc libc6-dev make git ca-certificates
 )
 # shellcheck disable=SC2206
