@@ -31,6 +31,8 @@
 #   flake8          lint of plugins/cinder
 #   chromium        headless browser for tests/dashboard_test.go (the web
 #                   dashboard, driven through chromedp)
+#   prometheus      the real Prometheus server tests/metrics_test.go runs
+#                   to scrape `ovs up` (the package's service is not used)
 #   python3-requests  the driver's HTTP client (a dependency of Cinder too)
 #   gcc, libc6-dev  cgo, which `go test -race` needs
 #   make, git, ca-certificates   building, module downloads
@@ -44,6 +46,7 @@ packages=(
 	libiscsi-bin tgt qemu-block-extra
 	python3-cinder cinder-api cinder-scheduler cinder-volume rabbitmq-server
 	flake8 python3-requests chromium
+	flake8 python3-requests prometheus
 	gcc libc6-dev make git ca-certificates
 )
 # shellcheck disable=SC2206

@@ -33,6 +33,7 @@ var toolPackage = map[string]string{
 	"iscsi-test-cu": "libiscsi-bin",
 	"tgtd":          "tgt",
 	"tgtadm":        "tgt",
+	"prometheus":    "prometheus",
 }
 
 // missingTool skips the test, or fails it when OVS_REQUIRE_TOOLS=1.

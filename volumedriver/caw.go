@@ -3,6 +3,7 @@ package volumedriver
 import (
 	"context"
 	"fmt"
+	"time"
 
 	"github.com/ovs-storage/ovs/volumedriver/internal/blockdev"
 )
@@ -29,6 +30,19 @@ import (
 // gate throughout, so a handover waits for it, and it either completes
 // here or fails without writing (a retry at the new owner compares anew).
 func (v *Volume) CompareAndWrite(ctx context.Context, off int64, cmp, data []byte, fua bool) (int64, error) {
+	start := time.Now()
+	m, err := v.compareAndWrite(ctx, off, cmp, data, fua)
+	// A miscompare is an answer, not a failure: it counts as a write
+	// served (of no bytes).
+	n := int64(len(data))
+	if m >= 0 {
+		n = 0
+	}
+	v.io.done(OpWrite, n, start, err)
+	return m, err
+}
+
+func (v *Volume) compareAndWrite(ctx context.Context, off int64, cmp, data []byte, fua bool) (int64, error) {
 	if err := v.gate.enter(); err != nil {
 		return 0, err
 	}

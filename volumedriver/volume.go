@@ -136,6 +136,9 @@ type Volume struct {
 	// replaying: a DTL replay is writing (before the volume serves).
 	replaying atomic.Bool
 
+	// io: the frontends' I/O statistics (iostats.go).
+	io ioCounters
+
 	kick     chan struct{}
 	stop     chan struct{}
 	stopOnce sync.Once
@@ -261,6 +264,13 @@ func (e *durabilityError) Unwrap() error { return e.err }
 // WriteAt writes p at byte offset off. With fua the data is durable when it
 // returns.
 func (v *Volume) WriteAt(ctx context.Context, p []byte, off int64, fua bool) error {
+	start := time.Now()
+	err := v.gatedWriteAt(ctx, p, off, fua)
+	v.io.done(OpWrite, int64(len(p)), start, err)
+	return err
+}
+
+func (v *Volume) gatedWriteAt(ctx context.Context, p []byte, off int64, fua bool) error {
 	if err := v.gate.enter(); err != nil {
 		return err
 	}
@@ -733,6 +743,13 @@ func (v *Volume) writeTLogBufLocked() error {
 
 // Flush makes every write completed before the call durable.
 func (v *Volume) Flush(ctx context.Context) error {
+	start := time.Now()
+	err := v.gatedFlush(ctx)
+	v.io.done(OpFlush, 0, start, err)
+	return err
+}
+
+func (v *Volume) gatedFlush(ctx context.Context) error {
 	if err := v.gate.enter(); err != nil {
 		return err
 	}
@@ -940,16 +957,22 @@ func (v *Volume) removeOldTLogsLocked() {
 
 // Trim discards [off, off+length): it reads as zeros afterwards.
 func (v *Volume) Trim(ctx context.Context, off, length int64) error {
-	if err := v.gate.enter(); err != nil {
-		return err
-	}
-	defer v.gate.exit()
-	return v.zero(ctx, off, length, false)
+	start := time.Now()
+	err := v.gatedZero(ctx, off, length, false, false)
+	v.io.done(OpTrim, length, start, err)
+	return err
 }
 
 // WriteZeroes makes [off, off+length) read as zeros; with noHole the range
 // stays allocated (zero clusters are written).
 func (v *Volume) WriteZeroes(ctx context.Context, off, length int64, noHole, fua bool) error {
+	start := time.Now()
+	err := v.gatedZero(ctx, off, length, noHole, fua)
+	v.io.done(OpTrim, length, start, err)
+	return err
+}
+
+func (v *Volume) gatedZero(ctx context.Context, off, length int64, noHole, fua bool) error {
 	if err := v.gate.enter(); err != nil {
 		return err
 	}
@@ -1037,6 +1060,13 @@ func (v *Volume) zero(ctx context.Context, off, length int64, noHole bool) error
 
 // ReadAt fills p from byte offset off.
 func (v *Volume) ReadAt(ctx context.Context, p []byte, off int64) error {
+	start := time.Now()
+	err := v.gatedReadAt(ctx, p, off)
+	v.io.done(OpRead, int64(len(p)), start, err)
+	return err
+}
+
+func (v *Volume) gatedReadAt(ctx context.Context, p []byte, off int64) error {
 	if err := v.gate.enter(); err != nil {
 		return err
 	}
@@ -1207,8 +1237,10 @@ func (v *Volume) readRun(ctx context.Context, ls []lookup, out []byte) error {
 	if len(ls) == 1 && v.cacheReads {
 		if data, ok := v.drv.cacheGet(v, ls[0].e.loc); ok && crc32c(data) == ls[0].e.crc {
 			copy(out, data)
+			v.io.cacheHits.Add(1)
 			return nil
 		}
+		v.io.cacheMisses.Add(1)
 	}
 	first := scos.UnpackLocation(ls[0].e.loc)
 	if ls[0].sco != nil {

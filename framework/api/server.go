@@ -173,6 +173,10 @@ type Options struct {
 	// Schedules, if set, serves the snapshot and scrub schedules
 	// (schedule.go; 404 without it).
 	Schedules Schedules
+	// IOStats, if set, gives GET /api/v1/stats its per-vdisk counters
+	// (stats.go); Metrics, if set, serves GET /metrics (404 without).
+	IOStats func() map[string]volumedriver.IOStats
+	Metrics http.Handler
 }
 
 // CreateRequest is the body of POST /api/v1/vdisks. The server also
@@ -242,6 +246,8 @@ type Server struct {
 	healthChecksFn                    func(context.Context) health.Report
 	jobs                              *JobStore
 	schedules                         Schedules
+	ioStats                           func() map[string]volumedriver.IOStats
+	metricsHandler                    http.Handler
 }
 
 func orDefault[T comparable](v, def T) T {
@@ -277,6 +283,8 @@ func NewServer(vdisks VDisks, opts Options) *Server {
 		healthChecksFn:    opts.HealthChecks,
 		jobs:              opts.Jobs,
 		schedules:         opts.Schedules,
+		ioStats:           opts.IOStats,
+		metricsHandler:    opts.Metrics,
 	}
 	if s.log == nil {
 		s.log = slog.Default()
@@ -306,6 +314,8 @@ func NewServer(vdisks VDisks, opts Options) *Server {
 	s.mux.HandleFunc("POST /api/v1/vdisks/{name}/template", s.setTemplate)
 	s.mux.HandleFunc("POST /api/v1/vdisks/{name}/scrub", s.scrubVDisk)
 	s.mux.HandleFunc("GET /api/v1/capacity", s.capacity)
+	s.mux.HandleFunc("GET /api/v1/stats", s.stats)
+	s.mux.HandleFunc("GET /metrics", s.metrics)
 	s.clusterRoutes()
 	if opts.UI != nil {
 		s.mux.Handle("GET /ui/", opts.UI)

@@ -294,6 +294,8 @@ func Run(ctx context.Context, cfg Config, ro RunOptions) error {
 	if apiOpts.UI, err = dashboard.New(); err != nil {
 		return err
 	}
+	apiOpts.IOStats = drv.IOStats
+	apiOpts.Metrics = metricsHandler(drv, ecBackend, ara, log)
 	apiOpts.Tokens = anyToken{apiOpts.Tokens, sec, []string{nodeAPIPurpose, backendAdminPurpose}}
 	// ?async=true calls run as jobs for the node's lifetime.
 	jobs := api.NewJobStore(ctx, api.JobOptions{Logger: log})
