@@ -45,8 +45,7 @@ packages=(
 	qemu-system-x86 linux-image-cloud-amd64 busybox-static e2fsprogs
 	libiscsi-bin tgt qemu-block-extra
 	python3-cinder cinder-api cinder-scheduler cinder-volume rabbitmq-server
-	flake8 python3-requests chromium
-	flake8 python3-requests prometheus
+	flake8 python3-requests chromium prometheus
 	gcc libc6-dev make git ca-certificates
 )
 # shellcheck disable=SC2206
