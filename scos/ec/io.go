@@ -246,17 +246,18 @@ func (b *Backend) explainPlacement(err error, excluded map[string]error) error {
 	}
 	b.mu.Unlock()
 	sort.Strings(down)
-	msg := err.Error()
+	var extra []string
 	if len(down) > 0 {
-		msg += fmt.Sprintf("; down: %s", strings.Join(down, ", "))
+		extra = append(extra, "down: "+strings.Join(down, ", "))
 	}
 	if len(excluded) > 0 {
-		msg += "; failed: " + summarizeErrors(excluded)
+		extra = append(extra, "failed: "+summarizeErrors(excluded))
 	}
-	if errors.Is(err, ErrInsufficientASDs) {
-		return fmt.Errorf("%w%s", ErrInsufficientASDs, strings.TrimPrefix(msg, ErrInsufficientASDs.Error()))
+	if len(extra) == 0 {
+		return err
 	}
-	return errors.New(msg)
+	// %w keeps err (and ErrInsufficientASDs in it) for errors.Is.
+	return fmt.Errorf("%w; %s", err, strings.Join(extra, "; "))
 }
 
 func summarizeErrors(errs map[string]error) string {
