@@ -400,12 +400,25 @@ func (d *Driver) Unmount(r *volume.UnmountRequest) error {
 	if err := removeRecord(d.state, r.Name, "mount.json"); err != nil {
 		return err
 	}
+	d.tidy(r.Name, &m)
 	// Only now may another host mount it: everything is flushed.
 	if _, err := d.cfg.Cluster.Detach(ctx, name, d.cfg.Host, "", false); err != nil {
 		return fmt.Errorf("volume %s is unmounted but the cluster still lists it as mounted here: %w", r.Name, err)
 	}
 	d.log.Info("volume unmounted", "volume", r.Name, "vdisk", name)
 	return nil
+}
+
+// tidy removes what an unmounted volume leaves in its directory, and the
+// directory itself unless it holds the volume's record.
+func (d *Driver) tidy(volume string, m *mountRecord) {
+	dir := d.state.volumeDir(volume)
+	for _, p := range []string{m.Mountpoint, m.FuseMount, filepath.Join(dir, "nbdfuse.pid"), filepath.Join(dir, "nbdfuse.log")} {
+		if p != "" && filepath.Dir(p) == dir {
+			os.Remove(p) // a mount point still in use stays: rmdir refuses it
+		}
+	}
+	os.Remove(dir) // only if empty
 }
 
 // Path implements volume.Driver: the mount point, "" if not mounted here.
@@ -513,6 +526,7 @@ func (d *Driver) Recover(ctx context.Context) error {
 			errs = append(errs, err)
 			continue
 		}
+		d.tidy(vol, &m)
 		if _, err := d.cfg.Cluster.Detach(ctx, m.VDisk, d.cfg.Host, "", false); err != nil && !errors.Is(err, volumedriver.ErrNotFound) {
 			errs = append(errs, fmt.Errorf("volume %s: release its attachment: %w", vol, err))
 		}
