@@ -34,6 +34,14 @@
 #   prometheus      the real Prometheus server tests/metrics_test.go runs
 #                   to scrape `ovs up` (the package's service is not used)
 #   python3-requests  the driver's HTTP client (a dependency of Cinder too)
+#   docker.io       a real dockerd (and its CLI, containerd, runc) for
+#                   tests/docker_test.go, the Docker volume plugin
+#                   (plugins/docker); the test starts its own daemon, the
+#                   package's service is not used. The plugin itself mounts
+#                   through nbdfuse (libnbd-bin) and nbdkit's nbd plugin with
+#                   its retry filter (nbdkit), a loop device (mount's losetup)
+#                   and mkfs.ext4 (e2fsprogs); the test's image is
+#                   busybox-static
 #   gcc, libc6-dev  cgo, which `go test -race` needs
 #   make, git, ca-certificates   building, module downloads
 #
@@ -45,7 +53,7 @@ packages=(
 	qemu-system-x86 linux-image-cloud-amd64 busybox-static e2fsprogs
 	libiscsi-bin tgt qemu-block-extra
 	python3-cinder cinder-api cinder-scheduler cinder-volume rabbitmq-server
-	flake8 python3-requests chromium prometheus
+	flake8 python3-requests chromium prometheus docker.io
 	gcc libc6-dev make git ca-certificates
 )
 # shellcheck disable=SC2206
@@ -90,7 +98,7 @@ fi
 fail=0
 for tool in nbdinfo nbdcopy nbdsh nbdkit qemu-img qemu-io qemu-nbd fio python3 gcc \
 	qemu-system-x86_64 busybox iscsi-inq iscsi-ls iscsi-test-cu tgtd tgtadm \
-	cinder-api cinder-scheduler cinder-volume cinder-manage flake8; do
+	cinder-api cinder-scheduler cinder-volume cinder-manage flake8 dockerd nbdfuse; do
 	if ! command -v "$tool" >/dev/null; then
 		echo "deps: $tool not found in PATH" >&2
 		fail=1

@@ -34,6 +34,9 @@ var toolPackage = map[string]string{
 	"tgtd":          "tgt",
 	"tgtadm":        "tgt",
 	"prometheus":    "prometheus",
+	"dockerd":       "docker.io",
+	"nbdfuse":       "libnbd-bin",
+	"losetup":       "mount",
 }
 
 // missingTool skips the test, or fails it when OVS_REQUIRE_TOOLS=1.

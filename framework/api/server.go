@@ -177,6 +177,9 @@ type Options struct {
 	// (stats.go); Metrics, if set, serves GET /metrics (404 without).
 	IOStats func() map[string]volumedriver.IOStats
 	Metrics http.Handler
+	// Attachments, if set, records which host has a vdisk attached
+	// (attachment.go; 404 without it).
+	Attachments Attachments
 }
 
 // CreateRequest is the body of POST /api/v1/vdisks. The server also
@@ -248,6 +251,7 @@ type Server struct {
 	schedules                         Schedules
 	ioStats                           func() map[string]volumedriver.IOStats
 	metricsHandler                    http.Handler
+	attachments                       Attachments
 }
 
 func orDefault[T comparable](v, def T) T {
@@ -285,6 +289,7 @@ func NewServer(vdisks VDisks, opts Options) *Server {
 		schedules:         opts.Schedules,
 		ioStats:           opts.IOStats,
 		metricsHandler:    opts.Metrics,
+		attachments:       opts.Attachments,
 	}
 	if s.log == nil {
 		s.log = slog.Default()
@@ -323,6 +328,7 @@ func NewServer(vdisks VDisks, opts Options) *Server {
 	}
 	s.jobRoutes()
 	s.scheduleRoutes()
+	s.attachmentRoutes()
 	s.handler = s.logRequests(s.recoverPanics(s.guard(http.HandlerFunc(s.route))))
 	return s
 }

@@ -13,6 +13,7 @@
 //	ovs/owner/<vdisk id>     Owner (JSON); the fence of the vdisk's namespace
 //	ovs/dtl/<vdisk id>       DTLPlacement (JSON): the node holding its DTL
 //	ovs/scrubbed/<vdisk id>  time of its last scheduled scrub (schedule.go)
+//	ovs/attach/<vdisk id>    Attachment (JSON): the host that has it attached (attachment.go)
 //
 // The owner record is kept apart from the vdisk record so that it changes
 // only when the owner does: the backend asserts its exact bytes on every
@@ -392,7 +393,7 @@ func (s *Store) DeleteVDisk(ctx context.Context, name string) error {
 		return err
 	}
 	return s.kv.Apply(ctx, del(keyVDisk+name), del(OwnerKey(v.ID)), del(keyDTL+v.ID), del(keyPR+v.ID), del(keyCHAP+v.ID),
-		del(keyScrubbed+v.ID))
+		del(keyScrubbed+v.ID), del(keyAttach+v.ID))
 }
 
 // SetVDiskDTLMode sets a vdisk's DTL mode ("": the vpool's).

@@ -308,6 +308,7 @@ func Run(ctx context.Context, cfg Config, ro RunOptions) error {
 	apiOpts.HealthChecks = newHealthRunner(healthDeps{self: cfg.ID, ara: ara, backend: ecBackend, vdisks: vd, rt: rt,
 		maxPendingUpload: int64(cfg.Driver.MaxPendingUpload), heartbeat: cfg.Intervals.Heartbeat}).Run
 	apiOpts.Schedules = &schedules{store: store, defaultScrub: defaultScrubEvery(cfg)}
+	apiOpts.Attachments = attachments{store}
 	var (
 		iscsiSrv     *iscsi.Server
 		iscsiTargets *iscsiTargets
