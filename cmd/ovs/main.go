@@ -151,6 +151,7 @@ func newRootCommand(stdout, stderr io.Writer) *cobra.Command {
 		newHealthCommand(g),
 		newJobCommand(g),
 		newScheduleCommand(g),
+		newLibvirtCommand(g),
 	)
 	markRuntimeErrors(root)
 	return root
