@@ -200,10 +200,17 @@ func (d Disk) ReconnectXML(delay, pciSlot int) (string, error) {
 	if err != nil {
 		return "", fmt.Errorf("writing the device: %w", err)
 	}
-	return marshal(&libvirtxml.DomainQEMUCommandline{Args: []libvirtxml.DomainQEMUCommandlineArg{
-		{Value: "-blockdev"}, {Value: string(blockdev)},
-		{Value: "-device"}, {Value: string(device)},
-	}})
+	// Written by hand: encoding/xml would declare the namespace on the
+	// element instead of using the qemu: prefix, and would turn every
+	// quote of the JSON into &#34;.
+	attr := strings.NewReplacer("&", "&amp;", "<", "&lt;", ">", "&gt;", "'", "&apos;")
+	var out strings.Builder
+	out.WriteString("<qemu:commandline>\n")
+	for _, arg := range []string{"-blockdev", string(blockdev), "-device", string(device)} {
+		out.WriteString("  <qemu:arg value='" + attr.Replace(arg) + "'/>\n")
+	}
+	out.WriteString("</qemu:commandline>")
+	return out.String(), nil
 }
 
 // NodeName is the qemu node and device id of a vdisk attached through
