@@ -87,21 +87,24 @@ func (f *diskFlags) disk(ctx context.Context, g *globalOptions, vdisk string) (l
 
 // nbdEndpoint picks the NBD address of the vdisk's owner (every node
 // serves every vdisk, the owner without a hop), else of a node that is
-// up. A wildcard listen address stands for the host of the API URL.
+// up, else the owner's anyway. A wildcard listen address stands for the
+// host of the node's API URL.
 func nbdEndpoint(nodes []api.NodeInfo, owner, apiURL string) (libvirt.Endpoint, error) {
-	var pick *api.NodeInfo
+	var pick, ownerNode *api.NodeInfo
 	for i := range nodes {
 		n := &nodes[i]
-		if n.NBD == "" {
-			continue
-		}
-		if n.ID == owner {
+		switch {
+		case n.NBD == "":
+		case n.ID == owner && n.State == "up":
 			pick = n
-			break
-		}
-		if pick == nil && n.State == "up" {
+		case n.ID == owner:
+			ownerNode = n
+		case n.State == "up" && pick == nil:
 			pick = n
 		}
+	}
+	if pick == nil {
+		pick = ownerNode
 	}
 	if pick == nil {
 		return libvirt.Endpoint{}, errors.New("no node serves NBD over TCP; give the address or socket with --nbd")

@@ -322,7 +322,7 @@ func (c *Conn) Quiesce(ctx context.Context, domain, vdisk string, optional bool,
 	if err != nil {
 		return err
 	}
-	if _, ok := FindDisk(ds, vdisk); !ok || vdisk == "" {
+	if !hasVDisk(ds, vdisk) {
 		return fmt.Errorf("%w: vdisk %s is not a disk of domain %q; quiescing that guest would not make the snapshot consistent", ErrInvalid, vdisk, domain)
 	}
 	if !active {
@@ -359,4 +359,15 @@ func (c *Conn) Quiesce(ctx context.Context, domain, vdisk string, optional bool,
 		c.log.Info("thawed guest filesystems", "domain", domain)
 	}()
 	return fn(ctx)
+}
+
+// hasVDisk reports whether vdisk is one of disks (by vdisk name only: a
+// target such as vda is no vdisk).
+func hasVDisk(disks []DomainDisk, vdisk string) bool {
+	for _, d := range disks {
+		if vdisk != "" && d.VDisk == vdisk {
+			return true
+		}
+	}
+	return false
 }
