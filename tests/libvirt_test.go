@@ -31,7 +31,8 @@ import (
 //  3. boot with the reconnect-capable definition (disk-xml --reconnect):
 //     kill -9 of ovs up while the guest writes, restart; the guest carries
 //     on, and afterwards the filesystem checks clean and every file the
-//     guest fsync'd is intact.
+//     guest fsync'd is intact. The same kill in boot 2, with libvirt's own
+//     disk, pauses the guest (error_policy='stop') until it is resumed.
 //
 // The guest is driven over its serial console, a unix socket qemu
 // connects to.
@@ -120,8 +121,42 @@ func TestLibvirtGuest(t *testing.T) {
 	if len(dataSum) == 0 || hex.EncodeToString(sum[:]) != dataSum[0] {
 		t.Errorf("lvdata holds %x, the guest wrote %v", sum[:8], dataSum)
 	}
+	// The libvirt disk's error_policy='stop': kill -9 of ovs up pauses
+	// the guest instead of failing its I/O; after the restart, a resume
+	// carries on (qemu retries the failed requests and reconnects).
+	gc.send(t, "writer 20 &")
+	gc.waitDone(t, 3, 4*time.Minute)
+	c.kill9()
+	var state string
+	waitFor(t, 3*time.Minute, "the guest to pause on the I/O error", func() bool {
+		state, _ = virsh("domstate", dom, "--reason")
+		return strings.Contains(state, "paused")
+	})
+	t.Logf("after kill -9 with %d files fsync'd: %s", len(gc.done()), strings.TrimSpace(state))
+	c.start()
+	// qemu's NBD client (without reconnect-delay) reconnects in the
+	// background when a request finds no connection, and fails that
+	// request: the guest may pause again once, until the connection is
+	// there. Resume while it pauses.
+	resumes := 0
+	waitFor(t, 6*time.Minute, "the guest to finish writing after resume", func() bool {
+		if strings.Contains(gc.text(), "ALLDONE") {
+			return true
+		}
+		if st, _ := virsh("domstate", dom); strings.Contains(st, "paused") {
+			if out, err := virsh("resume", dom); err != nil {
+				t.Fatalf("virsh resume: %v\n%s", err, out)
+			}
+			resumes++
+		}
+		time.Sleep(time.Second)
+		return false
+	})
+	t.Logf("the guest finished after %d resumes", resumes)
 	gc.ok(t, "umount /mnt", time.Minute)
+	stopDone := gc.done()
 	gc.powerOff(t, virsh, dom)
+	verifyGuestFiles(t, g, c.TCPURI("lvroot"), dir, "/w", stopDone, "kill -9 of ovs up under error_policy='stop'")
 
 	// --- boot 3: qemu's NBD client with reconnect-delay; kill -9 ovs up
 	// while the guest writes.

@@ -222,8 +222,9 @@ func newLibvirtDiskXMLCommand(g *globalOptions) *cobra.Command {
 		Short: "Print the libvirt disk element of a vdisk",
 		Long: "Print the <disk type='network'> element of a vdisk, for a domain\n" +
 			"definition (virsh define, virsh edit). Its error policy \"stop\" pauses the\n" +
-			"guest when the volume driver is gone; \"virsh resume\" carries on once it is\n" +
-			"back.\n\n" +
+			"guest when the volume driver is gone; once it is back, \"virsh resume\"\n" +
+			"carries on (qemu reconnects in the background: the guest may pause once\n" +
+			"more and need a second resume).\n\n" +
 			"libvirt 9.0 cannot tell qemu to wait for the NBD server to come back. With\n" +
 			"--reconnect SECONDS the vdisk is printed instead as a <qemu:commandline>\n" +
 			"element: qemu's own NBD client with reconnect-delay, which holds the\n" +
