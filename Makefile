@@ -29,8 +29,10 @@ help:
 deps:
 	scripts/deps.sh
 
+# libvirt_dlopen: the libvirt commands open libvirt.so.0 when they run, so
+# the binary starts on hosts without libvirt (plugins/libvirt).
 build:
-	$(GO) build -o $(BIN) ./cmd/ovs
+	$(GO) build -tags libvirt_dlopen -o $(BIN) ./cmd/ovs
 
 lint:
 	@files=$$(find . -name '*.go' -not -path './.git/*' -not -path '*/testdata/*'); \

@@ -47,4 +47,6 @@ require (
 	github.com/spf13/pflag v1.0.10 // indirect
 	golang.org/x/sys v0.48.0 // indirect
 	google.golang.org/protobuf v1.36.12 // indirect
+	libvirt.org/go/libvirt v1.12007.0 // indirect
+	libvirt.org/go/libvirtxml v1.12007.0 // indirect
 )

@@ -33,6 +33,12 @@
 #                   dashboard, driven through chromedp)
 #   prometheus      the real Prometheus server tests/metrics_test.go runs
 #                   to scrape `ovs up` (the package's service is not used)
+#   libvirt-daemon-system, libvirt-daemon-driver-qemu, libvirt-clients
+#                   a real libvirtd (started by tests/libvirt_test.go without
+#                   systemd) and virsh, for plugins/libvirt; the qemu driver
+#                   is only a Recommends of libvirt-daemon
+#   libvirt-dev, pkg-config  `go vet`/`go test` of plugins/libvirt link
+#                   libvirt; `make build` (tag libvirt_dlopen) needs neither
 #   python3-requests  the driver's HTTP client (a dependency of Cinder too)
 #   docker.io       a real dockerd (and its CLI, containerd, runc) for
 #                   tests/docker_test.go, the Docker volume plugin
@@ -54,6 +60,7 @@ packages=(
 	libiscsi-bin tgt qemu-block-extra
 	python3-cinder cinder-api cinder-scheduler cinder-volume rabbitmq-server
 	flake8 python3-requests chromium prometheus docker.io
+	libvirt-daemon-system libvirt-daemon-driver-qemu libvirt-clients libvirt-dev pkg-config
 	gcc libc6-dev make git ca-certificates
 )
 # shellcheck disable=SC2206
@@ -98,7 +105,8 @@ fi
 fail=0
 for tool in nbdinfo nbdcopy nbdsh nbdkit qemu-img qemu-io qemu-nbd fio python3 gcc \
 	qemu-system-x86_64 busybox iscsi-inq iscsi-ls iscsi-test-cu tgtd tgtadm \
-	cinder-api cinder-scheduler cinder-volume cinder-manage flake8 dockerd nbdfuse; do
+	cinder-api cinder-scheduler cinder-volume cinder-manage flake8 dockerd nbdfuse \
+	virsh libvirtd virtlogd pkg-config; do
 	if ! command -v "$tool" >/dev/null; then
 		echo "deps: $tool not found in PATH" >&2
 		fail=1

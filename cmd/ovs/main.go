@@ -152,6 +152,7 @@ func newRootCommand(stdout, stderr io.Writer) *cobra.Command {
 		newJobCommand(g),
 		newScheduleCommand(g),
 		newDockerPluginCommand(g),
+		newLibvirtCommand(g),
 	)
 	markRuntimeErrors(root)
 	return root

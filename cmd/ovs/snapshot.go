@@ -61,25 +61,35 @@ func nameAndSnapshot(optional bool) cobra.PositionalArgs {
 }
 
 func newSnapshotCreateCommand(g *globalOptions) *cobra.Command {
-	var metadata string
+	var (
+		metadata string
+		quiesce  quiesceFlags
+	)
 	cmd := &cobra.Command{
-		Use:   "create NAME [SNAPSHOT] [--metadata TEXT]",
+		Use:   "create NAME [SNAPSHOT] [--metadata TEXT] [--quiesce DOMAIN]",
 		Short: "Snapshot a vdisk",
 		Long: "Take a snapshot of a vdisk. Without a SNAPSHOT name, one is generated\n" +
 			"from the time. Snapshot names are 1-64 of A-Z a-z 0-9 . _ -; --metadata\n" +
-			fmt.Sprintf("is free text of up to %d bytes kept with the snapshot.", volumedriver.MaxSnapshotMetadata),
+			fmt.Sprintf("is free text of up to %d bytes kept with the snapshot. --quiesce DOMAIN\n", volumedriver.MaxSnapshotMetadata) +
+			"freezes the filesystems of that libvirt domain's guest (qemu guest agent)\n" +
+			"while the snapshot is taken, and thaws them whatever happens.",
 		Example: "  ovs vdisk snapshot create vm1-root before-upgrade --metadata 'kernel 6.12'\n" +
 			"  ovs vdisk snapshot create vm1-root",
 		Args: nameAndSnapshot(true),
 	}
 	cmd.Flags().StringVar(&metadata, "metadata", "", "text to keep with the snapshot")
+	quiesce.add(cmd)
 	output := addOutputFlag(cmd)
 	cmd.RunE = func(cmd *cobra.Command, args []string) error {
 		snapshot := ""
 		if len(args) == 2 {
 			snapshot = args[1]
 		}
-		snap, err := g.client().CreateSnapshot(cmd.Context(), args[0], snapshot, metadata)
+		var snap volumedriver.SnapshotInfo
+		err := quiesce.run(cmd, args[0], func(ctx context.Context) (err error) {
+			snap, err = g.client().CreateSnapshot(ctx, args[0], snapshot, metadata)
+			return err
+		})
 		if err != nil {
 			return err
 		}
