@@ -8,6 +8,11 @@ FUZZTIME ?= 30s
 UNIT_TIMEOUT ?= 15m
 E2E_TIMEOUT  ?= 30m
 
+# libvirt_dlopen, for every go command here: the libvirt commands open
+# libvirt.so.0 when they run, so the binary starts on hosts without libvirt
+# and building needs no libvirt-dev (plugins/libvirt).
+export GOFLAGS ?= -tags=libvirt_dlopen
+
 # Unit tests: every package but the end-to-end tests, with the race detector.
 UNIT_PKGS = $$($(GO) list ./... | grep -v '/tests$$')
 
@@ -29,10 +34,8 @@ help:
 deps:
 	scripts/deps.sh
 
-# libvirt_dlopen: the libvirt commands open libvirt.so.0 when they run, so
-# the binary starts on hosts without libvirt (plugins/libvirt).
 build:
-	$(GO) build -tags libvirt_dlopen -o $(BIN) ./cmd/ovs
+	$(GO) build -o $(BIN) ./cmd/ovs
 
 lint:
 	@files=$$(find . -name '*.go' -not -path './.git/*' -not -path '*/testdata/*'); \

@@ -37,8 +37,8 @@
 #                   a real libvirtd (started by tests/libvirt_test.go without
 #                   systemd) and virsh, for plugins/libvirt; the qemu driver
 #                   is only a Recommends of libvirt-daemon
-#   libvirt-dev, pkg-config  `go vet`/`go test` of plugins/libvirt link
-#                   libvirt; `make build` (tag libvirt_dlopen) needs neither
+#   libvirt-dev, pkg-config  a plain `go build` without the Makefile's
+#                   libvirt_dlopen tag links libvirt
 #   python3-requests  the driver's HTTP client (a dependency of Cinder too)
 #   docker.io       a real dockerd (and its CLI, containerd, runc) for
 #                   tests/docker_test.go, the Docker volume plugin
