@@ -1,0 +1,115 @@
+package ec
+
+import (
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"fmt"
+	"math/big"
+	"net"
+	"net/http"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/ovs-storage/ovs/scos/asd"
+)
+
+// selfSigned returns a throw-away certificate for TLS between the backend
+// and in-process ASDs in benchmarks and tests (framework/secret, which
+// scos does not import, does this for real clusters).
+func selfSigned(tb testing.TB) tls.Certificate {
+	tb.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "test"},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour)}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key}
+}
+
+// newTLSECEnv starts n ASDs serving over TLS on loopback ports (as `ovs
+// asd serve` does) and a backend with a 4+2 preset on them.
+func newTLSECEnv(tb testing.TB, n int, cfg Config) *Backend {
+	tb.Helper()
+	srvTLS := &tls.Config{MinVersion: tls.VersionTLS13, Certificates: []tls.Certificate{selfSigned(tb)},
+		ClientAuth: tls.RequireAnyClientCert}
+	cliTLS := &tls.Config{MinVersion: tls.VersionTLS13, Certificates: []tls.Certificate{selfSigned(tb)},
+		InsecureSkipVerify: true}
+	kv, err := OpenBoltKV(tb.TempDir() + "/meta.db")
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() { kv.Close() })
+	cfg.KV, cfg.MaintenanceInterval, cfg.SoleWriter = kv, -1, true
+	if cfg.HTTPClient == nil {
+		cfg.HTTPClient = &http.Client{Transport: asd.NewTransport(cliTLS)}
+	}
+	cfg.Presets = []Preset{{Name: "p4-2", Policies: []Policy{{4, 2, 6, 1}}}}
+	cfg.Preset = "p4-2"
+	be, err := New(context.Background(), cfg)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() { be.Close() })
+	for i := range n {
+		s, err := asd.Open(asd.Config{Dir: tb.TempDir(), Node: fmt.Sprintf("n%d", i), Site: "s",
+			TLS: func(string) (*tls.Config, error) { return srvTLS, nil }})
+		if err != nil {
+			tb.Fatal(err)
+		}
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			tb.Fatal(err)
+		}
+		ctx, cancel := context.WithCancel(context.Background())
+		done := make(chan struct{})
+		go func() { s.Serve(ctx, ln); close(done) }()
+		tb.Cleanup(func() { cancel(); <-done })
+		if _, err := be.AddASD(context.Background(), ln.Addr().String()); err != nil {
+			tb.Fatal(err)
+		}
+	}
+	return be
+}
+
+// BenchmarkColdReads4K: 4 KiB ranged reads of objects on ASDs over TLS on
+// loopback, 32 in flight, as the volume driver issues them for clusters
+// that left its write buffer.
+func BenchmarkColdReads4K(b *testing.B) {
+	be := newTLSECEnv(b, 6, Config{})
+	ctx := context.Background()
+	if err := be.CreateNamespace(ctx, "bench"); err != nil {
+		b.Fatal(err)
+	}
+	const objs, size = 8, 4 << 20
+	for i := range objs {
+		if err := be.Put(ctx, "bench", fmt.Sprintf("o%d", i), randBytes(uint64(i), size), false); err != nil {
+			b.Fatal(err)
+		}
+	}
+	var seq atomic.Uint64
+	b.SetBytes(4096)
+	b.SetParallelism(16) // 2 CPUs: 32 readers
+	b.ResetTimer()
+	b.RunParallel(func(pb *testing.PB) {
+		p := make([]byte, 4096)
+		for pb.Next() {
+			n := seq.Add(0x9e3779b97f4a7c15)
+			off := int64(n>>20) % (size/4096 - 1) * 4096
+			if err := be.ReadAt(ctx, "bench", fmt.Sprintf("o%d", n%objs), p, off); err != nil {
+				b.Error(err)
+				return
+			}
+		}
+	})
+}
