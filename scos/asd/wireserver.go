@@ -199,9 +199,9 @@ func (s *Server) serveWire(ctx context.Context, c net.Conn, br *bufio.Reader) er
 	cctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	type job struct {
-		h    frameHeader
-		body *[]byte
-		at   time.Time
+		id  uint64
+		req readRequest
+		at  time.Time
 	}
 	work := make(chan job, wireQueue)
 	replies := make(chan wireReply, wireQueue+wireWorkers)
@@ -211,11 +211,9 @@ func (s *Server) serveWire(ctx context.Context, c net.Conn, br *bufio.Reader) er
 		go func() {
 			defer wg.Done()
 			var scratch []byte
-			var items []ReadItem
 			for j := range work {
 				var rep *[]byte
-				rep, scratch, items = s.serveRead(j.h, *j.body, j.at, scratch, items)
-				putBuf(&replyPool, j.body)
+				rep, scratch = s.serveRead(j.id, j.req, j.at, scratch)
 				if cap(scratch) > maxPooledBuf {
 					scratch = nil
 				}
@@ -252,6 +250,7 @@ func (s *Server) serveWire(ctx context.Context, c net.Conn, br *bufio.Reader) er
 	}()
 	readErr := func() error {
 		var hdr [frameHeaderLen]byte
+		var body []byte
 		for {
 			c.SetReadDeadline(time.Now().Add(wireIdleTimeout))
 			if _, err := io.ReadFull(br, hdr[:]); err != nil {
@@ -267,13 +266,16 @@ func (s *Server) serveWire(ctx context.Context, c net.Conn, br *bufio.Reader) er
 			if h.bodyLen() > maxReadItems*(readItemHeadLen+maxFragmentKeyLen)+6 {
 				return fmt.Errorf("%w: read request of %d bytes", errProtocol, h.bodyLen())
 			}
-			body := replyPool.Get().(*[]byte)
-			*body = grow(*body, h.bodyLen())
-			if _, err := io.ReadFull(br, *body); err != nil {
+			body = grow(body, h.bodyLen())
+			if _, err := io.ReadFull(br, body); err != nil {
+				return err
+			}
+			req, err := decodeReadRequest(body, nil)
+			if err != nil {
 				return err
 			}
 			select {
-			case work <- job{h, body, time.Now()}:
+			case work <- job{h.id, req, time.Now()}:
 			case <-cctx.Done():
 				return nil
 			}
@@ -299,30 +301,21 @@ func grow(b []byte, n int) []byte {
 	return b[:n]
 }
 
-// serveRead answers one read request; a malformed one gets a bad-request
-// item (the frame itself was well-formed).
-func (s *Server) serveRead(h frameHeader, body []byte, at time.Time, scratch []byte, items []ReadItem) (*[]byte, []byte, []ReadItem) {
+// serveRead answers one read request.
+func (s *Server) serveRead(id uint64, req readRequest, at time.Time, scratch []byte) (*[]byte, []byte) {
 	rep := replyPool.Get().(*[]byte)
 	out := append((*rep)[:0], make([]byte, frameHeaderLen)...)
-	req, err := decodeReadRequest(body, items)
-	items = req.items
-	if err != nil {
-		// One item saying why: the client reads the status before it
-		// looks for more.
-		out = appendReplyError(out, readBadRequest, 0, 0, err.Error())
-	} else {
-		expired := req.timeoutMS > 0 && time.Since(at) > time.Duration(req.timeoutMS)*time.Millisecond
-		for _, it := range req.items {
-			if expired {
-				out = appendReplyError(out, readExpired, 0, 0, "the client's deadline passed before the read started")
-				continue
-			}
-			out, scratch = s.readItem(out, it, scratch)
+	expired := req.timeoutMS > 0 && time.Since(at) > time.Duration(req.timeoutMS)*time.Millisecond
+	for _, it := range req.items {
+		if expired {
+			out = appendReplyError(out, readExpired, 0, 0, "the client's deadline passed before the read started")
+			continue
 		}
+		out, scratch = s.readItem(out, it, scratch)
 	}
-	putFrameHeader(out, frameHeader{length: uint32(len(out) - 4), typ: frameReadReply, id: h.id})
+	putFrameHeader(out, frameHeader{length: uint32(len(out) - 4), typ: frameReadReply, id: id})
 	*rep = out
-	return rep, scratch, items
+	return rep, scratch
 }
 
 func appendReplyError(out []byte, st readStatus, crc uint32, size int64, msg string) []byte {
