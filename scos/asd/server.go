@@ -380,8 +380,14 @@ const asdIDHeader = "X-Ovs-Asd"
 // The port speaks HTTP and the binary read protocol (see wire.go), told
 // apart by a connection's first bytes.
 func (s *Server) Serve(ctx context.Context, l net.Listener) error {
+	return s.ServeHandler(ctx, l, s.Handler())
+}
+
+// ServeHandler is Serve with h answering HTTP requests (a wrapper of
+// Handler, e.g. a test's that fails requests on demand).
+func (s *Server) ServeHandler(ctx context.Context, l net.Listener, h http.Handler) error {
 	srv := &http.Server{
-		Handler:           s.Handler(),
+		Handler:           h,
 		ReadHeaderTimeout: 10 * time.Second,
 		ReadTimeout:       5 * time.Minute, // a 256 MiB fragment at under 1 MB/s is a dead client
 		IdleTimeout:       2 * time.Minute,

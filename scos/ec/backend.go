@@ -92,8 +92,14 @@ type Config struct {
 	// store has no such preset either, LocalPreset is added under it.
 	Presets []Preset
 	// HTTPClient talks to the ASDs; nil uses one with asd.NewTransport.
+	// Its transport's TLS configuration is also what the binary read
+	// protocol's connections use.
 	HTTPClient *http.Client
-	Logger     *slog.Logger
+	// HTTPReads: read fragments over HTTP only, not over the ASDs'
+	// binary read protocol (which falls back to HTTP by itself for an
+	// ASD that does not speak it).
+	HTTPReads bool
+	Logger    *slog.Logger
 
 	// HealthInterval: how often every ASD is probed (default 1s), each
 	// probe giving up after ProbeTimeout (default 1s).
@@ -268,6 +274,13 @@ func (b *Backend) Close() error {
 	}
 	b.stop()
 	b.wg.Wait()
+	b.mu.Lock()
+	for _, st := range b.asds {
+		if st.client != nil {
+			st.client.Close()
+		}
+	}
+	b.mu.Unlock()
 	return nil
 }
 
@@ -347,12 +360,19 @@ func (b *Backend) reloadRegistry(ctx context.Context) error {
 			b.asds[id] = st
 		}
 		if st.client == nil || st.rec.Addr != r.Addr {
+			if st.client != nil {
+				st.client.Close()
+			}
 			st.client = asd.NewClient(r.Addr, b.hc).For(id)
+			if !b.cfg.HTTPReads {
+				st.client = st.client.WithWire(asd.WireConfig{})
+			}
 		}
 		st.rec = r
 	}
-	for id := range b.asds {
+	for id, st := range b.asds {
 		if _, ok := recs[id]; !ok {
+			st.client.Close()
 			delete(b.asds, id)
 		}
 	}

@@ -1,6 +1,7 @@
 package ec
 
 import (
+	"bytes"
 	"context"
 	"crypto/ecdsa"
 	"crypto/elliptic"
@@ -84,32 +85,70 @@ func newTLSECEnv(tb testing.TB, n int, cfg Config) *Backend {
 
 // BenchmarkColdReads4K: 4 KiB ranged reads of objects on ASDs over TLS on
 // loopback, 32 in flight, as the volume driver issues them for clusters
-// that left its write buffer.
+// that left its write buffer; over HTTP and over the binary protocol.
 func BenchmarkColdReads4K(b *testing.B) {
-	be := newTLSECEnv(b, 6, Config{})
+	for _, proto := range []string{"http", "wire"} {
+		b.Run(proto, func(b *testing.B) {
+			be := newTLSECEnv(b, 6, Config{HTTPReads: proto == "http"})
+			ctx := context.Background()
+			if err := be.CreateNamespace(ctx, "bench"); err != nil {
+				b.Fatal(err)
+			}
+			const objs, size = 8, 4 << 20
+			for i := range objs {
+				if err := be.Put(ctx, "bench", fmt.Sprintf("o%d", i), randBytes(uint64(i), size), false); err != nil {
+					b.Fatal(err)
+				}
+			}
+			names := make([]string, objs)
+			for i := range names {
+				names[i] = fmt.Sprintf("o%d", i)
+			}
+			var seq atomic.Uint64
+			b.SetBytes(4096)
+			b.SetParallelism(16) // 2 CPUs: 32 readers
+			b.ResetTimer()
+			b.RunParallel(func(pb *testing.PB) {
+				p := make([]byte, 4096)
+				for pb.Next() {
+					n := seq.Add(0x9e3779b97f4a7c15)
+					off := int64(n>>20) % (size/4096 - 1) * 4096
+					if err := be.ReadAt(ctx, "bench", names[n%objs], p, off); err != nil {
+						b.Error(err)
+						return
+					}
+				}
+			})
+			b.StopTimer()
+			st, _ := be.Status(ctx)
+			if proto == "wire" && st.Counters.WireReads == 0 {
+				b.Fatal("no read went over the binary protocol")
+			}
+		})
+	}
+}
+
+// TestECBackendWireReads: reads go over the binary protocol (with TLS),
+// and over HTTP only when told to.
+func TestECBackendWireReads(t *testing.T) {
 	ctx := context.Background()
-	if err := be.CreateNamespace(ctx, "bench"); err != nil {
-		b.Fatal(err)
-	}
-	const objs, size = 8, 4 << 20
-	for i := range objs {
-		if err := be.Put(ctx, "bench", fmt.Sprintf("o%d", i), randBytes(uint64(i), size), false); err != nil {
-			b.Fatal(err)
+	for _, httpOnly := range []bool{false, true} {
+		be := newTLSECEnv(t, 6, Config{HTTPReads: httpOnly})
+		if err := be.CreateNamespace(ctx, "ns"); err != nil {
+			t.Fatal(err)
 		}
-	}
-	var seq atomic.Uint64
-	b.SetBytes(4096)
-	b.SetParallelism(16) // 2 CPUs: 32 readers
-	b.ResetTimer()
-	b.RunParallel(func(pb *testing.PB) {
-		p := make([]byte, 4096)
-		for pb.Next() {
-			n := seq.Add(0x9e3779b97f4a7c15)
-			off := int64(n>>20) % (size/4096 - 1) * 4096
-			if err := be.ReadAt(ctx, "bench", fmt.Sprintf("o%d", n%objs), p, off); err != nil {
-				b.Error(err)
-				return
+		data := randBytes(3, 4<<20)
+		mustPut(t, be, "ns", "obj", data)
+		for _, r := range [][2]int64{{0, 4096}, {1<<20 - 100, 200}, {4096, 2 << 20}, {4<<20 - 4096, 4096}} {
+			p := make([]byte, r[1])
+			if err := be.ReadAt(ctx, "ns", "obj", p, r[0]); err != nil || !bytes.Equal(p, data[r[0]:r[0]+r[1]]) {
+				t.Fatalf("read [%d,+%d): %v", r[0], r[1], err)
 			}
 		}
-	})
+		checkGet(t, be, "ns", "obj", data)
+		st, _ := be.Status(ctx)
+		if got := st.Counters.WireReads; httpOnly && got != 0 || !httpOnly && got < 4 {
+			t.Fatalf("HTTPReads %v: %d binary reads", httpOnly, got)
+		}
+	}
 }
