@@ -10,6 +10,7 @@ import (
 	"io"
 	"net"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -168,9 +169,6 @@ func looksLikeHTTP(hdr []byte) bool {
 	return false
 }
 
-// wireReply is a reply frame on its way to the writer.
-type wireReply struct{ buf *[]byte }
-
 var replyPool = sync.Pool{New: func() any { b := make([]byte, 0, wireBufSize); return &b }}
 
 // serveWire serves the binary protocol on c until it fails or closes.
@@ -204,7 +202,15 @@ func (s *Server) serveWire(ctx context.Context, c net.Conn, br *bufio.Reader) er
 		at  time.Time
 	}
 	work := make(chan job, wireQueue)
-	replies := make(chan wireReply, wireQueue+wireWorkers)
+	// Workers write their replies themselves; one that finds others
+	// waiting to write leaves the flush to the last, so that replies
+	// ready together go out in one TLS record and one write.
+	var (
+		wmu      sync.Mutex
+		waiting  atomic.Int32
+		writeErr error
+	)
+	bw := bufio.NewWriterSize(c, wireBufSize)
 	var wg sync.WaitGroup
 	for range wireWorkers {
 		wg.Add(1)
@@ -217,37 +223,23 @@ func (s *Server) serveWire(ctx context.Context, c net.Conn, br *bufio.Reader) er
 				if cap(scratch) > maxPooledBuf {
 					scratch = nil
 				}
-				select {
-				case replies <- wireReply{rep}:
-				case <-cctx.Done():
-					putBuf(&replyPool, rep)
+				waiting.Add(1)
+				wmu.Lock()
+				waiting.Add(-1)
+				if writeErr == nil {
+					_, writeErr = bw.Write(*rep)
+					if writeErr == nil && waiting.Load() == 0 {
+						writeErr = bw.Flush()
+					}
+					if writeErr != nil {
+						c.Close() // the reader fails with it
+					}
 				}
+				wmu.Unlock()
+				putBuf(&replyPool, rep)
 			}
 		}()
 	}
-	writeErr := make(chan error, 1)
-	go func() {
-		bw := bufio.NewWriterSize(c, wireBufSize)
-		for {
-			var r wireReply
-			select {
-			case r = <-replies:
-			case <-cctx.Done():
-				writeErr <- nil
-				return
-			}
-			_, err := bw.Write(*r.buf)
-			putBuf(&replyPool, r.buf)
-			if err == nil && len(replies) == 0 {
-				err = bw.Flush()
-			}
-			if err != nil {
-				writeErr <- err
-				c.Close() // the reader fails with it
-				return
-			}
-		}
-	}()
 	readErr := func() error {
 		var hdr [frameHeaderLen]byte
 		var body []byte
@@ -284,8 +276,8 @@ func (s *Server) serveWire(ctx context.Context, c net.Conn, br *bufio.Reader) er
 	close(work)
 	wg.Wait()
 	cancel()
-	if err := <-writeErr; err != nil && readErr == nil {
-		return err
+	if writeErr != nil && readErr == nil {
+		return writeErr
 	}
 	if errors.Is(readErr, errProtocol) {
 		return readErr
