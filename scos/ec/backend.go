@@ -58,6 +58,7 @@ type Backend struct {
 	encoders map[[2]int]reedsolomon.Encoder
 
 	stats    ecCounters
+	ra       *readAhead
 	progress progress
 	maintMu  sync.Mutex // one maintenance pass at a time
 
@@ -99,6 +100,10 @@ type Config struct {
 	// binary read protocol (which falls back to HTTP by itself for an
 	// ASD that does not speak it).
 	HTTPReads bool
+	// ReadAhead: after a few ranged reads of an object that each start
+	// where the previous ended, one read fetches this many bytes ahead
+	// and the next are served from memory (default 1 MiB; negative: off).
+	ReadAhead int64
 	Logger    *slog.Logger
 
 	// HealthInterval: how often every ASD is probed (default 1s), each
@@ -221,6 +226,10 @@ func New(ctx context.Context, cfg Config) (*Backend, error) {
 	if b.hc == nil {
 		b.hc = &http.Client{Transport: asd.NewTransport()}
 	}
+	if cfg.ReadAhead == 0 {
+		cfg.ReadAhead = defaultReadAhead
+	}
+	b.ra = newReadAhead(cfg.ReadAhead)
 	b.cache = newCachingKV(cfg.KV, 32<<20, kvObject, kvNamespace) // 32 MiB of manifests
 	if cfg.SoleWriter {
 		b.direct = b.cache

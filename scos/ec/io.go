@@ -401,6 +401,12 @@ func (b *Backend) read(ctx context.Context, ns, name string, off, n int64, p []b
 		if off < 0 || off > m.Size || n > m.Size-off {
 			return nil, fmt.Errorf("read %s/%s [%d,+%d): past the end of the object (%d bytes)", ns, name, off, n, m.Size)
 		}
+		if p != nil {
+			if ok := b.readAhead(ctx, ns, name, m, off, p); ok {
+				b.stats.reads.Add(1)
+				return p, nil
+			}
+		}
 		out := p
 		if out == nil {
 			out = make([]byte, n)
@@ -425,6 +431,28 @@ func (b *Backend) read(ctx context.Context, ns, name string, off, n int64, p []b
 		b.stats.reads.Add(1)
 		return data, nil
 	}
+}
+
+// readAhead serves a ranged read from a window kept by the read-ahead, or
+// fetches a window when the read continues a sequential run; it reports
+// whether p was filled. A failed window read leaves p to the plain read.
+func (b *Backend) readAhead(ctx context.Context, ns, name string, m *Manifest, off int64, p []byte) bool {
+	key := ns + "/" + name
+	if b.ra.get(key, m.ObjectID, off, p) {
+		b.stats.readAheadHits.Add(1)
+		return true
+	}
+	end := b.ra.want(key, m.ObjectID, off, int64(len(p)), m.Size)
+	if end <= off+int64(len(p)) {
+		return false
+	}
+	win := make([]byte, end-off)
+	if _, err := b.readRange(ctx, ns, name, m, off, win); err != nil {
+		return false
+	}
+	copy(p, win)
+	b.ra.put(key, m.ObjectID, off, win)
+	return true
 }
 
 type fetchResult struct {

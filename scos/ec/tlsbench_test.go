@@ -152,3 +152,46 @@ func TestECBackendWireReads(t *testing.T) {
 		}
 	}
 }
+
+// TestECBackendReadAhead: a sequential run of 4 KiB reads is served from
+// read-ahead windows after its first reads; random reads are not; an
+// object replaced under its name is read afresh.
+func TestECBackendReadAhead(t *testing.T) {
+	ctx := context.Background()
+	be := newTLSECEnv(t, 6, Config{})
+	if err := be.CreateNamespace(ctx, "ns"); err != nil {
+		t.Fatal(err)
+	}
+	data := randBytes(4, 4<<20)
+	mustPut(t, be, "ns", "obj", data)
+	p := make([]byte, 4096)
+	for off := int64(0); off < 2<<20; off += 4096 {
+		if err := be.ReadAt(ctx, "ns", "obj", p, off); err != nil || !bytes.Equal(p, data[off:off+4096]) {
+			t.Fatalf("sequential read at %d: %v", off, err)
+		}
+	}
+	st, _ := be.Status(ctx)
+	if hits := st.Counters.ReadAheadHits; hits < 500 {
+		t.Fatalf("%d of 512 sequential reads served by the read-ahead", hits)
+	}
+	before := st.Counters.ReadAheadHits
+	for i := range 64 {
+		off := int64(3<<20+128<<10) + int64(i*7919%200)*4096 // past every window kept
+		if err := be.ReadAt(ctx, "ns", "obj", p, off); err != nil || !bytes.Equal(p, data[off:off+4096]) {
+			t.Fatalf("random read at %d: %v", off, err)
+		}
+	}
+	if st, _ = be.Status(ctx); st.Counters.ReadAheadHits != before {
+		t.Fatalf("random reads served by the read-ahead: %d", st.Counters.ReadAheadHits-before)
+	}
+	// Replaced: the next run reads the new object.
+	data2 := randBytes(5, 4<<20)
+	if err := be.Put(ctx, "ns", "obj", data2, true); err != nil {
+		t.Fatal(err)
+	}
+	for off := int64(0); off < 64<<10; off += 4096 {
+		if err := be.ReadAt(ctx, "ns", "obj", p, off); err != nil || !bytes.Equal(p, data2[off:off+4096]) {
+			t.Fatalf("read of the replaced object at %d: %v", off, err)
+		}
+	}
+}
