@@ -130,7 +130,7 @@ func (s *Server) sortConn(ctx context.Context, c net.Conn, httpL *connListener, 
 			if errors.As(err, &re) && re.Conn != nil && looksLikeHTTP(re.RecordHeader[:]) {
 				io.WriteString(re.Conn, "HTTP/1.0 400 Bad Request\r\n\r\nClient sent an HTTP request to an HTTPS server.\n")
 			}
-			s.log.Debug("TLS handshake refused", "remote", c.RemoteAddr().String(), "err", err)
+			s.log.Warn("TLS handshake error", "remote", c.RemoteAddr().String(), "err", err)
 			c.Close()
 			return
 		}
