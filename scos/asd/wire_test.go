@@ -46,7 +46,7 @@ func TestWireReads(t *testing.T) {
 				t.Fatal(err)
 			}
 			addr := serveASD(t, s)
-			c := NewClient(addr, hc).For(s.ID()).WithWire(WireConfig{Conns: 1})
+			c := NewClient(addr, hc).For(s.ID()).WithWire(WireConfig{Conns: 1, MaxBytes: 1 << 20})
 			t.Cleanup(func() { c.Close() })
 			data := randBytes(1, 3*DefaultFragmentBlockSize+100)
 			if err := c.Put(ctx, "frag", "ns/o", data); err != nil {

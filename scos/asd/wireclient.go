@@ -27,6 +27,11 @@ type WireConfig struct {
 	// Conns is the number of connections per ASD (default 2): enough to
 	// keep a disk busy, few enough that replies batch.
 	Conns int
+	// MaxBytes: reads of more bytes go over HTTP (default 256 KiB). The
+	// protocol saves per-request costs, which small reads are made of;
+	// a big read is a copy, and HTTP's connection per request moves
+	// several at once where one pipelined connection would queue them.
+	MaxBytes int64
 	// RetryHTTPOnly: after an ASD answered as an HTTP-only one, how long
 	// reads use HTTP before the binary protocol is tried again (default
 	// 1m: the ASD may be upgraded in place).
@@ -34,8 +39,9 @@ type WireConfig struct {
 }
 
 const (
-	defaultWireConns = 2
-	wireDialTimeout  = 2 * time.Second
+	defaultWireConns    = 2
+	defaultWireMaxBytes = 256 << 10
+	wireDialTimeout     = 2 * time.Second
 )
 
 // ErrNoWire: the ASD does not speak the binary protocol (or the client
@@ -52,6 +58,9 @@ func (c *Client) WithWire(cfg WireConfig) *Client {
 	}
 	if cfg.Conns <= 0 {
 		cfg.Conns = defaultWireConns
+	}
+	if cfg.MaxBytes <= 0 || cfg.MaxBytes > maxReadBytes {
+		cfg.MaxBytes = defaultWireMaxBytes
 	}
 	if cfg.RetryHTTPOnly <= 0 {
 		cfg.RetryHTTPOnly = time.Minute
@@ -146,7 +155,7 @@ func (c *Client) StartRead(ctx context.Context, items []ReadItem, dst [][]byte) 
 		}
 		total += it.Length
 	}
-	if total > maxReadBytes {
+	if total > p.cfg.MaxBytes {
 		return nil, ErrNoWire
 	}
 	wc, err := p.conn(ctx)

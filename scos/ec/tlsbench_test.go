@@ -195,3 +195,35 @@ func TestECBackendReadAhead(t *testing.T) {
 		}
 	}
 }
+
+// BenchmarkGet4M: whole 4 MiB objects (4+2) over TLS on loopback, 4 in
+// flight, over HTTP and over the binary protocol.
+func BenchmarkGet4M(b *testing.B) {
+	for _, proto := range []string{"http", "wire"} {
+		b.Run(proto, func(b *testing.B) {
+			be := newTLSECEnv(b, 6, Config{HTTPReads: proto == "http"})
+			ctx := context.Background()
+			if err := be.CreateNamespace(ctx, "bench"); err != nil {
+				b.Fatal(err)
+			}
+			const objs = 8
+			for i := range objs {
+				if err := be.Put(ctx, "bench", fmt.Sprintf("o%d", i), randBytes(uint64(i), 4<<20), false); err != nil {
+					b.Fatal(err)
+				}
+			}
+			var seq atomic.Uint64
+			b.SetBytes(4 << 20)
+			b.SetParallelism(2)
+			b.ResetTimer()
+			b.RunParallel(func(pb *testing.PB) {
+				for pb.Next() {
+					if _, err := be.Get(ctx, "bench", fmt.Sprintf("o%d", seq.Add(1)%objs)); err != nil {
+						b.Error(err)
+						return
+					}
+				}
+			})
+		})
+	}
+}
