@@ -418,6 +418,7 @@ type benchOptions struct {
 	count       int
 	concurrency int
 	reads       int
+	readDepth   int
 }
 
 // benchResult is one row of `ovs backend bench`.
@@ -456,6 +457,7 @@ func newBackendBenchCommand() *cobra.Command {
 	f.IntVar(&o.count, "count", 48, "objects per backend")
 	f.IntVar(&o.concurrency, "concurrency", 4, "puts or gets in flight")
 	f.IntVar(&o.reads, "reads", 4000, "4 KiB ranged reads per backend")
+	f.IntVar(&o.readDepth, "read-depth", 8, "4 KiB ranged reads in flight")
 	output := addOutputFlag(cmd)
 	cmd.RunE = func(cmd *cobra.Command, _ []string) error {
 		return runBench(cmd.Context(), o, *output, cmd.OutOrStdout())
@@ -464,8 +466,8 @@ func newBackendBenchCommand() *cobra.Command {
 }
 
 func runBench(ctx context.Context, o *benchOptions, output outputFormat, w io.Writer) error {
-	if o.size <= 0 || o.count < 1 || o.concurrency < 1 {
-		return errors.New("--size, --count and --concurrency must be positive")
+	if o.size <= 0 || o.count < 1 || o.concurrency < 1 || o.readDepth < 1 {
+		return errors.New("--size, --count, --concurrency and --read-depth must be positive")
 	}
 	dir := o.dir
 	if dir == "" {
@@ -520,6 +522,14 @@ func runBench(ctx context.Context, o *benchOptions, output outputFormat, w io.Wr
 			return err
 		}
 	}
+	// The same backend reading over HTTP only (what every read did before
+	// the ASDs' binary protocol), for the same-run comparison.
+	ecHTTP, err := ec.New(ctx, ec.Config{KV: kv, Preset: "p4-2", MaintenanceInterval: -1, Logger: log,
+		HTTPClient: hc, HTTPReads: true})
+	if err != nil {
+		return err
+	}
+	defer ecHTTP.Close()
 	local, err := scos.NewLocalDir(filepath.Join(dir, "localdir"))
 	if err != nil {
 		return err
@@ -538,6 +548,8 @@ func runBench(ctx context.Context, o *benchOptions, output outputFormat, w io.Wr
 		targets = append(targets, target{fmt.Sprintf("ec %d+%d", pol.K, pol.M), ecb, "bench-" + p.Name,
 			func(ctx context.Context) error { return ecb.CreateNamespaceWithPreset(ctx, "bench-"+p.Name, p.Name) }})
 	}
+	targets = append(targets, target{"ec 4+2 http", ecHTTP, "bench-http",
+		func(ctx context.Context) error { return ecHTTP.CreateNamespaceWithPreset(ctx, "bench-http", "p4-2") }})
 	base := make([]byte, int(o.size))
 	rand.Read(base)
 	var results []benchResult
@@ -570,7 +582,7 @@ func runBench(ctx context.Context, o *benchOptions, output outputFormat, w io.Wr
 		}
 		r.GetMBps = total / d.Seconds()
 		var seq atomic.Uint64
-		d, err = parallel(ctx, o.reads, 8, func(ctx context.Context, i int) error {
+		d, err = parallel(ctx, o.reads, o.readDepth, func(ctx context.Context, i int) error {
 			n := seq.Add(0x9e3779b97f4a7c15)
 			obj := int(n % uint64(o.count))
 			off := int64(n>>20) % (int64(o.size)/4096 - 1) * 4096
@@ -582,7 +594,7 @@ func runBench(ctx context.Context, o *benchOptions, output outputFormat, w io.Wr
 		}
 		r.ReadIOPS = float64(o.reads) / d.Seconds()
 		r.StoredFactor = 1
-		if t.b == ecb {
+		if t.b == ecb || t.b == ecHTTP {
 			m, err := ecb.ObjectManifest(ctx, t.ns, "obj-0000")
 			if err == nil {
 				r.StoredFactor = float64(m.FragmentSize*int64(len(m.Fragments))) / float64(m.Size)
@@ -608,7 +620,8 @@ func runBench(ctx context.Context, o *benchOptions, output outputFormat, w io.Wr
 		return writeJSON(w, map[string]any{"object_size": int64(o.size), "objects": o.count,
 			"concurrency": o.concurrency, "backends": results, "reed_solomon": codecs})
 	}
-	fmt.Fprintf(w, "%d objects of %s, %d in flight; 4 KiB ranged reads, 8 in flight\n\n", o.count, api.FormatSize(int64(o.size)), o.concurrency)
+	fmt.Fprintf(w, "%d objects of %s, %d in flight; 4 KiB ranged reads, %d in flight (ec 4+2 http: the ec 4+2 row reading over HTTP only)\n\n",
+		o.count, api.FormatSize(int64(o.size)), o.concurrency, o.readDepth)
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
 	fmt.Fprintf(tw, "BACKEND\tPUT MB/s\tGET MB/s\t4K READS/s\tPUT vs LOCAL\tGET vs LOCAL\t4K vs LOCAL\tSTORED/DATA\t\n")
 	for _, r := range results {

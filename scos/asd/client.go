@@ -26,6 +26,10 @@ type Client struct {
 	base string
 	hc   *http.Client
 	id   string // the ASD meant, if known: it refuses requests meant for another
+	// tlsConf is the TLS configuration of hc's transport, if any (what
+	// binary connections use too).
+	tlsConf *tls.Config
+	wire    *wirePool // binary reads (WithWire); nil: HTTP only
 }
 
 // NewTransport returns an HTTP transport suited to talking to ASDs:
@@ -56,15 +60,19 @@ func NewClient(addr string, hc *http.Client) *Client {
 	if hc == nil {
 		hc = &http.Client{Transport: NewTransport()}
 	}
+	var tc *tls.Config
+	if t, ok := hc.Transport.(*http.Transport); ok {
+		tc = t.TLSClientConfig
+	}
 	base := addr
 	if !strings.Contains(base, "://") {
 		scheme := "http://"
-		if t, ok := hc.Transport.(*http.Transport); ok && t.TLSClientConfig != nil {
+		if tc != nil {
 			scheme = "https://"
 		}
 		base = scheme + base
 	}
-	return &Client{addr: addr, base: strings.TrimRight(base, "/"), hc: hc}
+	return &Client{addr: addr, base: strings.TrimRight(base, "/"), hc: hc, tlsConf: tc}
 }
 
 // For returns a client whose requests are meant for the ASD of the given
@@ -73,6 +81,10 @@ func NewClient(addr string, hc *http.Client) *Client {
 func (c *Client) For(id string) *Client {
 	c2 := *c
 	c2.id = id
+	if c.wire != nil {
+		c2.wire = nil
+		return c2.WithWire(c.wire.cfg)
+	}
 	return &c2
 }
 
@@ -187,7 +199,14 @@ func (c *Client) Put(ctx context.Context, key, tag string, data []byte) error {
 // Get reads length bytes at off of fragment key; length < 0 reads it
 // whole. The daemon verifies what it sends. It also returns the checksum
 // of the whole fragment, which the caller can check against its records.
+// With WithWire, ranged reads go over the binary protocol.
 func (c *Client) Get(ctx context.Context, key string, off, length int64) ([]byte, uint32, error) {
+	if c.wire != nil && length >= 0 {
+		data, crc, err := c.getWire(ctx, key, off, length)
+		if !errors.Is(err, ErrNoWire) {
+			return data, crc, err
+		}
+	}
 	var q url.Values
 	if off != 0 || length >= 0 {
 		q = url.Values{"offset": {strconv.FormatInt(off, 10)}}

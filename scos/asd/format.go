@@ -59,8 +59,11 @@ const (
 	maxFragmentTagLen    = 1024
 	minFragmentBlockSize = 4 << 10
 	maxFragmentBlockSize = 16 << 20
-	// DefaultFragmentBlockSize is the checksum granularity of ranged reads.
-	DefaultFragmentBlockSize = 64 << 10
+	// DefaultFragmentBlockSize is the checksum granularity of ranged reads:
+	// the volume driver's 4 KiB cluster, so that reading one costs 4 KiB
+	// of disk and checksum, not a bigger block (each fragment records its
+	// own block size: fragments written with 64 KiB blocks read as ever).
+	DefaultFragmentBlockSize = 4 << 10
 	// MaxFragmentSize bounds one fragment (a 128 MiB SCO with k=1 fits).
 	MaxFragmentSize = 256 << 20
 )

@@ -81,6 +81,9 @@ type Config struct {
 const DefaultFillLimit = 0.99
 
 const (
+	// fragCacheSize: fragment files kept open for reads (a 4 MiB SCO
+	// is one fragment per ASD; 1024 of them cover the SCOs of GiBs).
+	fragCacheSize   = 1024
 	asdIdentityFile = "asd.json"
 	asdFragmentsDir = "fragments"
 	asdFanout       = 256
@@ -146,9 +149,11 @@ type Server struct {
 	log   *slog.Logger
 	frags string
 	tls   *tls.Config
-	used  atomic.Int64 // bytes of fragment files
-	count atomic.Int64 // number of fragments
-	locks [64]sync.Mutex
+	// fcache keeps fragment files open for reads (see fragCache).
+	fcache *fragCache
+	used   atomic.Int64 // bytes of fragment files
+	count  atomic.Int64 // number of fragments
+	locks  [64]sync.Mutex
 }
 
 // Open opens (creating on first use) the ASD in cfg.Dir. Its identity
@@ -174,7 +179,7 @@ func Open(cfg Config) (*Server, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
-	s := &Server{cfg: cfg, frags: filepath.Join(cfg.Dir, asdFragmentsDir)}
+	s := &Server{cfg: cfg, frags: filepath.Join(cfg.Dir, asdFragmentsDir), fcache: newFragCache(fragCacheSize)}
 	if err := os.MkdirAll(s.frags, 0o700); err != nil {
 		return nil, fmt.Errorf("asd %s: %w", cfg.Dir, err)
 	}
@@ -372,37 +377,46 @@ func (s *Server) Handler() http.Handler {
 const asdIDHeader = "X-Ovs-Asd"
 
 // Serve serves the API on l until ctx is done, then shuts down gracefully.
+// The port speaks HTTP and the binary read protocol (see wire.go), told
+// apart by a connection's first bytes.
 func (s *Server) Serve(ctx context.Context, l net.Listener) error {
+	return s.ServeHandler(ctx, l, s.Handler())
+}
+
+// ServeHandler is Serve with h answering HTTP requests (a wrapper of
+// Handler, e.g. a test's that fails requests on demand).
+func (s *Server) ServeHandler(ctx context.Context, l net.Listener, h http.Handler) error {
 	srv := &http.Server{
-		Handler:           s.Handler(),
+		Handler:           h,
 		ReadHeaderTimeout: 10 * time.Second,
 		ReadTimeout:       5 * time.Minute, // a 256 MiB fragment at under 1 MB/s is a dead client
 		IdleTimeout:       2 * time.Minute,
 		ErrorLog:          slog.NewLogLogger(s.log.Handler(), slog.LevelWarn),
 	}
-	errc := make(chan error, 1)
-	if s.tls != nil {
-		// ServeTLS (not a TLS listener) so that a client speaking plain
-		// HTTP gets a clear 400 instead of a closed connection.
-		srv.TLSConfig = s.tls
-		srv.TLSNextProto = map[string]func(*http.Server, *tls.Conn, http.Handler){} // HTTP/1.1 only
-		go func() { errc <- srv.ServeTLS(l, "", "") }()
-	} else {
-		go func() { errc <- srv.Serve(l) }()
-	}
+	httpL := &connListener{addr: l.Addr(), ch: make(chan net.Conn), done: make(chan struct{})}
+	wc := &wireConns{conns: map[net.Conn]struct{}{}}
+	errc := make(chan error, 2)
+	go func() { errc <- srv.Serve(httpL) }()
+	actx, stopAccept := context.WithCancel(ctx)
+	defer stopAccept()
+	go func() { errc <- s.acceptLoop(actx, l, httpL, wc) }()
 	s.log.Info("asd serving", "addr", l.Addr().String(), "tls", s.tls != nil, "cluster", s.cfg.Cluster,
 		"dir", s.cfg.Dir, "node", s.cfg.Node, "site", s.cfg.Site, "fragments", s.count.Load(), "used", s.used.Load())
+	var err error
 	select {
-	case err := <-errc:
-		return fmt.Errorf("asd %s: %w", s.id, err)
+	case err = <-errc:
+		err = fmt.Errorf("asd %s: %w", s.id, err)
 	case <-ctx.Done():
 	}
+	l.Close()
+	wc.closeAll()
 	shut, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	if err := srv.Shutdown(shut); err != nil {
 		srv.Close()
 	}
-	return nil
+	s.fcache.closeAll()
+	return err
 }
 
 type asdError struct {
@@ -651,12 +665,13 @@ func (s *Server) handleGet(w http.ResponseWriter, r *http.Request) {
 		s.fail(w, r, err)
 		return
 	}
-	f, h, err := s.open(key)
+	of, err := s.acquire(key)
 	if err != nil {
 		s.fail(w, r, err)
 		return
 	}
-	defer f.Close()
+	defer of.release()
+	f, h := of.f, of.h
 	if !hasLen {
 		length = h.DataLen - off
 	}
@@ -664,7 +679,10 @@ func (s *Server) handleGet(w http.ResponseWriter, r *http.Request) {
 		s.fail(w, r, fmt.Errorf("%w: [%d,+%d) of fragment %s of %d bytes", errBadRange, off, length, key, h.DataLen))
 		return
 	}
-	data, err := readVerified(f, h, off, length)
+	bufp := readBufPool.Get().(*[]byte)
+	defer putBuf(&readBufPool, bufp)
+	data, buf, err := readVerifiedBuf(f, h, off, length, *bufp)
+	*bufp = buf
 	if err != nil {
 		s.fail(w, r, fmt.Errorf("asd %s: %w", s.id, err))
 		return
@@ -679,31 +697,54 @@ func (s *Server) handleGet(w http.ResponseWriter, r *http.Request) {
 // readVerified reads [off, off+length) of the fragment's data, verifying the
 // blocks it touches (or the whole-data checksum for a whole read).
 func readVerified(f *os.File, h FragmentHeader, off, length int64) ([]byte, error) {
+	data, _, err := readVerifiedBuf(f, h, off, length, nil)
+	return data, err
+}
+
+// readBufPool holds read buffers of HTTP gets: a small read still reads
+// and checks a whole checksum block (64 KiB by default), and allocating
+// that for every 4 KiB read was a good part of an ASD's time.
+var readBufPool = sync.Pool{New: func() any { return new([]byte) }}
+
+// maxPooledBuf: bigger buffers (whole fragments) are left to the GC
+// rather than kept in a pool.
+const maxPooledBuf = 4 << 20
+
+func putBuf(p *sync.Pool, b *[]byte) {
+	if cap(*b) > maxPooledBuf {
+		*b = nil
+	}
+	p.Put(b)
+}
+
+// readVerifiedBuf is readVerified into buf (grown if too small; returned
+// for reuse). The data returned is a part of buf.
+func readVerifiedBuf(f *os.File, h FragmentHeader, off, length int64, buf []byte) ([]byte, []byte, error) {
 	if off == 0 && length == h.DataLen {
-		data := make([]byte, h.DataLen)
-		if _, err := f.ReadAt(data, int64(h.HeaderLen)); err != nil && !(errors.Is(err, io.EOF) && h.DataLen == 0) {
-			return nil, fmt.Errorf("%s: %w", h.Key, err)
+		buf = grow(buf, int(h.DataLen))
+		if _, err := f.ReadAt(buf, int64(h.HeaderLen)); err != nil && !(errors.Is(err, io.EOF) && h.DataLen == 0) {
+			return nil, buf, fmt.Errorf("%s: %w", h.Key, err)
 		}
-		if got := crc32c(data); got != h.DataCRC {
-			return nil, fmt.Errorf("%w: %s: data checksum %08x, header says %08x", ErrFragmentCorrupt, h.Key, got, h.DataCRC)
+		if got := crc32c(buf); got != h.DataCRC {
+			return nil, buf, fmt.Errorf("%w: %s: data checksum %08x, header says %08x", ErrFragmentCorrupt, h.Key, got, h.DataCRC)
 		}
-		return data, nil
+		return buf, buf, nil
 	}
 	if length == 0 {
-		return []byte{}, nil
+		return []byte{}, buf, nil
 	}
 	bs := int64(h.BlockSize)
 	first := off / bs
 	last := (off + length - 1) / bs
 	lo, hi := first*bs, min((last+1)*bs, h.DataLen)
-	buf := make([]byte, hi-lo)
+	buf = grow(buf, int(hi-lo))
 	if _, err := f.ReadAt(buf, int64(h.HeaderLen)+lo); err != nil {
-		return nil, fmt.Errorf("%s: %w", h.Key, err)
+		return nil, buf, fmt.Errorf("%s: %w", h.Key, err)
 	}
 	if err := h.verifyBlocks(int(first), buf); err != nil {
-		return nil, err
+		return nil, buf, err
 	}
-	return buf[off-lo : off-lo+length], nil
+	return buf[off-lo : off-lo+length], buf, nil
 }
 
 func (s *Server) info(h FragmentHeader) FragmentInfo {

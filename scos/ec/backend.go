@@ -58,6 +58,7 @@ type Backend struct {
 	encoders map[[2]int]reedsolomon.Encoder
 
 	stats    ecCounters
+	ra       *readAhead
 	progress progress
 	maintMu  sync.Mutex // one maintenance pass at a time
 
@@ -92,8 +93,18 @@ type Config struct {
 	// store has no such preset either, LocalPreset is added under it.
 	Presets []Preset
 	// HTTPClient talks to the ASDs; nil uses one with asd.NewTransport.
+	// Its transport's TLS configuration is also what the binary read
+	// protocol's connections use.
 	HTTPClient *http.Client
-	Logger     *slog.Logger
+	// HTTPReads: read fragments over HTTP only, not over the ASDs'
+	// binary read protocol (which falls back to HTTP by itself for an
+	// ASD that does not speak it).
+	HTTPReads bool
+	// ReadAhead: after a few ranged reads of an object that each start
+	// where the previous ended, one read fetches this many bytes ahead
+	// and the next are served from memory (default 1 MiB; negative: off).
+	ReadAhead int64
+	Logger    *slog.Logger
 
 	// HealthInterval: how often every ASD is probed (default 1s), each
 	// probe giving up after ProbeTimeout (default 1s).
@@ -215,6 +226,10 @@ func New(ctx context.Context, cfg Config) (*Backend, error) {
 	if b.hc == nil {
 		b.hc = &http.Client{Transport: asd.NewTransport()}
 	}
+	if cfg.ReadAhead == 0 {
+		cfg.ReadAhead = defaultReadAhead
+	}
+	b.ra = newReadAhead(cfg.ReadAhead)
 	b.cache = newCachingKV(cfg.KV, 32<<20, kvObject, kvNamespace) // 32 MiB of manifests
 	if cfg.SoleWriter {
 		b.direct = b.cache
@@ -268,6 +283,13 @@ func (b *Backend) Close() error {
 	}
 	b.stop()
 	b.wg.Wait()
+	b.mu.Lock()
+	for _, st := range b.asds {
+		if st.client != nil {
+			st.client.Close()
+		}
+	}
+	b.mu.Unlock()
 	return nil
 }
 
@@ -347,12 +369,19 @@ func (b *Backend) reloadRegistry(ctx context.Context) error {
 			b.asds[id] = st
 		}
 		if st.client == nil || st.rec.Addr != r.Addr {
+			if st.client != nil {
+				st.client.Close()
+			}
 			st.client = asd.NewClient(r.Addr, b.hc).For(id)
+			if !b.cfg.HTTPReads {
+				st.client = st.client.WithWire(asd.WireConfig{})
+			}
 		}
 		st.rec = r
 	}
-	for id := range b.asds {
+	for id, st := range b.asds {
 		if _, ok := recs[id]; !ok {
+			st.client.Close()
 			delete(b.asds, id)
 		}
 	}

@@ -9,6 +9,7 @@ import (
 	"io/fs"
 	"log/slog"
 	"math/rand/v2"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -25,10 +26,13 @@ import (
 	"github.com/ovs-storage/ovs/scos/internal/fsutil"
 )
 
-// An in-process ASD whose availability a test controls.
+// An in-process ASD whose availability a test controls. It serves HTTP and
+// the binary read protocol on one loopback port (asd.Server.ServeHandler);
+// its modes apply to HTTP requests (ServeHTTP) and to the connections
+// themselves (modeListener), so binary reads see them too.
 type fakeASD struct {
 	s       *asd.Server
-	srv     *httptest.Server
+	srv     *fakeASDServer
 	dir     string
 	spec    asdSpec
 	mode    atomic.Int32 // asdUp, asdDown, asdStalled
@@ -124,13 +128,83 @@ func newFakeASD(t *testing.T, spec asdSpec, capacity int64) *fakeASD {
 		t.Fatal(err)
 	}
 	a.s, a.handler = s, s.Handler()
-	a.srv = httptest.NewServer(a)
+	a.srv = serveFakeASD(t, a)
 	t.Cleanup(func() {
 		a.set(asdUp)
 		close(a.release)
 		a.srv.Close()
 	})
 	return a
+}
+
+type fakeASDServer struct {
+	URL    string
+	cancel context.CancelFunc
+	done   chan struct{}
+}
+
+func (s *fakeASDServer) Close() {
+	s.cancel()
+	<-s.done
+}
+
+func serveFakeASD(tb testing.TB, a *fakeASD) *fakeASDServer {
+	tb.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		tb.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	srv := &fakeASDServer{URL: "http://" + ln.Addr().String(), cancel: cancel, done: make(chan struct{})}
+	go func() {
+		defer close(srv.done)
+		a.s.ServeHandler(ctx, &modeListener{Listener: ln, a: a}, a)
+	}()
+	return srv
+}
+
+// modeListener hands out connections that fail while the ASD is down and
+// stop reading while it is stalled.
+type modeListener struct {
+	net.Listener
+	a *fakeASD
+}
+
+func (l *modeListener) Accept() (net.Conn, error) {
+	c, err := l.Listener.Accept()
+	if err != nil {
+		return nil, err
+	}
+	return &modeConn{Conn: c, a: l.a}, nil
+}
+
+type modeConn struct {
+	net.Conn
+	a *fakeASD
+}
+
+func (c *modeConn) Read(p []byte) (int, error) {
+	for {
+		switch c.a.mode.Load() {
+		case asdDown:
+			c.Conn.Close()
+			return 0, net.ErrClosed
+		case asdStalled:
+			c.a.mu.Lock()
+			unstall := c.a.unstall
+			c.a.mu.Unlock()
+			select {
+			case <-c.a.release:
+				return 0, net.ErrClosed
+			case <-unstall:
+				// What was asked during the stall fails, as a stopped
+				// ASD's requests would.
+				c.Conn.Close()
+				return 0, net.ErrClosed
+			}
+		}
+		return c.Conn.Read(p)
+	}
 }
 
 // newECEnv starts ASDs and a backend on them. cfg's zero fields take

@@ -3,7 +3,6 @@ package ec
 import (
 	"context"
 	"fmt"
-	"net/http/httptest"
 	"testing"
 
 	"github.com/klauspost/reedsolomon"
@@ -59,7 +58,7 @@ func newECEnvB(b *testing.B, specs []asdSpec, cfg Config) *Backend {
 			b.Fatal(err)
 		}
 		a.handler = a.s.Handler()
-		srv := newBenchServer(a)
+		srv := serveFakeASD(b, a)
 		b.Cleanup(srv.Close)
 		if _, err := be.AddASD(context.Background(), srv.URL); err != nil {
 			b.Fatal(err)
@@ -125,5 +124,3 @@ func BenchmarkReedSolomon(b *testing.B) {
 		})
 	}
 }
-
-func newBenchServer(a *fakeASD) *httptest.Server { return httptest.NewServer(a) }

@@ -379,20 +379,17 @@ func (b *Backend) markFull(id string) {
 // --- reads -----------------------------------------------------------------------
 
 func (b *Backend) Get(ctx context.Context, ns, name string) ([]byte, error) {
-	return b.read(ctx, ns, name, 0, -1)
+	return b.read(ctx, ns, name, 0, -1, nil)
 }
 
 func (b *Backend) ReadAt(ctx context.Context, ns, name string, p []byte, off int64) error {
-	data, err := b.read(ctx, ns, name, off, int64(len(p)))
-	if err != nil {
-		return err
-	}
-	copy(p, data)
-	return nil
+	_, err := b.read(ctx, ns, name, off, int64(len(p)), p)
+	return err
 }
 
-// read returns n bytes at off of the object (n < 0: all of it).
-func (b *Backend) read(ctx context.Context, ns, name string, off, n int64) ([]byte, error) {
+// read returns n bytes at off of the object (n < 0: all of it), read
+// into p if it is not nil.
+func (b *Backend) read(ctx context.Context, ns, name string, off, n int64, p []byte) ([]byte, error) {
 	for attempt := 0; ; attempt++ {
 		m, raw, err := b.manifest(ctx, ns, name)
 		if err != nil {
@@ -405,7 +402,17 @@ func (b *Backend) read(ctx context.Context, ns, name string, off, n int64) ([]by
 		if off < 0 || off > m.Size || n > m.Size-off {
 			return nil, fmt.Errorf("read %s/%s [%d,+%d): past the end of the object (%d bytes)", ns, name, off, n, m.Size)
 		}
-		data, err := b.readRange(ctx, ns, name, m, off, n)
+		if p != nil {
+			if ok := b.readAhead(ctx, ns, name, m, off, p); ok {
+				b.stats.reads.Add(1)
+				return p, nil
+			}
+		}
+		out := p
+		if out == nil {
+			out = make([]byte, n)
+		}
+		data, err := b.readRange(ctx, ns, name, m, off, out)
 		if err != nil {
 			if attempt == 0 && errors.Is(err, ErrObjectUnavailable) {
 				// Overwritten or repaired (and its old fragments
@@ -425,6 +432,28 @@ func (b *Backend) read(ctx context.Context, ns, name string, off, n int64) ([]by
 		b.stats.reads.Add(1)
 		return data, nil
 	}
+}
+
+// readAhead serves a ranged read from a window kept by the read-ahead, or
+// fetches a window when the read continues a sequential run; it reports
+// whether p was filled. A failed window read leaves p to the plain read.
+func (b *Backend) readAhead(ctx context.Context, ns, name string, m *Manifest, off int64, p []byte) bool {
+	key := ns + "/" + name
+	if b.ra.get(key, m.ObjectID, off, p) {
+		b.stats.readAheadHits.Add(1)
+		return true
+	}
+	end := b.ra.want(key, m.ObjectID, off, int64(len(p)), m.Size)
+	if end <= off+int64(len(p)) {
+		return false
+	}
+	win := make([]byte, end-off)
+	if _, err := b.readRange(ctx, ns, name, m, off, win); err != nil {
+		return false
+	}
+	copy(p, win)
+	b.ra.put(key, m.ObjectID, off, win)
+	return true
 }
 
 type fetchResult struct {
@@ -471,20 +500,23 @@ func (b *Backend) fetch(ctx context.Context, m *Manifest, i int, lo, hi int64) (
 	return data, nil
 }
 
-// readRange reads [off, off+n) of the object: only the data fragments
-// covering the range, decoding from the others (same range of any k
-// fragments) for those that fail or are late.
-func (b *Backend) readRange(ctx context.Context, ns, name string, m *Manifest, off, n int64) ([]byte, error) {
-	out := make([]byte, n)
+// piece is the part of a read that one data fragment holds.
+type piece struct {
+	i      int   // data fragment
+	lo, hi int64 // range in the fragment
+	at     int64 // offset in out
+}
+
+// readRange reads len(out) bytes at off of the object into out: only the
+// data fragments covering the range, decoding from the others (same range
+// of any k fragments) for those that fail or are late.
+func (b *Backend) readRange(ctx context.Context, ns, name string, m *Manifest, off int64, out []byte) ([]byte, error) {
+	n := int64(len(out))
 	if n == 0 {
 		return out, nil
 	}
-	type piece struct {
-		i      int   // data fragment
-		lo, hi int64 // range in the fragment
-		at     int64 // offset in out
-	}
-	var pieces []piece
+	var small [2]piece
+	pieces := small[:0]
 	for pos := off; pos < off+n; {
 		i := pos / m.FragmentSize
 		lo := pos % m.FragmentSize
@@ -492,20 +524,30 @@ func (b *Backend) readRange(ctx context.Context, ns, name string, m *Manifest, o
 		pieces = append(pieces, piece{int(i), lo, hi, pos - off})
 		pos += hi - lo
 	}
+	hedge := time.NewTimer(b.cfg.HedgeAfter)
+	defer hedge.Stop()
+	done := make([]bool, len(pieces))
+	if b.readWire(ctx, m, pieces, out, done, hedge) {
+		return out, nil
+	}
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
 	rctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	ch := make(chan fetchResult, len(pieces))
+	pending := 0
 	for j, p := range pieces {
+		if done[j] {
+			continue
+		}
+		pending++
 		go func() {
 			d, err := b.fetch(rctx, m, p.i, p.lo, p.hi)
 			ch <- fetchResult{j, d, err}
 		}()
 	}
-	done := make([]bool, len(pieces))
 	failed := map[int]error{} // by fragment
-	pending := len(pieces)
-	hedge := time.NewTimer(b.cfg.HedgeAfter)
-	defer hedge.Stop()
 	take := func(r fetchResult) {
 		pending--
 		if r.err == nil {
@@ -592,6 +634,135 @@ fast:
 		}
 	}
 	return out, nil
+}
+
+// readWire reads the pieces over the ASDs' binary protocol, one request
+// per ASD, straight into out, and reports whether it read them all; those
+// read are marked in done. It leaves the rest to the general path (which
+// reads over HTTP, reports what failed, and decodes): an ASD that does not
+// speak the protocol, a fragment that failed, and everything still in
+// flight when the hedge timer fires (then reset to fire at once, so the
+// general path decodes without waiting again). No goroutine per read: the
+// connections' readers deliver the replies.
+func (b *Backend) readWire(ctx context.Context, m *Manifest, pieces []piece, out []byte, done []bool, hedge *time.Timer) bool {
+	if b.cfg.HTTPReads {
+		return false
+	}
+	type request struct {
+		id    string
+		c     *asd.Client
+		items []asd.ReadItem
+		dst   [][]byte
+		js    []int // pieces
+		call  *asd.WireCall
+	}
+	var small [2]request
+	reqs := small[:0]
+	for j, p := range pieces {
+		f := m.Fragments[p.i]
+		k := -1
+		for x := range reqs {
+			if reqs[x].id == f.ASD {
+				k = x
+			}
+		}
+		if k < 0 {
+			c, up := b.asd(f.ASD)
+			if c == nil || !up {
+				continue
+			}
+			reqs = append(reqs, request{id: f.ASD, c: c})
+			k = len(reqs) - 1
+		}
+		r := &reqs[k]
+		r.items = append(r.items, asd.ReadItem{Key: m.FragmentKey(p.i), Off: p.lo, Length: p.hi - p.lo})
+		r.dst = append(r.dst, out[p.at:p.at+p.hi-p.lo])
+		r.js = append(r.js, j)
+	}
+	for x := range reqs {
+		r := &reqs[x]
+		call, err := r.c.StartRead(ctx, r.items, r.dst)
+		if err != nil {
+			if !errors.Is(err, asd.ErrNoWire) && ctx.Err() == nil {
+				b.suspect(r.id, err)
+			}
+			continue
+		}
+		r.call = call
+		b.stats.wireReads.Add(1)
+	}
+	all := len(reqs) > 0
+	for x := range reqs {
+		r := &reqs[x]
+		if r.call == nil {
+			all = false
+			continue
+		}
+		select {
+		case <-r.call.Done():
+		case <-hedge.C:
+			hedge.Reset(0)
+			for y := x; y < len(reqs); y++ {
+				if reqs[y].call != nil {
+					reqs[y].call.Cancel(context.Canceled)
+				}
+			}
+			// Cancel stops writes into out; what completed meanwhile
+			// still counts.
+			for y := x; y < len(reqs); y++ {
+				if c := reqs[y].call; c != nil {
+					select {
+					case <-c.Done():
+						all = b.wireDone(m, pieces, reqs[y].js, c, done) && all
+					default:
+						all = false
+					}
+				}
+			}
+			return all && len(reqs) > 0 && allDone(done)
+		case <-ctx.Done():
+			for y := x; y < len(reqs); y++ {
+				if reqs[y].call != nil {
+					reqs[y].call.Cancel(ctx.Err())
+				}
+			}
+			return false
+		}
+		if !b.wireDone(m, pieces, r.js, r.call, done) {
+			all = false
+		}
+		if _, err := r.call.Result(); err != nil && ctx.Err() == nil {
+			b.suspect(r.id, err)
+		}
+	}
+	return all && allDone(done)
+}
+
+// wireDone marks the pieces a finished call read well; a fragment whose
+// checksum is not the manifest's (stale or foreign) is not used.
+func (b *Backend) wireDone(m *Manifest, pieces []piece, js []int, call *asd.WireCall, done []bool) bool {
+	res, err := call.Result()
+	if err != nil {
+		return false
+	}
+	ok := true
+	for x, j := range js {
+		if res[x].Err != nil || res[x].CRC != m.Fragments[pieces[j].i].CRC32C {
+			ok = false
+			continue
+		}
+		done[j] = true
+	}
+	return ok
+}
+
+func allDone(done []bool) bool {
+	for _, d := range done {
+		if !d {
+			return false
+		}
+	}
+	return true
 }
 
 // reconstructWindow returns [lo, hi) of each fragment in want, decoded

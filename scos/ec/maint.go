@@ -24,6 +24,7 @@ type ecCounters struct {
 	policyUpgrades, repairFailures                    atomic.Int64
 	scrubs, fragmentsScrubbed, orphansDeleted         atomic.Int64
 	gcDeleted                                         atomic.Int64
+	wireReads, readAheadHits                          atomic.Int64
 }
 
 // Counters is a snapshot of the backend's counters since it started.
@@ -44,6 +45,11 @@ type Counters struct {
 	FragmentsScrubbd int64 `json:"fragments_scrubbed"`
 	OrphansDeleted   int64 `json:"orphans_deleted"`
 	GarbageDeleted   int64 `json:"garbage_deleted"`
+	// WireReads: fragment read requests sent over the ASDs' binary
+	// protocol (the rest of the reads went over HTTP).
+	WireReads int64 `json:"wire_reads"`
+	// ReadAheadHits: ranged reads served from a read-ahead window.
+	ReadAheadHits int64 `json:"read_ahead_hits"`
 }
 
 func (c *ecCounters) snapshot() Counters {
@@ -55,7 +61,8 @@ func (c *ecCounters) snapshot() Counters {
 		FragmentsMoved: c.fragmentsMoved.Load(), PolicyUpgrades: c.policyUpgrades.Load(),
 		RepairFailures: c.repairFailures.Load(), Scrubs: c.scrubs.Load(),
 		FragmentsScrubbd: c.fragmentsScrubbed.Load(), OrphansDeleted: c.orphansDeleted.Load(),
-		GarbageDeleted: c.gcDeleted.Load(),
+		GarbageDeleted: c.gcDeleted.Load(), WireReads: c.wireReads.Load(),
+		ReadAheadHits: c.readAheadHits.Load(),
 	}
 }
 
@@ -662,7 +669,7 @@ func (b *Backend) repairObject(ctx context.Context, ns, name string, rep *Mainte
 // the better policy of its preset at index better. It reports whether it
 // did.
 func (b *Backend) upgradeObject(ctx context.Context, ns, name string, m *Manifest, raw []byte, preset Preset, better int, rep *MaintenanceReport) (bool, error) {
-	data, err := b.readRange(ctx, ns, name, m, 0, m.Size)
+	data, err := b.readRange(ctx, ns, name, m, 0, make([]byte, m.Size))
 	if err != nil {
 		return false, nil // repair the fragments first
 	}

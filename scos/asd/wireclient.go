@@ -1,0 +1,452 @@
+package asd
+
+import (
+	"bufio"
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/url"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// The client side of the binary read protocol (wire.go): a few pipelined
+// connections per ASD, each with one reader goroutine that matches replies
+// to requests by id. A read costs its caller no goroutine: it sends its
+// frame and waits on its call.
+
+// WireConfig configures binary reads (see Client.WithWire).
+type WireConfig struct {
+	// TLS is the client configuration (the cluster's credentials); nil
+	// takes the one of the client's HTTP transport, if any.
+	TLS *tls.Config
+	// Conns is the number of connections per ASD (default 2): enough to
+	// keep a disk busy, few enough that replies batch.
+	Conns int
+	// MaxBytes: reads of more bytes go over HTTP (default 256 KiB). The
+	// protocol saves per-request costs, which small reads are made of;
+	// a big read is a copy, and HTTP's connection per request moves
+	// several at once where one pipelined connection would queue them.
+	MaxBytes int64
+	// RetryHTTPOnly: after an ASD answered as an HTTP-only one, how long
+	// reads use HTTP before the binary protocol is tried again (default
+	// 1m: the ASD may be upgraded in place).
+	RetryHTTPOnly time.Duration
+}
+
+const (
+	defaultWireConns    = 2
+	defaultWireMaxBytes = 256 << 10
+	wireDialTimeout     = 2 * time.Second
+)
+
+// ErrNoWire: the ASD does not speak the binary protocol (or the client
+// has it off): read over HTTP.
+var ErrNoWire = errors.New("no binary protocol to this ASD")
+
+// WithWire returns a client that reads over the binary protocol, falling
+// back to HTTP for an ASD that does not speak it. Call it after For: the
+// connections are made for the ASD meant. Close the client to close them.
+func (c *Client) WithWire(cfg WireConfig) *Client {
+	c2 := *c
+	if cfg.TLS == nil {
+		cfg.TLS = c.tlsConf
+	}
+	if cfg.Conns <= 0 {
+		cfg.Conns = defaultWireConns
+	}
+	if cfg.MaxBytes <= 0 || cfg.MaxBytes > maxReadBytes {
+		cfg.MaxBytes = defaultWireMaxBytes
+	}
+	if cfg.RetryHTTPOnly <= 0 {
+		cfg.RetryHTTPOnly = time.Minute
+	}
+	host := c.addr
+	if u, err := url.Parse(c.addr); err == nil && u.Host != "" {
+		host = u.Host
+	}
+	p := &wirePool{addr: host, id: c.id, cfg: cfg, slots: make([]wireSlot, cfg.Conns)}
+	c2.wire = p
+	return &c2
+}
+
+// Close closes the client's binary connections (HTTP ones belong to its
+// transport).
+func (c *Client) Close() error {
+	if c.wire != nil {
+		c.wire.close()
+	}
+	return nil
+}
+
+// WireReads returns how many reads the client made over the binary
+// protocol.
+func (c *Client) WireReads() int64 {
+	if c.wire == nil {
+		return 0
+	}
+	return c.wire.reads.Load()
+}
+
+// ItemResult is the outcome of one item of a batched read: the checksum
+// and size of the whole fragment (as its ASD knows them) and, when the
+// range could not be read, why (ErrFragmentNotFound, ErrFragmentCorrupt
+// and the rest, as Get).
+type ItemResult struct {
+	CRC  uint32
+	Size int64
+	Err  error
+}
+
+// WireCall is a read in flight over the binary protocol.
+type WireCall struct {
+	wc    *wireConn
+	id    uint64
+	items []ReadItem
+	dst   [][]byte
+	res   []ItemResult
+	err   error
+	done  chan struct{}
+	sent  int64 // unix nanoseconds
+}
+
+// Done is closed when the call's results are in (or it failed).
+func (w *WireCall) Done() <-chan struct{} { return w.done }
+
+// Result returns the per-item results once Done is closed, or the error
+// that failed the whole call (ErrUnavailable when the connection died).
+func (w *WireCall) Result() ([]ItemResult, error) { return w.res, w.err }
+
+// Cancel gives up the call: once it returns nothing is written into its
+// destination buffers any more. A call that timed out on a connection
+// that has not answered anything since it was sent closes that connection
+// (a dead peer fails its other calls fast, and the next read redials).
+func (w *WireCall) Cancel(cause error) {
+	wc := w.wc
+	wc.mu.Lock()
+	_, pending := wc.pending[w.id]
+	delete(wc.pending, w.id)
+	wc.mu.Unlock()
+	if pending && errors.Is(cause, context.DeadlineExceeded) && wc.lastRecv.Load() < w.sent {
+		wc.fail(fmt.Errorf("%w: no answer on the connection since a read that timed out", ErrUnavailable))
+	}
+}
+
+// StartRead sends a batched read: items[i] is read into dst[i] (of
+// items[i].Length bytes). ctx bounds the dial and gives the ASD the
+// deadline; the caller waits on Done (and its context: then Cancel). It
+// returns ErrNoWire when the ASD is to be read over HTTP.
+func (c *Client) StartRead(ctx context.Context, items []ReadItem, dst [][]byte) (*WireCall, error) {
+	p := c.wire
+	if p == nil || p.closed.Load() || time.Now().UnixNano() < p.httpOnlyUntil.Load() {
+		return nil, ErrNoWire
+	}
+	if len(items) == 0 || len(items) > maxReadItems || len(dst) != len(items) {
+		return nil, fmt.Errorf("asd %s: batched read of %d items", c.addr, len(items))
+	}
+	var total int64
+	for i, it := range items {
+		if it.Length < 0 || int64(len(dst[i])) != it.Length || checkFragmentKey(it.Key) != nil || it.Off < 0 {
+			return nil, fmt.Errorf("asd %s: bad read item %q [%d,+%d)", c.addr, it.Key, it.Off, it.Length)
+		}
+		total += it.Length
+	}
+	if total > p.cfg.MaxBytes {
+		return nil, ErrNoWire
+	}
+	wc, err := p.conn(ctx)
+	if err != nil {
+		return nil, err
+	}
+	call := &WireCall{wc: wc, items: items, dst: dst, done: make(chan struct{})}
+	if err := wc.send(ctx, call); err != nil {
+		return nil, err
+	}
+	p.reads.Add(1)
+	return call, nil
+}
+
+// ReadBatch is StartRead and the wait for its results.
+func (c *Client) ReadBatch(ctx context.Context, items []ReadItem, dst [][]byte) ([]ItemResult, error) {
+	call, err := c.StartRead(ctx, items, dst)
+	if err != nil {
+		return nil, err
+	}
+	select {
+	case <-call.done:
+		return call.Result()
+	case <-ctx.Done():
+		call.Cancel(ctx.Err())
+		select {
+		case <-call.done: // it made it after all
+			return call.Result()
+		default:
+		}
+		return nil, c.transportErr(ctx, ctx.Err())
+	}
+}
+
+// getWire is Get over the binary protocol.
+func (c *Client) getWire(ctx context.Context, key string, off, length int64) ([]byte, uint32, error) {
+	data := make([]byte, length)
+	res, err := c.ReadBatch(ctx, []ReadItem{{Key: key, Off: off, Length: length}}, [][]byte{data})
+	if err != nil {
+		return nil, 0, err
+	}
+	if res[0].Err != nil {
+		return nil, 0, res[0].Err
+	}
+	return data, res[0].CRC, nil
+}
+
+type wirePool struct {
+	addr, id      string
+	cfg           WireConfig
+	slots         []wireSlot
+	next          atomic.Uint32
+	httpOnlyUntil atomic.Int64 // unix nanoseconds
+	closed        atomic.Bool
+	reads         atomic.Int64
+}
+
+type wireSlot struct {
+	mu sync.Mutex // held while dialling
+	c  atomic.Pointer[wireConn]
+}
+
+func (p *wirePool) close() {
+	p.closed.Store(true)
+	for i := range p.slots {
+		if wc := p.slots[i].c.Load(); wc != nil {
+			wc.fail(net.ErrClosed)
+		}
+	}
+}
+
+// conn returns a live connection, dialling one if its slot has none.
+func (p *wirePool) conn(ctx context.Context) (*wireConn, error) {
+	s := &p.slots[int(p.next.Add(1))%len(p.slots)]
+	if wc := s.c.Load(); wc != nil && !wc.isDead() {
+		return wc, nil
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if wc := s.c.Load(); wc != nil && !wc.isDead() {
+		return wc, nil
+	}
+	wc, err := p.dial(ctx)
+	if err != nil {
+		return nil, err
+	}
+	s.c.Store(wc)
+	if p.closed.Load() {
+		wc.fail(net.ErrClosed)
+		return nil, ErrNoWire
+	}
+	return wc, nil
+}
+
+func (p *wirePool) dial(ctx context.Context) (*wireConn, error) {
+	unavailable := func(err error) error {
+		if errors.Is(ctx.Err(), context.Canceled) {
+			return fmt.Errorf("asd %s: %w", p.addr, ctx.Err())
+		}
+		return fmt.Errorf("asd %s: %w: %w", p.addr, ErrUnavailable, err)
+	}
+	dctx, cancel := context.WithTimeout(ctx, wireDialTimeout)
+	defer cancel()
+	conn, err := (&net.Dialer{KeepAlive: 30 * time.Second}).DialContext(dctx, "tcp", p.addr)
+	if err != nil {
+		return nil, unavailable(err)
+	}
+	if p.cfg.TLS != nil {
+		tc := tls.Client(conn, p.cfg.TLS)
+		if err := tc.HandshakeContext(dctx); err != nil {
+			conn.Close()
+			return nil, unavailable(err)
+		}
+		conn = tc
+	}
+	if dl, ok := dctx.Deadline(); ok {
+		conn.SetDeadline(dl)
+	}
+	br := bufio.NewReaderSize(conn, wireBufSize)
+	_, err = conn.Write(appendHello(nil, p.id))
+	if err == nil {
+		_, err = readHelloReply(br)
+	}
+	switch {
+	case errors.Is(err, errHTTPOnly), errors.Is(err, errNoCommonVersion):
+		conn.Close()
+		p.httpOnlyUntil.Store(time.Now().Add(p.cfg.RetryHTTPOnly).UnixNano())
+		return nil, fmt.Errorf("asd %s: %w: %w", p.addr, ErrNoWire, err)
+	case errors.Is(err, errWrongASD):
+		conn.Close()
+		return nil, fmt.Errorf("asd %s: %w", p.addr, err)
+	case err != nil:
+		conn.Close()
+		return nil, unavailable(err)
+	}
+	conn.SetDeadline(time.Time{})
+	wc := &wireConn{pool: p, conn: conn, br: br, bw: bufio.NewWriterSize(conn, wireBufSize),
+		pending: map[uint64]*WireCall{}}
+	wc.lastRecv.Store(time.Now().UnixNano())
+	go wc.readLoop()
+	return wc, nil
+}
+
+type wireConn struct {
+	pool *wirePool
+	conn net.Conn
+	br   *bufio.Reader
+
+	wmu     sync.Mutex // serializes writes
+	waiting atomic.Int32
+	bw      *bufio.Writer
+	frame   []byte
+
+	mu      sync.Mutex
+	pending map[uint64]*WireCall
+	nextID  uint64
+	dead    error
+
+	lastRecv atomic.Int64
+}
+
+func (wc *wireConn) isDead() bool {
+	wc.mu.Lock()
+	defer wc.mu.Unlock()
+	return wc.dead != nil
+}
+
+// fail marks the connection dead, fails its calls and closes it.
+func (wc *wireConn) fail(err error) {
+	wc.mu.Lock()
+	if wc.dead != nil {
+		wc.mu.Unlock()
+		return
+	}
+	wc.dead = err
+	calls := wc.pending
+	wc.pending = nil
+	wc.mu.Unlock()
+	wc.conn.Close()
+	for _, call := range calls {
+		call.err = fmt.Errorf("asd %s: %w", wc.pool.addr, err)
+		close(call.done)
+	}
+}
+
+func (wc *wireConn) send(ctx context.Context, call *WireCall) error {
+	var timeoutMS uint32
+	if dl, ok := ctx.Deadline(); ok {
+		timeoutMS = uint32(min(max(time.Until(dl).Milliseconds(), 1), 1<<31))
+	}
+	wc.mu.Lock()
+	if wc.dead != nil {
+		err := wc.dead
+		wc.mu.Unlock()
+		return fmt.Errorf("asd %s: %w: %w", wc.pool.addr, ErrUnavailable, err)
+	}
+	wc.nextID++
+	call.id = wc.nextID
+	call.sent = time.Now().UnixNano()
+	wc.pending[call.id] = call
+	wc.mu.Unlock()
+
+	// Writers that find others waiting leave the flush to the last one,
+	// so that requests sent together go out in one TLS record.
+	wc.waiting.Add(1)
+	wc.wmu.Lock()
+	wc.waiting.Add(-1)
+	wc.frame = appendReadRequest(wc.frame[:0], call.id, timeoutMS, call.items)
+	_, err := wc.bw.Write(wc.frame)
+	if err == nil && wc.waiting.Load() == 0 {
+		err = wc.bw.Flush()
+	}
+	wc.wmu.Unlock()
+	if err != nil {
+		err = fmt.Errorf("%w: %w", ErrUnavailable, err)
+		wc.fail(err)
+		return fmt.Errorf("asd %s: %w", wc.pool.addr, err)
+	}
+	return nil
+}
+
+// readLoop reads replies and hands each to its call, until the
+// connection fails; then every call still pending fails with it.
+func (wc *wireConn) readLoop() {
+	var hdr [frameHeaderLen]byte
+	var body []byte
+	var items []replyItem
+	for {
+		err := func() error {
+			if _, err := io.ReadFull(wc.br, hdr[:]); err != nil {
+				return err
+			}
+			h, err := decodeFrameHeader(hdr[:])
+			if err != nil {
+				return err
+			}
+			if h.typ != frameReadReply {
+				return fmt.Errorf("%w: frame type %d from an ASD", errProtocol, h.typ)
+			}
+			body = grow(body, h.bodyLen())
+			if _, err := io.ReadFull(wc.br, body); err != nil {
+				return err
+			}
+			wc.lastRecv.Store(time.Now().UnixNano())
+			wc.mu.Lock()
+			defer wc.mu.Unlock()
+			call := wc.pending[h.id]
+			if call == nil {
+				if h.id == 0 || h.id > wc.nextID {
+					return fmt.Errorf("%w: reply to request %d, never sent", errProtocol, h.id)
+				}
+				return nil // given up by its caller
+			}
+			if items, err = decodeReadReply(body, call.items, items); err != nil {
+				return err
+			}
+			delete(wc.pending, h.id)
+			call.res = make([]ItemResult, len(items))
+			for i, ri := range items {
+				call.res[i] = ItemResult{CRC: ri.crc, Size: ri.size}
+				if ri.status == readOK {
+					copy(call.dst[i], ri.data)
+				} else {
+					call.res[i].Err = wc.itemErr(call.items[i].Key, ri)
+				}
+			}
+			close(call.done)
+			return nil
+		}()
+		if cap(body) > maxPooledBuf {
+			body = nil
+		}
+		if err != nil {
+			if !errors.Is(err, errProtocol) {
+				err = fmt.Errorf("%w: %w", ErrUnavailable, err)
+			}
+			wc.fail(err)
+			return
+		}
+	}
+}
+
+func (wc *wireConn) itemErr(key string, ri replyItem) error {
+	var kind error
+	switch ri.status {
+	case readNotFound:
+		kind = ErrFragmentNotFound
+	case readCorrupt:
+		kind = ErrFragmentCorrupt
+	case readExpired:
+		kind = ErrUnavailable
+	}
+	return fmt.Errorf("get fragment %s: %w", key, &asdStatusError{addr: wc.pool.addr, msg: ri.msg, kind: kind})
+}
