@@ -81,6 +81,9 @@ func decodeSegHeader(b []byte) (segHeader, error) {
 	if crc(b[:56]) != binary.LittleEndian.Uint32(b[56:]) {
 		return h, fmt.Errorf("%w: segment header checksum", errFormat)
 	}
+	if b[10]|b[11]|b[12]|b[13]|b[14]|b[15] != 0 {
+		return h, fmt.Errorf("%w: segment header reserved bytes set", errFormat)
+	}
 	h.state = b[9]
 	h.segSize = binary.LittleEndian.Uint64(b[16:])
 	h.seq = binary.LittleEndian.Uint64(b[24:])
@@ -121,7 +124,7 @@ func (h *entryHeader) put(b []byte) {
 
 func decodeEntryHeader(b []byte) (entryHeader, error) {
 	var h entryHeader
-	if len(b) < entryHdrSize || b[0] != entryMagic || b[1] != formatVersion {
+	if len(b) < entryHdrSize || b[0] != entryMagic || b[1] != formatVersion || b[2]|b[3] != 0 {
 		return h, fmt.Errorf("%w: entry header magic", errFormat)
 	}
 	if crc(b[:28]) != binary.LittleEndian.Uint32(b[28:]) {
