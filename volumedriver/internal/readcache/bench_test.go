@@ -31,7 +31,7 @@ func scanHitRates(b *testing.B, noAdmit bool) (hot, scan float64) {
 		o.SegmentSize = 256 << 10
 		o.NoAdmission = noAdmit
 	})
-	capEntries := uint64(size / (cs + entryHdrSize))
+	capEntries := uint64(size / cs)
 	hotN := capEntries / 2
 	rng := rand.New(rand.NewPCG(1, 2))
 	buf := make([]byte, cs)

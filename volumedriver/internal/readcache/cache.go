@@ -18,11 +18,11 @@
 // evict next. A one-pass scan (frequency 1) does not push out a working
 // set that is read again and again; BenchmarkScan measures it.
 //
-// Integrity: every entry carries a header (key, length, CRC-32C of the
-// data, CRC of the header) and every hit verifies both; a mismatch drops
-// the entry, counts it as corrupt, and reports a miss so that the caller
-// reads the backend. Structures read at start are checked the same way and
-// dropped, not trusted, when they fail.
+// Integrity: every entry has a CRC-32C of its data (in its segment's
+// summary on disk, in RAM while the cache runs) and every hit verifies it;
+// a mismatch drops the entry, counts it as corrupt, and reports a miss so
+// that the caller reads the backend. Structures read at start have CRCs of
+// their own and are dropped, not trusted, when they fail.
 //
 // Keys: (backend namespace, packed cluster location). SCOs are write-once
 // and a scrub writes new versions under new names, so an entry of a given
@@ -111,6 +111,8 @@ type segment struct {
 	gen atomic.Uint64
 
 	// Under Cache.mu.
+	// crcs[off/slotSize] is the CRC-32C of the entry at off.
+	crcs    []uint32
 	state   uint8
 	seq     uint64
 	dataEnd uint64
@@ -152,7 +154,7 @@ type Cache struct {
 	stop    chan struct{}
 	done    chan struct{}
 	closing sync.Once
-	bufs    sync.Pool
+	bufs    sync.Pool // fill copies
 
 	// Writer goroutine only.
 	wbuf      []byte
@@ -181,7 +183,7 @@ func Open(opts Options) (*Cache, error) {
 	if opts.Size/seg < 4 {
 		seg = opts.Size / 4
 	}
-	seg = max(seg&^(4<<10-1), minSegment)
+	seg = max(seg&^(slotSize-1), minSegment)
 	if seg > 1<<32 {
 		seg = 1 << 32 // offsets in the index are 32 bit
 	}
@@ -242,7 +244,7 @@ func segName(i int) string { return fmt.Sprintf("%s%05d", segPrefix, i) }
 // openSegment opens segment i, preallocating it if new, and indexes its
 // entries if it is sealed, intact and trust allows.
 func (c *Cache) openSegment(i int, trust bool) (*segment, error) {
-	s := &segment{idx: i, path: filepath.Join(c.dir, segName(i))}
+	s := &segment{idx: i, path: filepath.Join(c.dir, segName(i)), crcs: make([]uint32, c.segSize/slotSize)}
 	f, err := os.OpenFile(s.path, os.O_RDWR|os.O_CREATE, 0o600)
 	if err != nil {
 		return nil, fmt.Errorf("read cache segment: %w", err)
@@ -260,6 +262,7 @@ func (c *Cache) openSegment(i int, trust bool) (*segment, error) {
 		}
 		if err := preallocate(f, c.segSize); err != nil {
 			f.Close()
+			os.Remove(s.path) // what fallocate got before it failed
 			return nil, fmt.Errorf("read cache segment %s: %w", s.path, err)
 		}
 		return s, c.writeEmptyHeader(s)
@@ -290,6 +293,7 @@ func (c *Cache) openSegment(i int, trust bool) (*segment, error) {
 			// token): never indexed.
 			if known[r.token] {
 				c.index[keyHash(r.token, r.loc)] = pos(i, r.off, r.length)
+				s.crcs[r.off/slotSize] = r.dataCRC
 				c.bytes.Add(int64(r.length))
 			}
 		}
@@ -348,16 +352,19 @@ func preallocate(f *os.File, size int64) error {
 	return err
 }
 
-// An index value: segment (16 bits), length in 512-byte units (16 bits),
-// offset in the segment (32 bits).
+// An index value: segment (16 bits), length in slots (16 bits), offset in
+// the segment (32 bits).
 func pos(seg int, off, length uint32) uint64 {
-	return uint64(seg)<<48 | uint64(length/512)<<32 | uint64(off)
+	return uint64(seg)<<48 | uint64(length/slotSize)<<32 | uint64(off)
 }
 
-func posLen(p uint64) int64 { return int64(p>>32&0xffff) * 512 }
+func posLen(p uint64) int64 { return int64(p>>32&0xffff) * slotSize }
 
-// keyHash mixes a namespace token and a location into the index key. Two
-// keys that collide only cost a miss: the entry header names its key.
+// keyHash mixes a namespace token and a location into the index key (the
+// index keeps no more of the key, to stay small). Two keys collide with a
+// chance of about one in 2^43 per lookup with millions of entries; the
+// volume driver then still refuses the data, whose CRC is not the one its
+// metadata has for the cluster.
 func keyHash(tok, loc uint64) uint64 {
 	x := tok ^ (loc * 0x9e3779b97f4a7c15)
 	x ^= x >> 33
@@ -372,63 +379,53 @@ func (c *Cache) getBuf(n int) *[]byte {
 		*p = (*p)[:n]
 		return p
 	}
-	b := make([]byte, n, max(n, entryHdrSize+64<<10))
+	b := make([]byte, n, max(n, 64<<10))
 	return &b
 }
 
 // Get fills buf with the cached data of key and reports whether it did.
 // The data passed its CRC-32C; an entry that fails is dropped, counted as
-// corrupt, and reported as a miss.
+// corrupt, and reported as a miss. On a miss buf's content is undefined.
 func (c *Cache) Get(key Key, buf []byte) bool {
 	c.mu.RLock()
 	tok, ok := c.tokens[key.NS]
 	var p, gen uint64
+	var want uint32
 	var found bool
 	if ok && !c.broken {
 		p, found = c.index[keyHash(tok, key.Loc)]
 	}
 	if found {
-		// Read under mu: a reclaim bumps gen under mu, so gen and p
-		// agree, and a reclaim after this point shows in gen below.
-		gen = c.segs[p>>48].gen.Load()
+		// Read under mu: a reclaim bumps gen under mu, so gen, p and
+		// the CRC agree, and a reclaim after this point shows in gen.
+		s := c.segs[p>>48]
+		gen = s.gen.Load()
+		want = s.crcs[uint32(p)/slotSize]
 	}
 	c.mu.RUnlock()
 	if ok {
 		c.sk.add(keyHash(tok, key.Loc))
 	}
-	if !found {
+	if !found || posLen(p) != int64(len(buf)) {
 		c.misses.Add(1)
 		return false
 	}
 	s := c.segs[p>>48]
-	rb := c.getBuf(entryHdrSize + len(buf))
-	defer c.bufs.Put(rb)
-	b := *rb
-	_, err := s.f.ReadAt(b, int64(uint32(p)))
-	if s.gen.Load() != gen {
-		c.misses.Add(1) // reclaimed under the read
+	_, err := s.f.ReadAt(buf, int64(uint32(p)))
+	if s.gen.Load() != gen || errors.Is(err, os.ErrClosed) {
+		c.misses.Add(1) // reclaimed under the read, or closing
 		return false
 	}
-	h, herr := decodeEntryHeader(b)
-	switch {
-	case err != nil:
-		herr = err
-	case herr == nil && (h.token != tok || h.loc != key.Loc || int(h.length) != len(buf)):
-		// Another key that hashed to the same slot, or a caller that
-		// asks with another length: not damage.
-		c.misses.Add(1)
-		return false
-	case herr == nil && crc(b[entryHdrSize:]) != h.dataCRC:
-		herr = errors.New("data checksum mismatch")
+	if err == nil && crc(buf) != want {
+		err = errors.New("data checksum mismatch")
 	}
-	if herr != nil {
+	if err != nil {
 		c.corrupt.Add(1)
 		c.misses.Add(1)
-		c.log.Warn("read cache: dropping an entry that fails verification", "segment", s.path, "offset", uint32(p), "err", herr)
+		c.log.Warn("read cache: dropping an entry that fails verification", "segment", s.path, "offset", uint32(p), "err", err)
 		c.dropPos(keyHash(tok, key.Loc), p)
 		return false
 	}
-	copy(buf, b[entryHdrSize:])
 	c.hits.Add(1)
 	return true
 }
@@ -459,7 +456,7 @@ func (c *Cache) dropPos(h, p uint64) {
 // Add queues data as key's entry; it returns at once. The fill is dropped
 // if the queue is full, and may be refused by admission.
 func (c *Cache) Add(key Key, data []byte) {
-	if len(data) == 0 || len(data) > maxEntryLen || len(data)%512 != 0 {
+	if len(data) == 0 || len(data) > maxEntryLen || len(data)%slotSize != 0 {
 		return
 	}
 	rb := c.getBuf(len(data))

@@ -15,8 +15,13 @@ import (
 // A segment file:
 //
 //	[0, segHeaderRegion)        segment header (segHeaderSize bytes used)
-//	[segHeaderRegion, dataEnd)  entries: entry header + data, back to back
-//	[summaryOff, +n*recSize)    summary of a sealed segment (its index)
+//	[segHeaderRegion, dataEnd)  entries: cluster data, back to back, 4 KiB aligned
+//	[summaryOff, +n*recSize)    summary of a sealed segment (its index:
+//	                            key, offset, length, CRC-32C of each entry)
+//
+// An entry's key and CRC live in the summary and, while the cache runs, in
+// RAM (the index and each segment's CRC per slot), not beside the data: a
+// hit reads exactly the data's pages and checks them against that CRC.
 //
 // The namespaces file maps each backend namespace to a random 64-bit token
 // that is part of every entry's key (see Cache.Invalidate).
@@ -27,8 +32,9 @@ const (
 	tableMagic      = "OVSRCNS1"
 	segHeaderSize   = 60
 	segHeaderRegion = 4096
-	entryHdrSize    = 32
-	entryMagic      = 0xE5
+	// slotSize: entries are whole multiples of it, placed at multiples
+	// of it, so that a hit is one aligned read of the page(s) it needs.
+	slotSize = 4096
 	recSize         = 28
 	maxEntryLen     = 1 << 20
 
@@ -103,43 +109,6 @@ func decodeSegHeader(b []byte) (segHeader, error) {
 	return h, nil
 }
 
-// entryHeader precedes each cached cluster in a segment.
-type entryHeader struct {
-	length  uint32
-	token   uint64
-	loc     uint64
-	dataCRC uint32
-}
-
-func (h *entryHeader) put(b []byte) {
-	b[0] = entryMagic
-	b[1] = formatVersion
-	b[2], b[3] = 0, 0
-	binary.LittleEndian.PutUint32(b[4:], h.length)
-	binary.LittleEndian.PutUint64(b[8:], h.token)
-	binary.LittleEndian.PutUint64(b[16:], h.loc)
-	binary.LittleEndian.PutUint32(b[24:], h.dataCRC)
-	binary.LittleEndian.PutUint32(b[28:], crc(b[:28]))
-}
-
-func decodeEntryHeader(b []byte) (entryHeader, error) {
-	var h entryHeader
-	if len(b) < entryHdrSize || b[0] != entryMagic || b[1] != formatVersion || b[2]|b[3] != 0 {
-		return h, fmt.Errorf("%w: entry header magic", errFormat)
-	}
-	if crc(b[:28]) != binary.LittleEndian.Uint32(b[28:]) {
-		return h, fmt.Errorf("%w: entry header checksum", errFormat)
-	}
-	h.length = binary.LittleEndian.Uint32(b[4:])
-	h.token = binary.LittleEndian.Uint64(b[8:])
-	h.loc = binary.LittleEndian.Uint64(b[16:])
-	h.dataCRC = binary.LittleEndian.Uint32(b[24:])
-	if h.length == 0 || h.length > maxEntryLen {
-		return h, fmt.Errorf("%w: entry length %d", errFormat, h.length)
-	}
-	return h, nil
-}
-
 // record is one entry in a segment's summary (and in memory while the
 // segment is open).
 type record struct {
@@ -182,8 +151,8 @@ func decodeSummary(b []byte, sum uint32, dataEnd uint64) ([]record, error) {
 			length:  binary.LittleEndian.Uint32(p[20:]),
 			dataCRC: binary.LittleEndian.Uint32(p[24:]),
 		}
-		if r.length == 0 || r.length > maxEntryLen || uint64(r.off) < segHeaderRegion ||
-			uint64(r.off)+entryHdrSize+uint64(r.length) > dataEnd {
+		if r.length == 0 || r.length > maxEntryLen || r.length%slotSize != 0 || r.off%slotSize != 0 ||
+			uint64(r.off) < segHeaderRegion || uint64(r.off)+uint64(r.length) > dataEnd {
 			return nil, fmt.Errorf("%w: summary record %d out of the segment's data", errFormat, i)
 		}
 		recs[i] = r

@@ -65,7 +65,7 @@ func (c *Cache) writeBatch(batch []fill) {
 			c.rejected.Add(1)
 			continue
 		}
-		size := uint64(entryHdrSize + len(f.data))
+		size := uint64(len(f.data))
 		if s := c.open; s == nil || s.dataEnd+size+uint64(len(s.recs)+len(w.recs)+1)*recSize > uint64(c.segSize) {
 			c.commit(&w, buf)
 			buf = buf[:0]
@@ -80,10 +80,6 @@ func (c *Cache) writeBatch(batch []fill) {
 			w = pendingWrite{seg: s, start: s.dataEnd}
 		}
 		r := record{token: tok, loc: f.loc, off: uint32(s.dataEnd), length: uint32(len(f.data)), dataCRC: crc(f.data)}
-		eh := entryHeader{length: r.length, token: tok, loc: f.loc, dataCRC: r.dataCRC}
-		n := len(buf)
-		buf = append(buf, make([]byte, entryHdrSize)...)
-		eh.put(buf[n:])
 		buf = append(buf, f.data...)
 		w.recs = append(w.recs, r)
 		s.dataEnd += size
@@ -111,6 +107,7 @@ func (c *Cache) commit(w *pendingWrite, buf []byte) {
 			c.bytes.Add(-posLen(old))
 		}
 		c.index[h] = pos(w.seg.idx, r.off, r.length)
+		w.seg.crcs[r.off/slotSize] = r.dataCRC
 		c.bytes.Add(int64(r.length))
 	}
 	w.seg.recs = append(w.seg.recs, w.recs...)
