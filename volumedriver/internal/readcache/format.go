@@ -34,9 +34,9 @@ const (
 	segHeaderRegion = 4096
 	// slotSize: entries are whole multiples of it, placed at multiples
 	// of it, so that a hit is one aligned read of the page(s) it needs.
-	slotSize = 4096
-	recSize         = 28
-	maxEntryLen     = 1 << 20
+	slotSize    = 4096
+	recSize     = 28
+	maxEntryLen = 1 << 20
 
 	stateEmpty  = 0
 	stateOpen   = 1
