@@ -30,7 +30,8 @@
 #   BENCH_SIZE_GIB   device size (default 16, or 4 if less than 64 GiB free)
 #   BENCH_READ_GIB   random read region (default 1)
 #   BENCH_RSS_IO_GIB data written for the memory figure (default 4)
-#   BENCH_TARGETS    subset of "null file qcow2 ovs ovsec rss" (default all)
+#   BENCH_TARGETS    subset of "null file qcow2 ovs ovsec ecbeyond rss" (default all)
+#   BENCH_BEYOND_WB_MIB  write buffer of the ecbeyond target (default 256)
 #   BENCH_TMPDIR     where the scratch files go (default /var/tmp)
 #   BENCH_RESULTS    the report (default bench/results.md)
 #
@@ -48,7 +49,8 @@ RUNTIME=${BENCH_RUNTIME:-20}
 RAMP=${BENCH_RAMP:-3}
 READ_GIB=${BENCH_READ_GIB:-1}
 RSS_IO_GIB=${BENCH_RSS_IO_GIB:-4}
-TARGETS=${BENCH_TARGETS:-null file qcow2 ovs ovsec rss}
+TARGETS=${BENCH_TARGETS:-null file qcow2 ovs ovsec ecbeyond rss}
+BEYOND_WB_MIB=${BENCH_BEYOND_WB_MIB:-256}
 TMPBASE=${BENCH_TMPDIR:-/var/tmp}
 RESULTS=${BENCH_RESULTS:-$ROOT/bench/results.md}
 RSS_LIMIT_MIB=256
@@ -142,7 +144,7 @@ log "device size ${SIZE_GIB} GiB (${avail_gib} GiB free in $TMPBASE), ${RUNTIME}
 
 # --- ovs -------------------------------------------------------------------------
 
-if want ovs || want rss; then
+if want ovs || want ecbeyond || want rss; then
 	if [ -n "${OVS_BIN:-}" ]; then
 		OVS=$(cd "$(dirname "$OVS_BIN")" && pwd)/$(basename "$OVS_BIN")
 	else
@@ -252,6 +254,10 @@ if want file; then
 	start_server "$WORK/file.log" nbdkit -f -U "$WORK/file.sock" file file="$WORK/file.img"
 	if wait_nbd "nbd+unix:///?socket=$WORK/file.sock"; then
 		bench_target file "nbd+unix:///?socket=$WORK/file.sock"
+		# The reference for ecbeyond's first (cold) pass.
+		if want ecbeyond; then
+			fio_run file seqread "nbd+unix:///?socket=$WORK/file.sock" read read --bs=1m --iodepth=8 --size="${READ_GIB}g"
+		fi
 	else
 		log "nbdkit file did not start"
 		mark_failed file
@@ -307,6 +313,49 @@ if want ovsec; then
 	stop_server "$SERVER_PID"
 	SERVER_PID=
 	rm -rf "$WORK/ovsec"
+fi
+
+# Reads beyond the write buffer (issue 16): ovs up on its default
+# erasure-coded backend with a write buffer of BEYOND_WB_MIB; a vdisk
+# written (1 MiB sequential) over 4x that, synced, and evicted from the
+# write buffer, so that every read goes past it. Then one pass of 1 MiB
+# sequential reads over the range (cold data: every cluster from the ASDs;
+# it also warms the disk read cache), then 4 KiB random reads at QD32 over
+# the range. With the default BEYOND_WB_MIB the range is 1 GiB, the same
+# as nbdkit-file's random read region.
+BEYOND_STATS=n/a
+if want ecbeyond; then
+	range_mib=$((4 * BEYOND_WB_MIB))
+	CMDLINE[ecbeyond]="ovs up --data DIR --nbd-socket SOCK --write-buffer ${BEYOND_WB_MIB}MiB (erasure-coded 4+2, disk read cache auto); ovs vdisk create bench --size ${SIZE_GIB}GiB; ${range_mib} MiB written, synced, out of the write buffer"
+	if start_ovs "$WORK/ecbeyond" --write-buffer "${BEYOND_WB_MIB}MiB" &&
+		ovs_cli vdisk create bench --size "${SIZE_GIB}GiB" >/dev/null &&
+		wait_nbd "nbd+unix:///bench?socket=$OVS_SOCK"; then
+		uri="nbd+unix:///bench?socket=$OVS_SOCK"
+		fio_run ecbeyond prefill "$uri" write write --bs=1m --iodepth=8 --size="${range_mib}m"
+		ovs_cli vdisk sync bench >/dev/null || log "ecbeyond: sync failed"
+		for ((i = 0; i < 600; i++)); do
+			wb=$(ovs_cli vdisk info bench -o json | "$PY" -c 'import json, sys; print(json.load(sys.stdin)["write_buffer_bytes"])')
+			[ "$wb" -le $((BEYOND_WB_MIB << 20)) ] && break
+			sleep 0.5
+		done
+		log "ecbeyond: write buffer holds $((wb >> 20)) MiB of the ${range_mib} MiB written"
+		fio_run ecbeyond seqread "$uri" read read --bs=1m --iodepth=8 --size="${range_mib}m"
+		fio_run ecbeyond randread "$uri" randread read --bs=4k --iodepth=32 --size="${range_mib}m" "${timed[@]}"
+		BEYOND_STATS=$("$PY" -c '
+import sys, urllib.request
+m = {}
+for line in urllib.request.urlopen(sys.argv[1] + "/metrics", timeout=10).read().decode().splitlines():
+    if line.startswith("ovs_read_cache_disk_"):
+        k, v = line.split()
+        m[k.replace("ovs_read_cache_disk_", "").replace("_total", "")] = float(v)
+print(", ".join("%s %d" % (k, m[k]) for k in ("hits", "misses", "fills", "dropped", "rejected", "evictions", "corrupt", "bytes", "capacity_bytes") if k in m) or "no disk read cache")' "$OVS_API" 2>/dev/null || echo n/a)
+	else
+		log "ovs (ecbeyond) did not start"
+		R[ecbeyond.seqread.bw]=n/a R[ecbeyond.randread.iops]=n/a
+	fi
+	stop_server "$SERVER_PID"
+	SERVER_PID=
+	rm -rf "$WORK/ecbeyond"
 fi
 
 # --- memory ------------------------------------------------------------------------
@@ -410,6 +459,17 @@ if [ -n "$(git -C "$ROOT" status --porcelain 2>/dev/null)" ]; then commit="$comm
 	echo "| 4 KiB randread IOPS >= 0.8x nbdkit-file | $(ratio "$(v ovs.randread.iops)" "$(v file.randread.iops)")x | $(check "$(v ovs.randread.iops)" "$(v file.randread.iops)" 0.8) |"
 	echo "| 1 MiB seq write >= 0.9x nbdkit-file | $(ratio "$(v ovs.seqwrite.bw)" "$(v file.seqwrite.bw)")x | $(check "$(v ovs.seqwrite.bw)" "$(v file.seqwrite.bw)" 0.9) |"
 	echo "| VmRSS and VmHWM <= ${RSS_LIMIT_MIB} MiB (1 TiB vdisk) | ${RSS} / ${HWM} MiB | ${rss_check} |"
+	if want ecbeyond; then
+		echo
+		echo "Reads beyond the write buffer (ecbeyond: EC 4+2, write buffer ${BEYOND_WB_MIB} MiB, $((4 * BEYOND_WB_MIB)) MiB written; nbdkit-file over ${READ_GIB} GiB):"
+		echo
+		echo "| workload | nbdkit file | ovs EC, beyond the write buffer | ovs/nbdkit-file | target |"
+		echo "| --- | ---: | ---: | ---: | --- |"
+		echo "| 1 MiB seq read QD8, cold (first pass), MiB/s | $(v file.seqread.bw) | $(v ecbeyond.seqread.bw) | $(ratio "$(v ecbeyond.seqread.bw)" "$(v file.seqread.bw)") | >= 0.5x: $(check "$(v ecbeyond.seqread.bw)" "$(v file.seqread.bw)" 0.5) |"
+		echo "| 4 KiB randread QD32 after one warm pass, IOPS | $(v file.randread.iops) | $(v ecbeyond.randread.iops) | $(ratio "$(v ecbeyond.randread.iops)" "$(v file.randread.iops)") | >= 0.8x: $(check "$(v ecbeyond.randread.iops)" "$(v file.randread.iops)" 0.8) |"
+		echo
+		echo "Disk read cache after the run: ${BEYOND_STATS}. Load average at the end: $(cut -d' ' -f1-3 /proc/loadavg)."
+	fi
 } >"$RESULTS.tmp"
 mv "$RESULTS.tmp" "$RESULTS"
 cat "$RESULTS"

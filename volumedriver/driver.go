@@ -19,11 +19,13 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/dgraph-io/ristretto/v2"
 
 	"github.com/ovs-storage/ovs/scos"
+	"github.com/ovs-storage/ovs/volumedriver/internal/readcache"
 )
 
 // Options tune a Driver. Zero values take the defaults.
@@ -31,6 +33,11 @@ type Options struct {
 	// ReadCacheBytes bounds the read cache shared by all volumes
 	// (default 64 MiB; negative disables it).
 	ReadCacheBytes int64
+	// ReadCacheDiskBytes bounds the disk read cache under dir/readcache,
+	// shared by all volumes, in front of a backend whose reads are not
+	// local (0 or negative: none; DefaultReadCacheDiskBytes suggests a
+	// size).
+	ReadCacheDiskBytes int64
 	// MetadataCacheBytes bounds each volume's metadata page cache
 	// (default 64 MiB: every page of a 16 GiB vdisk).
 	MetadataCacheBytes int64
@@ -150,6 +157,11 @@ type Driver struct {
 	opts    Options
 	log     *slog.Logger
 	cache   *ristretto.Cache[uint64, *cachedCluster]
+	// rc is the disk read cache behind cache (readcache.go); nil: none.
+	rc *readcache.Cache
+	// rcMismatch counts disk cache entries whose data was not the
+	// cluster the metadata names (dropped, never served).
+	rcMismatch atomic.Uint64
 	// files holds read handles of SCOs in the write buffers, bounded so
 	// that many vdisks do not take a file descriptor per SCO.
 	files *scos.FileCache
@@ -218,6 +230,7 @@ func Open(ctx context.Context, dir string, backend scos.Backend, opts Options) (
 		}
 		d.cache = c
 	}
+	d.openReadCache(backend)
 	nss, err := backend.ListNamespaces(ctx)
 	if err != nil {
 		d.Close()
@@ -290,7 +303,7 @@ func Open(ctx context.Context, dir string, backend scos.Backend, opts Options) (
 		return nil, fmt.Errorf("read %s: %w", dir, err)
 	}
 	for _, e := range ents {
-		if !e.IsDir() || live[e.Name()] || e.Name() == quarantineDir {
+		if !e.IsDir() || live[e.Name()] || e.Name() == quarantineDir || e.Name() == readCacheDir {
 			continue
 		}
 		switch {
@@ -633,6 +646,7 @@ func (d *Driver) Delete(ctx context.Context, name string, force bool) error {
 	if err := d.backend.Delete(ctx, ns, volumeObject); err != nil && !errors.Is(err, scos.ErrObjectNotFound) {
 		return fmt.Errorf("delete %s: %w", name, err)
 	}
+	d.invalidateReadCache(ns) // a vdisk created again under this id reuses the names
 	if err := os.RemoveAll(dir); err != nil {
 		return fmt.Errorf("delete %s: %w", name, err)
 	}
@@ -707,6 +721,9 @@ func (d *Driver) Close() error {
 	}
 	if d.cache != nil {
 		d.cache.Close()
+	}
+	if err := d.closeReadCache(); err != nil {
+		errs = append(errs, err)
 	}
 	return errors.Join(errs...)
 }

@@ -419,7 +419,7 @@ func (d *Driver) Adopt(ctx context.Context, id string, epoch uint64) (VolumeInfo
 // validID: a namespace id chosen by the control plane is a valid vdisk
 // name (it names the local directory too) other than the driver's
 // quarantine directory.
-func validID(id string) bool { return validName(id) && id != quarantineDir }
+func validID(id string) bool { return validName(id) && id != quarantineDir && id != readCacheDir }
 
 // setAsideEarlierTenure deals with local state that must not be used (st
 // is nil if state.json is missing or unreadable): if it may hold writes

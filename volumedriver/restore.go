@@ -188,6 +188,9 @@ const quarantineDir = "quarantine"
 // backend's snapshots.json lists. Whatever was not uploaded is not there
 // (restoreWithoutState calls it only when the directory holds no TLog).
 func (v *Volume) restoreFromBackend(ctx context.Context) error {
+	// Names this host cached may since have been reused (a rollback
+	// elsewhere, or before a lost state.json).
+	v.drv.invalidateReadCache(v.ns)
 	ents, err := os.ReadDir(v.dir)
 	if err != nil && !errors.Is(err, fs.ErrNotExist) {
 		return fmt.Errorf("clear %s: %w", v.dir, err)

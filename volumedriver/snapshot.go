@@ -253,6 +253,10 @@ func (v *Volume) Rollback(ctx context.Context, name string) error {
 		doomed = append(doomed, v.tlogPath(t))
 	}
 
+	// Restored from the backend later, the discarded SCOs' numbers may
+	// name other data: what the disk read cache holds of them goes now.
+	v.drv.invalidateReadCache(v.ns)
+
 	// Rebuild the metadata from the kept TLogs.
 	if err := v.md.reset(); err != nil {
 		return v.failLocked(err)

@@ -1276,6 +1276,13 @@ func (v *Volume) readRun(ctx context.Context, ls []lookup, out []byte) error {
 			}
 			ns, obj.CloneID = anc[c-1], 0
 		}
+		dkey := diskCacheKey(ns, obj, loc.Offset)
+		if v.diskCacheGet(dkey, p, l.e.crc) {
+			if v.cacheReads {
+				v.drv.cacheSet(v, l.e.loc, p)
+			}
+			continue
+		}
 		if err := v.backend.ReadAt(ctx, ns, obj.String(), p, int64(loc.Offset)*int64(cs)); err != nil {
 			if loc.SCO.CloneID == 0 && v.lost[loc.SCO.Number] {
 				return fmt.Errorf("%s: cluster %s: %w (SCO %s was damaged or lost in the write buffer before it reached the backend: %v)",
@@ -1290,6 +1297,7 @@ func (v *Volume) readRun(ctx context.Context, ls []lookup, out []byte) error {
 		if v.cacheReads {
 			v.drv.cacheSet(v, l.e.loc, p)
 		}
+		v.diskCacheAdd(dkey, p)
 	}
 	return nil
 }

@@ -30,6 +30,7 @@ type upOptions struct {
 	iscsiAddr     string
 	nbdSocket     string
 	readCache     sizeValue
+	readCacheDisk autoSizeValue
 	metadataCache sizeValue
 	writeBuffer   sizeValue
 	maxPending    sizeValue
@@ -80,6 +81,7 @@ func newUpCommand() *cobra.Command {
 	o.writeBuffer = 1 << 30
 	o.maxPending = 512 << 20
 	f.Var(&o.readCache, "read-cache", "read cache size, shared by all vdisks")
+	f.Var(&o.readCacheDisk, "read-cache-disk", "disk read cache under DATA/volumes/readcache, shared by all vdisks, in front of the erasure-coded backend (auto: 10% of DATA's free space, 256 MiB to 8 GiB; 0 disables)")
 	f.Var(&o.metadataCache, "metadata-cache", "metadata page cache per vdisk")
 	f.Var(&o.writeBuffer, "write-buffer", "local write buffer per vdisk; uploaded SCOs beyond it are evicted")
 	f.Var(&o.maxPending, "max-pending-upload", "data per vdisk not yet on the backend beyond which writes wait")
@@ -145,6 +147,7 @@ func runUp(ctx context.Context, o *upOptions) error {
 		Backend:         node.BackendConfig{Kind: kind, ASDs: o.asds, ASDPorts: o.asdPorts, ASDHost: "127.0.0.1"},
 		Driver: node.DriverConfig{
 			ReadCache:         node.Size(o.readCache),
+			ReadCacheDisk:     o.readCacheDisk.size(),
 			MetadataCache:     node.Size(o.metadataCache),
 			WriteBuffer:       node.Size(o.writeBuffer),
 			MaxPendingUpload:  node.Size(o.maxPending),

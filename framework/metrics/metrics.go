@@ -128,7 +128,7 @@ func (c *Collector) Handler() http.Handler {
 
 // Describe sends the descriptors of every metric the collector has.
 func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range allDescs {
+	for _, d := range append(allDescs, readCacheDescs...) {
 		ch <- d
 	}
 }
@@ -243,6 +243,7 @@ func (c *Collector) collectVDisks(ctx context.Context, e *emitter) error {
 		e.counter(descCacheHits, float64(s.CacheHits), name)
 		e.counter(descCacheMisses, float64(s.CacheMisses), name)
 	}
+	collectReadCache(c.src.VDisks, e)
 	infos, err := c.src.VDisks.List(ctx)
 	if err != nil {
 		return err

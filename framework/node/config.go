@@ -92,6 +92,7 @@ type BackendConfig struct {
 // DriverConfig tunes the volume driver.
 type DriverConfig struct {
 	ReadCache          Size          `yaml:"read_cache"`
+	ReadCacheDisk      *CacheSize    `yaml:"read_cache_disk"` // nil: from DATA's free space; 0: off
 	MetadataCache      Size          `yaml:"metadata_cache"`
 	WriteBuffer        Size          `yaml:"write_buffer"`
 	MaxPendingUpload   Size          `yaml:"max_pending_upload"`

@@ -27,6 +27,21 @@ func TestLoadConfig(t *testing.T) {
 				t.Errorf("driver: %+v", c.Driver)
 			}
 		}},
+		{name: "disk read cache default", yaml: "id: a\ndata: /d\narakoon: /a.yaml\n", check: func(t *testing.T, c Config) {
+			if c.Driver.ReadCacheDisk != nil {
+				t.Errorf("read_cache_disk %v, want unset (auto)", *c.Driver.ReadCacheDisk)
+			}
+		}},
+		{name: "disk read cache off", yaml: "id: a\ndata: /d\narakoon: /a.yaml\ndriver:\n  read_cache_disk: 0\n", check: func(t *testing.T, c Config) {
+			if c.Driver.ReadCacheDisk == nil || *c.Driver.ReadCacheDisk != 0 {
+				t.Errorf("read_cache_disk %v, want 0", c.Driver.ReadCacheDisk)
+			}
+		}},
+		{name: "disk read cache size", yaml: "id: a\ndata: /d\narakoon: /a.yaml\ndriver:\n  read_cache_disk: 2GiB\n", check: func(t *testing.T, c Config) {
+			if c.Driver.ReadCacheDisk == nil || *c.Driver.ReadCacheDisk != 2<<30 {
+				t.Errorf("read_cache_disk %v, want 2 GiB", c.Driver.ReadCacheDisk)
+			}
+		}},
 		{name: "unknown field", yaml: "id: a\ndata: /d\narakoon: /a.yaml\nbogus: 1\n", wantErr: "bogus"},
 		{name: "no id", yaml: "data: /d\narakoon: /a.yaml\n", wantErr: "no id"},
 		{name: "no arakoon", yaml: "id: a\ndata: /d\n", wantErr: "arakoon"},

@@ -178,6 +178,7 @@ func Run(ctx context.Context, cfg Config, ro RunOptions) error {
 	drv, err := openDriver(ctx, cfg.Driver.ReadyTimeout, log, func() (*volumedriver.Driver, error) {
 		return volumedriver.Open(ctx, filepath.Join(cfg.Data, "volumes"), backend, volumedriver.Options{
 			ReadCacheBytes:        int64(cfg.Driver.ReadCache),
+			ReadCacheDiskBytes:    readCacheDiskBytes(cfg, log),
 			MetadataCacheBytes:    int64(cfg.Driver.MetadataCache),
 			WriteBufferBytes:      int64(cfg.Driver.WriteBuffer),
 			MaxPendingUploadBytes: int64(cfg.Driver.MaxPendingUpload),

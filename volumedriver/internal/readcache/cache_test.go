@@ -1,0 +1,394 @@
+package readcache
+
+import (
+	"bytes"
+	"context"
+	"encoding/binary"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"sync"
+	"testing"
+	"time"
+)
+
+const cs = 4096
+
+func quiet() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }
+
+func openT(t testing.TB, dir string, size int64, mod ...func(*Options)) *Cache {
+	t.Helper()
+	o := Options{Dir: dir, Size: size, Logger: quiet()}
+	for _, m := range mod {
+		m(&o)
+	}
+	c, err := Open(o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return c
+}
+
+// cluster is recognisable data for (ns, loc).
+func cluster(ns string, loc uint64) []byte {
+	b := make([]byte, cs)
+	for i := 0; i < cs; i += 16 {
+		binary.LittleEndian.PutUint64(b[i:], loc)
+		copy(b[i+8:i+16], ns)
+	}
+	return b
+}
+
+func flush(t testing.TB, c *Cache) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	if err := c.Flush(ctx); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func fillKeys(t testing.TB, c *Cache, ns string, from, to uint64) {
+	t.Helper()
+	for loc := from; loc < to; loc++ {
+		c.Add(Key{ns, loc}, cluster(ns, loc))
+		if (loc-from)%256 == 255 {
+			flush(t, c) // stay under the queue bound
+		}
+	}
+	flush(t, c)
+}
+
+func mustHit(t testing.TB, c *Cache, ns string, loc uint64) {
+	t.Helper()
+	buf := make([]byte, cs)
+	if !c.Get(Key{ns, loc}, buf) {
+		t.Fatalf("%s/%d: miss, want a hit (stats %+v)", ns, loc, c.Stats())
+	}
+	if !bytes.Equal(buf, cluster(ns, loc)) {
+		t.Fatalf("%s/%d: wrong data served", ns, loc)
+	}
+}
+
+func mustMiss(t testing.TB, c *Cache, ns string, loc uint64) {
+	t.Helper()
+	if c.Get(Key{ns, loc}, make([]byte, cs)) {
+		t.Fatalf("%s/%d: hit, want a miss", ns, loc)
+	}
+}
+
+func TestHitVerified(t *testing.T) {
+	c := openT(t, t.TempDir(), 4<<20)
+	fillKeys(t, c, "vd-a", 1, 10)
+	for loc := uint64(1); loc < 10; loc++ {
+		mustHit(t, c, "vd-a", loc)
+	}
+	mustMiss(t, c, "vd-a", 10)
+	mustMiss(t, c, "vd-b", 1)
+	// A caller asking with another length gets a miss, not other bytes.
+	if c.Get(Key{"vd-a", 1}, make([]byte, 2*cs)) || c.Get(Key{"vd-a", 1}, make([]byte, cs/2)) {
+		t.Fatal("hit with the wrong length")
+	}
+	st := c.Stats()
+	if st.Hits != 9 || st.Fills != 9 || st.Corrupt != 0 || st.Bytes != 9*cs {
+		t.Fatalf("stats %+v", st)
+	}
+}
+
+// findEntry returns the segment file and offset of key's entry.
+func findEntry(t *testing.T, c *Cache, ns string, loc uint64) (string, int64) {
+	t.Helper()
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	p, ok := c.index[keyHash(c.tokens[ns], loc)]
+	if !ok {
+		t.Fatalf("%s/%d not indexed", ns, loc)
+	}
+	return c.segs[p>>48].path, int64(uint32(p))
+}
+
+func flipByte(t *testing.T, path string, off int64) {
+	t.Helper()
+	f, err := os.OpenFile(path, os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	b := make([]byte, 1)
+	if _, err := f.ReadAt(b, off); err != nil {
+		t.Fatal(err)
+	}
+	b[0] ^= 0x40
+	if _, err := f.WriteAt(b, off); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestFlippedByteDropped(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		at   int64 // from the start of the entry
+	}{
+		{"first byte", 0},
+		{"middle byte", cs / 2},
+		{"last byte", cs - 1},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c := openT(t, t.TempDir(), 4<<20)
+			fillKeys(t, c, "vd-a", 1, 4)
+			path, off := findEntry(t, c, "vd-a", 2)
+			flipByte(t, path, off+tc.at)
+			mustMiss(t, c, "vd-a", 2)
+			if st := c.Stats(); st.Corrupt != 1 || st.Bytes != 2*cs {
+				t.Fatalf("stats after the flipped byte: %+v", st)
+			}
+			mustMiss(t, c, "vd-a", 2) // dropped: not read (nor counted) again
+			if st := c.Stats(); st.Corrupt != 1 {
+				t.Fatalf("corrupt counted twice: %+v", st)
+			}
+			mustHit(t, c, "vd-a", 1)
+			mustHit(t, c, "vd-a", 3)
+			// The refetched copy is cached anew and served.
+			c.Add(Key{"vd-a", 2}, cluster("vd-a", 2))
+			flush(t, c)
+			mustHit(t, c, "vd-a", 2)
+		})
+	}
+}
+
+func TestRestartKeepsWarm(t *testing.T) {
+	dir := t.TempDir()
+	c := openT(t, dir, 4<<20)
+	fillKeys(t, c, "vd-a", 1, 100)
+	fillKeys(t, c, "vd-b", 1, 10)
+	if err := c.Close(); err != nil {
+		t.Fatal(err)
+	}
+	c = openT(t, dir, 4<<20)
+	for loc := uint64(1); loc < 100; loc++ {
+		mustHit(t, c, "vd-a", loc)
+	}
+	mustHit(t, c, "vd-b", 9)
+	if st := c.Stats(); st.Bytes != 108*cs {
+		t.Fatalf("bytes after restart: %+v", st)
+	}
+	// New fills after a restart go to a new segment and survive the next.
+	fillKeys(t, c, "vd-c", 1, 5)
+	c.Close()
+	c = openT(t, dir, 4<<20)
+	mustHit(t, c, "vd-c", 4)
+	mustHit(t, c, "vd-a", 50)
+}
+
+func TestKilledLosesOnlyOpenSegment(t *testing.T) {
+	dir := t.TempDir()
+	// 4 segments of 256 KiB: 60 entries each.
+	c := openT(t, dir, 1<<20)
+	fillKeys(t, c, "vd-a", 1, 100) // fills segment 1, 40 in segment 2
+	// A kill: the writer stops, nothing is sealed.
+	c.mu.Lock()
+	c.broken = true
+	c.mu.Unlock()
+	close(c.stop)
+	<-c.done
+	c.closeFiles()
+	c.closing.Do(func() {})
+
+	c = openT(t, dir, 1<<20)
+	hits := 0
+	for loc := uint64(1); loc < 100; loc++ {
+		if c.Get(Key{"vd-a", loc}, make([]byte, cs)) {
+			hits++
+		}
+	}
+	if hits == 0 || hits == 99 {
+		t.Fatalf("%d hits after a kill: want the sealed segment's and not the open one's", hits)
+	}
+	mustHit(t, c, "vd-a", 1)
+	if st := c.Stats(); st.Corrupt != 0 {
+		t.Fatalf("stats %+v", st)
+	}
+}
+
+func TestDamagedFilesDropped(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		damage func(t *testing.T, dir string)
+		warm   bool // vd-a/1 still a hit
+	}{
+		{"intact", func(*testing.T, string) {}, true},
+		{"namespace table flipped", func(t *testing.T, dir string) { flipByte(t, filepath.Join(dir, tableFile), 12) }, false},
+		{"namespace table truncated", func(t *testing.T, dir string) {
+			os.Truncate(filepath.Join(dir, tableFile), 11)
+		}, false},
+		{"namespace table missing", func(t *testing.T, dir string) { os.Remove(filepath.Join(dir, tableFile)) }, false},
+		{"segment header flipped", func(t *testing.T, dir string) { flipByte(t, filepath.Join(dir, segName(0)), 30) }, false},
+		{"segment header version", func(t *testing.T, dir string) { flipByte(t, filepath.Join(dir, segName(0)), 8) }, false},
+		{"summary flipped", func(t *testing.T, dir string) {
+			f, _ := os.Open(filepath.Join(dir, segName(0)))
+			hb := make([]byte, segHeaderSize)
+			f.ReadAt(hb, 0)
+			f.Close()
+			h, err := decodeSegHeader(hb)
+			if err != nil {
+				t.Fatal(err)
+			}
+			flipByte(t, filepath.Join(dir, segName(0)), int64(h.summaryOff)+3)
+		}, false},
+		{"segment truncated", func(t *testing.T, dir string) { os.Truncate(filepath.Join(dir, segName(0)), 100) }, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			dir := t.TempDir()
+			c := openT(t, dir, 4<<20)
+			fillKeys(t, c, "vd-a", 1, 10)
+			c.Close()
+			tc.damage(t, dir)
+			c = openT(t, dir, 4<<20)
+			if tc.warm {
+				mustHit(t, c, "vd-a", 1)
+			} else {
+				mustMiss(t, c, "vd-a", 1)
+			}
+			// Whatever happened, the cache works afterwards.
+			fillKeys(t, c, "vd-a", 20, 30)
+			mustHit(t, c, "vd-a", 25)
+		})
+	}
+}
+
+func dirBytes(t *testing.T, dir string) int64 {
+	t.Helper()
+	var n int64
+	ents, _ := os.ReadDir(dir)
+	for _, e := range ents {
+		fi, err := e.Info()
+		if err != nil {
+			t.Fatal(err)
+		}
+		n += fi.Size()
+	}
+	return n
+}
+
+func TestStaysWithinSize(t *testing.T) {
+	for _, size := range []int64{MinSize, 1 << 20, 3<<20 + 12345} {
+		t.Run(fmt.Sprint(size), func(t *testing.T) {
+			dir := t.TempDir()
+			c := openT(t, dir, size, func(o *Options) { o.NoAdmission = true })
+			n := uint64(4 * size / cs)
+			fillKeys(t, c, "vd-a", 1, n)
+			st := c.Stats()
+			if st.Capacity > size || st.Bytes > st.Capacity || st.Evictions == 0 {
+				t.Fatalf("size %d: stats %+v", size, st)
+			}
+			// Segment files plus the namespace table (a few bytes).
+			if got := dirBytes(t, dir); got > size+4096 {
+				t.Fatalf("the cache takes %d bytes on disk, more than its size %d", got, size)
+			}
+			mustHit(t, c, "vd-a", n-1) // the newest are in
+			mustMiss(t, c, "vd-a", 1)  // the oldest went
+			c.Close()
+			// Reopened smaller: the files shrink with it.
+			c = openT(t, dir, MinSize)
+			if got := dirBytes(t, dir); got > MinSize+4096 {
+				t.Fatalf("after shrinking to %d the cache takes %d bytes", MinSize, got)
+			}
+		})
+	}
+}
+
+func TestInvalidate(t *testing.T) {
+	dir := t.TempDir()
+	c := openT(t, dir, 4<<20)
+	fillKeys(t, c, "vd-a", 1, 10)
+	fillKeys(t, c, "vd-b", 1, 10)
+	c.Invalidate("vd-a")
+	mustMiss(t, c, "vd-a", 1)
+	mustHit(t, c, "vd-b", 1)
+	c.Close()
+	c = openT(t, dir, 4<<20)
+	mustMiss(t, c, "vd-a", 1) // and not back after a restart
+	mustHit(t, c, "vd-b", 1)
+	// The same names with new contents (a vdisk created again under the
+	// same id): only the new data is served.
+	for loc := uint64(1); loc < 10; loc++ {
+		c.Add(Key{"vd-a", loc}, cluster("new", loc))
+	}
+	flush(t, c)
+	buf := make([]byte, cs)
+	if !c.Get(Key{"vd-a", 3}, buf) || !bytes.Equal(buf, cluster("new", 3)) {
+		t.Fatal("the new data of an invalidated namespace is not served")
+	}
+	c.Close()
+	c = openT(t, dir, 4<<20)
+	if !c.Get(Key{"vd-a", 3}, buf) || !bytes.Equal(buf, cluster("new", 3)) {
+		t.Fatal("after a restart the old data of an invalidated namespace came back")
+	}
+}
+
+func TestDrop(t *testing.T) {
+	c := openT(t, t.TempDir(), 4<<20)
+	fillKeys(t, c, "vd-a", 1, 3)
+	c.Drop(Key{"vd-a", 1})
+	c.Drop(Key{"vd-x", 1})
+	mustMiss(t, c, "vd-a", 1)
+	mustHit(t, c, "vd-a", 2)
+}
+
+func TestQueueFullDrops(t *testing.T) {
+	c := openT(t, t.TempDir(), 4<<20, func(o *Options) { o.QueueLen = 1 })
+	for loc := uint64(0); loc < 1000; loc++ {
+		c.Add(Key{"vd-a", loc}, cluster("vd-a", loc)) // never blocks
+	}
+	flush(t, c)
+	if st := c.Stats(); st.Dropped == 0 || st.Fills+st.Dropped != 1000 {
+		t.Fatalf("stats %+v", st)
+	}
+}
+
+// Readers run against the writer and segment reclaims; every hit must be
+// the right data (run with -race).
+func TestConcurrentReaders(t *testing.T) {
+	c := openT(t, t.TempDir(), MinSize, func(o *Options) { o.NoAdmission = true })
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	var wg sync.WaitGroup
+	for r := range 4 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			buf := make([]byte, cs)
+			for i := uint64(0); ctx.Err() == nil; i++ {
+				loc := (i*7 + uint64(r)) % 300
+				if c.Get(Key{"vd-a", loc}, buf) && !bytes.Equal(buf, cluster("vd-a", loc)) {
+					t.Errorf("wrong data for %d", loc)
+					return
+				}
+				if i%3 == 0 {
+					c.Add(Key{"vd-a", loc}, cluster("vd-a", loc))
+				}
+			}
+		}()
+	}
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for ctx.Err() == nil {
+			c.Stats()
+			time.Sleep(time.Millisecond)
+		}
+	}()
+	wg.Wait()
+	if st := c.Stats(); st.Corrupt != 0 || st.Hits == 0 || st.Evictions == 0 {
+		t.Fatalf("stats %+v", st)
+	}
+}
+
+func TestOpenRefusesTooSmall(t *testing.T) {
+	if _, err := Open(Options{Dir: t.TempDir(), Size: MinSize - 1}); err == nil {
+		t.Fatal("a cache below the minimum size opened")
+	}
+}

@@ -1,0 +1,151 @@
+package volumedriver
+
+import (
+	"fmt"
+	"path/filepath"
+	"syscall"
+
+	"github.com/ovs-storage/ovs/scos"
+	"github.com/ovs-storage/ovs/volumedriver/internal/readcache"
+)
+
+// The disk read cache (internal/readcache): clusters read from the
+// backend, kept under DIR/readcache for every vdisk of the driver, behind
+// the memory read cache. Reads consult it after the write buffer and
+// before the backend; what the backend returns is queued to it (off the
+// read's path).
+
+// readCacheDir is the disk read cache's directory under the driver's dir.
+const readCacheDir = "readcache"
+
+// Bounds of DefaultReadCacheDiskBytes.
+const (
+	readCacheDiskMin = 256 << 20
+	readCacheDiskMax = 8 << 30
+)
+
+// DefaultReadCacheDiskBytes is the disk read cache size for a driver
+// directory dir when none is configured: 10% of the free space of its
+// file system, at most 8 GiB, at least 256 MiB (0 if even that is more
+// than a quarter of the free space: a full disk is worse than a cold
+// cache).
+//
+// Why: 10% leaves the write buffer, the metadata and everything else on
+// DATA room to grow; 8 GiB bounds the index in RAM (about 40 bytes per
+// cached 4 KiB cluster, some 80 MiB when full) and covers the working set
+// of a handful of busy VMs; below 256 MiB it would hold little more than
+// the memory cache in front of it.
+func DefaultReadCacheDiskBytes(dir string) int64 {
+	var st syscall.Statfs_t
+	if err := syscall.Statfs(dir, &st); err != nil {
+		return 0
+	}
+	free := int64(st.Bavail) * int64(st.Bsize)
+	if free/4 < readCacheDiskMin {
+		return 0
+	}
+	return min(max(free/10, readCacheDiskMin), readCacheDiskMax)
+}
+
+// openReadCache opens the disk read cache if the options ask for one and
+// the backend's reads are not already local; a cache that cannot open is
+// logged and left out (the driver serves from the backend).
+func (d *Driver) openReadCache(backend scos.Backend) {
+	if d.opts.ReadCacheDiskBytes <= 0 {
+		return
+	}
+	if cheap, ok := backend.(scos.CheapReader); ok && cheap.CheapReads() {
+		return
+	}
+	rc, err := readcache.Open(readcache.Options{
+		Dir:    filepath.Join(d.dir, readCacheDir),
+		Size:   max(d.opts.ReadCacheDiskBytes, readcache.MinSize),
+		Logger: d.log.With("component", "readcache"),
+	})
+	if err != nil {
+		d.log.Error("the disk read cache could not open; reads beyond the write buffer go to the backend", "err", err)
+		return
+	}
+	d.rc = rc
+}
+
+// ReadCacheStats are the disk read cache's counters (Enabled false: there
+// is none).
+type ReadCacheStats struct {
+	Enabled   bool   `json:"enabled"`
+	Hits      uint64 `json:"hits"`      // reads served from it, CRC verified
+	Misses    uint64 `json:"misses"`    // lookups it could not serve
+	Corrupt   uint64 `json:"corrupt"`   // entries that failed a CRC and were dropped
+	Evictions uint64 `json:"evictions"` // entries evicted to make room
+	Fills     uint64 `json:"fills"`     // entries written
+	Rejected  uint64 `json:"rejected"`  // fills refused by admission (TinyLFU)
+	Dropped   uint64 `json:"dropped"`   // fills dropped, the fill queue being full
+	Bytes     int64  `json:"bytes"`     // data bytes cached
+	Capacity  int64  `json:"capacity"`  // bytes of its files
+}
+
+// ReadCacheStats returns the disk read cache's counters.
+func (d *Driver) ReadCacheStats() ReadCacheStats {
+	if d.rc == nil {
+		return ReadCacheStats{}
+	}
+	s := d.rc.Stats()
+	// An entry whose CRC passed but whose data is not the cluster's
+	// counts as corrupt (and as a miss) too: it was not served.
+	mm := min(d.rcMismatch.Load(), s.Hits)
+	return ReadCacheStats{Enabled: true, Hits: s.Hits - mm, Misses: s.Misses + mm, Corrupt: s.Corrupt + mm,
+		Evictions: s.Evictions, Fills: s.Fills, Rejected: s.Rejected, Dropped: s.Dropped,
+		Bytes: s.Bytes, Capacity: s.Capacity}
+}
+
+// invalidateReadCache forgets what the disk read cache holds of namespace
+// ns: its SCO names may be used again for other data (the vdisk was
+// deleted, rolled back, or restored from the backend by this host).
+func (d *Driver) invalidateReadCache(ns string) {
+	if d.rc != nil {
+		d.rc.Invalidate(ns)
+	}
+}
+
+// diskCacheKey: clusters are cached under the namespace that holds their
+// SCO and the SCO's own name there, so that a clone and its parent share
+// the entries of the SCOs they share.
+func diskCacheKey(ns string, obj scos.SCOName, offset uint16) readcache.Key {
+	return readcache.Key{NS: ns, Loc: scos.ClusterLocation{SCO: obj, Offset: offset}.Pack()}
+}
+
+// diskCacheGet fills p from the disk read cache if it holds the cluster
+// with checksum want. An entry whose data is not the cluster the metadata
+// names (its own CRC passed, so it is another cluster's data) is dropped
+// and never served.
+func (v *Volume) diskCacheGet(key readcache.Key, p []byte, want uint32) bool {
+	rc := v.drv.rc
+	if rc == nil || !rc.Get(key, p) {
+		return false
+	}
+	if crc32c(p) != want {
+		v.log.Error("the disk read cache holds other data than the cluster's; dropped",
+			"vdisk", v.name(), "namespace", key.NS, "cluster", scos.UnpackLocation(key.Loc).String())
+		rc.Drop(key)
+		v.drv.rcMismatch.Add(1)
+		return false
+	}
+	return true
+}
+
+// diskCacheAdd queues a cluster read (and verified) from the backend.
+func (v *Volume) diskCacheAdd(key readcache.Key, p []byte) {
+	if rc := v.drv.rc; rc != nil {
+		rc.Add(key, p)
+	}
+}
+
+func (d *Driver) closeReadCache() error {
+	if d.rc == nil {
+		return nil
+	}
+	if err := d.rc.Close(); err != nil {
+		return fmt.Errorf("close the disk read cache: %w", err)
+	}
+	return nil
+}
