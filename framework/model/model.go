@@ -398,6 +398,13 @@ func (s *Store) DeleteVDisk(ctx context.Context, name string) error {
 
 // SetVDiskDTLMode sets a vdisk's DTL mode ("": the vpool's).
 func (s *Store) SetVDiskDTLMode(ctx context.Context, name, mode string) error {
+	return s.updateVDisk(ctx, name, "set the DTL mode of", func(v *VDisk) { v.DTLMode = mode })
+}
+
+// updateVDisk applies change to vdisk name's record, retrying while
+// another writer changes the record in between; what names the change
+// in the error.
+func (s *Store) updateVDisk(ctx context.Context, name, what string, change func(*VDisk)) error {
 	for {
 		v, raw, err := getJSON[VDisk](ctx, s.kv, keyVDisk+name)
 		if errors.Is(err, ErrNotFound) {
@@ -406,14 +413,17 @@ func (s *Store) SetVDiskDTLMode(ctx context.Context, name, mode string) error {
 		if err != nil {
 			return err
 		}
-		v.DTLMode = mode
-		out, _ := json.Marshal(v)
+		change(&v)
+		out, err := json.Marshal(v)
+		if err != nil {
+			return fmt.Errorf("%s vdisk %s: %w", what, name, err)
+		}
 		err = s.kv.Apply(ctx, assert(keyVDisk+name, raw), set(keyVDisk+name, out))
 		if errors.Is(err, ErrConflict) {
 			continue
 		}
 		if err != nil {
-			return fmt.Errorf("vdisk %s: %w", name, err)
+			return fmt.Errorf("%s vdisk %s: %w", what, name, err)
 		}
 		return nil
 	}

@@ -56,25 +56,7 @@ func (s *Store) SetVPoolSchedule(ctx context.Context, sch Schedule) error {
 // SetVDiskSchedule replaces vdisk name's override of the vpool's schedule
 // (zero: none).
 func (s *Store) SetVDiskSchedule(ctx context.Context, name string, sch Schedule) error {
-	for {
-		v, raw, err := getJSON[VDisk](ctx, s.kv, keyVDisk+name)
-		if errors.Is(err, ErrNotFound) {
-			return fmt.Errorf("vdisk %q: %w", name, ErrNotFound)
-		}
-		if err != nil {
-			return err
-		}
-		v.Schedule = sch
-		out, _ := json.Marshal(v)
-		err = s.kv.Apply(ctx, assert(keyVDisk+name, raw), set(keyVDisk+name, out))
-		if errors.Is(err, ErrConflict) {
-			continue
-		}
-		if err != nil {
-			return fmt.Errorf("set the schedule of vdisk %s: %w", name, err)
-		}
-		return nil
-	}
+	return s.updateVDisk(ctx, name, "set the schedule of", func(v *VDisk) { v.Schedule = sch })
 }
 
 // Scrubbed returns when the scheduler last scrubbed the vdisk with
