@@ -173,7 +173,9 @@ func b(s string) []byte { return []byte(s) }
 func TestClusterOperations(t *testing.T) {
 	tc := startCluster(t, 3)
 	c := tc.client()
-	ctx := ctxT(t, 60*time.Second)
+	// A bound against hangs, not a timing: under -race on a loaded
+	// machine the whole sequence (with its 8 MiB values) takes minutes.
+	ctx := ctxT(t, raceSlowdown*60*time.Second)
 
 	if _, err := c.Get(ctx, b("missing")); !errors.Is(err, ErrNotFound) {
 		t.Fatalf("get missing: %v", err)
