@@ -237,8 +237,10 @@ func testClient(tb testing.TB, addr string, opts ClientOptions) *Client {
 	return c
 }
 
+// ctxTimeout bounds a test against hangs; it is no timing: a whole table
+// of 32 MiB transfers under -race on a loaded machine takes a while.
 func ctxTimeout(tb testing.TB) context.Context {
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	tb.Cleanup(cancel)
 	return ctx
 }
