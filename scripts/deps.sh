@@ -33,6 +33,12 @@
 #                   dashboard, driven through chromedp)
 #   prometheus      the real Prometheus server tests/metrics_test.go runs
 #                   to scrape `ovs up` (the package's service is not used)
+#   ansible, ansible-lint  Debian's ansible-playbook (ansible-core 2.14 with
+#                   the community.docker collection) and ansible-lint
+#                   (tests/ansible_test.go runs ansible/ on 3 hosts)
+#   debootstrap, docker.io  the rootfs of those hosts (Debian bookworm
+#                   minbase with systemd) and the dockerd the test starts
+#                   itself to run them as containers (no registry)
 #   python3-requests  the driver's HTTP client (a dependency of Cinder too)
 #   gcc, libc6-dev  cgo, which `go test -race` needs
 #   make, git, ca-certificates   building, module downloads
@@ -46,6 +52,7 @@ packages=(
 	libiscsi-bin tgt qemu-block-extra
 	python3-cinder cinder-api cinder-scheduler cinder-volume rabbitmq-server
 	flake8 python3-requests chromium prometheus
+	ansible ansible-lint debootstrap docker.io
 	gcc libc6-dev make git ca-certificates
 )
 # shellcheck disable=SC2206
