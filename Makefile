@@ -16,7 +16,7 @@ export GOFLAGS ?= -tags=libvirt_dlopen
 # Unit tests: every package but the end-to-end tests, with the race detector.
 UNIT_PKGS = $$($(GO) list ./... | grep -v '/tests$$')
 
-.PHONY: all help deps build test test-unit test-cinder test-e2e lint bench demo fuzz clean
+.PHONY: all help deps build test test-unit test-cinder test-ansible test-e2e lint bench demo fuzz clean
 
 all: build
 
@@ -26,6 +26,7 @@ help:
 	@echo 'make test       lint, unit tests with -race, end-to-end tests (tests/) against $(BIN)'
 	@echo 'make lint       gofmt check and go vet'
 	@echo 'make test-cinder  flake8 and unit tests of the Cinder driver (plugins/cinder)'
+	@echo 'make test-ansible ansible/ on 3 systemd containers: lint, site.yml, fio, upgrade.yml'
 	@echo 'make bench      fio: ovs against nbdkit and qemu-nbd, written to bench/results.md'
 	@echo 'make demo       build and run `ovs up --data $$OVS_DATA` (default ~/.ovs) in the foreground'
 	@echo 'make fuzz       run every Go fuzz target for FUZZTIME (default 30s) each'
@@ -45,7 +46,7 @@ lint:
 	fi
 	$(GO) vet ./...
 
-test: deps build lint test-unit test-cinder test-e2e
+test: deps build lint test-unit test-cinder test-ansible test-e2e
 
 test-unit:
 	OVS_REQUIRE_TOOLS=1 $(GO) test -race -timeout $(UNIT_TIMEOUT) $(UNIT_PKGS)
@@ -55,6 +56,13 @@ test-unit:
 # under pytest).
 test-cinder:
 	cd plugins/cinder && flake8 . && /usr/bin/python3 -W ignore -m unittest discover -s tests -t .
+
+# ansible/ rolled out by Debian's ansible-playbook on 3 containers running
+# systemd (tests/ansible_test.go; the first run debootstraps their rootfs
+# into ~/.cache/ovs-test). Only this target runs it (OVS_TEST_ANSIBLE=1).
+test-ansible: build
+	OVS_TEST_ANSIBLE=1 OVS_REQUIRE_TOOLS=1 OVS_BIN=$(CURDIR)/$(BIN) \
+	   $(GO) test -count=1 -timeout 60m -run '^TestAnsibleRollout$$' -v ./tests/
 
 # The end-to-end tests drive $(BIN) with real clients; -race would only
 # slow the driver, not the binary under test.

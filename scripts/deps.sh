@@ -39,6 +39,12 @@
 #                   is only a Recommends of libvirt-daemon
 #   libvirt-dev, pkg-config  a plain `go build` without the Makefile's
 #                   libvirt_dlopen tag links libvirt
+#   ansible, ansible-lint  Debian's ansible-playbook (ansible-core 2.14 with
+#                   the community.docker collection) and ansible-lint
+#                   (tests/ansible_test.go runs ansible/ on 3 hosts)
+#   debootstrap     the rootfs of those hosts (Debian bookworm
+#                   minbase with systemd) and the dockerd the test starts
+#                   itself to run them as containers (no registry)
 #   python3-requests  the driver's HTTP client (a dependency of Cinder too)
 #   docker.io       a real dockerd (and its CLI, containerd, runc) for
 #                   tests/docker_test.go, the Docker volume plugin
@@ -61,6 +67,7 @@ packages=(
 	python3-cinder cinder-api cinder-scheduler cinder-volume rabbitmq-server
 	flake8 python3-requests chromium prometheus docker.io
 	libvirt-daemon-system libvirt-daemon-driver-qemu libvirt-clients libvirt-dev pkg-config
+	ansible ansible-lint debootstrap
 	gcc libc6-dev make git ca-certificates
 )
 # shellcheck disable=SC2206
