@@ -35,7 +35,7 @@ func (c *cluster) schedule(args ...string) scheduleInfo {
 // node's scheduler taking an automatic snapshot once the vpool's schedule
 // asks for one (while the user's snapshot stays).
 func TestScheduleCLI(t *testing.T) {
-	c := startCluster(t, "--backend", "local")
+	c := startCluster(t, "--backend", "local", "--schedule-tick", "2s")
 	c.create("sd", "64MiB")
 	c.ovsOK("vdisk", "snapshot", "create", "sd", "mine")
 
@@ -85,8 +85,8 @@ func TestScheduleCLI(t *testing.T) {
 		expectCLIError(t, "ovs schedule "+strings.Join(tc.args, " "), c.cli(append([]string{"schedule"}, tc.args...)...), tc.says...)
 	}
 
-	// The scheduler looks every minute: an automatic snapshot of sd
-	// comes within one, and the user's stays.
+	// The scheduler looks every 2 s here (--schedule-tick): an automatic
+	// snapshot of sd comes, and the user's stays.
 	var names []string
 	waitFor(t, 3*time.Minute, "an automatic snapshot of sd", func() bool {
 		var snaps []snapshotInfo

@@ -41,6 +41,7 @@ type upOptions struct {
 	asds          int
 	asdPorts      string
 	scrubEvery    time.Duration
+	scheduleTick  time.Duration
 	scrubGarbage  float64
 	stopTimeout   time.Duration
 	arakoonClient string
@@ -90,6 +91,7 @@ func newUpCommand() *cobra.Command {
 	f.IntVar(&o.asds, "asds", 6, "ASD processes of the erasure-coded backend (4+2 needs 6)")
 	f.StringVar(&o.asdPorts, "asd-ports", "8600-8699", "port range of the ASDs (FIRST-LAST; 0: ports the kernel picks); an ASD whose port another process holds moves to the next free one")
 	f.DurationVar(&o.scrubEvery, "scrub-interval", time.Hour, "scrub every vdisk this often, where the vpool's schedule (ovs schedule) sets no period (0 disables)")
+	f.DurationVar(&o.scheduleTick, "schedule-tick", time.Minute, "how often the snapshot and scrub scheduler looks at the vdisks")
 	f.Float64Var(&o.scrubGarbage, "scrub-garbage-ratio", volumedriver.DefaultScrubGarbageRatio,
 		"also scrub a vdisk as soon as its garbage (overwritten data no snapshot sees) exceeds this fraction of its live data (0 disables)")
 	f.DurationVar(&o.stopTimeout, "stop-timeout", 30*time.Second,
@@ -157,6 +159,7 @@ func runUp(ctx context.Context, o *upOptions) error {
 			StopTimeout:       o.stopTimeout,
 			ReadyTimeout:      o.readyWaitTimeout,
 		},
+		Intervals: node.IntervalsConfig{Schedule: o.scheduleTick},
 		Limits: node.LimitsConfig{
 			APIHosts: o.apiHosts, APIRequireToken: o.apiRequireToken, APIMaxConns: o.apiMaxConns,
 			APITimeout: o.apiTimeout, NBDMaxConns: o.nbdMaxConns, NBDHandshake: o.nbdHandshake,

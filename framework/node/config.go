@@ -122,6 +122,9 @@ type IntervalsConfig struct {
 	// owners in the model (default 1s): a vdisk taken from it is fenced
 	// here even before a backend write is refused.
 	OwnerCheck time.Duration `yaml:"owner_check"`
+	// Schedule: how often the snapshot and scrub scheduler looks at the
+	// vdisks (default 1m; the schedules' periods are hours and more).
+	Schedule time.Duration `yaml:"schedule"`
 }
 
 // Size is a byte count that YAML may give as "64MiB".
@@ -246,6 +249,9 @@ func (c *Config) setDefaults() {
 	}
 	if c.Intervals.OwnerCheck <= 0 {
 		c.Intervals.OwnerCheck = time.Second
+	}
+	if c.Intervals.Schedule <= 0 {
+		c.Intervals.Schedule = time.Minute
 	}
 }
 

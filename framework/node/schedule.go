@@ -98,7 +98,7 @@ func startScheduler(ctx context.Context, cfg Config, store *model.Store, drv *vo
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		schedule.New(drv, src, schedule.Options{Logger: log}).Run(ctx)
+		schedule.New(drv, src, schedule.Options{Logger: log, Tick: cfg.Intervals.Schedule}).Run(ctx)
 	}()
 	return func() {
 		cancel()
