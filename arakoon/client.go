@@ -433,7 +433,13 @@ func (c *Client) AddNode(ctx context.Context, n NodeInfo, learner bool) error {
 
 // RemoveNode removes a node from the live cluster.
 func (c *Client) RemoveNode(ctx context.Context, id string) error {
-	_, err := c.call(ctx, &request{Op: opRemoveNode, NodeID: id})
+	req := &request{Op: opRemoveNode, NodeID: id}
+	_, err := c.call(ctx, req)
+	if errors.Is(err, ErrNotFound) && req.ambiguous {
+		// An earlier try whose answer was lost (removing the master
+		// makes it step down mid-call) removed it: the removal is done.
+		return nil
+	}
 	return err
 }
 
