@@ -700,9 +700,14 @@ func (f *fsm) Restore(rc io.ReadCloser) error {
 
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	if err := f.db.Close(); err != nil {
-		f.log.Warn("closing the old store", "err", err)
-	}
+	// The old store is closed only after the new one is in place, and
+	// not here: a snapshot being taken (raft's snapshot goroutine) may
+	// hold a read transaction on it, and bbolt's Close waits for every
+	// transaction to end. Waiting here, inside the FSM, deadlocked with a
+	// snapshot that waited on raft's main loop, which waited on this
+	// restore. Renaming over the open file is safe: the old store keeps
+	// its (now unlinked) file until it is closed.
+	old := f.db
 	if err := os.Rename(tmp, f.path); err != nil {
 		f.fail(err)
 		return err
@@ -714,6 +719,11 @@ func (f *fsm) Restore(rc io.ReadCloser) error {
 		return err
 	}
 	f.db = db
+	go func() {
+		if err := old.Close(); err != nil {
+			f.log.Warn("closing the old store", "err", err)
+		}
+	}()
 	if err := f.loadApplied(); err != nil {
 		f.fail(err)
 		return err
