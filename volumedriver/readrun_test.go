@@ -284,3 +284,50 @@ func TestFlattenRunsClientWriteWins(t *testing.T) {
 		}
 	}
 }
+
+// TestDiskCacheServesRuns: a ranged read fills the disk cache per
+// cluster; the run read again comes from it without a backend read, and a
+// run with one cluster dropped from it reads just that cluster.
+func TestDiskCacheServesRuns(t *testing.T) {
+	const cs = 4096
+	ctx := context.Background()
+	e := newTestEnv(t)
+	rb := &recordingBackend{Backend: e.backend, corruptRanged: -1}
+	e.opts.WriteBufferBytes, e.opts.ReadCacheBytes, e.opts.ReadCacheDiskBytes = 1, -1, 64<<20
+	d, err := Open(ctx, e.dir, rb, e.opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	d.Create(ctx, "a", 16<<20, CreateOptions{})
+	v, _ := d.Volume("a")
+	p := randData(7, 1<<20)
+	writeSynced(t, v, p, 0)
+	got := make([]byte, 1<<20)
+	for _, pass := range []struct {
+		name      string
+		before    func()
+		wantReads []rangeRead
+	}{
+		{"cold", func() {}, []rangeRead{{v.ns, "", 0, 1 << 20}}},
+		{"warm", func() { d.rc.Flush(ctx) }, nil},
+		{"one dropped", func() { d.rc.Drop(diskCacheKey(v.ns, scos.SCOName{Number: 1}, 9)) },
+			[]rangeRead{{v.ns, "", 9 * cs, cs}}},
+	} {
+		pass.before()
+		rb.take()
+		if err := v.ReadAt(ctx, got, 0); err != nil {
+			t.Fatal(err)
+		}
+		if !bytes.Equal(got, p) {
+			t.Fatalf("%s: wrong data", pass.name)
+		}
+		reads := rb.take()
+		for i := range reads {
+			reads[i].name = ""
+		}
+		if len(reads) != len(pass.wantReads) || (len(reads) > 0 && reads[0] != pass.wantReads[0]) {
+			t.Fatalf("%s: backend reads %+v, want %+v", pass.name, reads, pass.wantReads)
+		}
+	}
+}
