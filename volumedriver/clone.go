@@ -322,7 +322,7 @@ func (d *Driver) Flatten(ctx context.Context, name string) (VolumeInfo, error) {
 func (v *Volume) copyInherited(ctx context.Context) (int64, error) {
 	cs := v.clusterSize
 	var copied int64
-	buf := make([]byte, cs)
+	buf := make([]byte, v.maxRunClusters()*cs)
 	pt := progress.From(ctx)
 	pageBytes := int64(pageEntries) * int64(cs)
 	v.mu.Lock()
@@ -356,39 +356,81 @@ func (v *Volume) copyInherited(ctx context.Context) (int64, error) {
 			}
 		}
 		v.mu.Unlock()
-		for _, t := range todo {
-			// rmwMu keeps partial writes of this cluster out while it
-			// is read and copied.
+		for i := 0; i < len(todo); {
+			// A run: consecutive addresses whose clusters are
+			// consecutive in one ancestor object, read with one
+			// ranged read and written as one batch.
+			j := i + 1
+			for j < len(todo) && j-i < v.maxRunClusters() && todo[j].addr == todo[j-1].addr+1 &&
+				todo[j].e.loc == todo[j-1].e.loc+1 && todo[j].e.loc>>16 == todo[i].e.loc>>16 {
+				j++
+			}
+			run := todo[i:j]
+			ls := make([]lookup, len(run))
+			exp := make([]mdEntry, len(run))
+			for k, t := range run {
+				ls[k], exp[k] = lookup{e: t.e}, t.e
+			}
+			data := buf[:len(run)*cs]
+			// rmwMu keeps partial writes of these clusters out while
+			// they are read and copied.
 			v.rmwMu.Lock()
-			err := v.readRun(ctx, []lookup{{e: t.e}}, buf)
+			err := v.readRun(ctx, ls, data)
 			if err == nil {
-				err = v.writeClusterIf(ctx, t.addr, buf, t.e)
+				err = v.writeClustersIf(ctx, run[0].addr, data, exp)
 			}
 			v.rmwMu.Unlock()
 			if err != nil {
 				return copied, err
 			}
-			copied += int64(cs)
+			copied += int64(len(data))
+			i = j
 		}
 		pt.Add(pageBytes)
 	}
 }
 
-// writeClusterIf writes one cluster only if its metadata entry is still
-// expect: a write that came in since wins over the copy.
-func (v *Volume) writeClusterIf(ctx context.Context, addr uint64, data []byte, expect mdEntry) error {
+// writeClustersIf writes the clusters of data from address addr, each
+// only if its metadata entry is still the one in expect: a write that came
+// in since wins over the copy. The clusters that still match are appended
+// in runs of consecutive addresses.
+func (v *Volume) writeClustersIf(ctx context.Context, addr uint64, data []byte, expect []mdEntry) error {
 	if err := v.throttle(ctx); err != nil {
 		return err
+	}
+	cs := v.clusterSize
+	crcs := make([]uint32, len(expect))
+	for i, e := range expect {
+		crcs[i] = e.crc
 	}
 	v.mu.Lock()
 	defer v.mu.Unlock()
 	if v.closed {
 		return fmt.Errorf("%s: %w", v.name(), ErrClosed)
 	}
-	if e, err := v.md.get(addr); err != nil || e != expect {
-		return err
+	for i := 0; i < len(expect); {
+		if e, err := v.md.get(addr + uint64(i)); err != nil {
+			return err
+		} else if e != expect[i] {
+			i++
+			continue
+		}
+		j := i + 1
+		for ; j < len(expect); j++ {
+			e, err := v.md.get(addr + uint64(j))
+			if err != nil {
+				return err
+			}
+			if e != expect[j] {
+				break
+			}
+		}
+		if err := v.appendClustersLocked(addr+uint64(i), data[i*cs:j*cs], crcs[i:j]); err != nil {
+			return err
+		}
+		i = j
 	}
-	return v.appendClustersLocked(addr, data, []uint32{expect.crc})
+	return nil
 }
 
 func dirExists(path string) bool {

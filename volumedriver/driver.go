@@ -19,7 +19,6 @@ import (
 	"strconv"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/dgraph-io/ristretto/v2"
@@ -159,9 +158,6 @@ type Driver struct {
 	cache   *ristretto.Cache[uint64, *cachedCluster]
 	// rc is the disk read cache behind cache (readcache.go); nil: none.
 	rc *readcache.Cache
-	// rcMismatch counts disk cache entries whose data was not the
-	// cluster the metadata names (dropped, never served).
-	rcMismatch atomic.Uint64
 	// files holds read handles of SCOs in the write buffers, bounded so
 	// that many vdisks do not take a file descriptor per SCO.
 	files *scos.FileCache

@@ -90,10 +90,7 @@ func (d *Driver) ReadCacheStats() ReadCacheStats {
 		return ReadCacheStats{}
 	}
 	s := d.rc.Stats()
-	// An entry whose CRC passed but whose data is not the cluster's
-	// counts as corrupt (and as a miss) too: it was not served.
-	mm := min(d.rcMismatch.Load(), s.Hits)
-	return ReadCacheStats{Enabled: true, Hits: s.Hits - mm, Misses: s.Misses + mm, Corrupt: s.Corrupt + mm,
+	return ReadCacheStats{Enabled: true, Hits: s.Hits, Misses: s.Misses, Corrupt: s.Corrupt,
 		Evictions: s.Evictions, Fills: s.Fills, Rejected: s.Rejected, Dropped: s.Dropped,
 		Bytes: s.Bytes, Capacity: s.Capacity}
 }
@@ -115,22 +112,13 @@ func diskCacheKey(ns string, obj scos.SCOName, offset uint16) readcache.Key {
 }
 
 // diskCacheGet fills p from the disk read cache if it holds the cluster
-// with checksum want. An entry whose data is not the cluster the metadata
-// names (its own CRC passed, so it is another cluster's data) is dropped
-// and never served.
+// with checksum want. The one check is the metadata's CRC (GetCRC): it
+// is the cluster's end-to-end checksum, so data that passes it is the
+// cluster whatever happened to the cache file, and an entry that fails it
+// (a flipped byte, or another cluster's data) is dropped, never served.
 func (v *Volume) diskCacheGet(key readcache.Key, p []byte, want uint32) bool {
 	rc := v.drv.rc
-	if rc == nil || !rc.Get(key, p) {
-		return false
-	}
-	if crc32c(p) != want {
-		v.log.Error("the disk read cache holds other data than the cluster's; dropped",
-			"vdisk", v.name(), "namespace", key.NS, "cluster", scos.UnpackLocation(key.Loc).String())
-		rc.Drop(key)
-		v.drv.rcMismatch.Add(1)
-		return false
-	}
-	return true
+	return rc != nil && rc.GetCRC(key, p, want)
 }
 
 // diskCacheAdd queues a cluster read (and verified) from the backend.

@@ -1185,12 +1185,15 @@ func (v *Volume) readClustersOnce(ctx context.Context, addr uint64, buf []byte) 
 			continue
 		}
 		// Coalesce a run of clusters that sit next to each other in
-		// the same local SCO into one read.
+		// the same local SCO, or the same backend object (bounded), into
+		// one read.
 		j := i + 1
 		if l.sco != nil {
 			for j < n && ls[j].sco == l.sco && ls[j].e.loc == ls[j-1].e.loc+1 {
 				j++
 			}
+		} else {
+			j = i + backendRunLen(ls[i:min(n, i+v.maxRunClusters())])
 		}
 		if err := v.readRun(ctx, ls[i:j], buf[i*cs:j*cs]); err != nil {
 			return err
@@ -1228,78 +1231,6 @@ func (v *Volume) releaseLookups(ls []lookup) {
 			l.sco.readers.Add(-1)
 		}
 	}
-}
-
-// readRun reads clusters that are contiguous in one SCO and verifies each
-// against its CRC. The order is: read cache, local SCO, backend.
-func (v *Volume) readRun(ctx context.Context, ls []lookup, out []byte) error {
-	cs := v.clusterSize
-	if len(ls) == 1 && v.cacheReads {
-		if data, ok := v.drv.cacheGet(v, ls[0].e.loc); ok && crc32c(data) == ls[0].e.crc {
-			copy(out, data)
-			v.io.cacheHits.Add(1)
-			return nil
-		}
-		v.io.cacheMisses.Add(1)
-	}
-	first := scos.UnpackLocation(ls[0].e.loc)
-	if ls[0].sco != nil {
-		err := v.readLocalSCO(ls[0].sco, out, int64(first.Offset)*int64(cs))
-		if err == nil {
-			bad := -1
-			for i, l := range ls {
-				if crc32c(out[i*cs:(i+1)*cs]) != l.e.crc {
-					bad = i
-					break
-				}
-			}
-			if bad < 0 {
-				return nil
-			}
-			v.log.Error("checksum mismatch in the write buffer (bit rot); reading the backend copy",
-				"vdisk", v.name(), "sco", first.SCO.String(), "offset", int(first.Offset)+bad)
-		} else {
-			v.log.Warn("read from the write buffer failed; reading the backend copy",
-				"vdisk", v.name(), "sco", first.SCO.String(), "err", err)
-		}
-	}
-	for i, l := range ls {
-		loc := scos.UnpackLocation(l.e.loc)
-		p := out[i*cs : (i+1)*cs]
-		ns, obj := v.ns, loc.SCO
-		if c := int(loc.SCO.CloneID); c > 0 {
-			// A cluster the clone inherited: it lives in an ancestor's
-			// namespace, under that ancestor's own (clone id 0) name.
-			anc := *v.ancestors.Load()
-			if c > len(anc) {
-				return fmt.Errorf("%s: cluster %s refers to ancestor %d of %d: %w", v.name(), loc, c, len(anc), scos.ErrCorrupt)
-			}
-			ns, obj.CloneID = anc[c-1], 0
-		}
-		dkey := diskCacheKey(ns, obj, loc.Offset)
-		if v.diskCacheGet(dkey, p, l.e.crc) {
-			if v.cacheReads {
-				v.drv.cacheSet(v, l.e.loc, p)
-			}
-			continue
-		}
-		if err := v.backend.ReadAt(ctx, ns, obj.String(), p, int64(loc.Offset)*int64(cs)); err != nil {
-			if loc.SCO.CloneID == 0 && v.lost[loc.SCO.Number] {
-				return fmt.Errorf("%s: cluster %s: %w (SCO %s was damaged or lost in the write buffer before it reached the backend: %v)",
-					v.name(), loc, ErrDataLost, loc.SCO, err)
-			}
-			return fmt.Errorf("%s: read cluster %s from the backend: %w", v.name(), loc, err)
-		}
-		if crc32c(p) != l.e.crc {
-			v.log.Error("checksum mismatch on the backend copy (bit rot)", "vdisk", v.name(), "cluster", loc.String())
-			return fmt.Errorf("%s: cluster %s: %w: checksum mismatch", v.name(), loc, scos.ErrCorrupt)
-		}
-		if v.cacheReads {
-			v.drv.cacheSet(v, l.e.loc, p)
-		}
-		v.diskCacheAdd(dkey, p)
-	}
-	return nil
 }
 
 // ---------------------------------------------------------------------------

@@ -387,6 +387,21 @@ func (c *Cache) getBuf(n int) *[]byte {
 // The data passed its CRC-32C; an entry that fails is dropped, counted as
 // corrupt, and reported as a miss. On a miss buf's content is undefined.
 func (c *Cache) Get(key Key, buf []byte) bool {
+	return c.get(key, buf, 0, false)
+}
+
+// GetCRC is Get for a caller that knows the CRC-32C of the data it wants
+// (the volume driver's metadata holds every cluster's): the entry is
+// served only if its data has that CRC. The entry's own CRC is compared
+// with want first (in memory: an entry of other data, say a key hash
+// collision, is dropped without reading it), and the data read is checked
+// against want once: one CRC computation per hit, and both a flipped byte
+// and the wrong cluster's data are dropped and never served.
+func (c *Cache) GetCRC(key Key, buf []byte, want uint32) bool {
+	return c.get(key, buf, want, true)
+}
+
+func (c *Cache) get(key Key, buf []byte, callerCRC uint32, useCallerCRC bool) bool {
 	c.mu.RLock()
 	tok, ok := c.tokens[key.NS]
 	var p, gen uint64
@@ -408,6 +423,13 @@ func (c *Cache) Get(key Key, buf []byte) bool {
 	}
 	if !found || posLen(p) != int64(len(buf)) {
 		c.misses.Add(1)
+		return false
+	}
+	if useCallerCRC && want != callerCRC {
+		c.corrupt.Add(1)
+		c.misses.Add(1)
+		c.log.Warn("read cache: dropping an entry that holds other data than the caller's", "ns", key.NS, "loc", key.Loc)
+		c.dropPos(keyHash(tok, key.Loc), p)
 		return false
 	}
 	s := c.segs[p>>48]

@@ -392,3 +392,45 @@ func TestOpenRefusesTooSmall(t *testing.T) {
 		t.Fatal("a cache below the minimum size opened")
 	}
 }
+
+// TestGetCRC: with the caller's CRC, an entry of other data and a flipped
+// byte are both dropped, never served; the right CRC is a hit.
+func TestGetCRC(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		flip    bool
+		wrong   bool // ask with another cluster's CRC
+		wantHit bool
+	}{
+		{"hit", false, false, true},
+		{"other data", false, true, false},
+		{"flipped byte", true, false, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c := openT(t, t.TempDir(), 4<<20)
+			fillKeys(t, c, "vd-a", 1, 4)
+			if tc.flip {
+				path, off := findEntry(t, c, "vd-a", 2)
+				flipByte(t, path, off+cs/3)
+			}
+			want := crc(cluster("vd-a", 2))
+			if tc.wrong {
+				want = crc(cluster("vd-a", 3))
+			}
+			buf := make([]byte, cs)
+			if got := c.GetCRC(Key{"vd-a", 2}, buf, want); got != tc.wantHit {
+				t.Fatalf("GetCRC hit %v, want %v", got, tc.wantHit)
+			}
+			if tc.wantHit {
+				if !bytes.Equal(buf, cluster("vd-a", 2)) {
+					t.Fatal("wrong data served")
+				}
+				return
+			}
+			if st := c.Stats(); st.Corrupt != 1 || st.Bytes != 2*cs {
+				t.Fatalf("stats %+v, want the entry dropped and counted corrupt", st)
+			}
+			mustMiss(t, c, "vd-a", 2)
+		})
+	}
+}
