@@ -151,6 +151,8 @@ type Server struct {
 	tls   *tls.Config
 	// fcache keeps fragment files open for reads (see fragCache).
 	fcache *fragCache
+	// bodies recycles the buffers of fragment puts.
+	bodies bodyPool
 	used   atomic.Int64 // bytes of fragment files
 	count  atomic.Int64 // number of fragments
 	locks  [64]sync.Mutex
@@ -516,7 +518,11 @@ func (s *Server) handlePut(w http.ResponseWriter, r *http.Request) {
 		s.fail(w, r, fmt.Errorf("%w: X-Ovs-Crc32c header: want the hex CRC-32C of the body", errBadRequest))
 		return
 	}
-	data := make([]byte, r.ContentLength)
+	// The body is written to the file and forgotten (the header keeps
+	// only checksums), so its buffer goes back to the pool.
+	buf := s.bodies.get(int(r.ContentLength))
+	defer s.bodies.put(buf)
+	data := *buf
 	if _, err := io.ReadFull(r.Body, data); err != nil {
 		s.fail(w, r, fmt.Errorf("%w: reading the fragment: %v", errBadRequest, err))
 		return
