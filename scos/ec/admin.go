@@ -273,7 +273,8 @@ func (b *Backend) ListASDs(ctx context.Context) ([]ASDStatus, error) {
 }
 
 // Status counts objects, degraded and unavailable ones (a scan of the
-// manifests), and sums the ASDs' capacity.
+// manifests, reused while nothing it depends on changed: see
+// statusCache), and sums the ASDs' capacity.
 func (b *Backend) Status(ctx context.Context) (Status, error) {
 	s := Status{Preset: b.cfg.Preset, Maintenance: b.progress.snapshot(), Counters: b.stats.snapshot()}
 	views := b.asdViews()
@@ -289,30 +290,8 @@ func (b *Backend) Status(ctx context.Context) (Status, error) {
 	if err := kvRangeAll(ctx, b.kv, kvNamespace, func(KV) (bool, error) { s.Namespaces++; return true, nil }); err != nil {
 		return s, err
 	}
-	err := b.forEachManifest(ctx, func(ns, name string, m *Manifest, _ []byte) error {
-		s.Objects++
-		s.Bytes += m.Size
-		s.StoredBytes += m.FragmentSize * int64(len(m.Fragments))
-		readable := 0
-		for _, f := range m.Fragments {
-			if v, ok := views[f.ASD]; ok && v.up && v.rec.State == ASDActive {
-				readable++
-			}
-		}
-		if readable < len(m.Fragments) || flagged[ns+"/"+name] {
-			s.Degraded++
-		}
-		up := 0
-		for _, f := range m.Fragments {
-			if v, ok := views[f.ASD]; ok && v.up {
-				up++
-			}
-		}
-		if m.Size > 0 && up < m.Policy.K {
-			s.Unavailable++
-		}
-		return nil
-	})
+	scan, err := b.objectScan(ctx, views, flagged)
+	s.Objects, s.Bytes, s.StoredBytes, s.Degraded, s.Unavailable = scan.Objects, scan.Bytes, scan.StoredBytes, scan.Degraded, scan.Unavailable
 	return s, err
 }
 

@@ -57,10 +57,11 @@ type Backend struct {
 	asds     map[string]*asdState
 	encoders map[[2]int]reedsolomon.Encoder
 
-	stats    ecCounters
-	ra       *readAhead
-	progress progress
-	maintMu  sync.Mutex // one maintenance pass at a time
+	stats       ecCounters
+	ra          *readAhead
+	progress    progress
+	statusCache statusCache
+	maintMu     sync.Mutex // one maintenance pass at a time
 
 	kick      chan struct{} // wakes the maintenance loop
 	gcKick    chan struct{} // wakes the deletion of discarded fragments

@@ -137,6 +137,14 @@ func (c *cachingKV) forget(key string) {
 	c.remove(key)
 }
 
+// generation returns the write generation: it moves at every write to a
+// cached prefix (manifests, namespace records) and every drop.
+func (c *cachingKV) generation() uint64 {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.gen
+}
+
 // put caches v under key; under mu.
 func (c *cachingKV) put(key string, v []byte) {
 	if c.only != nil && !c.only(key) {
