@@ -52,7 +52,9 @@ func (c volumeConfig) validate() error {
 	if c.Format != formatVersion {
 		return fmt.Errorf("volume.json format %d is not supported (this build reads %d)", c.Format, formatVersion)
 	}
-	if c.ID == "" || !validName(c.Name) {
+	// The id names the volume's directory and namespace: a corrupt one
+	// must not reach a path.
+	if !validID(c.ID) || !validName(c.Name) {
 		return fmt.Errorf("volume.json: bad id %q or name %q", c.ID, c.Name)
 	}
 	if err := checkLayout(c.ClusterSize, c.SCOMultiplier); err != nil {
@@ -68,7 +70,7 @@ func (c volumeConfig) validate() error {
 		return fmt.Errorf("volume.json: clone chain of %d is deeper than %d", len(c.Ancestors), MaxCloneDepth)
 	}
 	for _, a := range c.Ancestors {
-		if a.Namespace == "" || a.ID == "" {
+		if a.Namespace == "" || !validID(a.ID) {
 			return fmt.Errorf("volume.json: ancestor without id or namespace")
 		}
 		for _, t := range a.TLogs {
@@ -219,11 +221,16 @@ type sealedTLog struct {
 var errNewerFormat = errors.New("written by a newer version of ovs")
 
 func readLocalState(dir string) (localState, error) {
-	var s localState
 	b, err := os.ReadFile(filepath.Join(dir, "state.json"))
 	if err != nil {
-		return s, err
+		return localState{}, err
 	}
+	return decodeLocalState(b)
+}
+
+// decodeLocalState parses and checks state.json.
+func decodeLocalState(b []byte) (localState, error) {
+	var s localState
 	if err := json.Unmarshal(b, &s); err != nil {
 		return s, fmt.Errorf("state.json: %w", err)
 	}
@@ -235,6 +242,15 @@ func readLocalState(dir string) (localState, error) {
 	}
 	if s.Checkpoint < 0 || s.Checkpoint > len(s.Sealed) {
 		return s, fmt.Errorf("state.json: checkpoint %d out of range", s.Checkpoint)
+	}
+	// TLog names become file names in the volume's directory.
+	for _, t := range s.Sealed {
+		if !validTLogName(t.Name) {
+			return s, fmt.Errorf("state.json: bad tlog name %q", t.Name)
+		}
+	}
+	if s.OpenTLog != "" && !validTLogName(s.OpenTLog) {
+		return s, fmt.Errorf("state.json: bad open tlog name %q", s.OpenTLog)
 	}
 	if err := checkSnapshots(s.Snapshots, len(s.Sealed)); err != nil {
 		return s, fmt.Errorf("state.json: %w", err)
