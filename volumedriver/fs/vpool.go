@@ -142,8 +142,8 @@ func hash62(s string) uint64 {
 	return v
 }
 
-func vdiskIno(id string) uint64        { return tagVDisk<<tagShift | hash62(id) }
-func snapDirIno(id string) uint64      { return tagSnapDir<<tagShift | hash62(id) }
+func vdiskIno(id string) uint64       { return tagVDisk<<tagShift | hash62(id) }
+func snapDirIno(id string) uint64     { return tagSnapDir<<tagShift | hash62(id) }
 func snapshotIno(id, s string) uint64 { return tagSnapshot<<tagShift | hash62(id+"@"+s) }
 
 func hexIno(ino uint64) string { return fmt.Sprintf("%016x", ino) }
