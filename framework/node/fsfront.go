@@ -153,13 +153,17 @@ func (v fsVDisks) OpenSnapshot(ctx context.Context, name, id, snapshot string) (
 // fsDevice is a routed vdisk as the tree's Device.
 type fsDevice struct{ d *routedDevice }
 
-func (f fsDevice) ReadAt(ctx context.Context, p []byte, off int64) error { return f.d.ReadAt(ctx, p, off) }
+func (f fsDevice) ReadAt(ctx context.Context, p []byte, off int64) error {
+	return f.d.ReadAt(ctx, p, off)
+}
 func (f fsDevice) WriteAt(ctx context.Context, p []byte, off int64) error {
 	return f.d.WriteAt(ctx, p, off, false)
 }
-func (f fsDevice) Flush(ctx context.Context) error                   { return f.d.Flush(ctx) }
-func (f fsDevice) Trim(ctx context.Context, off, length int64) error { return f.d.Trim(ctx, off, length) }
-func (f fsDevice) Close() error                                      { f.d.release(); return nil }
+func (f fsDevice) Flush(ctx context.Context) error { return f.d.Flush(ctx) }
+func (f fsDevice) Trim(ctx context.Context, off, length int64) error {
+	return f.d.Trim(ctx, off, length)
+}
+func (f fsDevice) Close() error { f.d.release(); return nil }
 
 // fsStore is the model's KV (arakoon) as the tree's Store.
 type fsStore struct{ kv model.KV }
