@@ -138,7 +138,9 @@ func (v fsVDisks) Snapshots(ctx context.Context, name string) ([]vfs.SnapshotInf
 // first.
 func (v fsVDisks) OpenSnapshot(ctx context.Context, name, id, snapshot string) (vfs.SnapshotDevice, error) {
 	sv, err := v.c.rt.drv.OpenSnapshotView(ctx, id, snapshot)
-	if errors.Is(err, volumedriver.ErrSnapshotNotSynced) {
+	// The backend's snapshots.json lacks a snapshot until it is
+	// uploaded (the caller saw it listed by the owner).
+	if errors.Is(err, volumedriver.ErrSnapshotNotSynced) || errors.Is(err, volumedriver.ErrSnapshotNotFound) {
 		if err := v.c.Sync(ctx, name); err != nil {
 			return nil, fmt.Errorf("sync %s to read snapshot %s: %w", name, snapshot, err)
 		}

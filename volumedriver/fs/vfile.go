@@ -281,16 +281,23 @@ func (h *vhandle) Close() error {
 		t.mu.Lock()
 		f.refs--
 		last := f.refs == 0
-		if last {
-			delete(t.open, f.id)
-		}
 		t.mu.Unlock()
 		if !last {
 			return
 		}
+		// The size goes to the store while the file is still in the
+		// open map, so a Stat never sees neither.
 		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 		defer cancel()
 		err = f.persist(ctx)
+		t.mu.Lock()
+		if f.refs > 0 {
+			// Opened again meanwhile: it stays.
+			t.mu.Unlock()
+			return
+		}
+		delete(t.open, f.id)
+		t.mu.Unlock()
 		dev, _ := f.device()
 		if cerr := dev.Close(); err == nil {
 			err = cerr

@@ -8,8 +8,9 @@
 // through another node is seen by the next read here. That is also what
 // qemu's cache=none and O_DIRECT openers want (O_DIRECT works). Small files
 // use the page cache, dropped at every open (no FOPEN_KEEP_CACHE). Entries
-// and attributes are cached for one second: a file created, grown or
-// removed through another node shows here within that.
+// and the attributes of other files are cached for one second (a file
+// created or removed through another node shows here within that); a
+// vdisk file's attributes are not cached (see attrTimeout).
 package fusefs
 
 import (
@@ -93,6 +94,9 @@ func Start(dir string, tree vfs.Tree, opts Options) (*Mount, error) {
 		MaxReadAhead:  MaxWrite,
 		MaxBackground: 64,
 		DisableXAttrs: true,
+		// Reads are served from our buffers; splicing 1 MiB plus the header
+		// does not fit a pipe and only logs.
+		DisableSplice: true,
 		// Root mounts for every user (qemu runs as its own user).
 		AllowOther:        os.Geteuid() == 0,
 		Debug:             opts.Debug,
@@ -159,6 +163,13 @@ func lazyUnmount(dir string) error {
 	return nil
 }
 
+// uninterrupted: a signal to the calling process makes the kernel
+// interrupt its FUSE request (go-fuse cancels the context). A create,
+// rename or write cut short there would fail with EINTR, which qemu-img
+// and most programs do not retry for open or write on a file, so requests
+// run to the end like on a local disk.
+func uninterrupted(ctx context.Context) context.Context { return context.WithoutCancel(ctx) }
+
 // --- nodes
 
 type node struct {
@@ -220,12 +231,26 @@ func fill(a vfs.Attr, out *fuse.Attr) {
 	out.Owner = fuse.Owner{Uid: uint32(os.Getuid()), Gid: uint32(os.Getgid())}
 }
 
+// attrTimeout: a vdisk file's attributes are not cached, because the
+// kernel does not move a direct-I/O file's cached size when a write
+// grows it (stat after cp would say 0), and because it may grow through
+// another node.
+func attrTimeout(a vfs.Attr) time.Duration {
+	if a.Kind == vfs.KindVDisk {
+		return 0
+	}
+	return CacheTimeout
+}
+
 func (n *node) newChild(ctx context.Context, a vfs.Attr, out *fuse.EntryOut) *gofs.Inode {
+	ctx = uninterrupted(ctx)
 	fill(a, &out.Attr)
+	out.SetAttrTimeout(attrTimeout(a))
 	return n.NewInode(ctx, &node{m: n.m, tree: n.tree}, gofs.StableAttr{Mode: mode(a) & syscall.S_IFMT, Ino: a.Ino})
 }
 
 func (n *node) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (*gofs.Inode, syscall.Errno) {
+	ctx = uninterrupted(ctx)
 	a, err := n.tree.Stat(ctx, n.child(name))
 	if err != nil {
 		return nil, Errno(err)
@@ -234,6 +259,7 @@ func (n *node) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (*go
 }
 
 func (n *node) Getattr(ctx context.Context, fh gofs.FileHandle, out *fuse.AttrOut) syscall.Errno {
+	ctx = uninterrupted(ctx)
 	a, err := n.tree.Stat(ctx, n.path())
 	if err != nil {
 		return Errno(err)
@@ -242,6 +268,7 @@ func (n *node) Getattr(ctx context.Context, fh gofs.FileHandle, out *fuse.AttrOu
 		a.Size = h.f.Size()
 	}
 	fill(a, &out.Attr)
+	out.SetTimeout(attrTimeout(a))
 	return 0
 }
 
@@ -249,6 +276,7 @@ func (n *node) Getattr(ctx context.Context, fh gofs.FileHandle, out *fuse.AttrOu
 // are not kept and their changes are accepted as no-ops, so that cp -p and
 // qemu-img do not fail on them.
 func (n *node) Setattr(ctx context.Context, fh gofs.FileHandle, in *fuse.SetAttrIn, out *fuse.AttrOut) syscall.Errno {
+	ctx = uninterrupted(ctx)
 	if size, ok := in.GetSize(); ok {
 		if err := n.tree.Truncate(ctx, n.path(), int64(size)); err != nil {
 			return Errno(err)
@@ -258,6 +286,7 @@ func (n *node) Setattr(ctx context.Context, fh gofs.FileHandle, in *fuse.SetAttr
 }
 
 func (n *node) Readdir(ctx context.Context) (gofs.DirStream, syscall.Errno) {
+	ctx = uninterrupted(ctx)
 	list, err := n.tree.ReadDir(ctx, n.path())
 	if err != nil {
 		return nil, Errno(err)
@@ -270,6 +299,7 @@ func (n *node) Readdir(ctx context.Context) (gofs.DirStream, syscall.Errno) {
 }
 
 func (n *node) Mkdir(ctx context.Context, name string, _ uint32, out *fuse.EntryOut) (*gofs.Inode, syscall.Errno) {
+	ctx = uninterrupted(ctx)
 	a, err := n.tree.Mkdir(ctx, n.child(name))
 	if err != nil {
 		return nil, Errno(err)
@@ -285,6 +315,7 @@ func openFlags(a vfs.Attr) uint32 {
 }
 
 func (n *node) Create(ctx context.Context, name string, flags uint32, _ uint32, out *fuse.EntryOut) (*gofs.Inode, gofs.FileHandle, uint32, syscall.Errno) {
+	ctx = uninterrupted(ctx)
 	p := n.child(name)
 	a, err := n.tree.Create(ctx, p)
 	if err != nil {
@@ -298,6 +329,7 @@ func (n *node) Create(ctx context.Context, name string, flags uint32, _ uint32, 
 }
 
 func (n *node) Open(ctx context.Context, flags uint32) (gofs.FileHandle, uint32, syscall.Errno) {
+	ctx = uninterrupted(ctx)
 	p := n.path()
 	writable := flags&syscall.O_ACCMODE != syscall.O_RDONLY
 	a, err := n.tree.Stat(ctx, p)
@@ -317,10 +349,12 @@ func (n *node) Open(ctx context.Context, flags uint32) (gofs.FileHandle, uint32,
 }
 
 func (n *node) Unlink(ctx context.Context, name string) syscall.Errno {
+	ctx = uninterrupted(ctx)
 	return Errno(n.tree.Remove(ctx, n.child(name)))
 }
 
 func (n *node) Rmdir(ctx context.Context, name string) syscall.Errno {
+	ctx = uninterrupted(ctx)
 	a, err := n.tree.Stat(ctx, n.child(name))
 	if err != nil {
 		return Errno(err)
@@ -337,6 +371,7 @@ const (
 )
 
 func (n *node) Rename(ctx context.Context, name string, newParent gofs.InodeEmbedder, newName string, flags uint32) syscall.Errno {
+	ctx = uninterrupted(ctx)
 	if flags&renameExchange != 0 {
 		return syscall.EINVAL
 	}
@@ -356,6 +391,7 @@ func (n *node) Rename(ctx context.Context, name string, newParent gofs.InodeEmbe
 // Statfs: the vpool is thin and as large as the backend lets it be; df
 // shows a large, mostly free filesystem rather than nothing.
 func (n *node) Statfs(ctx context.Context, out *fuse.StatfsOut) syscall.Errno {
+	ctx = uninterrupted(ctx)
 	const blocks = 1 << 34 // 64 TiB in 4 KiB blocks
 	out.Bsize, out.Frsize = 4096, 4096
 	out.Blocks, out.Bfree, out.Bavail = blocks, blocks, blocks
@@ -378,6 +414,7 @@ var (
 )
 
 func (h *handle) Read(ctx context.Context, dest []byte, off int64) (fuse.ReadResult, syscall.Errno) {
+	ctx = uninterrupted(ctx)
 	n, err := h.f.ReadAt(ctx, dest, off)
 	if err != nil && !errors.Is(err, io.EOF) {
 		return nil, Errno(err)
@@ -386,6 +423,7 @@ func (h *handle) Read(ctx context.Context, dest []byte, off int64) (fuse.ReadRes
 }
 
 func (h *handle) Write(ctx context.Context, data []byte, off int64) (uint32, syscall.Errno) {
+	ctx = uninterrupted(ctx)
 	n, err := h.f.WriteAt(ctx, data, off)
 	if err != nil {
 		return 0, Errno(err)
@@ -411,6 +449,7 @@ const (
 // allocation only grows the file (a vdisk is thin, its space comes from
 // the backend as it is written).
 func (h *handle) Allocate(ctx context.Context, off, size uint64, mode uint32) syscall.Errno {
+	ctx = uninterrupted(ctx)
 	end := int64(off + size)
 	switch mode &^ fallocKeepSize {
 	case fallocPunchHole, fallocZeroRange:
