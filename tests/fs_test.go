@@ -166,3 +166,112 @@ func TestFSVDiskFiles(t *testing.T) {
 		t.Fatalf("a.raw after restart: %v %v", fi, err)
 	}
 }
+
+// TestFSExt4OnLoop: a vdisk file as a loop device holds an ext4 that fio
+// fills and verifies, and e2fsck finds clean afterwards.
+func TestFSExt4OnLoop(t *testing.T) {
+	needTools(t, "losetup", "mkfs.ext4", "e2fsck", "mount", "umount")
+	needFio(t)
+	c, mnt := startMounted(t)
+	img := filepath.Join(mnt, "ext4.raw")
+	if err := os.WriteFile(img, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Truncate(img, 256<<20); err != nil {
+		t.Fatal(err)
+	}
+	out, err := run(t, time.Minute, "", "losetup", "--find", "--show", "--direct-io=on", img)
+	if err != nil {
+		t.Skipf("no loop device here: %v %s", err, out)
+	}
+	loop := strings.TrimSpace(out)
+	t.Cleanup(func() { exec.Command("losetup", "-d", loop).Run() })
+	if out, err := run(t, 2*time.Minute, "", "mkfs.ext4", "-q", "-F", loop); err != nil {
+		t.Fatalf("mkfs.ext4: %v\n%s", err, out)
+	}
+	dir := filepath.Join(t.TempDir(), "ext4")
+	os.MkdirAll(dir, 0o755)
+	if out, err := run(t, time.Minute, "", "mount", loop, dir); err != nil {
+		t.Fatalf("mount: %v\n%s", err, out)
+	}
+	mounted := true
+	t.Cleanup(func() {
+		if mounted {
+			exec.Command("umount", "-l", dir).Run()
+		}
+	})
+	runFio(t, "--name=ext4", "--directory="+dir, "--ioengine=psync", "--rw=randwrite", "--bs=4k",
+		"--size=16m", "--nrfiles=4", "--numjobs=2", "--verify=crc32c", "--verify_fatal=1", "--fsync_on_close=1")
+	if out, err := run(t, time.Minute, "", "umount", dir); err != nil {
+		t.Fatalf("umount: %v\n%s", err, out)
+	}
+	mounted = false
+	if out, err := run(t, 2*time.Minute, "", "e2fsck", "-fn", loop); err != nil {
+		t.Fatalf("e2fsck -fn: %v\n%s", err, out)
+	}
+	if got := c.sizes()["ext4"]; got != 256<<20 {
+		t.Fatalf("vdisk size %d, want 256 MiB", got)
+	}
+}
+
+// TestFSKill9Fsync: ovs up dies (kill -9) while fio writes with an fsync
+// after every write; after the restart (the stale mount cleaned up),
+// everything fio saw fsynced reads back.
+func TestFSKill9Fsync(t *testing.T) {
+	c, mnt := startMounted(t)
+	f := filepath.Join(mnt, "crash.raw")
+	// A writer that records each block it saw fsynced: block i holds
+	// its index, written sequentially past the end (so the file grows
+	// and its size must survive too).
+	const bs = 64 << 10
+	fh, err := os.OpenFile(f, os.O_CREATE|os.O_RDWR, 0o644)
+	if err != nil {
+		t.Fatal(err)
+	}
+	synced := 0
+	block := func(i int) []byte {
+		return bytes.Repeat([]byte{byte(i), byte(i >> 8), 0xa5, 0x5a}, bs/4)
+	}
+	deadline := time.Now().Add(3 * time.Second)
+	killed := make(chan struct{})
+	go func() {
+		time.Sleep(1500 * time.Millisecond)
+		c.kill9()
+		close(killed)
+	}()
+	for i := 0; time.Now().Before(deadline); i++ {
+		if _, err := fh.WriteAt(block(i), int64(i)*bs); err != nil {
+			break
+		}
+		if err := fh.Sync(); err != nil {
+			break
+		}
+		synced = i + 1
+	}
+	<-killed
+	fh.Close()
+	if synced == 0 {
+		t.Fatal("nothing was fsynced before the kill")
+	}
+	t.Logf("%d blocks of %d KiB fsynced before kill -9", synced, bs>>10)
+	c.start()
+	if !strings.Contains(c.logTail(1<<20), "a stale mount is in the way") {
+		t.Error("the restart did not say it cleaned up the stale mount")
+	}
+	fi, err := os.Stat(f)
+	if err != nil {
+		t.Fatalf("after the restart: %v", err)
+	}
+	if fi.Size() < int64(synced)*bs {
+		t.Fatalf("file is %d bytes after the restart; %d were fsynced", fi.Size(), int64(synced)*bs)
+	}
+	got, err := os.ReadFile(f)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := 0; i < synced; i++ {
+		if !bytes.Equal(got[i*bs:(i+1)*bs], block(i)) {
+			t.Fatalf("block %d of %d fsynced ones is not what was written", i, synced)
+		}
+	}
+}
