@@ -57,6 +57,9 @@
 #   gcc, libc6-dev  cgo, which `go test -race` needs
 #   make, git, ca-certificates   building, module downloads
 #
+#   fuse3           fusermount3, for ovs up --mount (the FUSE file frontend,
+#                   tests/fs_test.go: also e2fsprogs' mkfs.ext4/e2fsck on a
+#                   loop device over a vdisk file, fio, qemu-img)
 # Extra packages can be added with DEPS_EXTRA="pkg1 pkg2".
 set -euo pipefail
 
@@ -67,7 +70,7 @@ packages=(
 	python3-cinder cinder-api cinder-scheduler cinder-volume rabbitmq-server
 	flake8 python3-requests chromium prometheus docker.io
 	libvirt-daemon-system libvirt-daemon-driver-qemu libvirt-clients libvirt-dev pkg-config
-	ansible ansible-lint debootstrap
+	ansible ansible-lint debootstrap fuse3
 	gcc libc6-dev make git ca-certificates
 )
 # shellcheck disable=SC2206
@@ -113,7 +116,7 @@ fail=0
 for tool in nbdinfo nbdcopy nbdsh nbdkit qemu-img qemu-io qemu-nbd fio python3 gcc \
 	qemu-system-x86_64 busybox iscsi-inq iscsi-ls iscsi-test-cu tgtd tgtadm \
 	cinder-api cinder-scheduler cinder-volume cinder-manage flake8 dockerd nbdfuse \
-	virsh libvirtd virtlogd pkg-config; do
+	virsh libvirtd virtlogd pkg-config fusermount3; do
 	if ! command -v "$tool" >/dev/null; then
 		echo "deps: $tool not found in PATH" >&2
 		fail=1

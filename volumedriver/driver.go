@@ -227,6 +227,8 @@ func Open(ctx context.Context, dir string, backend scos.Backend, opts Options) (
 		d.cache = c
 	}
 	d.openReadCache(backend)
+	// Views left by a crash are scratch.
+	os.RemoveAll(filepath.Join(dir, snapViewDir))
 	nss, err := backend.ListNamespaces(ctx)
 	if err != nil {
 		d.Close()
@@ -299,7 +301,7 @@ func Open(ctx context.Context, dir string, backend scos.Backend, opts Options) (
 		return nil, fmt.Errorf("read %s: %w", dir, err)
 	}
 	for _, e := range ents {
-		if !e.IsDir() || live[e.Name()] || e.Name() == quarantineDir || e.Name() == readCacheDir {
+		if !e.IsDir() || live[e.Name()] || e.Name() == quarantineDir || e.Name() == readCacheDir || e.Name() == snapViewDir {
 			continue
 		}
 		switch {
@@ -327,7 +329,6 @@ func (d *Driver) newVolume(cfg volumeConfig, epoch uint64) *Volume {
 	var salt [8]byte
 	_, _ = rand.Read(salt[:])
 	v := &Volume{
-		vname:        cfg.Name,
 		id:           cfg.ID,
 		epoch:        epoch,
 		drv:          d,
@@ -350,6 +351,7 @@ func (d *Driver) newVolume(cfg volumeConfig, epoch uint64) *Volume {
 		ctl:          make(chan struct{}, 1),
 		caw:          make(chan struct{}, 1),
 	}
+	v.vname.Store(&cfg.Name)
 	v.dtl.mode, v.dtl.kick, v.dtl.recCh = DTLSync, make(chan struct{}), make(chan struct{})
 	if d.opts.DTLMode != nil {
 		if m, err := ParseDTLMode(string(d.opts.DTLMode(cfg.ID))); err == nil {

@@ -24,7 +24,8 @@ import (
 // All methods are safe for concurrent use. mu guards the write path and the
 // metadata; data reads from SCOs happen outside it.
 type Volume struct {
-	vname string
+	// vname is the vdisk's name; a rename swaps it while I/O runs.
+	vname atomic.Pointer[string]
 	id    string // namespace id, fixed at creation
 	// epoch: the owner epoch this host serves the vdisk under (own.go).
 	epoch   uint64
@@ -180,7 +181,7 @@ type openTLog struct {
 
 // name is fixed for the volume's life; it is read without the lock (in
 // errors and logs), so it does not come from v.state, which changes.
-func (v *Volume) name() string { return v.vname }
+func (v *Volume) name() string { return *v.vname.Load() }
 
 func (v *Volume) scoName(num uint32) scos.SCOName { return scos.SCOName{Number: num} }
 

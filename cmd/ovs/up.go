@@ -29,6 +29,7 @@ type upOptions struct {
 	nbdAddr       string
 	iscsiAddr     string
 	nbdSocket     string
+	mount         string
 	readCache     sizeValue
 	readCacheDisk autoSizeValue
 	metadataCache sizeValue
@@ -76,6 +77,7 @@ func newUpCommand() *cobra.Command {
 	f.StringVar(&o.apiAddr, "api", "127.0.0.1:8800", "REST API listen address")
 	f.StringVar(&o.nbdAddr, "nbd", "127.0.0.1:10809", "NBD listen address (TCP); empty disables it")
 	f.StringVar(&o.iscsiAddr, "iscsi", "127.0.0.1:3260", "iSCSI target listen address (a target per vdisk, LUN 0); empty disables it")
+	f.StringVar(&o.mount, "mount", "", "mount the vpool here with FUSE: each vdisk a NAME.raw file, snapshots under .snapshots (empty: no mount)")
 	f.StringVar(&o.nbdSocket, "nbd-socket", "", "NBD unix socket (default DATA/nbd.sock); \"none\" disables it")
 	o.readCache = 64 << 20
 	o.metadataCache = 64 << 20
@@ -144,6 +146,7 @@ func runUp(ctx context.Context, o *upOptions) error {
 		NBD:             o.nbdAddr,
 		ISCSI:           o.iscsiAddr,
 		NBDSocket:       o.nbdSocket,
+		Mount:           o.mount,
 		EmbeddedArakoon: &node.EmbeddedConfig{Client: o.arakoonClient, Raft: o.arakoonRaft},
 		Bootstrap:       &node.BootstrapConfig{ClusterID: "ovs"},
 		Backend:         node.BackendConfig{Kind: kind, ASDs: o.asds, ASDPorts: o.asdPorts, ASDHost: "127.0.0.1"},

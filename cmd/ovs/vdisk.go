@@ -41,6 +41,7 @@ func newVDiskCommand(g *globalOptions) *cobra.Command {
 		newVDiskInfoCommand(g),
 		newVDiskDeleteCommand(g),
 		newVDiskResizeCommand(g),
+		newVDiskRenameCommand(g),
 		newVDiskSyncCommand(g),
 		newVDiskSnapshotCommand(g),
 		newVDiskRollbackCommand(g),

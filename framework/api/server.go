@@ -13,6 +13,7 @@
 //	GET    /api/v1/vdisks/{name}         200 VolumeInfo
 //	DELETE /api/v1/vdisks/{name}?force=  204; force deletes a vdisk in use
 //	POST   /api/v1/vdisks/{name}/resize  200 VolumeInfo; body {"size": ...}
+//	POST   /api/v1/vdisks/{name}/rename  200 VolumeInfo; body {"name": ...} (rename.go)
 //	PATCH  /api/v1/vdisks/{name}         200 VolumeInfo; body {"size": ...}
 //	POST   /api/v1/vdisks/{name}/sync    200 VolumeInfo (or {} if it could not be read after the sync)
 //
@@ -310,6 +311,7 @@ func NewServer(vdisks VDisks, opts Options) *Server {
 	s.mux.HandleFunc("PATCH /api/v1/vdisks/{name}", s.resizeVDisk)
 	s.mux.HandleFunc("POST /api/v1/vdisks/{name}/resize", s.resizeVDisk)
 	s.mux.HandleFunc("POST /api/v1/vdisks/{name}/sync", s.syncVDisk)
+	s.mux.HandleFunc("POST /api/v1/vdisks/{name}/rename", s.renameVDisk)
 	s.mux.HandleFunc("GET /api/v1/vdisks/{name}/snapshots", s.listSnapshots)
 	s.mux.HandleFunc("POST /api/v1/vdisks/{name}/snapshots", s.createSnapshot)
 	s.mux.HandleFunc("DELETE /api/v1/vdisks/{name}/snapshots/{snapshot}", s.deleteSnapshot)

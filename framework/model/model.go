@@ -544,3 +544,32 @@ func (s *Store) Owner(ctx context.Context, id string) (Owner, []byte, error) {
 	}
 	return o, raw, nil
 }
+
+// RenameVDisk moves vdisk from's record to name to in one atomic step
+// (the name index is the record's key): whatever happens, the model has
+// the vdisk under exactly one of the two names. Everything else about the
+// vdisk is keyed by its id and stays.
+func (s *Store) RenameVDisk(ctx context.Context, from, to string) error {
+	for {
+		v, raw, err := getJSON[VDisk](ctx, s.kv, keyVDisk+from)
+		if errors.Is(err, ErrNotFound) {
+			return fmt.Errorf("vdisk %q: %w", from, ErrNotFound)
+		}
+		if err != nil {
+			return err
+		}
+		v.Name = to
+		out, _ := json.Marshal(v)
+		err = s.kv.Apply(ctx, assert(keyVDisk+from, raw), assert(keyVDisk+to, nil), del(keyVDisk+from), set(keyVDisk+to, out))
+		if errors.Is(err, ErrConflict) {
+			if _, gerr := s.kv.Get(ctx, keyVDisk+to); gerr == nil {
+				return fmt.Errorf("vdisk %q: %w", to, ErrExists)
+			}
+			continue // the record changed meanwhile
+		}
+		if err != nil {
+			return fmt.Errorf("rename vdisk %s to %s: %w", from, to, err)
+		}
+		return nil
+	}
+}

@@ -41,6 +41,9 @@ type Config struct {
 	DTL       string `yaml:"dtl"`        // DTL server for other nodes' vdisks (default: the API's host, port 8810)
 	ISCSI     string `yaml:"iscsi"`      // iSCSI target (default: the API's host, port 3260; "none" disables)
 	Advertise string `yaml:"advertise"`
+	// Mount, if set, is where the vpool is mounted with FUSE (each vdisk
+	// a NAME.raw file; see volumedriver/fs).
+	Mount string `yaml:"mount"`
 
 	// Arakoon is the cluster file (arakoon cluster.yaml) of the cluster's
 	// arakoon; EmbeddedArakoon runs a 1-node arakoon in this process

@@ -322,6 +322,12 @@ func Run(ctx context.Context, cfg Config, ro RunOptions) error {
 	apiSrv := api.NewServer(vd, apiOpts)
 	httpSrv := apiSrv.HTTPServer()
 
+	unmount, err := startMount(cfg.Mount, vd, model.Arakoon(ara), log.With("frontend", "fuse"))
+	if err != nil {
+		return err
+	}
+	defer unmount() // before the driver closes
+
 	errc := make(chan error, 8)
 	for _, l := range nbdLs {
 		go func(l net.Listener) {

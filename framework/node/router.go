@@ -242,10 +242,16 @@ func (r *router) adopt(ov model.OwnedVDisk) error {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
 	defer cancel()
+	if _, ok := r.drv.NameOf(ov.ID); ok {
+		return r.followRename(ctx, ov)
+	}
 	setFence(r.fencer, ov)
 	start := time.Now()
 	if _, err := r.drv.Adopt(ctx, ov.ID, ov.Owner.Epoch); err != nil {
 		clearFence(r.fencer, ov.ID)
+		return fmt.Errorf("adopt vdisk %s: %w", ov.Name, err)
+	}
+	if err := r.followRename(ctx, ov); err != nil {
 		return fmt.Errorf("adopt vdisk %s: %w", ov.Name, err)
 	}
 
