@@ -5,7 +5,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net"
+	"os"
 	"testing"
 	"time"
 )
@@ -38,11 +40,11 @@ func callRecord(xid, prog, vers, proc uint32, args []byte) []byte {
 	w.u32(vers)
 	w.u32(proc)
 	cred := &xdrWriter{}
-	cred.u32(1)       // stamp
-	cred.string("t")  // machine
-	cred.u32(0)       // uid
-	cred.u32(0)       // gid
-	cred.u32(0)       // gids
+	cred.u32(1)      // stamp
+	cred.string("t") // machine
+	cred.u32(0)      // uid
+	cred.u32(0)      // gid
+	cred.u32(0)      // gids
 	w.u32(authSys)
 	w.opaque(cred.b)
 	w.u32(authNone)
@@ -205,7 +207,7 @@ func startServer(t *testing.T, tree *memTree) (string, *Server) {
 // serveOn serves tree on ln until the test ends (or the server is closed).
 func serveOn(t *testing.T, tree *memTree, ln net.Listener) (string, *Server) {
 	t.Helper()
-	srv := NewServer(tree, Options{})
+	srv := NewServer(tree, Options{Logger: testLogger()})
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- srv.Serve(ctx, ln) }()
@@ -217,4 +219,12 @@ func serveOn(t *testing.T, tree *memTree, ln net.Listener) (string, *Server) {
 		}
 	})
 	return ln.Addr().String(), srv
+}
+
+// testLogger logs every call when OVS_NFS_DEBUG is set.
+func testLogger() *slog.Logger {
+	if os.Getenv("OVS_NFS_DEBUG") == "" {
+		return slog.New(slog.DiscardHandler)
+	}
+	return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
 }

@@ -1,6 +1,9 @@
 package nfs
 
-import "context"
+import (
+	"context"
+	"strings"
+)
 
 // MOUNT v3 procedures (RFC 1813 appendix I).
 const (
@@ -11,14 +14,18 @@ const (
 	mountUmntAll = 4
 	mountExport  = 5
 
-	mnt3OK    = 0
-	mnt3NoEnt = 2
-	mnt3IO    = 5
+	mnt3OK     = 0
+	mnt3NoEnt  = 2
+	mnt3IO     = 5
+	mnt3NotDir = 20
 )
 
-// mountProc answers MOUNT. There is one export, "/" (alias "/vpool"); the
-// server keeps no mount list (DUMP is empty), since NFSv3 is stateless and
-// the list would only be advisory.
+// mountProc answers MOUNT. There is one export, "/", which EXPORT lists;
+// MNT also takes "/vpool" for it and any directory below either (as knfsd
+// does), because libnfs mounts the directory part of a URL:
+// nfs://host/disk.raw makes it ask for "" and fail on its own, while
+// nfs://host/vpool/disk.raw works. The server keeps no mount list (DUMP
+// is empty): NFSv3 is stateless and the list would only be advisory.
 func (s *Server) mountProc(ctx context.Context, c *call) ([]byte, uint32) {
 	r := c.args
 	w := &xdrWriter{}
@@ -29,22 +36,28 @@ func (s *Server) mountProc(ctx context.Context, c *call) ([]byte, uint32) {
 		if r.err != nil {
 			return nil, acceptGarbageArgs
 		}
-		if dir != ExportPath && dir != "" && dir != exportAlias && dir != exportAlias+"/" {
+		p, ok := exportRelative(dir)
+		if !ok {
 			s.log.Debug("nfs: mount of an unknown export", "path", dir)
 			w.u32(mnt3NoEnt)
 			break
 		}
-		root, err := s.tree.Stat(ctx, "")
-		if err != nil {
-			s.log.Warn("nfs: mount: root", "err", err)
+		a, err := s.tree.Stat(ctx, p)
+		switch {
+		case err != nil && status(err) == nfsErrNoEnt:
+			w.u32(mnt3NoEnt)
+		case err != nil:
+			s.log.Warn("nfs: mount", "path", dir, "err", err)
 			w.u32(mnt3IO)
-			break
+		case !a.IsDir():
+			w.u32(mnt3NotDir)
+		default:
+			s.handles.put(a.Ino, p)
+			w.u32(mnt3OK)
+			w.opaque(makeHandle(a.Ino))
+			w.u32(1) // auth flavors: AUTH_SYS
+			w.u32(authSys)
 		}
-		s.handles.put(root.Ino, "")
-		w.u32(mnt3OK)
-		w.opaque(makeHandle(root.Ino))
-		w.u32(1) // auth flavors: AUTH_SYS
-		w.u32(authSys)
 	case mountDump:
 		w.bool(false)
 	case mountUmnt:
@@ -61,4 +74,19 @@ func (s *Server) mountProc(ctx context.Context, c *call) ([]byte, uint32) {
 		return nil, acceptProcUnavail
 	}
 	return w.b, acceptSuccess
+}
+
+// exportRelative maps a MNT path onto a Tree path.
+func exportRelative(dir string) (string, bool) {
+	if !strings.HasPrefix(dir, "/") && dir != "" {
+		return "", false
+	}
+	p := clean(dir)
+	if p == exportAlias[1:] {
+		return "", true
+	}
+	if rest, ok := strings.CutPrefix(p, exportAlias[1:]+"/"); ok {
+		return rest, true
+	}
+	return p, true
 }

@@ -11,7 +11,9 @@ import (
 )
 
 func TestMount(t *testing.T) {
-	addr, _ := startServer(t, newMemTree())
+	tree := newMemTree()
+	tree.put("a.raw", nil)
+	addr, _ := startServer(t, tree)
 	c := dialRPC(t, addr)
 
 	acc, r, err := c.call(progMount, 3, mountExport, nil)
@@ -38,6 +40,10 @@ func TestMount(t *testing.T) {
 		{"", mnt3OK},
 		{"/other", mnt3NoEnt},
 		{"/vpool/x", mnt3NoEnt},
+		{"/vpool/.snapshots", mnt3OK},
+		{"/.snapshots", mnt3OK},
+		{"/vpool/a.raw", mnt3NotDir},
+		{"relative", mnt3NoEnt},
 	} {
 		acc, r, err := c.call(progMount, 3, mountMnt, args(func(w *xdrWriter) { w.string(tc.path) }).b)
 		if err != nil || acc != acceptSuccess {

@@ -115,6 +115,9 @@ func (s *Server) handleRecord(ctx context.Context, rec []byte, local int) []byte
 	default:
 		return acceptedReply(xid, acceptProgUnavail)
 	}
+	if s.log.Enabled(ctx, slog.LevelDebug) {
+		s.log.Debug("nfs: call", "prog", c.prog, "vers", c.vers, "proc", c.proc, "accept", stat, "reply", len(body))
+	}
 	if stat != acceptSuccess {
 		if stat == acceptGarbageArgs {
 			s.log.Debug("nfs: garbage arguments", "prog", c.prog, "proc", c.proc)
@@ -206,7 +209,6 @@ func (s *Server) portmapProc(c *call) ([]byte, uint32) {
 	default:
 		return nil, acceptProcUnavail
 	}
-	s.log.Log(context.Background(), slog.LevelDebug, "nfs: portmap", "vers", c.vers, "proc", c.proc)
 	return w.b, acceptSuccess
 }
 
