@@ -30,6 +30,10 @@ type memTree struct {
 	busy map[string]bool
 }
 
+// memMaxSize bounds a memTree file, so that a fuzzed WRITE far out is
+// EFBIG rather than an allocation of terabytes.
+const memMaxSize = 256 << 20
+
 type memNode struct {
 	attr ovsfs.Attr
 	data []byte
@@ -181,6 +185,8 @@ func (t *memTree) Truncate(ctx context.Context, p string, size int64) error {
 		return fmt.Errorf("memtree %q: %w", p, syscall.EROFS)
 	case n.attr.Kind == ovsfs.KindVDisk && size < int64(len(n.data)):
 		return fmt.Errorf("memtree %q: shrink: %w", p, syscall.EINVAL)
+	case size > memMaxSize:
+		return fmt.Errorf("memtree %q: %w", p, syscall.EFBIG)
 	}
 	n.data = resize(n.data, size)
 	return nil
@@ -273,6 +279,9 @@ func (f *memFile) ReadAt(ctx context.Context, p []byte, off int64) (int, error) 
 func (f *memFile) WriteAt(ctx context.Context, p []byte, off int64) (int, error) {
 	f.t.mu.Lock()
 	defer f.t.mu.Unlock()
+	if off+int64(len(p)) > memMaxSize {
+		return 0, fmt.Errorf("memtree: %w", syscall.EFBIG)
+	}
 	if end := off + int64(len(p)); end > int64(len(f.n.data)) {
 		f.n.data = resize(f.n.data, end)
 	}
