@@ -25,6 +25,7 @@ import (
 	"github.com/ovs-storage/ovs/scos/ec"
 	"github.com/ovs-storage/ovs/volumedriver"
 	"github.com/ovs-storage/ovs/volumedriver/dtl"
+	vfs "github.com/ovs-storage/ovs/volumedriver/fs"
 	"github.com/ovs-storage/ovs/volumedriver/iscsi"
 	"github.com/ovs-storage/ovs/volumedriver/nbd"
 	"github.com/ovs-storage/ovs/volumedriver/remote"
@@ -256,6 +257,12 @@ func Run(ctx context.Context, cfg Config, ro RunOptions) error {
 			return err
 		}
 	}
+	var nfsL net.Listener
+	if cfg.NFS != "" {
+		if nfsL, err = ls.listen("tcp", cfg.NFS, "NFS"); err != nil {
+			return err
+		}
+	}
 	var dtlL net.Listener
 	if cfg.DTL != "" {
 		if dtlL, err = ls.listen("tcp", cfg.DTL, "DTL"); err != nil {
@@ -362,6 +369,16 @@ func Run(ctx context.Context, cfg Config, ro RunOptions) error {
 		}
 		errc <- err
 	}()
+	if nfsL != nil {
+		// WIRING (lead): the file frontend's tree, e.g. newVPoolTree(vd,
+		// model.Arakoon(ara), log) shared with the FUSE mount. Until it is
+		// here, --nfs / nfs: refuse to start rather than serve nothing.
+		var nfsTree vfs.Tree
+		if nfsTree == nil {
+			return errors.New("nfs: the file frontend (volumedriver/fs tree) is not wired into this node")
+		}
+		defer startNFS(ctx, nfsL, nfsTree, log.With("frontend", "nfs"), errc)()
+	}
 	bg, stopBG := context.WithCancel(ctx)
 	defer stopBG()
 	if iscsiSrv != nil {
@@ -380,7 +397,7 @@ func Run(ctx context.Context, cfg Config, ro RunOptions) error {
 	}
 	apiSrv.SetReady(true)
 	log.Info("node is ready", "api", "http://"+apiL.Addr().String(), "nbd", cfg.NBD, "nbd_socket", sock,
-		"forward", cfg.Forward, "dtl", cfg.DTL, "iscsi", cfg.ISCSI, "vdisks", len(drv.Names()), "advertised_api", self.API)
+		"forward", cfg.Forward, "dtl", cfg.DTL, "iscsi", cfg.ISCSI, "nfs", cfg.NFS, "vdisks", len(drv.Names()), "advertised_api", self.API)
 	if ro.Ready != nil {
 		ro.Ready()
 	}
