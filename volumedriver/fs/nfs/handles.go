@@ -137,6 +137,7 @@ func join(dir, name string) string {
 // READ or WRITE would cost a cluster round trip each.
 type openFile struct {
 	f        ovsfs.File
+	attr     ovsfs.Attr // as of the open; Size comes from f
 	writable bool
 	dirty    bool // took UNSTABLE writes not yet synced; guarded by fileCache.mu
 	refs     int
@@ -162,7 +163,8 @@ func newFileCache(tree ovsfs.Tree, max int, log *slog.Logger) *fileCache {
 
 // get returns the open file for ino (opening p if needed); release it with
 // put.
-func (c *fileCache) get(ctx context.Context, ino uint64, p string, writable bool) (*openFile, error) {
+func (c *fileCache) get(ctx context.Context, attr ovsfs.Attr, p string, writable bool) (*openFile, error) {
+	ino := attr.Ino
 	c.mu.Lock()
 	c.clock++
 	if of, ok := c.files[ino]; ok && (of.writable || !writable) {
@@ -192,7 +194,7 @@ func (c *fileCache) get(ctx context.Context, ino uint64, p string, writable bool
 		delete(c.files, ino)
 		replaced = old
 	}
-	of := &openFile{f: f, writable: writable, refs: 1, used: c.clock}
+	of := &openFile{f: f, attr: attr, writable: writable, refs: 1, used: c.clock}
 	if _, taken := c.files[ino]; !taken {
 		c.files[ino] = of
 	}
@@ -205,6 +207,23 @@ func (c *fileCache) get(ctx context.Context, ino uint64, p string, writable bool
 		c.retire(ctx, victimIno, victim)
 	}
 	return of, nil
+}
+
+// cached returns ino's open file if there is one that fits (writable if
+// asked), with a reference for put. READ and WRITE use it to skip
+// resolving the handle: an open file stays usable whatever happens to its
+// name.
+func (c *fileCache) cached(ino uint64, writable bool) (*openFile, bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	of, ok := c.files[ino]
+	if !ok || (writable && !of.writable) {
+		return nil, false
+	}
+	c.clock++
+	of.refs++
+	of.used = c.clock
+	return of, true
 }
 
 // put releases a file from get. A file that never made it into the cache
@@ -310,16 +329,19 @@ func (c *fileCache) sync(ctx context.Context, ino uint64) error {
 	return nil
 }
 
-// drop syncs and closes ino's open file before a remove or rename.
+// drop takes ino's open file out of the cache before a remove, rename or
+// truncate, so no later READ or WRITE finds it by inode; it is synced if
+// dirty and closed now, or by its last user (put).
 func (c *fileCache) drop(ctx context.Context, ino uint64) {
 	c.mu.Lock()
 	of, ok := c.files[ino]
 	if ok {
+		delete(c.files, ino)
 		of.refs++
 	}
 	c.mu.Unlock()
 	if ok {
-		c.retire(ctx, ino, of)
+		c.put(ino, of)
 	}
 }
 

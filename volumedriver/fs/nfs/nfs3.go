@@ -340,20 +340,14 @@ func (s *Server) read(ctx context.Context, r *xdrReader, w *xdrWriter) uint32 {
 	if r.err != nil {
 		return 0
 	}
-	p, a, err := s.resolve(ctx, h)
-	if err != nil {
-		return status(err)
-	}
-	if a.IsDir() {
-		return nfsErrIsDir
-	}
 	if off > 1<<62 {
 		return nfsErrInval
 	}
-	of, err := s.files.get(ctx, a.Ino, p, false)
-	if err != nil {
-		return status(err)
+	of, st := s.openHandle(ctx, h, false)
+	if st != nfsOK {
+		return st
 	}
+	a := of.attr
 	defer s.files.put(a.Ino, of)
 	buf := make([]byte, min(count, maxIO))
 	n, err := of.f.ReadAt(ctx, buf, int64(off))
@@ -370,6 +364,34 @@ func (s *Server) read(ctx context.Context, r *xdrReader, w *xdrWriter) uint32 {
 	w.bool(eof)
 	w.opaque(buf[:n])
 	return nfsOK
+}
+
+// openHandle returns the open file a READ or WRITE handle names: the
+// cached one without asking the Tree (the hot path), or else resolved and
+// opened.
+func (s *Server) openHandle(ctx context.Context, h []byte, writable bool) (*openFile, uint32) {
+	ino, err := parseHandle(h)
+	if err != nil {
+		return nil, status(err)
+	}
+	if of, ok := s.files.cached(ino, writable); ok {
+		return of, nfsOK
+	}
+	p, a, err := s.resolve(ctx, h)
+	if err != nil {
+		return nil, status(err)
+	}
+	switch {
+	case a.IsDir():
+		return nil, nfsErrIsDir
+	case writable && a.ReadOnly:
+		return nil, nfsErrROFS
+	}
+	of, err := s.files.get(ctx, a, p, writable)
+	if err != nil {
+		return nil, status(err)
+	}
+	return of, nfsOK
 }
 
 // stable_how values of WRITE.
@@ -391,25 +413,17 @@ func (s *Server) write(ctx context.Context, r *xdrReader, w *xdrWriter) uint32 {
 		r.fail()
 		return 0
 	}
-	p, a, err := s.resolve(ctx, h)
-	if err != nil {
-		return status(err)
-	}
-	switch {
-	case a.IsDir():
-		return nfsErrIsDir
-	case a.ReadOnly:
-		return nfsErrROFS
-	case off > 1<<62:
+	if off > 1<<62 {
 		return nfsErrFBig
 	}
 	if int(count) < len(data) {
 		data = data[:count]
 	}
-	of, err := s.files.get(ctx, a.Ino, p, true)
-	if err != nil {
-		return status(err)
+	of, st := s.openHandle(ctx, h, true)
+	if st != nfsOK {
+		return st
 	}
+	a := of.attr
 	defer s.files.put(a.Ino, of)
 	n, err := of.f.WriteAt(ctx, data, int64(off))
 	if err != nil {

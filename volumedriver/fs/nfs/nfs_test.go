@@ -321,7 +321,7 @@ func TestEvictionSyncs(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		of, err := srv.files.get(ctx, a.Ino, p, true)
+		of, err := srv.files.get(ctx, a, p, true)
 		if err != nil {
 			t.Fatal(err)
 		}
