@@ -20,7 +20,8 @@
 #                   tests: libiscsi's own conformance suite)
 #   tgt             Linux tgt, the reference target iscsi-test-cu is also
 #                   run against in the same test
-#   qemu-block-extra  qemu-img's iscsi:// driver
+#   qemu-block-extra  qemu-img's iscsi:// and nfs:// drivers
+#   libnfs-utils    nfs-ls, nfs-cp, nfs-cat (the NFS export's tests)
 #   python3-cinder, cinder-api, cinder-scheduler, cinder-volume
 #                   OpenStack Cinder (21.x) for the OVS Cinder driver
 #                   (plugins/cinder): its unit tests on Cinder's own test base,
@@ -66,7 +67,7 @@ set -euo pipefail
 packages=(
 	libnbd-bin python3-libnbd python3 nbdkit qemu-utils fio
 	qemu-system-x86 linux-image-cloud-amd64 busybox-static e2fsprogs
-	libiscsi-bin tgt qemu-block-extra
+	libiscsi-bin tgt qemu-block-extra libnfs-utils
 	python3-cinder cinder-api cinder-scheduler cinder-volume rabbitmq-server
 	flake8 python3-requests chromium prometheus docker.io
 	libvirt-daemon-system libvirt-daemon-driver-qemu libvirt-clients libvirt-dev pkg-config

@@ -37,6 +37,9 @@ var toolPackage = map[string]string{
 	"dockerd":       "docker.io",
 	"nbdfuse":       "libnbd-bin",
 	"losetup":       "mount",
+	"nfs-ls":        "libnfs-utils",
+	"nfs-cp":        "libnfs-utils",
+	"nfs-cat":       "libnfs-utils",
 }
 
 // missingTool skips the test, or fails it when OVS_REQUIRE_TOOLS=1.

@@ -28,6 +28,7 @@ type upOptions struct {
 	apiAddr       string
 	nbdAddr       string
 	iscsiAddr     string
+	nfsAddr       string
 	nbdSocket     string
 	mount         string
 	readCache     sizeValue
@@ -78,6 +79,7 @@ func newUpCommand() *cobra.Command {
 	f.StringVar(&o.nbdAddr, "nbd", "127.0.0.1:10809", "NBD listen address (TCP); empty disables it")
 	f.StringVar(&o.iscsiAddr, "iscsi", "127.0.0.1:3260", "iSCSI target listen address (a target per vdisk, LUN 0); empty disables it")
 	f.StringVar(&o.mount, "mount", "", "mount the vpool here with FUSE: each vdisk a NAME.raw file, snapshots under .snapshots (empty: no mount)")
+	f.StringVar(&o.nfsAddr, "nfs", "", "NFSv3 export of the vpool's files (export /, alias /vpool); empty disables it. qemu's nfs:// asks the portmapper, so give it port 111")
 	f.StringVar(&o.nbdSocket, "nbd-socket", "", "NBD unix socket (default DATA/nbd.sock); \"none\" disables it")
 	o.readCache = 64 << 20
 	o.metadataCache = 64 << 20
@@ -145,6 +147,7 @@ func runUp(ctx context.Context, o *upOptions) error {
 		API:             o.apiAddr,
 		NBD:             o.nbdAddr,
 		ISCSI:           o.iscsiAddr,
+		NFS:             o.nfsAddr,
 		NBDSocket:       o.nbdSocket,
 		Mount:           o.mount,
 		EmbeddedArakoon: &node.EmbeddedConfig{Client: o.arakoonClient, Raft: o.arakoonRaft},

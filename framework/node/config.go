@@ -40,6 +40,7 @@ type Config struct {
 	Forward   string `yaml:"forward"`    // I/O forwarding from other nodes (default: the API's host, port 8820)
 	DTL       string `yaml:"dtl"`        // DTL server for other nodes' vdisks (default: the API's host, port 8810)
 	ISCSI     string `yaml:"iscsi"`      // iSCSI target (default: the API's host, port 3260; "none" disables)
+	NFS       string `yaml:"nfs"`        // NFSv3 export of the vpool's files ("" disables; port 111 for qemu's nfs://)
 	Advertise string `yaml:"advertise"`
 	// Mount, if set, is where the vpool is mounted with FUSE (each vdisk
 	// a NAME.raw file; see volumedriver/fs).

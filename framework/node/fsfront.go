@@ -214,12 +214,12 @@ func newVPoolTree(vd *clusterVDisks, kv model.KV, log *slog.Logger) *vfs.VPool {
 	return vfs.NewVPool(fsVDisks{vd}, fsStore{kv}, vfs.Options{Logger: log})
 }
 
-// startMount mounts the vpool at dir with FUSE ("" : no mount).
-func startMount(dir string, vd *clusterVDisks, kv model.KV, log *slog.Logger) (func(), error) {
+// startMount mounts tree at dir with FUSE ("" : no mount).
+func startMount(dir string, tree *vfs.VPool, log *slog.Logger) (func(), error) {
 	if dir == "" {
 		return func() {}, nil
 	}
-	m, err := fusefs.Start(dir, newVPoolTree(vd, kv, log), fusefs.Options{Logger: log})
+	m, err := fusefs.Start(dir, tree, fusefs.Options{Logger: log})
 	if err != nil {
 		return nil, err
 	}

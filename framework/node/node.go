@@ -25,6 +25,7 @@ import (
 	"github.com/ovs-storage/ovs/scos/ec"
 	"github.com/ovs-storage/ovs/volumedriver"
 	"github.com/ovs-storage/ovs/volumedriver/dtl"
+	vfs "github.com/ovs-storage/ovs/volumedriver/fs"
 	"github.com/ovs-storage/ovs/volumedriver/iscsi"
 	"github.com/ovs-storage/ovs/volumedriver/nbd"
 	"github.com/ovs-storage/ovs/volumedriver/remote"
@@ -256,6 +257,12 @@ func Run(ctx context.Context, cfg Config, ro RunOptions) error {
 			return err
 		}
 	}
+	var nfsL net.Listener
+	if cfg.NFS != "" {
+		if nfsL, err = ls.listen("tcp", cfg.NFS, "NFS"); err != nil {
+			return err
+		}
+	}
 	var dtlL net.Listener
 	if cfg.DTL != "" {
 		if dtlL, err = ls.listen("tcp", cfg.DTL, "DTL"); err != nil {
@@ -322,7 +329,13 @@ func Run(ctx context.Context, cfg Config, ro RunOptions) error {
 	apiSrv := api.NewServer(vd, apiOpts)
 	httpSrv := apiSrv.HTTPServer()
 
-	unmount, err := startMount(cfg.Mount, vd, model.Arakoon(ara), log.With("frontend", "fuse"))
+	// One tree for the FUSE mount and the NFS export: it holds the open
+	// vdisk files and their sizes, which both must share.
+	var tree *vfs.VPool
+	if cfg.Mount != "" || nfsL != nil {
+		tree = newVPoolTree(vd, model.Arakoon(ara), log.With("frontend", "fs"))
+	}
+	unmount, err := startMount(cfg.Mount, tree, log.With("frontend", "fuse"))
 	if err != nil {
 		return err
 	}
@@ -368,6 +381,9 @@ func Run(ctx context.Context, cfg Config, ro RunOptions) error {
 		}
 		errc <- err
 	}()
+	if nfsL != nil {
+		defer startNFS(ctx, nfsL, tree, log.With("frontend", "nfs"), errc)()
+	}
 	bg, stopBG := context.WithCancel(ctx)
 	defer stopBG()
 	if iscsiSrv != nil {
@@ -386,7 +402,7 @@ func Run(ctx context.Context, cfg Config, ro RunOptions) error {
 	}
 	apiSrv.SetReady(true)
 	log.Info("node is ready", "api", "http://"+apiL.Addr().String(), "nbd", cfg.NBD, "nbd_socket", sock,
-		"forward", cfg.Forward, "dtl", cfg.DTL, "iscsi", cfg.ISCSI, "vdisks", len(drv.Names()), "advertised_api", self.API)
+		"forward", cfg.Forward, "dtl", cfg.DTL, "iscsi", cfg.ISCSI, "nfs", cfg.NFS, "vdisks", len(drv.Names()), "advertised_api", self.API)
 	if ro.Ready != nil {
 		ro.Ready()
 	}
