@@ -78,6 +78,8 @@ bench: build
 	OVS_BIN=$(CURDIR)/$(BIN) bench/run.sh
 	@{ echo; echo '## Snapshots and rollback (bench/snapshots.sh)'; echo; \
 	   OVS_BIN=$(CURDIR)/$(BIN) bench/snapshots.sh; } | tee -a bench/results.md
+	@{ echo; echo '## File frontend: FUSE, NFS and NBD on one vdisk (bench/fs.sh)'; echo; \
+	   OVS_BIN=$(CURDIR)/$(BIN) bench/fs.sh; } | tee -a bench/results.md
 	@{ echo; echo '## Arakoon (ovs arakoon bench)'; echo; echo '```'; \
 	   ./$(BIN) arakoon bench --duration 3s; echo '```'; } | tee -a bench/results.md
 	@{ echo; echo '## Erasure-coded backend (ovs backend bench)'; echo; echo '```'; \
