@@ -8,6 +8,8 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
+	"sync"
 
 	"github.com/ovs-storage/ovs/scos"
 )
@@ -28,9 +30,27 @@ const snapViewDir = "snapviews"
 // metadata store of the vdisk's size on the local disk (under
 // dir/snapviews, removed on Close); reads cost what a clone's reads of
 // inherited clusters cost (the read caches apply).
+//
+// A scrub of the vdisk can replace SCOs the snapshot refers to (an SCO
+// that also holds clusters overwritten before the snapshot is rewritten as
+// a new version, the old one deleted once snapshots.json names the
+// rewritten TLogs). The owner cannot know of views on other hosts, so the
+// view does not pin anything: a read that finds an object gone rebuilds
+// the view from the backend's current snapshots.json, whose TLogs name
+// where the clusters are now, and reads again.
 type SnapshotView struct {
-	v    *Volume
-	size int64
+	d        *Driver
+	id       string
+	snapshot string
+	size     int64
+
+	rebuildMu sync.Mutex // one rebuild at a time
+
+	mu     sync.RWMutex // held for reading by every read; guards the fields below
+	v      *Volume
+	tlogs  []string // the snapshot's TLogs the view was built from
+	gen    int      // bumped at each rebuild
+	closed bool
 }
 
 // ErrSnapshotNotSynced: the snapshot is not on the backend yet; sync the
@@ -40,28 +60,39 @@ var ErrSnapshotNotSynced = errors.New("snapshot is not on the backend yet")
 // OpenSnapshotView opens snapshot of the vdisk with namespace id, from
 // the backend.
 func (d *Driver) OpenSnapshotView(ctx context.Context, id, snapshot string) (*SnapshotView, error) {
+	v, size, tlogs, err := d.buildSnapshotView(ctx, id, snapshot)
+	if err != nil {
+		return nil, err
+	}
+	return &SnapshotView{d: d, id: id, snapshot: snapshot, size: size, v: v, tlogs: tlogs}, nil
+}
+
+// buildSnapshotView replays the snapshot's TLogs, as the backend's
+// snapshots.json names them now, into a private volume. It returns the
+// volume, the vdisk's size and the snapshot's TLogs.
+func (d *Driver) buildSnapshotView(ctx context.Context, id, snapshot string) (*Volume, int64, []string, error) {
 	if !validID(id) {
-		return nil, fmt.Errorf("%w: vdisk id %q", ErrInvalidArgument, id)
+		return nil, 0, nil, fmt.Errorf("%w: vdisk id %q", ErrInvalidArgument, id)
 	}
 	ns := namespacePrefix + id
 	b, err := d.backend.Get(ctx, ns, volumeObject)
 	if errors.Is(err, scos.ErrObjectNotFound) || errors.Is(err, scos.ErrNamespaceNotFound) {
-		return nil, fmt.Errorf("%w: no vdisk with id %s on the backend", ErrNotFound, id)
+		return nil, 0, nil, fmt.Errorf("%w: no vdisk with id %s on the backend", ErrNotFound, id)
 	}
 	if err != nil {
-		return nil, fmt.Errorf("snapshot view of %s: %w", id, err)
+		return nil, 0, nil, fmt.Errorf("snapshot view of %s: %w", id, err)
 	}
 	pcfg, err := decodeVolumeConfig(b)
 	if err != nil {
-		return nil, fmt.Errorf("snapshot view of %s: %w", id, err)
+		return nil, 0, nil, fmt.Errorf("snapshot view of %s: %w", id, err)
 	}
 	b, err = d.backend.Get(ctx, ns, snapshotsObject)
 	if err != nil {
-		return nil, fmt.Errorf("snapshot view of %s: read snapshots.json: %w", pcfg.Name, err)
+		return nil, 0, nil, fmt.Errorf("snapshot view of %s: read snapshots.json: %w", pcfg.Name, err)
 	}
 	snaps, err := decodeSnapshotsFile(b)
 	if err != nil {
-		return nil, fmt.Errorf("snapshot view of %s: %w", pcfg.Name, err)
+		return nil, 0, nil, fmt.Errorf("snapshot view of %s: %w", pcfg.Name, err)
 	}
 	var sn *snapshotRecord
 	for i := range snaps.Snapshots {
@@ -70,14 +101,15 @@ func (d *Driver) OpenSnapshotView(ctx context.Context, id, snapshot string) (*Sn
 		}
 	}
 	if sn == nil {
-		return nil, fmt.Errorf("%w: %s@%s", ErrSnapshotNotFound, pcfg.Name, snapshot)
+		return nil, 0, nil, fmt.Errorf("%w: %s@%s", ErrSnapshotNotFound, pcfg.Name, snapshot)
 	}
 	if sn.TLogCount > len(snaps.TLogs) {
-		return nil, fmt.Errorf("%s@%s: %w", pcfg.Name, snapshot, ErrSnapshotNotSynced)
+		return nil, 0, nil, fmt.Errorf("%s@%s: %w", pcfg.Name, snapshot, ErrSnapshotNotSynced)
 	}
 	if len(pcfg.Ancestors)+1 > MaxCloneDepth {
-		return nil, fmt.Errorf("%w: %s is too deep a clone for a snapshot view", ErrInvalidArgument, pcfg.Name)
+		return nil, 0, nil, fmt.Errorf("%w: %s is too deep a clone for a snapshot view", ErrInvalidArgument, pcfg.Name)
 	}
+	tlogs := append([]string(nil), snaps.TLogs[:sn.TLogCount]...)
 	var rnd [8]byte
 	_, _ = rand.Read(rnd[:])
 	cfg := volumeConfig{
@@ -91,16 +123,16 @@ func (d *Driver) OpenSnapshotView(ctx context.Context, id, snapshot string) (*Sn
 		CreatedAt:      sn.CreatedAt,
 		Ancestors: append([]ancestor{{
 			ID: pcfg.ID, Name: pcfg.Name, Namespace: ns, Snapshot: snapshot,
-			TLogs: append([]string(nil), snaps.TLogs[:sn.TLogCount]...),
+			TLogs: tlogs,
 		}}, pcfg.Ancestors...),
 	}
 	v := d.newVolume(cfg, 0)
 	v.dir = filepath.Join(d.dir, snapViewDir, cfg.ID)
 	v.countChanges = false
-	fail := func(err error) (*SnapshotView, error) {
+	fail := func(err error) (*Volume, int64, []string, error) {
 		v.closeFiles()
 		os.RemoveAll(v.dir)
-		return nil, fmt.Errorf("snapshot view of %s@%s: %w", pcfg.Name, snapshot, err)
+		return nil, 0, nil, fmt.Errorf("snapshot view of %s@%s: %w", pcfg.Name, snapshot, err)
 	}
 	if err := os.MkdirAll(v.dir, 0o700); err != nil {
 		return fail(err)
@@ -114,23 +146,95 @@ func (d *Driver) OpenSnapshotView(ctx context.Context, id, snapshot string) (*Sn
 	if err != nil {
 		return fail(err)
 	}
-	return &SnapshotView{v: v, size: pcfg.Size}, nil
+	return v, pcfg.Size, tlogs, nil
 }
 
 // Size is the vdisk's size when the view was opened (a vdisk only grows,
 // and what lies past its size at the snapshot reads as zeros).
 func (s *SnapshotView) Size() int64 { return s.size }
 
-// ReadAt reads the snapshot's content.
+// ReadAt reads the snapshot's content. An object gone from the backend
+// (replaced by a scrub) makes the view rebuild once from the backend's
+// current TLogs and read again.
 func (s *SnapshotView) ReadAt(ctx context.Context, p []byte, off int64) error {
-	return s.v.readAt(ctx, p, off)
+	const attempts = 3
+	var err error
+	for range attempts {
+		s.mu.RLock()
+		if s.closed {
+			s.mu.RUnlock()
+			return fmt.Errorf("snapshot view %s: %w", s.snapshot, ErrClosed)
+		}
+		gen := s.gen
+		err = s.v.readAt(ctx, p, off)
+		s.mu.RUnlock()
+		if err == nil || !errors.Is(err, scos.ErrObjectNotFound) || ctx.Err() != nil {
+			return err
+		}
+		// A TLog gone while rebuilding (another scrub) tries again.
+		if rerr := s.rebuild(ctx, gen); rerr != nil && !errors.Is(rerr, scos.ErrObjectNotFound) {
+			return fmt.Errorf("%w (and rebuilding the snapshot view failed: %v)", err, rerr)
+		}
+	}
+	return err
+}
+
+// errViewCurrent: the backend names the same TLogs the view was built
+// from, so a rebuild cannot help.
+var errViewCurrent = errors.New("the snapshot's TLogs on the backend are those the view was built from")
+
+// rebuild replaces the view's volume by one built from the backend's
+// current snapshots.json, unless a rebuild after generation gen already
+// did.
+func (s *SnapshotView) rebuild(ctx context.Context, gen int) error {
+	s.rebuildMu.Lock()
+	defer s.rebuildMu.Unlock()
+	s.mu.RLock()
+	done, tlogs := s.gen != gen, s.tlogs
+	s.mu.RUnlock()
+	if done {
+		return nil
+	}
+	nv, _, ntlogs, err := s.d.buildSnapshotView(ctx, s.id, s.snapshot)
+	if err != nil {
+		return err
+	}
+	if slices.Equal(ntlogs, tlogs) {
+		closeViewVolume(nv)
+		return errViewCurrent
+	}
+	s.d.log.Info("snapshot view rebuilt: the vdisk was scrubbed since it was opened", "vdisk", nv.name(), "snapshot", s.snapshot)
+	// The write lock waits for the reads on the old volume to end.
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		closeViewVolume(nv)
+		return fmt.Errorf("snapshot view %s: %w", s.snapshot, ErrClosed)
+	}
+	old := s.v
+	s.v, s.tlogs = nv, ntlogs
+	s.gen++
+	s.mu.Unlock()
+	closeViewVolume(old)
+	return nil
+}
+
+// closeViewVolume drops a view's volume and its scratch metadata.
+func closeViewVolume(v *Volume) error {
+	v.mu.Lock()
+	v.closed = true
+	v.closeFilesLocked()
+	v.mu.Unlock()
+	return os.RemoveAll(v.dir)
 }
 
 // Close drops the view and its scratch metadata.
 func (s *SnapshotView) Close() error {
-	s.v.mu.Lock()
-	s.v.closed = true
-	s.v.closeFilesLocked()
-	s.v.mu.Unlock()
-	return os.RemoveAll(s.v.dir)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return nil
+	}
+	s.closed = true
+	return closeViewVolume(s.v)
 }
