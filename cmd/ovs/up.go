@@ -29,6 +29,7 @@ type upOptions struct {
 	nbdAddr       string
 	iscsiAddr     string
 	nfsAddr       string
+	nfsAllow      []string
 	nbdSocket     string
 	mount         string
 	readCache     sizeValue
@@ -80,6 +81,7 @@ func newUpCommand() *cobra.Command {
 	f.StringVar(&o.iscsiAddr, "iscsi", "127.0.0.1:3260", "iSCSI target listen address (a target per vdisk, LUN 0); empty disables it")
 	f.StringVar(&o.mount, "mount", "", "mount the vpool here with FUSE: each vdisk a NAME.raw file, snapshots under .snapshots (empty: no mount)")
 	f.StringVar(&o.nfsAddr, "nfs", "", "NFSv3 export of the vpool's files (export /, alias /vpool); empty disables it. qemu's nfs:// asks the portmapper, so give it port 111")
+	f.StringSliceVar(&o.nfsAllow, "nfs-allow", nil, "client networks (CIDR) the NFS export serves; others are disconnected (default: loopback and the networks attached to the --nfs address)")
 	f.StringVar(&o.nbdSocket, "nbd-socket", "", "NBD unix socket (default DATA/nbd.sock); \"none\" disables it")
 	o.readCache = 64 << 20
 	o.metadataCache = 64 << 20
@@ -148,6 +150,7 @@ func runUp(ctx context.Context, o *upOptions) error {
 		NBD:             o.nbdAddr,
 		ISCSI:           o.iscsiAddr,
 		NFS:             o.nfsAddr,
+		NFSAllow:        o.nfsAllow,
 		NBDSocket:       o.nbdSocket,
 		Mount:           o.mount,
 		EmbeddedArakoon: &node.EmbeddedConfig{Client: o.arakoonClient, Raft: o.arakoonRaft},

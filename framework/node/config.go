@@ -45,6 +45,10 @@ type Config struct {
 	// Mount, if set, is where the vpool is mounted with FUSE (each vdisk
 	// a NAME.raw file; see volumedriver/fs).
 	Mount string `yaml:"mount"`
+	// NFSAllow lists the client networks (CIDR, or single addresses) the
+	// NFS export serves; others are disconnected at accept. Default:
+	// loopback and the networks attached to the NFS address.
+	NFSAllow []string `yaml:"nfs_allow"`
 
 	// Arakoon is the cluster file (arakoon cluster.yaml) of the cluster's
 	// arakoon; EmbeddedArakoon runs a 1-node arakoon in this process
@@ -177,6 +181,9 @@ func (c *Config) validate() error {
 				return fmt.Errorf("node config: %s listens on every address; set advertise to the address other nodes reach this one on", a)
 			}
 		}
+	}
+	if _, err := parseNFSAllow(c.NFSAllow); err != nil {
+		return fmt.Errorf("node config: %w", err)
 	}
 	switch c.Backend.Kind {
 	case "", "ec":

@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -258,10 +259,15 @@ func Run(ctx context.Context, cfg Config, ro RunOptions) error {
 		}
 	}
 	var nfsL net.Listener
+	var nfsAllow []netip.Prefix
 	if cfg.NFS != "" {
 		if nfsL, err = ls.listen("tcp", cfg.NFS, "NFS"); err != nil {
 			return err
 		}
+		if nfsAllow, err = nfsAllowList(cfg.NFSAllow, nfsL.Addr(), net.InterfaceAddrs); err != nil {
+			return err
+		}
+		log.Info("the NFS export serves these client networks only", "nfs_allow", nfsAllow)
 	}
 	var dtlL net.Listener
 	if cfg.DTL != "" {
@@ -382,7 +388,7 @@ func Run(ctx context.Context, cfg Config, ro RunOptions) error {
 		errc <- err
 	}()
 	if nfsL != nil {
-		defer startNFS(ctx, nfsL, tree, log.With("frontend", "nfs"), errc)()
+		defer startNFS(ctx, nfsL, tree, nfsAllow, log.With("frontend", "nfs"), errc)()
 	}
 	bg, stopBG := context.WithCancel(ctx)
 	defer stopBG()

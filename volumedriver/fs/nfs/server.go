@@ -26,7 +26,9 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"net/netip"
 	"sync"
+	"time"
 
 	ovsfs "github.com/ovs-storage/ovs/volumedriver/fs"
 )
@@ -49,6 +51,13 @@ const (
 // Options configure a Server.
 type Options struct {
 	Logger *slog.Logger
+	// Allow lists the client networks served; a connection from any
+	// other address is closed at accept, before it can send a request.
+	// NFSv3 with AUTH_SYS trusts whatever uid a client claims, so the
+	// network a client sits on is the only thing that tells one apart.
+	// Empty serves every client: the caller (the node) chooses the
+	// default.
+	Allow []netip.Prefix
 }
 
 // Server serves one fs.Tree over NFSv3 + MOUNTv3 on any number of
@@ -61,6 +70,8 @@ type Server struct {
 	// seen committed.
 	verf [8]byte
 
+	allow []netip.Prefix
+
 	handles *handleCache
 	files   *fileCache
 	excl    *exclusiveCreates
@@ -70,6 +81,9 @@ type Server struct {
 	listeners map[net.Listener]struct{}
 	conns     map[net.Conn]struct{}
 	wg        sync.WaitGroup
+	// refusedLog: when a refused address was last logged, so that a
+	// client retrying in a loop does not flood the log.
+	refusedLog map[netip.Addr]time.Time
 }
 
 // NewServer returns a server over tree; it serves once Serve is called.
@@ -79,12 +93,14 @@ func NewServer(tree ovsfs.Tree, opts Options) *Server {
 		log = slog.Default()
 	}
 	s := &Server{
-		tree:      tree,
-		log:       log.With("frontend", "nfs"),
-		handles:   newHandleCache(),
-		excl:      newExclusiveCreates(),
-		listeners: map[net.Listener]struct{}{},
-		conns:     map[net.Conn]struct{}{},
+		tree:       tree,
+		log:        log.With("frontend", "nfs"),
+		allow:      append([]netip.Prefix(nil), opts.Allow...),
+		refusedLog: map[netip.Addr]time.Time{},
+		handles:    newHandleCache(),
+		excl:       newExclusiveCreates(),
+		listeners:  map[net.Listener]struct{}{},
+		conns:      map[net.Conn]struct{}{},
 	}
 	s.files = newFileCache(tree, maxOpenFiles, s.log)
 	if _, err := rand.Read(s.verf[:]); err != nil {
@@ -125,6 +141,10 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 			}
 			return fmt.Errorf("nfs: accept: %w", err)
 		}
+		if !s.allowed(c.RemoteAddr()) {
+			c.Close()
+			continue
+		}
 		s.mu.Lock()
 		if s.closed {
 			s.mu.Unlock()
@@ -142,6 +162,39 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 			s.mu.Unlock()
 		}()
 	}
+}
+
+// allowed says whether a client at addr may connect, logging a refusal
+// (once a minute per address).
+func (s *Server) allowed(addr net.Addr) bool {
+	if len(s.allow) == 0 {
+		return true
+	}
+	ap, err := netip.ParseAddrPort(addr.String())
+	if err != nil {
+		s.log.Warn("nfs: connection refused: unreadable client address", "remote", addr.String(), "err", err)
+		return false
+	}
+	ip := ap.Addr().Unmap()
+	for _, p := range s.allow {
+		if p.Contains(ip) {
+			return true
+		}
+	}
+	now := time.Now()
+	s.mu.Lock()
+	last, seen := s.refusedLog[ip]
+	if !seen || now.Sub(last) >= time.Minute {
+		if len(s.refusedLog) >= 1024 {
+			clear(s.refusedLog)
+		}
+		s.refusedLog[ip] = now
+	}
+	s.mu.Unlock()
+	if !seen || now.Sub(last) >= time.Minute {
+		s.log.Warn("nfs: connection refused: client not in the allowed networks (nfs_allow)", "remote", ip.String())
+	}
+	return false
 }
 
 // Close stops every listener and connection, waits for requests in flight,
