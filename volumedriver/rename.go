@@ -41,9 +41,14 @@ func (d *Driver) Rename(ctx context.Context, from, to string) (VolumeInfo, error
 	if err != nil {
 		return VolumeInfo{}, fmt.Errorf("rename %s: %w", from, err)
 	}
+	// Crash tests: the node renames in arakoon before calling this, so
+	// these are the two cuts of a rename in the cluster: the model renamed
+	// and volume.json not, and both renamed with this host's state not.
+	d.failpoint("rename-before-volume-json")
 	if err := v.backend.Put(ctx, v.ns, volumeObject, b, true); err != nil {
 		return VolumeInfo{}, fmt.Errorf("rename %s to %s: %w", from, to, err)
 	}
+	d.failpoint("rename-after-volume-json")
 	d.mu.Lock()
 	v.mu.Lock()
 	v.state.Config = cfg
