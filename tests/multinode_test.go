@@ -45,9 +45,15 @@ func (c *netCluster) nbdURI(h *netHost, name string) string {
 // init.
 func startNetCluster(t *testing.T, extra string, initArgs ...string) *netCluster {
 	t.Helper()
+	return startNetClusterFor(t, func(*netHost) string { return extra }, initArgs...)
+}
+
+// startNetClusterFor is startNetCluster with node.yaml lines per host.
+func startNetClusterFor(t *testing.T, extraFor func(*netHost) string, initArgs ...string) *netCluster {
+	t.Helper()
 	needPython(t)
 	hosts := newNetHosts(t, 3)
-	c := &netCluster{t: t, hosts: hosts, nodes: map[*netHost]*netProc{}, extra: extra}
+	c := &netCluster{t: t, hosts: hosts, nodes: map[*netHost]*netProc{}, extra: extraFor(hosts.Hosts[0])}
 	c.ara = startNetArakoon(t, hosts.Hosts)
 	h1 := hosts.Hosts[0]
 	c.ovsOK(h1, append([]string{"cluster", "init", "--arakoon", c.ara.CfgPath(h1), "--secret-file", filepath.Join(h1.Dir, "secret"),
@@ -69,7 +75,7 @@ driver:
   read_cache: 32MiB
   write_buffer: 256MiB
 %s`, h.Name, c.nodeDir(h), filepath.Join(h.Dir, "secret"), c.ara.CfgPath(h), h.HostPort(netAPIPort),
-			h.HostPort(netNBDPort), h.HostPort(netForwardPort), extra)
+			h.HostPort(netNBDPort), h.HostPort(netForwardPort), extraFor(h))
 		if err := os.WriteFile(c.nodeYAML(h), []byte(cfg), 0o600); err != nil {
 			t.Fatal(err)
 		}

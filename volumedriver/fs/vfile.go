@@ -93,6 +93,38 @@ func (f *vfile) reopen(ctx context.Context, name string) error {
 	return old.Close()
 }
 
+// observe takes in what the store says of the file (the writer may be on
+// another node): a larger recorded size, or a larger vdisk, is adopted;
+// a file never shrinks, so a smaller one is this node's unsynced growth
+// and stays. It returns the file's size.
+func (f *vfile) observe(in VDiskInfo, rec *sizeRecord) int64 {
+	size, _ := fileSize(in, rec)
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if size > f.size {
+		f.size = size
+	}
+	if in.Size > f.vsize {
+		f.vsize = in.Size
+	}
+	return f.size
+}
+
+// refresh is observe with a fresh look at the store, for a read past the
+// end this node knows of.
+func (f *vfile) refresh(ctx context.Context) (int64, error) {
+	_, name := f.device()
+	in, err := f.t.vd.Info(ctx, name)
+	if err != nil {
+		return 0, mapErr(err)
+	}
+	rec, _, err := f.t.sizeRecord(ctx, f.id)
+	if err != nil {
+		return 0, err
+	}
+	return f.observe(in, rec), nil
+}
+
 func (f *vfile) Size() int64 {
 	f.mu.Lock()
 	defer f.mu.Unlock()
@@ -208,6 +240,13 @@ func (h *vhandle) ReadAt(ctx context.Context, p []byte, off int64) (int, error) 
 		return 0, fmt.Errorf("%w: negative offset", iofs.ErrInvalid)
 	}
 	size := h.f.Size()
+	if off+int64(len(p)) > size {
+		// Another node may have grown the file since this one looked.
+		var err error
+		if size, err = h.f.refresh(ctx); err != nil {
+			return 0, err
+		}
+	}
 	if off >= size {
 		return 0, io.EOF
 	}

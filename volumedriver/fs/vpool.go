@@ -243,13 +243,16 @@ func (t *VPool) putSize(ctx context.Context, id string, r sizeRecord) error {
 func (t *VPool) vdiskAttr(in VDiskInfo, rec *sizeRecord) Attr {
 	size, mtime := fileSize(in, rec)
 	t.mu.Lock()
-	if f := t.open[in.ID]; f != nil {
-		size = f.Size()
+	f := t.open[in.ID]
+	t.mu.Unlock()
+	if f != nil {
+		// Open here: this node's size, unless another node's writer
+		// has recorded a larger one since (at its fsync or close).
+		size = f.observe(in, rec)
 		if m := f.mtime(); !m.IsZero() {
 			mtime = m
 		}
 	}
-	t.mu.Unlock()
 	return Attr{Name: in.Name + rawSuffix, Kind: KindVDisk, Ino: vdiskIno(in.ID), Size: size, ModTime: mtime}
 }
 

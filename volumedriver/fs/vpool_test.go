@@ -263,3 +263,62 @@ func TestSmallFiles(t *testing.T) {
 		t.Fatalf("read of a removed file: %v", err)
 	}
 }
+
+// TestGrowthSeenByAnotherNode: two trees over one cluster (two nodes). A
+// file growing on one shows its new size on the other once the writer
+// syncs, also where the other node has the file open (a reader, the NFS
+// export's open-file cache); before the sync it shows the synced size.
+func TestGrowthSeenByAnotherNode(t *testing.T) {
+	ctx := context.Background()
+	vd, st := newFakeVDisks(), newFakeStore()
+	opts := Options{GrowStep: 1 << 20}
+	a, b := NewVPool(vd, st, opts), NewVPool(vd, st, opts)
+	must(a.Create(ctx, "g.raw"))
+	w := must(a.Open(ctx, "g.raw", true))
+	defer w.Close()
+	part1 := bytes.Repeat([]byte{1}, 3000)
+	part2 := bytes.Repeat([]byte{2}, 2<<20) // past a grow step
+	must(w.WriteAt(ctx, part1, 0))
+	noErr(t, w.Sync(ctx))
+	r := must(b.Open(ctx, "g.raw", false))
+	defer r.Close()
+	buf := make([]byte, len(part1)+len(part2))
+	if n, err := r.ReadAt(ctx, buf, 0); n != len(part1) || !errors.Is(err, io.EOF) {
+		t.Fatalf("read on b before growth: %d %v", n, err)
+	}
+	must(w.WriteAt(ctx, part2, int64(len(part1))))
+	// Before the writer's sync: b sees at most what the grow step
+	// recorded, never more than the writer wrote.
+	if got := must(b.Stat(ctx, "g.raw")).Size; got > int64(len(buf)) {
+		t.Fatalf("size on b before the sync: %d", got)
+	}
+	noErr(t, w.Sync(ctx))
+	for _, tc := range []struct {
+		name string
+		size func() int64
+	}{
+		{"Stat", func() int64 { return must(b.Stat(ctx, "g.raw")).Size }},
+		{"ReadDir", func() int64 {
+			for _, e := range must(b.ReadDir(ctx, "")) {
+				if e.Name == "g.raw" {
+					return e.Size
+				}
+			}
+			return -1
+		}},
+	} {
+		if got := tc.size(); got != int64(len(buf)) {
+			t.Fatalf("%s on b after the sync: size %d, want %d", tc.name, got, len(buf))
+		}
+	}
+	// A fresh handle and the one open since before the growth.
+	r2 := must(b.Open(ctx, "g.raw", false))
+	defer r2.Close()
+	for i, h := range []File{r, r2} {
+		got := make([]byte, len(buf)+10)
+		n, err := h.ReadAt(ctx, got, 0)
+		if n != len(buf) || !errors.Is(err, io.EOF) || !bytes.Equal(got[:n], append(append([]byte(nil), part1...), part2...)) {
+			t.Fatalf("handle %d on b after the sync: %d bytes, %v", i, n, err)
+		}
+	}
+}

@@ -103,9 +103,11 @@ func Start(dir string, tree vfs.Tree, opts Options) (*Mount, error) {
 		ExtraCapabilities: fuse.CAP_DIRECT_IO_ALLOW_MMAP,
 	}
 	srv, err := gofs.Mount(dir, root, &gofs.Options{
-		MountOptions:    mo,
-		EntryTimeout:    &timeout,
-		AttrTimeout:     &timeout,
+		MountOptions: mo,
+		EntryTimeout: &timeout,
+		// No AttrTimeout: go-fuse would put it in place of every 0 we
+		// reply, and a vdisk file's 0 (see attrTimeout) must stay 0.
+		// Every reply with attributes sets its own timeout.
 		NegativeTimeout: &neg,
 		UID:             uint32(os.Getuid()),
 		GID:             uint32(os.Getgid()),
@@ -264,7 +266,11 @@ func (n *node) Getattr(ctx context.Context, fh gofs.FileHandle, out *fuse.AttrOu
 	if err != nil {
 		return Errno(err)
 	}
-	if h, ok := fh.(*handle); ok {
+	// go-fuse hands in some open handle even for a stat by path. A
+	// vdisk's Stat already counts this node's open file (its unsynced
+	// growth) and what other nodes recorded since, which the handle's
+	// own size would hide.
+	if h, ok := fh.(*handle); ok && a.Kind != vfs.KindVDisk {
 		a.Size = h.f.Size()
 	}
 	fill(a, &out.Attr)
