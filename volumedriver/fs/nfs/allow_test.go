@@ -109,3 +109,65 @@ func TestAllowedAddresses(t *testing.T) {
 		}
 	}
 }
+
+// TestConnectionCap: connections beyond MaxConns are closed at accept;
+// those under it are served, and a slot frees when one ends.
+func TestConnectionCap(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := NewServer(newMemTree(), Options{Logger: testLogger(), MaxConns: 2})
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- srv.Serve(ctx, ln) }()
+	defer func() {
+		cancel()
+		srv.Close()
+		<-done
+	}()
+	null := func(c net.Conn) error {
+		c.SetDeadline(time.Now().Add(30 * time.Second))
+		call := append([]byte{0, 0, 0, 0}, header(7, rpcCall, 2, progNFS, 3, 0, authSys)...)
+		if err := writeRecord(c, call); err != nil {
+			return err
+		}
+		_, err := readRecord(bufio.NewReader(c), maxRecord)
+		return err
+	}
+	dial := func() net.Conn {
+		c, err := net.DialTimeout("tcp", ln.Addr().String(), 10*time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return c
+	}
+	a, b := dial(), dial()
+	defer a.Close()
+	for i, c := range []net.Conn{a, b} {
+		if err := null(c); err != nil {
+			t.Fatalf("connection %d under the cap: %v", i, err)
+		}
+	}
+	over := dial()
+	defer over.Close()
+	if err := null(over); err == nil {
+		t.Fatal("a connection over the cap was served")
+	}
+	b.Close()
+	// The server notices b's end asynchronously: retry until a new
+	// connection is served (bounded).
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		c := dial()
+		err := null(c)
+		c.Close()
+		if err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no connection served after one under the cap ended: %v", err)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}

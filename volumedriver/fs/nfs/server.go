@@ -18,6 +18,7 @@ package nfs
 
 import (
 	"bufio"
+	"cmp"
 	"context"
 	"crypto/rand"
 	"encoding/binary"
@@ -58,7 +59,13 @@ type Options struct {
 	// Empty serves every client: the caller (the node) chooses the
 	// default.
 	Allow []netip.Prefix
+	// MaxConns caps the open connections (default DefaultMaxConns): each
+	// may hold maxInFlight requests of up to a MiB in memory.
+	MaxConns int
 }
+
+// DefaultMaxConns is the connection cap when Options.MaxConns is 0.
+const DefaultMaxConns = 128
 
 // Server serves one fs.Tree over NFSv3 + MOUNTv3 on any number of
 // listeners.
@@ -70,7 +77,8 @@ type Server struct {
 	// seen committed.
 	verf [8]byte
 
-	allow []netip.Prefix
+	allow    []netip.Prefix
+	maxConns int
 
 	handles *handleCache
 	files   *fileCache
@@ -96,6 +104,7 @@ func NewServer(tree ovsfs.Tree, opts Options) *Server {
 		tree:       tree,
 		log:        log.With("frontend", "nfs"),
 		allow:      append([]netip.Prefix(nil), opts.Allow...),
+		maxConns:   cmp.Or(opts.MaxConns, DefaultMaxConns),
 		refusedLog: map[netip.Addr]time.Time{},
 		handles:    newHandleCache(),
 		excl:       newExclusiveCreates(),
@@ -150,6 +159,12 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 			s.mu.Unlock()
 			c.Close()
 			return nil
+		}
+		if len(s.conns) >= s.maxConns {
+			s.mu.Unlock()
+			c.Close()
+			s.log.Warn("nfs: connection refused: at the connection cap", "remote", c.RemoteAddr().String(), "max_conns", s.maxConns)
+			continue
 		}
 		s.conns[c] = struct{}{}
 		s.wg.Add(1)
