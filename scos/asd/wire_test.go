@@ -9,6 +9,7 @@ import (
 	"errors"
 	"io"
 	"net"
+	"os"
 	"net/http"
 	"sync"
 	"testing"
@@ -458,4 +459,73 @@ func FuzzWire(f *testing.F) {
 		readHello(bytes.NewReader(b))
 		readHelloReply(bytes.NewReader(b))
 	})
+}
+
+// A damaged block fails only the items that touch it, in a batch whose
+// other items (read into the same reply before and after it) are intact;
+// 1 MiB reads go over the binary protocol by default.
+func TestWireCorruptBlockAndBigReads(t *testing.T) {
+	ctx := context.Background()
+	s, err := Open(Config{Dir: t.TempDir(), Node: "n", Site: "s"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := serveASD(t, s)
+	c := NewClient(addr, nil).For(s.ID()).WithWire(WireConfig{Conns: 1})
+	t.Cleanup(func() { c.Close() })
+	bs := int64(DefaultFragmentBlockSize)
+	big := randBytes(3, 1<<20)
+	if err := c.Put(ctx, "big", "", big); err != nil {
+		t.Fatal(err)
+	}
+	got, crc, err := c.Get(ctx, "big", 0, int64(len(big)))
+	if err != nil || !bytes.Equal(got, big) || crc != crc32c(big) || c.WireReads() != 1 {
+		t.Fatalf("1 MiB read: %v (%d binary reads)", err, c.WireReads())
+	}
+
+	data := randBytes(4, int(4*bs))
+	if err := c.Put(ctx, "frag", "", data); err != nil {
+		t.Fatal(err)
+	}
+	path := FragmentPath(s.cfg.Dir, "frag")
+	raw, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	hl, err := FragmentHeaderLen(raw)
+	if err != nil {
+		t.Fatal(err)
+	}
+	raw[int64(hl)+bs+5] ^= 0x40 // block 1
+	if err := os.WriteFile(path, raw, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	items := []ReadItem{
+		{"frag", 0, bs},            // block 0
+		{"frag", bs + 100, 10},     // inside block 1
+		{"frag", 3*bs + 7, bs - 7}, // block 3, unaligned
+		{"frag", 0, 4 * bs},        // whole: the whole-data checksum
+		{"frag", bs - 1, 2},        // across blocks 0 and 1
+		{"frag", 2 * bs, 2 * bs},   // blocks 2 and 3
+	}
+	want := []bool{true, false, true, false, false, true}
+	dst := make([][]byte, len(items))
+	for i, it := range items {
+		dst[i] = make([]byte, it.Length)
+	}
+	res, err := c.ReadBatch(ctx, items, dst)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, it := range items {
+		if !want[i] {
+			if !errors.Is(res[i].Err, ErrFragmentCorrupt) {
+				t.Errorf("item %d [%d,+%d): %v, want corrupt", i, it.Off, it.Length, res[i].Err)
+			}
+			continue
+		}
+		if res[i].Err != nil || !bytes.Equal(dst[i], data[it.Off:it.Off+it.Length]) {
+			t.Errorf("item %d [%d,+%d): %v", i, it.Off, it.Length, res[i].Err)
+		}
+	}
 }
