@@ -439,6 +439,7 @@ func FuzzWire(f *testing.F) {
 	f.Add(rep)
 	f.Add([]byte("HTTP/1.1 400 Bad Request\r\n\r\n"))
 	req := []ReadItem{{"frag", 0, 10}, {"x", 0, 2}}
+	dst := [][]byte{make([]byte, 10), make([]byte, 2)}
 	f.Fuzz(func(t *testing.T, b []byte) {
 		if h, err := decodeFrameHeader(b); err == nil && len(b) >= frameHeaderLen {
 			body := b[frameHeaderLen:]
@@ -452,10 +453,10 @@ func FuzzWire(f *testing.F) {
 					t.Fatalf("request does not round-trip")
 				}
 			}
-			decodeReadReply(body, req, nil)
+			readReply(bytes.NewReader(body), h.bodyLen(), req, dst, nil)
 		}
 		decodeReadRequest(b, nil)
-		decodeReadReply(b, req, nil)
+		readReply(bytes.NewReader(b), len(b), req, dst, nil)
 		readHello(bytes.NewReader(b))
 		readHelloReply(bytes.NewReader(b))
 	})
@@ -527,5 +528,60 @@ func TestWireCorruptBlockAndBigReads(t *testing.T) {
 		if res[i].Err != nil || !bytes.Equal(dst[i], data[it.Off:it.Off+it.Length]) {
 			t.Errorf("item %d [%d,+%d): %v", i, it.Off, it.Length, res[i].Err)
 		}
+	}
+}
+
+// A reply read straight into the caller's buffer: a read given up while
+// its reply is half read returns only once nothing more is written into
+// its buffer, and a peer that stalls in the middle of a reply has its
+// connection closed rather than holding the caller.
+func TestWireCancelMidReply(t *testing.T) {
+	f := newFakeWireASD(t)
+	c := NewClient(f.ln.Addr().String(), nil).WithWire(WireConfig{Conns: 1})
+	defer c.Close()
+	dst := make([]byte, 1<<20)
+	call, err := c.StartRead(context.Background(), []ReadItem{{"frag", 0, int64(len(dst))}}, [][]byte{dst})
+	if err != nil {
+		t.Fatal(err)
+	}
+	conn := f.accept(t)
+	id, items := conn.request(t)
+	out := make([]byte, frameHeaderLen)
+	out = append(out, 0)
+	out = binary.LittleEndian.AppendUint32(out, 0xabcd)
+	out = binary.LittleEndian.AppendUint64(out, 1<<20)
+	out = append(out, bytes.Repeat([]byte{5}, int(items[0].Length))...)
+	putFrameHeader(out, frameHeader{length: uint32(len(out) - 4), typ: frameReadReply, id: id})
+	half := len(out) / 2
+	if _, err := conn.c.Write(out[:half]); err != nil {
+		t.Fatal(err)
+	}
+	// Wait until the reader has taken the call (before, Cancel just
+	// drops it from the pending ones).
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		call.wc.mu.Lock()
+		recv := call.recv
+		call.wc.mu.Unlock()
+		if recv {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the reply was never taken by the reader")
+		}
+		time.Sleep(time.Millisecond)
+	}
+	call.Cancel(context.Canceled)
+	select {
+	case <-call.Done():
+	default:
+		t.Fatal("Cancel returned while the reply was still being read into the buffer")
+	}
+	if _, err := call.Result(); !errors.Is(err, ErrUnavailable) {
+		t.Fatalf("read given up mid-reply: %v", err)
+	}
+	conn.c.SetReadDeadline(time.Now().Add(10 * time.Second))
+	if _, err := conn.br.ReadByte(); err != io.EOF {
+		t.Fatalf("the stalled connection is still open: %v", err)
 	}
 }

@@ -46,6 +46,9 @@ const (
 	defaultWireConns    = 2
 	defaultWireMaxBytes = 4 << 20
 	wireDialTimeout     = 2 * time.Second
+	// cancelRecvWait: how long Cancel waits for a reply being read into
+	// the call's buffers before it closes the connection.
+	cancelRecvWait = 500 * time.Millisecond
 )
 
 // ErrNoWire: the ASD does not speak the binary protocol (or the client
@@ -116,6 +119,7 @@ type WireCall struct {
 	err   error
 	done  chan struct{}
 	sent  int64 // unix nanoseconds
+	recv  bool  // under wc.mu: the reader is reading the reply into dst
 }
 
 // Done is closed when the call's results are in (or it failed).
@@ -134,7 +138,23 @@ func (w *WireCall) Cancel(cause error) {
 	wc.mu.Lock()
 	_, pending := wc.pending[w.id]
 	delete(wc.pending, w.id)
+	recv := w.recv
 	wc.mu.Unlock()
+	if recv {
+		// Its reply is being read into the destination buffers: wait
+		// for the reader to finish (a reply in flight on a live
+		// connection takes little), or, from a peer that stalls in the
+		// middle of a reply, close the connection so that it stops.
+		t := time.NewTimer(cancelRecvWait)
+		defer t.Stop()
+		select {
+		case <-w.done:
+		case <-t.C:
+			wc.fail(fmt.Errorf("%w: a reply stalled while a read was given up", ErrUnavailable))
+			<-w.done
+		}
+		return
+	}
 	if pending && errors.Is(cause, context.DeadlineExceeded) && wc.lastRecv.Load() < w.sent {
 		wc.fail(fmt.Errorf("%w: no answer on the connection since a read that timed out", ErrUnavailable))
 	}
@@ -382,10 +402,12 @@ func (wc *wireConn) send(ctx context.Context, call *WireCall) error {
 }
 
 // readLoop reads replies and hands each to its call, until the
-// connection fails; then every call still pending fails with it.
+// connection fails; then every call still pending fails with it. A reply's
+// data is read straight into its call's buffers: the call leaves pending
+// (marked recv) first, so that Cancel waits for it instead of returning
+// while the reader still writes into them.
 func (wc *wireConn) readLoop() {
 	var hdr [frameHeaderLen]byte
-	var body []byte
 	var items []replyItem
 	for {
 		err := func() error {
@@ -399,41 +421,43 @@ func (wc *wireConn) readLoop() {
 			if h.typ != frameReadReply {
 				return fmt.Errorf("%w: frame type %d from an ASD", errProtocol, h.typ)
 			}
-			body = grow(body, h.bodyLen())
-			if _, err := io.ReadFull(wc.br, body); err != nil {
-				return err
-			}
 			wc.lastRecv.Store(time.Now().UnixNano())
 			wc.mu.Lock()
-			defer wc.mu.Unlock()
 			call := wc.pending[h.id]
 			if call == nil {
-				if h.id == 0 || h.id > wc.nextID {
+				sent := h.id != 0 && h.id <= wc.nextID
+				wc.mu.Unlock()
+				if !sent {
 					return fmt.Errorf("%w: reply to request %d, never sent", errProtocol, h.id)
 				}
-				return nil // given up by its caller
-			}
-			if items, err = decodeReadReply(body, call.items, items); err != nil {
+				// Given up by its caller.
+				_, err := wc.br.Discard(h.bodyLen())
 				return err
 			}
 			delete(wc.pending, h.id)
+			call.recv = true
+			wc.mu.Unlock()
+			items, err = readReply(wc.br, h.bodyLen(), call.items, call.dst, items)
+			if err != nil {
+				if !errors.Is(err, errProtocol) {
+					err = fmt.Errorf("%w: %w", ErrUnavailable, err)
+				}
+				call.err = fmt.Errorf("asd %s: %w", wc.pool.addr, err)
+				close(call.done)
+				return err
+			}
 			call.res = make([]ItemResult, len(items))
 			for i, ri := range items {
 				call.res[i] = ItemResult{CRC: ri.crc, Size: ri.size}
-				if ri.status == readOK {
-					copy(call.dst[i], ri.data)
-				} else {
+				if ri.status != readOK {
 					call.res[i].Err = wc.itemErr(call.items[i].Key, ri)
 				}
 			}
 			close(call.done)
 			return nil
 		}()
-		if cap(body) > maxPooledBuf {
-			body = nil
-		}
 		if err != nil {
-			if !errors.Is(err, errProtocol) {
+			if !errors.Is(err, errProtocol) && !errors.Is(err, ErrUnavailable) {
 				err = fmt.Errorf("%w: %w", ErrUnavailable, err)
 			}
 			wc.fail(err)
