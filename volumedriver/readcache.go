@@ -121,10 +121,12 @@ func (v *Volume) diskCacheGet(key readcache.Key, p []byte, want uint32) bool {
 	return rc != nil && rc.GetCRC(key, p, want)
 }
 
-// diskCacheAdd queues a cluster read (and verified) from the backend.
-func (v *Volume) diskCacheAdd(key readcache.Key, p []byte) {
+// diskCacheAddRun queues clusters that follow each other in one SCO, read
+// from the backend and verified against crcs (their metadata CRCs), from
+// key on.
+func (v *Volume) diskCacheAddRun(key readcache.Key, p []byte, crcs []uint32) {
 	if rc := v.drv.rc; rc != nil {
-		rc.Add(key, p)
+		rc.AddRun(key, v.clusterSize, p, crcs)
 	}
 }
 

@@ -131,9 +131,20 @@ func (v *Volume) readBackend(ctx context.Context, ns string, obj scos.SCOName, l
 		}
 		return fmt.Errorf("%s: read cluster %s from the backend: %w", v.name(), first, err)
 	}
+	// The run goes to the disk cache as one fill, with the metadata CRCs
+	// each cluster has just passed (so the cache does not compute them
+	// again); a cluster that had to be read again on its own goes alone.
+	crcs := make([]uint32, 0, len(ls))
+	runStart := 0
+	flush := func(end int) {
+		if end > runStart {
+			v.diskCacheAddRun(diskCacheKey(ns, obj, first.Offset+uint16(runStart)), out[runStart*cs:end*cs], crcs)
+		}
+		crcs = crcs[:0]
+		runStart = end + 1
+	}
 	for i, l := range ls {
 		p := out[i*cs : (i+1)*cs]
-		off := first.Offset + uint16(i)
 		if crc32c(p) != l.e.crc {
 			loc := scos.UnpackLocation(l.e.loc)
 			if len(ls) == 1 {
@@ -142,6 +153,7 @@ func (v *Volume) readBackend(ctx context.Context, ns string, obj scos.SCOName, l
 			}
 			v.log.Warn("checksum mismatch in a ranged backend read; reading the cluster on its own",
 				"vdisk", v.name(), "cluster", loc.String())
+			flush(i)
 			if err := v.readBackend(ctx, ns, obj, ls[i:i+1], p); err != nil {
 				return err
 			}
@@ -154,7 +166,8 @@ func (v *Volume) readBackend(ctx context.Context, ns string, obj scos.SCOName, l
 		if v.cacheReads && len(ls) == 1 {
 			v.drv.cacheSet(v, l.e.loc, p)
 		}
-		v.diskCacheAdd(diskCacheKey(ns, obj, off), p)
+		crcs = append(crcs, l.e.crc)
 	}
+	flush(len(ls))
 	return nil
 }

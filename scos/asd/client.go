@@ -178,8 +178,17 @@ func (e *asdStatusError) Unwrap() error { return e.kind }
 // Put stores data as fragment key (replacing one of the same key). It
 // returns once the daemon has fsynced it.
 func (c *Client) Put(ctx context.Context, key, tag string, data []byte) error {
+	return c.PutCRC(ctx, key, tag, data, crc32c(data))
+}
+
+// PutCRC is Put for a caller that has computed the CRC-32C of data already
+// (the erasure-coded backend records every fragment's in its manifest):
+// the ASD refuses a body that does not have this checksum, so a fragment
+// damaged between the caller's checksum and the ASD's disk is never
+// stored, and the bytes are not checksummed once more just to say so.
+func (c *Client) PutCRC(ctx context.Context, key, tag string, data []byte, crc uint32) error {
 	hdr := http.Header{}
-	hdr.Set("X-Ovs-Crc32c", fmt.Sprintf("%08x", crc32c(data)))
+	hdr.Set("X-Ovs-Crc32c", fmt.Sprintf("%08x", crc))
 	hdr.Set("Content-Type", "application/octet-stream")
 	if tag != "" {
 		hdr.Set("X-Ovs-Tag", tag)

@@ -327,3 +327,24 @@ func FuzzFragmentHeader(f *testing.F) {
 		}
 	})
 }
+
+// PutCRC sends the caller's checksum: a body that does not have it is
+// refused and nothing is stored.
+func TestPutCRC(t *testing.T) {
+	ctx := context.Background()
+	_, c := testASD(t, Config{})
+	data := randBytes(9, 3*DefaultFragmentBlockSize+17)
+	if err := c.PutCRC(ctx, "bad", "", data, crc32c(data)^1); err == nil {
+		t.Fatal("a body with another checksum than the one sent was stored")
+	}
+	if _, err := c.Stat(ctx, "bad"); !errors.Is(err, ErrFragmentNotFound) {
+		t.Fatalf("after a refused put: %v", err)
+	}
+	if err := c.PutCRC(ctx, "good", "", data, crc32c(data)); err != nil {
+		t.Fatal(err)
+	}
+	got, crc, err := c.Get(ctx, "good", 0, -1)
+	if err != nil || !bytes.Equal(got, data) || crc != crc32c(data) {
+		t.Fatalf("get: %v", err)
+	}
+}

@@ -10,6 +10,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"os"
 	"sync"
 	"testing"
 	"time"
@@ -438,6 +439,7 @@ func FuzzWire(f *testing.F) {
 	f.Add(rep)
 	f.Add([]byte("HTTP/1.1 400 Bad Request\r\n\r\n"))
 	req := []ReadItem{{"frag", 0, 10}, {"x", 0, 2}}
+	dst := [][]byte{make([]byte, 10), make([]byte, 2)}
 	f.Fuzz(func(t *testing.T, b []byte) {
 		if h, err := decodeFrameHeader(b); err == nil && len(b) >= frameHeaderLen {
 			body := b[frameHeaderLen:]
@@ -451,11 +453,135 @@ func FuzzWire(f *testing.F) {
 					t.Fatalf("request does not round-trip")
 				}
 			}
-			decodeReadReply(body, req, nil)
+			readReply(bytes.NewReader(body), h.bodyLen(), req, dst, nil)
 		}
 		decodeReadRequest(b, nil)
-		decodeReadReply(b, req, nil)
+		readReply(bytes.NewReader(b), len(b), req, dst, nil)
 		readHello(bytes.NewReader(b))
 		readHelloReply(bytes.NewReader(b))
 	})
+}
+
+// A damaged block fails only the items that touch it, in a batch whose
+// other items (read into the same reply before and after it) are intact;
+// 1 MiB reads go over the binary protocol by default.
+func TestWireCorruptBlockAndBigReads(t *testing.T) {
+	ctx := context.Background()
+	s, err := Open(Config{Dir: t.TempDir(), Node: "n", Site: "s"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := serveASD(t, s)
+	c := NewClient(addr, nil).For(s.ID()).WithWire(WireConfig{Conns: 1})
+	t.Cleanup(func() { c.Close() })
+	bs := int64(DefaultFragmentBlockSize)
+	big := randBytes(3, 1<<20)
+	if err := c.Put(ctx, "big", "", big); err != nil {
+		t.Fatal(err)
+	}
+	got, crc, err := c.Get(ctx, "big", 0, int64(len(big)))
+	if err != nil || !bytes.Equal(got, big) || crc != crc32c(big) || c.WireReads() != 1 {
+		t.Fatalf("1 MiB read: %v (%d binary reads)", err, c.WireReads())
+	}
+
+	data := randBytes(4, int(4*bs))
+	if err := c.Put(ctx, "frag", "", data); err != nil {
+		t.Fatal(err)
+	}
+	path := FragmentPath(s.cfg.Dir, "frag")
+	raw, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	hl, err := FragmentHeaderLen(raw)
+	if err != nil {
+		t.Fatal(err)
+	}
+	raw[int64(hl)+bs+5] ^= 0x40 // block 1
+	if err := os.WriteFile(path, raw, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	items := []ReadItem{
+		{"frag", 0, bs},            // block 0
+		{"frag", bs + 100, 10},     // inside block 1
+		{"frag", 3*bs + 7, bs - 7}, // block 3, unaligned
+		{"frag", 0, 4 * bs},        // whole: the whole-data checksum
+		{"frag", bs - 1, 2},        // across blocks 0 and 1
+		{"frag", 2 * bs, 2 * bs},   // blocks 2 and 3
+	}
+	want := []bool{true, false, true, false, false, true}
+	dst := make([][]byte, len(items))
+	for i, it := range items {
+		dst[i] = make([]byte, it.Length)
+	}
+	res, err := c.ReadBatch(ctx, items, dst)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, it := range items {
+		if !want[i] {
+			if !errors.Is(res[i].Err, ErrFragmentCorrupt) {
+				t.Errorf("item %d [%d,+%d): %v, want corrupt", i, it.Off, it.Length, res[i].Err)
+			}
+			continue
+		}
+		if res[i].Err != nil || !bytes.Equal(dst[i], data[it.Off:it.Off+it.Length]) {
+			t.Errorf("item %d [%d,+%d): %v", i, it.Off, it.Length, res[i].Err)
+		}
+	}
+}
+
+// A reply read straight into the caller's buffer: a read given up while
+// its reply is half read returns only once nothing more is written into
+// its buffer, and a peer that stalls in the middle of a reply has its
+// connection closed rather than holding the caller.
+func TestWireCancelMidReply(t *testing.T) {
+	f := newFakeWireASD(t)
+	c := NewClient(f.ln.Addr().String(), nil).WithWire(WireConfig{Conns: 1})
+	defer c.Close()
+	dst := make([]byte, 1<<20)
+	call, err := c.StartRead(context.Background(), []ReadItem{{"frag", 0, int64(len(dst))}}, [][]byte{dst})
+	if err != nil {
+		t.Fatal(err)
+	}
+	conn := f.accept(t)
+	id, items := conn.request(t)
+	out := make([]byte, frameHeaderLen)
+	out = append(out, 0)
+	out = binary.LittleEndian.AppendUint32(out, 0xabcd)
+	out = binary.LittleEndian.AppendUint64(out, 1<<20)
+	out = append(out, bytes.Repeat([]byte{5}, int(items[0].Length))...)
+	putFrameHeader(out, frameHeader{length: uint32(len(out) - 4), typ: frameReadReply, id: id})
+	half := len(out) / 2
+	if _, err := conn.c.Write(out[:half]); err != nil {
+		t.Fatal(err)
+	}
+	// Wait until the reader has taken the call (before, Cancel just
+	// drops it from the pending ones).
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		call.wc.mu.Lock()
+		recv := call.recv
+		call.wc.mu.Unlock()
+		if recv {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the reply was never taken by the reader")
+		}
+		time.Sleep(time.Millisecond)
+	}
+	call.Cancel(context.Canceled)
+	select {
+	case <-call.Done():
+	default:
+		t.Fatal("Cancel returned while the reply was still being read into the buffer")
+	}
+	if _, err := call.Result(); !errors.Is(err, ErrUnavailable) {
+		t.Fatalf("read given up mid-reply: %v", err)
+	}
+	conn.c.SetReadDeadline(time.Now().Add(10 * time.Second))
+	if _, err := conn.br.ReadByte(); err != io.EOF {
+		t.Fatalf("the stalled connection is still open: %v", err)
+	}
 }

@@ -9,6 +9,8 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"os"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -216,13 +218,8 @@ func (s *Server) serveWire(ctx context.Context, c net.Conn, br *bufio.Reader) er
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			var scratch []byte
 			for j := range work {
-				var rep *[]byte
-				rep, scratch = s.serveRead(j.id, j.req, j.at, scratch)
-				if cap(scratch) > maxPooledBuf {
-					scratch = nil
-				}
+				rep := s.serveRead(j.id, j.req, j.at)
 				waiting.Add(1)
 				wmu.Lock()
 				waiting.Add(-1)
@@ -294,7 +291,7 @@ func grow(b []byte, n int) []byte {
 }
 
 // serveRead answers one read request.
-func (s *Server) serveRead(id uint64, req readRequest, at time.Time, scratch []byte) (*[]byte, []byte) {
+func (s *Server) serveRead(id uint64, req readRequest, at time.Time) *[]byte {
 	rep := replyPool.Get().(*[]byte)
 	out := append((*rep)[:0], make([]byte, frameHeaderLen)...)
 	expired := req.timeoutMS > 0 && time.Since(at) > time.Duration(req.timeoutMS)*time.Millisecond
@@ -303,11 +300,11 @@ func (s *Server) serveRead(id uint64, req readRequest, at time.Time, scratch []b
 			out = appendReplyError(out, readExpired, 0, 0, "the client's deadline passed before the read started")
 			continue
 		}
-		out, scratch = s.readItem(out, it, scratch)
+		out = s.readItem(out, it)
 	}
 	putFrameHeader(out, frameHeader{length: uint32(len(out) - 4), typ: frameReadReply, id: id})
 	*rep = out
-	return rep, scratch
+	return rep
 }
 
 func appendReplyError(out []byte, st readStatus, crc uint32, size int64, msg string) []byte {
@@ -322,33 +319,68 @@ func appendReplyError(out []byte, st readStatus, crc uint32, size int64, msg str
 }
 
 // readItem appends the reply item for one range.
-func (s *Server) readItem(out []byte, it ReadItem, scratch []byte) ([]byte, []byte) {
+func (s *Server) readItem(out []byte, it ReadItem) []byte {
 	if err := checkFragmentKey(it.Key); err != nil {
-		return appendReplyError(out, readBadRequest, 0, 0, err.Error()), scratch
+		return appendReplyError(out, readBadRequest, 0, 0, err.Error())
 	}
 	of, err := s.acquire(it.Key)
 	if err != nil {
-		return appendReplyError(out, statusOf(err), 0, 0, err.Error()), scratch
+		return appendReplyError(out, statusOf(err), 0, 0, err.Error())
 	}
 	defer of.release()
 	h := of.h
 	if it.Off > h.DataLen || it.Length > h.DataLen-it.Off {
 		return appendReplyError(out, readBadRange, h.DataCRC, h.DataLen,
-			fmt.Sprintf("[%d,+%d) of fragment %s of %d bytes", it.Off, it.Length, it.Key, h.DataLen)), scratch
+			fmt.Sprintf("[%d,+%d) of fragment %s of %d bytes", it.Off, it.Length, it.Key, h.DataLen))
 	}
-	var data []byte
-	data, scratch, err = readVerifiedBuf(of.f, h, it.Off, it.Length, scratch)
+	start := len(out)
+	out = append(out, byte(readOK))
+	out = binary.LittleEndian.AppendUint32(out, h.DataCRC)
+	out = binary.LittleEndian.AppendUint64(out, uint64(h.DataLen))
+	out, err = appendVerified(out, of.f, h, it.Off, it.Length)
 	if err != nil {
 		err = fmt.Errorf("asd %s: %w", s.id, err)
 		if errors.Is(err, ErrFragmentCorrupt) {
 			s.log.Warn("corrupt fragment", "key", it.Key, "err", err)
 		}
-		return appendReplyError(out, statusOf(err), h.DataCRC, h.DataLen, err.Error()), scratch
+		return appendReplyError(out[:start], statusOf(err), h.DataCRC, h.DataLen, err.Error())
 	}
-	out = append(out, byte(readOK))
-	out = binary.LittleEndian.AppendUint32(out, h.DataCRC)
-	out = binary.LittleEndian.AppendUint64(out, uint64(h.DataLen))
-	return append(out, data...), scratch
+	return out
+}
+
+// appendVerified appends [off, off+length) of the fragment's data to out:
+// read straight into out (grown as needed) and verified there, against
+// the blocks it touches or, for a whole fragment, the whole-data
+// checksum. Reading into a scratch buffer and appending from it cost an
+// ASD a tenth of its CPU on 1 MiB reads (pprof: runtime.memmove).
+func appendVerified(out []byte, f *os.File, h FragmentHeader, off, length int64) ([]byte, error) {
+	start := len(out)
+	if length == 0 {
+		return out, nil
+	}
+	whole := off == 0 && length == h.DataLen
+	lo, hi, first := off, off+length, int64(0)
+	if !whole {
+		bs := int64(h.BlockSize)
+		first = off / bs
+		lo, hi = first*bs, min(((off+length-1)/bs+1)*bs, h.DataLen)
+	}
+	out = slices.Grow(out, int(hi-lo))[:start+int(hi-lo)]
+	buf := out[start:]
+	if _, err := f.ReadAt(buf, int64(h.HeaderLen)+lo); err != nil {
+		return out[:start], fmt.Errorf("%s: %w", h.Key, err)
+	}
+	if whole {
+		if got := crc32c(buf); got != h.DataCRC {
+			return out[:start], fmt.Errorf("%w: %s: data checksum %08x, header says %08x", ErrFragmentCorrupt, h.Key, got, h.DataCRC)
+		}
+	} else if err := h.verifyBlocks(int(first), buf); err != nil {
+		return out[:start], err
+	}
+	if off > lo {
+		copy(buf, buf[off-lo:off-lo+length])
+	}
+	return out[:start+int(length)], nil
 }
 
 func statusOf(err error) readStatus {

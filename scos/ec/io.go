@@ -321,7 +321,9 @@ func (b *Backend) writeFragments(ctx context.Context, m *Manifest, tag string, s
 				return
 			}
 			octx, cancel := context.WithTimeout(wctx, b.opTimeout(int64(len(shards[i]))))
-			err := c.Put(octx, m.FragmentKey(i), tag, shards[i])
+			// The manifest's fragment CRC, computed from shards[i]: the
+			// ASD checks the body it receives against it.
+			err := c.PutCRC(octx, m.FragmentKey(i), tag, shards[i], m.Fragments[i].CRC32C)
 			cancel()
 			if err != nil {
 				b.suspect(id, err)

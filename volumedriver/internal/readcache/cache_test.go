@@ -188,12 +188,14 @@ func TestKilledLosesOnlyOpenSegment(t *testing.T) {
 	// 4 segments of 256 KiB: 60 entries each.
 	c := openT(t, dir, 1<<20)
 	fillKeys(t, c, "vd-a", 1, 100) // fills segment 1, 40 in segment 2
-	// A kill: the writer stops, nothing is sealed.
+	// A kill once the first segment's seal (beside the writer) is done:
+	// the writer stops, the open segment is not sealed.
 	c.mu.Lock()
 	c.broken = true
 	c.mu.Unlock()
 	close(c.stop)
 	<-c.done
+	c.sealing.Wait()
 	c.closeFiles()
 	c.closing.Do(func() {})
 
@@ -432,5 +434,73 @@ func TestGetCRC(t *testing.T) {
 			}
 			mustMiss(t, c, "vd-a", 2)
 		})
+	}
+}
+
+// AddRun keeps a run of clusters as entries loc, loc+1, ...; the CRCs it
+// is given are the entries' (GetCRC serves only data that has the CRC
+// asked for), and malformed runs are ignored.
+func TestAddRun(t *testing.T) {
+	c := openT(t, t.TempDir(), 4<<20)
+	var run []byte
+	var crcs []uint32
+	for loc := uint64(10); loc < 20; loc++ {
+		run = append(run, cluster("vd-a", loc)...)
+		crcs = append(crcs, crc(cluster("vd-a", loc)))
+	}
+	c.AddRun(Key{"vd-a", 10}, cs, run, crcs)
+	c.AddRun(Key{"vd-b", 10}, cs, run, nil) // CRCs computed by the writer
+	for _, bad := range []struct {
+		size int
+		data []byte
+		crcs []uint32
+	}{
+		{0, run, nil}, {cs + 1, run, nil}, {cs, run[:cs+7], nil}, {cs, run, crcs[:3]}, {2 << 20, make([]byte, 2<<20), nil}, {cs, nil, nil},
+	} {
+		c.AddRun(Key{"vd-c", 10}, bad.size, bad.data, bad.crcs)
+	}
+	flush(t, c)
+	for _, ns := range []string{"vd-a", "vd-b"} {
+		for loc := uint64(10); loc < 20; loc++ {
+			buf := make([]byte, cs)
+			if !c.GetCRC(Key{ns, loc}, buf, crc(cluster("vd-a", loc))) || !bytes.Equal(buf, cluster("vd-a", loc)) {
+				t.Fatalf("%s/%d: not served, or not its data (stats %+v)", ns, loc, c.Stats())
+			}
+		}
+		mustMiss(t, c, ns, 9)
+		mustMiss(t, c, ns, 20)
+	}
+	mustMiss(t, c, "vd-c", 10)
+	if st := c.Stats(); st.Fills != 20 || st.Corrupt != 0 || st.Dropped != 0 {
+		t.Fatalf("stats %+v", st)
+	}
+	// A CRC that is not the data's: the entry is refused when asked for
+	// with the data's CRC, and dropped.
+	bad := append([]uint32(nil), crcs...)
+	bad[3] ^= 1
+	c.AddRun(Key{"vd-d", 10}, cs, run, bad)
+	flush(t, c)
+	if c.GetCRC(Key{"vd-d", 13}, make([]byte, cs), crcs[3]) {
+		t.Fatal("an entry recorded with another CRC was served")
+	}
+	if !c.GetCRC(Key{"vd-d", 12}, make([]byte, cs), crcs[2]) {
+		t.Fatal("the run's other entries were lost with the bad one")
+	}
+}
+
+// The queue is bounded in bytes too: runs past QueueBytes are dropped (and
+// counted per entry), never blocking the reader.
+func TestQueueBytesDrops(t *testing.T) {
+	c := openT(t, t.TempDir(), 16<<20, func(o *Options) { o.QueueBytes = 64 << 10 })
+	run := make([]byte, 16*cs)
+	for i := range 200 {
+		c.AddRun(Key{"vd-a", uint64(i * 16)}, cs, run, nil)
+	}
+	flush(t, c)
+	if st := c.Stats(); st.Dropped == 0 || st.Dropped%16 != 0 || st.Fills+st.Dropped != 200*16 {
+		t.Fatalf("stats %+v", st)
+	}
+	if n := c.queued.Load(); n != 0 {
+		t.Fatalf("%d bytes still counted as queued after a flush", n)
 	}
 }
