@@ -283,6 +283,16 @@ func (s *Server) lookupPath(ctx context.Context, dirh []byte, name string) (dir,
 	return dir, join(dir, name), da, nfsOK
 }
 
+// entryPath is the path of name in directory dirh for a call that
+// creates or removes it: the name is checked first, then the directory.
+func (s *Server) entryPath(ctx context.Context, dirh []byte, name string) (string, uint32) {
+	if st := checkName(name); st != nfsOK {
+		return "", st
+	}
+	_, p, _, st := s.lookupPath(ctx, dirh, name)
+	return p, st
+}
+
 func (s *Server) lookup(ctx context.Context, r *xdrReader, w *xdrWriter) uint32 {
 	h := r.opaque(maxHandle)
 	name := r.string(1024)
@@ -474,10 +484,7 @@ func (s *Server) create(ctx context.Context, r *xdrReader, w *xdrWriter) uint32 
 	if r.err != nil {
 		return 0
 	}
-	if st := checkName(name); st != nfsOK {
-		return st
-	}
-	_, p, _, st := s.lookupPath(ctx, dirh, name)
+	p, st := s.entryPath(ctx, dirh, name)
 	if st != nfsOK {
 		return st
 	}
@@ -525,10 +532,7 @@ func (s *Server) mkdir(ctx context.Context, r *xdrReader, w *xdrWriter) uint32 {
 	if r.err != nil {
 		return 0
 	}
-	if st := checkName(name); st != nfsOK {
-		return st
-	}
-	_, p, _, st := s.lookupPath(ctx, dirh, name)
+	p, st := s.entryPath(ctx, dirh, name)
 	if st != nfsOK {
 		return st
 	}
@@ -559,10 +563,7 @@ func (s *Server) removeEntry(ctx context.Context, r *xdrReader, w *xdrWriter, di
 	if r.err != nil {
 		return 0
 	}
-	if st := checkName(name); st != nfsOK {
-		return st
-	}
-	_, p, _, st := s.lookupPath(ctx, dirh, name)
+	p, st := s.entryPath(ctx, dirh, name)
 	if st != nfsOK {
 		return st
 	}
