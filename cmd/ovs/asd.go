@@ -38,6 +38,7 @@ type asdServeOptions struct {
 	logLevel   string
 	listenFD   int
 	secretFile string
+	socket     string
 }
 
 func newASDServeCommand() *cobra.Command {
@@ -69,6 +70,7 @@ func newASDServeCommand() *cobra.Command {
 	f.Var(&o.capacity, "capacity", "bytes of fragments this ASD may hold (default: the whole filesystem)")
 	f.StringVar(&o.logLevel, "log-level", "info", "debug, info, warn or error")
 	f.StringVar(&o.secretFile, "secret-file", "", "file holding the cluster secret (default: $OVS_SECRET, then $OVS_SECRET_FILE)")
+	f.StringVar(&o.socket, "local-socket", "", "also serve reads on this unix socket, to processes of this user on this host (no TLS; peers are checked by uid)")
 	f.IntVar(&o.listenFD, "listen-fd", 0, "serve on this inherited listening socket instead of --addr (how ovs up runs its ASDs)")
 	_ = cmd.MarkFlagRequired("dir")
 	return cmd
@@ -90,8 +92,8 @@ func runASDServe(ctx context.Context, o *asdServeOptions) error {
 	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
 	s, err := asd.Open(asd.Config{
 		Dir: o.dir, Node: o.node, Site: o.site, FillLimit: o.fillLimit, Capacity: int64(o.capacity), Logger: log,
-		Cluster: sec.ClusterID(),
-		TLS:     func(id string) (*tls.Config, error) { return sec.ServerTLS(secret.RoleASD, id) },
+		Cluster: sec.ClusterID(), LocalSocket: o.socket,
+		TLS: func(id string) (*tls.Config, error) { return sec.ServerTLS(secret.RoleASD, id) },
 	})
 	if err != nil {
 		return err

@@ -78,6 +78,7 @@ func startEC(ctx context.Context, data string, o ecOptions, log *slog.Logger) (*
 	cfg.HTTPClient = hc
 	cfg.Logger = log.With("component", "backend")
 	cfg.LocalPids = l.ASDs.Pids
+	cfg.LocalSockets = l.ASDs.Sockets
 	l.Backend, err = ec.New(ctx, cfg)
 	if err != nil {
 		l.Close()

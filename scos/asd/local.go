@@ -313,6 +313,9 @@ func writeLocalAddr(dir, addr string) error {
 func (l *LocalSet) args(p *localASD) []string {
 	// The socket is the child's fd 3 (its first ExtraFile).
 	args := []string{"asd", "serve", "--dir", p.dir, "--listen-fd", "3", "--node", l.cfg.Node, "--site", l.cfg.Site}
+	if sock := LocalSocketPath(p.dir); sock != "" {
+		args = append(args, "--local-socket", sock)
+	}
 	if l.cfg.SecretFile != "" {
 		args = append(args, "--secret-file", l.cfg.SecretFile)
 	}
@@ -459,6 +462,18 @@ func (l *LocalSet) Pids() map[string]int {
 	for _, a := range l.List() {
 		if a.Pid != 0 && a.ID != "" {
 			out[a.ID] = a.Pid
+		}
+	}
+	return out
+}
+
+// Sockets maps the id of each ASD to its local socket (see
+// LocalSocketPath), for clients on this host.
+func (l *LocalSet) Sockets() map[string]string {
+	out := map[string]string{}
+	for _, a := range l.List() {
+		if sock := LocalSocketPath(a.Dir); a.ID != "" && sock != "" {
+			out[a.ID] = sock
 		}
 	}
 	return out

@@ -73,8 +73,13 @@ type Config struct {
 	Cluster string
 	// TLS, if set, gives the server configuration the API is served
 	// with, made for the ASD's id once it is known.
-	TLS    func(id string) (*tls.Config, error)
-	Logger *slog.Logger
+	TLS func(id string) (*tls.Config, error)
+	// LocalSocket, if set, is a unix socket path on which the binary read
+	// protocol is also served, to clients of the ASD's own user on its
+	// host (see localsock.go). A socket that cannot be made is logged and
+	// left out: reads then go over TLS.
+	LocalSocket string
+	Logger      *slog.Logger
 }
 
 // DefaultFillLimit: an ASD refuses writes past 99% of its disk.
@@ -156,6 +161,7 @@ type Server struct {
 	used   atomic.Int64 // bytes of fragment files
 	count  atomic.Int64 // number of fragments
 	locks  [64]sync.Mutex
+	localStats
 }
 
 // Open opens (creating on first use) the ASD in cfg.Dir. Its identity
@@ -402,8 +408,21 @@ func (s *Server) ServeHandler(ctx context.Context, l net.Listener, h http.Handle
 	actx, stopAccept := context.WithCancel(ctx)
 	defer stopAccept()
 	go func() { errc <- s.acceptLoop(actx, l, httpL, wc) }()
+	var local *net.UnixListener
+	if s.cfg.LocalSocket != "" {
+		var err error
+		if local, err = listenLocal(s.cfg.LocalSocket); err != nil {
+			s.log.Warn("no local socket; local clients read over TLS", "err", err)
+		} else {
+			go func() {
+				if err := s.serveLocal(actx, local, wc); err != nil && !errors.Is(err, net.ErrClosed) {
+					s.log.Warn("local socket stopped; local clients read over TLS", "err", err)
+				}
+			}()
+		}
+	}
 	s.log.Info("asd serving", "addr", l.Addr().String(), "tls", s.tls != nil, "cluster", s.cfg.Cluster,
-		"dir", s.cfg.Dir, "node", s.cfg.Node, "site", s.cfg.Site, "fragments", s.count.Load(), "used", s.used.Load())
+		"local_socket", local != nil, "dir", s.cfg.Dir, "node", s.cfg.Node, "site", s.cfg.Site, "fragments", s.count.Load(), "used", s.used.Load())
 	var err error
 	select {
 	case err = <-errc:
@@ -411,6 +430,9 @@ func (s *Server) ServeHandler(ctx context.Context, l net.Listener, h http.Handle
 	case <-ctx.Done():
 	}
 	l.Close()
+	if local != nil {
+		local.Close() // removes the socket file
+	}
 	wc.closeAll()
 	shut, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()

@@ -36,6 +36,11 @@ type WireConfig struct {
 	// caller's buffer: the ASD's workers still read in parallel and the
 	// connections' writes were never the bottleneck.
 	MaxBytes int64
+	// Socket, if set, is the ASD's local socket (LocalSocketPath of its
+	// directory): an ASD of this host, whose reads then skip TLS and the
+	// TCP stack. A dial that fails there (the ASD restarting, or one
+	// without it) falls back to the ASD's address over TLS.
+	Socket string
 	// RetryHTTPOnly: after an ASD answered as an HTTP-only one, how long
 	// reads use HTTP before the binary protocol is tried again (default
 	// 1m: the ASD may be upgraded in place).
@@ -283,6 +288,17 @@ func (p *wirePool) dial(ctx context.Context) (*wireConn, error) {
 	}
 	dctx, cancel := context.WithTimeout(ctx, wireDialTimeout)
 	defer cancel()
+	if p.cfg.Socket != "" {
+		if c, err := (&net.Dialer{}).DialContext(dctx, "unix", p.cfg.Socket); err == nil {
+			br, err := p.hello(dctx, c)
+			if err == nil {
+				return p.start(c, br), nil
+			}
+			// Not the ASD meant, or not answering there: its TLS port
+			// decides.
+			c.Close()
+		}
+	}
 	conn, err := (&net.Dialer{KeepAlive: 30 * time.Second}).DialContext(dctx, "tcp", p.addr)
 	if err != nil {
 		return nil, unavailable(err)
@@ -295,14 +311,7 @@ func (p *wirePool) dial(ctx context.Context) (*wireConn, error) {
 		}
 		conn = tc
 	}
-	if dl, ok := dctx.Deadline(); ok {
-		conn.SetDeadline(dl)
-	}
-	br := bufio.NewReaderSize(conn, wireBufSize)
-	_, err = conn.Write(appendHello(nil, p.id))
-	if err == nil {
-		_, err = readHelloReply(br)
-	}
+	br, err := p.hello(dctx, conn)
 	switch {
 	case errors.Is(err, errHTTPOnly), errors.Is(err, errNoCommonVersion):
 		conn.Close()
@@ -315,12 +324,31 @@ func (p *wirePool) dial(ctx context.Context) (*wireConn, error) {
 		conn.Close()
 		return nil, unavailable(err)
 	}
+	return p.start(conn, br), nil
+}
+
+// hello opens the binary protocol on conn, within ctx's deadline.
+func (p *wirePool) hello(ctx context.Context, conn net.Conn) (*bufio.Reader, error) {
+	if dl, ok := ctx.Deadline(); ok {
+		conn.SetDeadline(dl)
+	}
+	br := bufio.NewReaderSize(conn, wireBufSize)
+	_, err := conn.Write(appendHello(nil, p.id))
+	if err == nil {
+		_, err = readHelloReply(br)
+	}
+	return br, err
+}
+
+// start makes a connection that said hello a wireConn and starts reading
+// its replies.
+func (p *wirePool) start(conn net.Conn, br *bufio.Reader) *wireConn {
 	conn.SetDeadline(time.Time{})
 	wc := &wireConn{pool: p, conn: conn, br: br, bw: bufio.NewWriterSize(conn, wireBufSize),
 		pending: map[uint64]*WireCall{}}
 	wc.lastRecv.Store(time.Now().UnixNano())
 	go wc.readLoop()
-	return wc, nil
+	return wc
 }
 
 type wireConn struct {

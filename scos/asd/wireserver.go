@@ -189,7 +189,7 @@ func (s *Server) serveWire(ctx context.Context, c net.Conn, br *bufio.Reader) er
 		ver, status, msg = 0, helloBadVersion, fmt.Sprintf("versions %d..%d offered, this ASD speaks %d..%d", lo, hi, wireMinVersion, wireVersion)
 	case id != "" && id != s.id:
 		ver, status, msg = 0, helloWrongASD, fmt.Sprintf("this is ASD %s, not %s", s.id, id)
-		s.log.Warn("binary connection for another ASD refused", "for", id, "remote", c.RemoteAddr().String())
+		s.log.Warn("binary connection for another ASD refused", "for", id, "remote", remoteOf(c))
 	}
 	if _, err := c.Write(appendHelloReply(nil, ver, status, msg)); err != nil || status != helloOK {
 		return err

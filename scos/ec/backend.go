@@ -136,6 +136,9 @@ type Config struct {
 	// LocalPids, if set, gives the pid of ASDs run as local child
 	// processes, by ASD id (for listings).
 	LocalPids func() map[string]int
+	// LocalSockets, if set, gives the local socket of ASDs of this host,
+	// by ASD id: their reads skip TLS and TCP (asd.WireConfig.Socket).
+	LocalSockets func() map[string]string
 }
 
 func (c *Config) setDefaults() {
@@ -361,6 +364,10 @@ func (b *Backend) reloadRegistry(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	var sockets map[string]string
+	if b.cfg.LocalSockets != nil {
+		sockets = b.cfg.LocalSockets()
+	}
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	for id, r := range recs {
@@ -375,7 +382,7 @@ func (b *Backend) reloadRegistry(ctx context.Context) error {
 			}
 			st.client = asd.NewClient(r.Addr, b.hc).For(id)
 			if !b.cfg.HTTPReads {
-				st.client = st.client.WithWire(asd.WireConfig{})
+				st.client = st.client.WithWire(asd.WireConfig{Socket: sockets[id]})
 			}
 		}
 		st.rec = r
