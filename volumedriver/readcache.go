@@ -130,6 +130,13 @@ func (v *Volume) diskCacheAddRun(key readcache.Key, p []byte, crcs []uint32) {
 	}
 }
 
+// diskCacheSeen reports whether the disk read cache has seen key asked
+// for before (the admission of scans).
+func (v *Volume) diskCacheSeen(key readcache.Key) bool {
+	rc := v.drv.rc
+	return rc != nil && rc.Seen(key)
+}
+
 func (d *Driver) closeReadCache() error {
 	if d.rc == nil {
 		return nil

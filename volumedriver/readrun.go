@@ -3,6 +3,7 @@ package volumedriver
 import (
 	"context"
 	"fmt"
+	"sync"
 
 	"github.com/ovs-storage/ovs/scos"
 )
@@ -113,7 +114,69 @@ func (v *Volume) readRunBackend(ctx context.Context, ls []lookup, out []byte, me
 	if hi < 0 {
 		return nil
 	}
+	if len(ls) == 1 && v.readMissWindow(ctx, ns, obj, ls[0], out) {
+		return nil
+	}
 	return v.readBackend(ctx, ns, obj, ls[lo:hi+1], out[lo*cs:(hi+1)*cs])
+}
+
+// missWindow is what a lone cluster that every cache missed is read from
+// the backend with: the aligned window of its SCO around it, all of which
+// goes to the disk read cache.
+//
+// Why: on the erasure-coded backend a 4 KiB read costs an ASD request
+// whatever its size (pprof: syscalls, framing and the lookups dominate;
+// the bytes are a few µs), and reads of a VM's disk come back near the
+// ones before them (file system blocks, database pages and their
+// neighbours). Open vStorage fetched whole SCOs into its SCO cache, and
+// its backend proxy whole fragments; 64 KiB keeps the extra bytes per
+// miss small (16 clusters) while the cache warms 16 times faster.
+const missWindow = 64 << 10
+
+// windowReader is a backend that reads a range clipped to the object's
+// end (the last SCO of a vdisk may end inside a window).
+type windowReader interface {
+	ReadAtMost(ctx context.Context, ns, name string, p []byte, off int64) (int, error)
+}
+
+var windowBufs = sync.Pool{New: func() any { b := make([]byte, missWindow); return &b }}
+
+// readMissWindow serves the lone cluster l of object obj by reading its
+// window (missWindow) and queueing the window to the disk read cache. It
+// reports false, having served nothing, when there is no disk cache, the
+// backend cannot read windows, or the window's read fails or does not
+// hold the cluster with its CRC: the caller then reads the cluster alone,
+// with the errors and the checks of that path.
+func (v *Volume) readMissWindow(ctx context.Context, ns string, obj scos.SCOName, l lookup, out []byte) bool {
+	wr, ok := v.drv.backend.(windowReader) // reads need no fence (fencingBackend)
+	cs := v.clusterSize
+	per := missWindow / cs
+	if !ok || v.drv.rc == nil || per < 2 {
+		return false
+	}
+	loc := scos.UnpackLocation(l.e.loc)
+	first := int(loc.Offset) / per * per
+	bp := windowBufs.Get().(*[]byte)
+	defer windowBufs.Put(bp)
+	win := (*bp)[:per*cs]
+	n, err := wr.ReadAtMost(ctx, ns, obj.String(), win, int64(first)*int64(cs))
+	i := int(loc.Offset) - first
+	if err != nil || n < (i+1)*cs {
+		return false
+	}
+	p := win[i*cs : (i+1)*cs]
+	if crc32c(p) != l.e.crc {
+		return false
+	}
+	copy(out, p)
+	if v.cacheReads {
+		v.drv.cacheSet(v, l.e.loc, p)
+	}
+	// The other clusters' CRCs are not known here (the metadata maps
+	// addresses to clusters, not the other way): the cache computes its
+	// own, and every hit is checked against the metadata's CRC anyway.
+	v.drv.rc.AddRun(diskCacheKey(ns, obj, uint16(first)), cs, win[:n/cs*cs], nil)
+	return true
 }
 
 // readBackend reads a run of clusters of object obj in namespace ns with
@@ -136,8 +199,13 @@ func (v *Volume) readBackend(ctx context.Context, ns string, obj scos.SCOName, l
 	// again); a cluster that had to be read again on its own goes alone.
 	crcs := make([]uint32, 0, len(ls))
 	runStart := 0
+	// A long run is a scan: it goes to the disk cache only if it was read
+	// before (readcache.Cache.Seen). Measured: filling every cold 1 MiB
+	// sequential read cost a third of the read's throughput (810 against
+	// 1210 MiB/s), and doubled the disk's writes.
+	fill := len(ls)*cs <= missWindow || v.diskCacheSeen(diskCacheKey(ns, obj, first.Offset))
 	flush := func(end int) {
-		if end > runStart {
+		if fill && end > runStart {
 			v.diskCacheAddRun(diskCacheKey(ns, obj, first.Offset+uint16(runStart)), out[runStart*cs:end*cs], crcs)
 		}
 		crcs = crcs[:0]

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"math/rand/v2"
 	"sync"
 	"sync/atomic"
@@ -285,8 +286,8 @@ func TestFlattenRunsClientWriteWins(t *testing.T) {
 	}
 }
 
-// TestDiskCacheServesRuns: a ranged read fills the disk cache per
-// cluster; the run read again comes from it without a backend read, and a
+// TestDiskCacheServesRuns: a ranged read read twice fills the disk cache
+// per cluster (once, it is a scan); the run read again comes from it without a backend read, and a
 // run with one cluster dropped from it reads just that cluster.
 func TestDiskCacheServesRuns(t *testing.T) {
 	const cs = 4096
@@ -309,7 +310,10 @@ func TestDiskCacheServesRuns(t *testing.T) {
 		before    func()
 		wantReads []rangeRead
 	}{
+		// A 1 MiB run is a scan: read once, it is not kept; read again,
+		// it is.
 		{"cold", func() {}, []rangeRead{{v.ns, "", 0, 1 << 20}}},
+		{"second", func() { d.rc.Flush(ctx) }, []rangeRead{{v.ns, "", 0, 1 << 20}}},
 		{"warm", func() { d.rc.Flush(ctx) }, nil},
 		{"one dropped", func() { d.rc.Drop(diskCacheKey(v.ns, scos.SCOName{Number: 1}, 9)) },
 			[]rangeRead{{v.ns, "", 9 * cs, cs}}},
@@ -329,5 +333,92 @@ func TestDiskCacheServesRuns(t *testing.T) {
 		if len(reads) != len(pass.wantReads) || (len(reads) > 0 && reads[0] != pass.wantReads[0]) {
 			t.Fatalf("%s: backend reads %+v, want %+v", pass.name, reads, pass.wantReads)
 		}
+	}
+}
+
+// windowBackend is a recordingBackend that reads windows clipped to the
+// object's end (as the EC backend does), recording them as ranged reads.
+type windowBackend struct{ *recordingBackend }
+
+func (b windowBackend) ReadAtMost(ctx context.Context, ns, name string, p []byte, off int64) (int, error) {
+	st, err := b.Backend.Stat(ctx, ns, name)
+	if err != nil {
+		return 0, err
+	}
+	n := int(min(int64(len(p)), st.Size-off))
+	if n <= 0 {
+		return 0, fmt.Errorf("read %s/%s at %d: past the end (%d bytes)", ns, name, off, st.Size)
+	}
+	return n, b.ReadAt(ctx, ns, name, p[:n], off)
+}
+
+// TestMissWindow: a lone cluster that misses every cache is read with its
+// aligned 64 KiB window, which fills the disk cache: its neighbours are
+// then hits. A window that ends with its SCO is clipped there, and a
+// neighbour whose window bytes were damaged is caught by its CRC on the
+// hit and read again, never served.
+func TestMissWindow(t *testing.T) {
+	const cs = 4096
+	ctx := context.Background()
+	e := newTestEnv(t)
+	rb := windowBackend{&recordingBackend{Backend: e.backend, corruptRanged: -1}}
+	e.opts.WriteBufferBytes, e.opts.ReadCacheBytes, e.opts.ReadCacheDiskBytes = 1, -1, 64<<20
+	d, err := Open(ctx, e.dir, rb, e.opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	d.Create(ctx, "a", 16<<20, CreateOptions{})
+	v, _ := d.Volume("a")
+	// 100 clusters: one SCO of 400 KiB, its last window clipped at 36 KiB.
+	p := randData(9, 100*cs)
+	writeSynced(t, v, p, 0)
+	got := make([]byte, cs)
+	for _, step := range []struct {
+		name     string
+		cluster  int
+		before   func()
+		wantRead *rangeRead
+	}{
+		{"cold", 5, func() {}, &rangeRead{v.ns, "", 0, missWindow}},
+		{"neighbour", 15, func() { d.rc.Flush(ctx) }, nil},
+		{"next window", 16, func() {}, &rangeRead{v.ns, "", missWindow, missWindow}},
+		{"clipped window", 99, func() {}, &rangeRead{v.ns, "", 6 * missWindow, 4 * cs}},
+		{"clipped neighbour", 96, func() { d.rc.Flush(ctx) }, nil},
+		// Cluster 40's window comes back with a byte of cluster 41
+		// flipped: 40 is served, 41 is cached damaged, caught on its hit
+		// and read on its own.
+		{"damaged window", 40, func() {
+			rb.mu.Lock()
+			rb.corruptRanged, rb.corruptAll = 41*cs+7, true
+			rb.mu.Unlock()
+		}, &rangeRead{v.ns, "", 2 * missWindow, missWindow}},
+		{"damaged neighbour", 41, func() {
+			d.rc.Flush(ctx)
+			rb.mu.Lock()
+			rb.corruptRanged = -1
+			rb.mu.Unlock()
+		}, &rangeRead{v.ns, "", 2 * missWindow, missWindow}},
+	} {
+		step.before()
+		rb.take()
+		if err := v.ReadAt(ctx, got, int64(step.cluster)*cs); err != nil {
+			t.Fatalf("%s: %v", step.name, err)
+		}
+		if !bytes.Equal(got, p[step.cluster*cs:(step.cluster+1)*cs]) {
+			t.Fatalf("%s: wrong data", step.name)
+		}
+		reads := rb.take()
+		for i := range reads {
+			reads[i].name = ""
+		}
+		switch {
+		case step.wantRead == nil && len(reads) != 0,
+			step.wantRead != nil && (len(reads) != 1 || reads[0] != *step.wantRead):
+			t.Fatalf("%s: backend reads %+v, want %+v", step.name, reads, step.wantRead)
+		}
+	}
+	if st := d.ReadCacheStats(); st.Corrupt != 1 {
+		t.Fatalf("corrupt entries %d, want 1 (the damaged neighbour): %+v", st.Corrupt, st)
 	}
 }

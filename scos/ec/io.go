@@ -389,6 +389,24 @@ func (b *Backend) ReadAt(ctx context.Context, ns, name string, p []byte, off int
 	return err
 }
 
+// ReadAtMost reads len(p) bytes at off, or fewer where the object ends,
+// and returns how many (a read cache's window around a cluster, which
+// must not fail on the last SCO of a vdisk).
+func (b *Backend) ReadAtMost(ctx context.Context, ns, name string, p []byte, off int64) (int, error) {
+	m, _, err := b.manifest(ctx, ns, name)
+	if err != nil {
+		return 0, err
+	}
+	if off < 0 || off >= m.Size {
+		return 0, fmt.Errorf("read %s/%s at %d: past the end of the object (%d bytes)", ns, name, off, m.Size)
+	}
+	n := min(int64(len(p)), m.Size-off)
+	if _, err := b.read(ctx, ns, name, off, n, p[:n]); err != nil {
+		return 0, err
+	}
+	return int(n), nil
+}
+
 // read returns n bytes at off of the object (n < 0: all of it), read
 // into p if it is not nil.
 func (b *Backend) read(ctx context.Context, ns, name string, off, n int64, p []byte) ([]byte, error) {

@@ -16,7 +16,11 @@
 // admitted only if its estimated recent access frequency (a count-min
 // sketch, halved periodically) is above that of the entry FIFO order would
 // evict next. A one-pass scan (frequency 1) does not push out a working
-// set that is read again and again; BenchmarkScan measures it.
+// set that is read again and again; BenchmarkScan measures it. Before the
+// cache is full, Seen keeps long sequential runs out: the volume driver
+// fills a run longer than 64 KiB only if its first cluster was asked for
+// before (a backup or a copy reads each cluster once; caching it doubled
+// the disk's writes and cost a third of a cold sequential read's speed).
 //
 // Integrity: every entry has a CRC-32C of its data (in its segment's
 // summary on disk, in RAM while the cache runs) and every hit verifies it;
@@ -443,7 +447,13 @@ func (c *Cache) get(key Key, buf []byte, callerCRC uint32, useCallerCRC bool) bo
 		gen = s.gen.Load()
 		want = s.crcs[uint32(p)/slotSize]
 	}
+	broken := c.broken
 	c.mu.RUnlock()
+	if !ok && !broken {
+		// The namespace's first lookup: it gets its token now, so that
+		// its accesses count from the first one (Seen).
+		tok, ok = c.tokenFor(key.NS), true
+	}
 	if ok {
 		c.sk.add(keyHash(tok, key.Loc))
 	}
@@ -476,6 +486,19 @@ func (c *Cache) get(key Key, buf []byte, callerCRC uint32, useCallerCRC bool) bo
 	}
 	c.hits.Add(1)
 	return true
+}
+
+// Seen reports whether key was asked for (Get, GetCRC) at least twice
+// recently, by the admission sketch: what a caller asks before it fills a
+// scan. A long sequential run read once (a backup, a copy, a boot's
+// read-ahead) counts once per entry and is not worth the cache's writes
+// nor the entries it would push out; read again, it is. It is ZFS's
+// l2arc_noprefetch and 2Q's first-touch queue in one test.
+func (c *Cache) Seen(key Key) bool {
+	c.mu.RLock()
+	tok, ok := c.tokens[key.NS]
+	c.mu.RUnlock()
+	return ok && c.sk.estimate(keyHash(tok, key.Loc)) >= 2
 }
 
 // Drop removes key's entry, if any: the caller found that its data is not
@@ -598,7 +621,6 @@ func syncFile(path string) error {
 }
 
 // tokenFor returns ns's token, creating (and recording) one if needed.
-// Writer goroutine.
 func (c *Cache) tokenFor(ns string) uint64 {
 	c.mu.RLock()
 	tok, ok := c.tokens[ns]
@@ -608,6 +630,12 @@ func (c *Cache) tokenFor(ns string) uint64 {
 	}
 	c.tableMu.Lock()
 	defer c.tableMu.Unlock()
+	c.mu.RLock()
+	tok, ok = c.tokens[ns]
+	c.mu.RUnlock()
+	if ok {
+		return tok // another goroutine made it meanwhile
+	}
 	var b [8]byte
 	for tok == 0 {
 		_, _ = rand.Read(b[:])

@@ -504,3 +504,30 @@ func TestQueueBytesDrops(t *testing.T) {
 		t.Fatalf("%d bytes still counted as queued after a flush", n)
 	}
 }
+
+// Seen: a key asked for once (a scan's first pass) is not seen; asked for
+// again it is, from the namespace's first lookup on (the namespace gets
+// its token then), and a namespace invalidated starts counting afresh.
+func TestSeen(t *testing.T) {
+	c := openT(t, t.TempDir(), 4<<20)
+	buf := make([]byte, cs)
+	k := Key{"vd-new", 7}
+	if c.Seen(k) {
+		t.Fatal("seen before any lookup")
+	}
+	c.Get(k, buf)
+	if c.Seen(k) {
+		t.Fatal("seen after one lookup")
+	}
+	if c.Seen(Key{"vd-new", 8}) {
+		t.Fatal("a neighbour counts as seen")
+	}
+	c.Get(k, buf)
+	if !c.Seen(k) {
+		t.Fatal("not seen after two lookups")
+	}
+	c.Invalidate("vd-new")
+	if c.Seen(k) {
+		t.Fatal("seen in an invalidated namespace")
+	}
+}
