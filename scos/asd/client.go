@@ -30,6 +30,7 @@ type Client struct {
 	// binary connections use too).
 	tlsConf *tls.Config
 	wire    *wirePool // binary reads (WithWire); nil: HTTP only
+	local   *localHTTP // HTTP over the ASD's local socket (WithWire); nil: none
 }
 
 // NewTransport returns an HTTP transport suited to talking to ASDs:
@@ -91,8 +92,20 @@ func (c *Client) For(id string) *Client {
 // Addr returns the address the client talks to.
 func (c *Client) Addr() string { return c.addr }
 
+// do sends a request, over the ASD's local socket when the client has one
+// that answers (see localsock.go), over its address otherwise.
 func (c *Client) do(ctx context.Context, method, path string, q url.Values, body []byte, hdr http.Header) (*http.Response, error) {
-	u := c.base + path
+	if c.local.usable() {
+		resp, err := c.doVia(ctx, c.local.hc, localBase, method, path, q, body, hdr)
+		if !c.local.fallBack(err) {
+			return resp, err
+		}
+	}
+	return c.doVia(ctx, c.hc, c.base, method, path, q, body, hdr)
+}
+
+func (c *Client) doVia(ctx context.Context, hc *http.Client, base, method, path string, q url.Values, body []byte, hdr http.Header) (*http.Response, error) {
+	u := base + path
 	if len(q) > 0 {
 		u += "?" + q.Encode()
 	}
@@ -110,7 +123,7 @@ func (c *Client) do(ctx context.Context, method, path string, q url.Values, body
 	if c.id != "" {
 		req.Header.Set(asdIDHeader, c.id)
 	}
-	resp, err := c.hc.Do(req)
+	resp, err := hc.Do(req)
 	if err != nil {
 		return nil, c.transportErr(ctx, err)
 	}

@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"context"
 	"crypto/tls"
+	"errors"
+	"fmt"
 	"net/http"
 	"os"
 	"os/exec"
@@ -95,6 +97,78 @@ func TestLocalSocketReads(t *testing.T) {
 	read(wrong)
 	if s.LocalConns() != 1 || s2.LocalConns() != 1 {
 		t.Fatalf("local connections: %d and %d, want 1 and 1 (the refused hello)", s.LocalConns(), s2.LocalConns())
+	}
+}
+
+// TestLocalSocketHTTP: a client given the ASD's local socket sends its
+// HTTP requests (fragment writes, deletes) there, with no TLS; it falls
+// back to the TLS port when no ASD listens there or another one does,
+// which refuses the request.
+func TestLocalSocketHTTP(t *testing.T) {
+	ctx := context.Background()
+	pki := &testPKI{trusted: map[string]bool{}}
+	dir := shortDir(t)
+	sock := LocalSocketPath(dir)
+	tlsConf := func(string) (*tls.Config, error) { return pki.server(t), nil }
+	s, addr := serveLocalASD(t, Config{Dir: dir, Node: "n", Site: "s", LocalSocket: sock, TLS: tlsConf})
+	member := &http.Client{Transport: NewTransport(pki.client(t))}
+	data := randBytes(9, DefaultFragmentBlockSize+77)
+
+	// No credentials: the TLS port would refuse this client, so what it
+	// stores went over the socket.
+	local := NewClient(addr, &http.Client{Transport: NewTransport()}).For(s.ID()).WithWire(WireConfig{Socket: sock})
+	defer local.Close()
+	if err := local.Put(ctx, "frag", "ns/o", data); err != nil {
+		t.Fatalf("put over the local socket: %v", err)
+	}
+	if got, _, err := NewClient(addr, member).For(s.ID()).Get(ctx, "frag", 0, -1); err != nil || !bytes.Equal(got, data) {
+		t.Fatalf("read back over TLS: %v", err)
+	}
+	if err := local.Delete(ctx, "frag"); err != nil {
+		t.Fatalf("delete over the local socket: %v", err)
+	}
+	if s.LocalConns() == 0 {
+		t.Fatal("no connection on the local socket")
+	}
+
+	tests := []struct {
+		name string
+		// socket returns the socket path to give the client and the ASD
+		// listening there, if any, with a client of its TLS port.
+		socket func(t *testing.T) (string, *Server, *Client)
+	}{
+		{"no ASD listens", func(t *testing.T) (string, *Server, *Client) {
+			return filepath.Join(dir, "nothing.sock"), nil, nil
+		}},
+		{"another ASD", func(t *testing.T) (string, *Server, *Client) {
+			d := shortDir(t)
+			s2, addr2 := serveLocalASD(t, Config{Dir: d, Node: "n", Site: "s", LocalSocket: LocalSocketPath(d), TLS: tlsConf})
+			return LocalSocketPath(d), s2, NewClient(addr2, member)
+		}},
+	}
+	for i, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			sock, other, otherTLS := tc.socket(t)
+			c := NewClient(addr, member).For(s.ID()).WithWire(WireConfig{Socket: sock})
+			defer c.Close()
+			key := fmt.Sprintf("frag%d", i)
+			for range 2 { // the second goes straight to the TLS port
+				if err := c.Put(ctx, key, "ns/o", data); err != nil {
+					t.Fatalf("put: %v", err)
+				}
+			}
+			if got, _, err := c.Get(ctx, key, 0, -1); err != nil || !bytes.Equal(got, data) {
+				t.Fatalf("read back: %v", err)
+			}
+			if other != nil {
+				if n := other.LocalConns(); n != 1 {
+					t.Errorf("the other ASD's socket: %d connections, want 1 (refused, then left alone)", n)
+				}
+				if _, err := otherTLS.Stat(ctx, key); !errors.Is(err, ErrFragmentNotFound) {
+					t.Errorf("the other ASD has %s: %v", key, err)
+				}
+			}
+		})
 	}
 }
 
@@ -190,7 +264,7 @@ s = socket.socket(socket.AF_UNIX)
 s.settimeout(10)
 try:
     s.connect(sys.argv[1])
-    s.sendall(b"hello?")
+    s.sendall(b"GET /v1/health HTTP/1.0\r\n\r\n")
     d = s.recv(64)
     print("closed" if d == b"" else "served %r" % d)
 except OSError as e:

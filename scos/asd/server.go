@@ -74,10 +74,11 @@ type Config struct {
 	// TLS, if set, gives the server configuration the API is served
 	// with, made for the ASD's id once it is known.
 	TLS func(id string) (*tls.Config, error)
-	// LocalSocket, if set, is a unix socket path on which the binary read
-	// protocol is also served, to clients of the ASD's own user on its
-	// host (see localsock.go). A socket that cannot be made is logged and
-	// left out: reads then go over TLS.
+	// LocalSocket, if set, is a unix socket path on which the port's
+	// protocols (binary reads and the HTTP API) are also served, to
+	// clients of the ASD's own user on its host (see localsock.go). A
+	// socket that cannot be made is logged and left out: local clients
+	// then go over TLS.
 	LocalSocket string
 	Logger      *slog.Logger
 }
@@ -412,11 +413,11 @@ func (s *Server) ServeHandler(ctx context.Context, l net.Listener, h http.Handle
 	if s.cfg.LocalSocket != "" {
 		var err error
 		if local, err = listenLocal(s.cfg.LocalSocket); err != nil {
-			s.log.Warn("no local socket; local clients read over TLS", "err", err)
+			s.log.Warn("no local socket; local clients go over TLS", "err", err)
 		} else {
 			go func() {
-				if err := s.serveLocal(actx, local, wc); err != nil && !errors.Is(err, net.ErrClosed) {
-					s.log.Warn("local socket stopped; local clients read over TLS", "err", err)
+				if err := s.serveLocal(actx, local, httpL, wc); err != nil && !errors.Is(err, net.ErrClosed) {
+					s.log.Warn("local socket stopped; local clients go over TLS", "err", err)
 				}
 			}()
 		}

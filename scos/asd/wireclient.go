@@ -37,9 +37,11 @@ type WireConfig struct {
 	// connections' writes were never the bottleneck.
 	MaxBytes int64
 	// Socket, if set, is the ASD's local socket (LocalSocketPath of its
-	// directory): an ASD of this host, whose reads then skip TLS and the
-	// TCP stack. A dial that fails there (the ASD restarting, or one
-	// without it) falls back to the ASD's address over TLS.
+	// directory): an ASD of this host, whose reads, and HTTP requests
+	// (fragment writes above all), then skip TLS and the TCP stack. A
+	// dial that fails there (the ASD restarting, or one without it), or
+	// another ASD answering there, falls back to the ASD's address over
+	// TLS.
 	Socket string
 	// RetryHTTPOnly: after an ASD answered as an HTTP-only one, how long
 	// reads use HTTP before the binary protocol is tried again (default
@@ -83,6 +85,7 @@ func (c *Client) WithWire(cfg WireConfig) *Client {
 	}
 	p := &wirePool{addr: host, id: c.id, cfg: cfg, slots: make([]wireSlot, cfg.Conns)}
 	c2.wire = p
+	c2.local = newLocalHTTP(cfg.Socket, cfg.RetryHTTPOnly)
 	return &c2
 }
 
@@ -92,6 +95,7 @@ func (c *Client) Close() error {
 	if c.wire != nil {
 		c.wire.close()
 	}
+	c.local.close()
 	return nil
 }
 

@@ -138,6 +138,12 @@ func (s *Server) sortConn(ctx context.Context, c net.Conn, httpL *connListener, 
 		}
 		c = tc
 	}
+	s.route(ctx, c, httpL, wc)
+}
+
+// route hands a connection (past its TLS handshake, if any) to the binary
+// protocol or to the HTTP server by its first bytes.
+func (s *Server) route(ctx context.Context, c net.Conn, httpL *connListener, wc *wireConns) {
 	br := bufio.NewReaderSize(c, wireBufSize)
 	first, err := br.Peek(len(wireMagic))
 	if err != nil {
@@ -159,7 +165,7 @@ func (s *Server) sortConn(ctx context.Context, c net.Conn, httpL *connListener, 
 	}
 	defer wc.remove(c)
 	if err := s.serveWire(ctx, c, br); err != nil && !errors.Is(err, net.ErrClosed) && !errors.Is(err, io.EOF) {
-		s.log.Warn("binary connection closed", "remote", c.RemoteAddr().String(), "err", err)
+		s.log.Warn("binary connection closed", "remote", remoteOf(c), "err", err)
 	}
 }
 
