@@ -29,7 +29,7 @@ type Client struct {
 	// tlsConf is the TLS configuration of hc's transport, if any (what
 	// binary connections use too).
 	tlsConf *tls.Config
-	wire    *wirePool // binary reads (WithWire); nil: HTTP only
+	wire    *wirePool  // binary reads (WithWire); nil: HTTP only
 	local   *localHTTP // HTTP over the ASD's local socket (WithWire); nil: none
 }
 
