@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/ovs-storage/ovs/scos"
+	"github.com/ovs-storage/ovs/scos/internal/crc32c"
 )
 
 // Client talks to one ASD. Errors wrap ErrFragmentNotFound,
@@ -191,7 +192,7 @@ func (e *asdStatusError) Unwrap() error { return e.kind }
 // Put stores data as fragment key (replacing one of the same key). It
 // returns once the daemon has fsynced it.
 func (c *Client) Put(ctx context.Context, key, tag string, data []byte) error {
-	return c.PutCRC(ctx, key, tag, data, crc32c(data))
+	return c.PutCRC(ctx, key, tag, data, crc32c.Checksum(data))
 }
 
 // PutCRC is Put for a caller that has computed the CRC-32C of data already

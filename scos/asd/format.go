@@ -4,9 +4,9 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
-	"hash/crc32"
 
 	"github.com/ovs-storage/ovs/scos"
+	"github.com/ovs-storage/ovs/scos/internal/crc32c"
 )
 
 // Errors of the ASD (storage daemon) and its fragments. The client maps the
@@ -23,11 +23,6 @@ var (
 	// ErrUnavailable: the ASD did not answer (down, stopped, timed out).
 	ErrUnavailable = errors.New("ASD unavailable")
 )
-
-// castagnoli is the CRC-32C table; every checksum in scos is CRC-32C.
-var castagnoli = crc32.MakeTable(crc32.Castagnoli)
-
-func crc32c(b []byte) uint32 { return crc32.Checksum(b, castagnoli) }
 
 // Fragment file format, version 1. A fragment file is a header followed by
 // the data:
@@ -104,14 +99,22 @@ func NewFragmentHeader(key, tag string, data []byte, blockSize int, created int6
 		return FragmentHeader{}, fmt.Errorf("fragment of %d bytes: at most %d allowed", len(data), MaxFragmentSize)
 	}
 	h := FragmentHeader{
-		Key: key, Tag: tag, DataLen: int64(len(data)), BlockSize: blockSize,
-		DataCRC: crc32c(data), Created: created,
+		Key: key, Tag: tag, DataLen: int64(len(data)), BlockSize: blockSize, Created: created,
 	}
+	// One pass over the data: the checksum of the whole is combined from
+	// those of the blocks.
 	n := numBlocks(h.DataLen, blockSize)
 	h.BlockCRCs = make([]uint32, n)
+	shift := crc32c.ShiftFor(int64(blockSize))
 	for i := range h.BlockCRCs {
 		lo := i * blockSize
-		h.BlockCRCs[i] = crc32c(data[lo:min(lo+blockSize, len(data))])
+		b := data[lo:min(lo+blockSize, len(data))]
+		h.BlockCRCs[i] = crc32c.Checksum(b)
+		if len(b) == blockSize {
+			h.DataCRC = shift.Combine(h.DataCRC, h.BlockCRCs[i])
+		} else {
+			h.DataCRC = crc32c.Combine(h.DataCRC, h.BlockCRCs[i], int64(len(b)))
+		}
 	}
 	h.HeaderLen = int(fragmentHeaderLen(len(key), len(tag), n))
 	return h, nil
@@ -146,7 +149,7 @@ func (h FragmentHeader) Encode() []byte {
 		le.PutUint32(b[p:], c)
 		p += 4
 	}
-	le.PutUint32(b[p:], crc32c(b[:p]))
+	le.PutUint32(b[p:], crc32c.Checksum(b[:p]))
 	return b
 }
 
@@ -187,7 +190,7 @@ func DecodeFragmentHeader(b []byte) (FragmentHeader, error) {
 	bad := func(format string, args ...any) (FragmentHeader, error) {
 		return FragmentHeader{}, fmt.Errorf("%w: fragment header: %s", ErrFragmentCorrupt, fmt.Sprintf(format, args...))
 	}
-	if got, want := le.Uint32(b[hl-4:]), crc32c(b[:hl-4]); got != want {
+	if got, want := le.Uint32(b[hl-4:]), crc32c.Checksum(b[:hl-4]); got != want {
 		return bad("checksum %08x, computed %08x", got, want)
 	}
 	if b[5] != 0 || b[6] != 0 || b[7] != 0 {
@@ -242,7 +245,7 @@ func (h FragmentHeader) verifyBlocks(first int, data []byte) error {
 		if blk >= len(h.BlockCRCs) {
 			return fmt.Errorf("%w: %s: data past the last block", ErrFragmentCorrupt, h.Key)
 		}
-		if got := crc32c(data[:n]); got != h.BlockCRCs[blk] {
+		if got := crc32c.Checksum(data[:n]); got != h.BlockCRCs[blk] {
 			return fmt.Errorf("%w: %s: block %d checksum %08x, header says %08x",
 				ErrFragmentCorrupt, h.Key, blk, got, h.BlockCRCs[blk])
 		}

@@ -1,9 +1,11 @@
 package asd
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"net"
 	"net/http"
@@ -168,10 +170,35 @@ func newLocalHTTP(socket string, retry time.Duration) *localHTTP {
 	}
 	t := NewTransport()
 	t.DialContext = func(ctx context.Context, _, _ string) (net.Conn, error) {
-		return (&net.Dialer{Timeout: wireDialTimeout}).DialContext(ctx, "unix", socket)
+		c, err := (&net.Dialer{Timeout: wireDialTimeout}).DialContext(ctx, "unix", socket)
+		if err != nil {
+			return nil, err
+		}
+		return bulkConn{c}, nil
 	}
 	return &localHTTP{hc: &http.Client{Transport: t}, retry: retry}
 }
+
+// bulkConn writes a request body held in memory with one write. net/http
+// copies a body of known length through io.LimitReader and a 32 KiB
+// buffer: a 1 MiB fragment became 32 writes here and as many wake-ups of
+// the ASD reading it, and on a VM, where a context switch is dear, that
+// was a sizeable part of a fragment put.
+type bulkConn struct{ net.Conn }
+
+func (c bulkConn) ReadFrom(r io.Reader) (int64, error) {
+	if lr, ok := r.(*io.LimitedReader); ok {
+		if br, ok := lr.R.(*bytes.Reader); ok && int64(br.Len()) <= lr.N {
+			n, err := br.WriteTo(c.Conn)
+			lr.N -= n
+			return n, err
+		}
+	}
+	return io.Copy(onlyWriter{c.Conn}, r)
+}
+
+// onlyWriter hides the ReaderFrom of bulkConn from io.Copy.
+type onlyWriter struct{ io.Writer }
 
 func (l *localHTTP) usable() bool {
 	return l != nil && time.Now().UnixNano() >= l.downUntil.Load()

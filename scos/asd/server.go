@@ -25,6 +25,8 @@ import (
 	"time"
 
 	"github.com/ovs-storage/ovs/scos"
+	"github.com/ovs-storage/ovs/scos/internal/bufpool"
+	"github.com/ovs-storage/ovs/scos/internal/crc32c"
 	"github.com/ovs-storage/ovs/scos/internal/fsutil"
 )
 
@@ -158,7 +160,7 @@ type Server struct {
 	// fcache keeps fragment files open for reads (see fragCache).
 	fcache *fragCache
 	// bodies recycles the buffers of fragment puts.
-	bodies bodyPool
+	bodies bufpool.Pool
 	used   atomic.Int64 // bytes of fragment files
 	count  atomic.Int64 // number of fragments
 	locks  [64]sync.Mutex
@@ -541,18 +543,30 @@ func (s *Server) handlePut(w http.ResponseWriter, r *http.Request) {
 		s.fail(w, r, fmt.Errorf("%w: X-Ovs-Crc32c header: want the hex CRC-32C of the body", errBadRequest))
 		return
 	}
-	// The body is written to the file and forgotten (the header keeps
-	// only checksums), so its buffer goes back to the pool.
-	buf := s.bodies.get(int(r.ContentLength))
-	defer s.bodies.put(buf)
-	data := *buf
+	tag := r.Header.Get("X-Ovs-Tag")
+	if len(tag) > maxFragmentTagLen {
+		s.fail(w, r, fmt.Errorf("%w: fragment tag of %d bytes: at most %d allowed", errBadRequest, len(tag), maxFragmentTagLen))
+		return
+	}
+	// The body is read where it will sit in the file, after the header,
+	// so that header and data go out in one (direct) write; then the
+	// buffer goes back to the pool (the header keeps only checksums).
+	hdrLen := int(fragmentHeaderLen(len(key), len(tag), numBlocks(r.ContentLength, s.cfg.BlockSize)))
+	buf := s.bodies.Get(hdrLen + int(r.ContentLength))
+	defer s.bodies.Put(buf)
+	file := *buf
+	data := file[hdrLen:]
 	if _, err := io.ReadFull(r.Body, data); err != nil {
 		s.fail(w, r, fmt.Errorf("%w: reading the fragment: %v", errBadRequest, err))
 		return
 	}
-	h, err := NewFragmentHeader(key, r.Header.Get("X-Ovs-Tag"), data, s.cfg.BlockSize, time.Now().UnixNano())
+	h, err := NewFragmentHeader(key, tag, data, s.cfg.BlockSize, time.Now().UnixNano())
 	if err != nil {
 		s.fail(w, r, fmt.Errorf("%w: %v", errBadRequest, err))
+		return
+	}
+	if copy(file, h.Encode()) != hdrLen || h.HeaderLen != hdrLen {
+		s.fail(w, r, fmt.Errorf("fragment %s: header of %d bytes, %d expected", key, h.HeaderLen, hdrLen))
 		return
 	}
 	if h.DataCRC != uint32(wantCRC) {
@@ -560,7 +574,7 @@ func (s *Server) handlePut(w http.ResponseWriter, r *http.Request) {
 			errBadRequest, key, h.DataCRC, wantCRC))
 		return
 	}
-	if err := s.put(r.Context(), h, data); err != nil {
+	if err := s.put(r.Context(), h, file); err != nil {
 		s.fail(w, r, err)
 		return
 	}
@@ -568,10 +582,10 @@ func (s *Server) handlePut(w http.ResponseWriter, r *http.Request) {
 }
 
 // put writes the fragment durably: temporary file, fsync, rename, fsync of
-// the directory. An existing fragment of the same key is replaced.
-func (s *Server) put(ctx context.Context, h FragmentHeader, data []byte) error {
-	hdr := h.Encode()
-	size := int64(len(hdr)) + int64(len(data))
+// the directory. file is the fragment's header (h encoded) followed by its
+// data. An existing fragment of the same key is replaced.
+func (s *Server) put(ctx context.Context, h FragmentHeader, file []byte) error {
+	size := int64(len(file))
 	c, err := s.Capacity()
 	if err != nil {
 		return err
@@ -586,7 +600,7 @@ func (s *Server) put(ctx context.Context, h FragmentHeader, data []byte) error {
 	path := FragmentPath(s.cfg.Dir, h.Key)
 	dir := filepath.Dir(path)
 	tmp := filepath.Join(dir, fsutil.TmpPrefix+h.Key+"-"+fsutil.RandomSuffix())
-	if err := writeFileParts(tmp, hdr, data); err != nil {
+	if err := fsutil.WriteFileDirect(tmp, file); err != nil {
 		os.Remove(tmp)
 		return fmt.Errorf("asd %s: put %s: %w", s.id, h.Key, err)
 	}
@@ -754,7 +768,7 @@ func readVerifiedBuf(f *os.File, h FragmentHeader, off, length int64, buf []byte
 		if _, err := f.ReadAt(buf, int64(h.HeaderLen)); err != nil && !(errors.Is(err, io.EOF) && h.DataLen == 0) {
 			return nil, buf, fmt.Errorf("%s: %w", h.Key, err)
 		}
-		if got := crc32c(buf); got != h.DataCRC {
+		if got := crc32c.Checksum(buf); got != h.DataCRC {
 			return nil, buf, fmt.Errorf("%w: %s: data checksum %08x, header says %08x", ErrFragmentCorrupt, h.Key, got, h.DataCRC)
 		}
 		return buf, buf, nil
@@ -911,23 +925,4 @@ func (s *Server) handleList(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 	writeJSONResponse(w, out)
-}
-
-// writeFileParts creates path with the concatenation of parts and fsyncs it.
-func writeFileParts(path string, parts ...[]byte) error {
-	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
-	if err != nil {
-		return err
-	}
-	for _, p := range parts {
-		if _, err := f.Write(p); err != nil {
-			f.Close()
-			return err
-		}
-	}
-	if err := f.Sync(); err != nil {
-		f.Close()
-		return err
-	}
-	return f.Close()
 }

@@ -13,6 +13,7 @@ import (
 	"testing"
 
 	"github.com/ovs-storage/ovs/scos"
+	"github.com/ovs-storage/ovs/scos/internal/crc32c"
 )
 
 // testASD runs an ASD in-process on an httptest server.
@@ -52,11 +53,11 @@ func TestASDRoundTrip(t *testing.T) {
 	}
 	for key, want := range data {
 		got, crc, err := c.Get(ctx, key, 0, -1)
-		if err != nil || !bytes.Equal(got, want) || crc != crc32c(want) {
+		if err != nil || !bytes.Equal(got, want) || crc != crc32c.Checksum(want) {
 			t.Fatalf("get %s: %v (equal %v)", key, err, bytes.Equal(got, want))
 		}
 		fi, err := c.Stat(ctx, key)
-		if err != nil || fi.Size != int64(len(want)) || fi.Tag != "ns/"+key || fi.CRC32C != crc32c(want) {
+		if err != nil || fi.Size != int64(len(want)) || fi.Tag != "ns/"+key || fi.CRC32C != crc32c.Checksum(want) {
 			t.Fatalf("stat %s: %+v %v", key, fi, err)
 		}
 		if _, err := c.Verify(ctx, key); err != nil {
@@ -322,7 +323,7 @@ func FuzzFragmentHeader(f *testing.F) {
 		// Again with a valid header checksum, to get past it to the fields.
 		if err == nil && len(b) >= n {
 			fixed := bytes.Clone(b)
-			binary.LittleEndian.PutUint32(fixed[n-4:], crc32c(fixed[:n-4]))
+			binary.LittleEndian.PutUint32(fixed[n-4:], crc32c.Checksum(fixed[:n-4]))
 			check(t, fixed)
 		}
 	})
@@ -334,17 +335,17 @@ func TestPutCRC(t *testing.T) {
 	ctx := context.Background()
 	_, c := testASD(t, Config{})
 	data := randBytes(9, 3*DefaultFragmentBlockSize+17)
-	if err := c.PutCRC(ctx, "bad", "", data, crc32c(data)^1); err == nil {
+	if err := c.PutCRC(ctx, "bad", "", data, crc32c.Checksum(data)^1); err == nil {
 		t.Fatal("a body with another checksum than the one sent was stored")
 	}
 	if _, err := c.Stat(ctx, "bad"); !errors.Is(err, ErrFragmentNotFound) {
 		t.Fatalf("after a refused put: %v", err)
 	}
-	if err := c.PutCRC(ctx, "good", "", data, crc32c(data)); err != nil {
+	if err := c.PutCRC(ctx, "good", "", data, crc32c.Checksum(data)); err != nil {
 		t.Fatal(err)
 	}
 	got, crc, err := c.Get(ctx, "good", 0, -1)
-	if err != nil || !bytes.Equal(got, data) || crc != crc32c(data) {
+	if err != nil || !bytes.Equal(got, data) || crc != crc32c.Checksum(data) {
 		t.Fatalf("get: %v", err)
 	}
 }

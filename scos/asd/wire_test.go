@@ -14,6 +14,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/ovs-storage/ovs/scos/internal/crc32c"
 )
 
 // serveASD runs an ASD's own Serve (HTTP and the binary protocol on one
@@ -72,7 +74,7 @@ func TestWireReads(t *testing.T) {
 			for _, i := range []int{0, 1, 4} {
 				it := items[i]
 				if res[i].Err != nil || !bytes.Equal(dst[i], data[it.Off:it.Off+it.Length]) ||
-					res[i].CRC != crc32c(data) || res[i].Size != int64(len(data)) {
+					res[i].CRC != crc32c.Checksum(data) || res[i].Size != int64(len(data)) {
 					t.Errorf("item %d: %+v", i, res[i])
 				}
 			}
@@ -84,7 +86,7 @@ func TestWireReads(t *testing.T) {
 			}
 			// Get goes over the binary protocol too.
 			got, crc, err := c.Get(ctx, "frag", 10, 20)
-			if err != nil || !bytes.Equal(got, data[10:30]) || crc != crc32c(data) {
+			if err != nil || !bytes.Equal(got, data[10:30]) || crc != crc32c.Checksum(data) {
 				t.Fatalf("get: %v", err)
 			}
 			if n := c.WireReads(); n != 2 {
@@ -480,7 +482,7 @@ func TestWireCorruptBlockAndBigReads(t *testing.T) {
 		t.Fatal(err)
 	}
 	got, crc, err := c.Get(ctx, "big", 0, int64(len(big)))
-	if err != nil || !bytes.Equal(got, big) || crc != crc32c(big) || c.WireReads() != 1 {
+	if err != nil || !bytes.Equal(got, big) || crc != crc32c.Checksum(big) || c.WireReads() != 1 {
 		t.Fatalf("1 MiB read: %v (%d binary reads)", err, c.WireReads())
 	}
 

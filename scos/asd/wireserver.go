@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/ovs-storage/ovs/scos"
+	"github.com/ovs-storage/ovs/scos/internal/crc32c"
 )
 
 // How an ASD serves its port: every connection is accepted here, its TLS
@@ -377,7 +378,7 @@ func appendVerified(out []byte, f *os.File, h FragmentHeader, off, length int64)
 		return out[:start], fmt.Errorf("%s: %w", h.Key, err)
 	}
 	if whole {
-		if got := crc32c(buf); got != h.DataCRC {
+		if got := crc32c.Checksum(buf); got != h.DataCRC {
 			return out[:start], fmt.Errorf("%w: %s: data checksum %08x, header says %08x", ErrFragmentCorrupt, h.Key, got, h.DataCRC)
 		}
 	} else if err := h.verifyBlocks(int(first), buf); err != nil {

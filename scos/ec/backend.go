@@ -17,6 +17,7 @@ import (
 	"github.com/klauspost/reedsolomon"
 	"github.com/ovs-storage/ovs/scos"
 	"github.com/ovs-storage/ovs/scos/asd"
+	"github.com/ovs-storage/ovs/scos/internal/bufpool"
 )
 
 // Backend is the erasure-coded, geo-spread scos.Backend (ALBA-like). Each
@@ -47,8 +48,12 @@ type Backend struct {
 	// collection and scrub must not judge a fragment by one.
 	direct KVStore
 	cache  *cachingKV // everything (SoleWriter) or only fenced namespaces
-	log    *slog.Logger
-	hc     *http.Client
+	// presets holds the presets read so far, by name (they never change).
+	presets sync.Map
+	// objBufs holds the buffers PutFile reads SCOs into.
+	objBufs bufpool.Pool
+	log     *slog.Logger
+	hc      *http.Client
 
 	fenceMu sync.RWMutex
 	fences  map[string]*fenceState // by namespace
@@ -307,6 +312,13 @@ var (
 )
 
 func (b *Backend) preset(ctx context.Context, name string) (Preset, error) {
+	// A preset is never changed or removed once stored (AddPreset only
+	// creates), so a copy found once stays right; every put asks for its
+	// namespace's preset, and asking arakoon each time cost a round trip
+	// per SCO upload.
+	if p, ok := b.presets.Load(name); ok {
+		return p.(Preset), nil
+	}
 	raw, err := b.kv.Get(ctx, kvPreset+name)
 	if errors.Is(err, ErrKeyNotFound) {
 		return Preset{}, fmt.Errorf("%w: %s", ErrPresetNotFound, name)
@@ -318,6 +330,7 @@ func (b *Backend) preset(ctx context.Context, name string) (Preset, error) {
 	if err := json.Unmarshal(raw, &p); err != nil {
 		return Preset{}, fmt.Errorf("preset %s: %w: %v", name, scos.ErrCorrupt, err)
 	}
+	b.presets.Store(name, p)
 	return p, nil
 }
 

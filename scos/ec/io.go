@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"os"
 	"sort"
 	"strings"
 	"sync"
@@ -14,6 +15,7 @@ import (
 
 	"github.com/ovs-storage/ovs/scos"
 	"github.com/ovs-storage/ovs/scos/asd"
+	"github.com/ovs-storage/ovs/scos/internal/crc32c"
 	"github.com/ovs-storage/ovs/scos/internal/fsutil"
 )
 
@@ -71,6 +73,58 @@ func (b *Backend) ObjectManifest(ctx context.Context, ns, name string) (*Manifes
 // --- put -------------------------------------------------------------------------
 
 func (b *Backend) Put(ctx context.Context, ns, name string, data []byte, overwrite bool) error {
+	// A full slice expression: encoding must not use the spare capacity
+	// of the caller's buffer.
+	return b.put(ctx, ns, name, data[:len(data):len(data)], overwrite, nil)
+}
+
+// PutFile stores the object held in f (scos.FilePutter: a sealed SCO). The
+// file is read into a pooled buffer with room for the parity shards after
+// the data, so encoding allocates nothing; the buffer is recycled once no
+// fragment write reads it any more (a put may return while its slowest
+// fragments are still being written). Allocating and zeroing 10 MiB per
+// 4 MiB SCO was a tenth of the node's CPU on sequential writes.
+func (b *Backend) PutFile(ctx context.Context, ns, name string, f *os.File, overwrite bool) error {
+	fi, err := f.Stat()
+	if err != nil {
+		return fmt.Errorf("put %s/%s: %w", ns, name, err)
+	}
+	size := fi.Size()
+	if size > maxObjectSize {
+		return fmt.Errorf("put %s/%s: object of %d bytes: at most %d allowed", ns, name, size, maxObjectSize)
+	}
+	room := size
+	if nsr, err := b.liveNamespace(ctx, ns); err == nil {
+		if p, err := b.preset(ctx, nsr.Preset); err == nil {
+			room = max(room, shardsLen(p.Policies[0], size))
+		}
+	}
+	bp := b.objBufs.Get(int(room))
+	data := (*bp)[:size]
+	if _, err := f.ReadAt(data, 0); err != nil {
+		b.objBufs.Put(bp)
+		return fmt.Errorf("put %s/%s: read %s: %w", ns, name, f.Name(), err)
+	}
+	var inflight sync.WaitGroup
+	err = b.put(ctx, ns, name, data, overwrite, &inflight)
+	go func() {
+		inflight.Wait()
+		b.objBufs.Put(bp)
+	}()
+	return err
+}
+
+// shardsLen is how many bytes the k+m shards of an object of size bytes
+// take (reedsolomon.Split: shards of ceil(size/k) rounded up to 64 bytes).
+func shardsLen(pol Policy, size int64) int64 {
+	per := (size + int64(pol.K) - 1) / int64(pol.K)
+	per = (per + 63) &^ 63
+	return per * int64(pol.K+pol.M)
+}
+
+// put stores data; encoding may use its spare capacity. Fragment writes
+// that outlive the call are counted in inflight, if not nil.
+func (b *Backend) put(ctx context.Context, ns, name string, data []byte, overwrite bool, inflight *sync.WaitGroup) error {
 	if !scos.ValidName(name) {
 		return fmt.Errorf("%w: object %q", scos.ErrInvalidName, name)
 	}
@@ -83,11 +137,19 @@ func (b *Backend) Put(ctx context.Context, ns, name string, data []byte, overwri
 		return err
 	}
 	key := objKey(ns, name)
-	old, err := b.kv.Get(ctx, key)
-	if errors.Is(err, ErrKeyNotFound) {
-		old = nil
-	} else if err != nil {
-		return fmt.Errorf("put %s/%s: %w", ns, name, err)
+	// The manifest this put replaces: an overwrite that the cache cannot
+	// answer goes ahead as if the object were new, and the test-and-set
+	// below catches it if not. Most overwriting puts are of new names
+	// (SCOs, TLogs), and the lookup was a round trip to arakoon for each,
+	// 15% of an SCO upload's time.
+	old, known := b.cache.peek(key)
+	if !known && !overwrite {
+		var err error
+		if old, err = b.kv.Get(ctx, key); errors.Is(err, ErrKeyNotFound) {
+			old = nil
+		} else if err != nil {
+			return fmt.Errorf("put %s/%s: %w", ns, name, err)
+		}
 	}
 	if old != nil && !overwrite {
 		return fmt.Errorf("%w: %s/%s", scos.ErrObjectExists, ns, name)
@@ -96,7 +158,7 @@ func (b *Backend) Put(ctx context.Context, ns, name string, data []byte, overwri
 	if err != nil {
 		return fmt.Errorf("put %s/%s: %w", ns, name, err)
 	}
-	m, pidx, degraded, err := b.writeObject(ctx, ns+"/"+name, data, preset)
+	m, pidx, degraded, err := b.writeObject(ctx, ns+"/"+name, data, preset, inflight)
 	if err != nil {
 		return fmt.Errorf("put %s/%s: %w", ns, name, err)
 	}
@@ -139,21 +201,21 @@ func (b *Backend) Put(ctx context.Context, ns, name string, data []byte, overwri
 // of the preset that can be placed, falling back to the next ones when ASDs
 // are down, full or fail. It returns the manifest (not yet stored), the
 // index of the policy used, and whether some fragment is not (yet) stored.
-func (b *Backend) writeObject(ctx context.Context, tag string, data []byte, preset Preset) (*Manifest, int, bool, error) {
+func (b *Backend) writeObject(ctx context.Context, tag string, data []byte, preset Preset, inflight *sync.WaitGroup) (*Manifest, int, bool, error) {
 	if len(data) > maxObjectSize {
 		return nil, 0, false, fmt.Errorf("object of %d bytes: at most %d allowed", len(data), maxObjectSize)
 	}
 	m := &Manifest{
-		Size: int64(len(data)), CRC32C: crc32c(data), Preset: preset.Name,
+		Size: int64(len(data)), Preset: preset.Name,
 		Created: time.Now().UnixNano(), Policy: preset.Policies[0],
 	}
 	if len(data) == 0 {
-		m.CRC32C = 0
 		rand.Read(m.ObjectID[:])
 		return m, 0, false, nil
 	}
 	excluded := map[string]error{}
 	var shards [][]byte
+	var shardCRCs []uint32
 	var shardPol Policy
 	for attempt := 0; ; attempt++ {
 		if err := ctx.Err(); err != nil {
@@ -169,13 +231,18 @@ func (b *Backend) writeObject(ctx context.Context, tag string, data []byte, pres
 				return nil, 0, false, err
 			}
 			shardPol = pol
+			shardCRCs = make([]uint32, len(shards))
+			for i, s := range shards {
+				shardCRCs[i] = crc32c.Checksum(s)
+			}
+			m.CRC32C = objectCRC(data, shards[:pol.K], shardCRCs[:pol.K])
 		}
 		m.Policy, m.FragmentSize = pol, int64(len(shards[0]))
 		m.Fragments = make([]FragmentLocation, len(shards))
 		for i, t := range targets {
-			m.Fragments[i] = FragmentLocation{ASD: t.ID, CRC32C: crc32c(shards[i])}
+			m.Fragments[i] = FragmentLocation{ASD: t.ID, CRC32C: shardCRCs[i]}
 		}
-		results := b.writeFragments(ctx, m, tag, shards, nil, false)
+		results := b.writeFragments(ctx, m, tag, shards, nil, false, inflight)
 		if err := ctx.Err(); err != nil {
 			// The caller gave up (a rollback made the object moot, or
 			// shutdown): no ASD failed, so nothing to warn about or
@@ -218,6 +285,22 @@ func (b *Backend) writeObject(ctx context.Context, tag string, data []byte, pres
 				ErrInsufficientASDs, acked, len(results), pol.C, summarizeErrors(excluded))
 		}
 	}
+}
+
+// objectCRC returns the checksum of data, which the data shards hold: when
+// they hold exactly data (no padding), it is combined from their
+// checksums rather than computed in another pass over the bytes.
+func objectCRC(data []byte, dataShards [][]byte, crcs []uint32) uint32 {
+	per := len(dataShards[0])
+	if per*len(dataShards) != len(data) {
+		return crc32c.Checksum(data)
+	}
+	shift := crc32c.ShiftFor(int64(per))
+	var crc uint32
+	for _, c := range crcs {
+		crc = shift.Combine(crc, c)
+	}
+	return crc
 }
 
 // place picks the first policy of the preset that can be placed on the
@@ -278,9 +361,9 @@ func (b *Backend) encode(pol Policy, data []byte) ([][]byte, error) {
 	if err != nil {
 		return nil, err
 	}
-	// A full slice expression: Split zeroes the spare capacity it uses,
-	// and that memory belongs to the caller.
-	shards, err := enc.Split(data[:len(data):len(data)])
+	// Split puts the parity in data's spare capacity if there is room
+	// (zeroing what it uses), and allocates otherwise.
+	shards, err := enc.Split(data)
 	if err != nil {
 		return nil, fmt.Errorf("split: %w", err)
 	}
@@ -294,8 +377,9 @@ func (b *Backend) encode(pol Policy, data []byte) ([][]byte, error) {
 // manifest names, in parallel. It returns once every write has finished or,
 // unless waitAll, when at least Policy.C are stored, after a short grace
 // for the others (which keep running, unbound from ctx, and report
-// errFragmentPending).
-func (b *Backend) writeFragments(ctx context.Context, m *Manifest, tag string, shards [][]byte, only []int, waitAll bool) []error {
+// errFragmentPending). Every write is counted in inflight, if not nil,
+// until it ends.
+func (b *Backend) writeFragments(ctx context.Context, m *Manifest, tag string, shards [][]byte, only []int, waitAll bool, inflight *sync.WaitGroup) []error {
 	if only == nil {
 		for i := range shards {
 			only = append(only, i)
@@ -314,7 +398,13 @@ func (b *Backend) writeFragments(ctx context.Context, m *Manifest, tag string, s
 	ch := make(chan res, len(only))
 	for _, i := range only {
 		id := m.Fragments[i].ASD
+		if inflight != nil {
+			inflight.Add(1)
+		}
 		go func() {
+			if inflight != nil {
+				defer inflight.Done()
+			}
 			c, _ := b.asd(id)
 			if c == nil {
 				ch <- res{i, fmt.Errorf("asd %s: %w: not registered", id, asd.ErrUnavailable)}
@@ -445,9 +535,9 @@ func (b *Backend) read(ctx context.Context, ns, name string, off, n int64, p []b
 			}
 			return nil, fmt.Errorf("read %s/%s: %w", ns, name, err)
 		}
-		if whole && crc32c(data) != m.CRC32C {
+		if whole && crc32c.Checksum(data) != m.CRC32C {
 			b.markDegraded(ctx, ns, name, "object checksum mismatch on read")
-			return nil, fmt.Errorf("%w: %s/%s: checksum %08x, the manifest says %08x", scos.ErrCorrupt, ns, name, crc32c(data), m.CRC32C)
+			return nil, fmt.Errorf("%w: %s/%s: checksum %08x, the manifest says %08x", scos.ErrCorrupt, ns, name, crc32c.Checksum(data), m.CRC32C)
 		}
 		b.stats.reads.Add(1)
 		return data, nil
@@ -513,9 +603,9 @@ func (b *Backend) fetch(ctx context.Context, m *Manifest, i int, lo, hi int64) (
 		return nil, fmt.Errorf("%w: fragment %d on %s has checksum %08x, the manifest says %08x",
 			asd.ErrFragmentCorrupt, i, f.ASD, crc, f.CRC32C)
 	}
-	if whole && (int64(len(data)) != m.FragmentSize || crc32c(data) != f.CRC32C) {
+	if whole && (int64(len(data)) != m.FragmentSize || crc32c.Checksum(data) != f.CRC32C) {
 		return nil, fmt.Errorf("%w: fragment %d on %s: %d bytes with checksum %08x, the manifest says %d with %08x",
-			asd.ErrFragmentCorrupt, i, f.ASD, len(data), crc32c(data), m.FragmentSize, f.CRC32C)
+			asd.ErrFragmentCorrupt, i, f.ASD, len(data), crc32c.Checksum(data), m.FragmentSize, f.CRC32C)
 	}
 	return data, nil
 }

@@ -73,6 +73,22 @@ func (c *cachingKV) Get(ctx context.Context, key string) ([]byte, error) {
 	return v, err
 }
 
+// peek returns the cached value of key without asking the store: ok is
+// false when the cache does not know the key (not cached, or not a cached
+// prefix).
+func (c *cachingKV) peek(key string) (v []byte, ok bool) {
+	if !c.cached(key) {
+		return nil, false
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	v, ok = c.entries[key]
+	if !ok {
+		return nil, false
+	}
+	return bytes.Clone(v), true
+}
+
 func (c *cachingKV) Set(ctx context.Context, key string, value []byte) error {
 	if value == nil {
 		value = []byte{}

@@ -14,6 +14,7 @@ import (
 	jobprogress "github.com/ovs-storage/ovs/internal/progress"
 	"github.com/ovs-storage/ovs/scos"
 	"github.com/ovs-storage/ovs/scos/asd"
+	"github.com/ovs-storage/ovs/scos/internal/crc32c"
 )
 
 // ecCounters count what the backend has done since it started.
@@ -597,7 +598,7 @@ func (b *Backend) repairObject(ctx context.Context, ns, name string, rep *Mainte
 	var write []int
 	moved := map[int]bool{}
 	for _, i := range fix {
-		if got := crc32c(rec[i]); got != m.Fragments[i].CRC32C {
+		if got := crc32c.Checksum(rec[i]); got != m.Fragments[i].CRC32C {
 			return false, fmt.Errorf("%w: rebuilt fragment %d has checksum %08x, the manifest says %08x",
 				scos.ErrCorrupt, i, got, m.Fragments[i].CRC32C)
 		}
@@ -624,7 +625,7 @@ func (b *Backend) repairObject(ctx context.Context, ns, name string, rep *Mainte
 	for _, i := range write {
 		shards[i] = rec[i]
 	}
-	results := b.writeFragments(ctx, &newm, ns+"/"+name, shards, write, true)
+	results := b.writeFragments(ctx, &newm, ns+"/"+name, shards, write, true, nil)
 	var ok, failed []int
 	for _, i := range write {
 		if results[i] == nil {
@@ -673,11 +674,11 @@ func (b *Backend) upgradeObject(ctx context.Context, ns, name string, m *Manifes
 	if err != nil {
 		return false, nil // repair the fragments first
 	}
-	if crc32c(data) != m.CRC32C {
+	if crc32c.Checksum(data) != m.CRC32C {
 		return false, fmt.Errorf("%w: checksum mismatch reading for an upgrade", scos.ErrCorrupt)
 	}
 	target := Preset{Name: preset.Name, Policies: preset.Policies[better : better+1], MaxPerSite: preset.MaxPerSite}
-	newm, _, degraded, err := b.writeObject(ctx, ns+"/"+name, data, target)
+	newm, _, degraded, err := b.writeObject(ctx, ns+"/"+name, data[:len(data):len(data)], target, nil)
 	if err != nil {
 		return false, nil // not now
 	}
@@ -1040,7 +1041,7 @@ func (b *Backend) moveFragments(ctx context.Context, ns, name string, m *Manifes
 	for _, i := range idx {
 		newm.Fragments[i].ASD = moves[i]
 	}
-	results := b.writeFragments(ctx, &newm, ns+"/"+name, shards, idx, true)
+	results := b.writeFragments(ctx, &newm, ns+"/"+name, shards, idx, true, nil)
 	var ok []int
 	for _, i := range idx {
 		if results[i] == nil {

@@ -4,16 +4,10 @@ import (
 	"encoding/binary"
 	"encoding/hex"
 	"fmt"
-	"hash/crc32"
 
 	"github.com/ovs-storage/ovs/scos"
+	"github.com/ovs-storage/ovs/scos/internal/crc32c"
 )
-
-// castagnoli is the CRC-32C table; every checksum in scos is CRC-32C (the
-// ASDs' fragment checksums too, see asd.FragmentHeader).
-var castagnoli = crc32.MakeTable(crc32.Castagnoli)
-
-func crc32c(b []byte) uint32 { return crc32.Checksum(b, castagnoli) }
 
 // Manifest describes one stored object of the erasure-coded backend: its
 // size and checksum, the policy it was encoded with, and where each of its
@@ -83,7 +77,7 @@ func (m *Manifest) Encode() []byte {
 		b = append(b, f.ASD...)
 		b = le.AppendUint32(b, f.CRC32C)
 	}
-	return le.AppendUint32(b, crc32c(b))
+	return le.AppendUint32(b, crc32c.Checksum(b))
 }
 
 // fragmentSizeFor is the size of each fragment of an object of size bytes
@@ -109,7 +103,7 @@ func DecodeManifest(b []byte) (*Manifest, error) {
 		return bad("truncated")
 	}
 	le := binary.LittleEndian
-	if got, want := le.Uint32(b[len(b)-4:]), crc32c(b[:len(b)-4]); got != want {
+	if got, want := le.Uint32(b[len(b)-4:]), crc32c.Checksum(b[:len(b)-4]); got != want {
 		return bad("checksum %08x, computed %08x", got, want)
 	}
 	r := manifestReader{b: b[:len(b)-4], p: 5}
