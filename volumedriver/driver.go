@@ -127,9 +127,6 @@ func (o *Options) setDefaults() {
 	}
 	if o.UploadConcurrency <= 0 {
 		o.UploadConcurrency = 4
-		if v, _ := strconv.Atoi(os.Getenv("XXX_UPC")); v > 0 { // TEMP
-			o.UploadConcurrency = v
-		}
 	}
 	if o.AutoSyncInterval <= 0 {
 		o.AutoSyncInterval = 30 * time.Second
