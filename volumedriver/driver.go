@@ -38,7 +38,8 @@ type Options struct {
 	// size).
 	ReadCacheDiskBytes int64
 	// MetadataCacheBytes bounds each volume's metadata page cache
-	// (default 64 MiB: every page of a 16 GiB vdisk).
+	// (default 64 MiB: every page of a 13 GiB vdisk, counted as they
+	// take memory).
 	MetadataCacheBytes int64
 	// WriteBufferBytes: past this, a volume's uploaded SCOs are evicted
 	// from the local write buffer (default 1 GiB).
@@ -49,11 +50,11 @@ type Options struct {
 	// OpenSCOFiles bounds the SCO files of all write buffers kept open
 	// for reads (default 256).
 	OpenSCOFiles int
-	// UploadConcurrency: SCOs of a TLog uploaded at once (default 8: on
+	// UploadConcurrency: SCOs of a TLog uploaded at once (default 4: on
 	// the EC backend an SCO put waits on k+m fragment writes and their
 	// fsyncs; 1 MiB sequential writes on ovs up measured 138 MiB/s with 2
-	// in flight, ~160 with 4 and ~177 with 8, each holding an 8 MiB
-	// buffer while in flight).
+	// in flight and ~160 with 4; 8 gave ~177 but each upload holds an
+	// 8 MiB buffer, and the RSS budget of ovs up is 256 MiB).
 	UploadConcurrency int
 	// AutoSyncInterval: an open TLog holding data is sealed and uploaded
 	// after this long (default 30s).
@@ -127,7 +128,7 @@ func (o *Options) setDefaults() {
 		o.OpenSCOFiles = 256
 	}
 	if o.UploadConcurrency <= 0 {
-		o.UploadConcurrency = 8
+		o.UploadConcurrency = 4
 	}
 	if o.AutoSyncInterval <= 0 {
 		o.AutoSyncInterval = 30 * time.Second

@@ -3,6 +3,7 @@ package volumedriver
 import (
 	"errors"
 	"path/filepath"
+	"runtime"
 	"testing"
 )
 
@@ -135,4 +136,26 @@ func FuzzDecodePage(f *testing.F) {
 			t.Fatal("decoded page does not re-encode to its image")
 		}
 	})
+}
+
+// The cache budget counts pageMemSize per page: it must cover what a page
+// really costs the allocator.
+func TestPageMemSize(t *testing.T) {
+	const n = 1000
+	pages := make([]*mdPage, 0, n)
+	var before, after runtime.MemStats
+	runtime.GC()
+	runtime.ReadMemStats(&before)
+	for i := 0; i < n; i++ {
+		pages = append(pages, new(mdPage))
+	}
+	runtime.ReadMemStats(&after)
+	per := (after.TotalAlloc - before.TotalAlloc) / n
+	if per > pageMemSize-32 {
+		t.Fatalf("a metadata page takes %d bytes of the heap, pageMemSize counts %d with its map entry", per, pageMemSize)
+	}
+	if per < pageMemSize/2 {
+		t.Fatalf("a metadata page takes %d bytes of the heap; pageMemSize (%d) overcounts it, the cache holds too few", per, pageMemSize)
+	}
+	runtime.KeepAlive(pages)
 }

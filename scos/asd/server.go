@@ -543,30 +543,18 @@ func (s *Server) handlePut(w http.ResponseWriter, r *http.Request) {
 		s.fail(w, r, fmt.Errorf("%w: X-Ovs-Crc32c header: want the hex CRC-32C of the body", errBadRequest))
 		return
 	}
-	tag := r.Header.Get("X-Ovs-Tag")
-	if len(tag) > maxFragmentTagLen {
-		s.fail(w, r, fmt.Errorf("%w: fragment tag of %d bytes: at most %d allowed", errBadRequest, len(tag), maxFragmentTagLen))
-		return
-	}
-	// The body is read where it will sit in the file, after the header,
-	// so that header and data go out in one (direct) write; then the
-	// buffer goes back to the pool (the header keeps only checksums).
-	hdrLen := int(fragmentHeaderLen(len(key), len(tag), numBlocks(r.ContentLength, s.cfg.BlockSize)))
-	buf := s.bodies.Get(hdrLen + int(r.ContentLength))
+	// The body is written to the file and forgotten (the header keeps
+	// only checksums), so its buffer goes back to the pool.
+	buf := s.bodies.Get(int(r.ContentLength))
 	defer s.bodies.Put(buf)
-	file := *buf
-	data := file[hdrLen:]
+	data := *buf
 	if _, err := io.ReadFull(r.Body, data); err != nil {
 		s.fail(w, r, fmt.Errorf("%w: reading the fragment: %v", errBadRequest, err))
 		return
 	}
-	h, err := NewFragmentHeader(key, tag, data, s.cfg.BlockSize, time.Now().UnixNano())
+	h, err := NewFragmentHeader(key, r.Header.Get("X-Ovs-Tag"), data, s.cfg.BlockSize, time.Now().UnixNano())
 	if err != nil {
 		s.fail(w, r, fmt.Errorf("%w: %v", errBadRequest, err))
-		return
-	}
-	if copy(file, h.Encode()) != hdrLen || h.HeaderLen != hdrLen {
-		s.fail(w, r, fmt.Errorf("fragment %s: header of %d bytes, %d expected", key, h.HeaderLen, hdrLen))
 		return
 	}
 	if h.DataCRC != uint32(wantCRC) {
@@ -574,7 +562,7 @@ func (s *Server) handlePut(w http.ResponseWriter, r *http.Request) {
 			errBadRequest, key, h.DataCRC, wantCRC))
 		return
 	}
-	if err := s.put(r.Context(), h, file); err != nil {
+	if err := s.put(r.Context(), h, data); err != nil {
 		s.fail(w, r, err)
 		return
 	}
@@ -582,10 +570,10 @@ func (s *Server) handlePut(w http.ResponseWriter, r *http.Request) {
 }
 
 // put writes the fragment durably: temporary file, fsync, rename, fsync of
-// the directory. file is the fragment's header (h encoded) followed by its
-// data. An existing fragment of the same key is replaced.
-func (s *Server) put(ctx context.Context, h FragmentHeader, file []byte) error {
-	size := int64(len(file))
+// the directory. An existing fragment of the same key is replaced.
+func (s *Server) put(ctx context.Context, h FragmentHeader, data []byte) error {
+	hdr := h.Encode()
+	size := int64(len(hdr)) + int64(len(data))
 	c, err := s.Capacity()
 	if err != nil {
 		return err
@@ -600,7 +588,7 @@ func (s *Server) put(ctx context.Context, h FragmentHeader, file []byte) error {
 	path := FragmentPath(s.cfg.Dir, h.Key)
 	dir := filepath.Dir(path)
 	tmp := filepath.Join(dir, fsutil.TmpPrefix+h.Key+"-"+fsutil.RandomSuffix())
-	if err := fsutil.WriteFileDirect(tmp, file); err != nil {
+	if err := writeFileParts(tmp, hdr, data); err != nil {
 		os.Remove(tmp)
 		return fmt.Errorf("asd %s: put %s: %w", s.id, h.Key, err)
 	}
@@ -925,4 +913,23 @@ func (s *Server) handleList(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 	writeJSONResponse(w, out)
+}
+
+// writeFileParts creates path with the concatenation of parts and fsyncs it.
+func writeFileParts(path string, parts ...[]byte) error {
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	if err != nil {
+		return err
+	}
+	for _, p := range parts {
+		if _, err := f.Write(p); err != nil {
+			f.Close()
+			return err
+		}
+	}
+	if err := f.Sync(); err != nil {
+		f.Close()
+		return err
+	}
+	return f.Close()
 }

@@ -17,7 +17,6 @@ import (
 	"github.com/klauspost/reedsolomon"
 	"github.com/ovs-storage/ovs/scos"
 	"github.com/ovs-storage/ovs/scos/asd"
-	"github.com/ovs-storage/ovs/scos/internal/bufpool"
 )
 
 // Backend is the erasure-coded, geo-spread scos.Backend (ALBA-like). Each
@@ -51,7 +50,7 @@ type Backend struct {
 	// presets holds the presets read so far, by name (they never change).
 	presets sync.Map
 	// objBufs holds the buffers PutFile reads SCOs into.
-	objBufs bufpool.Pool
+	objBufs objectBufs
 	log     *slog.Logger
 	hc      *http.Client
 
@@ -229,6 +228,7 @@ func New(ctx context.Context, cfg Config) (*Backend, error) {
 		hc:       cfg.HTTPClient,
 		asds:     map[string]*asdState{},
 		encoders: map[[2]int]reedsolomon.Encoder{},
+		objBufs:  newObjectBufs(1),
 		kick:     make(chan struct{}, 1),
 		gcKick:   make(chan struct{}, 1),
 	}

@@ -1,10 +1,8 @@
-// Package bufpool recycles the large buffers of the write path: the
-// fragment bodies an ASD reads, the SCOs the erasure-coded backend
-// encodes. A put of a 4 MiB SCO under the default 4+2 policy brings six
-// 1 MiB bodies to the ASDs and 8 MiB of shards to the backend; a fresh
-// allocation for each costs a zeroing pass and, once the Go scavenger has
-// returned the memory, page faults on every page (expensive in a VM), all
-// per byte written.
+// Package bufpool recycles the large buffers of the write path, the
+// fragment bodies an ASD reads: a put of a 4 MiB SCO under the default
+// 4+2 policy brings six 1 MiB bodies; a fresh allocation for each costs a
+// zeroing pass and, once the Go scavenger has returned the memory, page
+// faults on every page (expensive in a VM), all per byte written.
 package bufpool
 
 import "sync"
