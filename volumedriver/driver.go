@@ -53,8 +53,9 @@ type Options struct {
 	// UploadConcurrency: SCOs of a TLog uploaded at once (default 4: on
 	// the EC backend an SCO put waits on k+m fragment writes and their
 	// fsyncs; 1 MiB sequential writes on ovs up measured 138 MiB/s with 2
-	// in flight and ~160 with 4; 8 gave ~177 but each upload holds an
-	// 8 MiB buffer, and the RSS budget of ovs up is 256 MiB).
+	// in flight and ~160 with 4; 8 gave ~177 but each upload holds a
+	// 6 MiB buffer (the SCO and its parity), and the RSS budget of ovs
+	// up is 256 MiB).
 	UploadConcurrency int
 	// AutoSyncInterval: an open TLog holding data is sealed and uploaded
 	// after this long (default 30s).

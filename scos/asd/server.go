@@ -25,7 +25,6 @@ import (
 	"time"
 
 	"github.com/ovs-storage/ovs/scos"
-	"github.com/ovs-storage/ovs/scos/internal/bufpool"
 	"github.com/ovs-storage/ovs/scos/internal/crc32c"
 	"github.com/ovs-storage/ovs/scos/internal/fsutil"
 )
@@ -160,7 +159,7 @@ type Server struct {
 	// fcache keeps fragment files open for reads (see fragCache).
 	fcache *fragCache
 	// bodies recycles the buffers of fragment puts.
-	bodies bufpool.Pool
+	bodies bodyPool
 	used   atomic.Int64 // bytes of fragment files
 	count  atomic.Int64 // number of fragments
 	locks  [64]sync.Mutex
@@ -545,8 +544,8 @@ func (s *Server) handlePut(w http.ResponseWriter, r *http.Request) {
 	}
 	// The body is written to the file and forgotten (the header keeps
 	// only checksums), so its buffer goes back to the pool.
-	buf := s.bodies.Get(int(r.ContentLength))
-	defer s.bodies.Put(buf)
+	buf := s.bodies.get(int(r.ContentLength))
+	defer s.bodies.put(buf)
 	data := *buf
 	if _, err := io.ReadFull(r.Body, data); err != nil {
 		s.fail(w, r, fmt.Errorf("%w: reading the fragment: %v", errBadRequest, err))

@@ -1,9 +1,9 @@
-package bufpool
+package asd
 
 import "testing"
 
-func TestPool(t *testing.T) {
-	var p Pool
+func TestBodyPool(t *testing.T) {
+	var p bodyPool
 	for _, tc := range []struct {
 		n       int
 		wantCap int // 0: not pooled, exactly n
@@ -17,27 +17,27 @@ func TestPool(t *testing.T) {
 		{16 << 20, 16 << 20},
 		{16<<20 + 1, 0},
 	} {
-		b := p.Get(tc.n)
+		b := p.get(tc.n)
 		if len(*b) != tc.n {
-			t.Errorf("Get(%d): len %d", tc.n, len(*b))
+			t.Errorf("get(%d): len %d", tc.n, len(*b))
 		}
 		want := tc.wantCap
 		if want == 0 {
 			want = tc.n
 		}
 		if cap(*b) != want {
-			t.Errorf("Get(%d): cap %d, want %d", tc.n, cap(*b), want)
+			t.Errorf("get(%d): cap %d, want %d", tc.n, cap(*b), want)
 		}
-		p.Put(b)
+		p.put(b)
 		// A recycled buffer comes back at the asked length.
-		if b2 := p.Get(tc.n); len(*b2) != tc.n {
-			t.Errorf("Get(%d) after put: len %d", tc.n, len(*b2))
+		if b2 := p.get(tc.n); len(*b2) != tc.n {
+			t.Errorf("get(%d) after put: len %d", tc.n, len(*b2))
 		}
 	}
 	// A foreign buffer of an odd capacity is not taken in.
 	odd := make([]byte, 100<<10)
-	p.Put(&odd)
-	if b := p.Get(100 << 10); cap(*b) != 128<<10 {
+	p.put(&odd)
+	if b := p.get(100 << 10); cap(*b) != 128<<10 {
 		t.Errorf("odd buffer reused: cap %d", cap(*b))
 	}
 }
