@@ -111,14 +111,33 @@ func diskCacheKey(ns string, obj scos.SCOName, offset uint16) readcache.Key {
 	return readcache.Key{NS: ns, Loc: scos.ClusterLocation{SCO: obj, Offset: offset}.Pack()}
 }
 
-// diskCacheGet fills p from the disk read cache if it holds the cluster
-// with checksum want. The one check is the metadata's CRC (GetCRC): it
-// is the cluster's end-to-end checksum, so data that passes it is the
-// cluster whatever happened to the cache file, and an entry that fails it
-// (a flipped byte, or another cluster's data) is dropped, never served.
-func (v *Volume) diskCacheGet(key readcache.Key, p []byte, want uint32) bool {
+// diskCacheGetRun fills the clusters of the run ls (at offset first of
+// object obj of ns) that the disk read cache holds with their metadata
+// CRCs, into out, and marks them in served; some: the run has clusters
+// served already (they are skipped, looked up one by one). The one check
+// is the metadata's CRC (GetCRC): it is the cluster's end-to-end
+// checksum, so data that passes it is the cluster whatever happened to
+// the cache file, and an entry that fails it (a flipped byte, or another
+// cluster's data) is dropped, never served.
+func (v *Volume) diskCacheGetRun(ns string, obj scos.SCOName, first uint16, ls []lookup, out []byte, served []bool, some bool) {
 	rc := v.drv.rc
-	return rc != nil && rc.GetCRC(key, p, want)
+	if rc == nil {
+		return
+	}
+	cs := v.clusterSize
+	if some {
+		for i, l := range ls {
+			if !served[i] {
+				served[i] = rc.GetCRC(diskCacheKey(ns, obj, first+uint16(i)), out[i*cs:(i+1)*cs], l.e.crc)
+			}
+		}
+		return
+	}
+	want := make([]uint32, len(ls))
+	for i, l := range ls {
+		want[i] = l.e.crc
+	}
+	rc.GetRunCRC(diskCacheKey(ns, obj, first), cs, out[:len(ls)*cs], want, served)
 }
 
 // diskCacheAddRun queues clusters that follow each other in one SCO, read

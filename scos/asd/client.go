@@ -30,8 +30,9 @@ type Client struct {
 	// tlsConf is the TLS configuration of hc's transport, if any (what
 	// binary connections use too).
 	tlsConf *tls.Config
-	wire    *wirePool  // binary reads (WithWire); nil: HTTP only
-	local   *localHTTP // HTTP over the ASD's local socket (WithWire); nil: none
+	wire    *wirePool    // binary reads (WithWire); nil: HTTP only
+	local   *localHTTP   // HTTP over the ASD's local socket (WithWire); nil: none
+	direct  *localReader // reads from the ASD's files (WithWire); nil: none
 }
 
 // NewTransport returns an HTTP transport suited to talking to ASDs:

@@ -16,10 +16,14 @@ import (
 // ctime with one stat: a fragment replaced by a put (a new inode), deleted,
 // or changed in place behind the ASD's back (bit rot, tests) is reopened
 // and its header decoded and checked again, never served from the cache.
+//
+// The ASD and the volume driver's direct reads of the ASDs of its host
+// (localReader) each keep one.
 type fragCache struct {
-	mu    sync.Mutex
-	max   int
-	files map[string]*openFrag
+	dir, asd string // the ASD's directory and id (for errors)
+	mu       sync.Mutex
+	max      int
+	files    map[string]*openFrag
 }
 
 type openFrag struct {
@@ -40,23 +44,22 @@ func statID(st *syscall.Stat_t) fileID {
 	return fileID{ino: int64(st.Ino), size: st.Size, mtime: st.Mtim, ctime: st.Ctim}
 }
 
-func newFragCache(max int) *fragCache {
-	return &fragCache{max: max, files: map[string]*openFrag{}}
+func newFragCache(dir, asd string, max int) *fragCache {
+	return &fragCache{dir: dir, asd: asd, max: max, files: map[string]*openFrag{}}
 }
 
 // acquire returns the open fragment key (release it when done).
-func (s *Server) acquire(key string) (*openFrag, error) {
-	path := FragmentPath(s.cfg.Dir, key)
+func (c *fragCache) acquire(key string) (*openFrag, error) {
+	path := FragmentPath(c.dir, key)
 	var st syscall.Stat_t
 	if err := syscall.Stat(path, &st); err != nil {
-		s.fcache.forget(key)
+		c.forget(key)
 		if errors.Is(err, fs.ErrNotExist) {
-			return nil, fmt.Errorf("%w: %s on asd %s", ErrFragmentNotFound, key, s.id)
+			return nil, fmt.Errorf("%w: %s on asd %s", ErrFragmentNotFound, key, c.asd)
 		}
-		return nil, fmt.Errorf("asd %s: %s: %w", s.id, key, err)
+		return nil, fmt.Errorf("asd %s: %s: %w", c.asd, key, err)
 	}
 	id := statID(&st)
-	c := s.fcache
 	c.mu.Lock()
 	if of := c.files[key]; of != nil && of.id == id {
 		of.refs++
@@ -64,7 +67,7 @@ func (s *Server) acquire(key string) (*openFrag, error) {
 		return of, nil
 	}
 	c.mu.Unlock()
-	f, h, err := s.open(key)
+	f, h, err := openFragment(c.dir, c.asd, key)
 	if err != nil {
 		return nil, err
 	}
@@ -73,7 +76,7 @@ func (s *Server) acquire(key string) (*openFrag, error) {
 	var fst syscall.Stat_t
 	if err := syscall.Fstat(int(f.Fd()), &fst); err != nil {
 		f.Close()
-		return nil, fmt.Errorf("asd %s: %s: %w", s.id, key, err)
+		return nil, fmt.Errorf("asd %s: %s: %w", c.asd, key, err)
 	}
 	of := &openFrag{f: f, h: h, id: statID(&fst), refs: 2, cache: c}
 	c.mu.Lock()

@@ -76,7 +76,8 @@ func TestLocalSocketReads(t *testing.T) {
 			t.Fatalf("read: %v %+v", err, res)
 		}
 	}
-	local := NewClient(addr, hc).For(s.ID()).WithWire(WireConfig{Conns: 1, Socket: sock})
+	// Direct reads off: this test is about the socket (TestDirectReads).
+	local := NewClient(addr, hc).For(s.ID()).WithWire(WireConfig{Conns: 1, Socket: sock, NoDirectReads: true})
 	defer local.Close()
 	read(local)
 	if n := s.LocalConns(); n != 1 {
@@ -84,7 +85,7 @@ func TestLocalSocketReads(t *testing.T) {
 	}
 
 	// A socket path where no ASD listens: the TLS port serves.
-	gone := NewClient(addr, hc).For(s.ID()).WithWire(WireConfig{Conns: 1, Socket: filepath.Join(dir, "nothing.sock")})
+	gone := NewClient(addr, hc).For(s.ID()).WithWire(WireConfig{Conns: 1, Socket: filepath.Join(dir, "nothing.sock"), NoDirectReads: true})
 	defer gone.Close()
 	read(gone)
 	// Another ASD's socket (it says who it is in the hello): the TLS port
@@ -92,7 +93,7 @@ func TestLocalSocketReads(t *testing.T) {
 	dir2 := shortDir(t)
 	s2, _ := serveLocalASD(t, Config{Dir: dir2, Node: "n", Site: "s", LocalSocket: LocalSocketPath(dir2),
 		TLS: func(string) (*tls.Config, error) { return pki.server(t), nil }})
-	wrong := NewClient(addr, hc).For(s.ID()).WithWire(WireConfig{Conns: 1, Socket: LocalSocketPath(dir2)})
+	wrong := NewClient(addr, hc).For(s.ID()).WithWire(WireConfig{Conns: 1, Socket: LocalSocketPath(dir2), NoDirectReads: true})
 	defer wrong.Close()
 	read(wrong)
 	if s.LocalConns() != 1 || s2.LocalConns() != 1 {

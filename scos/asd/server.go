@@ -189,7 +189,7 @@ func Open(cfg Config) (*Server, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
-	s := &Server{cfg: cfg, frags: filepath.Join(cfg.Dir, asdFragmentsDir), fcache: newFragCache(fragCacheSize)}
+	s := &Server{cfg: cfg, frags: filepath.Join(cfg.Dir, asdFragmentsDir)}
 	if err := os.MkdirAll(s.frags, 0o700); err != nil {
 		return nil, fmt.Errorf("asd %s: %w", cfg.Dir, err)
 	}
@@ -211,6 +211,7 @@ func Open(cfg Config) (*Server, error) {
 		return nil, err
 	}
 	s.id = id
+	s.fcache = newFragCache(cfg.Dir, id, fragCacheSize)
 	s.log = cfg.Logger.With("asd", id)
 	if cfg.TLS != nil {
 		if s.tls, err = cfg.TLS(id); err != nil {
@@ -617,21 +618,26 @@ func (s *Server) put(ctx context.Context, h FragmentHeader, data []byte) error {
 // open opens a fragment and decodes its header, checking that the file is
 // as long as the header says.
 func (s *Server) open(key string) (*os.File, FragmentHeader, error) {
-	f, err := os.Open(FragmentPath(s.cfg.Dir, key))
+	return openFragment(s.cfg.Dir, s.id, key)
+}
+
+// openFragment opens fragment key of the ASD asd in dir (see open).
+func openFragment(dir, asd, key string) (*os.File, FragmentHeader, error) {
+	f, err := os.Open(FragmentPath(dir, key))
 	if err != nil {
 		if errors.Is(err, fs.ErrNotExist) {
-			return nil, FragmentHeader{}, fmt.Errorf("%w: %s on asd %s", ErrFragmentNotFound, key, s.id)
+			return nil, FragmentHeader{}, fmt.Errorf("%w: %s on asd %s", ErrFragmentNotFound, key, asd)
 		}
-		return nil, FragmentHeader{}, fmt.Errorf("asd %s: %s: %w", s.id, key, err)
+		return nil, FragmentHeader{}, fmt.Errorf("asd %s: %s: %w", asd, key, err)
 	}
 	h, err := readFragmentHeader(f)
 	if err != nil {
 		f.Close()
-		return nil, FragmentHeader{}, fmt.Errorf("asd %s: %s: %w", s.id, key, err)
+		return nil, FragmentHeader{}, fmt.Errorf("asd %s: %s: %w", asd, key, err)
 	}
 	if h.Key != key {
 		f.Close()
-		return nil, FragmentHeader{}, fmt.Errorf("%w: asd %s: file %s holds fragment %q", ErrFragmentCorrupt, s.id, key, h.Key)
+		return nil, FragmentHeader{}, fmt.Errorf("%w: asd %s: file %s holds fragment %q", ErrFragmentCorrupt, asd, key, h.Key)
 	}
 	return f, h, nil
 }
@@ -695,7 +701,7 @@ func (s *Server) handleGet(w http.ResponseWriter, r *http.Request) {
 		s.fail(w, r, err)
 		return
 	}
-	of, err := s.acquire(key)
+	of, err := s.fcache.acquire(key)
 	if err != nil {
 		s.fail(w, r, err)
 		return

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"net/url"
 	"sync"
@@ -47,6 +48,11 @@ type WireConfig struct {
 	// reads use HTTP before the binary protocol is tried again (default
 	// 1m: the ASD may be upgraded in place).
 	RetryHTTPOnly time.Duration
+	// NoDirectReads: with Socket set, read over the socket, not from the
+	// ASD's fragment files (see localReader). Tests of the socket use it.
+	NoDirectReads bool
+	// Logger takes what direct reads have to say (nil: nothing).
+	Logger *slog.Logger
 }
 
 const (
@@ -86,6 +92,10 @@ func (c *Client) WithWire(cfg WireConfig) *Client {
 	p := &wirePool{addr: host, id: c.id, cfg: cfg, slots: make([]wireSlot, cfg.Conns)}
 	c2.wire = p
 	c2.local = newLocalHTTP(cfg.Socket, cfg.RetryHTTPOnly)
+	c2.direct = nil
+	if !cfg.NoDirectReads {
+		c2.direct = newLocalReader(cfg.Socket, c.id, cfg.RetryHTTPOnly, cfg.Logger)
+	}
 	return &c2
 }
 
@@ -96,6 +106,7 @@ func (c *Client) Close() error {
 		c.wire.close()
 	}
 	c.local.close()
+	c.direct.close()
 	return nil
 }
 
@@ -106,6 +117,15 @@ func (c *Client) WireReads() int64 {
 		return 0
 	}
 	return c.wire.reads.Load()
+}
+
+// DirectReads returns how many batched reads the client served from the
+// ASD's files (see localReader).
+func (c *Client) DirectReads() int64 {
+	if c.direct == nil {
+		return 0
+	}
+	return c.direct.reads.Load()
 }
 
 // ItemResult is the outcome of one item of a batched read: the checksum
@@ -144,6 +164,9 @@ func (w *WireCall) Result() ([]ItemResult, error) { return w.res, w.err }
 // (a dead peer fails its other calls fast, and the next read redials).
 func (w *WireCall) Cancel(cause error) {
 	wc := w.wc
+	if wc == nil {
+		return // served by a direct read: done before it was returned
+	}
 	wc.mu.Lock()
 	_, pending := wc.pending[w.id]
 	delete(wc.pending, w.id)
@@ -190,6 +213,13 @@ func (c *Client) StartRead(ctx context.Context, items []ReadItem, dst [][]byte) 
 	}
 	if total > p.cfg.MaxBytes {
 		return nil, ErrNoWire
+	}
+	if c.direct.usable() {
+		if res, ok := c.direct.read(items, dst); ok {
+			call := &WireCall{items: items, dst: dst, res: res, done: make(chan struct{})}
+			close(call.done)
+			return call, nil
+		}
 	}
 	wc, err := p.conn(ctx)
 	if err != nil {

@@ -330,7 +330,7 @@ func (s *Server) readItem(out []byte, it ReadItem) []byte {
 	if err := checkFragmentKey(it.Key); err != nil {
 		return appendReplyError(out, readBadRequest, 0, 0, err.Error())
 	}
-	of, err := s.acquire(it.Key)
+	of, err := s.fcache.acquire(it.Key)
 	if err != nil {
 		return appendReplyError(out, statusOf(err), 0, 0, err.Error())
 	}

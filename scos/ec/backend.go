@@ -395,7 +395,7 @@ func (b *Backend) reloadRegistry(ctx context.Context) error {
 			}
 			st.client = asd.NewClient(r.Addr, b.hc).For(id)
 			if !b.cfg.HTTPReads {
-				st.client = st.client.WithWire(asd.WireConfig{Socket: sockets[id]})
+				st.client = st.client.WithWire(asd.WireConfig{Socket: sockets[id], Logger: b.log})
 			}
 		}
 		st.rec = r

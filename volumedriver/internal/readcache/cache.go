@@ -432,32 +432,84 @@ func (c *Cache) GetCRC(key Key, buf []byte, want uint32) bool {
 }
 
 func (c *Cache) get(key Key, buf []byte, callerCRC uint32, useCallerCRC bool) bool {
+	var e [1]entryRef
+	tok := c.lookup(key.NS, key.Loc, e[:])
+	return c.serve(tok, key, e[0], buf, callerCRC, useCallerCRC)
+}
+
+// GetRunCRC is GetCRC for the n = len(want) clusters of size bytes that
+// follow each other from key on (key.Loc, key.Loc+1, ...), into buf (n
+// times size bytes): hit[i] reports whether cluster i was served. One
+// lookup under the cache's lock and one count in the admission sketch
+// for the run: per cluster, they were a tenth of the volume driver's CPU
+// on a cold 1 MiB sequential read (perf; 256 lookups per read).
+func (c *Cache) GetRunCRC(key Key, size int, buf []byte, want []uint32, hit []bool) int {
+	n := len(want)
+	if size <= 0 || len(buf) != n*size || len(hit) != n {
+		return 0
+	}
+	var small [256]entryRef
+	es := small[:0]
+	if n > len(small) {
+		es = make([]entryRef, n)
+	}
+	es = es[:n]
+	tok := c.lookup(key.NS, key.Loc, es)
+	hits := 0
+	for i := range n {
+		k := Key{NS: key.NS, Loc: key.Loc + uint64(i)}
+		hit[i] = c.serve(tok, k, es[i], buf[i*size:(i+1)*size], want[i], true)
+		if hit[i] {
+			hits++
+		}
+	}
+	return hits
+}
+
+// entryRef is what a lookup found of one key: its index value, the
+// generation of its segment then, and its CRC.
+type entryRef struct {
+	p, gen uint64
+	crc    uint32
+	found  bool
+}
+
+// lookup finds the entries of ns at len(es) locations from loc on, and
+// counts each access in the admission sketch; it returns the namespace's
+// token (0 with a broken cache).
+func (c *Cache) lookup(ns string, loc uint64, es []entryRef) uint64 {
 	c.mu.RLock()
-	tok, ok := c.tokens[key.NS]
-	var p, gen uint64
-	var want uint32
-	var found bool
-	if ok && !c.broken {
-		p, found = c.index[keyHash(tok, key.Loc)]
-	}
-	if found {
-		// Read under mu: a reclaim bumps gen under mu, so gen, p and
-		// the CRC agree, and a reclaim after this point shows in gen.
-		s := c.segs[p>>48]
-		gen = s.gen.Load()
-		want = s.crcs[uint32(p)/slotSize]
-	}
+	tok, ok := c.tokens[ns]
 	broken := c.broken
+	if ok && !broken {
+		for i := range es {
+			p, found := c.index[keyHash(tok, loc+uint64(i))]
+			if found {
+				// Read under mu: a reclaim bumps gen under mu, so gen,
+				// p and the CRC agree, and a reclaim after this point
+				// shows in gen.
+				s := c.segs[p>>48]
+				es[i] = entryRef{p: p, gen: s.gen.Load(), crc: s.crcs[uint32(p)/slotSize], found: true}
+			}
+		}
+	}
 	c.mu.RUnlock()
-	if !ok && !broken {
+	if broken {
+		return 0
+	}
+	if !ok {
 		// The namespace's first lookup: it gets its token now, so that
 		// its accesses count from the first one (Seen).
-		tok, ok = c.tokenFor(key.NS), true
+		tok = c.tokenFor(ns)
 	}
-	if ok {
-		c.sk.add(keyHash(tok, key.Loc))
-	}
-	if !found || posLen(p) != int64(len(buf)) {
+	c.sk.addRun(tok, loc, len(es))
+	return tok
+}
+
+// serve reads the entry e of key into buf and verifies it.
+func (c *Cache) serve(tok uint64, key Key, e entryRef, buf []byte, callerCRC uint32, useCallerCRC bool) bool {
+	p, gen, want := e.p, e.gen, e.crc
+	if !e.found || posLen(p) != int64(len(buf)) {
 		c.misses.Add(1)
 		return false
 	}

@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"slices"
 	"sync"
 	"testing"
 	"time"
@@ -529,5 +530,50 @@ func TestSeen(t *testing.T) {
 	c.Invalidate("vd-new")
 	if c.Seen(k) {
 		t.Fatal("seen in an invalidated namespace")
+	}
+}
+
+// TestGetRunCRC: a run looked up at once serves the clusters the cache
+// holds with the caller's CRCs and no others: gaps, an entry of other
+// data, and a flipped byte are misses (the last two dropped); each
+// cluster counts as one access (Seen after two runs).
+func TestGetRunCRC(t *testing.T) {
+	c := openT(t, t.TempDir(), 4<<20)
+	fillKeys(t, c, "vd-a", 10, 14) // 10..13; 14 and 15 missing
+	c.Add(Key{"vd-a", 16}, cluster("vd-a", 99))
+	flush(t, c)
+	path, off := findEntry(t, c, "vd-a", 12)
+	flipByte(t, path, off+100)
+
+	const n = 8 // 10..17
+	want := make([]uint32, n)
+	for i := range want {
+		want[i] = crc(cluster("vd-a", 10+uint64(i)))
+	}
+	buf := make([]byte, n*cs)
+	hit := make([]bool, n)
+	got := c.GetRunCRC(Key{"vd-a", 10}, cs, buf, want, hit)
+	wantHit := []bool{true, true, false, true, false, false, false, false}
+	if got != 3 || !slices.Equal(hit, wantHit) {
+		t.Fatalf("hits %d %v, want 3 %v", got, hit, wantHit)
+	}
+	for i, h := range hit {
+		if h && !bytes.Equal(buf[i*cs:(i+1)*cs], cluster("vd-a", 10+uint64(i))) {
+			t.Fatalf("cluster %d: wrong data served", 10+i)
+		}
+	}
+	if st := c.Stats(); st.Corrupt != 2 || st.Hits != 3 || st.Misses != 5 {
+		t.Fatalf("stats: %+v, want 2 corrupt (flipped, other data), 3 hits, 5 misses", st)
+	}
+	mustMiss(t, c, "vd-a", 12) // dropped
+	if c.Seen(Key{"vd-a", 17}) {
+		t.Fatal("seen after one run")
+	}
+	c.GetRunCRC(Key{"vd-a", 10}, cs, buf, want, hit)
+	if !c.Seen(Key{"vd-a", 17}) || !c.Seen(Key{"vd-a", 10}) {
+		t.Fatal("not seen after two runs")
+	}
+	if c.GetRunCRC(Key{"vd-a", 10}, cs, buf[:cs], want, hit) != 0 {
+		t.Fatal("a buffer of the wrong size was served")
 	}
 }

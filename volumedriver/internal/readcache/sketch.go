@@ -33,21 +33,25 @@ func (s *sketch) slot(h uint64, i int) uint64 {
 	return (x ^ x>>29) & s.mask
 }
 
-// add counts one access to h.
-func (s *sketch) add(h uint64) {
+// addRun counts one access to each of the n keys keyHash(tok, loc+i),
+// under one lock.
+func (s *sketch) addRun(tok, loc uint64, n int) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	for i := range s.rows {
-		if c := &s.rows[i][s.slot(h, i)]; *c < 15 {
-			*c++
+	for i := range n {
+		h := keyHash(tok, loc+uint64(i))
+		for r := range s.rows {
+			if c := &s.rows[r][s.slot(h, r)]; *c < 15 {
+				*c++
+			}
 		}
+		s.adds++
 	}
-	s.adds++
 	if s.adds >= s.resetAt {
 		s.adds /= 2
-		for i := range s.rows {
-			for j := range s.rows[i] {
-				s.rows[i][j] >>= 1
+		for r := range s.rows {
+			for j := range s.rows[r] {
+				s.rows[r][j] >>= 1
 			}
 		}
 	}
