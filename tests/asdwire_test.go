@@ -26,6 +26,7 @@ func TestECReadsOverBinaryProtocol(t *testing.T) {
 		Counters struct {
 			Reads         int64 `json:"reads"`
 			WireReads     int64 `json:"wire_reads"`
+			DirectReads   int64 `json:"direct_reads"`
 			ReadAheadHits int64 `json:"read_ahead_hits"`
 		} `json:"counters"`
 	}
@@ -35,5 +36,10 @@ func TestECReadsOverBinaryProtocol(t *testing.T) {
 	t.Logf("backend counters after a verify from the ASDs: %+v", st.Counters)
 	if st.Counters.WireReads == 0 || st.Counters.ReadAheadHits == 0 {
 		t.Fatalf("reads from the ASDs did not go over the binary protocol with read-ahead: %+v", st.Counters)
+	}
+	// ovs up's ASDs are on the node's host: their fragments are read
+	// from their files (the verify passed, so with their checks).
+	if st.Counters.DirectReads == 0 {
+		t.Fatalf("no direct reads of the local ASDs' fragment files: %+v", st.Counters)
 	}
 }

@@ -151,6 +151,10 @@ type WireCall struct {
 	recv  bool  // under wc.mu: the reader is reading the reply into dst
 }
 
+// Direct reports whether the call was served from the ASD's files (see
+// localReader), without a request to the ASD.
+func (w *WireCall) Direct() bool { return w.wc == nil }
+
 // Done is closed when the call's results are in (or it failed).
 func (w *WireCall) Done() <-chan struct{} { return w.done }
 

@@ -829,6 +829,9 @@ func (b *Backend) readWire(ctx context.Context, m *Manifest, pieces []piece, out
 		}
 		r.call = call
 		b.stats.wireReads.Add(1)
+		if call.Direct() {
+			b.stats.directReads.Add(1)
+		}
 	}
 	all := len(reqs) > 0
 	for x := range reqs {

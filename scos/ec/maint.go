@@ -25,7 +25,7 @@ type ecCounters struct {
 	policyUpgrades, repairFailures                    atomic.Int64
 	scrubs, fragmentsScrubbed, orphansDeleted         atomic.Int64
 	gcDeleted                                         atomic.Int64
-	wireReads, readAheadHits                          atomic.Int64
+	wireReads, directReads, readAheadHits             atomic.Int64
 }
 
 // Counters is a snapshot of the backend's counters since it started.
@@ -49,6 +49,9 @@ type Counters struct {
 	// WireReads: fragment read requests sent over the ASDs' binary
 	// protocol (the rest of the reads went over HTTP).
 	WireReads int64 `json:"wire_reads"`
+	// DirectReads: of those, the ones the node served from the fragment
+	// files of an ASD of its own host (no request to the ASD).
+	DirectReads int64 `json:"direct_reads"`
 	// ReadAheadHits: ranged reads served from a read-ahead window.
 	ReadAheadHits int64 `json:"read_ahead_hits"`
 }
@@ -63,7 +66,7 @@ func (c *ecCounters) snapshot() Counters {
 		RepairFailures: c.repairFailures.Load(), Scrubs: c.scrubs.Load(),
 		FragmentsScrubbd: c.fragmentsScrubbed.Load(), OrphansDeleted: c.orphansDeleted.Load(),
 		GarbageDeleted: c.gcDeleted.Load(), WireReads: c.wireReads.Load(),
-		ReadAheadHits: c.readAheadHits.Load(),
+		DirectReads: c.directReads.Load(), ReadAheadHits: c.readAheadHits.Load(),
 	}
 }
 
