@@ -228,7 +228,7 @@ func New(ctx context.Context, cfg Config) (*Backend, error) {
 		hc:       cfg.HTTPClient,
 		asds:     map[string]*asdState{},
 		encoders: map[[2]int]reedsolomon.Encoder{},
-		objBufs:  newObjectBufs(1),
+		objBufs:  newObjectBufs(objectBufsKept),
 		kick:     make(chan struct{}, 1),
 		gcKick:   make(chan struct{}, 1),
 	}

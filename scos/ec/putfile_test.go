@@ -82,3 +82,50 @@ func TestPutFileRecyclesBuffers(t *testing.T) {
 		checkGet(t, e.b, "ns1", name, data)
 	}
 }
+
+// encode into a buffer with room for the parity whose spare bytes hold
+// garbage (a recycled buffer) gives the shards reedsolomon.Split and
+// Encode give on a fresh copy: the padding is zeroed, the parity
+// overwritten whole.
+func TestEncodeInPlace(t *testing.T) {
+	pol := Policy{K: 4, M: 2, C: 5}
+	ref, err := reedsolomon.New(pol.K, pol.M)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := &Backend{encoders: map[[2]int]reedsolomon.Encoder{}}
+	for _, tc := range []struct {
+		name       string
+		size, room int
+	}{
+		{"no padding", 4 << 20, int(shardsLen(pol, 4<<20))},
+		{"padded", 4<<20 - 7, int(shardsLen(pol, 4<<20-7))},
+		{"one byte", 1, int(shardsLen(pol, 1))},
+		{"no room (Split allocates)", 4095, 4095},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			data := randBytes(uint64(tc.size), tc.size)
+			buf := bytes.Repeat([]byte{0xEE}, tc.room)
+			copy(buf, data)
+			shards, err := b.encode(pol, buf[:tc.size])
+			if err != nil {
+				t.Fatal(err)
+			}
+			want, err := ref.Split(bytes.Clone(data))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := ref.Encode(want); err != nil {
+				t.Fatal(err)
+			}
+			if len(shards) != len(want) {
+				t.Fatalf("%d shards, want %d", len(shards), len(want))
+			}
+			for i := range want {
+				if !bytes.Equal(shards[i], want[i]) {
+					t.Fatalf("shard %d differs from Split and Encode's", i)
+				}
+			}
+		})
+	}
+}
