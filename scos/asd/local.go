@@ -378,7 +378,7 @@ func (l *LocalSet) startOne(p *localASD) error {
 	// Its own process group (a terminal's ^C goes to ovs, which stops the
 	// ASDs in order), and it dies with its parent.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
-	if err := cmd.Start(); err != nil {
+	if err := startWithTimerSlack(cmd, asdTimerSlack); err != nil {
 		return fmt.Errorf("%s %v: %w", l.cfg.Binary, cmd.Args[1:], err)
 	}
 	exited := make(chan struct{})
