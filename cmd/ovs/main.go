@@ -18,13 +18,35 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/ovs-storage/ovs/framework/api"
+	"github.com/ovs-storage/ovs/internal/timerslack"
 )
 
 func main() {
+	if isDaemon(os.Args[1:]) {
+		if err := timerslack.Ensure(timerslack.Daemon); err != nil {
+			fmt.Fprintf(os.Stderr, "ovs: warning: running with the default timer slack: %v\n", err)
+		}
+	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	code := run(ctx, os.Args[1:], os.Stdout, os.Stderr)
 	stop()
 	os.Exit(code)
+}
+
+// isDaemon reports whether args run a daemon (ovs up, ovs node serve, ovs
+// asd serve, ovs arakoon serve): they run with the timer slack of
+// internal/timerslack.
+func isDaemon(args []string) bool {
+	if len(args) > 0 && args[0] == "up" {
+		return true
+	}
+	if len(args) > 1 && args[1] == "serve" {
+		switch args[0] {
+		case "node", "asd", "arakoon":
+			return true
+		}
+	}
+	return false
 }
 
 // run executes the ovs command line args and returns the exit code. Errors

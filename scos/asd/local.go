@@ -17,6 +17,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/ovs-storage/ovs/internal/timerslack"
 	"github.com/ovs-storage/ovs/scos/internal/fsutil"
 )
 
@@ -378,7 +379,7 @@ func (l *LocalSet) startOne(p *localASD) error {
 	// Its own process group (a terminal's ^C goes to ovs, which stops the
 	// ASDs in order), and it dies with its parent.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
-	if err := startWithTimerSlack(cmd, asdTimerSlack); err != nil {
+	if err := timerslack.Start(cmd, timerslack.Daemon); err != nil {
 		return fmt.Errorf("%s %v: %w", l.cfg.Binary, cmd.Args[1:], err)
 	}
 	exited := make(chan struct{})
