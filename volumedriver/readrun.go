@@ -3,6 +3,7 @@ package volumedriver
 import (
 	"context"
 	"fmt"
+	"slices"
 	"sync"
 
 	"github.com/ovs-storage/ovs/scos"
@@ -96,7 +97,6 @@ func (v *Volume) readRunBackend(ctx context.Context, ls []lookup, out []byte, me
 		return err
 	}
 	served := make([]bool, len(ls))
-	inMem := 0
 	// The memory cache holds lone clusters (random reads): a long run is
 	// a bulk read, whose lookups there cost 5% of the CPU of a cold
 	// sequential read and counted a scan in its admission policy.
@@ -106,14 +106,13 @@ func (v *Volume) readRunBackend(ctx context.Context, ls []lookup, out []byte, me
 				copy(out[i*cs:(i+1)*cs], data)
 				v.io.cacheHits.Add(1)
 				served[i] = true
-				inMem++
 				continue
 			}
 			v.io.cacheMisses.Add(1)
 		}
 	}
-	if inMem < len(ls) {
-		v.diskCacheGetRun(ns, obj, first.Offset, ls, out, served, inMem > 0)
+	if slices.Contains(served, false) {
+		v.diskCacheGetRun(ns, obj, first.Offset, ls, out, served)
 	}
 	lo, hi := len(ls), -1
 	for i := range ls {

@@ -20,10 +20,10 @@ import (
 // The ASD and the volume driver's direct reads of the ASDs of its host
 // (localReader) each keep one.
 type fragCache struct {
-	dir, asd string // the ASD's directory and id (for errors)
-	mu       sync.Mutex
-	max      int
-	files    map[string]*openFrag
+	dir, id string // the ASD's directory and id (for errors)
+	mu      sync.Mutex
+	max     int
+	files   map[string]*openFrag
 }
 
 type openFrag struct {
@@ -44,8 +44,8 @@ func statID(st *syscall.Stat_t) fileID {
 	return fileID{ino: int64(st.Ino), size: st.Size, mtime: st.Mtim, ctime: st.Ctim}
 }
 
-func newFragCache(dir, asd string, max int) *fragCache {
-	return &fragCache{dir: dir, asd: asd, max: max, files: map[string]*openFrag{}}
+func newFragCache(dir, id string, max int) *fragCache {
+	return &fragCache{dir: dir, id: id, max: max, files: map[string]*openFrag{}}
 }
 
 // acquire returns the open fragment key (release it when done).
@@ -55,9 +55,9 @@ func (c *fragCache) acquire(key string) (*openFrag, error) {
 	if err := syscall.Stat(path, &st); err != nil {
 		c.forget(key)
 		if errors.Is(err, fs.ErrNotExist) {
-			return nil, fmt.Errorf("%w: %s on asd %s", ErrFragmentNotFound, key, c.asd)
+			return nil, fmt.Errorf("%w: %s on asd %s", ErrFragmentNotFound, key, c.id)
 		}
-		return nil, fmt.Errorf("asd %s: %s: %w", c.asd, key, err)
+		return nil, fmt.Errorf("asd %s: %s: %w", c.id, key, err)
 	}
 	id := statID(&st)
 	c.mu.Lock()
@@ -67,7 +67,7 @@ func (c *fragCache) acquire(key string) (*openFrag, error) {
 		return of, nil
 	}
 	c.mu.Unlock()
-	f, h, err := openFragment(c.dir, c.asd, key)
+	f, h, err := openFragment(c.dir, c.id, key)
 	if err != nil {
 		return nil, err
 	}
@@ -76,7 +76,7 @@ func (c *fragCache) acquire(key string) (*openFrag, error) {
 	var fst syscall.Stat_t
 	if err := syscall.Fstat(int(f.Fd()), &fst); err != nil {
 		f.Close()
-		return nil, fmt.Errorf("asd %s: %s: %w", c.asd, key, err)
+		return nil, fmt.Errorf("asd %s: %s: %w", c.id, key, err)
 	}
 	of := &openFrag{f: f, h: h, id: statID(&fst), refs: 2, cache: c}
 	c.mu.Lock()

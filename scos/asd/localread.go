@@ -37,7 +37,7 @@ import (
 // read slower than slowDirectRead turns direct reads of that ASD off for
 // a while; its reads then go to the ASD again, hedged.
 type localReader struct {
-	asd   *fragCache
+	files *fragCache // the ASD's, opened by this process
 	log   *slog.Logger
 	retry time.Duration
 	// checkedAt: when the directory last held the identity of the ASD
@@ -64,7 +64,7 @@ func newLocalReader(socket, id string, retry time.Duration, log *slog.Logger) *l
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	return &localReader{asd: newFragCache(filepath.Dir(socket), id, localFragFiles), log: log, retry: retry}
+	return &localReader{files: newFragCache(filepath.Dir(socket), id, localFragFiles), log: log, retry: retry}
 }
 
 // usable reports whether direct reads are on and the directory is (still)
@@ -80,8 +80,8 @@ func (l *localReader) usable() bool {
 	if now-l.checkedAt.Load() < int64(identityRecheck) {
 		return true
 	}
-	id, _, _, err := ReadIdentity(l.asd.dir)
-	if err != nil || id != l.asd.asd {
+	id, _, _, err := ReadIdentity(l.files.dir)
+	if err != nil || id != l.files.id {
 		l.turnOff("the directory does not hold the identity of the ASD", "found", id, "err", err)
 		return false
 	}
@@ -91,9 +91,9 @@ func (l *localReader) usable() bool {
 
 func (l *localReader) turnOff(why string, args ...any) {
 	l.offUntil.Store(time.Now().Add(l.retry).UnixNano())
-	l.asd.closeAll()
+	l.files.closeAll()
 	l.log.Warn("direct reads of a local ASD off for a while: "+why,
-		append([]any{"asd", l.asd.asd, "dir", l.asd.dir, "for", l.retry}, args...)...)
+		append([]any{"asd", l.files.id, "dir", l.files.dir, "for", l.retry}, args...)...)
 }
 
 // read reads items into dst from the files, as the ASD would, and reports
@@ -117,14 +117,10 @@ func (l *localReader) read(items []ReadItem, dst [][]byte) ([]ItemResult, bool) 
 }
 
 func (l *localReader) readItem(it ReadItem, dst []byte) (ItemResult, bool) {
-	of, err := l.asd.acquire(it.Key)
+	of, err := l.files.acquire(it.Key)
 	if err != nil {
-		switch {
-		case errors.Is(err, ErrFragmentNotFound):
-			return ItemResult{Err: fmt.Errorf("get fragment %s: %w", it.Key, err)}, true
-		case errors.Is(err, ErrFragmentCorrupt):
-			l.log.Warn("corrupt fragment (direct read)", "asd", l.asd.asd, "key", it.Key, "err", err)
-			return ItemResult{Err: fmt.Errorf("get fragment %s: %w", it.Key, err)}, true
+		if errors.Is(err, ErrFragmentNotFound) || errors.Is(err, ErrFragmentCorrupt) {
+			return l.failed(it.Key, ItemResult{}, err), true
 		}
 		// Permissions, a format this build does not read, an I/O
 		// error: the ASD answers for its files.
@@ -133,18 +129,17 @@ func (l *localReader) readItem(it ReadItem, dst []byte) (ItemResult, bool) {
 	}
 	defer of.release()
 	h := of.h
+	res := ItemResult{CRC: h.DataCRC, Size: h.DataLen}
 	if it.Off > h.DataLen || it.Length > h.DataLen-it.Off {
-		return ItemResult{CRC: h.DataCRC, Size: h.DataLen, Err: fmt.Errorf("get fragment %s: [%d,+%d) of %d bytes: %w",
-			it.Key, it.Off, it.Length, h.DataLen, errBadRange)}, true
+		return l.failed(it.Key, res, fmt.Errorf("asd %s: [%d,+%d) of %d bytes: %w", l.files.id, it.Off, it.Length, h.DataLen, errBadRange)), true
 	}
 	// dst[:0:len] : a bigger block-aligned range must not spill into what
 	// follows dst in the caller's buffer.
 	got, err := appendVerified(dst[:0:len(dst)], of.f, h, it.Off, it.Length)
 	if err != nil {
 		if errors.Is(err, ErrFragmentCorrupt) {
-			l.log.Warn("corrupt fragment (direct read)", "asd", l.asd.asd, "key", it.Key, "err", err)
-			l.asd.forget(it.Key)
-			return ItemResult{CRC: h.DataCRC, Size: h.DataLen, Err: fmt.Errorf("get fragment %s on asd %s: %w", it.Key, l.asd.asd, err)}, true
+			l.files.forget(it.Key)
+			return l.failed(it.Key, res, fmt.Errorf("asd %s: %w", l.files.id, err)), true
 		}
 		l.turnOff("a fragment could not be read", "key", it.Key, "err", err)
 		return ItemResult{}, false
@@ -152,11 +147,21 @@ func (l *localReader) readItem(it ReadItem, dst []byte) (ItemResult, bool) {
 	if len(got) > 0 && &got[0] != &dst[0] {
 		copy(dst, got) // the range did not start on a block: read into a bigger buffer
 	}
-	return ItemResult{CRC: h.DataCRC, Size: h.DataLen}, true
+	return res, true
+}
+
+// failed is res with the error err, as the ASD answers it (and logs a
+// corrupt fragment, as the ASD does).
+func (l *localReader) failed(key string, res ItemResult, err error) ItemResult {
+	if errors.Is(err, ErrFragmentCorrupt) {
+		l.log.Warn("corrupt fragment (direct read)", "asd", l.files.id, "key", key, "err", err)
+	}
+	res.Err = fmt.Errorf("get fragment %s: %w", key, err)
+	return res
 }
 
 func (l *localReader) close() {
 	if l != nil {
-		l.asd.closeAll()
+		l.files.closeAll()
 	}
 }

@@ -13,6 +13,8 @@ import (
 	"sync"
 	"time"
 
+	"github.com/klauspost/reedsolomon"
+
 	"github.com/ovs-storage/ovs/scos"
 	"github.com/ovs-storage/ovs/scos/asd"
 	"github.com/ovs-storage/ovs/scos/internal/crc32c"
@@ -398,9 +400,7 @@ func summarizeErrors(errs map[string]error) string {
 // which Encode overwrites whole. reedsolomon.Split zeroes all of it: 2 MiB
 // per 4 MiB SCO, a twentieth of the node's CPU on sequential writes
 // (perf). Without room it is Split (which allocates).
-func splitInPlace(enc interface {
-	Split([]byte) ([][]byte, error)
-}, pol Policy, data []byte) ([][]byte, error) {
+func splitInPlace(enc reedsolomon.Encoder, pol Policy, data []byte) ([][]byte, error) {
 	if len(data) == 0 {
 		return nil, errors.New("split: no data")
 	}

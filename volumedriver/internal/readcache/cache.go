@@ -448,9 +448,9 @@ func (c *Cache) GetRunCRC(key Key, size int, buf []byte, want []uint32, hit []bo
 	if size <= 0 || len(buf) != n*size || len(hit) != n {
 		return 0
 	}
-	var small [256]entryRef
-	es := small[:0]
-	if n > len(small) {
+	var small [256]entryRef // a 1 MiB run of 4 KiB clusters, without an allocation
+	es := small[:]
+	if n > len(es) {
 		es = make([]entryRef, n)
 	}
 	es = es[:n]
