@@ -325,18 +325,28 @@ func (r *router) do(ctx context.Context, name string, rt *route, tenure, epoch u
 			}
 			r.invalidate(rt)
 		}
-		if deadline.IsZero() {
-			deadline = time.Now().Add(r.retryWindow)
-		} else if time.Now().After(deadline) {
-			return fmt.Errorf("vdisk %s: no owner answered for %s: %w", name, r.retryWindow, err)
+		if err := r.retryWait(ctx, name, err, &deadline, &backoff); err != nil {
+			return err
 		}
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-time.After(backoff):
-		}
-		backoff = min(2*backoff, 250*time.Millisecond)
 	}
+}
+
+// retryWait waits before the next attempt at vdisk name after the
+// retryable error err, or returns why not to: the retry window, opened at
+// the first failure (*deadline), has closed, or ctx is done.
+func (r *router) retryWait(ctx context.Context, name string, err error, deadline *time.Time, backoff *time.Duration) error {
+	if deadline.IsZero() {
+		*deadline = time.Now().Add(r.retryWindow)
+	} else if time.Now().After(*deadline) {
+		return fmt.Errorf("vdisk %s: no owner answered for %s: %w", name, r.retryWindow, err)
+	}
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-time.After(*backoff):
+	}
+	*backoff = min(2**backoff, 250*time.Millisecond)
+	return nil
 }
 
 // forwardAttemptTimeout bounds one try of a forwarded I/O: past it the
@@ -607,8 +617,25 @@ func (r *router) open(ctx context.Context, name string, localOnly bool) (*routed
 	// A new client starts from the model as it is now, so that it is not
 	// failed for a forced owner change it never wrote across.
 	rt := r.routeFor(name)
-	if err := r.resolve(ctx, rt); err != nil {
-		return nil, err
+	// A vdisk being handed over is waited for, as its I/O is: a client
+	// connecting during a move was refused (NBD_REP_ERR_POLICY, seen in
+	// the ansible upgrade test) where one connected before it was not.
+	// Other failures (a backend that cannot serve the vdisk yet) still
+	// refuse at once.
+	var deadline time.Time
+	backoff := 5 * time.Millisecond
+	for {
+		err := r.resolve(ctx, rt)
+		if err == nil {
+			break
+		}
+		if !errors.Is(err, volumedriver.ErrReleased) {
+			return nil, err
+		}
+		r.invalidate(rt)
+		if err := r.retryWait(ctx, name, err, &deadline, &backoff); err != nil {
+			return nil, err
+		}
 	}
 	d := &routedDevice{r: r, name: name, rt: rt, tenure: rt.tenure.Load(), localOnly: localOnly}
 	rt.gate.RLock()
