@@ -9,6 +9,7 @@ import (
 	"net"
 	"sync"
 	"sync/atomic"
+	"time"
 )
 
 const (
@@ -130,17 +131,29 @@ func (cc *cconn) send(ctx context.Context, cl *call) error {
 		return nil
 	}
 	// A peer that stops reading blocks the write: the caller's context
-	// then breaks the connection, the only way to abandon half a frame.
+	// then interrupts it through the write deadline, and a frame half
+	// written breaks the connection. A write that completed keeps it: the
+	// context may end just after the request went out (the reply is then
+	// dropped by the reader), which must not cost the connection.
 	var stop func() bool
+	var interrupted chan struct{}
 	if ctx.Done() != nil {
-		stop = context.AfterFunc(ctx, func() { cc.fail(fmt.Errorf("send abandoned: %w", ctx.Err())) })
+		interrupted = make(chan struct{})
+		stop = context.AfterFunc(ctx, func() {
+			cc.nc.SetWriteDeadline(time.Now())
+			close(interrupted)
+		})
 	}
 	err := cc.writeReq(cl)
 	if err == nil && cc.queued.Load() == 0 && cc.bw.Buffered() > 0 {
 		err = cc.bw.Flush()
 	}
-	if stop != nil {
-		stop()
+	if stop != nil && !stop() {
+		<-interrupted
+		cc.nc.SetWriteDeadline(time.Time{})
+		if err != nil {
+			err = fmt.Errorf("send abandoned: %w (%w)", ctx.Err(), err)
+		}
 	}
 	<-cc.sem
 	if err != nil {
