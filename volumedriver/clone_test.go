@@ -75,7 +75,8 @@ func TestCloneChainFlattenTemplate(t *testing.T) {
 	crash(d)
 	os.RemoveAll(e.dir)
 	d = e.open()
-	defer d.Close()
+	// d is opened again below: close the last one.
+	defer func() { d.Close() }()
 	c1, _ = d.Volume("c1")
 	c2, _ = d.Volume("c2")
 	p, _ = d.Volume("p")

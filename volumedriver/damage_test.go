@@ -128,7 +128,8 @@ func TestDamagedMetadataIsRebuilt(t *testing.T) {
 			}
 			tc.damage(t, filepath.Join(dir, "md"))
 			d = e.open()
-			defer d.Close()
+			// d is opened again below: close the last one.
+			defer func() { d.Close() }()
 			v, err := d.Volume("a")
 			if err != nil {
 				t.Fatalf("vdisk not up: %v", err)
@@ -185,7 +186,8 @@ func TestMetadataCorruptionAtRuntimeIsRebuilt(t *testing.T) {
 	e.opts.MetadataCacheBytes = 1 // 16 pages cached
 	logs := e.captureLog()
 	d := e.open()
-	defer d.Close()
+	// d is opened again below: close the last one.
+	defer func() { d.Close() }()
 	const size = 256 << 20 // 256 pages
 	d.Create(ctx, "a", size, CreateOptions{})
 	v, _ := d.Volume("a")
@@ -307,7 +309,8 @@ func TestStateJSONDamageKeepsLocalWrites(t *testing.T) {
 			}
 			tc.damage(filepath.Join(dir, "state.json"))
 			d = e.open()
-			defer d.Close()
+			// d is opened again below: close the last one.
+			defer func() { d.Close() }()
 			v, err := d.Volume("a")
 			if err != nil {
 				t.Fatalf("vdisk not up: %v\n%s", err, logs.String())
@@ -374,7 +377,8 @@ func TestLostUnsyncedSCO(t *testing.T) {
 			d.Close()
 			tc.damage(path)
 			d = e.open()
-			defer d.Close()
+			// d is opened again below: close the last one.
+			defer func() { d.Close() }()
 			v, err := d.Volume("a")
 			if err != nil {
 				t.Fatalf("vdisk not up: %v", err)

@@ -248,7 +248,8 @@ func TestDiskReadCacheNeverStale(t *testing.T) {
 			readStamps(t, d, v, cb, "early", n)
 			readStamps(t, d, v, cb, "early", n)
 			d, v, gen := tc.run(t, e, cb, d)
-			defer d.Close()
+			// d is opened again below: close whichever is open last.
+			defer func() { d.Close() }()
 			readStamps(t, d, v, cb, gen, n)
 			readStamps(t, d, v, cb, gen, n)
 			if st := d.ReadCacheStats(); st.Corrupt != 0 {
