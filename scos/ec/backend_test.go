@@ -1084,8 +1084,10 @@ func TestECBackendAckAtC(t *testing.T) {
 	if d := time.Since(start); d > time.Second {
 		t.Fatalf("put took %v with one ASD stalled: not acknowledged at c", d)
 	}
-	st, _ := b.Status(ctx)
-	if st.Flagged != 1 {
+	// Only obj is known to be flagged: on a loaded machine the warmup's
+	// last fragment may also have landed after its put was acknowledged.
+	if !isFlagged(t, b, "ns/obj") {
+		st, _ := b.Status(ctx)
 		t.Fatalf("the put with a fragment missing is not flagged: %+v", st)
 	}
 	checkGet(t, b, "ns", "obj", data)
@@ -1093,13 +1095,27 @@ func TestECBackendAckAtC(t *testing.T) {
 	time.Sleep(300 * time.Millisecond)
 	e.waitHealth()
 	rep, err := b.RepairFlagged(ctx)
-	if err != nil || rep.Remaining != 0 || rep.Repaired != 1 {
+	if err != nil || rep.Remaining != 0 || rep.Repaired < 1 || isFlagged(t, b, "ns/obj") {
 		t.Fatalf("repair: %+v %v", rep, err)
 	}
 	b.CollectGarbage(ctx)
 	if n := e.totalFragments(); n != 12 {
 		t.Fatalf("%d fragments, want 12", n)
 	}
+}
+
+// isFlagged says whether object key (ns/name) is flagged for repair.
+func isFlagged(t *testing.T, b *Backend, key string) bool {
+	t.Helper()
+	found := false
+	err := kvRangeAll(context.Background(), b.kv, kvDegraded, func(e KV) (bool, error) {
+		found = found || e.Key[len(kvDegraded):] == key
+		return true, nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return found
 }
 
 // syncBuffer is a bytes.Buffer safe for a logger's concurrent writes.
