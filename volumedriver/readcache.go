@@ -115,11 +115,11 @@ func diskCacheKey(ns string, obj scos.SCOName, offset uint16) readcache.Key {
 // diskCacheGetRun fills the clusters of the run ls (at offset first of
 // object obj of ns) that the disk read cache holds with their metadata
 // CRCs, into out, and marks them in served. Clusters served already (by
-// the memory cache) are skipped, and the others then looked up one by one. The one check
-// is the metadata's CRC (GetCRC): it is the cluster's end-to-end
-// checksum, so data that passes it is the cluster whatever happened to
-// the cache file, and an entry that fails it (a flipped byte, or another
-// cluster's data) is dropped, never served.
+// the memory cache) are skipped, and the others then looked up one by
+// one. The one check is the metadata's CRC (GetCRC): it is the cluster's
+// end-to-end checksum, so data that passes it is the cluster whatever
+// happened to the cache file, and an entry that fails it (a flipped byte,
+// or another cluster's data) is dropped, never served.
 func (v *Volume) diskCacheGetRun(ns string, obj scos.SCOName, first uint16, ls []lookup, out []byte, served []bool) {
 	rc := v.drv.rc
 	if rc == nil {

@@ -272,6 +272,16 @@ func (b *Backend) ListASDs(ctx context.Context) ([]ASDStatus, error) {
 	return b.asdStatuses(), nil
 }
 
+// flaggedObjects returns the objects flagged for repair, by "ns/name".
+func (b *Backend) flaggedObjects(ctx context.Context) (map[string]bool, error) {
+	flagged := map[string]bool{}
+	err := kvRangeAll(ctx, b.kv, kvDegraded, func(e KV) (bool, error) {
+		flagged[e.Key[len(kvDegraded):]] = true
+		return true, nil
+	})
+	return flagged, err
+}
+
 // Status counts objects, degraded and unavailable ones (a scan of the
 // manifests, reused while nothing it depends on changed: see
 // statusCache), and sums the ASDs' capacity.
@@ -279,11 +289,8 @@ func (b *Backend) Status(ctx context.Context) (Status, error) {
 	s := Status{Preset: b.cfg.Preset, Maintenance: b.progress.snapshot(), Counters: b.stats.snapshot()}
 	views := b.asdViews()
 	s.ASDs, s.ASDsUp, s.Capacity, s.Used, s.Free = sumCapacity(views)
-	flagged := map[string]bool{}
-	if err := kvRangeAll(ctx, b.kv, kvDegraded, func(e KV) (bool, error) {
-		flagged[e.Key[len(kvDegraded):]] = true
-		return true, nil
-	}); err != nil {
+	flagged, err := b.flaggedObjects(ctx)
+	if err != nil {
 		return s, err
 	}
 	s.Flagged = int64(len(flagged))

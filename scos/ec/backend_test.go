@@ -1107,15 +1107,11 @@ func TestECBackendAckAtC(t *testing.T) {
 // isFlagged says whether object key (ns/name) is flagged for repair.
 func isFlagged(t *testing.T, b *Backend, key string) bool {
 	t.Helper()
-	found := false
-	err := kvRangeAll(context.Background(), b.kv, kvDegraded, func(e KV) (bool, error) {
-		found = found || e.Key[len(kvDegraded):] == key
-		return true, nil
-	})
+	flagged, err := b.flaggedObjects(context.Background())
 	if err != nil {
 		t.Fatal(err)
 	}
-	return found
+	return flagged[key]
 }
 
 // syncBuffer is a bytes.Buffer safe for a logger's concurrent writes.
