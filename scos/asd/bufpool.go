@@ -7,10 +7,7 @@ import "sync"
 // allocation for each costs a zeroing pass and, once the Go scavenger has
 // returned the memory, page faults on every page (expensive in a VM), all
 // per byte written. Buffers are kept per power-of-two size class up to
-// 16 MiB (maxPooledShift); larger bodies are allocated as before. Every pooled buffer
-// has bodySlack bytes past its power of two: a put's buffer holds the
-// fragment header before the body and is aligned for O_DIRECT, and a
-// 1 MiB body would otherwise take a 2 MiB buffer.
+// maxPooledBody; larger bodies are allocated as before.
 type bodyPool struct {
 	classes [bodyClasses]sync.Pool
 }
@@ -19,21 +16,15 @@ const (
 	minPooledShift = 16 // 64 KiB
 	maxPooledShift = 24 // 16 MiB
 	bodyClasses    = maxPooledShift - minPooledShift + 1
-	// bodySlack covers the largest fragment header of a pooled body (16
-	// MiB in 4 KiB blocks: 16 KiB of checksums, key and tag) and twice
-	// fsutil.DirectAlign.
-	bodySlack = 32 << 10
 )
-
-func classCap(c int) int { return 1<<(minPooledShift+c) + bodySlack }
 
 // class is the size class that holds n bytes, or -1 if n is not pooled.
 func bodyClass(n int) int {
-	if n > classCap(bodyClasses-1) {
+	if n > 1<<maxPooledShift {
 		return -1
 	}
 	c := 0
-	for classCap(c) < n {
+	for 1<<(minPooledShift+c) < n {
 		c++
 	}
 	return c
@@ -50,14 +41,14 @@ func (p *bodyPool) get(n int) *[]byte {
 		*b = (*b)[:n]
 		return b
 	}
-	b := make([]byte, n, classCap(c))
+	b := make([]byte, n, 1<<(minPooledShift+c))
 	return &b
 }
 
 // put gives a buffer from get back; nobody may use it afterwards.
 func (p *bodyPool) put(b *[]byte) {
 	c := bodyClass(cap(*b))
-	if c < 0 || cap(*b) != classCap(c) {
+	if c < 0 || cap(*b) != 1<<(minPooledShift+c) {
 		return // not one of ours (an unpooled size)
 	}
 	p.classes[c].Put(b)

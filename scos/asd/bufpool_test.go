@@ -8,14 +8,14 @@ func TestBodyPool(t *testing.T) {
 		n       int
 		wantCap int // 0: not pooled, exactly n
 	}{
-		{0, 64<<10 + bodySlack},
-		{1, 64<<10 + bodySlack},
-		{64<<10 + bodySlack, 64<<10 + bodySlack},
-		{64<<10 + bodySlack + 1, 128<<10 + bodySlack},
-		{1<<20 + 10<<10, 1<<20 + bodySlack},
-		{3 << 20, 4<<20 + bodySlack},
-		{16<<20 + bodySlack, 16<<20 + bodySlack},
-		{16<<20 + bodySlack + 1, 0},
+		{0, 64 << 10},
+		{1, 64 << 10},
+		{64 << 10, 64 << 10},
+		{64<<10 + 1, 128 << 10},
+		{1 << 20, 1 << 20},
+		{3 << 20, 4 << 20},
+		{16 << 20, 16 << 20},
+		{16<<20 + 1, 0},
 	} {
 		b := p.get(tc.n)
 		if len(*b) != tc.n {
@@ -37,7 +37,7 @@ func TestBodyPool(t *testing.T) {
 	// A foreign buffer of an odd capacity is not taken in.
 	odd := make([]byte, 100<<10)
 	p.put(&odd)
-	if b := p.get(100 << 10); cap(*b) != 128<<10+bodySlack {
+	if b := p.get(100 << 10); cap(*b) != 128<<10 {
 		t.Errorf("odd buffer reused: cap %d", cap(*b))
 	}
 }

@@ -160,12 +160,9 @@ type Server struct {
 	fcache *fragCache
 	// bodies recycles the buffers of fragment puts.
 	bodies bodyPool
-	// buffered: fragments are written through the page cache, this
-	// file system having refused O_DIRECT.
-	buffered atomic.Bool
-	used     atomic.Int64 // bytes of fragment files
-	count    atomic.Int64 // number of fragments
-	locks    [64]sync.Mutex
+	used   atomic.Int64 // bytes of fragment files
+	count  atomic.Int64 // number of fragments
+	locks  [64]sync.Mutex
 	localStats
 }
 
@@ -546,41 +543,26 @@ func (s *Server) handlePut(w http.ResponseWriter, r *http.Request) {
 		s.fail(w, r, fmt.Errorf("%w: X-Ovs-Crc32c header: want the hex CRC-32C of the body", errBadRequest))
 		return
 	}
-	tag := r.Header.Get("X-Ovs-Tag")
-	if len(tag) > maxFragmentTagLen {
-		s.fail(w, r, fmt.Errorf("%w: fragment tag of %d bytes: at most %d allowed", errBadRequest, len(tag), maxFragmentTagLen))
-		return
-	}
-	// The file is built in one buffer, header then body, aligned for
-	// O_DIRECT (see put); it is written and forgotten (the header keeps
-	// only checksums), so the buffer goes back to the pool.
-	n := int(r.ContentLength)
-	hl := int(fragmentHeaderLen(len(key), len(tag), numBlocks(int64(n), s.cfg.BlockSize)))
-	buf := s.bodies.get(hl + n + 2*fsutil.DirectAlign)
+	// The body is written to the file and forgotten (the header keeps
+	// only checksums), so its buffer goes back to the pool.
+	buf := s.bodies.get(int(r.ContentLength))
 	defer s.bodies.put(buf)
-	file, _ := fsutil.Aligned(*buf, hl+n) // room guaranteed by the size asked
-	data := file[hl:]
+	data := *buf
 	if _, err := io.ReadFull(r.Body, data); err != nil {
 		s.fail(w, r, fmt.Errorf("%w: reading the fragment: %v", errBadRequest, err))
 		return
 	}
-	h, err := NewFragmentHeader(key, tag, data, s.cfg.BlockSize, time.Now().UnixNano())
+	h, err := NewFragmentHeader(key, r.Header.Get("X-Ovs-Tag"), data, s.cfg.BlockSize, time.Now().UnixNano())
 	if err != nil {
 		s.fail(w, r, fmt.Errorf("%w: %v", errBadRequest, err))
 		return
 	}
-	hdr := h.Encode()
-	if len(hdr) != hl {
-		s.fail(w, r, fmt.Errorf("asd %s: put %s: header of %d bytes, %d expected", s.id, key, len(hdr), hl))
-		return
-	}
-	copy(file, hdr)
 	if h.DataCRC != uint32(wantCRC) {
 		s.fail(w, r, fmt.Errorf("%w: fragment %s: body checksum %08x, X-Ovs-Crc32c %08x (damaged in transit)",
 			errBadRequest, key, h.DataCRC, wantCRC))
 		return
 	}
-	if err := s.put(r.Context(), h, file); err != nil {
+	if err := s.put(r.Context(), h, data); err != nil {
 		s.fail(w, r, err)
 		return
 	}
@@ -588,10 +570,10 @@ func (s *Server) handlePut(w http.ResponseWriter, r *http.Request) {
 }
 
 // put writes the fragment durably: temporary file, fsync, rename, fsync of
-// the directory. An existing fragment of the same key is replaced. file is
-// the whole file, h encoded then the data, from fsutil.Aligned.
-func (s *Server) put(ctx context.Context, h FragmentHeader, file []byte) error {
-	size := int64(len(file))
+// the directory. An existing fragment of the same key is replaced.
+func (s *Server) put(ctx context.Context, h FragmentHeader, data []byte) error {
+	hdr := h.Encode()
+	size := int64(len(hdr)) + int64(len(data))
 	c, err := s.Capacity()
 	if err != nil {
 		return err
@@ -606,7 +588,7 @@ func (s *Server) put(ctx context.Context, h FragmentHeader, file []byte) error {
 	path := FragmentPath(s.cfg.Dir, h.Key)
 	dir := filepath.Dir(path)
 	tmp := filepath.Join(dir, fsutil.TmpPrefix+h.Key+"-"+fsutil.RandomSuffix())
-	if err := s.writeFile(tmp, file); err != nil {
+	if err := writeFileParts(tmp, hdr, data); err != nil {
 		os.Remove(tmp)
 		return fmt.Errorf("asd %s: put %s: %w", s.id, h.Key, err)
 	}
@@ -938,18 +920,21 @@ func (s *Server) handleList(w http.ResponseWriter, r *http.Request) {
 	writeJSONResponse(w, out)
 }
 
-// writeFile creates path holding file and fsyncs it: with O_DIRECT, or
-// through the page cache where the file system refuses it (found out on
-// the first put, and then for good).
-func (s *Server) writeFile(path string, file []byte) error {
-	if !s.buffered.Load() {
-		err := fsutil.WriteFileDirect(path, file)
-		if !errors.Is(err, fsutil.ErrDirectUnsupported) {
+// writeFileParts creates path with the concatenation of parts and fsyncs it.
+func writeFileParts(path string, parts ...[]byte) error {
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	if err != nil {
+		return err
+	}
+	for _, p := range parts {
+		if _, err := f.Write(p); err != nil {
+			f.Close()
 			return err
 		}
-		if !s.buffered.Swap(true) {
-			s.log.Info("asd: the file system refuses O_DIRECT; fragments are written through the page cache", "dir", s.cfg.Dir)
-		}
 	}
-	return fsutil.WriteFileSync(path, file)
+	if err := f.Sync(); err != nil {
+		f.Close()
+		return err
+	}
+	return f.Close()
 }

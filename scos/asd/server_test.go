@@ -40,20 +40,9 @@ func randBytes(seed uint64, n int) []byte {
 	return b
 }
 
-// TestASDRoundTrip runs with fragments written both ways: with O_DIRECT
-// (where the file system takes it) and through the page cache.
 func TestASDRoundTrip(t *testing.T) {
-	for _, buffered := range []bool{false, true} {
-		t.Run(map[bool]string{false: "direct", true: "buffered"}[buffered], func(t *testing.T) {
-			testASDRoundTrip(t, buffered)
-		})
-	}
-}
-
-func testASDRoundTrip(t *testing.T, buffered bool) {
 	ctx := context.Background()
 	s, c := testASD(t, Config{Node: "n1", Site: "s1"})
-	s.buffered.Store(buffered)
 	sizes := map[string]int{"empty": 0, "one": 1, "block": DefaultFragmentBlockSize, "odd": 3*DefaultFragmentBlockSize + 17, "mib": 1 << 20}
 	data := map[string][]byte{}
 	for key, n := range sizes {
@@ -61,9 +50,6 @@ func testASDRoundTrip(t *testing.T, buffered bool) {
 		if err := c.Put(ctx, key, "ns/"+key, data[key]); err != nil {
 			t.Fatalf("put %s: %v", key, err)
 		}
-	}
-	if !buffered && s.buffered.Load() {
-		t.Logf("%s refuses O_DIRECT: fragments went through the page cache", s.cfg.Dir)
 	}
 	for key, want := range data {
 		got, crc, err := c.Get(ctx, key, 0, -1)
