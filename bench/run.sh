@@ -144,7 +144,7 @@ log "device size ${SIZE_GIB} GiB (${avail_gib} GiB free in $TMPBASE), ${RUNTIME}
 
 # --- ovs -------------------------------------------------------------------------
 
-if want ovs || want ecbeyond || want rss; then
+if want ovs || want ovsec || want ecbeyond || want rss; then
 	if [ -n "${OVS_BIN:-}" ]; then
 		OVS=$(cd "$(dirname "$OVS_BIN")" && pwd)/$(basename "$OVS_BIN")
 	else
