@@ -140,6 +140,12 @@ else
 	SIZE_GIB=4
 fi
 log "device size ${SIZE_GIB} GiB (${avail_gib} GiB free in $TMPBASE), ${RUNTIME} s per workload"
+# The memory state at the start goes in the report: in a VM that hands
+# freed memory back to its host, every page the page cache grows into is
+# a host fault while memory is free, and the write rows (ovs writes each
+# byte into the page cache 2.5 times, nbdkit-file once) move with it.
+MEM_AT_START=$(awk '/^MemFree:/ {f = $2} /^Cached:/ {c = $2}
+	END {printf "%.1f GiB free, %.1f GiB page cache", f / 1048576, c / 1048576}' /proc/meminfo)
 [ "$avail_gib" -ge $((SIZE_GIB + 8)) ] || log "warning: little free space for ${SIZE_GIB} GiB devices"
 
 # --- ovs -------------------------------------------------------------------------
@@ -450,7 +456,7 @@ if [ -n "$(git -C "$ROOT" status --porcelain 2>/dev/null)" ]; then commit="$comm
 	echo
 	echo "- date: $(date -u '+%Y-%m-%d %H:%M:%S UTC')"
 	echo "- ovs: $commit"
-	echo "- machine: $(nproc) CPUs ($(awk -F': ' '/^model name/ {print $2; exit}' /proc/cpuinfo)), $(awk '/^MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo) RAM, kernel $(uname -r)"
+	echo "- machine: $(nproc) CPUs ($(awk -F': ' '/^model name/ {print $2; exit}' /proc/cpuinfo)), $(awk '/^MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo) RAM (at the start: $MEM_AT_START), kernel $(uname -r)"
 	echo "- tools: $(fio --version), nbdkit $(nbdkit --version | awk '{print $2}'), $(qemu-nbd --version | head -n1)"
 	echo "- fio: ioengine=nbd over unix sockets, direct=1, ${RUNTIME} s per workload after ${RAMP} s ramp, randrepeat=0, norandommap; device ${SIZE_GIB} GiB; random reads over the first ${READ_GIB} GiB, written before"
 	echo "- servers:"
