@@ -140,13 +140,14 @@ else
 	SIZE_GIB=4
 fi
 log "device size ${SIZE_GIB} GiB (${avail_gib} GiB free in $TMPBASE), ${RUNTIME} s per workload"
+[ "$avail_gib" -ge $((SIZE_GIB + 8)) ] || log "warning: little free space for ${SIZE_GIB} GiB devices"
+
 # The memory state at the start goes in the report: in a VM that hands
 # freed memory back to its host, every page the page cache grows into is
 # a host fault while memory is free, and the write rows (ovs writes each
 # byte into the page cache 2.5 times, nbdkit-file once) move with it.
 MEM_AT_START=$(awk '/^MemFree:/ {f = $2} /^Cached:/ {c = $2}
 	END {printf "%.1f GiB free, %.1f GiB page cache", f / 1048576, c / 1048576}' /proc/meminfo)
-[ "$avail_gib" -ge $((SIZE_GIB + 8)) ] || log "warning: little free space for ${SIZE_GIB} GiB devices"
 
 # --- ovs -------------------------------------------------------------------------
 
